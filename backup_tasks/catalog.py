@@ -1,0 +1,335 @@
+"""The catalog: an index of runs, locations, verifications and events (SQLAlchemy 2.x).
+
+SQLite by default, any SQLAlchemy URL for multi-host set-ups. It is never the source of
+truth for what is stored: ``rebuild`` recreates it from storage manifests alone. Nothing
+secret is ever written here; manifests hold key ids and credential references only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Iterable
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, delete, event, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from backup_tasks.errors import InputError, ServiceUnavailable
+
+
+class Status(StrEnum):
+    RUNNING = "running"
+    UPLOADED = "uploaded"
+    VERIFIED = "verified"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+FINAL = (Status.VERIFIED, Status.FAILED, Status.DELETED)
+
+
+class UTCDateTime(TypeDecorator):
+    """SQLite forgets time zones; store UTC and hand back aware datetimes everywhere."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BackupRow(Base):
+    __tablename__ = "backups"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    target: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str] = mapped_column(String(16), default="full")
+    parent_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    host: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    stage: Mapped[str] = mapped_column(String(16), default="queued")
+    actor: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    size_plain: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size_stored: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sha256_stored: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    manifest: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    locations: Mapped[list["LocationRow"]] = relationship(back_populates="backup", cascade="all, delete-orphan", order_by="LocationRow.id", lazy="selectin")
+
+
+class LocationRow(Base):
+    __tablename__ = "locations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    backup_id: Mapped[str] = mapped_column(ForeignKey("backups.id", ondelete="CASCADE"), index=True)
+    tier: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(Integer)
+    backup: Mapped[BackupRow] = relationship(back_populates="locations")
+
+
+class VerificationRow(Base):
+    __tablename__ = "verifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    backup_id: Mapped[str] = mapped_column(String(128), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    check: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    duration_seconds: Mapped[float] = mapped_column(Float)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    severity: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    host: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    backup_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+@dataclass(frozen=True)
+class Location:
+    tier: str
+    key: str
+    size: int
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Catalog:
+    """Repository over the catalog database; every method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise ServiceUnavailable(
+                f"catalog database {self.engine.url.render_as_string(hide_password=True)} is unreachable: {exc.orig}",
+                "check catalog_url and that the database server is up",
+            ) from None
+
+    # runs ------------------------------------------------------------------
+
+    def create_run(self, backup_id: str, *, target: str, kind: str, type: str, host: str, actor: str = "") -> None:
+        """Record a new run; a redelivered start finds its row and leaves it alone."""
+        with self._session.begin() as s:
+            if s.get(BackupRow, backup_id) is None:
+                s.add(BackupRow(id=backup_id, target=target, kind=kind, type=type, host=host, status=Status.RUNNING,
+                                stage="queued", actor=actor, created_at=_utcnow()))
+
+    def set_stage(self, backup_id: str, stage: str) -> None:
+        with self._session.begin() as s:
+            s.execute(update(BackupRow).where(BackupRow.id == backup_id, BackupRow.status == Status.RUNNING).values(stage=stage))
+
+    def record_upload(self, backup_id: str, manifest: dict[str, Any], locations: Iterable[Location], *, summary: dict[str, Any]) -> None:
+        with self._session.begin() as s:
+            row = s.get(BackupRow, backup_id)
+            if row is None:  # rebuilt catalog or a start that was never recorded
+                row = BackupRow(id=backup_id, target=manifest["target"], kind=manifest["kind"], type=manifest["type"],
+                                host=manifest["host"], status=Status.RUNNING, created_at=_parse(manifest["created_at"]))
+                s.add(row)
+            row.status = Status.UPLOADED
+            row.stage = "verify"
+            row.finished_at = _parse(manifest["finished_at"])
+            row.size_plain = manifest["plaintext"]["size"]
+            row.size_stored = manifest["stored"]["size"]
+            row.sha256_stored = manifest["stored"]["sha256"]
+            row.parent_id = manifest.get("parent")
+            row.duration_seconds = (row.finished_at - row.created_at).total_seconds()
+            row.manifest = summary
+            row.error = None
+            row.locations = [LocationRow(tier=l.tier, key=l.key, size=l.size) for l in locations]
+
+    def record_verification(self, backup_id: str, *, ok: bool, check: str | None, detail: dict, duration: float, at: datetime | None = None) -> None:
+        at = at or _utcnow()
+        with self._session.begin() as s:
+            s.add(VerificationRow(backup_id=backup_id, at=at, ok=ok, check=check, detail=detail, duration_seconds=duration))
+            row = s.get(BackupRow, backup_id)
+            if row is None or row.status == Status.DELETED:
+                return
+            if row.status == Status.UPLOADED:  # the run's own verify: the chain ends here
+                row.duration_seconds = (at - row.created_at).total_seconds()
+            if ok:
+                row.status, row.verified_at, row.stage, row.error = Status.VERIFIED, at, "done", None
+            else:
+                row.status, row.stage = Status.FAILED, "done"
+                row.error = f"verification failed ({check}): {detail.get('message', '')}"
+
+    def fail_run(self, backup_id: str, reason: str) -> str:
+        """Mark a running run failed. Returns what happened: 'failed', 'uploaded' (kept, reason noted) or 'unchanged'."""
+        with self._session.begin() as s:
+            row = s.get(BackupRow, backup_id)
+            if row is None:
+                return "unchanged"
+            if row.status == Status.RUNNING:
+                row.status, row.error, row.finished_at, row.stage = Status.FAILED, reason, _utcnow(), "done"
+                row.duration_seconds = (row.finished_at - row.created_at).total_seconds()
+                return "failed"
+            if row.status == Status.UPLOADED and row.error != reason:
+                # Stored and signed but not verified: keep it as uploaded, note why verify did not finish.
+                row.error = reason
+                return "uploaded"
+            return "unchanged"
+
+    def mark_deleted(self, backup_id: str) -> None:
+        with self._session.begin() as s:
+            s.execute(update(BackupRow).where(BackupRow.id == backup_id).values(status=Status.DELETED))
+
+    # queries ---------------------------------------------------------------
+
+    def get(self, backup_id: str) -> BackupRow:
+        with self._session() as s:
+            row = s.get(BackupRow, backup_id)
+            if row is None:
+                raise InputError(f"no backup with id '{backup_id}' in the catalog", "list backups with: backupctl list")
+            return row
+
+    def find(self, backup_id: str) -> BackupRow | None:
+        with self._session() as s:
+            return s.get(BackupRow, backup_id)
+
+    def list(self, *, target: str | None = None, status: str | None = None, limit: int | None = None) -> list[BackupRow]:
+        q = select(BackupRow).order_by(BackupRow.created_at.desc(), BackupRow.id.desc())
+        if target:
+            q = q.where(BackupRow.target == target)
+        if status:
+            q = q.where(BackupRow.status == status)
+        if limit:
+            q = q.limit(limit)
+        with self._session() as s:
+            return list(s.scalars(q))
+
+    def verifications(self, backup_id: str) -> list[VerificationRow]:
+        with self._session() as s:
+            return list(s.scalars(select(VerificationRow).where(VerificationRow.backup_id == backup_id).order_by(VerificationRow.id)))
+
+    # events ----------------------------------------------------------------
+
+    def add_event(self, *, kind: str, severity: str, message: str, target: str | None = None, host: str | None = None,
+                  backup_id: str | None = None, detail: dict | None = None) -> None:
+        with self._session.begin() as s:
+            s.add(EventRow(at=_utcnow(), kind=kind, severity=severity, target=target, host=host, backup_id=backup_id,
+                           message=message, detail=detail))
+
+    def events(self, *, kind: str | None = None, backup_id: str | None = None) -> list[EventRow]:
+        q = select(EventRow).order_by(EventRow.id)
+        if kind:
+            q = q.where(EventRow.kind == kind)
+        if backup_id:
+            q = q.where(EventRow.backup_id == backup_id)
+        with self._session() as s:
+            return list(s.scalars(q))
+
+    # rebuild ---------------------------------------------------------------
+
+    def replace_backups(self, rows: list[tuple[dict, list[Location], dict | None]]) -> int:
+        """Swap the backup index for one rebuilt from manifests; events and history stay."""
+        with self._session.begin() as s:
+            s.execute(delete(LocationRow))
+            s.execute(delete(BackupRow))
+            for manifest, locations, verified in rows:
+                created = _parse(manifest["created_at"])
+                finished = _parse(manifest["finished_at"])
+                s.add(BackupRow(
+                    id=manifest["backup_id"], target=manifest["target"], kind=manifest["kind"], type=manifest["type"],
+                    parent_id=manifest.get("parent"), host=manifest["host"],
+                    status=Status.VERIFIED if verified else Status.UPLOADED, stage="done" if verified else "verify",
+                    created_at=created, finished_at=finished, verified_at=_parse(verified["verified_at"]) if verified else None,
+                    size_plain=manifest["plaintext"]["size"], size_stored=manifest["stored"]["size"],
+                    sha256_stored=manifest["stored"]["sha256"], duration_seconds=(finished - created).total_seconds(),
+                    manifest=_summary(manifest),
+                    locations=[LocationRow(tier=l.tier, key=l.key, size=l.size) for l in locations],
+                ))
+        return len(rows)
+
+
+def _summary(manifest: dict) -> dict:
+    from backup_tasks.manifest import summary
+
+    return summary(manifest)
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        from pathlib import Path
+
+        path = url.split("sqlite:///", 1)[-1] if url.startswith("sqlite:///") else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _wal(dbapi_conn, _record):  # several worker processes share one file on a single host
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        if path and path != ":memory:":
+            # Create the file private: it lists what exists and where, which helps an attacker.
+            import os
+
+            if not os.path.exists(path):
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def dumps_row(row: BackupRow) -> dict[str, Any]:
+    """The §5 JSON shape of a catalog entry."""
+    from backup_tasks.manifest import iso
+
+    return {
+        "id": row.id,
+        "target": row.target,
+        "kind": row.kind,
+        "type": row.type,
+        "status": row.status,
+        "created_at": iso(row.created_at),
+        "finished_at": iso(row.finished_at),
+        "size_plain": row.size_plain,
+        "size_stored": row.size_stored,
+        "locations": [{"tier": l.tier, "key": l.key, "size": l.size} for l in row.locations],
+        "verified_at": iso(row.verified_at),
+        "host": row.host,
+        "duration_seconds": row.duration_seconds,
+        "error": row.error,
+    }
+
+
+__all__ = ["Catalog", "Status", "Location", "BackupRow", "dumps_row"]

@@ -1,0 +1,7 @@
+"""python -m backup_tasks.cli: the same as the backupctl script."""
+
+import sys
+
+from backup_tasks.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,180 @@
+"""backupctl backup | list | show | verify | restore."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from backup_tasks.catalog import Status, dumps_row
+from backup_tasks.cli.context import Context, common
+from backup_tasks.cli.output import size
+from backup_tasks.errors import BackupError, InputError
+
+
+@click.command("backup")
+@click.argument("target")
+@click.option("--type", "type_", type=click.Choice(["full", "incremental", "differential"]), default="full", show_default=True)
+@click.option("--wait", is_flag=True, help="wait for the chain to finish (always so on the embedded default)")
+@click.option("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+@common
+def backup(ctx: Context, target, type_, wait, timeout):
+    """Run (embedded) or enqueue (with a broker) the chain dump → compress → encrypt → upload → verify."""
+    from backup_tasks import client
+
+    rt = ctx.rt
+    started = time.monotonic()
+    run = client.enqueue_backup(target, type_, actor=f"cli:{_user()}", rt=rt)
+    ctx.out.note(f"backup {run.id} {'running in-process' if rt.settings.embedded else 'enqueued on ' + rt.target(target).queue}")
+    if not (wait or rt.settings.embedded):
+        ctx.out.result({"id": run.id, "target": target, "status": "queued"}, lambda c, d: c.print(f"queued {d['id']}"))
+        return
+    try:
+        info = run.wait(timeout, on_progress=lambda i: ctx.out.note(f"  {i['id']}: {i.get('stage')}"))
+    except client.BackupFailed:
+        info = run.info()
+    except TimeoutError as exc:
+        raise InputError(str(exc), f"check later with: backupctl show {run.id}") from None
+    info["wall_seconds"] = round(time.monotonic() - started, 3)
+    info["verification"] = _last_verification(rt, run.id)
+    ctx.out.result(info, _print_backup)
+    if info["status"] != Status.VERIFIED:
+        sys.exit(1)
+
+
+def _last_verification(rt, backup_id: str) -> dict | None:
+    rows = rt.catalog.verifications(backup_id)
+    if not rows:
+        return None
+    v = rows[-1]
+    return {"ok": v.ok, "check": v.check, "at": v.at.isoformat(), "duration_seconds": v.duration_seconds, "detail": v.detail}
+
+
+def _print_backup(c, d: dict) -> None:
+    colour = "green" if d["status"] == Status.VERIFIED else "red"
+    c.print(f"[bold]{d['id']}[/] [{colour}]{d['status']}[/]")
+    c.print(f"  target {d['target']} ({d['kind']}) on host {d['host']}")
+    c.print(f"  plaintext {size(d.get('size_plain'))}, stored {size(d.get('size_stored'))}, "
+            f"took {d.get('duration_seconds') or 0:.1f}s")
+    for loc in d.get("locations", []):
+        c.print(f"  stored on tier {loc['tier']}: {loc['key']}")
+    v = d.get("verification")
+    if v:
+        c.print(f"  verification: {'[green]passed[/]' if v['ok'] else '[red]failed (' + str(v['check']) + ')[/]'} in {v['duration_seconds']:.1f}s")
+    if d.get("error"):
+        c.print(f"  [red]error:[/] {d['error']}", markup=True)
+
+
+@click.command("list")
+@click.option("--target", default=None)
+@click.option("--status", type=click.Choice([s.value for s in Status]), default=None)
+@click.option("--limit", type=int, default=None)
+@common
+def list_(ctx: Context, target, status, limit):
+    """List catalog entries, newest first."""
+    rt = ctx.rt
+    if target:
+        rt.target(target)
+    rows = [dumps_row(r) for r in rt.catalog.list(target=target, status=status, limit=limit)]
+    shape = [{k: r[k] for k in ("id", "target", "kind", "status", "created_at", "size_stored", "locations", "verified_at",
+                                "type", "size_plain", "host", "error")} for r in rows]
+
+    def human(c, data):
+        table = Table("id", "target", "kind", "status", "created", "stored", "tiers", "verified")
+        for r in data:
+            table.add_row(r["id"], r["target"], r["kind"], r["status"], r["created_at"], size(r["size_stored"]),
+                          ",".join(l["tier"] for l in r["locations"]), r["verified_at"] or "-")
+        c.print(table)
+
+    ctx.out.result(shape, human)
+
+
+@click.command("show")
+@click.argument("backup_id")
+@click.option("--files", is_flag=True, help="include the stored manifest's full file list")
+@common
+def show(ctx: Context, backup_id, files):
+    """One backup with its manifest and verification history."""
+    rt = ctx.rt
+    row = rt.catalog.get(backup_id)
+    data = dumps_row(row)
+    data["stage"] = row.stage
+    data["manifest"] = row.manifest
+    if files:
+        from backup_tasks import readback
+
+        data["manifest"] = readback.locate(rt, row).doc
+    data["verifications"] = [{"at": v.at.isoformat(), "ok": v.ok, "check": v.check, "detail": v.detail}
+                             for v in rt.catalog.verifications(backup_id)]
+    ctx.out.result(data, lambda c, d: c.print_json(data=d, default=str))
+
+
+@click.command("verify")
+@click.argument("backup_id")
+@common
+def verify(ctx: Context, backup_id):
+    """Full verification now, reading back from storage; exit 1 if any check fails."""
+    from backup_tasks.errors import VerificationFailed
+    from backup_tasks.verify import verify_backup
+
+    rt = ctx.rt
+    try:
+        result = verify_backup(rt, backup_id)
+    except VerificationFailed as exc:
+        data = {"id": backup_id, "status": "failed", "ok": False, "check": exc.check, "message": exc.message, "remedy": exc.remedy}
+        ctx.out.result(data, lambda c, d: (c.print(f"[red]{backup_id}: verification FAILED[/] ({d['check']})"),
+                                           c.print(f"  {d['message']}", markup=False), c.print(f"  what to do: {d['remedy']}", markup=False)))
+        sys.exit(1)
+    result = {"id": backup_id, "ok": True, **result}
+    ctx.out.result(result, lambda c, d: c.print(f"[green]{backup_id}: verified[/] ({d.get('plaintext_bytes')} plaintext bytes checked "
+                                                f"from tier {d['location']} in {d['duration_seconds']:.1f}s)"))
+
+
+@click.command("restore")
+@click.argument("backup_id")
+@click.option("--to", "to", type=click.Path(path_type=Path), default=None, help="restore files/config/SQLite to this path")
+@click.option("--to-database", "to_database", default=None, help="restore a database dump into this database")
+@click.option("--dry-run", is_flag=True, help="show what would be written; write nothing")
+@click.option("--force", is_flag=True, help="replace existing data at the destination")
+@common
+def restore(ctx: Context, backup_id, to, to_database, dry_run, force):
+    """Restore a backup; refuses to overwrite anything without --force."""
+    from backup_tasks.restore import restore_backup
+
+    if bool(to) == bool(to_database):
+        raise InputError("give exactly one of --to PATH or --to-database NAME", "backupctl restore ID --to /restore/here")
+    if to_database:
+        raise InputError("--to-database restores PostgreSQL and MySQL dumps, which this build does not back up yet",
+                         "use --to PATH for files, config and SQLite backups")
+    rt = ctx.rt
+    result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run)
+
+    def human(c, d):
+        if d["dry_run"]:
+            c.print(f"dry run: {backup_id} would be restored to {d['destination']} (nothing written)")
+            for path in d.get("would_write", [])[:50]:
+                c.print(f"  {path}", markup=False)
+            if len(d.get("would_write", [])) > 50:
+                c.print(f"  ... and {len(d['would_write']) - 50} more")
+            if d.get("needs_force"):
+                c.print("[yellow]the destination is not empty: a real restore needs --force[/]")
+        else:
+            c.print(f"[green]restored[/] {backup_id} to {d['restored_to']}")
+        for note in d.get("notes", []):
+            c.print(f"  note: {note}", markup=False)
+
+    ctx.out.result(result, human)
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+COMMANDS = (backup, list_, show, verify, restore)
+
+__all__ = ["COMMANDS", "BackupError"]

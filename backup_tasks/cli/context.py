@@ -1,0 +1,45 @@
+"""What every command shares: --config/--json and the lazily loaded runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property, wraps
+
+import click
+
+from backup_tasks.cli.output import Output
+
+
+@dataclass
+class Context:
+    config_path: str | None
+    json_mode: bool
+
+    @cached_property
+    def out(self) -> Output:
+        return Output(self.json_mode)
+
+    @cached_property
+    def rt(self):
+        from backup_tasks import config, runtime
+        from backup_tasks.celery_app import configure
+
+        rt = runtime.install(runtime.Runtime(config.load(self.config_path)))
+        configure(rt.settings)
+        return rt
+
+
+def common(fn):
+    """--config and --json on every command (they may also come before the command name)."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="targets file (default: $BACKUP_CONFIG, then ./backup-tasks.toml)")
+    @click.option("--json", "json_mode", is_flag=True, default=False, help="print one JSON document on stdout")
+    @click.pass_context
+    @wraps(fn)
+    def wrapper(click_ctx: click.Context, config_path, json_mode, **kwargs):
+        parent: Context = click_ctx.find_object(Context) or Context(None, False)
+        ctx = Context(config_path or parent.config_path, json_mode or parent.json_mode)
+        return fn(ctx, **kwargs)
+
+    return wrapper

@@ -1,0 +1,81 @@
+"""Entry point: global options, error handling and exit codes (0 ok, 1 failed, 2 bad input, 3 service down)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+import click
+
+from backup_tasks.cli.context import Context
+from backup_tasks.cli.output import Output
+from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="targets file")
+@click.option("--json", "json_mode", is_flag=True, default=False, help="print one JSON document on stdout")
+@click.option("-v", "--verbose", count=True, help="log more (-vv for debug)")
+@click.version_option(package_name="backup-tasks")
+@click.pass_context
+def cli(click_ctx: click.Context, config_path, json_mode, verbose):
+    """Backups that end in a proven restore."""
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    click_ctx.obj = Context(config_path, json_mode)
+
+
+def _register() -> None:
+    from backup_tasks.cli import admin, backups
+
+    for command in (*backups.COMMANDS, *admin.COMMANDS):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = Output("--json" in argv)
+    try:
+        cli.main(args=argv, prog_name="backupctl", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        # Usage errors: exit 2, and still one JSON document in --json mode.
+        out.error(InputError(exc.format_message(), "see backupctl --help"))
+        return 2
+    except click.exceptions.Abort:
+        return 130
+    except SystemExit as exc:  # a command decided its own exit code (e.g. 1 for a failed backup)
+        return int(exc.code or 0)
+    except BackupError as exc:
+        out.error(exc)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001
+        mapped = _service_error(exc)
+        if mapped is not None:
+            out.error(mapped)
+            return mapped.exit_code
+        traceback.print_exc()
+        out.error(BackupError(f"internal error: {type(exc).__name__}: {exc}", "this is a bug; please report it with the traceback above"))
+        return 1
+
+
+def _service_error(exc: Exception) -> ServiceUnavailable | None:
+    """Library errors that mean 'a service is down' become exit code 3."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from sqlalchemy.exc import OperationalError as SQLOperationalError
+
+    if isinstance(exc, (KombuOperationalError, RedisConnectionError, ConnectionError)):
+        return ServiceUnavailable(f"cannot reach the broker: {exc}", "is Redis up? check BACKUP_BROKER_URL")
+    if isinstance(exc, SQLOperationalError):
+        return ServiceUnavailable(f"the catalog database is unreachable: {exc.orig}", "check catalog_url and the database server")
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""All CLI output goes through here: rich for people, one JSON document for scripts.
+
+Library code never prints. In --json mode stdout carries exactly one JSON document,
+errors included, and the exit code says whether it is a success.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.markup import escape
+
+from backup_tasks.errors import BackupError
+
+
+class Output:
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def result(self, data: Any, human: Callable[[Console, Any], None]) -> None:
+        if self.json_mode:
+            sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+        else:
+            human(self.console, data)
+
+    def error(self, err: BackupError) -> None:
+        if self.json_mode:
+            sys.stdout.write(json.dumps({"error": {**err.as_dict(), "exit_code": err.exit_code}}, indent=2) + "\n")
+            return
+        self.err.print(f"[bold red]error:[/] {escape(err.message)}", markup=True, highlight=False)
+        if err.remedy:
+            self.err.print(f"[yellow]what to do:[/] {escape(err.remedy)}", markup=True, highlight=False)
+
+    def note(self, text: str) -> None:
+        """Progress and hints for people; silent in JSON mode so stdout stays one document."""
+        if not self.json_mode:
+            self.err.print(text, markup=False, highlight=False)
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)

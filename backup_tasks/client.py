@@ -1,0 +1,112 @@
+"""The Python API for applications: enqueue a backup, then poll or wait for it.
+
+    from backup_tasks import client
+    run = client.enqueue_backup("uploads")          # before a risky migration
+    result = run.wait(timeout=3600)                 # raises BackupFailed if it failed
+
+The run id is the Celery task id of ``backup.start``, so the same id is found in Flower,
+in the catalog and in storage. Only the target name travels; the worker looks up
+everything else, credentials included.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from typing import Callable
+
+from kombu.exceptions import OperationalError
+
+from backup_tasks import defaults, pipeline, runtime
+from backup_tasks.catalog import FINAL, Status, dumps_row
+from backup_tasks.celery_app import configure
+from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
+
+
+class BackupFailed(BackupError):
+    """The run ended failed; the message carries the catalog's reason."""
+
+
+class Run:
+    """A handle on one backup run; cheap to create from an id alone."""
+
+    def __init__(self, backup_id: str, rt: runtime.Runtime | None = None) -> None:
+        self.id = backup_id
+        self._rt = rt or runtime.current()
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r})"
+
+    def info(self) -> dict:
+        """The catalog entry, or a 'queued' stub while no worker has picked the run up yet."""
+        row = self._rt.catalog.find(self.id)
+        if row is None:
+            return {"id": self.id, "status": "queued", "stage": "queued"}
+        return {**dumps_row(row), "stage": row.stage}
+
+    def status(self) -> str:
+        return self.info()["status"]
+
+    def wait(self, timeout: float | None = None, *, on_progress: Callable[[dict], None] | None = None,
+             poll: float = defaults.WAIT_POLL_SECONDS) -> dict:
+        """Block until the run is verified or failed; raise BackupFailed or TimeoutError otherwise."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_stage = None
+        while True:
+            info = self.info()
+            if on_progress and info.get("stage") != last_stage:
+                on_progress(info)
+                last_stage = info.get("stage")
+            if info["status"] in FINAL:
+                if info["status"] != Status.VERIFIED:
+                    raise BackupFailed(f"backup {self.id} {info['status']}: {info.get('error') or 'no reason recorded'}",
+                                       "see backupctl show " + self.id)
+                return info
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"backup {self.id} still {info['status']} ({info.get('stage')}) after {timeout}s")
+            time.sleep(poll)
+
+
+def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None, rt: runtime.Runtime | None = None) -> Run:
+    """Send ``backup.start`` for ``target``; in the embedded default the chain has run when this returns."""
+    rt = rt or runtime.current()
+    pipeline.check_type(rt.target(target), type)
+    configure(rt.settings)
+    from backup_tasks.tasks import start
+
+    backup_id = pipeline.new_backup_id(target)
+    try:
+        if not rt.settings.embedded:
+            # Fail in seconds with exit code 3, not after kombu's and the result backend's long retries.
+            with start.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5)
+        start.apply_async(args=(target, type), kwargs={"actor": actor or _actor()}, task_id=backup_id)
+    except (OperationalError, ConnectionError, RuntimeError) as exc:
+        raise ServiceUnavailable(f"cannot reach the broker at {_redact(rt.settings.broker_url)}: {exc}",
+                                 "is Redis up? check BACKUP_BROKER_URL") from None
+    return Run(backup_id, rt)
+
+
+def recent_runs(target: str | None = None, limit: int = 20, *, rt: runtime.Runtime | None = None) -> list[dict]:
+    rt = rt or runtime.current()
+    if target:
+        rt.target(target)
+    return [dumps_row(row) for row in rt.catalog.list(target=target, limit=limit)]
+
+
+def get_run(backup_id: str, *, rt: runtime.Runtime | None = None) -> Run:
+    rt = rt or runtime.current()
+    if rt.catalog.find(backup_id) is None:
+        raise InputError(f"no run with id '{backup_id}'", "list runs with backupctl list")
+    return Run(backup_id, rt)
+
+
+def _actor() -> str:
+    return os.environ.get("BACKUP_ACTOR") or f"app:{getpass.getuser()}"
+
+
+def _redact(url: str | None) -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    return maybe_sanitize_url(url or "")

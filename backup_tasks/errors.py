@@ -1,0 +1,120 @@
+"""Every error backup-tasks raises on purpose, with what to do about it.
+
+    BackupError                      exit 1 unless a subclass says otherwise
+    ├── ConfigError                  exit 2  the targets file or an override is wrong
+    ├── InputError                   exit 2  a command's arguments are wrong (unknown target, id ...)
+    │   └── RestoreRefused           exit 2  restoring would overwrite data without --force
+    ├── TransientError               retried with backoff by the task layer
+    │   └── ServiceUnavailable       exit 3  broker, catalog or storage cannot be reached
+    └── PermanentError               fail fast and alert
+        ├── SourceError              the dump of a target failed
+        ├── StorageError             a tier refused an operation
+        │   └── ObjectNotFound
+        ├── KeyMissing               no identity for the key ids an artifact was encrypted to
+        └── VerificationFailed       a stored backup is not what its manifest says
+
+A message says what failed; ``remedy`` says what to do. Neither ever carries a secret:
+callers pass names and references, never resolved credentials. A traceback is shown
+only for errors outside this tree, because those are bugs.
+"""
+
+from __future__ import annotations
+
+
+class BackupError(Exception):
+    """Root of every expected failure; carries a remedy and the CLI exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.remedy})" if self.remedy else self.message
+
+    def __reduce__(self):
+        # Celery pickles/JSON-encodes exceptions through the result backend; keep both parts.
+        return (self.__class__, (self.message, self.remedy))
+
+    def as_dict(self) -> dict:
+        return {"type": type(self).__name__, "message": self.message, "remedy": self.remedy}
+
+
+class ConfigError(BackupError):
+    """The configuration is invalid; names the file, the target (or section) and the field."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, remedy: str = "", *, file: str = "", where: str = "", field: str = "") -> None:
+        self.file, self.where, self.field = file, where, field
+        located = ", ".join(p for p in (file, where, f"field '{field}'" if field else "") if p)
+        super().__init__(f"{located}: {message}" if located else message, remedy)
+
+    def __reduce__(self):
+        return (_rebuild, (self.__class__, self.message, self.remedy))
+
+
+class InputError(BackupError):
+    """A command was given something that does not exist or does not fit."""
+
+    exit_code = 2
+
+
+class RestoreRefused(InputError):
+    """A restore would overwrite existing data; nothing was written."""
+
+
+class TransientError(BackupError):
+    """Worth retrying: the same call may succeed later."""
+
+
+class ServiceUnavailable(TransientError):
+    """A required service (broker, catalog database, storage endpoint) did not answer."""
+
+    exit_code = 3
+
+
+class PermanentError(BackupError):
+    """Retrying will not help; the run fails and an alert goes out."""
+
+
+class SourceError(PermanentError):
+    """The source could not be read consistently."""
+
+
+class StorageError(PermanentError):
+    """A storage tier refused or failed an operation."""
+
+
+class ObjectNotFound(StorageError):
+    """The key is not in the tier."""
+
+
+class KeyMissing(PermanentError):
+    """Decryption needs an identity that this host does not hold: a set-up problem, not a bad backup."""
+
+    exit_code = 2
+
+
+class VerificationFailed(PermanentError):
+    """A named check failed on a stored backup; the backup must not be trusted."""
+
+    def __init__(self, message: str, remedy: str = "", *, check: str = "") -> None:
+        super().__init__(message, remedy)
+        self.check = check
+
+    def __reduce__(self):
+        return (_rebuild_check, (self.__class__, self.message, self.remedy, self.check))
+
+
+def _rebuild(cls, message, remedy):
+    err = cls.__new__(cls)
+    BackupError.__init__(err, message, remedy)
+    err.file = err.where = err.field = ""
+    return err
+
+
+def _rebuild_check(cls, message, remedy, check):
+    return cls(message, remedy, check=check)

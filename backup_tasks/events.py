@@ -1,0 +1,25 @@
+"""Events: what happened that someone may need to hear about (failures, refusals, skips).
+
+Each event is logged and written to the catalog's events table, where the alerting
+layer picks it up and sends it on. Emitting never raises: a broken catalog must not turn
+an already-failing backup into a crash that hides the original error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("backup_tasks.events")
+
+CHAIN_FAILED = "chain.failed"
+VERIFY_FAILED = "verify.failed"
+VERIFY_INCOMPLETE = "verify.incomplete"
+
+
+def emit(catalog, kind: str, message: str, *, severity: str = "error", target: str | None = None, host: str | None = None,
+         backup_id: str | None = None, **detail) -> None:
+    log.log(logging.ERROR if severity == "error" else logging.WARNING, "%s target=%s backup=%s: %s", kind, target, backup_id, message)
+    try:
+        catalog.add_event(kind=kind, severity=severity, message=message, target=target, host=host, backup_id=backup_id, detail=detail or None)
+    except Exception:  # noqa: BLE001 - see module docstring
+        log.exception("could not record event %s for %s", kind, backup_id)

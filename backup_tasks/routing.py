@@ -1,0 +1,30 @@
+"""Where each task runs: a target's chain on its host's queue, verification on ``verify``.
+
+Routing happens in the publishing process (CLI, client, Flower, beat), which holds the
+targets file; a task for host A is never put where host B's worker can take it.
+"""
+
+from __future__ import annotations
+
+VERIFY_QUEUE = "verify"
+MAINTENANCE_QUEUE = "maintenance"
+
+
+def host_queue(host: str) -> str:
+    return f"host.{host}"
+
+
+def route(name, args, kwargs, options, task=None, **kw):
+    if options.get("queue"):
+        return None
+    if name == "backup.start":
+        target = (args or [kwargs.get("target")])[0]
+        from backup_tasks import runtime
+
+        try:
+            return {"queue": runtime.current().target(target).queue}
+        except Exception:  # noqa: BLE001 - unknown target: the start task reports it as a failed run
+            return {"queue": MAINTENANCE_QUEUE}
+    if name == "backup.verify":
+        return {"queue": VERIFY_QUEUE}
+    return None

@@ -1,0 +1,1 @@
+"""Stream filters: each reads and writes in chunks, so no stage holds an artifact in memory."""

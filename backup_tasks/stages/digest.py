@@ -1,0 +1,65 @@
+"""Size and sha256 computed while bytes pass, so no stage re-reads what it just wrote."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO
+
+
+class HashingWriter:
+    """A write-only file object that counts and hashes everything written through it."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        self._inner.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+class HashingReader:
+    """A read-only file object that counts and hashes everything read through it."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buf) -> int:
+        n = self._inner.readinto(buf)
+        if n:
+            self._hash.update(memoryview(buf)[:n])
+            self.size += n
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self, chunk: int = 1 << 20) -> None:
+        """Read to the end, so size and sha256 cover the whole object even after a consumer gave up."""
+        while self.read(chunk):
+            pass
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()

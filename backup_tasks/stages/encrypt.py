@@ -1,0 +1,101 @@
+"""Encryption stage: the age format to X25519 recipients, streamed by pyrage.
+
+age was chosen so that ``age -d -i KEY FILE | zstd -d`` restores without our code.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import BinaryIO
+
+import pyrage
+from pyrage import x25519
+
+from backup_tasks.errors import VerificationFailed
+
+SUFFIX = ".age"
+
+
+def encrypt(src: BinaryIO, dst: BinaryIO, recipients: list[x25519.Recipient]) -> None:
+    pyrage.encrypt_io(src, dst, recipients)
+
+
+class _PipeWriter:
+    """Write end handed to pyrage; os.write on a pipe releases the GIL while the reader catches up."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class DecryptingReader:
+    """A readable plaintext stream over an age ciphertext stream.
+
+    pyrage only offers push-style ``decrypt_io(src, dst)``; a thread pushes into a pipe
+    and the caller pulls from it, so decryption streams into tar/zstd readers with a
+    pipe buffer's worth of memory. An error in the thread surfaces on the reader.
+    """
+
+    def __init__(self, src: BinaryIO, identities: list[x25519.Identity], *, what: str) -> None:
+        read_fd, write_fd = os.pipe()
+        self._file = os.fdopen(read_fd, "rb", buffering=0)
+        self._error: BaseException | None = None
+        self._what = what
+        self._thread = threading.Thread(target=self._pump, args=(src, identities, write_fd), daemon=True, name="age-decrypt")
+        self._thread.start()
+
+    def _pump(self, src: BinaryIO, identities, write_fd: int) -> None:
+        try:
+            pyrage.decrypt_io(src, _PipeWriter(write_fd), identities)
+        except BaseException as exc:  # reported to the reading side in read()
+            self._error = exc
+        finally:
+            try:
+                os.close(write_fd)
+            except OSError:
+                pass
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._file.read(n) if n is not None and n >= 0 else self._file.readall()
+        if not data:
+            self._thread.join()
+            self._raise_if_failed()
+        return data
+
+    def readinto(self, buf) -> int:
+        n = self._file.readinto(buf)
+        if not n:
+            self._thread.join()
+            self._raise_if_failed()
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise VerificationFailed(
+                f"{self._what}: age decryption failed ({self._error})",
+                "the stored object is damaged or was not encrypted to this identity; try another location or backup",
+                check="decrypt",
+            ) from self._error
+
+    def close(self) -> None:
+        self._file.close()  # a blocked writer gets EPIPE and the thread ends
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> "DecryptingReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

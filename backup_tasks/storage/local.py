@@ -1,0 +1,317 @@
+"""The ``local`` tier: objects are files under one directory on this host.
+
+A key maps to the path ``<root>/<key>``; key validation (base.validate_key) is what
+keeps every path inside the root. Writes go to a dot-named temporary file in the
+target's own directory, are fsynced, and are renamed into place with ``os.replace``,
+so a reader (or a crash) sees the old object or the whole new one, never a part. Dot
+names are never valid keys, which is how ``list`` knows to skip files in flight.
+
+Backups hold secrets, so directories are created 0700 and files 0600 whatever the
+process umask is.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import stat as stat_mod
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from backup_tasks.errors import InputError, ObjectNotFound, StorageError
+from backup_tasks.storage.base import CHUNK_SIZE, ObjectInfo, validate_key, validate_prefix
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+# A concurrent delete prunes empty directories; a put racing with it recreates them.
+_DIRECTORY_RACE_ATTEMPTS = 5
+
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+class LocalStorage:
+    """A tier rooted at ``path`` (made absolute now, so a later chdir changes nothing).
+
+    Construction does no I/O: a verify worker that only reads must not create
+    directories, and a missing root simply holds no objects until the first put
+    creates it (0700).
+    """
+
+    def __init__(self, name: str, path: str | os.PathLike[str]) -> None:
+        self.name = name
+        self.root = Path(os.path.abspath(os.fspath(path)))
+
+    def __repr__(self) -> str:
+        return f"LocalStorage(name={self.name!r}, path={str(self.root)!r})"
+
+    # -- the Storage interface -------------------------------------------------------
+
+    def put(self, key: str, source: BinaryIO, *, size_hint: int | None = None) -> ObjectInfo:
+        """Stream ``source`` into ``<root>/<key>`` via temp file, fsync and rename.
+
+        sha256 and size are computed while the bytes pass. If ``size_hint`` is larger
+        than the free space, the put is refused before a byte is written rather than
+        filling the disk that other services share.
+        """
+        target = self._path(validate_key(key))
+        if size_hint is not None:
+            self._check_free_space(key, size_hint)
+        fd, tmp = self._create_temp(key, target)
+        try:
+            digest, size = hashlib.sha256(), 0
+            while True:
+                chunk = source.read(CHUNK_SIZE)  # errors of the source propagate unchanged
+                if not chunk:
+                    break
+                if not isinstance(chunk, _BYTES_TYPES):
+                    raise InputError(
+                        f"tier '{self.name}': source for '{key}' returned {type(chunk).__name__}, not bytes",
+                        "open the source in binary mode ('rb')",
+                    )
+                digest.update(chunk)
+                size += len(chunk)
+                try:
+                    _write_all(fd, chunk)
+                except OSError as exc:
+                    raise self._os_error("writing", key, exc) from exc
+            try:
+                os.fsync(fd)
+                modified = os.fstat(fd).st_mtime
+                os.close(fd)
+                fd = -1
+                os.replace(tmp, target)
+                _fsync_dir(target.parent)  # makes the rename itself survive a crash
+            except OSError as exc:
+                raise self._os_error("writing", key, exc) from exc
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        return ObjectInfo(key=key, size=size, modified=_utc(modified), sha256=digest.hexdigest())
+
+    def get(self, key: str) -> BinaryIO:
+        """Open the object for reading; the returned file is its own context manager."""
+        path = self._path(validate_key(key))
+        try:
+            # O_NOFOLLOW: a symlink planted in the tier is not an object (as in stat and
+            # list), so get cannot be turned into a read of some other file.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._not_found(key) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._not_found(key) from None
+            raise self._os_error("reading", key, exc) from exc
+        try:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                raise self._not_found(key)  # a directory is a key prefix, not an object
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(validate_key(key))
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._not_found(key) from None
+        except OSError as exc:
+            raise self._os_error("reading", key, exc) from exc
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise self._not_found(key)  # a directory is a key prefix, not an object
+        return ObjectInfo(key=key, size=st.st_size, modified=_utc(st.st_mtime))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Walk the tree lazily, in key order, skipping temp files and symlinks.
+
+        Validation happens now, not at the first ``next()``, so a bad prefix fails
+        where it is passed.
+        """
+        validate_prefix(prefix)
+        head = prefix.rpartition("/")[0]  # the deepest directory the prefix names whole
+        return self._walk(self.root / head if head else self.root, head, prefix)
+
+    def delete(self, key: str) -> None:
+        """Unlink the file, then prune directories the delete left empty.
+
+        Pruning keeps years of retention from leaving a forest of empty directories;
+        ``rmdir`` only ever removes an empty one, so it cannot lose data.
+        """
+        path = self._path(validate_key(key))
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return
+        except OSError as exc:
+            raise self._os_error("deleting", key, exc) from exc
+        parent = path.parent
+        while parent != self.root and self.root in parent.parents:
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break  # not empty (or already gone, or not ours to remove): stop here
+            parent = parent.parent
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _create_temp(self, key: str, target: Path) -> tuple[int, Path]:
+        """Create the parent directories and an exclusive 0600 temp file beside ``target``."""
+        for _ in range(_DIRECTORY_RACE_ATTEMPTS):
+            try:
+                self._make_dirs(target.parent)
+                tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            except FileNotFoundError:
+                continue  # a concurrent delete pruned the directory just now; recreate it
+            except OSError as exc:
+                raise self._os_error("writing", key, exc) from exc
+            try:
+                os.fchmod(fd, _FILE_MODE)  # the umask may have taken bits away
+            except OSError as exc:
+                os.close(fd)
+                _unlink_quietly(tmp)
+                raise self._os_error("writing", key, exc) from exc
+            return fd, tmp
+        raise StorageError(
+            f"tier '{self.name}': could not create the directory for '{key}' under {self.root}: "
+            "it kept disappearing",
+            "another process is deleting under this tier at the same time; retry the upload",
+        )
+
+    def _make_dirs(self, directory: Path) -> None:
+        """``mkdir -p`` where every directory created is exactly 0700, root included."""
+        missing = []
+        while not directory.is_dir():
+            missing.append(directory)
+            if directory.parent == directory:
+                break
+            directory = directory.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, _DIR_MODE)
+            except FileExistsError:
+                if d.is_dir():
+                    continue  # created concurrently by another put
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(d)) from None
+            os.chmod(d, _DIR_MODE)
+
+    def _walk(self, directory: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            with os.scandir(directory) as it:
+                entries = []
+                for entry in it:
+                    if entry.name.startswith("."):
+                        continue  # in-flight temp files and anything else not a key
+                    if entry.is_dir(follow_symlinks=False):
+                        # Sorting "name/" keeps siblings in the order of their full keys:
+                        # "a-b" < "a/x" because '-' sorts before '/'.
+                        entries.append((entry.name + "/", entry))
+                    elif entry.is_file(follow_symlinks=False):
+                        entries.append((entry.name, entry))
+        except (FileNotFoundError, NotADirectoryError):
+            return  # no root yet, or pruned by a concurrent delete: nothing stored there
+        except OSError as exc:
+            raise self._os_error("listing", prefix or "/", exc) from exc
+        entries.sort(key=lambda pair: pair[0])
+        for sort_name, entry in entries:
+            key = f"{rel}/{sort_name}" if rel else sort_name
+            if sort_name.endswith("/"):
+                if key.startswith(prefix) or prefix.startswith(key):
+                    yield from self._walk(Path(entry.path), key[:-1], prefix)
+            elif key.startswith(prefix):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted since the directory was read
+                except OSError as exc:
+                    raise self._os_error("listing", key, exc) from exc
+                yield ObjectInfo(key=key, size=st.st_size, modified=_utc(st.st_mtime))
+
+    def _check_free_space(self, key: str, size_hint: int) -> None:
+        probe = self.root
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        try:
+            vfs = os.statvfs(probe)
+        except OSError:
+            return  # the put itself will report the real problem
+        free = vfs.f_bavail * vfs.f_frsize
+        if size_hint > free:
+            raise StorageError(
+                f"tier '{self.name}': refusing to write '{key}' ({size_hint} bytes) under "
+                f"{self.root}: only {free} bytes are free",
+                f"free space on the filesystem holding {self.root} or point tier '{self.name}' "
+                "at a larger one",
+            )
+
+    def _not_found(self, key: str) -> ObjectNotFound:
+        return ObjectNotFound(
+            f"tier '{self.name}': no object '{key}' under {self.root}",
+            "check the key against `backupctl list`; retention may have removed it",
+        )
+
+    def _os_error(self, action: str, key: str, exc: OSError) -> StorageError:
+        code = errno.errorcode.get(exc.errno or 0, "")
+        reason = f"{code} ({exc.strerror})" if code and exc.strerror else str(exc)
+        where = f" at {exc.filename}" if exc.filename else ""
+        return StorageError(
+            f"tier '{self.name}': {action} '{key}' under {self.root} failed{where}: {reason}",
+            self._remedy(exc.errno),
+        )
+
+    def _remedy(self, err: int | None) -> str:
+        root, tier = self.root, self.name
+        if err == errno.ENOSPC:
+            return f"free space on the filesystem holding {root} or point tier '{tier}' at a larger one; nothing was left under the key"
+        if err == errno.EDQUOT:
+            return f"raise the disk quota of uid {os.geteuid()} on {root} or remove old backups"
+        if err == errno.EIO:
+            return f"the disk under {root} reported an I/O error: check the kernel log (dmesg) and the disk's health before trusting it"
+        if err == errno.EROFS:
+            return f"{root} is on a read-only filesystem: remount it read-write or choose another path for tier '{tier}'"
+        if err in (errno.EACCES, errno.EPERM):
+            return f"make {root} writable by the worker's user (uid {os.geteuid()}) or choose another path for tier '{tier}'"
+        if err in (errno.ENOTDIR, errno.EEXIST):
+            return f"a component of the path is a regular file, not a directory: fix the path of tier '{tier}' or move the file"
+        if err == errno.EISDIR:
+            return "the key is a prefix of other keys (a directory); store the object under another key"
+        if err == errno.EFBIG:
+            return "the file size limit was reached: raise `ulimit -f` for the worker or use a filesystem that allows larger files"
+        return f"check that {root} exists, is a directory and is writable by uid {os.geteuid()}"
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    # Best effort while another error is on its way up; that error is the one to report,
+    # and a leftover dot-named temp file is invisible to list() anyway.
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)

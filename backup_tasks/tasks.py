@@ -1,0 +1,98 @@
+"""Celery tasks: thin, named, and passing only small JSON references.
+
+Each task parses a reference, calls the domain function in pipeline.py / verify.py and
+returns a reference. Arguments are target names and run ids, never secrets: workers
+resolve credentials themselves. A failure anywhere runs ``StageTask.on_failure``, the
+chain's error callback: it records the failed run with its reason, removes the run's
+staging files and emits an event.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, chain
+from celery.result import allow_join_result
+
+from backup_tasks import pipeline, routing, runtime
+from backup_tasks.celery_app import app
+from backup_tasks.defaults import TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX
+from backup_tasks.errors import TransientError, VerificationFailed
+from backup_tasks.verify import verify_backup
+
+log = logging.getLogger(__name__)
+
+
+class StageTask(Task):
+    """Idempotent stage: safe to redeliver, retried only for transient errors."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    autoretry_for = (TransientError,)
+    retry_backoff = True
+    retry_backoff_max = TASK_RETRY_BACKOFF_MAX
+    retry_jitter = True
+    max_retries = TASK_MAX_RETRIES
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        ref = args[0] if args and isinstance(args[0], dict) else {}
+        backup_id = ref.get("backup_id") or (args[0] if self.name == "backup.verify" and args else task_id)
+        target = ref.get("target") or (args[0] if self.name == "backup.start" and args else None)
+        if isinstance(exc, VerificationFailed):
+            return  # verify_backup recorded the failed check and emitted its event
+        try:
+            pipeline.fail(runtime.current(), backup_id, target, self.name.split(".")[-1], exc)
+        except Exception:  # noqa: BLE001 - never mask the stage's own error
+            log.exception("error callback for %s failed", backup_id)
+
+
+def chain_for(target, ref: dict):
+    """dump → compress → encrypt → upload on the target's host queue, then verify."""
+    queue = target.queue
+    return chain(
+        dump.si(ref).set(queue=queue),
+        compress.s().set(queue=queue),
+        encrypt.s().set(queue=queue),
+        upload.s().set(queue=queue),
+        verify.s().set(queue=routing.VERIFY_QUEUE),
+    )
+
+
+@app.task(bind=True, base=StageTask, name="backup.start")
+def start(self, target: str, type: str = "full", actor: str = ""):
+    """Record the run (its id is this task's id) and replace this task with the chain."""
+    rt = runtime.current()
+    ref = pipeline.start(rt, self.request.id, target, type, actor=actor)
+    if self.request.is_eager:
+        # Embedded default: the very same tasks, run in order in this process. Celery denies
+        # joins inside an eager task (and its own eager replace() trips on that), hence the guard.
+        with allow_join_result():
+            return chain_for(rt.target(target), ref).apply().get()
+    raise self.replace(chain_for(rt.target(target), ref))
+
+
+@app.task(base=StageTask, name="backup.dump")
+def dump(ref: dict) -> dict:
+    return pipeline.dump(runtime.current(), ref)
+
+
+@app.task(base=StageTask, name="backup.compress")
+def compress(ref: dict) -> dict:
+    return pipeline.compress(runtime.current(), ref)
+
+
+@app.task(base=StageTask, name="backup.encrypt")
+def encrypt(ref: dict) -> dict:
+    return pipeline.encrypt(runtime.current(), ref)
+
+
+@app.task(base=StageTask, name="backup.upload")
+def upload(ref: dict) -> dict:
+    return pipeline.upload(runtime.current(), ref)
+
+
+@app.task(base=StageTask, name="backup.verify")
+def verify(ref) -> dict:
+    """Full verification by id (a string) or after upload (its reference)."""
+    backup_id = ref["backup_id"] if isinstance(ref, dict) else ref
+    return verify_backup(runtime.current(), backup_id)

@@ -1,0 +1,168 @@
+"""Shared set-up: real keys, real config files, a claimed Redis DB and real worker processes.
+
+Nothing here is a stand-in: the worker is ``celery worker`` in its own process, talking
+to the Redis on 127.0.0.1:6379 through a DB number this run claims and flushes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from backup_tasks import keys as keys_mod
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+CLAIM_PREFIX = "backup-tasks:test-db-claim:"
+
+
+@pytest.fixture(scope="session")
+def session_keys(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("keys") / "k"
+    keys_mod.generate(out)
+    return out
+
+
+def write_config(path: Path, keys_dir: Path | None, *, targets: str, settings: str = "", tiers: str | None = None,
+                 state: Path | None = None) -> Path:
+    """A real targets file; state (catalog, staging, store) lives beside it."""
+    state = state or path.parent / "state"
+    key_lines = ""
+    if keys_dir is not None:
+        key_lines = (f'recipients_file = "{keys_dir / keys_mod.RECIPIENT_FILE}"\n'
+                     f'identities_file = "{keys_dir / keys_mod.IDENTITY_FILE}"\n'
+                     f'signing_key_file = "{keys_dir / keys_mod.SIGNING_KEY_FILE}"\n')
+    if tiers is None:
+        tiers = f'[tiers.local]\nkind = "local"\npath = "{state / "store"}"\n'
+    path.write_text(
+        "[settings]\n"
+        f'staging_dir = "{state / "staging"}"\n'
+        f'catalog_url = "sqlite:///{state / "catalog.db"}"\n'
+        f"{key_lines}{settings}\n{tiers}\n{targets}\n"
+    )
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path, session_keys):
+    def make(targets: str, **kw) -> Path:
+        kw.setdefault("keys_dir", session_keys)
+        keys_dir = kw.pop("keys_dir")
+        return write_config(tmp_path / "targets.toml", keys_dir, targets=targets, **kw)
+
+    return make
+
+
+@pytest.fixture
+def runtime_for():
+    """Install a Runtime for a config file in this process (what the CLI does), and undo it after."""
+    from backup_tasks import config, runtime
+    from backup_tasks.celery_app import configure
+
+    previous = runtime._current
+
+    def make(path: Path, **env):
+        rt = runtime.install(runtime.Runtime(config.load(path, environ={**os.environ, **env})))
+        configure(rt.settings)
+        return rt
+
+    yield make
+    runtime._current = previous
+
+
+@pytest.fixture
+def redis_url():
+    """A Redis DB number claimed for this test (SET NX on DB 0), flushed before and after."""
+    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    try:
+        admin.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis on {REDIS_HOST}:{REDIS_PORT} is not running ({exc}); start it: "
+                    "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no")
+    token = uuid.uuid4().hex
+    for db in range(1, 16):
+        if admin.set(f"{CLAIM_PREFIX}{db}", token, nx=True, ex=3600):
+            break
+    else:
+        pytest.fail("no free Redis DB number (1-15) to claim; stale claims expire after an hour")
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    client.flushdb()
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    client.flushdb()
+    if admin.get(f"{CLAIM_PREFIX}{db}") == token.encode():
+        admin.delete(f"{CLAIM_PREFIX}{db}")
+
+
+class Worker:
+    """A real ``celery worker`` process with its own log file."""
+
+    def __init__(self, config: Path, broker: str, queues: list[str], name: str, log: Path, pool: str = "prefork",
+                 extra_env: dict | None = None) -> None:
+        self.log = log
+        env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker, **(extra_env or {})}
+        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "worker", "-P", pool, "-c", "1",
+                "-Q", ",".join(queues), "-n", name, "-l", "INFO", "--without-gossip", "--without-mingle", "-E"]
+        self.proc = subprocess.Popen(argv, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log.read_text()}")
+            if b"ready." in self.log.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    workers: list[Worker] = []
+
+    def start(config: Path, broker: str, queues: list[str], name: str = "w1@localhost", **kw) -> Worker:
+        worker = Worker(config, broker, queues, name, tmp_path / f"{name.replace('@', '_')}.log", **kw)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def run_cli(*args: str, config: Path | None = None, env: dict | None = None, check: int | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """backupctl as a user runs it: a real process, its exit code and its stdout (env value None unsets)."""
+    argv = [sys.executable, "-m", "backup_tasks.cli", *args]
+    if config is not None:
+        argv += ["--config", str(config)]
+    environ = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    done = subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=600, cwd=cwd)
+    if check is not None and done.returncode != check:
+        raise AssertionError(f"{argv} exited {done.returncode}, expected {check}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}")
+    return done
