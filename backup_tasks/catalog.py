@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, delete, event, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -130,22 +130,37 @@ class Catalog:
         self.url = url
         self.engine = _engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        try:
-            Base.metadata.create_all(self.engine)
-        except OperationalError as exc:
-            raise ServiceUnavailable(
-                f"catalog database {self.engine.url.render_as_string(hide_password=True)} is unreachable: {exc.orig}",
-                "check catalog_url and that the database server is up",
-            ) from None
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        # Several processes (workers, CLI) may open a new catalog at the same moment; the
+        # loser of that race sees "already exists" and simply checks again.
+        for attempt in range(5):
+            try:
+                Base.metadata.create_all(self.engine)
+                return
+            except (OperationalError, ProgrammingError, IntegrityError) as exc:
+                if "already exists" in str(exc.orig) and attempt < 4:
+                    continue
+                raise ServiceUnavailable(
+                    f"catalog database {self.engine.url.render_as_string(hide_password=True)} cannot be opened: {exc.orig}",
+                    "check catalog_url and that the database server is up",
+                ) from None
 
     # runs ------------------------------------------------------------------
 
-    def create_run(self, backup_id: str, *, target: str, kind: str, type: str, host: str, actor: str = "") -> None:
-        """Record a new run; a redelivered start finds its row and leaves it alone."""
+    def create_run(self, backup_id: str, *, target: str, kind: str, type: str, host: str, actor: str = "") -> datetime:
+        """Record a new run and return its creation time; a redelivered start finds its row and leaves it alone."""
+        # Millisecond precision: the manifest stores ISO times in ms, and a rebuilt catalog must match.
+        now = _utcnow()
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         with self._session.begin() as s:
-            if s.get(BackupRow, backup_id) is None:
+            row = s.get(BackupRow, backup_id)
+            if row is None:
                 s.add(BackupRow(id=backup_id, target=target, kind=kind, type=type, host=host, status=Status.RUNNING,
-                                stage="queued", actor=actor, created_at=_utcnow()))
+                                stage="queued", actor=actor, created_at=now))
+                return now
+            return row.created_at
 
     def set_stage(self, backup_id: str, stage: str) -> None:
         with self._session.begin() as s:

@@ -73,11 +73,13 @@ def _drop_connections() -> None:
 
 
 def _configure_from_environment() -> None:
-    """Workers and Flower import this module: configure from BACKUP_CONFIG / BACKUP_BROKER_URL."""
+    """Workers, beat and Flower import this module: configure from BACKUP_CONFIG / BACKUP_BROKER_URL."""
     if os.environ.get("BACKUP_CONFIG"):
+        import beat_schedule
         from backup_tasks import runtime
 
         configure(runtime.current().settings)
+        app.conf.beat_schedule = beat_schedule.build(runtime.current().config)
     elif os.environ.get("BACKUP_BROKER_URL"):
         from backup_tasks.config import Settings
 

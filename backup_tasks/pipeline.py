@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -49,8 +50,9 @@ def check_type(target, type_: str) -> None:
 def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
     target = rt.target(target_name)
     check_type(target, type_)
-    rt.catalog.create_run(backup_id, target=target.name, kind=target.kind, type=type_, host=target.host, actor=actor)
-    return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start"}
+    created = rt.catalog.create_run(backup_id, target=target.name, kind=target.kind, type=type_, host=target.host, actor=actor)
+    # The run's creation time travels with it, so the manifest and the catalog agree on it.
+    return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start", "created_at": manifest.iso(created)}
 
 
 def _ref(run_dir: Path, stage: str) -> dict | None:
@@ -69,8 +71,9 @@ def _commit_ref(run_dir: Path, stage: str, ref: dict) -> dict:
     return ref
 
 
-def _write_output(final: Path, produce: Callable[[HashingWriter], None]) -> tuple[int, str]:
-    """Run ``produce`` into a private temp file, fsync, rename into place; return size and sha256."""
+def _write_output(final: Path, produce: Callable[[HashingWriter], None]) -> tuple[int, str, float]:
+    """Run ``produce`` into a private temp file, fsync, rename into place; return size, sha256, seconds."""
+    started = time.monotonic()
     tmp = final.with_name(f".{final.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -82,7 +85,7 @@ def _write_output(final: Path, produce: Callable[[HashingWriter], None]) -> tupl
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return writer.size, writer.sha256
+    return writer.size, writer.sha256, round(time.monotonic() - started, 3)
 
 
 def dump(rt: Runtime, ref: dict) -> dict:
@@ -102,12 +105,13 @@ def dump(rt: Runtime, ref: dict) -> dict:
     def produce(out: HashingWriter) -> None:
         report.update(source.dump(target, out, workdir))
 
-    size, sha = _write_output(final, produce)
+    size, sha, seconds = _write_output(final, produce)
     shutil.rmtree(workdir, ignore_errors=True)
     (run_dir / "source.json").write_text(json.dumps(report))
     return _commit_ref(run_dir, "dump", {
         "backup_id": backup_id, "target": target.name, "type": ref.get("type", "full"), "stage": "dump",
-        "path": str(final), "size": size, "sha256": sha, "started_at": manifest.iso(started),
+        "path": str(final), "size": size, "sha256": sha, "seconds": seconds,
+        "created_at": ref.get("created_at") or manifest.iso(started),
     })
 
 
@@ -119,13 +123,13 @@ def compress(rt: Runtime, ref: dict) -> dict:
     settings = rt.settings
     method = settings.compression
     if method == "none":
-        return _commit_ref(run_dir, "compress", {**ref, "stage": "compress", "compression": "none", "level": None})
+        return _commit_ref(run_dir, "compress", {**ref, "stage": "compress", "seconds": 0.0, "compression": "none", "level": None})
     final = Path(ref["path"] + compress_stage.SUFFIX[method])
     with open(ref["path"], "rb") as src:
-        size, sha = _write_output(final, lambda out: compress_stage.compress(
+        size, sha, seconds = _write_output(final, lambda out: compress_stage.compress(
             src, out, method, level=settings.compression_level, threads=settings.compression_threads))
     done = _commit_ref(run_dir, "compress", {**_carry(ref), "stage": "compress", "path": str(final), "size": size, "sha256": sha,
-                                              "compression": method, "level": settings.compression_level})
+                                              "seconds": seconds, "compression": method, "level": settings.compression_level})
     _drop_input(ref, final)
     return done
 
@@ -141,13 +145,13 @@ def encrypt(rt: Runtime, ref: dict) -> dict:
                 f"target '{target.name}' (kind {target.kind}) must be encrypted but no recipients are configured",
                 "set recipients in [settings]; backupctl keys generate makes a key pair",
             )
-        return _commit_ref(run_dir, "encrypt", {**ref, "stage": "encrypt", "encrypted": False})
+        return _commit_ref(run_dir, "encrypt", {**ref, "stage": "encrypt", "seconds": 0.0, "encrypted": False})
     rt.catalog.set_stage(ref["backup_id"], "encrypt")
     final = Path(ref["path"] + encrypt_stage.SUFFIX)
     with open(ref["path"], "rb") as src:
-        size, sha = _write_output(final, lambda out: encrypt_stage.encrypt(src, out, rt.recipients))
+        size, sha, seconds = _write_output(final, lambda out: encrypt_stage.encrypt(src, out, rt.recipients))
     done = _commit_ref(run_dir, "encrypt", {**_carry(ref), "stage": "encrypt", "path": str(final), "size": size, "sha256": sha,
-                                             "compression": ref["compression"], "level": ref.get("level"), "encrypted": True})
+                                             "seconds": seconds, "compression": ref["compression"], "level": ref.get("level"), "encrypted": True})
     _drop_input(ref, final)
     return done
 
@@ -170,6 +174,7 @@ def upload(rt: Runtime, ref: dict) -> dict:
     if existing is not None:  # redelivered after the commit: nothing left to do
         return _upload_result(existing)
     rt.catalog.set_stage(backup_id, "upload")
+    upload_started = time.monotonic()
     run_dir = rt.run_dir(backup_id)
     dumped = json.loads((run_dir / "dump.json").read_text())
     report = json.loads((run_dir / "source.json").read_text())
@@ -196,7 +201,7 @@ def upload(rt: Runtime, ref: dict) -> dict:
         "parent": None,
         "host": target.host,
         "worker": socket.gethostname(),
-        "created_at": dumped["started_at"],
+        "created_at": dumped["created_at"],
         "finished_at": manifest.iso(manifest.now()),
         "tool_versions": manifest.tool_versions(report.pop("tool_versions", None)),
         "plaintext": {"size": dumped["size"], "sha256": dumped["sha256"], "format": source_for(target.kind).suffix},
@@ -205,6 +210,7 @@ def upload(rt: Runtime, ref: dict) -> dict:
         "stored": {"name": name, "size": ref["size"], "sha256": ref["sha256"]},
         "locations": [{"tier": l.tier, "key": l.key} for l in locations],
         "source": report,
+        "timings": {**_stage_seconds(run_dir), "upload": round(time.monotonic() - upload_started, 3)},
     }, rt.signer)
     body = manifest.dumps(doc)
     for tier in rt.config.tiers_of(target):
@@ -212,6 +218,17 @@ def upload(rt: Runtime, ref: dict) -> dict:
     rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
+
+
+def _stage_seconds(run_dir: Path) -> dict:
+    """How long each stage took, from the stage references (a skipped stage has none)."""
+    out = {}
+    for stage in ("dump", "compress", "encrypt"):
+        path = run_dir / f"{stage}.json"
+        seconds = json.loads(path.read_text()).get("seconds") if path.exists() else None
+        if seconds is not None:
+            out[stage] = seconds
+    return out
 
 
 def _key_id(recipient: str) -> str:

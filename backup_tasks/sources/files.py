@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
+from decimal import Decimal
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -378,6 +379,8 @@ def _extract(plaintext: BinaryIO, dest: str) -> tuple[dict, list[dict]]:
                 name = member.name
                 safe = _admit(member, dest)
                 archive.extract(safe, dest, set_attrs=not safe.isdir(), filter="fully_trusted")
+                if safe.isreg() or safe.islnk():
+                    _set_mtime(os.path.join(dest, safe.name), safe)
                 _count(safe, dest, counts, dirs)
         tee.drain()
         listing = tee.scanner.close()
@@ -407,6 +410,13 @@ def _count(member: tarfile.TarInfo, dest: str, counts: dict, dirs: list) -> None
         counts["bytes"] += member.size
 
 
+def _set_mtime(path: str, member: tarfile.TarInfo) -> None:
+    """Exact to the nanosecond: tarfile's float mtime loses the last digits of a pax mtime."""
+    text = member.pax_headers.get("mtime")
+    ns = int(Decimal(text) * 1_000_000_000) if text else int(member.mtime) * 1_000_000_000
+    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+
 def _set_dir_attrs(dirs: list[tarfile.TarInfo], dest: str) -> None:
     # Last and deepest first, as tarfile.extractall does: a 0500 directory must stay
     # writable until its contents are in, and writing contents bumps its mtime.
@@ -414,7 +424,7 @@ def _set_dir_attrs(dirs: list[tarfile.TarInfo], dest: str) -> None:
         path = os.path.join(dest, member.name)
         if os.path.islink(path) or not os.path.isdir(path):
             continue
-        os.utime(path, (member.mtime, member.mtime))
+        _set_mtime(path, member)
         os.chmod(path, member.mode)
 
 

@@ -1,0 +1,28 @@
+# Two commands for a newcomer: `make demo` (embedded default, nothing else needed)
+# and `make test` (the whole suite, against the real services on loopback).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test tools clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# age and zstd are the disaster-recovery tools the interop tests run; Debian packages.
+tools:
+	@command -v age >/dev/null && command -v zstd >/dev/null && command -v tar >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq age zstd tar >/dev/null; \
+	  else echo "install the Debian packages age and zstd (sudo apt-get install age zstd)"; exit 1; fi; }
+
+demo: $(VENV)/.installed
+	$(PY) -m backup_tasks.demo demo
+
+test: $(VENV)/.installed tools
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) demo backups
