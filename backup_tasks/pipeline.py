@@ -51,6 +51,7 @@ def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str 
     target = rt.target(target_name)
     check_type(target, type_)
     created = rt.catalog.create_run(backup_id, target=target.name, kind=target.kind, type=type_, host=target.host, actor=actor)
+    rt.signer  # noqa: B018 - fail now, not after an hour of dumping, when manifests cannot be signed
     # The run's creation time travels with it, so the manifest and the catalog agree on it.
     return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start", "created_at": manifest.iso(created)}
 

@@ -9,15 +9,18 @@ listing and per-file sha256), and the plaintext sha256.
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from backup_tasks import events, manifest, readback
-from backup_tasks.errors import BackupError, VerificationFailed
+from backup_tasks.errors import BackupError, ConfigError, VerificationFailed
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
+
+log = logging.getLogger(__name__)
 
 
 def verify_backup(rt: Runtime, backup_id: str) -> dict:
@@ -88,9 +91,19 @@ def _scratch(rt: Runtime) -> Path:
 
 
 def _write_marker(rt: Runtime, row, result: dict, at) -> None:
-    """A signed verified.json beside the manifest, so a rebuilt catalog knows what was proven."""
+    """A signed verified.json beside the manifest, so a rebuilt catalog knows what was proven.
+
+    A host that can verify but holds no signing key (a restore host with public keys
+    only) records the verification in the catalog and leaves the marker out.
+    """
+    try:
+        signer = rt.signer
+    except ConfigError as exc:
+        log.warning("backup %s verified, but no verified.json marker written: %s", row.id, exc)
+        result.setdefault("notes", []).append("no signing key on this host: verified.json not written")
+        return
     marker = manifest.sign({"format": manifest.FORMAT, "backup_id": row.id, "verified_at": manifest.iso(at),
-                            "checks": {k: v for k, v in result.items() if k != "notes"}}, rt.signer)
+                            "checks": {k: v for k, v in result.items() if k != "notes"}}, signer)
     body = manifest.dumps(marker)
     for loc in row.locations:
         rt.storage(loc.tier).put(manifest.verified_key(row.target, row.id), io.BytesIO(body))

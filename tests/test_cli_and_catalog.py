@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 
 import pytest
@@ -149,3 +150,23 @@ def test_rebuild_skips_a_manifest_with_a_bad_signature(tmp_path, make_config, ru
     mpath.write_text(json.dumps(doc))
     rebuilt = json.loads(run_cli("catalog", "rebuild", "--json", config=cfg, check=0).stdout)
     assert rebuilt["backups"] == 0 and "signature" in rebuilt["skipped"][0]["reason"]
+
+
+def test_a_restore_host_with_public_keys_only_verifies_and_restores(tmp_path, make_config, runtime_for, session_keys):
+    db = tmp_path / "app.db"
+    make_app_db(db)
+    cfg = make_config(f'[targets.app-sqlite]\nkind = "sqlite"\npath = "{db}"\n')
+    backup_id = client.enqueue_backup("app-sqlite", rt=runtime_for(cfg)).wait()["id"]
+    # the restore host: same catalog and storage, the identity, and only the *public* signing key
+    restore_host = write_config(
+        tmp_path / "restore-host.toml", None, targets=f'[targets.app-sqlite]\nkind = "sqlite"\npath = "{db}"\n',
+        settings=(f'identities_file = "{session_keys / keys.IDENTITY_FILE}"\n'
+                  f'signing_public_key_file = "{session_keys / keys.SIGNING_PUB_FILE}"\n'),
+        state=tmp_path / "state")
+    verified = json.loads(run_cli("verify", backup_id, "--json", config=restore_host, check=0).stdout)
+    assert verified["ok"] is True and any("verified.json not written" in n for n in verified["notes"])
+    run_cli("restore", backup_id, "--to", str(tmp_path / "r.db"), config=restore_host, check=0)
+    assert sqlite3.connect(tmp_path / "r.db").execute("SELECT count(*) FROM orders").fetchone()[0] == 2000
+    # ... but it cannot make backups: it holds no signing key
+    done = run_cli("backup", "app-sqlite", "--json", config=restore_host, check=1)
+    assert "no signing key configured" in json.loads(done.stdout)["error"]

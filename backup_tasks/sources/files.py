@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import functools
 import os
-from decimal import Decimal
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from decimal import Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import BinaryIO
