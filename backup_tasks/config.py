@@ -269,15 +269,7 @@ def _tiers(table: dict, base: Path, file: str) -> dict[str, Tier]:
         # The embedded default: one local tier under ./backups/store.
         return {defaults.LOCAL_TIER_NAME: Tier(name=defaults.LOCAL_TIER_NAME, kind="local", path=str(Path(defaults.LOCAL_TIER_PATH).resolve()))}
     tiers: dict[str, Tier] = {}
-    seen: dict[str, str] = {}
-    for name, spec in table.items():
-        _check_name(name, "tier", file=file)
-        where = f"tier '{name}'"
-        if name.lower() in seen:
-            raise ConfigError(f"duplicate tier name (also '{seen[name.lower()]}')", "tier names must differ in more than case", file=file, where=where)
-        seen[name.lower()] = name
-        if not isinstance(spec, dict):
-            raise ConfigError("must be a table", file=file, where=where)
+    for name, spec, where in _named_tables(table, "tier", file):
         kind = spec.get("kind")
         if kind not in defaults.TIER_KINDS:
             raise ConfigError(f"unknown tier kind '{kind}'", f"use one of: {', '.join(defaults.TIER_KINDS)}", file=file, where=where, field="kind")
@@ -301,19 +293,23 @@ def _tiers(table: dict, base: Path, file: str) -> dict[str, Tier]:
     return tiers
 
 
-def _targets(table: dict, tiers: dict[str, Tier], settings: Settings, file: str) -> dict[str, Target]:
-    targets: dict[str, Target] = {}
+def _named_tables(table: dict, what: str, file: str):
+    """(name, spec, where) for each [<what>s.<name>] table, names checked and unique ignoring case."""
     seen: dict[str, str] = {}
     for name, spec in table.items():
-        _check_name(name, "target", file=file)
-        where = f"target '{name}'"
+        _check_name(name, what, file=file)
+        where = f"{what} '{name}'"
         if name.lower() in seen:
-            raise ConfigError(f"duplicate target name (also '{seen[name.lower()]}')", "target names must differ in more than case", file=file, where=where)
+            raise ConfigError(f"duplicate {what} name (also '{seen[name.lower()]}')", f"{what} names must differ in more than case",
+                              file=file, where=where)
         seen[name.lower()] = name
         if not isinstance(spec, dict):
             raise ConfigError("must be a table", file=file, where=where)
-        targets[name] = _target(name, spec, tiers, settings, file, where)
-    return targets
+        yield name, spec, where
+
+
+def _targets(table: dict, tiers: dict[str, Tier], settings: Settings, file: str) -> dict[str, Target]:
+    return {name: _target(name, spec, tiers, settings, file, where) for name, spec, where in _named_tables(table, "target", file)}
 
 
 def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, file: str, where: str) -> Target:

@@ -71,24 +71,21 @@ def start(self, target: str, type: str = "full", actor: str = ""):
     raise self.replace(chain_for(rt.target(target), ref))
 
 
-@app.task(base=StageTask, name="backup.dump")
-def dump(ref: dict) -> dict:
-    return pipeline.dump(runtime.current(), ref)
+def _stage(name: str, work):
+    """A chain stage task: a reference in, the domain function, a reference out."""
+
+    def run(ref: dict) -> dict:
+        return work(runtime.current(), ref)
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = work.__doc__
+    return app.task(base=StageTask, name=f"backup.{name}")(run)
 
 
-@app.task(base=StageTask, name="backup.compress")
-def compress(ref: dict) -> dict:
-    return pipeline.compress(runtime.current(), ref)
-
-
-@app.task(base=StageTask, name="backup.encrypt")
-def encrypt(ref: dict) -> dict:
-    return pipeline.encrypt(runtime.current(), ref)
-
-
-@app.task(base=StageTask, name="backup.upload")
-def upload(ref: dict) -> dict:
-    return pipeline.upload(runtime.current(), ref)
+dump = _stage("dump", pipeline.dump)
+compress = _stage("compress", pipeline.compress)
+encrypt = _stage("encrypt", pipeline.encrypt)
+upload = _stage("upload", pipeline.upload)
 
 
 @app.task(base=StageTask, name="backup.verify")

@@ -13,6 +13,7 @@ import pytest
 from backup_tasks import client
 from backup_tasks.catalog import Status
 from conftest import run_cli
+from test_files_source import assert_same_tree, snapshot
 
 MiB = 1 << 20
 
@@ -42,27 +43,6 @@ def build_tree(root: Path, big_mib: int = 200) -> None:
     os.utime(root / "secret.env", (1_500_000_000.5, 1_500_000_000.5))
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Everything a restore must preserve: type, mode, mtime, link target, content hash."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            rel = str(path.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns // 1000)
-            else:
-                h = hashlib.sha256()
-                with open(path, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(MiB), b""):
-                        h.update(chunk)
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns // 1000, h.hexdigest())
-    return out
-
-
 @pytest.mark.slow
 def test_tree_with_unicode_links_modes_and_a_200mib_file_restores_identical(tmp_path, make_config, runtime_for):
     tree = tmp_path / "srv" / "app"
@@ -78,7 +58,7 @@ def test_tree_with_unicode_links_modes_and_a_200mib_file_restores_identical(tmp_
     listed = {e["path"] for e in manifest["source"]["files"]}
     assert not any(p.endswith("skip.tmp") or "node_modules" in p for p in listed)
     big = next(e for e in manifest["source"]["files"] if e["path"].endswith("big.bin"))
-    assert big["size"] == 200 * MiB and big["sha256"] == before["big.bin"][3]
+    assert big["size"] == 200 * MiB and big["sha256"] == before["big.bin"]["sha256"]
     assert manifest["stored"]["size"] < manifest["plaintext"]["size"]
 
     dest = tmp_path / "restore"
@@ -86,8 +66,7 @@ def test_tree_with_unicode_links_modes_and_a_200mib_file_restores_identical(tmp_
     assert result["files"] == 5 and result["links"] == 3
     restored_root = dest / str(tree).lstrip("/")
     after = snapshot(restored_root)
-    assert after == before
-    # mtimes to the microsecond, including the sub-second part
-    assert after["big.bin"][2] == 1_600_000_000_123_456
+    assert_same_tree(before, after)
+    assert after["big.bin"]["mtime"] == 1_600_000_000_123_456_789  # to the nanosecond
     assert stat.S_IMODE((restored_root / "secret.env").stat().st_mode) == 0o600
     assert stat.S_IMODE(dest.stat().st_mode) == 0o700
