@@ -41,8 +41,8 @@ class Run:
     def info(self) -> dict:
         """The catalog entry, or a 'queued' stub while no worker has picked the run up yet."""
         row = self._rt.catalog.find(self.id)
-        if row is None:
-            return {"id": self.id, "status": "queued", "stage": "queued"}
+        if row is None:  # sent by something that does not record (Flower's HTTP API); no worker has it yet
+            return {"id": self.id, "status": Status.RUNNING, "stage": "queued"}
         return {**dumps_row(row), "stage": row.stage}
 
     def status(self) -> str:
@@ -76,13 +76,17 @@ def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None,
     from backup_tasks.tasks import start
 
     backup_id = pipeline.new_backup_id(target)
+    actor = actor or _actor()
     try:
         if not rt.settings.embedded:
             # Fail in seconds with exit code 3, not after kombu's and the result backend's long retries.
             with start.app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5)
-        start.apply_async(args=(target, type), kwargs={"actor": actor or _actor()}, task_id=backup_id)
+            # Recorded now, so the run is in `backupctl list` while it waits for its worker.
+            pipeline.record_run(rt, backup_id, target, type, actor=actor)
+        start.apply_async(args=(target, type), kwargs={"actor": actor}, task_id=backup_id)
     except (OperationalError, ConnectionError, RuntimeError) as exc:
+        rt.catalog.fail_run(backup_id, f"not enqueued: broker unreachable ({exc.__class__.__name__})")
         raise ServiceUnavailable(f"cannot reach the broker at {_redact(rt.settings.broker_url)}: {exc}",
                                  "is Redis up? check BACKUP_BROKER_URL") from None
     return Run(backup_id, rt)

@@ -47,13 +47,20 @@ def check_type(target, type_: str) -> None:
         )
 
 
-def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
+def record_run(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
+    """Put the run in the catalog (idempotent); the start reference carries its creation time."""
     target = rt.target(target_name)
     check_type(target, type_)
     created = rt.catalog.create_run(backup_id, target=target.name, kind=target.kind, type=type_, host=target.host, actor=actor)
-    rt.signer  # noqa: B018 - fail now, not after an hour of dumping, when manifests cannot be signed
     # The run's creation time travels with it, so the manifest and the catalog agree on it.
     return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start", "created_at": manifest.iso(created)}
+
+
+def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
+    """On the worker: record the run, and refuse it now if its manifest could not be signed later."""
+    ref = record_run(rt, backup_id, target_name, type_, actor)
+    rt.signer  # noqa: B018 - fail now, not after an hour of dumping
+    return ref
 
 
 def _ref(run_dir: Path, stage: str) -> dict | None:

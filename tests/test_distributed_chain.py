@@ -49,6 +49,12 @@ def test_chain_runs_on_the_host_worker_through_redis_and_leaks_no_secret(tmp_pat
     log = worker.log.read_text()
     assert "backup.compress" in log and "succeeded" in log
 
+    # An operator enqueues without waiting: the run is listed at once, then a worker finishes it.
+    queued = json.loads(run_cli("backup", "uploads", "--json", config=cfg, env={"BACKUP_BROKER_URL": redis_url}, check=0).stdout)
+    assert queued["status"] == "running" and queued["target"] == "uploads"
+    runs.append(client.get_run(queued["id"], rt=rt))
+    assert runs[-1].wait(timeout=120)["status"] == Status.VERIFIED
+
     # The list the operator sees, and a restore from it.
     listed = json.loads(run_cli("list", "--json", config=cfg, env={"BACKUP_BROKER_URL": redis_url}, check=0).stdout)
     assert {e["id"] for e in listed} == {run.id for run in runs}

@@ -30,7 +30,7 @@ def backup(ctx: Context, target, type_, wait, timeout):
     run = client.enqueue_backup(target, type_, actor=f"cli:{_user()}", rt=rt)
     ctx.out.note(f"backup {run.id} {'running in-process' if rt.settings.embedded else 'enqueued on ' + rt.target(target).queue}")
     if not (wait or rt.settings.embedded):
-        ctx.out.result({"id": run.id, "target": target, "status": "queued"}, lambda c, d: c.print(f"queued {d['id']}"))
+        ctx.out.result(run.info(), lambda c, d: c.print(f"enqueued {d['id']} ({d['status']}, {d['stage']})"))
         return
     try:
         info = run.wait(timeout, on_progress=lambda i: ctx.out.note(f"  {i['id']}: {i.get('stage')}"))
