@@ -21,7 +21,9 @@ SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 def compress(src: BinaryIO, dst: BinaryIO, method: str, *, level: int | None = None, threads: int = defaults.ZSTD_THREADS) -> None:
     """Copy ``src`` to ``dst`` compressed; both are streams read and written in chunks."""
     if method == "zstd":
-        cctx = zstandard.ZstdCompressor(level=level or defaults.ZSTD_LEVEL, threads=threads, write_checksum=True)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level or defaults.ZSTD_LEVEL, threads=threads, job_size=defaults.ZSTD_JOB_SIZE, write_checksum=1)
+        cctx = zstandard.ZstdCompressor(compression_params=params)
         cctx.copy_stream(src, dst, read_size=defaults.CHUNK_SIZE, write_size=defaults.CHUNK_SIZE)
     elif method == "gzip":
         # mtime=0: the same input gives the same bytes, so a redelivered stage is reproducible.
