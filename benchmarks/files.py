@@ -3,7 +3,11 @@
 
 Run by hand (it takes minutes and ~15 GB of transient disk with the 4 GiB case):
 
-    python benchmarks/files.py [--files 100000] [--size 1.5G] [--workdir DIR] [--keep] [--skip-4g]
+    python benchmarks/files.py [--files 100000] [--size 1.5G] [--workdir DIR] [--keep] [--skip-4g] [--repeat N]
+
+To measure a commit while the working tree is being edited, run it against a snapshot:
+``git archive HEAD | tar -x -C /tmp/snap && PYTHONPATH=/tmp/snap python benchmarks/files.py``
+(the CLI and worker subprocesses inherit PYTHONPATH; the JSON records which code ran).
 
 In one run it
 
@@ -21,6 +25,12 @@ In one run it
    with per-stage seconds and MB/s from the manifest and the verification record;
 4. repeats (c) for a 256 MiB and a 4 GiB tree of a few large files (memory flatness);
 5. prints a results table and writes it as JSON to benchmarks/out/files-<timestamp>.json.
+
+Besides wall time it records CPU seconds (baseline pipeline via RUSAGE_CHILDREN, the CLI
+via /usr/bin/time -v, the pool child via psutil) and the load average before each run:
+on a shared 2-core machine wall times swing by 30% and more, CPU seconds much less.
+With --repeat N every case runs N times, interleaved, and the median run is reported
+(peak RSS: the maximum over all runs).
 
 Generated data is deleted at the end unless --keep (then trees and keys stay in the
 workdir and are reused by the next run with the same parameters). The run's state
@@ -71,6 +81,7 @@ TREE_VERSION = 1  # bump when the generator changes, so --keep does not reuse an
 
 RSS_TARGET = 200 * MiB
 RATIO_TARGET = 1.3
+FLAT_TOLERANCE = 0.10  # "the same" peak RSS for 256 MiB and 4 GiB: within 10% of the larger
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -102,13 +113,19 @@ def sh(cmd: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], **kw)
 
 
-def timed_sh(cmd: str) -> float:
+def timed_sh(cmd: str) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system of the whole pipeline, from RUSAGE_CHILDREN) of a shell pipeline."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = sh(cmd, stderr=subprocess.PIPE, text=True)
     seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"command failed ({done.returncode}): {cmd}\n{done.stderr}")
-    return round(seconds, 3)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return round(seconds, 3), round(cpu, 2)
 
 
 def warm(tree: Path) -> int:
@@ -367,6 +384,10 @@ class RssPoller(threading.Thread):
         self.info: dict[int, dict] = {}
         self.max_tree = 0
         self.samples = 0
+        self.timeline: list[tuple[float, int, int]] = []  # (time.time(), RSS of root's direct children, tree RSS)
+        self.cpu_first: dict[int, float] = {}  # CPU seconds (own + reaped children) of root and its direct children
+        self.cpu_last: dict[int, float] = {}
+        self.own_cpu_seconds = 0.0  # what this polling thread itself cost
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -379,7 +400,7 @@ class RssPoller(threading.Thread):
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            total = 0
+            total = children = 0
             for p in procs:
                 try:
                     rss = p.memory_info().rss
@@ -388,9 +409,21 @@ class RssPoller(threading.Thread):
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
                 total += rss
+                if self.info[p.pid]["ppid"] == self.root_pid:
+                    children += rss
+                if p.pid == self.root_pid or self.info[p.pid]["ppid"] == self.root_pid:
+                    try:
+                        ct = p.cpu_times()
+                    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                        continue
+                    cpu = ct.user + ct.system + ct.children_user + ct.children_system
+                    self.cpu_first.setdefault(p.pid, cpu)
+                    self.cpu_last[p.pid] = cpu
                 self.max_by_pid[p.pid] = max(self.max_by_pid.get(p.pid, 0), rss)
             self.max_tree = max(self.max_tree, total)
+            self.timeline.append((time.time(), children, total))
             self.samples += 1
+            self.own_cpu_seconds = time.thread_time()
             self._halt.wait(self.interval)
 
     def stop(self) -> None:
@@ -401,8 +434,37 @@ class RssPoller(threading.Thread):
         """The largest RSS seen of any direct child of ``pid`` (the prefork pool process)."""
         return max((rss for p, rss in self.max_by_pid.items() if self.info.get(p, {}).get("ppid") == pid), default=0)
 
+    def cpu_of_children_of(self, pid: int) -> float:
+        """CPU seconds the direct children of ``pid`` used while polled (their reaped subprocesses, e.g. tar, included)."""
+        return round(sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last if self.info.get(p, {}).get("ppid") == pid), 2)
+
     def max_matching(self, needle: str) -> int:
         return max((rss for p, rss in self.max_by_pid.items() if needle in self.info.get(p, {}).get("cmd", "")), default=0)
+
+
+_LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\] Task (backup\.\w+)\[[^\]]+\] "
+                       r"(received|succeeded|failed|raised|retry)")
+
+
+def peaks_by_stage(logfile: Path, timeline: list[tuple[float, int, int]]) -> dict[str, dict]:
+    """Peak RSS of the pool child and of the worker tree while each task ran, from the worker log's timestamps."""
+    spans: dict[str, list[float]] = {}
+    for line in logfile.read_text(errors="replace").splitlines():
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the worker logs local time
+        stage = m.group(2).removeprefix("backup.")
+        if m.group(3) == "received":
+            spans.setdefault(stage, [at, at])[0] = at
+        else:
+            spans.setdefault(stage, [at, at])[1] = at
+    out = {}
+    for stage, (start, end) in spans.items():
+        inside = [(c, t) for at, c, t in timeline if start - 0.05 <= at <= end + 0.05]
+        if inside:
+            out[stage] = {"pool_child": max(c for c, _ in inside), "tree": max(t for _, t in inside)}
+    return out
 
 
 class RedisDB:
@@ -478,14 +540,16 @@ def baseline(tree: Path, keys_dir: Path, scratch: Path) -> dict:
     identity = keys_dir / keys_mod.IDENTITY_FILE
     out = scratch / "baseline.tar.zst.age"
     warm(tree)
-    backup_s = timed_sh(f"tar -cf - -C / {q(str(tree).lstrip('/'))} | zstd -3 -T2 -q | age -r {recipient} > {q(out)}")
+    load = os.getloadavg()[0]
+    backup_s, backup_cpu = timed_sh(f"tar -cf - -C / {q(str(tree).lstrip('/'))} | zstd -3 -T2 -q | age -r {recipient} > {q(out)}")
     stored = out.stat().st_size
-    sync_s = timed_sh(f"sync {q(out)}")  # not part of the baseline total; our chain fsyncs every stage
-    readback_s = timed_sh(f"age -d -i {q(identity)} {q(out)} | zstd -d -q | tar -tvf - > /dev/null")
+    sync_s, _ = timed_sh(f"sync {q(out)}")  # not part of the baseline total; our chain fsyncs every stage
+    readback_s, readback_cpu = timed_sh(f"age -d -i {q(identity)} {q(out)} | zstd -d -q | tar -tvf - > /dev/null")
     out.unlink()
     sh("sync")
     return {"backup_seconds": backup_s, "readback_seconds": readback_s, "total_seconds": round(backup_s + readback_s, 3),
-            "stored_bytes": stored, "sync_after_backup_seconds": sync_s}
+            "stored_bytes": stored, "sync_after_backup_seconds": sync_s, "loadavg_1m_before": load,
+            "cpu_seconds": round(backup_cpu + readback_cpu, 2), "backup_cpu_seconds": backup_cpu, "readback_cpu_seconds": readback_cpu}
 
 
 def cli(*args: str, config: Path, env: dict, timeout: float = 7200) -> subprocess.CompletedProcess:
@@ -520,12 +584,21 @@ def stage_report(result: dict, shown: dict) -> dict:
             "files_checked": (verification.get("detail") or {}).get("files_checked")}
 
 
+def stored_manifest_size(config: Path, target: str, backup_id: str) -> int | None:
+    """Size of the signed manifest (with its per-file list) on the local tier: it grows with the file count."""
+    from backup_tasks import manifest as manifest_mod
+
+    path = config.parent / "state" / "store" / manifest_mod.manifest_key(target, backup_id)
+    return path.stat().st_size if path.exists() else None
+
+
 def chain_embedded(target: str, config: Path, tree: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")}
     warm(tree)
     time_file = config.parent / "time-v.txt"
     argv = [PY, "-m", "backup_tasks.cli", "backup", target, "--wait", "--json", "--timeout", "7200", "--config", str(config)]
     use_time = Path("/usr/bin/time").exists()
+    load = os.getloadavg()[0]
     if use_time:
         argv = ["/usr/bin/time", "-v", "-o", str(time_file), *argv]
     started = time.monotonic()
@@ -535,21 +608,24 @@ def chain_embedded(target: str, config: Path, tree: Path) -> dict:
     stdout, stderr = proc.communicate(timeout=7200)
     wall = round(time.monotonic() - started, 3)
     poller.stop()
-    maxrss = None
+    maxrss = cpu = None
     if use_time and time_file.exists():
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_file.read_text())
         maxrss = int(m.group(1)) * 1024 if m else None
+        times = [float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", time_file.read_text())]
+        cpu = round(sum(times), 2) if times else None
         time_file.unlink()
     done = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     result = parse_json(done, "backupctl backup (embedded)")
-    out = {"mode": "embedded", "wall_seconds": wall, "exit_code": proc.returncode, "status": result.get("status"),
+    out = {"mode": "embedded", "wall_seconds": wall, "exit_code": proc.returncode, "status": result.get("status"), "loadavg_1m_before": load,
            "id": result.get("id"), "peak_rss_time_v": maxrss, "peak_rss_cli_polled": poller.max_matching("backup_tasks.cli"),
-           "peak_rss_tree_polled": poller.max_tree}
+           "peak_rss_tree_polled": poller.max_tree, "cpu_seconds": cpu, "poller_cpu_seconds": round(poller.own_cpu_seconds, 2)}
     if result.get("status") != "verified":
         out.update(error=result.get("error") or result.get("status"), stderr_tail=stderr[-8000:])
         return out
     shown = parse_json(cli("show", result["id"], "--json", config=config, env=env), "backupctl show")
     out.update(stage_report(result, shown))
+    out["stored_manifest_bytes"] = stored_manifest_size(config, target, result["id"])
     sh("sync")
     return out
 
@@ -560,7 +636,11 @@ def chain_redis(target: str, config: Path, tree: Path, db: RedisDB, logdir: Path
            "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": db.url}
     warm(tree)
     logfile = logdir / f"worker-{target}.log"
-    worker = Worker(config, db.url, logfile)
+    load = os.getloadavg()[0]
+    try:
+        worker = Worker(config, db.url, logfile)
+    except RuntimeError as exc:
+        return {"mode": "redis", "wall_seconds": 0.0, "status": "worker did not start", "error": str(exc)[-8000:]}
     try:
         poller = RssPoller(worker.proc.pid)
         poller.start()
@@ -574,10 +654,14 @@ def chain_redis(target: str, config: Path, tree: Path, db: RedisDB, logdir: Path
     finally:
         worker.stop()
     result = parse_json(done, "backupctl backup (redis)")
-    out = {"mode": "redis", "wall_seconds": wall, "exit_code": done.returncode, "status": result.get("status"),
+    out = {"mode": "redis", "wall_seconds": wall, "exit_code": done.returncode, "status": result.get("status"), "loadavg_1m_before": load,
            "id": result.get("id"), "worker_idle_pool_rss": idle_pool, "worker_idle_tree_rss": idle_tree,
            "peak_rss_pool_child": poller.max_children_of(worker.proc.pid), "peak_rss_worker_main": poller.max_by_pid.get(worker.proc.pid, 0),
-           "peak_rss_worker_tree": poller.max_tree, "rss_samples": poller.samples}
+           "peak_rss_worker_tree": poller.max_tree, "rss_samples": poller.samples,
+           "peak_rss_by_stage": peaks_by_stage(logfile, poller.timeline),
+           "cpu_seconds_pool_child": poller.cpu_of_children_of(worker.proc.pid),
+           "cpu_seconds_worker_main": round(poller.cpu_last.get(worker.proc.pid, 0) - poller.cpu_first.get(worker.proc.pid, 0), 2),
+           "poller_cpu_seconds": round(poller.own_cpu_seconds, 2)}
     if result.get("status") != "verified":
         text = logfile.read_text(errors="replace")
         out.update(error=result.get("error") or result.get("status"), stderr_tail=done.stderr[-8000:],
@@ -585,7 +669,26 @@ def chain_redis(target: str, config: Path, tree: Path, db: RedisDB, logdir: Path
         return out
     shown = parse_json(cli("show", result["id"], "--json", config=config, env=env), "backupctl show")
     out.update(stage_report(result, shown))
+    out["stored_manifest_bytes"] = stored_manifest_size(config, target, result["id"])
     sh("sync")
+    return out
+
+
+def median_of(runs: list[dict], key: str) -> dict:
+    """The run with the median ``key`` (a failed run wins, so failures are never hidden), plus every run's figure.
+
+    Peak RSS figures are the maximum over all runs, not the median run's.
+    """
+    failed = [r for r in runs if r.get("error")]
+    if failed:
+        return {**failed[0], "runs": len(runs), "failed_runs": len(failed)}
+    ordered = sorted(runs, key=lambda r: r[key])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out["runs"] = len(runs)
+    out[f"{key}_all"] = [r[key] for r in runs]
+    for k in out:
+        if k.startswith("peak_rss") and isinstance(out[k], int):
+            out[k] = max(r.get(k) or 0 for r in runs)
     return out
 
 
@@ -619,10 +722,16 @@ def print_stages(label: str, r: dict) -> None:
             if r.get(key):
                 log(f"  --- {key} ---\n{r[key]}")
         return
-    log(f"  {label}: wall {r['wall_seconds']:.1f} s, plaintext {human(r['plaintext_bytes'])}, stored {human(r['stored_bytes'])} "
+    cpu = r.get("cpu_seconds") if r.get("mode") == "embedded" else r.get("cpu_seconds_pool_child")
+    log(f"  {label}: wall {r['wall_seconds']:.1f} s, CPU {cpu if cpu is not None else '-'} s ({'CLI process' if r.get('mode') == 'embedded' else 'pool child'}"
+        f" incl. tar), load {r.get('loadavg_1m_before', 0):.1f} before, plaintext {human(r['plaintext_bytes'])}, stored {human(r['stored_bytes'])} "
         f"(ratio {r['zstd_ratio']}), stages sum {r['stages_sum_seconds']:.1f} s, dominant: {r['dominant_stage']}")
     for stage, s in r["stages"].items():
-        log(f"      {stage:<9} {s['seconds']:7.2f} s  {s['MB_per_s'] or 0:7.1f} MB/s of plaintext")
+        peak = (r.get("peak_rss_by_stage") or {}).get(stage)
+        log(f"      {stage:<9} {s['seconds']:7.2f} s  {s['MB_per_s'] or 0:7.1f} MB/s of plaintext"
+            + (f"   pool child peak {human(peak['pool_child'])}" if peak else ""))
+    if r.get("stored_manifest_bytes"):
+        log(f"      stored manifest {human(r['stored_manifest_bytes'])}")
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -638,19 +747,20 @@ def summary_rows(results: dict) -> list[list[str]]:
         bt = base.get("total_seconds")
         if base:
             rows.append([case, "baseline tar|zstd|age + read-back", f"{base['backup_seconds']:.1f} + {base['readback_seconds']:.1f} = {bt:.1f}",
-                         "1.00", "-", "-"])
+                         "1.00", f"{base.get('cpu_seconds', 0):.1f}", "-", "-"])
         for mode in ("embedded", "redis"):
             c = r.get(mode)
             if not c:
                 continue
             ratio = f"{c['wall_seconds'] / bt:.2f}" if bt else "-"
             if c.get("error"):
-                rows.append([case, f"chain {mode}", f"FAILED after {c['wall_seconds']:.1f}", ratio, "-", "-"])
+                rows.append([case, f"chain {mode}", f"FAILED after {c['wall_seconds']:.1f}", ratio, "-", "-", "-"])
                 continue
             rss = c.get("peak_rss_pool_child") if mode == "redis" else (c.get("peak_rss_time_v") or c.get("peak_rss_cli_polled"))
             tree = c.get("peak_rss_worker_tree") if mode == "redis" else c.get("peak_rss_tree_polled")
+            cpu = c.get("cpu_seconds") if mode == "embedded" else c.get("cpu_seconds_pool_child")
             rows.append([case, f"chain {mode} (dominant: {c['dominant_stage']})", f"{c['wall_seconds']:.1f}", ratio,
-                         human(rss), human(tree)])
+                         "-" if cpu is None else f"{cpu:.1f}", human(rss), human(tree)])
     return rows
 
 
@@ -661,10 +771,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=100_000, help="files in the main tree (default 100000)")
     ap.add_argument("--size", type=parse_size, default=parse_size("1.5G"), help="bytes in the main tree (default 1.5G)")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "backup-tasks-bench-files")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "backup-tasks-bench-files",
+                    help="where trees, keys and state go (default: $TMPDIR/backup-tasks-bench-files)")
     ap.add_argument("--keep", action="store_true", help="keep the generated trees and keys (and reuse them next time)")
     ap.add_argument("--skip-4g", action="store_true", help="skip the 4 GiB memory-flatness case")
-    ap.add_argument("--seed", type=int, default=20240501)
+    ap.add_argument("--seed", type=int, default=20240501, help="seed of the data generator (same seed: same layout, sizes and text; random files differ)")
+    ap.add_argument("--repeat", type=int, default=1, help="measure each case N times and report the median (default 1)")
     args = ap.parse_args()
 
     def on_term(signum, frame):
@@ -683,7 +795,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "mem_bytes": psutil.virtual_memory().total, "python": platform.python_version(),
                     "kernel": platform.release(), "tar": tool_version(["tar", "--version"]),
                     "zstd": tool_version(["zstd", "--version"]), "age": tool_version(["age", "--version"])},
-        "git": git_state(), "cases": {},
+        "git": git_state(), "code": str(Path(keys_mod.__file__).resolve().parent), "cases": {},
     }
     try:
         shutil.rmtree(state, ignore_errors=True)
@@ -720,61 +832,84 @@ def main() -> int:
         # 2. keys and the targets file
         config = write_config(workdir / "targets.toml", keys_dir, state, trees)
         db = RedisDB()
-        log(f"config {config}; Redis DB {db.db}")
+        log(f"config {config}; Redis DB {db.db}; code under test: {results['code']}")
 
-        # 3. the main tree: baseline, embedded, redis
+        # 3. the main tree: baseline, embedded, redis (interleaved when repeated, so drifting load hits all alike)
         case = results["cases"]["files"]
-        log("\n== files tree: baseline")
-        case["baseline"] = b = baseline(tree, keys_dir, state)
-        log(f"  tar|zstd -3 -T2|age: {b['backup_seconds']:.2f} s; read-back age -d|zstd -d|tar -tv: {b['readback_seconds']:.2f} s; "
-            f"total {b['total_seconds']:.2f} s; stored {human(b['stored_bytes'])} (sync afterwards {b['sync_after_backup_seconds']:.2f} s)")
-        log("== files tree: chain, embedded")
-        case["embedded"] = chain_embedded("bench-files", config, tree)
-        print_stages("embedded", case["embedded"])
-        log("== files tree: chain, Redis worker")
-        case["redis"] = chain_redis("bench-files", config, tree, db, workdir)
-        print_stages("redis", case["redis"])
+        runs: dict[str, list[dict]] = {"baseline": [], "embedded": [], "redis": []}
+        for i in range(args.repeat):
+            tag = f" (run {i + 1}/{args.repeat})" if args.repeat > 1 else ""
+            log(f"\n== files tree: baseline{tag}")
+            runs["baseline"].append(b := baseline(tree, keys_dir, state))
+            log(f"  tar|zstd -3 -T2|age: {b['backup_seconds']:.2f} s; read-back age -d|zstd -d|tar -tv: {b['readback_seconds']:.2f} s; "
+                f"total {b['total_seconds']:.2f} s; CPU {b['cpu_seconds']:.1f} s; load {b['loadavg_1m_before']:.1f} before; stored {human(b['stored_bytes'])} "
+                f"(sync afterwards {b['sync_after_backup_seconds']:.2f} s)")
+            log(f"== files tree: chain, embedded{tag}")
+            runs["embedded"].append(r := chain_embedded("bench-files", config, tree))
+            print_stages("embedded", r)
+            log(f"== files tree: chain, Redis worker{tag}")
+            runs["redis"].append(r := chain_redis("bench-files", config, tree, db, workdir))
+            print_stages("redis", r)
+            shutil.rmtree(state / "store", ignore_errors=True)
+        case["baseline"] = b = median_of(runs["baseline"], "total_seconds")
+        case["embedded"] = median_of(runs["embedded"], "wall_seconds")
+        case["redis"] = median_of(runs["redis"], "wall_seconds")
+        if args.repeat > 1:
+            log(f"\n== files tree: medians of {args.repeat} runs: baseline {b['total_seconds']:.2f} s "
+                f"(all: {b['total_seconds_all']}), embedded {case['embedded']['wall_seconds']:.1f} s, redis {case['redis']['wall_seconds']:.1f} s")
+            print_stages("embedded (median run)", case["embedded"])
+            print_stages("redis (median run)", case["redis"])
         for mode in ("embedded", "redis"):
             r = case[mode]
+            if r.get("error"):
+                continue
             r["ratio_to_baseline"] = round(r["wall_seconds"] / b["total_seconds"], 2)
             log(f"  chain_{mode} / baseline_total = {r['wall_seconds']:.1f} / {b['total_seconds']:.1f} = {r['ratio_to_baseline']:.2f}x "
                 f"(target <= {RATIO_TARGET}x: {'met' if r['ratio_to_baseline'] <= RATIO_TARGET else 'MISSED'})")
         log(f"  peak RSS embedded CLI {human(case['embedded'].get('peak_rss_time_v'))} (time -v), "
             f"worker pool child {human(case['redis'].get('peak_rss_pool_child'))}, worker tree {human(case['redis'].get('peak_rss_worker_tree'))}")
-        shutil.rmtree(state / "store", ignore_errors=True)
 
         # 4. memory flatness
         for name, size in big_cases:
             case = results["cases"][name]
             root = trees[f"bench-{name}"]
-            log(f"\n== {name} tree: baseline")
-            case["baseline"] = b = baseline(root, keys_dir, state)
-            log(f"  total {b['total_seconds']:.2f} s ({b['backup_seconds']:.2f} + {b['readback_seconds']:.2f})")
-            log(f"== {name} tree: chain, Redis worker")
-            case["redis"] = r = chain_redis(f"bench-{name}", config, root, db, workdir)
-            print_stages("redis", r)
+            runs = {"baseline": [], "redis": []}
+            for i in range(args.repeat):
+                tag = f" (run {i + 1}/{args.repeat})" if args.repeat > 1 else ""
+                log(f"\n== {name} tree: baseline{tag}")
+                runs["baseline"].append(b := baseline(root, keys_dir, state))
+                log(f"  total {b['total_seconds']:.2f} s ({b['backup_seconds']:.2f} + {b['readback_seconds']:.2f}); CPU {b['cpu_seconds']:.1f} s; "
+                    f"load {b['loadavg_1m_before']:.1f} before")
+                log(f"== {name} tree: chain, Redis worker{tag}")
+                runs["redis"].append(r := chain_redis(f"bench-{name}", config, root, db, workdir))
+                print_stages("redis", r)
+                log(f"  worker peak RSS: pool child {human(r.get('peak_rss_pool_child'))}, whole tree {human(r.get('peak_rss_worker_tree'))}, "
+                    f"idle pool child {human(r.get('worker_idle_pool_rss'))}")
+                shutil.rmtree(state / "store", ignore_errors=True)
+            case["baseline"] = b = median_of(runs["baseline"], "total_seconds")
+            case["redis"] = r = median_of(runs["redis"], "wall_seconds")
             if not r.get("error"):
                 r["ratio_to_baseline"] = round(r["wall_seconds"] / b["total_seconds"], 2)
-            log(f"  worker peak RSS: pool child {human(r.get('peak_rss_pool_child'))}, whole tree {human(r.get('peak_rss_worker_tree'))}, "
-                f"idle pool child {human(r.get('worker_idle_pool_rss'))}")
-            shutil.rmtree(state / "store", ignore_errors=True)
             if not args.keep and name == "4g":
                 shutil.rmtree(root, ignore_errors=True)  # 4 GiB less on disk for the rest of the run
 
         flat = [results["cases"][n]["redis"].get("peak_rss_pool_child") for n, _ in big_cases if "redis" in results["cases"][n]]
         flat = [x for x in flat if x]
         if flat:
-            results["memory_flatness"] = {"pool_child_peaks": flat, "max": max(flat), "spread": max(flat) - min(flat),
-                                          "target_met": max(flat) <= RSS_TARGET}
+            spread = max(flat) - min(flat)
+            results["memory_flatness"] = {"cases": [n for n, _ in big_cases], "pool_child_peaks": flat, "max": max(flat),
+                                          "spread": spread, "target_met": max(flat) <= RSS_TARGET,
+                                          "flat": spread <= FLAT_TOLERANCE * max(flat)}
 
         # 5. the table
         rows = summary_rows(results)
-        text = table(rows, ["case", "run", "wall s", "x baseline", "peak RSS (process)", "peak RSS (tree)"])
+        text = table(rows, ["case", "run", "wall s", "x baseline", "CPU s", "peak RSS (process)", "peak RSS (tree)"])
         log("\n== results\n" + text)
         if "memory_flatness" in results:
             mf = results["memory_flatness"]
-            log(f"memory flatness: pool child peaks {', '.join(human(x) for x in mf['pool_child_peaks'])}; "
-                f"target <= {human(RSS_TARGET)} {'met' if mf['target_met'] else 'MISSED'}")
+            log(f"memory flatness ({' vs '.join(mf['cases'])}): pool child peaks {', '.join(human(x) for x in mf['pool_child_peaks'])}; "
+                f"<= {human(RSS_TARGET)}: {'met' if mf['target_met'] else 'MISSED'}; same for both (spread {human(mf['spread'])}, "
+                f"tolerance {FLAT_TOLERANCE:.0%}): {'yes' if mf['flat'] else 'NO'}")
         results["table"] = text
         results["finished_at"] = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         return 0
