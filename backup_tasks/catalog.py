@@ -112,6 +112,28 @@ class EventRow(Base):
     detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
+class DrillResult(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+class DrillRow(Base):
+    """One restore drill: which backup, the outcome, what was compared, and the RTO evidence."""
+
+    __tablename__ = "drills"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    target: Mapped[str] = mapped_column(String(64), index=True)
+    backup_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    #: "running" until finished, then a DrillResult
+    result: Mapped[str] = mapped_column(String(16), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: download + decrypt + decompress + restore into the temporary database (RTO evidence)
+    restore_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
 @dataclass(frozen=True)
 class Location:
     tier: str
@@ -185,6 +207,24 @@ class Catalog:
             row.error = None
             row.locations = [LocationRow(tier=l.tier, key=l.key, size=l.size) for l in locations]
 
+    def record_partial_upload(self, backup_id: str, manifest: dict[str, Any], locations: Iterable[Location], *,
+                              summary: dict[str, Any]) -> None:
+        """Record the copies that were stored while another tier failed; the run stays ``running``.
+
+        The upload stage is then retried or the run fails (fail_run), and either way the
+        catalog knows where the committed copies are, so verify, restore and retention see them.
+        """
+        with self._session.begin() as s:
+            row = s.get(BackupRow, backup_id)
+            if row is None or row.status != Status.RUNNING:
+                return
+            row.size_plain = manifest["plaintext"]["size"]
+            row.size_stored = manifest["stored"]["size"]
+            row.sha256_stored = manifest["stored"]["sha256"]
+            row.parent_id = manifest.get("parent")
+            row.manifest = summary
+            row.locations = [LocationRow(tier=l.tier, key=l.key, size=l.size) for l in locations]
+
     def record_verification(self, backup_id: str, *, ok: bool, check: str | None, detail: dict, duration: float, at: datetime | None = None) -> None:
         at = at or _utcnow()
         with self._session.begin() as s:
@@ -219,6 +259,21 @@ class Catalog:
     def mark_deleted(self, backup_id: str) -> None:
         with self._session.begin() as s:
             s.execute(update(BackupRow).where(BackupRow.id == backup_id).values(status=Status.DELETED))
+
+    def drop_locations(self, backup_id: str, tiers: Iterable[str]) -> str | None:
+        """Forget the copies on ``tiers`` (retention removed them); with none left the entry becomes ``deleted``.
+
+        Returns the entry's status afterwards (None if there is no such entry). Idempotent.
+        """
+        tiers = set(tiers)
+        with self._session.begin() as s:
+            row = s.get(BackupRow, backup_id)
+            if row is None:
+                return None
+            row.locations = [l for l in row.locations if l.tier not in tiers]
+            if not row.locations:
+                row.status, row.stage = Status.DELETED, "done"
+            return row.status
 
     # queries ---------------------------------------------------------------
 
@@ -264,6 +319,43 @@ class Catalog:
             q = q.where(EventRow.backup_id == backup_id)
         with self._session() as s:
             return list(s.scalars(q))
+
+    # drills ----------------------------------------------------------------
+
+    def start_drill(self, target: str, backup_id: str | None, *, details: dict | None = None) -> int:
+        with self._session.begin() as s:
+            row = DrillRow(target=target, backup_id=backup_id, result="running", started_at=_utcnow(), details=details)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def finish_drill(self, drill_id: int, *, result: str, details: dict, restore_seconds: float | None) -> None:
+        with self._session.begin() as s:
+            row = s.get(DrillRow, drill_id)
+            row.result = DrillResult(result)
+            row.finished_at = _utcnow()
+            row.details = details
+            row.restore_seconds = restore_seconds
+
+    def drills(self, target: str | None = None) -> list[DrillRow]:
+        """Drills, newest first."""
+        q = select(DrillRow).order_by(DrillRow.started_at.desc(), DrillRow.id.desc())
+        if target:
+            q = q.where(DrillRow.target == target)
+        with self._session() as s:
+            return list(s.scalars(q))
+
+    def latest_drill_passed(self, target: str) -> str | None:
+        """The id of the newest backup of ``target`` that a drill proved restorable, or None.
+
+        Newest by the backup's creation time, not by when the drill ran: retention must
+        keep this one (DESIGN §3), whatever order drills happened in.
+        """
+        q = (select(DrillRow.backup_id).join(BackupRow, BackupRow.id == DrillRow.backup_id)
+             .where(DrillRow.target == target, DrillRow.result == DrillResult.PASSED, BackupRow.status != Status.DELETED)
+             .order_by(BackupRow.created_at.desc(), BackupRow.id.desc()).limit(1))
+        with self._session() as s:
+            return s.scalars(q).first()
 
     # rebuild ---------------------------------------------------------------
 
@@ -347,4 +439,4 @@ def dumps_row(row: BackupRow) -> dict[str, Any]:
     }
 
 
-__all__ = ["Catalog", "Status", "Location", "BackupRow", "dumps_row"]
+__all__ = ["Catalog", "Status", "Location", "BackupRow", "DrillResult", "DrillRow", "dumps_row"]

@@ -37,6 +37,7 @@ SETTINGS_FIELDS = {
     "broker_url": str,
     "result_backend": str,
     "host": str,
+    "verify_all_locations": bool,
 }
 #: settings that are paths and resolve against the config file's directory
 PATH_SETTINGS = ("staging_dir", "recipients_file", "identities_file", "signing_key_file", "signing_public_key_file")
@@ -66,6 +67,9 @@ class Settings:
     result_backend: str | None = None
     #: this machine's host name in the targets file; limits credential checks to its targets
     host: str | None = None
+    #: verify reads one location in full and checks size and upload ETag on the others;
+    #: true reads every location in full (slower, and S3 egress)
+    verify_all_locations: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -218,6 +222,10 @@ def _settings(table: dict, env: dict[str, str], base: Path, file: str) -> Settin
                 values[key] = int(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"'{value}' is not a whole number", file=file, where="[settings]", field=key) from None
+        elif kind is bool and isinstance(value, str):  # from the environment
+            if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ConfigError(f"'{value}' is not true or false", file=file, where="[settings]", field=key)
+            values[key] = value.lower() in ("1", "true", "yes", "on")
         elif not isinstance(value, kind):
             raise ConfigError(f"must be a {kind.__name__}", file=file, where="[settings]", field=key)
     if values.get("compression", defaults.COMPRESSION) not in defaults.COMPRESSIONS:
@@ -367,7 +375,7 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
     rpo = spec.get("rpo_hours", defaults.RPO_HOURS)
     if not isinstance(rpo, (int, float)) or rpo <= 0:
         raise ConfigError("must be a positive number of hours", file=file, where=where, field="rpo_hours")
-    return Target(
+    target = Target(
         name=name, kind=kind, host=host, schedule=schedule, storage=tuple(storage), retention=dict(retention),
         rpo_hours=rpo, paths=tuple(paths),
         include=tuple(_str_list(spec.get("include", []), file=file, where=where, field="include")),
@@ -375,6 +383,11 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
         path=spec.get("path"), dsn=spec.get("dsn"), password=spec.get("password"),
         drill=dict(drill) if isinstance(drill, dict) else {}, options=dict(spec.get("options", {})),
     )
+    if kind in ("postgres", "mysql"):
+        from backup_tasks.dsn import check_target  # DSN, options and drill settings, touching no server
+
+        check_target(target, file=file)
+    return target
 
 
 def _str_list(value: Any, *, file: str, where: str, field: str) -> list[str]:

@@ -9,7 +9,9 @@
     └── PermanentError               fail fast and alert
         ├── SourceError              the dump of a target failed
         ├── StorageError             a tier refused an operation
-        │   └── ObjectNotFound
+        │   ├── ObjectNotFound
+        │   ├── ObjectLocked         Object Lock forbids deleting it before its retain-until
+        │   └── TierUnavailable      a tier refused to write (mount missing, too little free space)
         ├── KeyMissing               no identity for the key ids an artifact was encrypted to
         └── VerificationFailed       a stored backup is not what its manifest says
 
@@ -90,6 +92,14 @@ class StorageError(PermanentError):
 
 class ObjectNotFound(StorageError):
     """The key is not in the tier."""
+
+
+class ObjectLocked(StorageError):
+    """The object is under S3 Object Lock and may not be deleted yet; retention waits for it."""
+
+
+class TierUnavailable(StorageError):
+    """A tier is not fit to write to (an external mount is missing, or free space is below the threshold)."""
 
 
 class KeyMissing(PermanentError):

@@ -14,6 +14,11 @@ log = logging.getLogger("backup_tasks.events")
 CHAIN_FAILED = "chain.failed"
 VERIFY_FAILED = "verify.failed"
 VERIFY_INCOMPLETE = "verify.incomplete"
+DRILL_FAILED = "drill.failed"
+#: storage tiers and retention (issue 4)
+UPLOAD_TIER_FAILED = "storage.upload_failed"  # one tier of a multi-tier upload failed; the others hold the backup
+TIER_REFUSED = "storage.tier_refused"  # an external tier refused to write (mount missing, read-only, low space)
+CLEANUP_FAILED = "cleanup.failed"  # retention could not remove something it planned to remove
 
 
 def emit(catalog, kind: str, message: str, *, severity: str = "error", target: str | None = None, host: str | None = None,

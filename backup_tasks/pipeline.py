@@ -21,7 +21,7 @@ from typing import Callable
 
 from backup_tasks import events, manifest
 from backup_tasks.catalog import Location
-from backup_tasks.errors import InputError, PermanentError, StorageError
+from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
 from backup_tasks.stages import compress as compress_stage
@@ -189,17 +189,31 @@ def upload(rt: Runtime, ref: dict) -> dict:
     name = Path(ref["path"]).name
     key = f"{manifest.prefix(target.name, backup_id)}/{name}"
     locations: list[Location] = []
+    failures: list[BaseException] = []
+    etags: dict[str, str | None] = {}  # what each tier said it stored; verify compares without a full read
     for tier in rt.config.tiers_of(target):
-        storage = rt.storage(tier)
-        with open(ref["path"], "rb") as fh:
-            info = storage.put(key, fh, size_hint=ref["size"])
-        if info.size != ref["size"] or (info.sha256 and info.sha256 != ref["sha256"]):
-            storage.delete(key)
-            raise StorageError(
-                f"upload of {backup_id} to tier '{tier.name}' stored {info.size} bytes, expected {ref['size']}",
-                "check the tier's free space and health, then run the backup again",
-            )
+        try:
+            storage = rt.storage(tier)
+            with open(ref["path"], "rb") as fh:
+                info = storage.put(key, fh, size_hint=ref["size"])
+            if info.size != ref["size"] or (info.sha256 and info.sha256 != ref["sha256"]):
+                storage.delete(key)
+                raise StorageError(
+                    f"upload of {backup_id} to tier '{tier.name}' stored {info.size} bytes, expected {ref['size']}",
+                    "check the tier's free space and health, then run the backup again",
+                )
+        except (StorageError, TransientError) as exc:
+            # One tier down must not cost the copies on the others (issue 4): carry on, commit
+            # what was stored, then fail the run so the missing copy is alerted and retried.
+            failures.append(exc)
+            events.emit(rt.catalog, events.UPLOAD_TIER_FAILED, f"upload of {backup_id} to tier '{tier.name}' failed: {exc}",
+                        target=target.name, host=target.host, backup_id=backup_id, tier=tier.name,
+                        error_type=type(exc).__name__, remedy=getattr(exc, "remedy", ""))
+            continue
         locations.append(Location(tier=tier.name, key=key, size=info.size))
+        etags[tier.name] = info.etag
+    if not locations:
+        raise failures[0]
     doc = manifest.sign({
         "format": manifest.FORMAT,
         "backup_id": backup_id,
@@ -216,13 +230,19 @@ def upload(rt: Runtime, ref: dict) -> dict:
         "compression": {"method": ref.get("compression", "none"), "level": ref.get("level")},
         "encryption": {"method": "age", "recipients": [_key_id(r) for r in rt.settings.recipients]} if ref.get("encrypted") else None,
         "stored": {"name": name, "size": ref["size"], "sha256": ref["sha256"]},
-        "locations": [{"tier": l.tier, "key": l.key} for l in locations],
+        "locations": [{"tier": l.tier, "key": l.key, **({"etag": etags[l.tier]} if etags.get(l.tier) else {})}
+                      for l in locations],
         "source": report,
         "timings": {**_stage_seconds(run_dir), "upload": round(time.monotonic() - upload_started, 3)},
     }, rt.signer)
     body = manifest.dumps(doc)
-    for tier in rt.config.tiers_of(target):
-        rt.storage(tier).put(manifest.manifest_key(target.name, backup_id), _bytes_reader(body))
+    for loc in locations:  # only beside a complete artifact: the manifest is the commit marker
+        rt.storage(loc.tier).put(manifest.manifest_key(target.name, backup_id), _bytes_reader(body))
+    if failures:
+        # The committed copies are recorded; the run stays running for a retry, and pipeline.fail
+        # marks it failed (staging removed, chain.failed emitted) if the retries run out.
+        rt.catalog.record_partial_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+        raise failures[0]
     rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
@@ -253,14 +273,12 @@ def _bytes_reader(data: bytes):
 
 def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:
     """The manifest if every tier already holds it, else None (then the upload is redone)."""
-    from backup_tasks.errors import ObjectNotFound
-
     doc = None
     for tier in rt.config.tiers_of(target):
         try:
             with rt.storage(tier).get(manifest.manifest_key(target.name, backup_id)) as fh:
                 doc = manifest.parse(fh.read(), backup_id=backup_id)
-        except ObjectNotFound:
+        except (StorageError, TransientError):  # missing, or the tier is down: not committed there, redo
             return None
     if doc is not None and rt.catalog.find(backup_id) is not None:
         locations = [Location(tier=l["tier"], key=l["key"], size=doc["stored"]["size"]) for l in doc["locations"]]

@@ -45,6 +45,14 @@ def locate(rt: Runtime, row: BackupRow) -> Located:
             with storage.get(manifest.manifest_key(row.target, row.id)) as fh:
                 doc = manifest.parse(fh.read(), backup_id=row.id)
             manifest.check_signature(doc, rt.verifier, backup_id=row.id)
+            # The artifact must be there too, whole: a location whose object is gone or
+            # truncated is skipped here, so restore falls back to the next one (issue 4).
+            stored = storage.stat(loc.key)
+            if stored.size != doc["stored"]["size"]:
+                raise VerificationFailed(
+                    f"backup {row.id}: tier '{loc.tier}' holds {stored.size} bytes, the manifest says {doc['stored']['size']}",
+                    "the stored object was truncated or replaced; restore from another location or re-run the backup",
+                    check="stored-size")
             return Located(doc=doc, tier=loc.tier, key=loc.key, notes=notes)
         except (ObjectNotFound, StorageError, TransientError, VerificationFailed) as exc:
             notes.append(f"tier '{loc.tier}' skipped: {exc}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 VERIFY_QUEUE = "verify"
 MAINTENANCE_QUEUE = "maintenance"
+#: restore drills run on a drill host, which holds identities and reaches the drill servers
+DRILL_QUEUE = "drill"
 
 
 def host_queue(host: str) -> str:
@@ -27,4 +29,8 @@ def route(name, args, kwargs, options, task=None, **kw):
             return {"queue": MAINTENANCE_QUEUE}
     if name == "backup.verify":
         return {"queue": VERIFY_QUEUE}
+    if name == "backup.drill":
+        return {"queue": DRILL_QUEUE}
+    if name == "backup.cleanup":
+        return {"queue": MAINTENANCE_QUEUE}
     return None

@@ -66,8 +66,18 @@ def start(self, target: str, type: str = "full", actor: str = ""):
     if self.request.is_eager:
         # Embedded default: the very same tasks, run in order in this process. Celery denies
         # joins inside an eager task (and its own eager replace() trips on that), hence the guard.
-        with allow_join_result():
-            return chain_for(rt.target(target), ref).apply().get()
+        # The failing stage already retried and recorded the failure; letting its error out
+        # here would autoretry *this* task, re-running the whole chain max_retries more times.
+        # (chain.apply() raises when a middle stage failed, and returns a failed result when the last did.)
+        try:
+            with allow_join_result():
+                result = chain_for(rt.target(target), ref).apply()
+                if not result.failed():
+                    return result.get()
+                error = result.result
+        except Exception as exc:  # noqa: BLE001 - recorded by the stage's on_failure
+            error = exc
+        return {**ref, "stage": "failed", "error_type": error.__class__.__name__}
     raise self.replace(chain_for(rt.target(target), ref))
 
 
@@ -93,3 +103,33 @@ def verify(ref) -> dict:
     """Full verification by id (a string) or after upload (its reference)."""
     backup_id = ref["backup_id"] if isinstance(ref, dict) else ref
     return verify_backup(runtime.current(), backup_id)
+
+
+@app.task(name="backup.drill", acks_late=True, reject_on_worker_lost=True)
+def drill(target: str) -> dict:
+    """Restore drill of the target's latest verified backup, on the ``drill`` queue (see drill.py).
+
+    Returns the recorded drill; a failed drill is a result (recorded, event emitted), not
+    an exception. Redelivery after a worker died starts a new drill, whose sweep drops
+    the dead one's temporary database.
+    """
+    from backup_tasks.drill import run_drill
+
+    return run_drill(runtime.current(), target)
+
+
+@app.task(name="backup.cleanup", acks_late=True, reject_on_worker_lost=True)
+def cleanup(target: str | None = None, dry_run: bool = False) -> dict:
+    """Apply retention and remove debris (cleanup.py), on the ``maintenance`` queue.
+
+    Idempotent: a redelivered cleanup re-plans from the catalog and finishes what an
+    interrupted one started. Returns counts and ids only (the full plan is in the CLI).
+    """
+    from backup_tasks.cleanup import run_cleanup
+
+    report = run_cleanup(runtime.current(), target, dry_run=dry_run)
+    return {"target": target, "dry_run": dry_run, "now": report["now"], "kept": report["keep"],
+            "removed": [{"backup_id": r["backup_id"], "tier": r["tier"]} for r in report["removed"]],
+            "deleted_backups": report["deleted_backups"], "debris": len(report["debris"]),
+            "refused": len(report["refused"]), "errors": [{k: e.get(k) for k in ("backup_id", "tier", "type", "message")}
+                                                          for e in report["errors"]]}

@@ -19,6 +19,7 @@ from backup_tasks import events, manifest, readback
 from backup_tasks.errors import BackupError, ConfigError, VerificationFailed
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
+from backup_tasks.stages.digest import HashingReader
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,8 @@ def _checks(rt: Runtime, row) -> dict:
     found = readback.locate(rt, row)
     doc = found.doc
     for loc in row.locations:
-        try:
-            info = rt.storage(loc.tier).stat(loc.key)
-        except BackupError as exc:
-            raise VerificationFailed(f"backup {row.id}: location '{loc.tier}' cannot be read: {exc}",
-                                     "re-run the backup or repair the tier", check="stored-size") from None
-        if info.size != doc["stored"]["size"]:
-            raise VerificationFailed(
-                f"backup {row.id}: tier '{loc.tier}' holds {info.size} bytes, the manifest says {doc['stored']['size']}",
-                "the stored object was truncated or replaced; re-run the backup", check="stored-size")
+        if loc.tier != found.tier:
+            _check_other_location(rt, row, doc, loc, full=rt.settings.verify_all_locations)
     source = source_for(doc["kind"])
     workdir = Path(tempfile.mkdtemp(prefix=f"verify-{row.id}-", dir=_scratch(rt)))
     stored = plain = None
@@ -82,6 +76,33 @@ def _checks(rt: Runtime, row) -> dict:
     readback.check_digests(doc, stored, plain)
     return {"location": found.tier, "locations_checked": len(row.locations), "stored_bytes": stored.size,
             "plaintext_bytes": plain.size, "notes": found.notes, **summary}
+
+
+def _check_other_location(rt: Runtime, row, doc: dict, loc, *, full: bool) -> None:
+    """Size, and the ETag the tier returned at upload, of a copy not read in full; or all of its bytes."""
+    storage = rt.storage(loc.tier)
+    try:
+        info = storage.stat(loc.key)
+    except BackupError as exc:
+        raise VerificationFailed(f"backup {row.id}: location '{loc.tier}' cannot be read: {exc}",
+                                 "re-run the backup or repair the tier", check="stored-size") from None
+    if info.size != doc["stored"]["size"]:
+        raise VerificationFailed(
+            f"backup {row.id}: tier '{loc.tier}' holds {info.size} bytes, the manifest says {doc['stored']['size']}",
+            "the stored object was truncated or replaced; re-run the backup", check="stored-size")
+    recorded = next((l.get("etag") for l in doc["locations"] if l["tier"] == loc.tier), None)
+    if recorded and info.etag and info.etag != recorded:
+        raise VerificationFailed(
+            f"backup {row.id}: tier '{loc.tier}' object ETag {info.etag} differs from {recorded} recorded at upload",
+            "the stored object was replaced; re-run the backup", check="stored-etag")
+    if full:
+        with storage.get(loc.key) as fh:
+            reader = HashingReader(fh)
+            reader.drain()
+        if reader.sha256 != doc["stored"]["sha256"]:
+            raise VerificationFailed(
+                f"backup {row.id}: tier '{loc.tier}' object sha256 does not match the signed manifest",
+                "the copy on that tier was altered; re-run the backup", check="stored-sha256")
 
 
 def _scratch(rt: Runtime) -> Path:

@@ -166,3 +166,6 @@ def run_cli(*args: str, config: Path | None = None, env: dict | None = None, che
     if check is not None and done.returncode != check:
         raise AssertionError(f"{argv} exited {done.returncode}, expected {check}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}")
     return done
+
+# The S3 server (SeaweedFS) fixtures, registered once here so the whole session shares one server.
+from s3server import s3_bucket, s3_env, s3_server  # noqa: E402,F401

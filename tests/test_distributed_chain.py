@@ -85,3 +85,19 @@ def test_broker_down_is_exit_code_3(tmp_path, make_config):
     done = run_cli("backup", "t", "--json", config=cfg, env={"BACKUP_BROKER_URL": "redis://127.0.0.1:1/0"})
     assert done.returncode == 3, done.stdout + done.stderr
     assert json.loads(done.stdout)["error"]["type"] == "ServiceUnavailable"
+
+
+def test_scheduled_cleanup_runs_on_a_maintenance_worker(tmp_path, make_config, runtime_for, redis_url, start_worker):
+    db = tmp_path / "app.db"
+    make_app_db(db)
+    cfg = make_config(f'[targets.app-sqlite]\nkind = "sqlite"\nhost = "hostA"\npath = "{db}"\n')
+    start_worker(cfg, redis_url, ["maintenance"], name="m1@hostA")
+    rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
+    import beat_schedule
+    from backup_tasks.tasks import cleanup
+
+    entry = beat_schedule.build(rt.config)["cleanup"]
+    result = cleanup.apply_async(kwargs={"dry_run": True}, **entry["options"])
+    report = result.get(timeout=60)
+    assert report["dry_run"] is True and report["errors"] == []
+    assert json.loads(redis.Redis.from_url(redis_url).get(f"celery-task-meta-{result.id}"))["queue"] == "maintenance"

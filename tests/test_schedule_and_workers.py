@@ -14,7 +14,9 @@ TARGETS = ('[targets.db]\nkind = "sqlite"\nhost = "db01"\npath = "/srv/db.sqlite
 def test_beat_publishes_each_target_at_its_cron_on_its_host_queue(tmp_path, session_keys):
     cfg = config.load(write_config(tmp_path / "t.toml", session_keys, targets=TARGETS), environ={})
     entries = beat_schedule.build(cfg)
-    assert set(entries) == {"backup:db", "backup:uploads"}
+    assert set(entries) == {"backup:db", "backup:uploads", "cleanup"}
+    assert entries["cleanup"]["task"] == "backup.cleanup" and entries["cleanup"]["options"] == {"queue": "maintenance"}
+    assert (entries["cleanup"]["schedule"].minute, entries["cleanup"]["schedule"].hour) == ({0}, {3})
     db = entries["backup:db"]
     assert db["task"] == "backup.start" and db["args"] == ("db", "full") and db["options"] == {"queue": "host.db01"}
     # 02:00 daily by default for databases

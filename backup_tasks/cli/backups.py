@@ -139,17 +139,24 @@ def verify(ctx: Context, backup_id):
 @click.option("--to-database", "to_database", default=None, help="restore a database dump into this database")
 @click.option("--dry-run", is_flag=True, help="show what would be written; write nothing")
 @click.option("--force", is_flag=True, help="replace existing data at the destination")
+@click.option("--server", default=None, help="with --to-database: a target name or a DSN without password (default: the backup's target's server)")
+@click.option("--server-password", default=None, help="with --to-database: password reference for --server (env:NAME or file:/path)")
+@click.option("--jobs", type=int, default=1, show_default=True, help="with --to-database: parallel pg_restore jobs")
+@click.option("--table", "tables", multiple=True, help="with --to-database: restore only this table (PostgreSQL; schema.table)")
 @common
-def restore(ctx: Context, backup_id, to, to_database, dry_run, force):
+def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, server_password, jobs, tables):
     """Restore a backup; refuses to overwrite anything without --force."""
     from backup_tasks.restore import restore_backup
 
     if bool(to) == bool(to_database):
         raise InputError("give exactly one of --to PATH or --to-database NAME", "backupctl restore ID --to /restore/here")
-    if to_database:
-        raise InputError("--to-database restores PostgreSQL and MySQL dumps, which this build does not back up yet",
-                         "use --to PATH for files, config and SQLite backups")
     rt = ctx.rt
+    if to_database:
+        _restore_database(ctx, backup_id, to_database, dry_run=dry_run, force=force, server=server,
+                          server_password=server_password, jobs=jobs, tables=tables)
+        return
+    if server or server_password or tables or jobs != 1:
+        raise InputError("--server, --server-password, --jobs and --table go with --to-database", "drop them, or restore --to-database NAME")
     result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run)
 
     def human(c, d):
@@ -163,6 +170,34 @@ def restore(ctx: Context, backup_id, to, to_database, dry_run, force):
                 c.print("[yellow]the destination is not empty: a real restore needs --force[/]")
         else:
             c.print(f"[green]restored[/] {backup_id} to {d['restored_to']}")
+        for note in d.get("notes", []):
+            c.print(f"  note: {note}", markup=False)
+
+    ctx.out.result(result, human)
+
+
+def _restore_database(ctx: Context, backup_id, database, **kw) -> None:
+    from backup_tasks.restore import restore_to_database
+
+    result = restore_to_database(ctx.rt, backup_id, database, **kw)
+
+    def human(c, d):
+        if d["dry_run"]:
+            c.print(f"dry run: {backup_id} would be restored into database {d['database']} on {d['server']} (nothing written)")
+            objects = d.get("objects")
+            if isinstance(objects, list):  # PostgreSQL: the archive's table of contents
+                for line in objects[:50]:
+                    c.print(f"  {line}", markup=False)
+                if len(objects) > 50:
+                    c.print(f"  ... and {len(objects) - 50} more")
+            elif isinstance(objects, dict):  # MySQL: a statement summary
+                for kind, names in objects.items():
+                    c.print(f"  {kind}: {', '.join(names) or '-'}", markup=False)
+            if d.get("needs_force"):
+                c.print(f"[yellow]database {d['database']} has {d['existing_tables']} table(s): a real restore needs --force[/]")
+        else:
+            c.print(f"[green]restored[/] {backup_id} into database {d['database']} on {d['server']} "
+                    f"({len(d.get('tables', {}))} tables{', replaced the existing database' if d.get('replaced_existing') else ''})")
         for note in d.get("notes", []):
             c.print(f"  note: {note}", markup=False)
 

@@ -4,3 +4,4 @@
 """
 
 from backup_tasks.sources import files, sqlite  # noqa: F401  (imported to register)
+from backup_tasks.sources import mysql, postgres  # noqa: F401  (imported to register)

@@ -44,6 +44,53 @@ class Source(Protocol):
         """
 
 
+
+class DatabaseSource(Source, Protocol):
+    """A source whose backups also restore into a database on a server (postgres, mysql).
+
+    ``server`` is a ``backup_tasks.dsn.Server`` (host, port, user, resolved password); the
+    database named in it is the one worked on. Restore, the restore drill and verify
+    share these primitives, so a drill proves exactly what ``restore --to-database`` does.
+    """
+
+    #: database to connect to for CREATE/DROP DATABASE ("" when the engine needs none)
+    maintenance_db: str
+
+    def check_options(self, options: dict, *, where: str = "") -> None:
+        """Raise ConfigError for target ``options`` this kind does not understand (called when the config loads)."""
+
+    def restore_database(self, plaintext: BinaryIO | None, manifest: dict, database: str, server, *, force: bool,
+                         dry_run: bool, jobs: int = 1, tables: tuple[str, ...] = (), workdir: Path,
+                         commit_check=None) -> dict:
+        """Restore into ``database``; refuse (RestoreRefused) one that has tables unless ``force``.
+
+        ``commit_check`` raises when the stream's hashes do not match the signed manifest;
+        it runs before the restored data is given the requested name wherever the engine
+        allows. With ``dry_run`` nothing is written: the summary lists the dump's objects.
+        """
+
+    def database_state(self, server, database: str) -> dict:
+        """{"exists": bool, "tables": number of tables} for ``database`` on ``server``."""
+
+    def create_database(self, server, database: str, manifest: dict) -> None: ...
+
+    def list_databases(self, server, prefix: str) -> list[str]:
+        """Names of the server's databases that start with ``prefix`` (drills sweep their leftovers)."""
+
+    def drop_database(self, server, database: str, *, force_disconnect: bool = True) -> None:
+        """Drop if it exists; idempotent."""
+
+    def load(self, plaintext: BinaryIO, manifest: dict, server, *, jobs: int = 1, tables: tuple[str, ...] = (),
+             workdir: Path, deadline: float | None = None, before_load=None) -> dict:
+        """Feed the dump into the (existing, empty) database ``server.database``."""
+
+    def table_counts(self, server) -> dict[str, int]:
+        """Exact row count of every table in ``server.database``, keyed as in the manifest."""
+
+    def health_check(self, server, sql: str, *, timeout_seconds: float = 300) -> object:
+        """First column of the first row of a read-only query (a query error comes back as a str subclass)."""
+
+
 _REGISTRY: dict[str, Source] = {}
 
 

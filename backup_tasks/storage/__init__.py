@@ -39,7 +39,7 @@ TierFactory = Callable[[TierConfig], Storage]
 
 #: Kinds the design promises but this build does not implement yet; asking for one is
 #: a deployment problem (an older build), not a typo, so it gets its own message.
-PLANNED_KINDS = ("external", "s3")
+PLANNED_KINDS: tuple[str, ...] = ()
 
 
 def _open_local(tier: TierConfig) -> Storage:
@@ -53,7 +53,19 @@ def _open_local(tier: TierConfig) -> Storage:
     return LocalStorage(tier.name, tier.path)
 
 
-TIER_KINDS: dict[str, TierFactory] = {"local": _open_local}
+def _open_external(tier: TierConfig) -> Storage:
+    from backup_tasks.storage.external import open_external_tier
+
+    return open_external_tier(tier)
+
+
+def _open_s3(tier: TierConfig) -> Storage:
+    from backup_tasks.storage.s3 import open_s3_tier  # boto3 is imported only by hosts that use S3
+
+    return open_s3_tier(tier)
+
+
+TIER_KINDS: dict[str, TierFactory] = {"local": _open_local, "external": _open_external, "s3": _open_s3}
 
 
 def register_tier_kind(kind: str, factory: TierFactory) -> None:
@@ -62,7 +74,11 @@ def register_tier_kind(kind: str, factory: TierFactory) -> None:
 
 
 def open_tier(tier: TierConfig) -> Storage:
-    """The Storage for one configured tier, with transient failures retried."""
+    """The Storage for one configured tier, with transient failures retried.
+
+    With ``bandwidth_limit`` in the tier's options, uploads are throttled inside the
+    retry wrapper, so a retried upload is limited too.
+    """
     factory = TIER_KINDS.get(tier.kind)
     if factory is None:
         available = ", ".join(sorted(TIER_KINDS))
@@ -78,4 +94,10 @@ def open_tier(tier: TierConfig) -> Storage:
             where=f"tiers.{tier.name}",
             field="kind",
         )
-    return RetryingStorage(factory(tier))
+    storage = factory(tier)
+    limit = (getattr(tier, "options", None) or {}).get("bandwidth_limit")
+    if limit:
+        from backup_tasks.storage.throttle import ThrottledStorage, parse_rate
+
+        storage = ThrottledStorage(storage, parse_rate(limit, where=f"tiers.{tier.name}"))
+    return RetryingStorage(storage)
