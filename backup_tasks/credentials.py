@@ -43,7 +43,7 @@ def problem(ref: str) -> tuple[str, str] | None:
             f"chmod 600 {path}",
         )
     if not os.access(path, os.R_OK):
-        return (f"credential file {path} is not readable by this user", f"chown the file to the service user")
+        return (f"credential file {path} is not readable by this user", "chown the file to the service user")
     return None
 
 

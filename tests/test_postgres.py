@@ -12,7 +12,7 @@ import logging
 import subprocess
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from types import SimpleNamespace
 
 import psycopg2

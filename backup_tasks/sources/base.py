@@ -91,6 +91,34 @@ class DatabaseSource(Source, Protocol):
         """First column of the first row of a read-only query (a query error comes back as a str subclass)."""
 
 
+def restore_single_file(plaintext: BinaryIO | None, dest: Path, summary: dict, *, force: bool, dry_run: bool) -> dict:
+    """Restore for sources whose plaintext is one file (a SQLite image, a pg_dump archive, an SQL dump).
+
+    Refuses a non-empty ``dest`` without ``force``; writes a private temp file beside it
+    and renames it into place, so ``dest`` is never seen half-written.
+    """
+    import os
+    import shutil
+
+    from backup_tasks import defaults
+    from backup_tasks.errors import RestoreRefused
+
+    if dest.exists() and dest.stat().st_size > 0 and not force:
+        raise RestoreRefused(f"{dest} exists and is not empty; refusing to overwrite it",
+                             "restore to a new path, or pass --force to replace it")
+    if dry_run:
+        return {**summary, "would_write": [str(dest)]}
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        shutil.copyfileobj(plaintext, fh, defaults.CHUNK_SIZE)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest)
+    return summary
+
+
 _REGISTRY: dict[str, Source] = {}
 
 

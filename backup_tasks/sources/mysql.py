@@ -33,7 +33,7 @@ from backup_tasks import defaults, dsn
 from backup_tasks.dsn import Server
 from backup_tasks.errors import ConfigError, InputError, PermanentError, RestoreRefused, ServiceUnavailable, SourceError, VerificationFailed
 from backup_tasks.sources import pipes
-from backup_tasks.sources.base import register
+from backup_tasks.sources.base import register, restore_single_file
 
 log = logging.getLogger(__name__)
 
@@ -223,16 +223,7 @@ class MySQLSource:
         """The SQL dump as a file (``--to PATH``), for ``mariadb DB < FILE`` by hand."""
         summary = {"restored_to": str(dest), "format": "SQL", "tables": manifest["source"]["tables"],
                    "next_step": f"mariadb DATABASE < {dest}"}
-        if dest.exists() and dest.stat().st_size > 0 and not force:
-            raise RestoreRefused(f"{dest} exists and is not empty; refusing to overwrite it", "restore to a new path, or pass --force")
-        if dry_run:
-            return {**summary, "would_write": [str(dest)]}
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            shutil.copyfileobj(plaintext, fh, defaults.CHUNK_SIZE)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return summary
+        return restore_single_file(plaintext, dest, summary, force=force, dry_run=dry_run)
 
     # databases ------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from backup_tasks.errors import (
     VerificationFailed,
 )
 from backup_tasks.sources import pipes
-from backup_tasks.sources.base import register
+from backup_tasks.sources.base import register, restore_single_file
 
 log = logging.getLogger(__name__)
 
@@ -347,16 +347,7 @@ class PostgresSource:
         """The archive itself as a file, for pg_restore by hand (``--to PATH``)."""
         summary = {"restored_to": str(dest), "format": "pg_dump custom archive", "tables": manifest["source"]["tables"],
                    "next_step": f"pg_restore -d DATABASE {dest}"}
-        if dest.exists() and dest.stat().st_size > 0 and not force:
-            raise RestoreRefused(f"{dest} exists and is not empty; refusing to overwrite it", "restore to a new path, or pass --force")
-        if dry_run:
-            return {**summary, "would_write": [str(dest)]}
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            shutil.copyfileobj(plaintext, fh, defaults.CHUNK_SIZE)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return summary
+        return restore_single_file(plaintext, dest, summary, force=force, dry_run=dry_run)
 
     # restore into a database (--to-database NAME) ---------------------------------------------
 

@@ -6,15 +6,14 @@ snapshot at one instant; writers wait on SQLite's busy handler at worst, never c
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 from pathlib import Path
 from typing import BinaryIO
 
 from backup_tasks import defaults
-from backup_tasks.errors import RestoreRefused, SourceError, VerificationFailed
-from backup_tasks.sources.base import register
+from backup_tasks.errors import SourceError, VerificationFailed
+from backup_tasks.sources.base import register, restore_single_file
 
 BUSY_TIMEOUT_SECONDS = 60
 
@@ -87,19 +86,7 @@ class SQLiteSource:
 
     def restore(self, plaintext: BinaryIO | None, manifest: dict, dest: Path, *, force: bool, dry_run: bool) -> dict:
         summary = {"restored_to": str(dest), "tables": manifest["source"]["tables"], "bytes": manifest["plaintext"]["size"]}
-        if dest.exists() and dest.stat().st_size > 0 and not force:
-            raise RestoreRefused(f"{dest} exists and is not empty; refusing to overwrite it", "restore to a new path, or pass --force to replace it")
-        if dry_run:
-            return {**summary, "would_write": [str(dest)]}
-        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.partial")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            shutil.copyfileobj(plaintext, fh, defaults.CHUNK_SIZE)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        return summary
+        return restore_single_file(plaintext, dest, summary, force=force, dry_run=dry_run)
 
 
 def _describe(path: Path) -> dict:

@@ -48,7 +48,7 @@ import io
 import logging
 import threading
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, NoReturn
@@ -676,7 +676,6 @@ def open_s3_tier(tier) -> S3Storage:
     ref, name = tier.credentials, tier.name
 
     def make_client():
-        import boto3
         from botocore.config import Config
 
         config = Config(
