@@ -58,6 +58,11 @@ class Run:
             if on_progress and info.get("stage") != last_stage:
                 on_progress(info)
                 last_stage = info.get("stage")
+            if info["status"] == Status.UPLOADED and info.get("error"):
+                # Stored and signed, but verification could not run (e.g. no identity on the
+                # verify host): the chain has ended; waiting longer would wait forever.
+                raise BackupFailed(f"backup {self.id} is stored but not verified: {info['error']}",
+                                   f"fix the cause, then run: backupctl verify {self.id}")
             if info["status"] in FINAL:
                 if info["status"] != Status.VERIFIED:
                     raise BackupFailed(f"backup {self.id} {info['status']}: {info.get('error') or 'no reason recorded'}",

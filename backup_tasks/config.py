@@ -170,8 +170,9 @@ def load(path: str | os.PathLike | None = None, *, environ: dict[str, str] | Non
     except FileNotFoundError:
         raise ConfigError("the configuration file does not exist", "check the path given to --config or BACKUP_CONFIG", file=label) from None
     except tomllib.TOMLDecodeError as exc:
-        hint = "each target and tier name may appear once" if "twice" in str(exc) or "overwrite" in str(exc) else "fix the TOML syntax"
-        what = "duplicate name" if "twice" in str(exc) or "overwrite" in str(exc) else "invalid TOML"
+        duplicate = "twice" in str(exc) or "overwrite" in str(exc)
+        hint = "each target, tier and key may appear once" if duplicate else "fix the TOML syntax"
+        what = "duplicate name or key" if duplicate else "invalid TOML"
         raise ConfigError(f"{what}: {exc}", hint, file=label) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the configuration file: {exc.strerror}", "check its permissions", file=label) from None

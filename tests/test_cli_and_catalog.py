@@ -170,3 +170,21 @@ def test_a_restore_host_with_public_keys_only_verifies_and_restores(tmp_path, ma
     # ... but it cannot make backups: it holds no signing key
     done = run_cli("backup", "app-sqlite", "--json", config=restore_host, check=1)
     assert "no signing key configured" in json.loads(done.stdout)["error"]
+
+
+def test_a_backup_whose_verify_cannot_decrypt_stays_uploaded_and_wait_says_why(tmp_path, make_config, runtime_for):
+    db = tmp_path / "app.db"
+    make_app_db(db)
+    other = tmp_path / "other-keys"
+    keys.generate(other)  # this host holds an identity, but not the one the backup is encrypted to
+    cfg = make_config(f'[targets.app-sqlite]\nkind = "sqlite"\npath = "{db}"\n')
+    wrong_identity = {"BACKUP_IDENTITIES_FILE": str(other / keys.IDENTITY_FILE)}
+    rt = runtime_for(cfg, **wrong_identity)
+    run = client.enqueue_backup("app-sqlite", rt=rt)
+    with pytest.raises(client.BackupFailed, match="stored but not verified"):
+        run.wait(timeout=30)
+    row = rt.catalog.get(run.id)
+    assert row.status == Status.UPLOADED and "no identity for key id" in row.error
+    assert [e.kind for e in rt.catalog.events(backup_id=run.id)] == ["verify.incomplete"]
+    done = run_cli("backup", "app-sqlite", "--wait", "--json", config=cfg, env=wrong_identity)
+    assert done.returncode == 1 and json.loads(done.stdout)["status"] == "uploaded"
