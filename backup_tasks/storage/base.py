@@ -114,6 +114,15 @@ class Storage(Protocol):
         ...
 
 
+def require_bytes(chunk: object, *, tier: str, key: str) -> None:
+    """A put's source must yield bytes; a text-mode file is a caller's bug, named as such."""
+    if not isinstance(chunk, (bytes, bytearray, memoryview)):
+        raise InputError(
+            f"tier '{tier}': source for '{key}' returned {type(chunk).__name__}, not bytes",
+            "open the source in binary mode ('rb')",
+        )
+
+
 def validate_key(key: object) -> str:
     """Return ``key`` if every tier can store it safely; InputError naming it otherwise."""
     if not isinstance(key, str):

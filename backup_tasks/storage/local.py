@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from backup_tasks.errors import InputError, ObjectNotFound, StorageError
-from backup_tasks.storage.base import CHUNK_SIZE, ObjectInfo, validate_key, validate_prefix
+from backup_tasks.errors import ObjectNotFound, StorageError
+from backup_tasks.storage.base import CHUNK_SIZE, ObjectInfo, require_bytes, validate_key, validate_prefix
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -30,7 +30,6 @@ _FILE_MODE = 0o600
 # A concurrent delete prunes empty directories; a put racing with it recreates them.
 _DIRECTORY_RACE_ATTEMPTS = 5
 
-_BYTES_TYPES = (bytes, bytearray, memoryview)
 
 
 class LocalStorage:
@@ -67,11 +66,7 @@ class LocalStorage:
                 chunk = source.read(CHUNK_SIZE)  # errors of the source propagate unchanged
                 if not chunk:
                     break
-                if not isinstance(chunk, _BYTES_TYPES):
-                    raise InputError(
-                        f"tier '{self.name}': source for '{key}' returned {type(chunk).__name__}, not bytes",
-                        "open the source in binary mode ('rb')",
-                    )
+                require_bytes(chunk, tier=self.name, key=key)
                 digest.update(chunk)
                 size += len(chunk)
                 try:

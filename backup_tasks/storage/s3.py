@@ -63,7 +63,7 @@ from backup_tasks.errors import (
     StorageError,
     TransientError,
 )
-from backup_tasks.storage.base import CHUNK_SIZE, ObjectInfo, validate_key, validate_prefix
+from backup_tasks.storage.base import CHUNK_SIZE, ObjectInfo, require_bytes, validate_key, validate_prefix
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,6 @@ CONCURRENCY = 4
 LOCK_MODES = {"compliance": "COMPLIANCE", "governance": "GOVERNANCE"}
 SSE_MODES = ("AES256", "aws:kms")
 
-_BYTES_TYPES = (bytes, bytearray, memoryview)
 
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
                     "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
@@ -276,11 +275,7 @@ class S3Storage:
                 chunk = source.read(min(CHUNK_SIZE, part_size - have))  # errors of the source propagate unchanged
                 if not chunk:
                     break
-                if not isinstance(chunk, _BYTES_TYPES):
-                    raise InputError(
-                        f"tier '{self.name}': source for '{key}' returned {type(chunk).__name__}, not bytes",
-                        "open the source in binary mode ('rb')",
-                    )
+                require_bytes(chunk, tier=self.name, key=key)
                 n = len(chunk)
                 if have + n > part_size:  # a source that returns more than asked for
                     raise InputError(f"tier '{self.name}': source for '{key}' returned more bytes than requested",
