@@ -59,6 +59,15 @@ def _finish(proc, errfile, timer, fired, what: str, fed_all: bool = True) -> Out
     return Outcome(rc, stderr, fed_all)
 
 
+def _abandon(proc, errfile, timer) -> None:
+    """The caller failed mid-stream (e.g. a full disk): stop the tool and release what it held."""
+    proc.kill()
+    proc.wait()
+    if timer is not None:
+        timer.cancel()
+    errfile.close()
+
+
 def read_from(argv: list[str], out: BinaryIO, *, env: dict, what: str, deadline: float | None = None,
               on_chunk: Callable[[bytes], None] | None = None, pass_fds: tuple = ()) -> Outcome:
     """Run ``argv`` and copy its stdout to ``out`` in chunks."""
@@ -67,18 +76,14 @@ def read_from(argv: list[str], out: BinaryIO, *, env: dict, what: str, deadline:
     timer, fired = _watchdog(proc, deadline)
     try:
         while True:
-            chunk = proc.stdout.read1(defaults.CHUNK_SIZE) if hasattr(proc.stdout, "read1") else proc.stdout.read(defaults.CHUNK_SIZE)
+            chunk = proc.stdout.read1(defaults.CHUNK_SIZE)  # a BufferedReader: returns what the pipe has
             if not chunk:
                 break
             if on_chunk is not None:
                 on_chunk(chunk)
             out.write(chunk)
     except BaseException:
-        proc.kill()
-        proc.wait()
-        if timer is not None:
-            timer.cancel()
-        errfile.close()
+        _abandon(proc, errfile, timer)
         raise
     finally:
         proc.stdout.close()
@@ -107,11 +112,7 @@ def feed_into(argv: list[str], stream: BinaryIO, *, env: dict, what: str, deadli
         except BrokenPipeError:
             fed_all = False
     except BaseException:
-        proc.kill()
-        proc.wait()
-        if timer is not None:
-            timer.cancel()
-        errfile.close()
+        _abandon(proc, errfile, timer)
         raise
     return _finish(proc, errfile, timer, fired, what, fed_all)
 
