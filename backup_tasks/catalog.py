@@ -134,6 +134,30 @@ class DrillRow(Base):
     details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
+#: the actor of a run started without one: beat passes "beat", applications and the CLI name themselves,
+#: so this is a task sent by hand (Flower's async-apply, celery call)
+UNATTRIBUTED = "unattributed"
+
+
+class AuditRow(Base):
+    """Who did what, when, and how it ended: backups, restores, deletes, cleanups, key operations.
+
+    ``actor`` is ``cli:<user>``, ``app:<name>``, ``api:<token name>`` or ``beat``. ``detail``
+    holds ids, paths and counts, never secrets (callers pass redacted values only).
+    """
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    backup_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
 @dataclass(frozen=True)
 class Location:
     tier: str
@@ -181,6 +205,7 @@ class Catalog:
             if row is None:
                 s.add(BackupRow(id=backup_id, target=target, kind=kind, type=type, host=host, status=Status.RUNNING,
                                 stage="queued", actor=actor, created_at=now))
+                s.add(_audit("backup", actor or UNATTRIBUTED, "started", target=target, backup_id=backup_id, detail={"type": type, "host": host}))
                 return now
             return row.created_at
 
@@ -234,6 +259,8 @@ class Catalog:
                 return
             if row.status == Status.UPLOADED:  # the run's own verify: the chain ends here
                 row.duration_seconds = (at - row.created_at).total_seconds()
+                s.add(_audit("backup", row.actor or UNATTRIBUTED, Status.VERIFIED if ok else Status.FAILED, target=row.target,
+                             backup_id=backup_id, detail=None if ok else {"check": check}))
             if ok:
                 row.status, row.verified_at, row.stage, row.error = Status.VERIFIED, at, "done", None
             else:
@@ -249,6 +276,8 @@ class Catalog:
             if row.status == Status.RUNNING:
                 row.status, row.error, row.finished_at, row.stage = Status.FAILED, reason, _utcnow(), "done"
                 row.duration_seconds = (row.finished_at - row.created_at).total_seconds()
+                s.add(_audit("backup", row.actor or UNATTRIBUTED, Status.FAILED, target=row.target, backup_id=backup_id,
+                             detail={"reason": reason}))
                 return "failed"
             if row.status == Status.UPLOADED and row.error != reason:
                 # Stored and signed but not verified: keep it as uploaded, note why verify did not finish.
@@ -320,6 +349,28 @@ class Catalog:
         with self._session() as s:
             return list(s.scalars(q))
 
+    # audit -----------------------------------------------------------------
+
+    def add_audit(self, action: str, *, actor: str, outcome: str, target: str | None = None, backup_id: str | None = None,
+                  detail: dict | None = None) -> None:
+        with self._session.begin() as s:
+            s.add(_audit(action, actor, outcome, target=target, backup_id=backup_id, detail=detail))
+
+    def audit(self, *, since: datetime | None = None, action: str | None = None, target: str | None = None,
+              limit: int | None = None) -> list[AuditRow]:
+        """Newest first."""
+        q = select(AuditRow).order_by(AuditRow.at.desc(), AuditRow.id.desc())
+        if since:
+            q = q.where(AuditRow.at >= since)
+        if action:
+            q = q.where(AuditRow.action == action)
+        if target:
+            q = q.where(AuditRow.target == target)
+        if limit:
+            q = q.limit(limit)
+        with self._session() as s:
+            return list(s.scalars(q))
+
     # drills ----------------------------------------------------------------
 
     def start_drill(self, target: str, backup_id: str | None, *, details: dict | None = None) -> int:
@@ -378,6 +429,11 @@ class Catalog:
                     locations=[LocationRow(tier=l.tier, key=l.key, size=l.size) for l in locations],
                 ))
         return len(rows)
+
+
+def _audit(action: str, actor: str, outcome: str, *, target: str | None, backup_id: str | None, detail: dict | None) -> AuditRow:
+    return AuditRow(at=_utcnow(), action=action, actor=actor or UNATTRIBUTED, outcome=str(outcome), target=target,
+                    backup_id=backup_id, detail=detail)
 
 
 def _summary(manifest: dict) -> dict:

@@ -28,7 +28,7 @@ import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from backup_tasks import events, manifest, retention
+from backup_tasks import audit, events, manifest, retention
 from backup_tasks.catalog import Status
 from backup_tasks.errors import BackupError, ObjectLocked, ObjectNotFound, ServiceUnavailable, StorageError
 from backup_tasks.runtime import Runtime
@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 DEBRIS_AGE = timedelta(days=1)
 
 
-def run_cleanup(rt: Runtime, target: str | None = None, *, dry_run: bool = False, now: datetime | None = None) -> dict:
-    """Plan retention for one target (or all), apply it unless ``dry_run``, remove debris; return a report."""
+def run_cleanup(rt: Runtime, target: str | None = None, *, dry_run: bool = False, now: datetime | None = None,
+                actor: str = audit.BEAT) -> dict:
+    """Plan retention for one target (or all), apply it unless ``dry_run``, remove debris; return a report.
+
+    Each removed copy is audited as a ``delete`` with its reasons, the run as one ``cleanup``.
+    """
     now = now or datetime.now(timezone.utc)
     targets = [rt.target(target)] if target else list(rt.config.targets.values())
     backups = gather(rt, targets, now)
@@ -49,11 +53,15 @@ def run_cleanup(rt: Runtime, target: str | None = None, *, dry_run: bool = False
     plan = retention.plan_retention(backups, policies, max_age, now)
     report = {**plan.as_dict(), "dry_run": dry_run, "targets": [t.name for t in targets],
               "removed": [], "refused": [], "errors": [], "debris": []}
-    if not dry_run:
-        _apply(rt, plan, report)
-    report["debris"] = _debris(rt, targets, target is not None, now, dry_run, report)
-    report["deleted_backups"] = sorted(plan.removed_entirely()) if not dry_run else []
-    report["would_delete_backups"] = sorted(plan.removed_entirely()) if dry_run else []
+    with audit.audited(rt.catalog, "cleanup", actor=actor, target=target, detail={"dry_run": dry_run}) as entry:
+        if not dry_run:
+            _apply(rt, plan, report, actor)
+        report["debris"] = _debris(rt, targets, target is not None, now, dry_run, report)
+        report["deleted_backups"] = sorted(plan.removed_entirely()) if not dry_run else []
+        report["would_delete_backups"] = sorted(plan.removed_entirely()) if dry_run else []
+        entry.detail.update(removed=len(report["removed"]), kept=report["keep"], debris=len(report["debris"]),
+                            refused=len(report["refused"]), errors=len(report["errors"]))
+        entry.outcome = audit.FAILED if report["errors"] else audit.OK
     return report
 
 
@@ -131,7 +139,7 @@ def _innermost(storage):
     return storage
 
 
-def _apply(rt: Runtime, plan: retention.Plan, report: dict) -> None:
+def _apply(rt: Runtime, plan: retention.Plan, report: dict, actor: str) -> None:
     by_backup: dict[str, list[retention.Decision]] = {}
     for d in plan.removals:
         by_backup.setdefault(d.backup_id, []).append(d)
@@ -158,6 +166,8 @@ def _apply(rt: Runtime, plan: retention.Plan, report: dict) -> None:
             gone.append(d.tier)
             report["removed"].append({"backup_id": backup_id, "target": row.target, "tier": d.tier,
                                       "key": keys[d.tier], "reasons": list(d.reasons)})
+            audit.record(rt.catalog, "delete", actor=actor, outcome=audit.OK, target=row.target, backup_id=backup_id,
+                         detail={"tier": d.tier, "by": "retention", "reasons": list(d.reasons)})
         if gone:
             rt.catalog.drop_locations(backup_id, gone)  # only after the objects are gone
 

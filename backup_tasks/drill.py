@@ -30,7 +30,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from backup_tasks import credentials, dsn, events, manifest, readback
+from backup_tasks import audit, credentials, dsn, events, manifest, readback
 from backup_tasks.catalog import DrillResult, Status
 from backup_tasks.errors import BackupError, ConfigError, InputError
 from backup_tasks.runtime import Runtime
@@ -91,7 +91,7 @@ class _Failed(Exception):
         self.step = step
 
 
-def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None) -> dict:
+def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, actor: str = audit.BEAT) -> dict:
     """Run one drill for ``target_name``; returns the recorded drill (never raises for a failed drill)."""
     target = rt.target(target_name)
     spec = drill_spec(target)
@@ -176,6 +176,8 @@ def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None) -> 
             details["failed_step"] = failure.step
             details["error"] = str(failure)
         rt.catalog.finish_drill(drill_id, result=result, details=details, restore_seconds=restore_seconds)
+        audit.record(rt.catalog, "drill", actor=actor, outcome=str(result), target=target.name, backup_id=backup_id,
+                     detail={"drill_id": drill_id, "restore_seconds": restore_seconds, "failed_step": details.get("failed_step")})
         if failure:
             events.emit(rt.catalog, events.DRILL_FAILED, f"restore drill of target '{target.name}' failed ({failure.step}): {failure}",
                         target=target.name, host=target.host, backup_id=backup_id, step=failure.step, drill_id=drill_id,

@@ -106,7 +106,7 @@ def verify(ref) -> dict:
 
 
 @app.task(name="backup.drill", acks_late=True, reject_on_worker_lost=True)
-def drill(target: str) -> dict:
+def drill(target: str, actor: str = "beat") -> dict:
     """Restore drill of the target's latest verified backup, on the ``drill`` queue (see drill.py).
 
     Returns the recorded drill; a failed drill is a result (recorded, event emitted), not
@@ -115,11 +115,11 @@ def drill(target: str) -> dict:
     """
     from backup_tasks.drill import run_drill
 
-    return run_drill(runtime.current(), target)
+    return run_drill(runtime.current(), target, actor=actor)
 
 
 @app.task(name="backup.cleanup", acks_late=True, reject_on_worker_lost=True)
-def cleanup(target: str | None = None, dry_run: bool = False) -> dict:
+def cleanup(target: str | None = None, dry_run: bool = False, actor: str = "beat") -> dict:
     """Apply retention and remove debris (cleanup.py), on the ``maintenance`` queue.
 
     Idempotent: a redelivered cleanup re-plans from the catalog and finishes what an
@@ -127,7 +127,7 @@ def cleanup(target: str | None = None, dry_run: bool = False) -> dict:
     """
     from backup_tasks.cleanup import run_cleanup
 
-    report = run_cleanup(runtime.current(), target, dry_run=dry_run)
+    report = run_cleanup(runtime.current(), target, dry_run=dry_run, actor=actor)
     return {"target": target, "dry_run": dry_run, "now": report["now"], "kept": report["keep"],
             "removed": [{"backup_id": r["backup_id"], "tier": r["tier"]} for r in report["removed"]],
             "deleted_backups": report["deleted_backups"], "debris": len(report["debris"]),

@@ -55,6 +55,7 @@ def keys_generate(ctx: Context, out: Path):
     from backup_tasks import keys
 
     made = keys.generate(out)
+    _audit_keys(ctx, made, out)
     data = {
         "directory": str(made.directory),
         "recipient": made.recipient,
@@ -79,6 +80,22 @@ def keys_generate(ctx: Context, out: Path):
     ctx.out.result(data, human)
 
 
+def _audit_keys(ctx: Context, made, out: Path) -> None:
+    """Key generation is audited where a catalog exists; a first ``keys generate`` often precedes any config."""
+    import logging
+
+    from backup_tasks import audit
+    from backup_tasks.errors import ConfigError
+
+    try:
+        catalog = ctx.rt.catalog
+    except ConfigError:
+        logging.getLogger("backup_tasks.audit").info("keys generate in %s: no config, so not audited in a catalog", out)
+        return
+    audit.record(catalog, "keys.generate", actor=audit.cli_actor(), outcome=audit.OK,
+                 detail={"directory": str(out), "recipient_key_id": made.recipient_key_id, "signing_key_id": made.signing_key_id})
+
+
 @click.group("catalog")
 def catalog_group():
     """Catalog maintenance."""
@@ -90,7 +107,9 @@ def catalog_rebuild(ctx: Context):
     """Recreate the catalog from the manifests in storage alone (e.g. after losing the catalog)."""
     from backup_tasks.rebuild import rebuild_catalog
 
-    result = rebuild_catalog(ctx.rt)
+    with ctx.audited("catalog.rebuild") as entry:
+        result = rebuild_catalog(ctx.rt)
+        entry.detail.update(backups=result["backups"], verified=result["verified"], skipped=len(result["skipped"]))
     ctx.out.result(result, lambda c, d: (
         c.print(f"catalog rebuilt from {', '.join(d['tiers'])}: {d['backups']} backups ({d['verified']} verified)"),
         [c.print(f"  [yellow]skipped[/] {s['key']} on {s['tier']}: {s['reason']}") for s in d["skipped"]],

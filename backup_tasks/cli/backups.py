@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from backup_tasks import audit
 from backup_tasks.catalog import Status, dumps_row
 from backup_tasks.cli.context import Context, common
 from backup_tasks.cli.output import size
@@ -27,7 +28,7 @@ def backup(ctx: Context, target, type_, wait, timeout):
 
     rt = ctx.rt
     started = time.monotonic()
-    run = client.enqueue_backup(target, type_, actor=f"cli:{_user()}", rt=rt)
+    run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
     ctx.out.note(f"backup {run.id} {'running in-process' if rt.settings.embedded else 'enqueued on ' + rt.target(target).queue}")
     if not (wait or rt.settings.embedded):
         ctx.out.result(run.info(), lambda c, d: c.print(f"enqueued {d['id']} ({d['status']}, {d['stage']})"))
@@ -121,8 +122,14 @@ def verify(ctx: Context, backup_id):
     from backup_tasks.verify import verify_backup
 
     rt = ctx.rt
+    row = rt.catalog.get(backup_id)
     try:
-        result = verify_backup(rt, backup_id)
+        with ctx.audited("verify", target=row.target, backup_id=backup_id) as entry:
+            try:
+                result = verify_backup(rt, backup_id)
+            except VerificationFailed as exc:
+                entry.outcome, entry.detail["check"] = audit.FAILED, exc.check
+                raise
     except VerificationFailed as exc:
         data = {"id": backup_id, "status": "failed", "ok": False, "check": exc.check, "message": exc.message, "remedy": exc.remedy}
         ctx.out.result(data, lambda c, d: (c.print(f"[red]{backup_id}: verification FAILED[/] ({d['check']})"),
@@ -151,13 +158,19 @@ def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, se
     if bool(to) == bool(to_database):
         raise InputError("give exactly one of --to PATH or --to-database NAME", "backupctl restore ID --to /restore/here")
     rt = ctx.rt
-    if to_database:
-        _restore_database(ctx, backup_id, to_database, dry_run=dry_run, force=force, server=server,
-                          server_password=server_password, jobs=jobs, tables=tables)
-        return
-    if server or server_password or tables or jobs != 1:
+    if not to_database and (server or server_password or tables or jobs != 1):
         raise InputError("--server, --server-password, --jobs and --table go with --to-database", "drop them, or restore --to-database NAME")
-    result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run)
+    row = rt.catalog.get(backup_id)
+    detail = {"to": str(to) if to else None, "to_database": to_database, "server": audit.redact(server), "dry_run": dry_run,
+              "force": force, "tables": list(tables) or None}
+    with ctx.audited("restore", target=row.target, backup_id=backup_id, detail={k: v for k, v in detail.items() if v}) as entry:
+        if dry_run:
+            entry.outcome = "dry-run"
+        if to_database:
+            _restore_database(ctx, backup_id, to_database, dry_run=dry_run, force=force, server=server,
+                              server_password=server_password, jobs=jobs, tables=tables)
+            return
+        result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run)
 
     def human(c, d):
         if d["dry_run"]:
@@ -202,12 +215,6 @@ def _restore_database(ctx: Context, backup_id, database, **kw) -> None:
             c.print(f"  note: {note}", markup=False)
 
     ctx.out.result(result, human)
-
-
-def _user() -> str:
-    import getpass
-
-    return getpass.getuser()
 
 
 COMMANDS = (backup, list_, show, verify, restore)

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import click
 from rich.markup import escape
 
+from backup_tasks import audit
 from backup_tasks.cli.context import Context, common
 from backup_tasks.errors import InputError
 
@@ -34,7 +35,7 @@ def cleanup(ctx: Context, target, dry_run, now):
         except ValueError:
             raise InputError(f"--now {now!r} is not an ISO time", "write e.g. --now 2024-07-01T02:00:00Z") from None
         when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    report = run_cleanup(ctx.rt, target, dry_run=dry_run, now=when)
+    report = run_cleanup(ctx.rt, target, dry_run=dry_run, now=when, actor=audit.cli_actor())
     ctx.out.result(report, _human)
     code = exit_code(report)
     if code:

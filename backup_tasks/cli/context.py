@@ -28,6 +28,12 @@ class Context:
         configure(rt.settings)
         return rt
 
+    def audited(self, action: str, *, target: str | None = None, backup_id: str | None = None, detail: dict | None = None):
+        """Audit what this command does, as ``cli:<user>`` (see audit.py)."""
+        from backup_tasks import audit
+
+        return audit.audited(self.rt.catalog, action, actor=audit.cli_actor(), target=target, backup_id=backup_id, detail=detail)
+
 
 def common(fn):
     """--config and --json on every command (they may also come before the command name)."""

@@ -7,6 +7,7 @@ import sys
 import click
 from rich.table import Table
 
+from backup_tasks import audit
 from backup_tasks.cli.context import Context, common
 from backup_tasks.errors import InputError, ServiceUnavailable
 
@@ -36,7 +37,7 @@ def drill(ctx: Context, target, timeout, history):
         ctx.out.result(rows, table)
         return
     if rt.settings.embedded:
-        result = drill_mod.run_drill(rt, target)
+        result = drill_mod.run_drill(rt, target, actor=audit.cli_actor())
     else:
         result = _remote(rt, target, timeout)
     ctx.out.result(result, _human)
@@ -54,7 +55,7 @@ def _remote(rt, target: str, timeout: float | None) -> dict:
     try:
         with drill_task.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5)
-        pending = drill_task.apply_async(args=(target,), queue=DRILL_QUEUE)
+        pending = drill_task.apply_async(args=(target,), kwargs={"actor": audit.cli_actor()}, queue=DRILL_QUEUE)
     except (OperationalError, ConnectionError) as exc:
         raise ServiceUnavailable(f"cannot reach the broker: {exc}", "is Redis up? check BACKUP_BROKER_URL") from None
     try:
