@@ -89,6 +89,10 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
     if "files" in source:
         source["files"] = f"{len(source['files'])} entries (in the stored manifest)"
     out["source"] = source
+    if "attachments" in out:
+        from backup_tasks.attachments import summary as attachment_summary
+
+        out["attachments"] = attachment_summary(out["attachments"])
     return out
 
 

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from backup_tasks import events, manifest
+from backup_tasks import attachments, events, manifest
 from backup_tasks.catalog import Location
 from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
 from backup_tasks.runtime import Runtime
@@ -114,7 +114,12 @@ def dump(rt: Runtime, ref: dict) -> dict:
         report.update(source.dump(target, out, workdir))
 
     size, sha, seconds = _write_output(final, produce)
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        sealed = attachments.collect(workdir, rt.recipients if rt.settings.recipients else [], target=target.name)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # plaintext attachments never outlive the stage
+    if sealed:
+        (run_dir / "attachments.json").write_text(json.dumps(sealed))
     (run_dir / "source.json").write_text(json.dumps(report))
     return _commit_ref(run_dir, "dump", {
         "backup_id": backup_id, "target": target.name, "type": ref.get("type", "full"), "stage": "dump",
@@ -233,6 +238,7 @@ def upload(rt: Runtime, ref: dict) -> dict:
         "locations": [{"tier": l.tier, "key": l.key, **({"etag": etags[l.tier]} if etags.get(l.tier) else {})}
                       for l in locations],
         "source": report,
+        **_attachments(run_dir),
         "timings": {**_stage_seconds(run_dir), "upload": round(time.monotonic() - upload_started, 3)},
     }, rt.signer)
     body = manifest.dumps(doc)
@@ -246,6 +252,12 @@ def upload(rt: Runtime, ref: dict) -> dict:
     rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
+
+
+def _attachments(run_dir: Path) -> dict:
+    """The sealed side files the dump stage left (see attachments.py), as the manifest carries them."""
+    path = run_dir / "attachments.json"
+    return {"attachments": json.loads(path.read_text())} if path.exists() else {}
 
 
 def _stage_seconds(run_dir: Path) -> dict:

@@ -13,7 +13,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from backup_tasks import readback
+from backup_tasks import attachments, keys, readback
 from backup_tasks.errors import InputError, RestoreRefused
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
@@ -102,7 +102,7 @@ def _remove(path: Path) -> None:
 
 def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: str | None = None,
                         server_password: str | None = None, force: bool = False, dry_run: bool = False, jobs: int = 1,
-                        tables: tuple[str, ...] = ()) -> dict:
+                        tables: tuple[str, ...] = (), with_globals: bool = False) -> dict:
     """Restore a postgres/mysql backup into ``database`` on a server, streaming from storage.
 
     download → decrypt → decompress → pg_restore/mysql through pipes; the source refuses
@@ -121,6 +121,11 @@ def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: s
     if jobs < 1:
         raise InputError("--jobs must be at least 1", "e.g. --jobs 2")
     srv = database_server(rt, doc, server, server_password)
+    applied = None
+    if with_globals:
+        # Roles first: the restored objects then keep their owners and GRANTs.
+        sql = _globals_sql(rt, doc)
+        applied = source.apply_globals(srv, sql, doc["source"]["globals"], dry_run=dry_run)
     scratch = Path(rt.settings.staging_dir)
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"restore-{backup_id}-", dir=scratch))
@@ -133,10 +138,45 @@ def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: s
                 readback.check_digests(doc, stored, plain)
 
             summary = source.restore_database(stream, doc, database, srv, force=force, dry_run=dry_run, jobs=jobs,
-                                              tables=tuple(tables), workdir=workdir, commit_check=None if dry_run else commit_check)
+                                              tables=tuple(tables), workdir=workdir, commit_check=None if dry_run else commit_check,
+                                              **({"keep_owners": True} if with_globals else {}))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return {**base, "dry_run": dry_run, **summary, **({} if dry_run else {"restored_to": f"{srv.address}/{database}"})}
+    return {**base, "dry_run": dry_run, **summary, **({"globals": applied} if with_globals else {}),
+            **({} if dry_run else {"restored_to": f"{srv.address}/{database}"})}
+
+
+def extract_globals(rt: Runtime, backup_id: str, dest: Path, *, force: bool = False, dry_run: bool = False) -> dict:
+    """Write a PostgreSQL backup's globals (roles, tablespaces) as SQL to ``dest``, 0600, for review or psql."""
+    row = rt.catalog.get(backup_id)
+    doc = readback.locate(rt, row).doc
+    dest = Path(dest)
+    report = {"backup_id": backup_id, "target": doc["target"], "destination": str(dest), "dry_run": dry_run,
+              "roles": (doc["source"].get("globals") or {}).get("roles"), "tablespaces": (doc["source"].get("globals") or {}).get("tablespaces")}
+    sql = _globals_sql(rt, doc)
+    if dest.exists() and not force:
+        if dry_run:
+            return {**report, "needs_force": True}
+        raise RestoreRefused(f"{dest} exists; refusing to overwrite it", "choose another file, or pass --force to replace it")
+    if dry_run:
+        return {**report, "bytes": len(sql)}
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.restoring")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # role password hashes
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(sql)
+    os.replace(tmp, dest)
+    return {**report, "bytes": len(sql), "restored_to": str(dest)}
+
+
+def _globals_sql(rt: Runtime, doc: dict) -> bytes:
+    from backup_tasks.sources.postgres import GLOBALS_FILE
+
+    if doc["kind"] != "postgres" or GLOBALS_FILE not in (doc.get("attachments") or {}):
+        raise InputError(f"backup {doc['backup_id']} carries no globals (roles, tablespaces)",
+                         "only PostgreSQL backups taken with options.globals have them; check with backupctl show ID")
+    identities = keys.identities_for(rt.settings.identities_file, doc["encryption"]["recipients"])
+    return attachments.unseal(doc, GLOBALS_FILE, identities)
 
 
 def database_server(rt: Runtime, doc: dict, server: str | None, password_ref: str | None):

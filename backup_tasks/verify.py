@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from backup_tasks import events, manifest, readback
+from backup_tasks import attachments, events, keys, manifest, readback
 from backup_tasks.errors import BackupError, ConfigError, VerificationFailed
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
@@ -74,8 +74,20 @@ def _checks(rt: Runtime, row) -> dict:
     if failure is not None:
         raise failure
     readback.check_digests(doc, stored, plain)
+    sealed = _check_attachments(rt, doc)
     return {"location": found.tier, "locations_checked": len(row.locations), "stored_bytes": stored.size,
-            "plaintext_bytes": plain.size, "notes": found.notes, **summary}
+            "plaintext_bytes": plain.size, "notes": found.notes, **summary, **({"attachments_checked": sealed} if sealed else {})}
+
+
+def _check_attachments(rt: Runtime, doc: dict) -> list[str]:
+    """Every sealed side file decrypts and matches its signed sha256 (attachments.py)."""
+    names = sorted(doc.get("attachments") or {})
+    if names:
+        identities = keys.identities_for(rt.settings.identities_file, doc["encryption"]["recipients"] if doc.get("encryption")
+                                         else [])
+        for name in names:
+            attachments.unseal(doc, name, identities)
+    return names
 
 
 def _check_other_location(rt: Runtime, row, doc: dict, loc, *, full: bool) -> None:

@@ -291,7 +291,7 @@ def test_pg_dump_older_than_the_server_is_refused_with_a_clear_error():
 
 
 @pytest.mark.parametrize("extra, field, words", [
-    ('options = { globals = true }\n', "options.globals", "not supported yet"),
+    ('options = { globals = "yes" }\n', "options.globals", "must be true, false"),
     ('options = { tables = ["public.*"] }\n', "options.tables", "exact names"),
     ('options = { shards = 2 }\n', "options", "unknown postgres option"),
     ('drill = { server = "mysql://root@127.0.0.1/x" }\n', "drill.server", "must start with postgresql://"),

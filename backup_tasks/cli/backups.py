@@ -150,25 +150,34 @@ def verify(ctx: Context, backup_id):
 @click.option("--server-password", default=None, help="with --to-database: password reference for --server (env:NAME or file:/path)")
 @click.option("--jobs", type=int, default=1, show_default=True, help="with --to-database: parallel pg_restore jobs")
 @click.option("--table", "tables", multiple=True, help="with --to-database: restore only this table (PostgreSQL; schema.table)")
+@click.option("--with-globals", is_flag=True,
+              help="with --to-database: apply the backup's roles and tablespaces first, then keep owners and GRANTs (PostgreSQL)")
+@click.option("--globals-to", "globals_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the backup's globals (roles, tablespaces) as SQL to this file, mode 0600 (PostgreSQL)")
 @common
-def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, server_password, jobs, tables):
+def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, server_password, jobs, tables, with_globals, globals_to):
     """Restore a backup; refuses to overwrite anything without --force."""
-    from backup_tasks.restore import restore_backup
+    from backup_tasks.restore import extract_globals, restore_backup
 
-    if bool(to) == bool(to_database):
-        raise InputError("give exactly one of --to PATH or --to-database NAME", "backupctl restore ID --to /restore/here")
+    if sum(map(bool, (to, to_database, globals_to))) != 1:
+        raise InputError("give exactly one of --to PATH, --to-database NAME or --globals-to FILE", "backupctl restore ID --to /restore/here")
     rt = ctx.rt
-    if not to_database and (server or server_password or tables or jobs != 1):
-        raise InputError("--server, --server-password, --jobs and --table go with --to-database", "drop them, or restore --to-database NAME")
+    if not to_database and (server or server_password or tables or jobs != 1 or with_globals):
+        raise InputError("--server, --server-password, --jobs, --table and --with-globals go with --to-database",
+                         "drop them, or restore --to-database NAME")
     row = rt.catalog.get(backup_id)
-    detail = {"to": str(to) if to else None, "to_database": to_database, "server": audit.redact(server), "dry_run": dry_run,
-              "force": force, "tables": list(tables) or None}
+    detail = {"to": str(to or globals_to or "") or None, "to_database": to_database, "server": audit.redact(server), "dry_run": dry_run,
+              "force": force, "tables": list(tables) or None, "globals": bool(with_globals or globals_to)}
     with ctx.audited("restore", target=row.target, backup_id=backup_id, detail={k: v for k, v in detail.items() if v}) as entry:
         if dry_run:
             entry.outcome = "dry-run"
         if to_database:
             _restore_database(ctx, backup_id, to_database, dry_run=dry_run, force=force, server=server,
-                              server_password=server_password, jobs=jobs, tables=tables)
+                              server_password=server_password, jobs=jobs, tables=tables, with_globals=with_globals)
+            return
+        if globals_to:
+            result = extract_globals(rt, backup_id, globals_to, force=force, dry_run=dry_run)
+            ctx.out.result(result, _print_globals)
             return
         result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run)
 
@@ -187,6 +196,17 @@ def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, se
             c.print(f"  note: {note}", markup=False)
 
     ctx.out.result(result, human)
+
+
+def _print_globals(c, d: dict) -> None:
+    roles, spaces = ", ".join(d.get("roles") or []) or "-", ", ".join(d.get("tablespaces") or []) or "-"
+    if d["dry_run"]:
+        c.print(f"dry run: the globals of {d['backup_id']} would be written to {d['destination']} (nothing written)", markup=False)
+        if d.get("needs_force"):
+            c.print("[yellow]the file exists: a real restore needs --force[/]")
+    else:
+        c.print(f"[green]wrote[/] the globals of {d['backup_id']} to {d['restored_to']} (mode 0600: it holds role password hashes)")
+    c.print(f"  roles: {roles}\n  tablespaces: {spaces}", markup=False)
 
 
 def _restore_database(ctx: Context, backup_id, database, **kw) -> None:
@@ -211,6 +231,11 @@ def _restore_database(ctx: Context, backup_id, database, **kw) -> None:
         else:
             c.print(f"[green]restored[/] {backup_id} into database {d['database']} on {d['server']} "
                     f"({len(d.get('tables', {}))} tables{', replaced the existing database' if d.get('replaced_existing') else ''})")
+        g = d.get("globals")
+        if g:
+            c.print(f"  globals: roles created {', '.join(g['roles_created']) or '-'}; existing (altered) "
+                    f"{', '.join(g['roles_existing']) or '-'}; tablespaces created {', '.join(g['tablespaces_created']) or '-'}",
+                    markup=False)
         for note in d.get("notes", []):
             c.print(f"  note: {note}", markup=False)
 

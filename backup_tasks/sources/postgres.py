@@ -17,10 +17,15 @@ renamed to the requested name, replacing an existing one only with ``force``. A 
 restore (``jobs > 1``) needs a seekable file: the plaintext is then written to a private
 temporary file in the staging directory first, and its hashes are checked before
 pg_restore starts. Objects are restored owned by the restoring user, without GRANTs
-(``--no-owner --no-acl``), so a restore works on a server that lacks the source's roles.
+(``--no-owner --no-acl``), so a restore works on a server that lacks the source's roles;
+with the backup's globals applied first, owners and GRANTs are kept.
 
-Not done: ``options.globals`` (roles and tablespaces via ``pg_dumpall --globals-only``)
-is refused with a clear error rather than silently ignored.
+Globals. With ``options.globals`` the dump also runs ``pg_dumpall --globals-only`` (roles,
+their memberships and settings, tablespaces), which the pipeline seals, encrypted, into
+the signed manifest (attachments.py): a whole cluster can be rebuilt from its targets'
+backups. ``restore --to-database NAME --with-globals`` applies them first and then keeps
+owners and GRANTs; ``restore --globals-to FILE`` writes the SQL for review. Applying
+globals on a live cluster resets role passwords to the backup's, hence opt-in only.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ from backup_tasks.sources.base import register, restore_single_file
 log = logging.getLogger(__name__)
 
 OPTION_KEYS = {"schemas", "exclude_schemas", "tables", "exclude_tables", "globals", "bin_dir"}
+#: ``globals`` value for a dump by a non-superuser: roles without their password hashes
+GLOBALS_NO_ROLE_PASSWORDS = "no-role-passwords"
+#: the attachment (attachments.py) holding ``pg_dumpall --globals-only``
+GLOBALS_FILE = "globals.sql"
 MAINTENANCE_DB = "postgres"
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_$-]{0,62}$")
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
@@ -189,12 +198,41 @@ def check_options(options: dict, *, where: str = "") -> dict:
             raise ConfigError("must be a list of exact names (no wildcards or quotes)", 'e.g. tables = ["public.orders"]',
                               where=where, field=f"options.{key}")
         out[key] = value
-    if options.get("globals"):
-        raise ConfigError("options.globals (pg_dumpall --globals-only) is not supported yet",
-                          "back up roles separately for now (pg_dumpall --globals-only); remove the option", where=where,
-                          field="options.globals")
+    value = options.get("globals", False)
+    if value not in (True, False, GLOBALS_NO_ROLE_PASSWORDS):
+        raise ConfigError(f"must be true, false or \"{GLOBALS_NO_ROLE_PASSWORDS}\", not {value!r}",
+                          f'globals = true needs a superuser; globals = "{GLOBALS_NO_ROLE_PASSWORDS}" works for any role',
+                          where=where, field="options.globals")
+    out["globals"] = value
     out["bin_dir"] = options.get("bin_dir")
     return out
+
+
+_CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);', re.M)
+_CREATE_TABLESPACE = re.compile(r'^CREATE TABLESPACE ("(?:[^"]|"")+"|\S+)', re.M)
+
+
+def _dump_globals(pg_dumpall: str, server: Server, env: dict, workdir: Path, mode, *, what: str, ref: str | None) -> dict:
+    """``pg_dumpall --globals-only`` into ``workdir/attachments/globals.sql`` (0600); returns what it holds."""
+    folder = Path(workdir) / "attachments"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / GLOBALS_FILE
+    argv = [pg_dumpall, "--globals-only", "--no-password", "-l", server.database]
+    if mode == GLOBALS_NO_ROLE_PASSWORDS:
+        argv.append("--no-role-passwords")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        outcome = pipes.read_from(argv, fh, env=env, what=what)
+    if outcome.returncode != 0:
+        if "permission denied" in outcome.stderr and mode is True:
+            raise SourceError(f"{what} failed: {pipes.last_lines(outcome.stderr, secret=server.password)}",
+                              f'reading role passwords needs a superuser: connect as one, or set options.globals = "{GLOBALS_NO_ROLE_PASSWORDS}"')
+        raise classify(outcome.stderr, server, what=what, ref=ref)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    unquote = lambda name: name[1:-1].replace('""', '"') if name.startswith('"') else name  # noqa: E731
+    return {"roles": sorted(unquote(n) for n in _CREATE_ROLE.findall(text)),
+            "tablespaces": sorted(unquote(n) for n in _CREATE_TABLESPACE.findall(text)),
+            "role_passwords": mode is True, "attachment": GLOBALS_FILE}
 
 
 def _selected(schema: str, table: str, opts: dict) -> bool:
@@ -280,6 +318,9 @@ class PostgresSource:
                     outcome = pipes.read_from(argv, out, env=env, what=f"pg_dump of target '{target.name}'")
                 finally:
                     counter.join()
+                if outcome.returncode == 0 and opts["globals"]:
+                    cluster = _dump_globals(tool("pg_dumpall", opts["bin_dir"]), server, env, workdir, opts["globals"],
+                                            what=f"pg_dumpall --globals-only of target '{target.name}'", ref=target.password)
             if outcome.returncode != 0:
                 raise classify(outcome.stderr, server, what=what, ref=target.password)
             if "error" in counted:
@@ -297,6 +338,7 @@ class PostgresSource:
             "tables": counted["tables"],
             "partitioned_tables": [_qualified(s, t) for s, t, k in tables if k == "p"],
             "options": {k: v for k, v in opts.items() if v},
+            **({"globals": cluster} if opts["globals"] else {}),
             "warnings": [ln for ln in outcome.stderr.splitlines() if ln.strip()][:20],
             "tool_versions": {"pg_dump": client_text.split("(PostgreSQL)")[-1].strip(), "postgresql_server": version},
         }
@@ -402,14 +444,16 @@ class PostgresSource:
             conn.close()
 
     def load(self, plaintext: BinaryIO, manifest: dict, server: Server, *, jobs: int = 1, tables: tuple[str, ...] = (),
-             workdir: Path, deadline: float | None = None, before_load: Callable[[], None] | None = None) -> dict:
+             workdir: Path, deadline: float | None = None, before_load: Callable[[], None] | None = None,
+             keep_owners: bool = False) -> dict:
         """pg_restore the stream into ``server.database`` (which exists and is empty).
 
         With jobs == 1 pg_restore reads the pipe in one transaction; with more, the
         plaintext goes to a private temporary file first (pg_restore -j needs to seek), and
         ``before_load`` (the digest check) runs before pg_restore starts.
         """
-        argv = [tool("pg_restore"), "--exit-on-error", "--no-owner", "--no-acl", "--no-password", "-d", server.database]
+        ownership = [] if keep_owners else ["--no-owner", "--no-acl"]  # owners and GRANTs need the source's roles
+        argv = [tool("pg_restore"), "--exit-on-error", *ownership, "--no-password", "-d", server.database]
         if tables:
             schemas = {_split(t)[0] for t in tables}
             if len(schemas) > 1:
@@ -442,7 +486,41 @@ class PostgresSource:
         if outcome.returncode != 0:
             raise SourceError(f"{what} failed: {pipes.last_lines(outcome.stderr, secret=server.password)}",
                               "see the message; the half-restored database was removed")
-        return {"jobs": jobs, "tables_selected": list(tables), "streamed": jobs == 1}
+        return {"jobs": jobs, "tables_selected": list(tables), "streamed": jobs == 1, "owners_and_grants": keep_owners}
+
+    def apply_globals(self, server: Server, sql: bytes, globals_report: dict, *, dry_run: bool) -> dict:
+        """Run the backup's ``pg_dumpall --globals-only`` on ``server`` (roles, then tablespaces).
+
+        The SQL creates every role, which fails with "already exists" for the roles the
+        server has (always at least the bootstrap superuser): those errors are expected and
+        the role's ALTER ROLE still applies. Any other error stops the restore before the
+        database is touched.
+        """
+        conn = connect(server, what=f"restore on {server.address}")
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT rolname FROM pg_roles")
+            roles = {r[0] for r in cur.fetchall()}
+            cur.execute("SELECT spcname FROM pg_tablespace")
+            spaces = {r[0] for r in cur.fetchall()}
+        finally:
+            conn.close()
+        wanted_roles, wanted_spaces = globals_report.get("roles", []), globals_report.get("tablespaces", [])
+        plan = {"roles_created": [r for r in wanted_roles if r not in roles], "roles_existing": [r for r in wanted_roles if r in roles],
+                "tablespaces_created": [t for t in wanted_spaces if t not in spaces],
+                "tablespaces_existing": [t for t in wanted_spaces if t in spaces], "role_passwords": globals_report.get("role_passwords")}
+        if dry_run:
+            return plan
+        what = f"applying the globals (roles, tablespaces) on {server.address}"
+        with dsn.pg_env(server) as env:
+            done = subprocess.run([tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=0", "--no-password", "-d", server.database],
+                                  input=sql, env=env, capture_output=True)
+        errors = [ln for ln in done.stderr.decode(errors="replace").splitlines() if "ERROR:" in ln]
+        unexpected = [ln for ln in errors if "already exists" not in ln]
+        if done.returncode != 0 or unexpected:
+            raise SourceError(f"{what} failed: {'; '.join(unexpected[:3]) or pipes.last_lines(done.stderr.decode(errors='replace'))}",
+                              "fix the cause (e.g. create the tablespace directories), or restore without --with-globals")
+        return {**plan, "already_existed_errors": len(errors)}
 
     def _run_sql(self, server: Server, statement: str) -> None:
         conn = connect(server, what=f"restore on {server.address}")
@@ -481,7 +559,7 @@ class PostgresSource:
 
     def restore_database(self, plaintext: BinaryIO | None, manifest: dict, database: str, server: Server, *, force: bool,
                          dry_run: bool, jobs: int = 1, tables: tuple[str, ...] = (), workdir: Path,
-                         commit_check: Callable[[], None] | None = None) -> dict:
+                         commit_check: Callable[[], None] | None = None, keep_owners: bool = False) -> dict:
         """Restore into ``database`` on ``server`` via a staging database; see the module docstring."""
         check_database_name(database)
         state = self.database_state(server, database)
@@ -499,7 +577,7 @@ class PostgresSource:
         self.create_database(server, staging, manifest)
         try:
             loaded = self.load(plaintext, manifest, server.on(staging), jobs=jobs, tables=tables, workdir=workdir,
-                               before_load=commit_check if jobs > 1 else None)
+                               before_load=commit_check if jobs > 1 else None, keep_owners=keep_owners)
             if commit_check and jobs == 1:
                 commit_check()  # the stored and plaintext sha256 matched: only now does the name appear
             if state["exists"]:
