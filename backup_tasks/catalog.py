@@ -410,6 +410,21 @@ class Catalog:
 
     # rebuild ---------------------------------------------------------------
 
+    def restore_passed_drills(self, markers: list[dict]) -> int:
+        """Add the passed drills that signed drilled.json markers prove and this catalog lacks (rebuild)."""
+        added = 0
+        with self._session.begin() as s:
+            for m in markers:
+                at = _parse(m["drilled_at"])
+                known = s.scalar(select(DrillRow.id).where(DrillRow.backup_id == m["backup_id"], DrillRow.result == DrillResult.PASSED))
+                if known is not None:
+                    continue
+                s.add(DrillRow(target=m["target"], backup_id=m["backup_id"], result=DrillResult.PASSED, started_at=at, finished_at=at,
+                               restore_seconds=m.get("restore_seconds"),
+                               details={"rebuilt_from": "drilled.json", "server": m.get("server"), "tables": m.get("tables")}))
+                added += 1
+        return added
+
     def replace_backups(self, rows: list[tuple[dict, list[Location], dict | None]]) -> int:
         """Swap the backup index for one rebuilt from manifests; events and history stay."""
         with self._session.begin() as s:

@@ -183,6 +183,7 @@ def _remove_copy(rt: Runtime, target: str, backup_id: str, tier: str, artifact_k
         raise StorageError(f"tier '{tier}' still holds {artifact_key} after deleting it",
                            "check the tier's permissions and versioning; the manifest was left in place")
     storage.delete(manifest.verified_key(target, backup_id))
+    storage.delete(manifest.drilled_key(target, backup_id))
     storage.delete(manifest.manifest_key(target, backup_id))
 
 

@@ -21,6 +21,7 @@ plaintext sha256 are all checked, so a tampered artifact fails the drill.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import secrets
@@ -175,6 +176,8 @@ def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, act
         if failure:
             details["failed_step"] = failure.step
             details["error"] = str(failure)
+        if not failure:
+            _write_marker(rt, target.name, backup_id, details, restore_seconds)
         rt.catalog.finish_drill(drill_id, result=result, details=details, restore_seconds=restore_seconds)
         audit.record(rt.catalog, "drill", actor=actor, outcome=str(result), target=target.name, backup_id=backup_id,
                      detail={"drill_id": drill_id, "restore_seconds": restore_seconds, "failed_step": details.get("failed_step")})
@@ -186,6 +189,25 @@ def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, act
         raise unexpected
     return {"drill_id": drill_id, "target": target.name, "backup_id": backup_id, "result": str(result),
             "restore_seconds": restore_seconds, **details}
+
+
+def _write_marker(rt: Runtime, target: str, backup_id: str, details: dict, restore_seconds: float | None) -> None:
+    """A signed drilled.json beside the manifest: the drill-proven backup survives a catalog rebuild.
+
+    Like verified.json, it needs the signing key; a drill host without one (it holds
+    identities, maybe not the signing key) records the drill in the catalog only, noted.
+    Writing it never fails the drill, which did pass.
+    """
+    try:
+        doc = manifest.sign({"format": manifest.FORMAT, "backup_id": backup_id, "target": target, "drilled_at": manifest.iso(manifest.now()),
+                             "restore_seconds": restore_seconds, "server": details.get("server"),
+                             "tables": details.get("tables"), "checks": len(details.get("checks", []))}, rt.signer)
+        body = manifest.dumps(doc)
+        for loc in rt.catalog.get(backup_id).locations:
+            rt.storage(loc.tier).put(manifest.drilled_key(target, backup_id), io.BytesIO(body))
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        log.warning("drill of %s passed, but drilled.json was not written: %s", backup_id, exc)
+        details.setdefault("notes", []).append(f"drilled.json not written ({type(exc).__name__}): a rebuilt catalog will not know this drill")
 
 
 def _compare(details: dict, expected: dict, restored: dict) -> None:

@@ -20,6 +20,9 @@ from backup_tasks.keys import Signer, Verifier
 FORMAT = "backup-tasks/manifest/1"
 MANIFEST_NAME = "manifest.json"
 VERIFIED_NAME = "verified.json"
+#: a passed restore drill, signed; retention protects the newest drill-proven backup, and a
+#: rebuilt catalog must still know which one that is
+DRILLED_NAME = "drilled.json"
 
 
 def prefix(target: str, backup_id: str) -> str:
@@ -33,6 +36,10 @@ def manifest_key(target: str, backup_id: str) -> str:
 
 def verified_key(target: str, backup_id: str) -> str:
     return f"{prefix(target, backup_id)}/{VERIFIED_NAME}"
+
+
+def drilled_key(target: str, backup_id: str) -> str:
+    return f"{prefix(target, backup_id)}/{DRILLED_NAME}"
 
 
 def canonical(doc: dict[str, Any]) -> bytes:

@@ -14,6 +14,7 @@ from backup_tasks.runtime import Runtime
 
 def rebuild_catalog(rt: Runtime) -> dict:
     found: dict[str, tuple[dict, list[Location], dict | None]] = {}
+    drilled: dict[str, dict] = {}
     skipped: list[dict] = []
     for tier in rt.config.tiers.values():
         storage = rt.storage(tier)
@@ -38,20 +39,24 @@ def rebuild_catalog(rt: Runtime) -> dict:
             entry = found.setdefault(backup_id, (doc, [], None))
             entry[1].append(Location(tier=tier.name, key=artifact, size=stat.size))
             if entry[2] is None:
-                found[backup_id] = (entry[0], entry[1], _verified_marker(rt, storage, doc))
+                found[backup_id] = (entry[0], entry[1], _marker(rt, storage, doc, manifest.verified_key))
+            if backup_id not in drilled and (marker := _marker(rt, storage, doc, manifest.drilled_key)):
+                drilled[backup_id] = marker
     count = rt.catalog.replace_backups(list(found.values()))
+    drills = rt.catalog.restore_passed_drills(list(drilled.values()))
     return {
         "tiers": list(rt.config.tiers),
         "backups": count,
         "verified": sum(1 for _, _, v in found.values() if v),
+        "drills_restored": drills,
         "skipped": skipped,
     }
 
 
-def _verified_marker(rt: Runtime, storage, doc: dict) -> dict | None:
-    """The signed verified.json beside the manifest, if present and genuine."""
+def _marker(rt: Runtime, storage, doc: dict, key_for) -> dict | None:
+    """The signed verified.json or drilled.json beside the manifest, if present and genuine."""
     try:
-        with storage.get(manifest.verified_key(doc["target"], doc["backup_id"])) as fh:
+        with storage.get(key_for(doc["target"], doc["backup_id"])) as fh:
             marker = manifest.parse(fh.read(), backup_id=doc["backup_id"])
         manifest.check_signature(marker, rt.verifier, backup_id=doc["backup_id"])
         return marker

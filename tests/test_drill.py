@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from backup_tasks import client, config, runtime
+from backup_tasks import client, config, manifest, runtime
 from backup_tasks.catalog import Status
 from backup_tasks.drill import run_drill
 from conftest import run_cli, write_config
@@ -56,7 +56,7 @@ def drills(tmp_path_factory, session_keys):
         assert run.info()["status"] == Status.VERIFIED
         ids[name] = run.id
     runtime._current = previous
-    yield SimpleNamespace(config=path, rt=rt, ids=ids, source=source, state=base / "state")
+    yield SimpleNamespace(config=path, rt=rt, ids=ids, source=source, state=base / "state", targets=targets)
     with pg() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{source}" WITH (FORCE)')
 
@@ -83,6 +83,23 @@ def test_drill_restores_compares_checks_records_and_drops(drills):
     assert row.result == "passed" and row.restore_seconds == result["restore_seconds"] and row.finished_at is not None
     history = json.loads(run_cli("drill", "ok-db", "--history", "--json", config=drills.config, check=0).stdout)
     assert history[0]["drill_id"] == result["drill_id"] and history[0]["result"] == "passed"
+
+
+def test_the_drill_proven_backup_survives_losing_the_catalog(drills, tmp_path, session_keys):
+    result = json.loads(run_cli("drill", "ok-db", "--json", config=drills.config, check=0).stdout)
+    backup_id = result["backup_id"]
+    marker = drills.state / "store" / manifest.drilled_key("ok-db", backup_id)
+    assert json.loads(marker.read_text())["restore_seconds"] == result["restore_seconds"]
+
+    # The catalog is lost: a new one, rebuilt from the same storage, knows the drill-proven backup.
+    fresh = write_config(tmp_path / "targets.toml", session_keys, targets=drills.targets,
+                         tiers=f'[tiers.local]\nkind = "local"\npath = "{drills.state / "store"}"\n')
+    rebuilt = json.loads(run_cli("catalog", "rebuild", "--json", config=fresh, check=0).stdout)
+    assert rebuilt["drills_restored"] >= 1
+    rt = runtime.Runtime(config.load(fresh))
+    assert rt.catalog.latest_drill_passed("ok-db") == backup_id
+    plan = json.loads(run_cli("cleanup", "--target", "ok-db", "--dry-run", "--json", config=fresh, check=0).stdout)
+    assert any(d["backup_id"] == backup_id and d["action"] == "keep" for d in plan["decisions"])
 
 
 def _assert_failed(drills, target: str, step: str, result: dict) -> None:
