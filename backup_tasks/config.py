@@ -100,13 +100,22 @@ class Settings:
 
     def time_limits(self, stage: str) -> tuple[int, int]:
         """(soft, hard) seconds for one chain stage."""
-        return (self.stage_soft_time_limits.get(stage, defaults.STAGE_SOFT_TIME_LIMIT),
-                self.stage_hard_time_limits.get(stage, defaults.STAGE_HARD_TIME_LIMIT))
+        return stage_time_limits(self.stage_soft_time_limits, self.stage_hard_time_limits, stage)
 
     @property
     def embedded(self) -> bool:
         """No broker: the chain runs in-process (Celery eager mode)."""
         return not self.broker_url
+
+
+def stage_time_limits(soft: dict[str, int], hard: dict[str, int], stage: str) -> tuple[int, int]:
+    """A stage's (soft, hard) limits: as configured, else the defaults; a hard limit given alone brings its soft one to 90% of it."""
+    hard_limit = hard.get(stage, defaults.STAGE_HARD_TIME_LIMIT)
+    if stage in soft:
+        return soft[stage], hard_limit
+    if stage in hard:
+        return min(defaults.STAGE_SOFT_TIME_LIMIT, hard_limit * 9 // 10), hard_limit
+    return defaults.STAGE_SOFT_TIME_LIMIT, hard_limit
 
 
 @dataclass(frozen=True)
@@ -337,8 +346,7 @@ def _check_distributed(values: dict, file: str) -> None:
                 raise ConfigError("must be at least 1 second", file=file, where=where, field=f"{key}.{stage}")
     soft_table, hard_table = values.get("stage_soft_time_limits", {}), values.get("stage_hard_time_limits", {})
     for stage in defaults.STAGES:
-        soft = soft_table.get(stage, defaults.STAGE_SOFT_TIME_LIMIT)
-        hard = hard_table.get(stage, defaults.STAGE_HARD_TIME_LIMIT)
+        soft, hard = stage_time_limits(soft_table, hard_table, stage)
         if hard <= soft:
             raise ConfigError(f"the hard time limit of stage '{stage}' ({hard}s) must exceed its soft limit ({soft}s)",
                               "the soft limit lets the stage fail cleanly; the hard one kills it a little later",

@@ -25,14 +25,17 @@ def plan_reverify(verified: Iterable[tuple[str, datetime]], now: datetime, *, da
 
     ``verified`` holds (backup id, time of its last full verification); the plan runs
     every ``every``. It takes every backup that would pass ``days`` without a re-read
-    before the next run, and then the oldest ones up to an even share,
-    ceil(n * every / days), so the work is spread over the period.
+    before the next run, and then the oldest ones up to an even share. A backup must be
+    re-read by the run before it turns ``days`` old, so the usable window is one run
+    shorter than the period, and the share is ceil(n * every / (period - every)): the
+    same few reads every day, with no burst when a cohort comes due.
     """
     period = timedelta(days=days)
     ordered = sorted(verified, key=lambda item: (item[1], item[0]))
     deadline = now + every - period  # last read at or before this: overdue by the next run
     due = [backup_id for backup_id, at in ordered if at <= deadline]
-    share = math.ceil(len(ordered) * every / period) if ordered else 0
+    window = period - every
+    share = len(ordered) if window <= timedelta(0) else math.ceil(len(ordered) * every / window)
     rest = [backup_id for backup_id, at in ordered if at > deadline]
     return due + rest[:max(0, share - len(due))]
 
