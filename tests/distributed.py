@@ -73,7 +73,7 @@ class Beat(Process):
 
     def __init__(self, config: Path, broker: str, log: Path, extra_env: dict | None = None) -> None:
         env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker, **(extra_env or {})}
-        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "beat", "-l", "DEBUG",
+        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "beat", "-l", "INFO",
                 "--pidfile=", "-s", str(log.with_suffix(".schedule"))]
         super().__init__(argv, log, env)
 
