@@ -21,7 +21,7 @@ from typing import Callable
 
 from backup_tasks import events, manifest
 from backup_tasks import progress as progress_mod
-from backup_tasks.catalog import Location
+from backup_tasks.catalog import Location, Status
 from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
@@ -285,9 +285,13 @@ def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:
                 doc = manifest.parse(fh.read(), backup_id=backup_id)
         except (StorageError, TransientError):  # missing, or the tier is down: not committed there, redo
             return None
-    if doc is not None and rt.catalog.find(backup_id) is not None:
-        locations = [Location(tier=l["tier"], key=l["key"], size=doc["stored"]["size"]) for l in doc["locations"]]
-        rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+    row = rt.catalog.find(backup_id) if doc is not None else None
+    if row is not None:
+        # Record it only for a run still in flight: an upload redelivered long after (a broker
+        # that lost track of its ack) must not turn a verified backup back into "uploaded".
+        if row.status == Status.RUNNING:
+            locations = [Location(tier=l["tier"], key=l["key"], size=doc["stored"]["size"]) for l in doc["locations"]]
+            rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
         cleanup_staging(rt, backup_id)
     return doc
 
