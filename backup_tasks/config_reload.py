@@ -53,6 +53,7 @@ def fresh() -> runtime.Runtime:
         log.error("the changed targets file %s is invalid; keeping the configuration in force: %s", rt.config.file, exc)
         _seen = (rt, stamp)
         return rt
-    log.info("targets file %s changed: reloaded (%d targets)", rt.config.file, len(new.config.targets))
+    if _seen is not None:
+        log.info("targets file %s changed: reloaded (%d targets)", rt.config.file, len(new.config.targets))
     _seen = (new, stamp)
     return new
