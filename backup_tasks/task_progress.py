@@ -8,7 +8,8 @@ most once per ``PROGRESS_INTERVAL_SECONDS`` and at the start of every stage, to:
 - the run's state: the run id is the id of the chain's last task (Celery freezes the
   replacing chain with the start task's id), so ``AsyncResult(run id)`` reads ``PROGRESS``
   with the latest report until verify finishes; ``client.Run.progress()`` reads it there;
-- a ``task-progress`` event, which Flower's live view turns into the state ``PROGRESS``;
+- a ``task-progress`` event, which Flower's live view turns into the state ``PROGRESS``,
+  with a readable line ("compress 12.0 MiB of 48.0 MiB (25%)") in its Result column;
 - in-process listeners (progress.listening), for the embedded default.
 
 Reports are written synchronously from the stage (the chain is waiting on the same Redis
@@ -34,6 +35,23 @@ def reporter(task, ref: dict, *, for_run: bool = True) -> progress.Throttled:
         task.update_state(state=PROGRESS, meta=report)
         if for_run and task.request.id != run_id:
             task.backend.store_result(run_id, report, PROGRESS)
-        task.send_event("task-progress", retry=False, **report)
+        task.send_event("task-progress", retry=False, result=readable(report), **report)
 
     return progress.Throttled(publish, backup_id=run_id, target=ref["target"])
+
+
+def readable(report: dict) -> str:
+    """One line for people: ``compress 12.0 MiB of 48.0 MiB (25%)``."""
+    done, total = report["bytes_done"], report["bytes_total"]
+    if total:
+        return f"{report['stage']} {_size(done)} of {_size(total)} ({100 * done // total}%)"
+    return f"{report['stage']} {_size(done)}"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
