@@ -49,10 +49,9 @@ def _get(url: str, auth: bool = True, data: bytes | None = None):
 def test_flower_with_auth_shows_the_chain_and_its_progress(tmp_path, make_config, runtime_for, redis_url, start_worker):
     tree = tmp_path / "data"
     tree.mkdir()
-    block = os.urandom(1 << 20)
     with open(tree / "big.bin", "wb") as fh:
-        for i in range(160):
-            fh.write(block[: (1 << 19)] + bytes([i % 251]) * (1 << 19))
+        for i in range(96):  # half random, half constant: compresses about 2x, takes a second or two per stage
+            fh.write(os.urandom(1 << 19) + bytes([i % 251]) * (1 << 19))
     db = tmp_path / "app.db"
     make_app_db(db, rows=300)
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n'
@@ -97,14 +96,14 @@ def test_flower_with_auth_shows_the_chain_and_its_progress(tmp_path, make_config
             if task["name"] in STAGES:
                 assert task["kwargs"] == repr({"run": run.id})
         # Running stages were in state PROGRESS, with a readable line where Flower shows a result.
-        assert {t["name"] for t in live} >= {"backup.dump", "backup.compress"}, live
+        assert {t["name"] for t in live} >= {"backup.compress", "backup.upload"}, live
         assert all(re.fullmatch(r"(dump|compress|encrypt|upload|verify) [\d.]+ (B|KiB|MiB)( of [\d.]+ (B|KiB|MiB) \(\d+%\))?",
                                 t["result"]) for t in live), [t["result"] for t in live]
         assert "PROGRESS" in run_states
         reports = [p for p in run_progress if p]
         assert reports and all(set(p) == {"backup_id", "target", "stage", "bytes_done", "bytes_total"} for p in reports)
-        assert all(p["backup_id"] == run.id and p["target"] == "bulk" for p in reports)
-        assert any(p["stage"] == "compress" and p["bytes_total"] > 160 << 20 for p in reports), reports  # the tar around the file
+        assert all(p["backup_id"] == run.id and p["target"] == "bulk" for p in reports), reports
+        assert any(p["stage"] == "compress" and p["bytes_total"] > 96 << 20 for p in reports), reports  # the tar around the file
         assert PASSWORD not in flower.text()
 
         # A non-Python application enqueues through Flower's HTTP API: the run id is the task id.

@@ -48,12 +48,14 @@ def _in_terminal(*args: str, env: dict) -> tuple[int, str, str]:
 def test_backup_wait_and_restore_draw_a_live_bar_only_for_people(tmp_path, make_config, redis_url, start_worker):
     tree = tmp_path / "data"
     tree.mkdir()
-    block = os.urandom(1 << 20)
     with open(tree / "big.bin", "wb") as fh:
-        for i in range(200):
-            fh.write(block[: (1 << 19)] + bytes([i % 251]) * (1 << 19))
-    cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n', settings="compression_threads = 1\n",
-                      tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\nbandwidth_limit = "40MiB"\n')
+        for i in range(64):  # half random, half constant: compresses about 2x
+            fh.write(os.urandom(1 << 19) + bytes([i % 251]) * (1 << 19))
+    # Slow enough stages (zstd -9 on one thread, a 24 MiB/s tier) that the client, polling
+    # four times a second, sees compress and upload running, as it would on real data.
+    cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',
+                      settings="compression_threads = 1\ncompression_level = 9\n",
+                      tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\nbandwidth_limit = "24MiB"\n')
     start_worker(cfg, redis_url, ["host.hostA", "verify"], name="w1@hostA")
     env = {"BACKUP_BROKER_URL": redis_url}
 
