@@ -98,7 +98,8 @@ def test_flower_with_auth_shows_the_chain_and_its_progress(tmp_path, make_config
         for task in ours:  # the target name is the only argument shown; the run id travels beside it
             assert task["args"] == "('bulk',)" and task["kwargs"] == repr({"run": run.id}), task
         # Running stages were in state PROGRESS, with a readable line where Flower shows a result.
-        assert {t["name"] for t in live} >= {"backup.compress", "backup.upload"}, live
+        seen = {t["name"] for t in live}  # a stage quicker than the 0.2 s poll may slip through; the throttled upload cannot
+        assert "backup.upload" in seen and len(seen) >= 2, seen
         assert all(re.fullmatch(r"(dump|compress|encrypt|upload|verify) [\d.]+ (B|KiB|MiB)( of [\d.]+ (B|KiB|MiB) \(\d+%\))?",
                                 t["result"]) for t in live), [t["result"] for t in live]
         assert "PROGRESS" in run_states
