@@ -32,12 +32,25 @@ def _stamp(path: str) -> tuple | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _from_environment(rt: runtime.Runtime) -> bool:
+    """Whether rt is the file BACKUP_CONFIG names: what workers, beat and Flower run on.
+
+    A runtime a caller built itself (the CLI's --config, a test with its own environment)
+    is theirs: re-reading it here with this process's environment could change it.
+    """
+    named = os.environ.get("BACKUP_CONFIG")
+    try:
+        return bool(named) and os.path.samefile(named, rt.config.file)
+    except OSError:
+        return False
+
+
 def fresh() -> runtime.Runtime:
     """The process's runtime, re-loaded first if its targets file changed since it was loaded."""
     global _seen
     rt = runtime.current()
     stamp = _stamp(rt.config.file)
-    if stamp is None:
+    if stamp is None or not _from_environment(rt):
         return rt
     if _seen is not None:
         if _seen[0] is not rt:  # installed by someone else (the CLI, a test): theirs to manage
