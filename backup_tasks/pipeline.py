@@ -199,8 +199,8 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         try:
             storage = rt.storage(tier)
             with open(ref["path"], "rb") as fh:  # progress counts every tier's copy: n copies of size bytes
-                source = progress_mod.reading(fh, progress, "upload", ref["size"] * len(tiers), offset=ref["size"] * n)
-                info = storage.put(key, source, size_hint=ref["size"])
+                stream = progress_mod.reading(fh, progress, "upload", ref["size"] * len(tiers), offset=ref["size"] * n)
+                info = storage.put(key, stream, size_hint=ref["size"])
             if info.size != ref["size"] or (info.sha256 and info.sha256 != ref["sha256"]):
                 storage.delete(key)
                 raise StorageError(

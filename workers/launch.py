@@ -71,8 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--print", action="store_true", help="print the celery command instead of running it")
     args = parser.parse_args(argv)
     os.environ["BACKUP_HOST"] = args.host  # credentials are checked only for this host's targets
-    cfg = config_mod.load(os.environ.get("BACKUP_CONFIG"))
-    command = argv_for(cfg, args.host, concurrency_for(cfg, args.concurrency), drill=args.drill, maintenance=args.maintenance)
+    from backup_tasks.errors import BackupError
+
+    try:
+        cfg = config_mod.load(os.environ.get("BACKUP_CONFIG"))
+        command = argv_for(cfg, args.host, concurrency_for(cfg, args.concurrency), drill=args.drill, maintenance=args.maintenance)
+    except BackupError as exc:
+        print(f"error: {exc.message}" + (f"\nwhat to do: {exc.remedy}" if exc.remedy else ""), file=sys.stderr)
+        sys.exit(exc.exit_code)
     if args.print:
         print(" ".join(command))
         return

@@ -49,7 +49,7 @@ def backup(ctx: Context, target, type_, wait, timeout):
             ctx.out.note(f"  {run.id}: {report.get('stage')}")
 
     try:
-        with (bar if not rt.settings.embedded else _nothing()):
+        with bar if not rt.settings.embedded else contextlib.nullcontext():
             info = run.wait(timeout, on_progress=show)
     except client.BackupFailed:
         info = run.info()
@@ -221,11 +221,6 @@ def _restore_database(ctx: Context, backup_id, database, **kw) -> None:
             c.print(f"  note: {note}", markup=False)
 
     ctx.out.result(result, human)
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield
 
 
 def _user() -> str:
