@@ -50,6 +50,11 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
 class TargetsScheduler(RedBeatScheduler):
     _config_file: str | None = None
     _config_stamp: tuple | None = None
+    _closed = False
+
+    def close(self):
+        self._closed = True  # beat is shutting down: a tick still under way must not publish
+        super().close()
 
     def setup_schedule(self):
         from backup_tasks import runtime
@@ -64,6 +69,8 @@ class TargetsScheduler(RedBeatScheduler):
         from redis.exceptions import LockError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
+        if self._closed:
+            return RETRY_SECONDS
         try:
             if not self._still_active():
                 return RETRY_SECONDS
@@ -86,8 +93,15 @@ class TargetsScheduler(RedBeatScheduler):
 
     def _still_active(self) -> bool:
         """True when this beat holds the lock; otherwise wait (as a standby) until it does."""
+        if not self.lock_key:
+            return True
+        if self.lock is None:  # Redis was unreachable when beat started: take the lock now, as beat_init would have
+            from redbeat.schedulers import acquire_distributed_beat_lock
+
+            acquire_distributed_beat_lock(sender=type("Beat", (), {"scheduler": self})())
+            return self.lock is not None
         lock = self.lock
-        if lock is None or lock.owned():
+        if lock.owned():
             return True
         if lock.acquire(blocking=False):
             log.warning("beat: the lock had expired (Redis was away?); took it back")

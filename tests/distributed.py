@@ -71,9 +71,9 @@ class Process:
 class Beat(Process):
     """``celery -A backup_tasks.celery_app beat``: the redbeat scheduler of celery_app's config."""
 
-    def __init__(self, config: Path, broker: str, log: Path, extra_env: dict | None = None) -> None:
+    def __init__(self, config: Path, broker: str, log: Path, extra_env: dict | None = None, level: str = "INFO") -> None:
         env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker, **(extra_env or {})}
-        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "beat", "-l", "INFO",
+        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "beat", "-l", level,
                 "--pidfile=", "-s", str(log.with_suffix(".schedule"))]
         super().__init__(argv, log, env)
 
@@ -86,6 +86,10 @@ class Beat(Process):
                 at = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
                 out.append((at, m.group(3)))
         return out
+
+    def published(self) -> list[str]:
+        """Ids of the tasks this beat published successfully (logged after the publish; needs level DEBUG)."""
+        return re.findall(r"Scheduler: \S+ sent\. id->(\S+)", self.text())
 
     def holds_lock(self) -> bool:
         return "beat: Acquired lock" in self.text()

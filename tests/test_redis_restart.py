@@ -4,7 +4,7 @@ The test runs its own persistent ``redis-server`` (AOF, as a broker must be: see
 Running distributed), a worker and a beat on it. A large backup is mid-chain when Redis
 goes down for two seconds and comes back on the same port with its data. Meanwhile beat
 keeps a small target on a 3-second schedule. Afterwards: the large run is verified and
-really restores; every publish beat logged became exactly one recorded run; nothing is
+really restores; every task beat published became exactly one recorded run; nothing is
 stuck in ``running``; and whatever the catalog calls verified reads back as verified.
 """
 
@@ -39,7 +39,7 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path, make_config, runtime_fo
                       tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\nbandwidth_limit = "16MiB"\n')
     broker = private_redis.url
     worker = start_worker(cfg, broker, ["host.hostA", "verify"], name="w1@hostA")
-    beat = start_beat(cfg, broker)
+    beat = start_beat(cfg, broker, level="DEBUG")  # DEBUG: beat logs the id of each task it published
     rt = runtime_for(cfg, BACKUP_BROKER_URL=broker)
 
     run = client.enqueue_backup("bulk", rt=rt)
@@ -50,15 +50,19 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path, make_config, runtime_fo
     info = run.wait(timeout=120)
     assert info["status"] == Status.VERIFIED
     wait_for(lambda: sum(1 for at, _ in beat.sent() if at > restarted_at + 1) >= 2, 30, "beat publishing again after the restart")
+    # Stop beat between two publishes (each is logged when sent, and its id once published).
+    wait_for(lambda: len(beat.published()) == len(beat.sent()) and time.time() - beat.sent()[-1][0] < 1.5, 10,
+             "a quiet moment between publishes")
     beat.stop()
-    published = [name for _, name in beat.sent()]
-    assert set(published) == {"backup:tick"}
+    assert {name for _, name in beat.sent()} == {"backup:tick"}
+    published = set(beat.published())
 
     def settled():
-        runs = [r for r in rt.catalog.list(target="tick") if r.actor == "beat"]
-        return len(runs) == len(published) and all(r.status in (Status.VERIFIED, Status.FAILED) for r in runs) and runs
+        runs = {r.id: r for r in rt.catalog.list(target="tick") if r.actor == "beat"}
+        return set(runs) == published and all(r.status in (Status.VERIFIED, Status.FAILED) for r in runs.values()) and runs
 
     runs = wait_for(settled, 60, f"every published run to be recorded and finished; worker log:\n{worker.log.read_text()[-3000:]}")
+    runs = list(runs.values())
     # A tick run may be skipped while the previous one still holds the lock; none may fail otherwise.
     assert all(r.status == Status.VERIFIED or r.error.startswith("skipped:") for r in runs), [(r.id, r.error) for r in runs]
     assert not rt.catalog.list(status=Status.RUNNING)
