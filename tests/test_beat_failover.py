@@ -13,7 +13,7 @@ import time
 import redis
 
 from conftest import write_config
-from distributed import start_beat, wait_for  # noqa: F401 - fixture
+from distributed import start_beat, wait_for  # noqa: F401,F811 - pytest fixtures
 
 LOCK_TIMEOUT, LOOP = 4, 1
 EVERY = 2

@@ -16,7 +16,7 @@ import redis
 
 from backup_tasks.catalog import Status
 from conftest import write_config
-from distributed import start_beat, wait_for  # noqa: F401 - fixture
+from distributed import start_beat, wait_for  # noqa: F401,F811 - pytest fixtures
 from test_sqlite_backup import make_app_db
 
 FAST_BEAT = "beat_lock_timeout = 4\nbeat_max_loop_interval = 1\n"
