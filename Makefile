@@ -12,11 +12,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# age and zstd are the disaster-recovery tools the interop tests run; Debian packages.
+# age and zstd are the disaster-recovery tools the interop tests run; chromium screenshots
+# Flower's dashboard (tests/test_flower.py, saved under test-artifacts/); Debian packages.
 tools:
-	@command -v age >/dev/null && command -v zstd >/dev/null && command -v tar >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq age zstd tar >/dev/null; \
-	  else echo "install the Debian packages age and zstd (sudo apt-get install age zstd)"; exit 1; fi; }
+	@command -v age >/dev/null && command -v zstd >/dev/null && command -v tar >/dev/null && command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends age zstd tar chromium >/dev/null; \
+	  else echo "install the Debian packages age, zstd and chromium (sudo apt-get install age zstd chromium)"; exit 1; fi; }
 
 demo: $(VENV)/.installed
 	$(PY) -m backup_tasks.demo demo

@@ -1,41 +1,49 @@
-"""The beat schedule, built from the targets file: one ``backup.start`` per target at its cron.
+"""The beat schedule, built from the targets file: one ``backup.start`` per target, plus the global jobs.
 
-Celery beat loads it through the app (``celery -A backup_tasks.celery_app beat``); the
-distribution work adds redbeat's single-active-beat lock and the remaining global jobs
-(verify, drills, RPO watchdog) beside the daily cleanup here.
+Beat runs with celery-redbeat (``backup_tasks.beat_sync.TargetsScheduler``): the entries
+built here are stored in Redis, one beat holds the lock and publishes, a standby takes
+over when the lock expires, and a changed targets file is synced into Redis while beat
+runs. Start it with Celery's own CLI::
+
+    BACKUP_CONFIG=/etc/backup-tasks/targets.toml celery -A backup_tasks.celery_app beat
+
+Per target: ``backup:<name>`` at the target's ``schedule`` (defaults by kind in
+defaults.SCHEDULE_BY_KIND: databases daily 02:00, files Sunday 03:00, config Saturday
+01:00) on the target's host queue, carrying only the target name. Global jobs
+(defaults.GLOBAL_JOBS): cleanup daily 03:00, verification of backups left ``uploaded``
+daily 04:00 (on ``verify``), the rolling re-verification daily 04:30, restore drills on
+Sunday 03:30 (one ``backup.drill`` per target with a ``drill`` table, on ``drill``) and the
+RPO watchdog every 15 minutes. Cron expressions are read in ``[settings] timezone``.
 """
 
 from __future__ import annotations
 
-from celery.schedules import crontab
+from datetime import timedelta
 
+from backup_tasks import defaults, schedules
 from backup_tasks.config import Config
 
-
-def cron(expr: str, timezone: str) -> crontab:
-    minute, hour, day_of_month, month_of_year, day_of_week = expr.split()
-    schedule = crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
-                       day_of_week=day_of_week)
-    schedule.tz = timezone
-    return schedule
+#: the re-verification runs once a day; its planner needs to know how often it runs
+REVERIFY_EVERY = timedelta(days=1)
 
 
-#: global jobs: (task, cron, queue); the distribution work adds verify, drills and the RPO watchdog
-GLOBAL_JOBS = {
-    "cleanup": ("backup.cleanup", "0 3 * * *", "maintenance"),  # retention and debris, daily at 03:00
-}
+def cron(expr: str, timezone: str):
+    """A Celery schedule for a cron (or ``@every``) expression in ``timezone``."""
+    return schedules.parse(expr, timezone)
 
 
 def build(config: Config) -> dict[str, dict]:
-    """Beat entries by name; each publishes only a target name onto that target's host queue."""
+    """Beat entries by name; each publishes only a target name (or nothing) onto its queue."""
+    tz = config.settings.timezone
     jobs = {
-        name: {"task": task, "schedule": cron(expr, config.settings.timezone), "kwargs": {}, "options": {"queue": queue}}
-        for name, (task, expr, queue) in GLOBAL_JOBS.items()
+        name: {"task": task, "schedule": cron(expr, tz), "args": (), "kwargs": {}, "options": {"queue": queue}}
+        for name, (task, expr, queue) in defaults.GLOBAL_JOBS.items()
     }
+    jobs["reverify"]["kwargs"] = {"every_hours": REVERIFY_EVERY.total_seconds() / 3600}
     return jobs | {
         f"backup:{target.name}": {
             "task": "backup.start",
-            "schedule": cron(target.schedule, config.settings.timezone),
+            "schedule": cron(target.schedule, tz),
             "args": (target.name, "full"),
             "kwargs": {"actor": "beat"},
             "options": {"queue": target.queue},

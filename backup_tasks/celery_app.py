@@ -39,20 +39,47 @@ BASE_CONF = dict(
     task_default_queue="maintenance",
     task_routes=("backup_tasks.routing.route",),
     timezone=defaults.TIMEZONE,
+    # -- riding out a Redis restart (issue 5) --
+    # A worker never gives up reconnecting; a running stage keeps running while the broker
+    # is away (its work is local) and acks when it is back.
+    broker_connection_retry=True,
+    broker_connection_max_retries=None,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+    # A stage that finishes while Redis restarts waits to store its result instead of failing.
+    result_backend_always_retry=True,
+    result_backend_max_retries=30,
+    # Publishing (chain continuations, beat, clients) retries across a restart of a few seconds.
+    task_publish_retry=True,
+    task_publish_retry_policy={"max_retries": 20, "interval_start": 0, "interval_step": 0.5, "interval_max": 3},
+    # -- beat: celery-redbeat, one active beat (see beat_sync.py) --
+    beat_scheduler="backup_tasks.beat_sync:TargetsScheduler",
+    beat_max_loop_interval=defaults.BEAT_MAX_LOOP_INTERVAL,
+    redbeat_lock_timeout=defaults.BEAT_LOCK_TIMEOUT,
+    redbeat_key_prefix=defaults.BEAT_KEY_PREFIX,
+    redbeat_redis_options={"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 30},
+    # -- retries of TransientError (StageTask reads these, so [settings] can tune them) --
+    backup_task_max_retries=defaults.TASK_MAX_RETRIES,
+    backup_task_retry_backoff_max=defaults.TASK_RETRY_BACKOFF_MAX,
 )
 
 
 def configure(settings) -> Celery:
     """Point the app at the configured broker, or make it run tasks in-process."""
-    conf = dict(BASE_CONF, timezone=settings.timezone)
+    visibility = {"visibility_timeout": settings.broker_visibility_timeout}
+    conf = dict(BASE_CONF, timezone=settings.timezone, broker_transport_options=visibility,
+                result_backend_transport_options=visibility, beat_max_loop_interval=settings.beat_max_loop_interval,
+                redbeat_lock_timeout=settings.beat_lock_timeout, redbeat_key_prefix=settings.beat_key_prefix,
+                backup_task_max_retries=settings.task_max_retries,
+                backup_task_retry_backoff_max=settings.task_retry_backoff_max)
     if settings.broker_url:
         conf.update(broker_url=settings.broker_url, result_backend=settings.result_backend or settings.broker_url,
-                    task_always_eager=False)
+                    redbeat_redis_url=settings.broker_url, task_always_eager=False)
     else:
         conf.update(broker_url="memory://localhost/", result_backend="cache+memory://", task_always_eager=True,
                     task_eager_propagates=False)
     previous = (app.conf.broker_url, app.conf.result_backend)
     app.conf.update(conf)
+    _drop_redbeat_config()
     if previous != (app.conf.broker_url, app.conf.result_backend):
         _drop_connections()
     return app
@@ -70,6 +97,13 @@ def _drop_connections() -> None:
     app._after_fork()
     app._backend_cache = None
     app._local = threading.local()
+
+
+def _drop_redbeat_config() -> None:
+    """redbeat caches its config (URL, key prefix, lock) on the app; let it read the new one."""
+    for attr in ("redbeat_conf", "redbeat_redis"):
+        if attr in app.__dict__:
+            delattr(app, attr)
 
 
 def _configure_from_environment() -> None:

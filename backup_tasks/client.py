@@ -2,11 +2,15 @@
 
     from backup_tasks import client
     run = client.enqueue_backup("uploads")          # before a risky migration
-    result = run.wait(timeout=3600)                 # raises BackupFailed if it failed
+    run.progress()                                  # {"stage": "compress", "bytes_done": ..., "bytes_total": ...} or None
+    result = run.wait(timeout=3600, on_progress=print)  # raises BackupFailed if it failed
 
 The run id is the Celery task id of ``backup.start``, so the same id is found in Flower,
 in the catalog and in storage. Only the target name travels; the worker looks up
-everything else, credentials included.
+everything else, credentials included. Status comes from the catalog (the record that
+lasts); progress from the Celery result backend, where the running stage publishes its
+``PROGRESS`` state (task_progress.py). Applications that do not speak Python enqueue
+through Flower's HTTP API instead (README: Running distributed).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from backup_tasks import defaults, pipeline, runtime
 from backup_tasks.catalog import FINAL, Status, dumps_row
 from backup_tasks.celery_app import configure
 from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
+from backup_tasks.progress import KEYS
 
 
 class BackupFailed(BackupError):
@@ -48,16 +53,46 @@ class Run:
     def status(self) -> str:
         return self.info()["status"]
 
+    def progress(self) -> dict | None:
+        """The running stage's latest PROGRESS report, or None (queued, finished, embedded, or Redis away).
+
+        A dict with the keys backup_id, target, stage, bytes_done and bytes_total (None
+        when the stage cannot know its size in advance, as a dump).
+        """
+        if self._rt.settings.embedded:
+            return None
+        from celery.result import AsyncResult
+
+        from backup_tasks.celery_app import app
+
+        if app.conf.broker_url != self._rt.settings.broker_url:
+            configure(self._rt.settings)
+        try:
+            result = AsyncResult(self.id, app=app)
+            state, meta = result.state, result.info
+        except Exception:  # noqa: BLE001 - progress is best effort; status comes from the catalog
+            return None
+        if state != "PROGRESS" or not isinstance(meta, dict):
+            return None
+        return {key: meta.get(key) for key in KEYS}
+
     def wait(self, timeout: float | None = None, *, on_progress: Callable[[dict], None] | None = None,
              poll: float = defaults.WAIT_POLL_SECONDS) -> dict:
-        """Block until the run is verified or failed; raise BackupFailed or TimeoutError otherwise."""
+        """Block until the run is verified or failed; raise BackupFailed or TimeoutError otherwise.
+
+        ``on_progress`` is called with each new progress dict (progress.KEYS plus
+        ``status``): the running stage's PROGRESS reports, and the catalog's stage when it
+        changes without one (``queued`` at first, ``done`` at the end).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        last_stage = None
+        last: dict | None = None
         while True:
             info = self.info()
-            if on_progress and info.get("stage") != last_stage:
-                on_progress(info)
-                last_stage = info.get("stage")
+            if on_progress:
+                report = self._next_report(info, last)
+                if report is not None:
+                    on_progress(report)
+                    last = report
             if info["status"] == Status.UPLOADED and info.get("error"):
                 # Stored and signed, but verification could not run (e.g. no identity on the
                 # verify host): the chain has ended; waiting longer would wait forever.
@@ -71,6 +106,20 @@ class Run:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"backup {self.id} still {info['status']} ({info.get('stage')}) after {timeout}s")
             time.sleep(poll)
+
+
+    def _next_report(self, info: dict, last: dict | None) -> dict | None:
+        running = info["status"] not in FINAL and not (info["status"] == Status.UPLOADED and info.get("error"))
+        live = self.progress() if running else None
+        if live is not None:
+            report = {**live, "status": info["status"]}
+        else:
+            report = {"backup_id": self.id, "target": info.get("target"), "stage": info.get("stage"), "bytes_done": None,
+                      "bytes_total": None, "status": info["status"]}
+        if last is not None and report["stage"] == last["stage"] and (report["bytes_done"] is None
+                                                                      or report["bytes_done"] == last["bytes_done"]):
+            return None
+        return report
 
 
 def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None, rt: runtime.Runtime | None = None) -> Run:

@@ -38,6 +38,18 @@ SETTINGS_FIELDS = {
     "result_backend": str,
     "host": str,
     "verify_all_locations": bool,
+    # -- distributed operation (issue 5): beat, per-target lock, time limits, retries, workers
+    "beat_lock_timeout": int,
+    "beat_max_loop_interval": int,
+    "beat_key_prefix": str,
+    "reverify_days": int,
+    "run_lock_ttl": int,
+    "stage_soft_time_limits": dict,
+    "stage_hard_time_limits": dict,
+    "broker_visibility_timeout": int,
+    "task_max_retries": int,
+    "task_retry_backoff_max": int,
+    "worker_concurrency": int,
 }
 #: settings that are paths and resolve against the config file's directory
 PATH_SETTINGS = ("staging_dir", "recipients_file", "identities_file", "signing_key_file", "signing_public_key_file")
@@ -70,11 +82,40 @@ class Settings:
     #: verify reads one location in full and checks size and upload ETag on the others;
     #: true reads every location in full (slower, and S3 egress)
     verify_all_locations: bool = False
+    # -- distributed operation (issue 5); see defaults.py for why each default is what it is
+    beat_lock_timeout: int = defaults.BEAT_LOCK_TIMEOUT
+    beat_max_loop_interval: int = defaults.BEAT_MAX_LOOP_INTERVAL
+    beat_key_prefix: str = defaults.BEAT_KEY_PREFIX
+    #: every stored backup is read back in full at least every this many days
+    reverify_days: int = defaults.REVERIFY_DAYS
+    run_lock_ttl: int = defaults.RUN_LOCK_TTL
+    #: per stage (dump, compress, encrypt, upload, verify); missing stages use the defaults
+    stage_soft_time_limits: dict[str, int] = field(default_factory=dict)
+    stage_hard_time_limits: dict[str, int] = field(default_factory=dict)
+    broker_visibility_timeout: int = defaults.BROKER_VISIBILITY_TIMEOUT
+    task_max_retries: int = defaults.TASK_MAX_RETRIES
+    task_retry_backoff_max: int = defaults.TASK_RETRY_BACKOFF_MAX
+    #: worker processes per host (workers/launch.py); default: half the cores, at least 1
+    worker_concurrency: int | None = None
+
+    def time_limits(self, stage: str) -> tuple[int, int]:
+        """(soft, hard) seconds for one chain stage."""
+        return stage_time_limits(self.stage_soft_time_limits, self.stage_hard_time_limits, stage)
 
     @property
     def embedded(self) -> bool:
         """No broker: the chain runs in-process (Celery eager mode)."""
         return not self.broker_url
+
+
+def stage_time_limits(soft: dict[str, int], hard: dict[str, int], stage: str) -> tuple[int, int]:
+    """A stage's (soft, hard) limits: as configured, else the defaults; a hard limit given alone brings its soft one to 90% of it."""
+    hard_limit = hard.get(stage, defaults.STAGE_HARD_TIME_LIMIT)
+    if stage in soft:
+        return soft[stage], hard_limit
+    if stage in hard:
+        return min(defaults.STAGE_SOFT_TIME_LIMIT, hard_limit * 9 // 10), hard_limit
+    return defaults.STAGE_SOFT_TIME_LIMIT, hard_limit
 
 
 @dataclass(frozen=True)
@@ -214,6 +255,8 @@ def _settings(table: dict, env: dict[str, str], base: Path, file: str) -> Settin
         override = env.get(f"BACKUP_{key.upper()}")
         if override is not None:
             values[key] = [v.strip() for v in override.split(",") if v.strip()] if kind is list else override
+            if kind is dict:  # BACKUP_STAGE_SOFT_TIME_LIMITS="dump=3600,upload=7200"
+                values[key] = dict(pair.split("=", 1) if "=" in pair else (pair, "") for pair in values[key].split(",") if pair.strip())
     for key, kind in SETTINGS_FIELDS.items():
         if key not in values:
             continue
@@ -262,7 +305,56 @@ def _settings(table: dict, env: dict[str, str], base: Path, file: str) -> Settin
         values["catalog_url"] = _anchor_sqlite_url(defaults.CATALOG_URL, Path.cwd())
     if values.get("broker_url") and not values.get("result_backend"):
         values["result_backend"] = values["broker_url"]
+    _check_distributed(values, file)
     return Settings(**values)
+
+
+def _check_distributed(values: dict, file: str) -> None:
+    """Timezone, beat timing, lock TTL and stage time limits: refused here rather than misbehaving in beat."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    where = "[settings]"
+    try:
+        ZoneInfo(values.get("timezone", defaults.TIMEZONE))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown timezone '{values['timezone']}'", 'use an IANA name such as "UTC" or "Europe/Berlin"',
+                          file=file, where=where, field="timezone") from None
+    for key in ("beat_lock_timeout", "beat_max_loop_interval", "reverify_days", "run_lock_ttl", "broker_visibility_timeout",
+                "task_retry_backoff_max", "worker_concurrency"):
+        if key in values and values[key] < 1:
+            raise ConfigError(f"must be at least 1, not {values[key]}", file=file, where=where, field=key)
+    if values.get("task_max_retries", 0) < 0:
+        raise ConfigError("must be 0 or more", file=file, where=where, field="task_max_retries")
+    lock = values.get("beat_lock_timeout", defaults.BEAT_LOCK_TIMEOUT)
+    loop = values.get("beat_max_loop_interval", defaults.BEAT_MAX_LOOP_INTERVAL)
+    if loop * 2 > lock:
+        raise ConfigError(f"beat_max_loop_interval ({loop}s) must be at most half of beat_lock_timeout ({lock}s)",
+                          "the active beat extends its lock once per loop; e.g. lock 15, loop 5", file=file, where=where,
+                          field="beat_max_loop_interval")
+    visibility = values.get("broker_visibility_timeout", defaults.BROKER_VISIBILITY_TIMEOUT)
+    for key in ("stage_soft_time_limits", "stage_hard_time_limits"):
+        table = values.get(key, {})
+        for stage, seconds in list(table.items()):
+            if stage not in defaults.STAGES:
+                raise ConfigError(f"unknown stage '{stage}'", f"use one of: {', '.join(defaults.STAGES)}", file=file, where=where,
+                                  field=f"{key}.{stage}")
+            try:
+                table[stage] = int(seconds)
+            except (TypeError, ValueError):
+                raise ConfigError(f"'{seconds}' is not a whole number of seconds", file=file, where=where, field=f"{key}.{stage}") from None
+            if table[stage] < 1:
+                raise ConfigError("must be at least 1 second", file=file, where=where, field=f"{key}.{stage}")
+    soft_table, hard_table = values.get("stage_soft_time_limits", {}), values.get("stage_hard_time_limits", {})
+    for stage in defaults.STAGES:
+        soft, hard = stage_time_limits(soft_table, hard_table, stage)
+        if hard <= soft:
+            raise ConfigError(f"the hard time limit of stage '{stage}' ({hard}s) must exceed its soft limit ({soft}s)",
+                              "the soft limit lets the stage fail cleanly; the hard one kills it a little later",
+                              file=file, where=where, field=f"stage_hard_time_limits.{stage}")
+        if hard >= visibility:
+            raise ConfigError(f"the hard time limit of stage '{stage}' ({hard}s) must be below broker_visibility_timeout ({visibility}s)",
+                              "otherwise Redis hands a still-running stage to a second worker; raise broker_visibility_timeout",
+                              file=file, where=where, field=f"stage_hard_time_limits.{stage}")
 
 
 def _anchor_sqlite_url(url: str, base: Path) -> str:
@@ -400,18 +492,14 @@ def _str_list(value: Any, *, file: str, where: str, field: str) -> list[str]:
 
 
 def _check_cron(expr: Any, *, file: str, where: str) -> None:
-    from celery.schedules import crontab
+    from backup_tasks import schedules
 
-    fields = expr.split() if isinstance(expr, str) else []
     try:
-        if len(fields) != 5:
-            raise ValueError(f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}")
-        minute, hour, dom, month, dow = fields
-        crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow)
+        schedules.parse(expr)
     except (ValueError, TypeError) as exc:
         raise ConfigError(
             f"invalid cron expression '{expr}': {exc}",
-            'use five fields, e.g. "0 2 * * *" for 02:00 daily',
+            'use five fields, e.g. "0 2 * * *" for 02:00 daily, or "@every 4h"',
             file=file, where=where, field="schedule",
         ) from None
 

@@ -53,8 +53,56 @@ TASK_MAX_RETRIES = 5
 TASK_RETRY_BACKOFF_MAX = 300
 
 #: longer than the longest stage, or Redis hands an unacked stage to a second worker
-#: while the first is still working on it (acks_late)
+#: while the first is still working on it (acks_late). Redis redelivers an unacked
+#: message only after this long, so it is also how long a stage of a worker that died
+#: without closing its connection (power loss; a SIGKILLed pool child is redelivered at
+#: once) waits before it runs again. Every stage's hard time limit must stay below it
+#: (config refuses otherwise). Setting: ``broker_visibility_timeout``.
 BROKER_VISIBILITY_TIMEOUT = 6 * 3600
+
+# -- distributed operation: beat, locks, time limits, progress (issue 5) -------------------
+
+#: redbeat: the active beat holds a Redis lock for this long and extends it on every tick;
+#: a standby takes over once it expires. 15 s measured as a ~15 s takeover here (DESIGN §4).
+BEAT_LOCK_TIMEOUT = 15
+#: beat ticks at least this often; it must stay well below the lock timeout (each tick
+#: extends the lock) and it is also how often a standby retries the lock, so a takeover
+#: happens within BEAT_LOCK_TIMEOUT + BEAT_MAX_LOOP_INTERVAL seconds of the active beat dying.
+BEAT_MAX_LOOP_INTERVAL = 5
+#: Redis key prefix of the redbeat schedule and lock (one per installation sharing a Redis)
+BEAT_KEY_PREFIX = "backup_tasks:beat:"
+#: every stored backup is read back in full at least this often (rolling re-verification)
+REVERIFY_DAYS = 30
+#: a backup still ``uploaded`` this long after its upload is verified by ``backup.verify_pending``
+#: (younger ones are left to their own chain's verify, which may simply be queued)
+VERIFY_PENDING_GRACE_SECONDS = 3600
+
+#: global beat jobs: name -> (task, schedule, queue). The RPO watchdog is the alerting
+#: work's task; it is scheduled here so that all of beat's work is in one place.
+GLOBAL_JOBS = {
+    "cleanup": ("backup.cleanup", "0 3 * * *", "maintenance"),                # retention and debris
+    "verify-pending": ("backup.verify_pending", "0 4 * * *", "verify"),       # backups left unverified
+    "reverify": ("backup.reverify", "30 4 * * *", "maintenance"),             # rolling full re-reads
+    "drills": ("backup.drill_due", "30 3 * * 0", "maintenance"),              # Sunday: one drill per target with [drill]
+    "rpo-watchdog": ("backup.watchdog", "*/15 * * * *", "maintenance"),       # no verified backup within rpo_hours
+}
+
+#: per-target run lock (Redis key ``backup_tasks:lock:target:<name>``): taken by backup.start,
+#: refreshed by every running stage, released when the upload is committed or the run
+#: failed. The TTL only matters when a whole chain vanished (its lock then expires).
+RUN_LOCK_TTL = 900
+RUN_LOCK_PREFIX = "backup_tasks:lock:target:"
+
+#: stage time limits in seconds. The soft limit raises inside the stage (the run fails
+#: with a message naming the limit); the hard limit kills the worker process. Every hard
+#: limit must stay below BROKER_VISIBILITY_TIMEOUT. Settings: ``stage_soft_time_limits``
+#: and ``stage_hard_time_limits`` (tables by stage name).
+STAGES = ("dump", "compress", "encrypt", "upload", "verify")
+STAGE_SOFT_TIME_LIMIT = 5 * 3600
+STAGE_HARD_TIME_LIMIT = 5 * 3600 + 1800
+
+#: a running stage reports its PROGRESS (Celery state, Flower, client) at most this often
+PROGRESS_INTERVAL_SECONDS = 1.0
 
 #: how often `client.Run.wait` looks at the catalog
 WAIT_POLL_SECONDS = 0.25

@@ -19,6 +19,8 @@ DRILL_FAILED = "drill.failed"
 UPLOAD_TIER_FAILED = "storage.upload_failed"  # one tier of a multi-tier upload failed; the others hold the backup
 TIER_REFUSED = "storage.tier_refused"  # an external tier refused to write (mount missing, read-only, low space)
 CLEANUP_FAILED = "cleanup.failed"  # retention could not remove something it planned to remove
+#: distributed operation (issue 5)
+RUN_SKIPPED = "run.skipped"  # a start found its target already running (per-target lock); nothing was dumped
 
 
 def emit(catalog, kind: str, message: str, *, severity: str = "error", target: str | None = None, host: str | None = None,

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from backup_tasks import attachments, events, manifest
-from backup_tasks.catalog import Location
+from backup_tasks import progress as progress_mod
+from backup_tasks.catalog import Location, Status
 from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
@@ -96,7 +97,7 @@ def _write_output(final: Path, produce: Callable[[HashingWriter], None]) -> tupl
     return writer.size, writer.sha256, round(time.monotonic() - started, 3)
 
 
-def dump(rt: Runtime, ref: dict) -> dict:
+def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
     backup_id = ref["backup_id"]
     run_dir = rt.run_dir(backup_id)
     if done := _ref(run_dir, "dump"):
@@ -111,7 +112,7 @@ def dump(rt: Runtime, ref: dict) -> dict:
     report: dict = {}
 
     def produce(out: HashingWriter) -> None:
-        report.update(source.dump(target, out, workdir))
+        report.update(source.dump(target, progress_mod.writing(out, progress, "dump"), workdir))
 
     size, sha, seconds = _write_output(final, produce)
     try:
@@ -128,7 +129,7 @@ def dump(rt: Runtime, ref: dict) -> dict:
     })
 
 
-def compress(rt: Runtime, ref: dict) -> dict:
+def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
     run_dir = rt.run_dir(ref["backup_id"])
     if done := _ref(run_dir, "compress"):
         return done
@@ -138,7 +139,8 @@ def compress(rt: Runtime, ref: dict) -> dict:
     if method == "none":
         return _commit_ref(run_dir, "compress", {**ref, "stage": "compress", "seconds": 0.0, "compression": "none", "level": None})
     final = Path(ref["path"] + compress_stage.SUFFIX[method])
-    with open(ref["path"], "rb") as src:
+    with open(ref["path"], "rb") as fh:
+        src = progress_mod.reading(fh, progress, "compress", ref["size"])
         size, sha, seconds = _write_output(final, lambda out: compress_stage.compress(
             src, out, method, level=settings.compression_level, threads=settings.compression_threads))
     done = _commit_ref(run_dir, "compress", {**_carry(ref), "stage": "compress", "path": str(final), "size": size, "sha256": sha,
@@ -147,7 +149,7 @@ def compress(rt: Runtime, ref: dict) -> dict:
     return done
 
 
-def encrypt(rt: Runtime, ref: dict) -> dict:
+def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
     run_dir = rt.run_dir(ref["backup_id"])
     if done := _ref(run_dir, "encrypt"):
         return done
@@ -161,7 +163,8 @@ def encrypt(rt: Runtime, ref: dict) -> dict:
         return _commit_ref(run_dir, "encrypt", {**ref, "stage": "encrypt", "seconds": 0.0, "encrypted": False})
     rt.catalog.set_stage(ref["backup_id"], "encrypt")
     final = Path(ref["path"] + encrypt_stage.SUFFIX)
-    with open(ref["path"], "rb") as src:
+    with open(ref["path"], "rb") as fh:
+        src = progress_mod.reading(fh, progress, "encrypt", ref["size"])
         size, sha, seconds = _write_output(final, lambda out: encrypt_stage.encrypt(src, out, rt.recipients))
     done = _commit_ref(run_dir, "encrypt", {**_carry(ref), "stage": "encrypt", "path": str(final), "size": size, "sha256": sha,
                                              "seconds": seconds, "compression": ref["compression"], "level": ref.get("level"), "encrypted": True})
@@ -179,7 +182,7 @@ def _drop_input(ref: dict, output: Path) -> None:
         Path(ref["path"]).unlink(missing_ok=True)
 
 
-def upload(rt: Runtime, ref: dict) -> dict:
+def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
     """Store the artifact on every tier, then the signed manifest last (the commit marker)."""
     backup_id = ref["backup_id"]
     target = rt.target(ref["target"])
@@ -196,11 +199,13 @@ def upload(rt: Runtime, ref: dict) -> dict:
     locations: list[Location] = []
     failures: list[BaseException] = []
     etags: dict[str, str | None] = {}  # what each tier said it stored; verify compares without a full read
-    for tier in rt.config.tiers_of(target):
+    tiers = rt.config.tiers_of(target)
+    for n, tier in enumerate(tiers):
         try:
             storage = rt.storage(tier)
-            with open(ref["path"], "rb") as fh:
-                info = storage.put(key, fh, size_hint=ref["size"])
+            with open(ref["path"], "rb") as fh:  # progress counts every tier's copy: n copies of size bytes
+                stream = progress_mod.reading(fh, progress, "upload", ref["size"] * len(tiers), offset=ref["size"] * n)
+                info = storage.put(key, stream, size_hint=ref["size"])
             if info.size != ref["size"] or (info.sha256 and info.sha256 != ref["sha256"]):
                 storage.delete(key)
                 raise StorageError(
@@ -292,9 +297,13 @@ def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:
                 doc = manifest.parse(fh.read(), backup_id=backup_id)
         except (StorageError, TransientError):  # missing, or the tier is down: not committed there, redo
             return None
-    if doc is not None and rt.catalog.find(backup_id) is not None:
-        locations = [Location(tier=l["tier"], key=l["key"], size=doc["stored"]["size"]) for l in doc["locations"]]
-        rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+    row = rt.catalog.find(backup_id) if doc is not None else None
+    if row is not None:
+        # Record it only for a run still in flight: an upload redelivered long after (a broker
+        # that lost track of its ack) must not turn a verified backup back into "uploaded".
+        if row.status == Status.RUNNING:
+            locations = [Location(tier=l["tier"], key=l["key"], size=doc["stored"]["size"]) for l in doc["locations"]]
+            rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
         cleanup_staging(rt, backup_id)
     return doc
 

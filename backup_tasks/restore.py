@@ -14,12 +14,15 @@ import shutil
 from pathlib import Path
 
 from backup_tasks import attachments, keys, readback
+from backup_tasks import progress as progress_mod
 from backup_tasks.errors import InputError, RestoreRefused
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
 
 
-def restore_backup(rt: Runtime, backup_id: str, dest: Path, *, force: bool = False, dry_run: bool = False) -> dict:
+def restore_backup(rt: Runtime, backup_id: str, dest: Path, *, force: bool = False, dry_run: bool = False,
+                   progress: progress_mod.Callback | None = None) -> dict:
+    """Restore files, config or SQLite to ``dest``; ``progress`` hears the plaintext bytes restored."""
     row = rt.catalog.get(backup_id)
     found = readback.locate(rt, row)
     doc = found.doc
@@ -42,6 +45,7 @@ def restore_backup(rt: Runtime, backup_id: str, dest: Path, *, force: bool = Fal
         staging.mkdir(mode=0o700)
     try:
         with readback.plaintext(rt, found) as (stream, stored, plain):
+            stream = progress_mod.reading(stream, progress, "restore", doc["plaintext"]["size"])
             summary = source.restore(stream, doc, staging, force=False, dry_run=False)
             plain.drain()
         readback.check_digests(doc, stored, plain)
@@ -102,7 +106,8 @@ def _remove(path: Path) -> None:
 
 def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: str | None = None,
                         server_password: str | None = None, force: bool = False, dry_run: bool = False, jobs: int = 1,
-                        tables: tuple[str, ...] = (), with_globals: bool = False) -> dict:
+                        tables: tuple[str, ...] = (), with_globals: bool = False,
+                        progress: progress_mod.Callback | None = None) -> dict:
     """Restore a postgres/mysql backup into ``database`` on a server, streaming from storage.
 
     download → decrypt → decompress → pg_restore/mysql through pipes; the source refuses
@@ -137,6 +142,8 @@ def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: s
                 stored.drain()
                 readback.check_digests(doc, stored, plain)
 
+            if not dry_run:
+                stream = progress_mod.reading(stream, progress, "restore", doc["plaintext"]["size"])
             summary = source.restore_database(stream, doc, database, srv, force=force, dry_run=dry_run, jobs=jobs,
                                               tables=tuple(tables), workdir=workdir, commit_check=None if dry_run else commit_check,
                                               **({"keep_owners": True} if with_globals else {}))

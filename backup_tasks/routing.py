@@ -21,16 +21,21 @@ def route(name, args, kwargs, options, task=None, **kw):
         return None
     if name == "backup.start":
         target = (args or [kwargs.get("target")])[0]
-        from backup_tasks import runtime
+        from backup_tasks import config_reload
 
-        try:
-            return {"queue": runtime.current().target(target).queue}
+        try:  # Flower and beat are long-lived: route by the targets file as it is now
+            return {"queue": config_reload.fresh().target(target).queue}
         except Exception:  # noqa: BLE001 - unknown target: the start task reports it as a failed run
             return {"queue": MAINTENANCE_QUEUE}
-    if name == "backup.verify":
+    if name in ("backup.verify", "backup.verify_pending"):
         return {"queue": VERIFY_QUEUE}
     if name == "backup.drill":
         return {"queue": DRILL_QUEUE}
-    if name == "backup.cleanup":
+    if name in MAINTENANCE_TASKS:
         return {"queue": MAINTENANCE_QUEUE}
     return None
+
+
+#: housekeeping that needs no host's staging files and no identities: fan-out planners and
+#: the alerting work's watchdog and report
+MAINTENANCE_TASKS = ("backup.cleanup", "backup.reverify", "backup.drill_due", "backup.watchdog", "backup.report")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from backup_tasks import attachments, events, keys, manifest, readback
+from backup_tasks import progress as progress_mod
 from backup_tasks.errors import BackupError, ConfigError, VerificationFailed
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
@@ -24,13 +25,16 @@ from backup_tasks.stages.digest import HashingReader
 log = logging.getLogger(__name__)
 
 
-def verify_backup(rt: Runtime, backup_id: str) -> dict:
-    """Run every check; record the outcome in the catalog (and a signed marker in storage)."""
+def verify_backup(rt: Runtime, backup_id: str, progress: progress_mod.Callback | None = None) -> dict:
+    """Run every check; record the outcome in the catalog (and a signed marker in storage).
+
+    ``progress(stage, bytes_done, bytes_total)`` hears how much plaintext has been checked.
+    """
     row = rt.catalog.get(backup_id)
     started = time.monotonic()
     rt.catalog.set_stage(backup_id, "verify")
     try:
-        result = _checks(rt, row)
+        result = _checks(rt, row, progress)
     except VerificationFailed as exc:
         duration = time.monotonic() - started
         rt.catalog.record_verification(backup_id, ok=False, check=exc.check, duration=duration,
@@ -46,7 +50,7 @@ def verify_backup(rt: Runtime, backup_id: str) -> dict:
     return {"backup_id": backup_id, "target": row.target, "status": "verified", "verified_at": manifest.iso(at), **result}
 
 
-def _checks(rt: Runtime, row) -> dict:
+def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> dict:
     found = readback.locate(rt, row)
     doc = found.doc
     for loc in row.locations:
@@ -60,7 +64,7 @@ def _checks(rt: Runtime, row) -> dict:
     try:
         with readback.plaintext(rt, found) as (stream, stored, plain):
             try:
-                summary = source.check(stream, doc, workdir)
+                summary = source.check(progress_mod.reading(stream, progress, "verify", doc["plaintext"]["size"]), doc, workdir)
                 plain.drain()
             except VerificationFailed as exc:
                 failure = exc

@@ -1,4 +1,9 @@
-"""Runbook: the worker process dies (SIGKILL) mid-compress; the stage is redelivered and the backup is good."""
+"""Runbook: the worker process dies (SIGKILL) mid-stage; the stage is redelivered and the backup is good.
+
+Once in the middle of compress (caught by its temp file appearing) and once in the
+middle of the upload (caught by the run's PROGRESS: upload under way, bytes moving;
+the tier's bandwidth limit keeps that upload running for a few seconds).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,38 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+import redis
+
 from backup_tasks import client
 from backup_tasks.catalog import Status
 
 
-def test_sigkill_during_compress_is_redelivered_and_yields_one_good_backup(tmp_path, make_config, runtime_for, redis_url,
-                                                                          start_worker):
+def _compressing(run, staging: Path) -> bool:
+    return any(p.name.startswith(".") and p.name.endswith(".zst.tmp") for p in _ls(staging))
+
+
+def _uploading(run, staging: Path) -> bool:
+    report = run.progress()
+    return bool(report and report["stage"] == "upload" and 0 < report["bytes_done"] < report["bytes_total"])
+
+
+@pytest.mark.parametrize("stage, caught, megabytes, bandwidth", [("compress", _compressing, 300, None),
+                                                                 ("upload", _uploading, 120, "8MiB")])
+def test_sigkill_mid_stage_is_redelivered_and_yields_one_good_backup(tmp_path, make_config, runtime_for, redis_url,
+                                                                    start_worker, stage, caught, megabytes, bandwidth):
     tree = tmp_path / "data"
     tree.mkdir()
-    # ~300 MiB of mildly compressible data: compress runs for seconds, long enough to be caught.
+    # Mildly compressible data: compress runs for seconds, long enough to be caught.
     block = os.urandom(1 << 20)
     with open(tree / "big.bin", "wb") as fh:
-        for i in range(300):
+        for i in range(megabytes):
             fh.write(block[: (1 << 19)] + bytes([i % 251]) * (1 << 19))
     state = tmp_path / "state"
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',
-                      settings="compression_threads = 1\n")
+                      settings="compression_threads = 1\n",
+                      tiers=f'[tiers.local]\nkind = "local"\npath = "{state / "store"}"\n'
+                            + (f'bandwidth_limit = "{bandwidth}"\n' if bandwidth else ""))
     worker = start_worker(cfg, redis_url, ["host.hostA", "verify"], name="crash@hostA")
     rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
 
@@ -31,22 +52,24 @@ def test_sigkill_during_compress_is_redelivered_and_yields_one_good_backup(tmp_p
     deadline = time.monotonic() + 120
     victim = None
     while time.monotonic() < deadline and victim is None:
-        if any(p.name.startswith(".") and p.name.endswith(".zst.tmp") for p in _ls(staging)):
+        if caught(run, staging):
             victim = worker.children()[0]
             os.kill(victim, signal.SIGKILL)
         time.sleep(0.02)
-    assert victim is not None, f"compress never started; log:\n{worker.log.read_text()[-3000:]}"
+    assert victim is not None, f"{stage} was never caught running; log:\n{worker.log.read_text()[-3000:]}"
 
     info = run.wait(timeout=300)
     assert info["status"] == Status.VERIFIED
     log = worker.log.read_text()
     assert "WorkerLostError" in log or "SIGKILL" in log  # the kill really happened mid-task
-    assert log.count("backup.compress[") >= 2  # ... and the stage ran again
+    assert log.count(f"backup.{stage}[") >= 2  # ... and the stage ran again
     rows = rt.catalog.list(target="bulk")
     assert [(r.id, r.status) for r in rows] == [(run.id, Status.VERIFIED)]
     stored = [o.key for o in rt.storage("local").list("bulk/")]
     assert stored == [f"bulk/{run.id}/data.tar.zst.age", f"bulk/{run.id}/manifest.json", f"bulk/{run.id}/verified.json"]
-    assert list((state / "staging").iterdir()) == []
+    assert [p.name for p in (state / "staging").iterdir()] == []
+    # The run's lock went with the committed upload: the next run of the target will not be skipped.
+    assert redis.Redis.from_url(redis_url).get("backup_tasks:lock:target:bulk") is None
 
 
 def _ls(path: Path) -> list[Path]:

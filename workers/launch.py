@@ -1,11 +1,19 @@
 """Start this host's worker on exactly the queues it should consume.
 
-    BACKUP_CONFIG=/etc/backup-tasks/targets.toml python -m workers.launch --host app01
+    BACKUP_CONFIG=/etc/backup-tasks/targets.toml python -m workers.launch --host app01 [--drill] [--print]
 
 A host consumes ``host.<name>`` for its own targets' chains; it also takes ``verify``
-only when it holds identities (workers without them cannot decrypt, by design), and
-``maintenance`` for housekeeping. A task for host A never lands on host B because B
-never subscribes to ``host.A``.
+only when it holds identities (workers without them cannot decrypt, by design), ``drill``
+only when asked (``--drill``: a drill host reaches the drill servers and holds
+identities), and ``maintenance`` for housekeeping unless ``--no-maintenance``. A task for
+host A never lands on host B because B never subscribes to ``host.A``.
+
+Concurrency (``-c``): ``--concurrency``, else ``[settings] worker_concurrency``, else half
+the cores (at least 1), because a stage is already parallel inside (zstd uses 2
+threads). The pool is prefork, the one that enforces hard time limits, and each process
+takes one message at a time (prefetch 1, ``-O fair``), so a long dump never holds short
+tasks hostage behind it. Children are recycled after ``MAX_TASKS_PER_CHILD`` tasks to
+bound the memory a long-lived process accumulates.
 """
 
 from __future__ import annotations
@@ -16,34 +24,61 @@ import socket
 import sys
 
 from backup_tasks import config as config_mod
-from backup_tasks.routing import MAINTENANCE_QUEUE, VERIFY_QUEUE, host_queue
+from backup_tasks.routing import DRILL_QUEUE, MAINTENANCE_QUEUE, VERIFY_QUEUE, host_queue
+
+MAX_TASKS_PER_CHILD = 200
 
 
-def queues_for(cfg: config_mod.Config, host: str) -> list[str]:
+def queues_for(cfg: config_mod.Config, host: str, *, drill: bool = False, maintenance: bool = True) -> list[str]:
     queues = [host_queue(host)] if any(t.host == host for t in cfg.targets.values()) else []
     identities = cfg.settings.identities_file
-    if identities and os.access(identities, os.R_OK):
+    can_decrypt = bool(identities and os.access(identities, os.R_OK))
+    if can_decrypt:
         queues.append(VERIFY_QUEUE)
-    queues.append(MAINTENANCE_QUEUE)
+    if drill and can_decrypt:
+        queues.append(DRILL_QUEUE)
+    if maintenance:
+        queues.append(MAINTENANCE_QUEUE)
     return queues
 
 
-def argv_for(cfg: config_mod.Config, host: str, concurrency: int) -> list[str]:
+def concurrency_for(cfg: config_mod.Config, requested: int | None = None) -> int:
+    if requested:
+        return requested
+    if cfg.settings.worker_concurrency:
+        return cfg.settings.worker_concurrency
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def argv_for(cfg: config_mod.Config, host: str, concurrency: int, *, drill: bool = False, maintenance: bool = True) -> list[str]:
+    queues = queues_for(cfg, host, drill=drill, maintenance=maintenance)
+    if not queues:
+        from backup_tasks.errors import InputError
+
+        raise InputError(f"host '{host}' has nothing to consume: no targets on it, no identities for verify, no maintenance",
+                         "check --host against the targets file, or drop --no-maintenance")
     return [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "worker",
-            "-Q", ",".join(queues_for(cfg, host)), "-n", f"{host}@%h", "-c", str(concurrency),
-            "-E", "-l", "INFO"]
+            "-Q", ",".join(queues), "-n", f"{host}@%h", "-c", str(concurrency), "-P", "prefork",
+            "-O", "fair", "--max-tasks-per-child", str(MAX_TASKS_PER_CHILD), "-E", "-l", "INFO"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("BACKUP_HOST") or socket.gethostname().split(".")[0])
-    # Stages are I/O and compression bound; zstd already uses 2 threads per stage.
-    parser.add_argument("--concurrency", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    parser.add_argument("--concurrency", type=int, default=None, help="worker processes (default: worker_concurrency, else cores/2)")
+    parser.add_argument("--drill", action="store_true", help="also run restore drills (queue 'drill'); needs identities")
+    parser.add_argument("--no-maintenance", dest="maintenance", action="store_false", help="do not take housekeeping tasks")
     parser.add_argument("--print", action="store_true", help="print the celery command instead of running it")
     args = parser.parse_args(argv)
     os.environ["BACKUP_HOST"] = args.host  # credentials are checked only for this host's targets
-    cfg = config_mod.load(os.environ.get("BACKUP_CONFIG"))
-    command = argv_for(cfg, args.host, args.concurrency)
+    from backup_tasks.errors import BackupError
+
+    try:
+        cfg = config_mod.load(os.environ.get("BACKUP_CONFIG"))
+        command = argv_for(cfg, args.host, concurrency_for(cfg, args.concurrency), drill=args.drill, maintenance=args.maintenance)
+    except BackupError as exc:
+        print(f"error: {exc.message}" + (f"\nwhat to do: {exc.remedy}" if exc.remedy else ""), file=sys.stderr)
+        sys.exit(exc.exit_code)
     if args.print:
         print(" ".join(command))
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from backup_tasks import audit
 from backup_tasks.catalog import Status, dumps_row
 from backup_tasks.cli.context import Context, common
 from backup_tasks.cli.output import size
+from backup_tasks.cli.progress_bar import StageBar
 from backup_tasks.errors import BackupError, InputError
 
 
@@ -24,17 +26,32 @@ from backup_tasks.errors import BackupError, InputError
 @common
 def backup(ctx: Context, target, type_, wait, timeout):
     """Run (embedded) or enqueue (with a broker) the chain dump → compress → encrypt → upload → verify."""
-    from backup_tasks import client
+    from backup_tasks import client, progress
 
     rt = ctx.rt
     started = time.monotonic()
-    run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
-    ctx.out.note(f"backup {run.id} {'running in-process' if rt.settings.embedded else 'enqueued on ' + rt.target(target).queue}")
+    bar = StageBar(ctx.out, f"backup of {target}")
+    if rt.settings.embedded:  # the chain runs right here: the bar listens to its stages directly
+        with bar, progress.listening(bar.update):
+            run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
+    else:
+        run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
+    ctx.out.note(f"backup {run.id} {'ran in-process' if rt.settings.embedded else 'enqueued on ' + rt.target(target).queue}")
     if not (wait or rt.settings.embedded):
         ctx.out.result(run.info(), lambda c, d: c.print(f"enqueued {d['id']} ({d['status']}, {d['stage']})"))
         return
+    stages: list[str] = []
+
+    def show(report: dict) -> None:
+        if bar.enabled:
+            bar.update(report)
+        elif not stages or stages[-1] != report.get("stage"):  # without a terminal: one line per stage
+            stages.append(report.get("stage"))
+            ctx.out.note(f"  {run.id}: {report.get('stage')}")
+
     try:
-        info = run.wait(timeout, on_progress=lambda i: ctx.out.note(f"  {i['id']}: {i.get('stage')}"))
+        with bar if not rt.settings.embedded else contextlib.nullcontext():
+            info = run.wait(timeout, on_progress=show)
     except client.BackupFailed:
         info = run.info()
     except TimeoutError as exc:
@@ -179,7 +196,8 @@ def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, se
             result = extract_globals(rt, backup_id, globals_to, force=force, dry_run=dry_run)
             ctx.out.result(result, _print_globals)
             return
-        result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run)
+        with StageBar(ctx.out, f"restore of {backup_id}", wanted=not dry_run) as bar:
+            result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run, progress=bar.callback if bar.enabled else None)
 
     def human(c, d):
         if d["dry_run"]:
@@ -212,7 +230,8 @@ def _print_globals(c, d: dict) -> None:
 def _restore_database(ctx: Context, backup_id, database, **kw) -> None:
     from backup_tasks.restore import restore_to_database
 
-    result = restore_to_database(ctx.rt, backup_id, database, **kw)
+    with StageBar(ctx.out, f"restore of {backup_id} into {database}", wanted=not kw.get("dry_run")) as bar:
+        result = restore_to_database(ctx.rt, backup_id, database, progress=bar.callback if bar.enabled else None, **kw)
 
     def human(c, d):
         if d["dry_run"]:
