@@ -58,3 +58,18 @@ BROKER_VISIBILITY_TIMEOUT = 6 * 3600
 
 #: how often `client.Run.wait` looks at the catalog
 WAIT_POLL_SECONDS = 0.25
+
+#: alerts (alerting/): an identical alert goes out at most once an hour; the rest are counted
+ALERT_REPEAT_MINUTES = 60
+#: the watchdog warns below 10% free on a local or external tier
+ALERT_MIN_FREE_PERCENT = 10
+#: size anomaly: a stored artifact below 50% or above 200% of the median of the last 7 backups
+SIZE_ANOMALY_MIN_PERCENT = 50
+SIZE_ANOMALY_MAX_PERCENT = 200
+SIZE_ANOMALY_HISTORY = 7
+#: fewer earlier backups than this and there is no median worth comparing with
+SIZE_ANOMALY_MIN_HISTORY = 3
+#: the DR report's window for success rates and plots
+REPORT_DAYS = 30
+#: an apprise channel gets this long to connect and to answer, so a dead one cannot stall a worker
+ALERT_TIMEOUT_SECONDS = 10

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from backup_tasks import events, manifest
+from backup_tasks import anomaly, events, manifest
 from backup_tasks.catalog import Location
 from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
 from backup_tasks.runtime import Runtime
@@ -244,6 +244,7 @@ def upload(rt: Runtime, ref: dict) -> dict:
         rt.catalog.record_partial_upload(backup_id, doc, locations, summary=manifest.summary(doc))
         raise failures[0]
     rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+    anomaly.check_after_upload(rt, backup_id)  # size far off the target's median: alert (never raises)
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
 

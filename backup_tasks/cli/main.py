@@ -26,9 +26,9 @@ def cli(click_ctx: click.Context, config_path, json_mode, verbose):
 
 
 def _register() -> None:
-    from backup_tasks.cli import admin, backups, drill, cleanup
+    from backup_tasks.cli import admin, backups, drill, cleanup, metrics, report
 
-    for command in (*backups.COMMANDS, *admin.COMMANDS, *drill.COMMANDS, *cleanup.COMMANDS):
+    for command in (*backups.COMMANDS, *admin.COMMANDS, *drill.COMMANDS, *cleanup.COMMANDS, *report.COMMANDS, *metrics.COMMANDS):
         cli.add_command(command)
 
 
