@@ -12,11 +12,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# age and zstd are the disaster-recovery tools the interop tests run; Debian packages.
+# age and zstd are the disaster-recovery tools the interop tests run; chromium renders the
+# HTML DR report in tests/test_report.py. Debian packages.
 tools:
 	@command -v age >/dev/null && command -v zstd >/dev/null && command -v tar >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq age zstd tar >/dev/null; \
 	  else echo "install the Debian packages age and zstd (sudo apt-get install age zstd)"; exit 1; fi; }
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "install the Debian package chromium (sudo apt-get install chromium)"; exit 1; fi; }
 
 demo: $(VENV)/.installed
 	$(PY) -m backup_tasks.demo demo
