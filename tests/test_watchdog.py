@@ -129,3 +129,25 @@ def test_the_watchdog_task_runs_on_a_maintenance_worker_and_alerts(tmp_path, mak
     assert "has never had a verified backup" in alert["message"] and "Host:      app01" in alert["message"]
     assert watchdog.delay().get(timeout=60)["opened"] == []
     assert len(webhook_server.json_of("RPO breach")) == 1
+
+
+def test_a_backup_to_an_unmounted_external_tier_alerts_the_missing_mount_at_once(tmp_path, make_config, runtime_for,
+                                                                                 webhook_server):
+    usb = tmp_path / "usb"
+    usb.mkdir()  # the mount point exists; the disk is not mounted on it
+    db = tmp_path / "app.db"
+    make_app_db(db, rows=50)
+    tiers = (f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n'
+             f'[tiers.usb]\nkind = "external"\npath = "{usb}"\n')
+    rt = runtime_for(make_config(f'[targets.app]\nkind = "sqlite"\nhost = "app01"\npath = "{db}"\nstorage = ["local", "usb"]\n',
+                                 settings=f'alerts = ["{webhook_server.url()}"]\n', tiers=tiers))
+    run = client.enqueue_backup("app", rt=rt)
+    info = run.info()
+    assert info["status"] == "failed" and [l["tier"] for l in info["locations"]] == ["local"]  # the local copy is kept
+    assert list(usb.iterdir()) == []  # nothing written to the disk underneath
+
+    [mount] = webhook_server.json_of("is not mounted")
+    assert mount["type"] == "failure" and mount["title"] == f"[backup-tasks] FAILED: external tier 'usb' is not mounted at {usb}"
+    assert "Targets:   app" in mount["message"] and f"mount {usb}" in mount["message"]
+    [run_failed] = webhook_server.json_of("backup of 'app' failed on app01")
+    assert f"Run:       {run.id}" in run_failed["message"]

@@ -128,7 +128,9 @@ def from_event(*, kind: str, severity: str, message: str, target: str | None, ho
     wording = WORDING.get(kind) or _Wording(_level(severity), kind, "backupctl report")
     if kind == events.TIER_REFUSED and detail.get("reason") == "not-mounted":
         wording = WORDING[events.MOUNT_MISSING]
-    values = _Values(target=target or "TARGET", host=host or detail.get("checked_on") or "-", id=backup_id or "ID",
+    # No host on the event (a tier refused a write): it happened here, in the process that alerts.
+    host = host or detail.get("checked_on") or socket.gethostname()
+    values = _Values(target=target or "TARGET", host=host, id=backup_id or "ID",
                      tier=tier or "-", path=detail.get("path", "-"), rpo=_number(detail.get("rpo_hours")),
                      percent=detail.get("percent", "?"))
     facts: list[tuple[str, str]] = []
@@ -143,7 +145,7 @@ def from_event(*, kind: str, severity: str, message: str, target: str | None, ho
             facts.append((label, _fmt(key, detail[key])))
     return Alert(
         kind=kind, level=wording.level, title=wording.title.format_map(values), what=message,
-        next_step=wording.next_step.format_map(values), target=target, host=host or detail.get("checked_on"),
+        next_step=wording.next_step.format_map(values), target=target, host=host,
         backup_id=backup_id, remedy=str(detail.get("remedy") or ""), at=at or datetime.now(timezone.utc),
         facts=tuple(facts), dedupe_key=dedupe_key(kind, target, tier, message, backup_id,
                                                   unique=wording.level == "success" and kind == events.VERIFIED),
