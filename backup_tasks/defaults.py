@@ -71,5 +71,3 @@ SIZE_ANOMALY_HISTORY = 7
 SIZE_ANOMALY_MIN_HISTORY = 3
 #: the DR report's window for success rates and plots
 REPORT_DAYS = 30
-#: an apprise channel gets this long to connect and to answer, so a dead one cannot stall a worker
-ALERT_TIMEOUT_SECONDS = 10

@@ -146,7 +146,7 @@ def test_the_html_report_renders_in_chromium_with_its_plots(history):
 
 
 def _near(c, ref, tol: int = 6) -> bool:
-    return all(abs(a - b) <= tol for a, b in zip(c, ref))
+    return all(abs(a - b) <= tol for a, b in zip(c, ref, strict=True))
 
 
 def test_the_weekly_report_task_mails_the_html_page(history, smtp_server, tmp_path):

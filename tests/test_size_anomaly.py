@@ -29,7 +29,7 @@ def test_a_truncated_dump_sets_off_the_size_anomaly_alert(tmp_path, make_config,
     make_db(db, rows=1000)  # ~230 KiB of incompressible data
     rt = runtime_for(make_config(f'[targets.shop]\nkind = "sqlite"\nhost = "app01"\npath = "{db}"\n',
                                  settings=f'alerts = ["{webhook_server.url()}"]\n'))
-    for night in range(7):
+    for _night in range(7):
         assert client.enqueue_backup("shop", rt=rt).wait(timeout=60)["status"] == Status.VERIFIED
         conn = sqlite3.connect(db)  # a little growth every day is normal
         conn.executemany("INSERT INTO attachments (blob) VALUES (?)", [(os.urandom(200),) for _ in range(20)])

@@ -10,6 +10,7 @@ masked afterwards by ``redact.Redactor`` on the way out.
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -160,8 +161,13 @@ def dedupe_key(kind: str, target: str | None, tier: str | None, message: str, ba
     not one per run. Success notices stay one per run (``unique``).
     """
     text = message.replace(backup_id, "<run>") if backup_id else message
+    text = _RUN_ID_RE.sub("<run>", text)  # run ids quoted in paths and keys, e.g. by a tier refusing a write
     parts = [kind, target or "", tier or "", text] + ([backup_id or ""] if unique else [])
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+#: pipeline.new_backup_id: <target>-<UTC time>-<6 hex>
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]+-\d{8}T\d{6}Z-[0-9a-f]{6}")
 
 
 class _Values(dict):
