@@ -176,3 +176,14 @@ def test_the_shipped_alert_rules_and_dashboard_use_only_exported_metrics():
         assert used and used <= exported, (expr, used - exported)
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "target")
     assert "backup_rpo_seconds" in variable["definition"]
+
+
+def test_a_port_in_use_is_a_clear_input_error(tmp_path, make_config, exporter):
+    cfg = make_config(f'[targets.app]\nkind = "sqlite"\npath = "{tmp_path / "app.db"}"\n')
+    url = exporter(cfg)
+    port = url.split(":")[2].split("/")[0]
+    done = subprocess.run([sys.executable, "-m", "backup_tasks.cli", "metrics", "serve", "--port", port, "--json",
+                           "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    err = json.loads(done.stdout)["error"]
+    assert err["type"] == "InputError" and f"cannot listen on 127.0.0.1:{port}" in err["message"] and "--port" in err["remedy"]
