@@ -26,6 +26,8 @@ LOW_SPACE = "storage.low_space"  # a local or external tier is low on free space
 MOUNT_MISSING = "storage.mount_missing"  # an external tier's mount point is not mounted
 SIZE_ANOMALY = "backup.size_anomaly"  # a stored artifact far below or above the target's recent median
 RESOLVED = ".resolved"  # suffix: the watchdog condition <kind> has cleared
+#: opened and closed by the watchdog: alerted once per change of state, so not rate-limited
+WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING)
 VERIFIED = "backup.verified"  # a run's own verification passed (a notice with alert_on_success; not recorded)
 
 

@@ -111,6 +111,11 @@ def test_a_missing_mount_and_low_free_space_are_alerted_once_and_resolved(tmp_pa
         assert len(webhook_server.json_of("resolved: tier 'usb' has enough free space again")) == 1
         assert run_watchdog(rt)["resolved"] == []
         assert f"{events.RPO_BREACH}:app" in [c.key for c in rt.catalog.open_conditions()]  # never backed up
+
+        # The disk goes away again within the hour: a change of state is news, whatever the rate limit.
+        umount(usb)
+        assert f"{events.MOUNT_MISSING}:usb" in run_watchdog(rt)["opened"]
+        assert len(webhook_server.json_of("is not mounted")) == 2
     finally:
         umount(usb)
 

@@ -49,17 +49,20 @@ def on_event(catalog, *, kind: str, severity: str, message: str, target: str | N
         return None
     alert = messages.from_event(kind=kind, severity=severity, message=message, target=target, host=host,
                                 backup_id=backup_id, detail=detail, config=rt.config)
-    return send(alert, rt.settings.alerts, settings=rt.settings, config=rt.config, catalog=catalog)
+    # A watchdog condition is emitted once per change of state (opened, resolved): each change is news,
+    # even a mount that comes back and goes again within the window.
+    condition = kind.removesuffix(events.RESOLVED) in events.WATCHDOG_CONDITIONS
+    return send(alert, rt.settings.alerts, settings=rt.settings, config=rt.config, catalog=catalog, rate_limit=not condition)
 
 
 def send(alert: Alert, urls, *, settings, config=None, catalog=None, html_body: str | None = None,
-         attachments: list[Path] | None = None) -> Delivery:
+         attachments: list[Path] | None = None, rate_limit: bool = True) -> Delivery:
     """Rate-limit (shared through the catalog), mask secrets, deliver; never raises."""
     delivery = Delivery(alert)
     if not urls:
         return delivery
     claim = None
-    if catalog is not None and settings.alert_repeat_minutes > 0:
+    if rate_limit and catalog is not None and settings.alert_repeat_minutes > 0:
         try:
             claim = catalog.claim_alert(alert.dedupe_key, kind=alert.kind, target=alert.target, now=alert.at,
                                         window_seconds=settings.alert_repeat_minutes * 60)
