@@ -13,7 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # age and zstd are the disaster-recovery tools the interop tests run; chromium screenshots
-# Flower's dashboard (tests/test_flower.py, saved under test-artifacts/); Debian packages.
+# Flower's dashboard (tests/test_flower.py) and renders the HTML DR report (tests/test_report.py),
+# both saved under test-artifacts/. Debian packages.
 tools:
 	@command -v age >/dev/null && command -v zstd >/dev/null && command -v tar >/dev/null && command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends age zstd tar chromium >/dev/null; \

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Iterable
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, delete, event, select, update
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -156,6 +156,46 @@ class AuditRow(Base):
     target: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     backup_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class AlertSentRow(Base):
+    """When an alert with this dedupe key last went out, and how many identical ones were held back since.
+
+    Kept in the catalog, not in a worker's memory, so every worker and the CLI share one
+    rate limit (issue 6).
+    """
+
+    __tablename__ = "alert_sends"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: bumped by every send; a send claims the row only if nobody else bumped it first
+    sends: Mapped[int] = mapped_column(Integer, default=1)
+    suppressed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AlertConditionRow(Base):
+    """A condition the watchdog found and alerted once (RPO breach, low space, missing mount), open until it clears."""
+
+    __tablename__ = "alert_conditions"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tier: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+@dataclass(frozen=True)
+class AlertClaim:
+    """Whether this process may send an alert now; if so, how many identical ones were held back since when."""
+
+    send: bool
+    suppressed: int = 0
+    since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -445,6 +485,102 @@ class Catalog:
                 ))
         return len(rows)
 
+    # monitoring: alerts, watchdog, metrics and the report (issue 6) ---------
+
+    def claim_alert(self, key: str, *, kind: str, target: str | None, now: datetime, window_seconds: float) -> AlertClaim:
+        """Rate limit shared by all processes: send if no identical alert went out within the window.
+
+        A compare-and-set on ``sends`` makes exactly one of several racing processes win;
+        the others count themselves as suppressed.
+        """
+        try:
+            with self._session.begin() as s:
+                row = s.get(AlertSentRow, key)
+                if row is None:
+                    s.add(AlertSentRow(key=key, kind=kind, target=target, last_sent_at=now, sends=1, suppressed=0))
+                    return AlertClaim(True)
+                if (now - row.last_sent_at).total_seconds() < window_seconds:
+                    s.execute(update(AlertSentRow).where(AlertSentRow.key == key)
+                              .values(suppressed=AlertSentRow.suppressed + 1))
+                    return AlertClaim(False)
+                held, since, seen = row.suppressed, row.last_sent_at, row.sends
+                won = s.execute(update(AlertSentRow).where(AlertSentRow.key == key, AlertSentRow.sends == seen)
+                                .values(sends=seen + 1, last_sent_at=now, suppressed=0)).rowcount == 1
+                return AlertClaim(won, held if won else 0, since if won else None)
+        except IntegrityError:  # another process inserted the same key first: it sends
+            return AlertClaim(False)
+
+    def open_condition(self, key: str, *, kind: str, target: str | None = None, tier: str | None = None,
+                       detail: dict | None = None, now: datetime | None = None) -> bool:
+        """Open a watchdog condition; True only for the one caller that opened it (then it alerts)."""
+        try:
+            with self._session.begin() as s:
+                if s.get(AlertConditionRow, key) is not None:
+                    return False
+                s.add(AlertConditionRow(key=key, kind=kind, target=target, tier=tier, opened_at=now or _utcnow(), detail=detail))
+            return True
+        except IntegrityError:
+            return False
+
+    def close_condition(self, key: str) -> AlertConditionRow | None:
+        """Close an open condition; returns it to the one caller that closed it (then it sends 'resolved')."""
+        with self._session.begin() as s:
+            row = s.get(AlertConditionRow, key)
+            if row is None:
+                return None
+            if s.execute(delete(AlertConditionRow).where(AlertConditionRow.key == key)).rowcount != 1:
+                return None
+            return row
+
+    def open_conditions(self, kind: str | None = None) -> list[AlertConditionRow]:
+        q = select(AlertConditionRow).order_by(AlertConditionRow.opened_at)
+        if kind:
+            q = q.where(AlertConditionRow.kind == kind)
+        with self._session() as s:
+            return list(s.scalars(q))
+
+    def newest(self, target: str, statuses: Iterable[str] | None = None, *, verified: bool = False) -> BackupRow | None:
+        """The target's newest run (by creation time) in ``statuses``; ``verified``: that was ever verified."""
+        q = select(BackupRow).where(BackupRow.target == target).order_by(BackupRow.created_at.desc(), BackupRow.id.desc()).limit(1)
+        if statuses is not None:
+            q = q.where(BackupRow.status.in_(list(statuses)))
+        if verified:
+            q = q.where(BackupRow.verified_at.is_not(None))
+        with self._session() as s:
+            return s.scalars(q).first()
+
+    def status_counts(self) -> dict[tuple[str, str], int]:
+        """{(target, status): number of runs} over the whole catalog."""
+        q = select(BackupRow.target, BackupRow.status, func.count()).group_by(BackupRow.target, BackupRow.status)
+        with self._session() as s:
+            return {(t, st): n for t, st, n in s.execute(q)}
+
+    def storage_by_tier(self) -> dict[tuple[str, str], int]:
+        """{(target, tier): bytes stored} for backups that still have copies."""
+        q = (select(BackupRow.target, LocationRow.tier, func.sum(LocationRow.size))
+             .join(LocationRow, LocationRow.backup_id == BackupRow.id)
+             .where(BackupRow.status != Status.DELETED).group_by(BackupRow.target, LocationRow.tier))
+        with self._session() as s:
+            return {(t, tier): int(n or 0) for t, tier, n in s.execute(q)}
+
+    def runs_since(self, since: datetime, target: str | None = None) -> list[BackupRow]:
+        """Runs created at or after ``since``, oldest first (report plots and success rates)."""
+        q = select(BackupRow).where(BackupRow.created_at >= since).order_by(BackupRow.created_at, BackupRow.id)
+        if target:
+            q = q.where(BackupRow.target == target)
+        with self._session() as s:
+            return list(s.scalars(q))
+
+    def recent_sizes(self, target: str, *, before: datetime, limit: int, exclude: str | None = None) -> list[int]:
+        """Stored sizes of the target's latest ``limit`` stored (not failed) runs created before ``before``."""
+        q = (select(BackupRow.size_stored).where(BackupRow.target == target, BackupRow.created_at <= before,
+                                                  BackupRow.size_stored.is_not(None),
+                                                  BackupRow.status.in_([Status.UPLOADED, Status.VERIFIED, Status.DELETED]))
+             .order_by(BackupRow.created_at.desc(), BackupRow.id.desc()).limit(limit))
+        if exclude:
+            q = q.where(BackupRow.id != exclude)
+        with self._session() as s:
+            return [int(n) for n in s.scalars(q)]
 
 def _audit(action: str, actor: str, outcome: str, *, target: str | None, backup_id: str | None, detail: dict | None) -> AuditRow:
     return AuditRow(at=_utcnow(), action=action, actor=actor or UNATTRIBUTED, outcome=str(outcome), target=target,
@@ -510,4 +646,5 @@ def dumps_row(row: BackupRow) -> dict[str, Any]:
     }
 
 
-__all__ = ["Catalog", "Status", "Location", "BackupRow", "DrillResult", "DrillRow", "dumps_row"]
+__all__ = ["Catalog", "Status", "Location", "BackupRow", "DrillResult", "DrillRow", "dumps_row", "AlertClaim",
+           "AlertConditionRow"]

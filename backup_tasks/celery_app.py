@@ -16,7 +16,7 @@ from celery import Celery
 
 from backup_tasks import defaults
 
-app = Celery("backup_tasks", include=["backup_tasks.tasks"])
+app = Celery("backup_tasks", include=["backup_tasks.tasks", "backup_tasks.monitor_tasks"])
 
 BASE_CONF = dict(
     task_serializer="json",

@@ -50,6 +50,16 @@ SETTINGS_FIELDS = {
     "task_max_retries": int,
     "task_retry_backoff_max": int,
     "worker_concurrency": int,
+    # alerts, watchdog, size anomaly and the DR report (issue 6; README: Alerts, metrics and the DR report)
+    "alert_on_success": bool,
+    "alert_repeat_minutes": int,
+    "alert_min_free_percent": int,
+    "alert_min_free_bytes": int,
+    "size_anomaly_min_percent": int,
+    "size_anomaly_max_percent": int,
+    "size_anomaly_history": int,
+    "report_recipients": list,
+    "report_days": int,
 }
 #: settings that are paths and resolve against the config file's directory
 PATH_SETTINGS = ("staging_dir", "recipients_file", "identities_file", "signing_key_file", "signing_public_key_file")
@@ -101,6 +111,23 @@ class Settings:
     def time_limits(self, stage: str) -> tuple[int, int]:
         """(soft, hard) seconds for one chain stage."""
         return stage_time_limits(self.stage_soft_time_limits, self.stage_hard_time_limits, stage)
+    #: also notify when a run is verified (failures are always notified)
+    alert_on_success: bool = False
+    #: an identical alert is sent at most once per this many minutes (the rest are counted)
+    alert_repeat_minutes: int = defaults.ALERT_REPEAT_MINUTES
+    #: the watchdog warns when a local or external tier has less free space than this share ...
+    alert_min_free_percent: int = defaults.ALERT_MIN_FREE_PERCENT
+    #: ... or fewer free bytes than this (or than the tier's own min_free_bytes)
+    alert_min_free_bytes: int = 0
+    #: a stored artifact below / above this percentage of the median of the target's recent backups is an anomaly
+    size_anomaly_min_percent: int = defaults.SIZE_ANOMALY_MIN_PERCENT
+    size_anomaly_max_percent: int = defaults.SIZE_ANOMALY_MAX_PERCENT
+    #: how many recent backups the median is taken over
+    size_anomaly_history: int = defaults.SIZE_ANOMALY_HISTORY
+    #: apprise URLs the weekly DR report goes to (default: the alerts URLs)
+    report_recipients: tuple[str, ...] = ()
+    #: the report's window for success rates and plots
+    report_days: int = defaults.REPORT_DAYS
 
     @property
     def embedded(self) -> bool:
@@ -299,6 +326,10 @@ def _settings(table: dict, env: dict[str, str], base: Path, file: str) -> Settin
             )
     values["recipients"] = tuple(dict.fromkeys(recipients))
     values["alerts"] = tuple(values.get("alerts", ()))
+    values["report_recipients"] = tuple(values.get("report_recipients", ()))
+    from backup_tasks.alerting.settings import check_settings  # alert URLs and thresholds (issue 6)
+
+    check_settings(values, file=file)
     if "staging_dir" not in values:
         values["staging_dir"] = Path(defaults.STAGING_DIR).resolve()
     if "catalog_url" not in values:

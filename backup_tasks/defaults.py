@@ -85,6 +85,7 @@ GLOBAL_JOBS = {
     "reverify": ("backup.reverify", "30 4 * * *", "maintenance"),             # rolling full re-reads
     "drills": ("backup.drill_due", "30 3 * * 0", "maintenance"),              # Sunday: one drill per target with [drill]
     "rpo-watchdog": ("backup.watchdog", "*/15 * * * *", "maintenance"),       # no verified backup within rpo_hours
+    "dr-report": ("backup.report", "0 7 * * 1", "maintenance"),               # Monday: the DR report to report_recipients
 }
 
 #: per-target run lock (Redis key ``backup_tasks:lock:target:<name>``): taken by backup.start,
@@ -106,3 +107,16 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 
 #: how often `client.Run.wait` looks at the catalog
 WAIT_POLL_SECONDS = 0.25
+
+#: alerts (alerting/): an identical alert goes out at most once an hour; the rest are counted
+ALERT_REPEAT_MINUTES = 60
+#: the watchdog warns below 10% free on a local or external tier
+ALERT_MIN_FREE_PERCENT = 10
+#: size anomaly: a stored artifact below 50% or above 200% of the median of the last 7 backups
+SIZE_ANOMALY_MIN_PERCENT = 50
+SIZE_ANOMALY_MAX_PERCENT = 200
+SIZE_ANOMALY_HISTORY = 7
+#: fewer earlier backups than this and there is no median worth comparing with
+SIZE_ANOMALY_MIN_HISTORY = 3
+#: the DR report's window for success rates and plots
+REPORT_DAYS = 30

@@ -1,8 +1,9 @@
 """Events: what happened that someone may need to hear about (failures, refusals, skips).
 
-Each event is logged and written to the catalog's events table, where the alerting
-layer picks it up and sends it on. Emitting never raises: a broken catalog must not turn
-an already-failing backup into a crash that hides the original error.
+Each event is logged, written to the catalog's events table, and then handed to the
+alerting layer (alerting/), which sends it on to the configured apprise URLs. Emitting
+never raises: a broken catalog or a dead notification channel must not turn an
+already-failing backup into a crash that hides the original error.
 """
 
 from __future__ import annotations
@@ -21,12 +22,28 @@ TIER_REFUSED = "storage.tier_refused"  # an external tier refused to write (moun
 CLEANUP_FAILED = "cleanup.failed"  # retention could not remove something it planned to remove
 #: distributed operation (issue 5)
 RUN_SKIPPED = "run.skipped"  # a start found its target already running (per-target lock); nothing was dumped
+#: monitoring (issue 6): the watchdog's conditions, and the size check after upload
+RPO_BREACH = "rpo.breach"  # no verified backup within the target's rpo_hours
+LOW_SPACE = "storage.low_space"  # a local or external tier is low on free space
+MOUNT_MISSING = "storage.mount_missing"  # an external tier's mount point is not mounted
+SIZE_ANOMALY = "backup.size_anomaly"  # a stored artifact far below or above the target's recent median
+RESOLVED = ".resolved"  # suffix: the watchdog condition <kind> has cleared
+#: opened and closed by the watchdog: alerted once per change of state, so not rate-limited
+WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING)
+VERIFIED = "backup.verified"  # a run's own verification passed (a notice with alert_on_success; not recorded)
 
 
 def emit(catalog, kind: str, message: str, *, severity: str = "error", target: str | None = None, host: str | None = None,
          backup_id: str | None = None, **detail) -> None:
-    log.log(logging.ERROR if severity == "error" else logging.WARNING, "%s target=%s backup=%s: %s", kind, target, backup_id, message)
+    log.log({"error": logging.ERROR, "info": logging.INFO}.get(severity, logging.WARNING), "%s target=%s backup=%s: %s", kind, target, backup_id, message)
     try:
         catalog.add_event(kind=kind, severity=severity, message=message, target=target, host=host, backup_id=backup_id, detail=detail or None)
     except Exception:  # noqa: BLE001 - see module docstring
         log.exception("could not record event %s for %s", kind, backup_id)
+    try:
+        from backup_tasks.alerting import on_event
+
+        on_event(catalog, kind=kind, severity=severity, message=message, target=target, host=host, backup_id=backup_id,
+                 detail=detail or None)
+    except Exception:  # noqa: BLE001 - see module docstring
+        log.exception("could not send the alert for event %s of %s", kind, backup_id or target)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from backup_tasks import attachments, events, keys, manifest, readback
+from backup_tasks import alerting, attachments, events, keys, manifest, readback
 from backup_tasks import progress as progress_mod
 from backup_tasks.errors import BackupError, ConfigError, VerificationFailed
 from backup_tasks.runtime import Runtime
@@ -47,6 +47,8 @@ def verify_backup(rt: Runtime, backup_id: str, progress: progress_mod.Callback |
     result["duration_seconds"] = round(duration, 3)
     rt.catalog.record_verification(backup_id, ok=True, check=None, detail=result, duration=duration, at=at)
     _write_marker(rt, row, result, at)
+    if row.status == "uploaded":  # the run's own verify: success notice if asked for (never raises)
+        alerting.notify_verified(rt, backup_id)
     return {"backup_id": backup_id, "target": row.target, "status": "verified", "verified_at": manifest.iso(at), **result}
 
 

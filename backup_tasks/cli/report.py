@@ -1,0 +1,87 @@
+"""backupctl report [--html FILE] | backupctl watchdog: are we recoverable right now?"""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from backup_tasks.cli.context import Context, common
+from backup_tasks.cli.output import size
+from backup_tasks.errors import InputError
+
+
+@click.command("report")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="also write the report with plots as one self-contained HTML file")
+@click.option("--days", type=click.IntRange(1, 3660), default=None, help="window for success rates and plots (default: report_days, 30)")
+@click.option("--mail", is_flag=True, help="send it now, as the weekly backup.report task does (report_recipients or alerts)")
+@common
+def report(ctx: Context, html_file, days, mail):
+    """DR readiness per target: last backup, verify, drill with RTO, RPO, success rate, storage per tier."""
+    from backup_tasks import report as report_mod
+
+    rt = ctx.rt
+    if mail:
+        ctx.out.result(report_mod.mail(rt), lambda c, d: c.print(
+            f"report {'sent' if d['sent'] else 'NOT sent'}: " + (", ".join(
+                f"{ch['channel']} {'ok' if ch['ok'] else 'failed'}" for ch in d.get("channels", [])) or d.get("reason", ""))))
+        return
+    data = report_mod.build(rt, days=days)
+    if html_file:
+        try:
+            html = report_mod.render_html(rt, data)
+            with open(html_file, "w", encoding="utf-8") as fh:
+                fh.write(html)
+        except OSError as exc:
+            raise InputError(f"cannot write the report to {html_file}: {exc.strerror}", "choose a writable path for --html") from None
+        data["html"] = str(html_file)
+        ctx.out.note(f"HTML report written to {html_file}")
+    ctx.out.result(data, _human)
+
+
+def _human(c, d: dict) -> None:
+    s = d["summary"]
+    verdict = "[green]all targets ready[/]" if not s["at_risk"] else f"[red]{s['ready']} of {s['targets']} targets ready[/]"
+    c.print(f"DR readiness at {d['generated_at']} ({d['window_days']}-day window): {verdict}", markup=True)
+    t = Table("target", "last backup", "last verified", "last drill (RTO)", "RPO", f"success {d['window_days']}d", "storage", "ready")
+    for x in d["targets"]:
+        b, v, dr, rpo, sr = x["last_backup"], x["last_verify"], x["last_drill"], x["rpo"], x["success_rate"]
+        t.add_row(
+            f"{x['target']}\n[dim]{x['kind']} on {x['host']}[/]",
+            f"{b['created_at']}\n[dim]{b['status']}, {size(b['size_stored'])}[/]" if b else "never",
+            v["verified_at"] if v else "[red]never[/]",
+            (f"{'[green]' if dr['result'] == 'passed' else '[red]'}{dr['result']}[/] {dr['finished_at']}\n"
+             f"[dim]RTO {dr['rto_seconds']:.1f}s[/]" if dr["rto_seconds"] is not None else f"{dr['result']} {dr['finished_at']}") if dr else "-",
+            (f"[green]ok[/] ({rpo['hours']:g} h)" if rpo["compliant"] else f"[red]breached[/] ({rpo['hours']:g} h)")
+            + (f"\n[dim]data {rpo['data_age_hours']:.1f} h old[/]" if rpo["data_age_hours"] is not None else ""),
+            f"{sr['ratio'] * 100:.0f}% ({sr['successes']}/{sr['attempts']})" if sr["ratio"] is not None else "-",
+            "\n".join(f"{tier}: {size(n)}" for tier, n in x["storage"].items()) or "-",
+            "[green]yes[/]" if x["ready"] else "[red]no[/]\n[dim]" + "; ".join(x["problems"]) + "[/]",
+        )
+    c.print(t)
+    for cond in d["open_conditions"]:
+        c.print(f"[yellow]open:[/] {cond['kind']} {cond['target'] or cond['tier']} since {cond['since']}", markup=True)
+
+
+@click.command("watchdog")
+@common
+def watchdog(ctx: Context):
+    """Check RPOs, free space and mounts now and alert on what changed (beat runs this as backup.watchdog)."""
+    from backup_tasks.watchdog import run_watchdog
+
+    result = run_watchdog(ctx.rt)
+
+    def human(c, d):
+        c.print(f"watchdog at {d['checked_at']} on {d['host']}: {len(d['opened'])} new, {len(d['resolved'])} resolved, "
+                f"{len(d['open'])} open")
+        for key in d["opened"]:
+            c.print(f"  [red]new[/] {key}", markup=True)
+        for key in d["resolved"]:
+            c.print(f"  [green]resolved[/] {key}", markup=True)
+        for key in sorted(set(d["open"]) - set(d["opened"])):
+            c.print(f"  [yellow]still open[/] {key}", markup=True)
+
+    ctx.out.result(result, human)
+
+
+COMMANDS = (report, watchdog)

@@ -1,0 +1,158 @@
+"""Runbook: the watchdog tells you about what did *not* happen, once, and again when it is fixed.
+
+RPO breaches (no fresh verified backup), a tier running out of space and an external
+disk that is not mounted: each opens a condition that alerts exactly once, and closes
+with a "resolved" notice. Real backups, a real tmpfs mount, a real webhook server, and
+the ``backup.watchdog`` task on a real Celery worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import timedelta
+
+from backup_tasks import client, events
+from backup_tasks.watchdog import run_watchdog
+from conftest import run_cli
+from notify_servers import wait_for, webhook_server  # noqa: F401
+from test_sqlite_backup import make_app_db
+from test_storage_external import mount_tmpfs, umount
+
+RPO_SECONDS = 3.6  # rpo_hours = 0.001: a breach the test can wait for
+
+
+def breaches(hook, target: str) -> list[dict]:
+    return [p for p in hook.json_of(f"RPO breach: '{target}'")]
+
+
+def test_rpo_breach_alerts_exactly_once_and_a_fresh_verified_backup_resolves_it(tmp_path, make_config, runtime_for,
+                                                                                 webhook_server):
+    db = tmp_path / "app.db"
+    make_app_db(db, rows=100)
+    cfg = make_config(f'[targets.orders]\nkind = "sqlite"\nhost = "app01"\npath = "{db}"\nrpo_hours = 0.001\n'
+                      f'[targets.steady]\nkind = "sqlite"\nhost = "app01"\npath = "{db}"\n',
+                      settings=f'alerts = ["{webhook_server.url()}"]\n')
+    rt = runtime_for(cfg)
+    first = client.enqueue_backup("orders", rt=rt).wait(timeout=60)
+    client.enqueue_backup("steady", rt=rt).wait(timeout=60)
+    first_row = rt.catalog.get(first["id"])
+
+    # Right after the backup: within the RPO, nothing to say.
+    assert run_watchdog(rt, now=first_row.verified_at)["opened"] == []
+    assert webhook_server.posts == []
+
+    # The next backup never comes. Once the data is older than the RPO: one alert.
+    time.sleep(max(0.0, (first_row.created_at + timedelta(seconds=RPO_SECONDS + 0.3)).timestamp() - time.time()))
+    assert run_watchdog(rt)["opened"] == [f"{events.RPO_BREACH}:orders"]
+    [alert] = breaches(webhook_server, "orders")
+    assert alert["type"] == "failure"
+    assert alert["title"] == "[backup-tasks] FAILED: RPO breach: 'orders' has no verified backup within 0.001 h"
+    assert "Target:    orders" in alert["message"] and "Host:      app01" in alert["message"]
+    assert f"Run:       {first['id']}" in alert["message"]  # the newest run: where to look
+    assert "Next step: backupctl list --target orders" in alert["message"] and "backupctl backup orders --wait" in alert["message"]
+
+    # Every later check while it lasts, in this process or from cron in another: no new alert.
+    assert run_watchdog(rt)["opened"] == []
+    again = json.loads(run_cli("watchdog", "--json", config=cfg, check=0).stdout)
+    assert again["opened"] == [] and f"{events.RPO_BREACH}:orders" in again["open"]
+    assert len(breaches(webhook_server, "orders")) == 1
+    assert len(rt.catalog.events(kind=events.RPO_BREACH)) == 1
+    assert breaches(webhook_server, "steady") == []
+
+    # A fresh verified backup clears it, with a "resolved" notice naming that backup.
+    fresh = client.enqueue_backup("orders", rt=rt).wait(timeout=60)
+    result = run_watchdog(rt, now=rt.catalog.get(fresh["id"]).verified_at)
+    assert result["resolved"] == [f"{events.RPO_BREACH}:orders"] and result["open"] == []
+    [notice] = webhook_server.json_of("resolved: 'orders'")
+    assert notice["type"] == "success" and f"Run:       {fresh['id']}" in notice["message"]
+    assert rt.catalog.open_conditions() == []
+    assert run_watchdog(rt, now=rt.catalog.get(fresh["id"]).verified_at)["resolved"] == []  # resolved once, too
+    assert len(webhook_server.posts) == 2
+
+
+def test_a_missing_mount_and_low_free_space_are_alerted_once_and_resolved(tmp_path, make_config, runtime_for,
+                                                                          webhook_server):
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    db = tmp_path / "app.db"
+    make_app_db(db, rows=50)
+    tiers = (f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n'
+             f'[tiers.usb]\nkind = "external"\npath = "{usb}"\n')
+    rt = runtime_for(make_config(f'[targets.app]\nkind = "sqlite"\nhost = "app01"\npath = "{db}"\nstorage = ["local", "usb"]\n',
+                                 settings=f'alerts = ["{webhook_server.url()}"]\n', tiers=tiers))
+    try:
+        # The disk is not there: one alert naming the tier, its path and the targets that use it.
+        opened = run_watchdog(rt)["opened"]
+        assert f"{events.MOUNT_MISSING}:usb" in opened
+        [missing] = webhook_server.json_of("is not mounted")
+        assert missing["title"] == f"[backup-tasks] FAILED: external tier 'usb' is not mounted at {usb}"
+        assert "Targets:   app" in missing["message"] and f"mount {usb}" in missing["message"]
+        assert run_watchdog(rt)["opened"] == []
+        assert len(webhook_server.json_of("is not mounted")) == 1
+
+        # Mounted again, but nearly full (a 16 MiB disk with 15 MiB used): resolved, and low space.
+        mount_tmpfs(usb, size="16m")
+        filler = usb / "someone-elses-files.bin"
+        with open(filler, "wb") as fh:
+            fh.write(os.urandom(15 << 20))
+        result = run_watchdog(rt)
+        assert result["resolved"] == [f"{events.MOUNT_MISSING}:usb"] and f"{events.LOW_SPACE}:usb" in result["opened"]
+        assert len(webhook_server.json_of("resolved: external tier 'usb' is mounted again")) == 1
+        [low] = webhook_server.json_of("low free space on tier 'usb'")
+        assert low["type"] == "warning" and "below the alert threshold (10%)" in low["message"]
+        assert "backupctl cleanup --dry-run" in low["message"]
+        assert run_watchdog(rt)["opened"] == []
+
+        # Space freed: resolved once.
+        filler.unlink()
+        assert f"{events.LOW_SPACE}:usb" in run_watchdog(rt)["resolved"]
+        assert len(webhook_server.json_of("resolved: tier 'usb' has enough free space again")) == 1
+        assert run_watchdog(rt)["resolved"] == []
+        assert f"{events.RPO_BREACH}:app" in [c.key for c in rt.catalog.open_conditions()]  # never backed up
+
+        # The disk goes away again within the hour: a change of state is news, whatever the rate limit.
+        umount(usb)
+        assert f"{events.MOUNT_MISSING}:usb" in run_watchdog(rt)["opened"]
+        assert len(webhook_server.json_of("is not mounted")) == 2
+    finally:
+        umount(usb)
+
+
+def test_the_watchdog_task_runs_on_a_maintenance_worker_and_alerts(tmp_path, make_config, runtime_for, redis_url,
+                                                                   start_worker, webhook_server):
+    cfg = make_config(f'[targets.forgotten]\nkind = "sqlite"\nhost = "app01"\npath = "{tmp_path / "app.db"}"\n',
+                      settings=f'alerts = ["{webhook_server.url()}"]\n')
+    start_worker(cfg, redis_url, ["maintenance"], name="maint@localhost")
+    runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
+    from backup_tasks.monitor_tasks import watchdog
+
+    result = watchdog.delay().get(timeout=60)  # by name, on the maintenance queue, as beat sends it
+    assert result["opened"] == [f"{events.RPO_BREACH}:forgotten"]
+    alert = wait_for(lambda: webhook_server.json_of("RPO breach: 'forgotten'"), what="the worker's alert")[0]
+    assert "has never had a verified backup" in alert["message"] and "Host:      app01" in alert["message"]
+    assert watchdog.delay().get(timeout=60)["opened"] == []
+    assert len(webhook_server.json_of("RPO breach")) == 1
+
+
+def test_a_backup_to_an_unmounted_external_tier_alerts_the_missing_mount_at_once(tmp_path, make_config, runtime_for,
+                                                                                 webhook_server):
+    usb = tmp_path / "usb"
+    usb.mkdir()  # the mount point exists; the disk is not mounted on it
+    db = tmp_path / "app.db"
+    make_app_db(db, rows=50)
+    tiers = (f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n'
+             f'[tiers.usb]\nkind = "external"\npath = "{usb}"\n')
+    rt = runtime_for(make_config(f'[targets.app]\nkind = "sqlite"\nhost = "app01"\npath = "{db}"\nstorage = ["local", "usb"]\n',
+                                 settings=f'alerts = ["{webhook_server.url()}"]\n', tiers=tiers))
+    run = client.enqueue_backup("app", rt=rt)
+    info = run.info()
+    assert info["status"] == "failed" and [l["tier"] for l in info["locations"]] == ["local"]  # the local copy is kept
+    assert list(usb.iterdir()) == []  # nothing written to the disk underneath
+
+    [mount] = webhook_server.json_of("is not mounted")
+    assert mount["type"] == "failure" and mount["title"] == f"[backup-tasks] FAILED: external tier 'usb' is not mounted at {usb}"
+    assert "Targets:   app" in mount["message"] and f"mount {usb}" in mount["message"]
+    [run_failed] = webhook_server.json_of("backup of 'app' failed on app01")
+    assert f"Run:       {run.id}" in run_failed["message"]
