@@ -58,3 +58,12 @@ BROKER_VISIBILITY_TIMEOUT = 6 * 3600
 
 #: how often `client.Run.wait` looks at the catalog
 WAIT_POLL_SECONDS = 0.25
+
+#: HTTP API (backupctl api serve): loopback unless told otherwise; put TLS in front of it
+API_HOST = "127.0.0.1"
+API_PORT = 8080
+#: request bodies are small JSON documents; anything larger is refused with 413 before parsing
+API_MAX_BODY_BYTES = 64 * 1024
+#: GET /backups page size, and the largest a client may ask for
+API_PAGE_SIZE = 50
+API_MAX_PAGE_SIZE = 500
