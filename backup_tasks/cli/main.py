@@ -26,9 +26,10 @@ def cli(click_ctx: click.Context, config_path, json_mode, verbose):
 
 
 def _register() -> None:
-    from backup_tasks.cli import admin, audit, backups, cleanup, drill
+    from backup_tasks.cli import admin, api, audit, backups, cleanup, delete, drill
 
-    for command in (*backups.COMMANDS, *admin.COMMANDS, *drill.COMMANDS, *cleanup.COMMANDS, *audit.COMMANDS):
+    for command in (*backups.COMMANDS, *admin.COMMANDS, *drill.COMMANDS, *cleanup.COMMANDS, *audit.COMMANDS, *api.COMMANDS,
+                    *delete.COMMANDS):
         cli.add_command(command)
 
 
