@@ -14,7 +14,7 @@ from fastapi.security import HTTPBearer
 
 from backup_tasks import __version__, runtime as runtime_mod
 from backup_tasks.api import errors
-from backup_tasks.api.auth import Guard
+from backup_tasks.api.auth import Guard, operations
 from backup_tasks.api.routes import backups, cleanup, health, restore, runs, targets, verify
 from backup_tasks.runtime import Runtime
 
@@ -44,5 +44,6 @@ def create_app(rt: Runtime) -> FastAPI:
     for module in (backups, verify, restore, runs, cleanup, targets, health):
         app.include_router(module.router, prefix=PREFIX, dependencies=[Security(bearer)])
     errors.install(app)
+    operations(app.openapi())  # every /api/ operation declares its role, or the server does not start
     app.add_middleware(Guard, fastapi_app=app, rt=rt)
     return app

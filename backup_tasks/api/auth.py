@@ -12,7 +12,10 @@ One ASGI middleware does all four, in the order a careful server must:
    for a 401), outcome ``ok``/``refused``/``failed`` by status, method, path, status.
 
 FastAPI's own dependencies run only after it parsed the body, which is why this is a
-middleware and not a ``Depends``. Tokens are compared as sha256 hashes in constant time
+middleware and not a ``Depends``. It finds the operation in the app's own OpenAPI
+schema (paths, methods and ``x-required-role``: public and stable, unlike the router's
+internals), and :func:`operations` refuses to build a table in which an /api/ operation
+declares no role, so a route cannot be added unguarded by mistake. Tokens are compared as sha256 hashes in constant time
 (api/config.py says why sha256 suffices); the token itself is never stored or logged.
 """
 
@@ -20,9 +23,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 
 from anyio import to_thread
-from starlette.routing import Match
 
 from backup_tasks import audit
 from backup_tasks.api.config import ApiToken, hash_token
@@ -34,6 +37,7 @@ log = logging.getLogger("backup_tasks.api")
 ANONYMOUS = "api:anonymous"
 ROLE_KEY = "x-required-role"
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+METHOD_NOT_ALLOWED = "method-not-allowed"
 
 
 def requires(role: str) -> dict:
@@ -59,6 +63,21 @@ def authenticate(tokens: dict[str, ApiToken], header: str | None) -> ApiToken | 
     return found
 
 
+def operations(schema: dict) -> list[tuple[str, re.Pattern, str]]:
+    """(METHOD, path regex, least role) for every operation under /api/; ValueError if one declares no role."""
+    table = []
+    for path, methods in schema.get("paths", {}).items():
+        if not path.startswith("/api/"):
+            continue
+        regex = re.compile(re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(path)))
+        for method, operation in methods.items():
+            role = operation.get(ROLE_KEY)
+            if role is None:
+                raise ValueError(f"{method.upper()} {path} declares no {ROLE_KEY}: add **requires(role) to its route")
+            table.append((method.upper(), regex, role))
+    return table
+
+
 class Guard:
     """ASGI middleware for everything under /api/ (the schema and /docs stay public)."""
 
@@ -68,6 +87,7 @@ class Guard:
         self.rt = rt
         self.max_body = rt.config.api.max_body_bytes
         self.tokens = rt.config.api.tokens
+        self._operations: list | None = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
@@ -77,7 +97,7 @@ class Guard:
         call = {"method": scope["method"], "path": scope["path"]}
         if scope.get("query_string"):
             call["query"] = scope["query_string"].decode("latin-1")[:200]
-        route, params = self._route(scope)
+        required, params = self._operation(scope)
         backup_id = params.get("backup_id")
         if token is None:
             missing = not headers.get("authorization")
@@ -86,8 +106,10 @@ class Guard:
                                       headers={"WWW-Authenticate": "Bearer"})
             await self._audit(None, 401, call, backup_id)
             return await response(scope, receive, send)
-        required = (getattr(route, "openapi_extra", None) or {}).get(ROLE_KEY)
-        if required and not token.allows(required):
+        if required is None:  # fail closed: nothing outside the schema runs under /api/, not even a hidden route
+            await self._audit(token, 404, call, backup_id)
+            return await error_response(404, "HTTPError", "Not Found", "see /docs for the API's paths")(scope, receive, send)
+        if required != METHOD_NOT_ALLOWED and not token.allows(required):
             response = error_response(403, "Forbidden", f"token '{token.name}' has role '{token.role}'; this needs '{required}'",
                                       "use a token with that role, or ask an admin to grant one")
             await self._audit(token, 403, call, backup_id)
@@ -118,12 +140,22 @@ class Guard:
         finally:
             await self._audit(token, status["code"], call, backup_id)
 
-    def _route(self, scope):
-        for route in self.fastapi_app.router.routes:
-            match, child = route.matches(scope)
-            if match == Match.FULL:
-                return route, child.get("path_params", {})
-        return None, {}
+    def _operation(self, scope) -> tuple[str | None, dict]:
+        """The least role for this method and path, and the path's parameters.
+
+        METHOD_NOT_ALLOWED for a known path with another method (the router answers 405
+        without running anything); None for a path the schema does not have.
+        """
+        if self._operations is None:
+            self._operations = operations(self.fastapi_app.openapi())
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        path_known = False
+        for op_method, regex, role in self._operations:
+            found = regex.fullmatch(scope["path"])
+            if found and op_method == method:
+                return role, found.groupdict()
+            path_known = path_known or found is not None
+        return (METHOD_NOT_ALLOWED if path_known else None), {}
 
     async def _read_body(self, receive, headers) -> bytes | None:
         """The whole body, or None as soon as it is over the limit (nothing more is read)."""

@@ -109,12 +109,11 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def _methods(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        regex, allowed = getattr(route, "path_regex", None), getattr(route, "methods", None)
-        if regex is not None and allowed and regex.match(request.url.path):
-            methods |= set(allowed)
-    return sorted(methods)
+    """The methods the schema has for this path (HEAD wherever GET is, as Starlette serves it)."""
+    from backup_tasks.api.auth import operations  # late: auth imports this module
+
+    methods = {method for method, regex, _ in operations(request.app.openapi()) if regex.fullmatch(request.url.path)}
+    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
