@@ -45,7 +45,7 @@ def test_a_made_token_pasted_as_printed_lets_in_that_token_only(tmp_path, sessio
 
 @pytest.mark.parametrize("api, field, says", [
     ('[api]\nrestore_root = ["/srv/restore"]\n', "restore_root", "did you mean 'restore_roots'"),
-    (f'[api.tokens]\nci = {{ hash = "bt_the-token-itself", role = "viewer" }}\n', "hash", "never the token itself"),
+    ('[api.tokens]\nci = { hash = "bt_the-token-itself", role = "viewer" }\n', "hash", "never the token itself"),
     (f'[api.tokens]\nci = {{ hash = "{HASH}", role = "root" }}\n', "role", "viewer, operator, admin"),
     (f'[api.tokens]\nci = {{ hash = "{HASH}" }}\n', "role", "missing role"),
     (f'[api.tokens]\nci = {{ hash = "{HASH}", role = "viewer" }}\nbot = {{ hash = "{HASH}", role = "admin" }}\n', "hash",
