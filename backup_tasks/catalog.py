@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Iterable
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, delete, event, func, select, update
+from sqlalchemy import and_, or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -357,12 +358,19 @@ class Catalog:
         with self._session() as s:
             return s.get(BackupRow, backup_id)
 
-    def list(self, *, target: str | None = None, status: str | None = None, limit: int | None = None) -> list[BackupRow]:
+    def list(self, *, target: str | None = None, status: str | None = None, limit: int | None = None,
+             kind: str | None = None, before: tuple[datetime, str] | None = None) -> list[BackupRow]:
+        """Newest first; ``before`` (created_at, id) continues a page after its last entry (keyset paging)."""
         q = select(BackupRow).order_by(BackupRow.created_at.desc(), BackupRow.id.desc())
         if target:
             q = q.where(BackupRow.target == target)
         if status:
             q = q.where(BackupRow.status == status)
+        if kind:
+            q = q.where(BackupRow.kind == kind)
+        if before:
+            at, last_id = before
+            q = q.where(or_(BackupRow.created_at < at, and_(BackupRow.created_at == at, BackupRow.id < last_id)))
         if limit:
             q = q.limit(limit)
         with self._session() as s:

@@ -153,7 +153,7 @@ def _apply(rt: Runtime, plan: retention.Plan, report: dict, actor: str) -> None:
             if d.tier not in keys:
                 continue
             try:
-                _remove_copy(rt, row.target, backup_id, d.tier, keys[d.tier])
+                remove_copy(rt, row.target, backup_id, d.tier, keys[d.tier])
             except ObjectLocked as exc:
                 report["refused"].append({"backup_id": backup_id, "tier": d.tier, "reason": exc.message})
                 continue
@@ -172,7 +172,8 @@ def _apply(rt: Runtime, plan: retention.Plan, report: dict, actor: str) -> None:
             rt.catalog.drop_locations(backup_id, gone)  # only after the objects are gone
 
 
-def _remove_copy(rt: Runtime, target: str, backup_id: str, tier: str, artifact_key: str) -> None:
+def remove_copy(rt: Runtime, target: str, backup_id: str, tier: str, artifact_key: str) -> None:
+    """Remove one stored copy in the safe order (module docstring); the caller then drops it from the catalog."""
     storage = rt.storage(tier)
     storage.delete(artifact_key)
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_tasks import credentials, defaults
+from backup_tasks.api.config import ApiConfig, parse as parse_api
 from backup_tasks.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -196,6 +197,8 @@ class Config:
     settings: Settings
     tiers: dict[str, Tier]
     targets: dict[str, Target]
+    #: the [api] table (backup_tasks/api/config.py): tokens, restore roots, body limit
+    api: ApiConfig = field(default_factory=ApiConfig)
 
     def target(self, name: str) -> Target:
         from backup_tasks.errors import InputError
@@ -244,13 +247,14 @@ def load(path: str | os.PathLike | None = None, *, environ: dict[str, str] | Non
         raise ConfigError(f"{what}: {exc}", hint, file=label) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the configuration file: {exc.strerror}", "check its permissions", file=label) from None
-    _unknown_keys(raw, {"settings", "tiers", "targets"}, file=label, where="top level")
+    _unknown_keys(raw, {"settings", "tiers", "targets", "api"}, file=label, where="top level")
     base = file.parent.resolve()
     settings = _settings(raw.get("settings", {}), env, base, label)
     tiers = _tiers(raw.get("tiers", {}), base, label)
     targets = _targets(raw.get("targets", {}), tiers, settings, label)
     _check_credentials(settings, tiers, targets, label)
-    return Config(file=label, settings=settings, tiers=tiers, targets=targets)
+    api = parse_api(raw.get("api", {}), base, label)
+    return Config(file=label, settings=settings, tiers=tiers, targets=targets, api=api)
 
 
 def _unknown_keys(table: dict, allowed: set[str], *, file: str, where: str) -> None:

@@ -120,3 +120,11 @@ SIZE_ANOMALY_HISTORY = 7
 SIZE_ANOMALY_MIN_HISTORY = 3
 #: the DR report's window for success rates and plots
 REPORT_DAYS = 30
+#: HTTP API (backupctl api serve): loopback unless told otherwise; put TLS in front of it
+API_HOST = "127.0.0.1"
+API_PORT = 8080
+#: request bodies are small JSON documents; anything larger is refused with 413 before parsing
+API_MAX_BODY_BYTES = 64 * 1024
+#: GET /backups page size, and the largest a client may ask for
+API_PAGE_SIZE = 50
+API_MAX_PAGE_SIZE = 500

@@ -3,7 +3,8 @@
     BackupError                      exit 1 unless a subclass says otherwise
     ├── ConfigError                  exit 2  the targets file or an override is wrong
     ├── InputError                   exit 2  a command's arguments are wrong (unknown target, id ...)
-    │   └── RestoreRefused           exit 2  restoring would overwrite data without --force
+    │   ├── RestoreRefused           exit 2  restoring would overwrite data without --force
+    │   └── DeleteRefused            exit 2  deleting would remove a backup retention protects
     ├── TransientError               retried with backoff by the task layer
     │   └── ServiceUnavailable       exit 3  broker, catalog or storage cannot be reached
     └── PermanentError               fail fast and alert
@@ -66,6 +67,10 @@ class InputError(BackupError):
 
 class RestoreRefused(InputError):
     """A restore would overwrite existing data; nothing was written."""
+
+
+class DeleteRefused(InputError):
+    """Deleting this backup would remove one that retention protects; nothing was deleted."""
 
 
 class TransientError(BackupError):

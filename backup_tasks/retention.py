@@ -167,21 +167,11 @@ def plan_retention(backups: Iterable[Backup], policies: Mapping[str, Policy], ma
 
 
 def _plan_target(backups: list[Backup], policy: Policy, max_age_days: Mapping[str, int], now: datetime) -> list[Decision]:
-    live = sorted((b for b in backups if b.status != "deleted" and b.copies),
-                  key=lambda b: (b.created_at, b.id), reverse=True)
+    live = _live(backups)
     by_id = {b.id: b for b in live}
     gfs = _gfs(live, policy, now)
-
-    protected: dict[str, list[str]] = defaultdict(list)
+    protected = protections(live)
     newest_verified = next((b for b in live if b.status == "verified"), None)
-    if newest_verified:
-        protected[newest_verified.id].append("newest verified backup")
-    newest_drilled = next((b for b in live if b.drill_passed and b.status != "failed"), None)
-    if newest_drilled:
-        protected[newest_drilled.id].append("newest drill-proven backup")
-    for b in live:
-        if b.status == "running":
-            protected[b.id].append("still running")
 
     # (backup id, tier) -> [action, reasons]
     table: dict[tuple[str, str], list] = {}
@@ -223,6 +213,32 @@ def _plan_target(backups: list[Backup], policy: Policy, max_age_days: Mapping[st
     return [Decision(backup_id=b.id, target=b.target, tier=c.tier, created_at=b.created_at,
                      action=table[b.id, c.tier][0], reasons=tuple(table[b.id, c.tier][1]))
             for b in live for c in b.copies]
+
+
+def _live(backups: Iterable[Backup]) -> list[Backup]:
+    """A target's backups that still have copies, newest first."""
+    return sorted((b for b in backups if b.status != "deleted" and b.copies), key=lambda b: (b.created_at, b.id), reverse=True)
+
+
+def protections(backups: Iterable[Backup]) -> dict[str, list[str]]:
+    """Backup id -> why it must stay whatever the rules say, for one target's backups (rule 3).
+
+    The newest verified, the newest drill-proven, and runs in progress. Parents of kept
+    incrementals are added by the plan, which knows what it keeps; deleting one backup by
+    hand (deletion.py) treats every remaining child as kept.
+    """
+    live = _live(backups)
+    protected: dict[str, list[str]] = defaultdict(list)
+    newest_verified = next((b for b in live if b.status == "verified"), None)
+    if newest_verified:
+        protected[newest_verified.id].append("newest verified backup")
+    newest_drilled = next((b for b in live if b.drill_passed and b.status != "failed"), None)
+    if newest_drilled:
+        protected[newest_drilled.id].append("newest drill-proven backup")
+    for b in live:
+        if b.status == "running":
+            protected[b.id].append("still running")
+    return protected
 
 
 def _gfs(live: list[Backup], policy: Policy, now: datetime) -> dict[str, list[str]]:

@@ -68,10 +68,10 @@ def seed_backup(rt) -> dict:
     with storage.get(info["locations"][0]["key"]) as fh:
         artifact = fh.read()
     # the real run is the seed, not part of the simulated history
-    from backup_tasks.cleanup import _remove_copy
+    from backup_tasks.cleanup import remove_copy
 
     for loc in info["locations"]:
-        _remove_copy(rt, "t", info["id"], loc["tier"], loc["key"])
+        remove_copy(rt, "t", info["id"], loc["tier"], loc["key"])
     rt.catalog.drop_locations(info["id"], [loc["tier"] for loc in info["locations"]])
     return {"doc": doc, "artifact": artifact}
 

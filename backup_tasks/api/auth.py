@@ -1,0 +1,192 @@
+"""Who is calling and may they: bearer tokens, roles, body size, and an audit entry per call.
+
+One ASGI middleware does all four, in the order a careful server must:
+
+1. **authenticate** the bearer token (401, ``WWW-Authenticate: Bearer``) ...
+2. ... and **authorize** its role against the matched route's ``x-required-role`` (403),
+   both before the body is read or parsed, so an anonymous or under-privileged caller
+   learns nothing from validation errors;
+3. read the body up to ``max_body_bytes`` (413 beyond, whether or not Content-Length
+   says so), then hand the buffered body to the route;
+4. **audit** the call: action ``api``, actor ``api:<token name>`` (``api:anonymous``
+   for a 401), outcome ``ok``/``refused``/``failed`` by status, method, path, status.
+
+FastAPI's own dependencies run only after it parsed the body, which is why this is a
+middleware and not a ``Depends``. It finds the operation in the app's own OpenAPI
+schema (paths, methods and ``x-required-role``: public and stable, unlike the router's
+internals), and :func:`operations` refuses to build a table in which an /api/ operation
+declares no role, so a route cannot be added unguarded by mistake. Tokens are compared as sha256 hashes in constant time
+(api/config.py says why sha256 suffices); the token itself is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+
+from anyio import to_thread
+
+from backup_tasks import audit
+from backup_tasks.api.config import ApiToken, hash_token
+from backup_tasks.api.errors import error_response
+from backup_tasks.errors import BackupError
+
+log = logging.getLogger("backup_tasks.api")
+
+ANONYMOUS = "api:anonymous"
+ROLE_KEY = "x-required-role"
+BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+METHOD_NOT_ALLOWED = "method-not-allowed"
+
+
+def requires(role: str) -> dict:
+    """Route keyword arguments declaring the least role that may call it (shown in the OpenAPI schema)."""
+    return {"openapi_extra": {ROLE_KEY: role}}
+
+
+def actor(token: ApiToken | None) -> str:
+    return f"api:{token.name}" if token else ANONYMOUS
+
+
+def authenticate(tokens: dict[str, ApiToken], header: str | None) -> ApiToken | None:
+    """The token whose hash matches ``Authorization: Bearer <token>``, or None."""
+    scheme, _, presented = (header or "").strip().partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        return None
+    digest = hash_token(presented).encode()
+    found = None
+    for token in tokens.values():  # every hash is compared: the time taken says nothing about which matched
+        if hmac.compare_digest(digest, token.hash.encode()):
+            found = token
+    return found
+
+
+def operations(schema: dict) -> list[tuple[str, re.Pattern, str]]:
+    """(METHOD, path regex, least role) for every operation under /api/; ValueError if one declares no role."""
+    table = []
+    for path, methods in schema.get("paths", {}).items():
+        if not path.startswith("/api/"):
+            continue
+        regex = re.compile(re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(path)))
+        for method, operation in methods.items():
+            role = operation.get(ROLE_KEY)
+            if role is None:
+                raise ValueError(f"{method.upper()} {path} declares no {ROLE_KEY}: add **requires(role) to its route")
+            table.append((method.upper(), regex, role))
+    return table
+
+
+class Guard:
+    """ASGI middleware for everything under /api/ (the schema and /docs stay public)."""
+
+    def __init__(self, app, *, fastapi_app, rt) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self.rt = rt
+        self.max_body = rt.config.api.max_body_bytes
+        self.tokens = rt.config.api.tokens
+        self._operations: list | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        token = authenticate(self.tokens, headers.get("authorization"))
+        call = {"method": scope["method"], "path": scope["path"]}
+        if scope.get("query_string"):
+            call["query"] = scope["query_string"].decode("latin-1")[:200]
+        required, params = self._operation(scope)
+        backup_id = params.get("backup_id")
+        if token is None:
+            missing = not headers.get("authorization")
+            response = error_response(401, "Unauthorized", "missing bearer token" if missing else "invalid bearer token",
+                                      "send Authorization: Bearer <token> (backupctl api token makes one)",
+                                      headers={"WWW-Authenticate": "Bearer"})
+            await self._audit(None, 401, call, backup_id)
+            return await response(scope, receive, send)
+        if required is None:  # fail closed: nothing outside the schema runs under /api/, not even a hidden route
+            await self._audit(token, 404, call, backup_id)
+            return await error_response(404, "HTTPError", "Not Found", "see /docs for the API's paths")(scope, receive, send)
+        if required != METHOD_NOT_ALLOWED and not token.allows(required):
+            response = error_response(403, "Forbidden", f"token '{token.name}' has role '{token.role}'; this needs '{required}'",
+                                      "use a token with that role, or ask an admin to grant one")
+            await self._audit(token, 403, call, backup_id)
+            return await response(scope, receive, send)
+        body = b""
+        if scope["method"] in BODY_METHODS:
+            body = await self._read_body(receive, headers)
+            if body is None:
+                response = error_response(413, "PayloadTooLarge", f"request body larger than {self.max_body} bytes",
+                                          "send a smaller JSON document; the limit is [api] max_body_bytes")
+                await self._audit(token, 413, call, backup_id)
+                return await response(scope, receive, send)
+        scope.setdefault("state", {})["token"] = token
+        status = {"code": 500}
+
+        async def replay():
+            nonlocal body
+            chunk, body = body, b""
+            return {"type": "http.request", "body": chunk, "more_body": False}
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, replay if scope["method"] in BODY_METHODS else receive, capture)
+        finally:
+            await self._audit(token, status["code"], call, backup_id)
+
+    def _operation(self, scope) -> tuple[str | None, dict]:
+        """The least role for this method and path, and the path's parameters.
+
+        METHOD_NOT_ALLOWED for a known path with another method (the router answers 405
+        without running anything); None for a path the schema does not have.
+        """
+        if self._operations is None:
+            self._operations = operations(self.fastapi_app.openapi())
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        path_known = False
+        for op_method, regex, role in self._operations:
+            found = regex.fullmatch(scope["path"])
+            if found and op_method == method:
+                return role, found.groupdict()
+            path_known = path_known or found is not None
+        return (METHOD_NOT_ALLOWED if path_known else None), {}
+
+    async def _read_body(self, receive, headers) -> bytes | None:
+        """The whole body, or None as soon as it is over the limit (nothing more is read)."""
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return None
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks)
+
+    async def _audit(self, token: ApiToken | None, code: int, call: dict, backup_id: str | None) -> None:
+        outcome = audit.OK if code < 400 else audit.REFUSED if code < 500 else audit.FAILED
+        detail = {**call, "status": code}
+        if token is not None:
+            detail["role"] = token.role
+        await to_thread.run_sync(self._record, actor(token), outcome, backup_id, detail)
+
+    def _record(self, who: str, outcome: str, backup_id: str | None, detail: dict) -> None:
+        try:
+            catalog = self.rt.catalog
+        except BackupError as exc:  # the catalog is down: the call's own response says so; never fail on the audit
+            log.error("audit of %s %s by %s not written: %s", detail["method"], detail["path"], who, exc)
+            return
+        audit.record(catalog, "api", actor=who, outcome=outcome, backup_id=backup_id, detail=detail)

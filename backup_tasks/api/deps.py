@@ -1,0 +1,22 @@
+"""What a route takes from the request: the runtime, the caller's token and its audit actor."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from backup_tasks.api.auth import actor
+from backup_tasks.api.config import ApiToken
+from backup_tasks.runtime import Runtime
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.rt
+
+
+def caller(request: Request) -> ApiToken:
+    """Set by auth.Guard; a route is never reached without it."""
+    return request.state.token
+
+
+def actor_of(request: Request) -> str:
+    return actor(caller(request))

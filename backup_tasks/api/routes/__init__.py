@@ -1,0 +1,1 @@
+"""One module per resource; each exposes ``router`` (mounted under /api/v1 by app.py)."""
