@@ -337,6 +337,32 @@ def test_compose_targets_file_loads_and_names_the_paths_compose_mounts(deploy_en
             assert env["BACKUP_HOST"] not in hosts, f"{name} owns no target and needs no database password"
 
 
+def test_compose_init_scripts_create_the_users_the_targets_file_logs_in_as(deploy_env):
+    """The sample databases' roles match the DSNs, and their passwords come from the env template."""
+    cfg = load_targets(DEPLOY / "targets.compose.toml")
+    postgres = (DEPLOY / "compose" / "postgres-init.sh").read_text()
+    mariadb = (DEPLOY / "compose" / "mariadb-init.sh").read_text()
+    env = env_template(DEPLOY / "compose" / "backup-tasks.env.example")
+    from urllib.parse import urlsplit
+
+    logins = {(t.kind, urlsplit(t.dsn).username, t.password) for t in cfg.targets.values() if t.dsn}
+    logins |= {("postgres", urlsplit(t.drill["server"]).username, t.drill["password"]) for t in cfg.targets.values() if t.drill}
+    catalog = urlsplit(env["BACKUP_CATALOG_URL"])
+    assert catalog.hostname == "postgres" and catalog.password
+    assert f"CREATE ROLE {catalog.username} LOGIN PASSWORD '$catalog_password'" in postgres
+    for kind, user, password_ref in logins:
+        variable = password_ref.removeprefix("env:")
+        assert variable in env, f"{variable} is missing from backup-tasks.env.example"
+        if kind == "postgres":
+            assert re.search(rf"CREATE ROLE {user} LOGIN.* PASSWORD '\${variable}'", postgres), user
+        else:
+            assert f"CREATE USER '{user}'@'%' IDENTIFIED BY '${variable}'" in mariadb, user
+    for dbname in {urlsplit(t.dsn).path.strip("/") for t in cfg.targets.values() if t.dsn}:
+        assert f"CREATE DATABASE {dbname}" in postgres or f"CREATE DATABASE IF NOT EXISTS {dbname}" in mariadb
+    assert subprocess.run(["sh", "-n", str(DEPLOY / "compose" / "postgres-init.sh")], timeout=30).returncode == 0
+    assert subprocess.run(["sh", "-n", str(DEPLOY / "compose" / "mariadb-init.sh")], timeout=30).returncode == 0
+
+
 def test_compose_commands_exist_and_every_published_queue_has_a_worker(deploy_env, monkeypatch):
     cfg = load_targets(DEPLOY / "targets.compose.toml")
     published = {t.queue for t in cfg.targets.values()} | SHARED_QUEUES
