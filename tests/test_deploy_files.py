@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import backup_tasks.celery_app  # noqa: F401 - imported now, before a test sets BACKUP_CONFIG: parsing never reconfigures it
 from backup_tasks import config as config_mod
 from backup_tasks import keys as keys_mod
 from backup_tasks import routing
@@ -185,9 +186,8 @@ def deploy_env(monkeypatch, tmp_path):
     The targets files name key paths inside the containers; BACKUP_RECIPIENTS_FILE points
     the one read at load time at a real recipient made here.
     """
-    for template in (DEPLOY / "compose" / "backup-tasks.env.example",):
-        for key, value in env_template(template).items():
-            monkeypatch.setenv(key, value)
+    for key, value in env_template(DEPLOY / "compose" / "backup-tasks.env.example").items():
+        monkeypatch.setenv(key, value)
     keys_mod.generate(tmp_path / "keys")
     monkeypatch.setenv("BACKUP_RECIPIENTS_FILE", str(tmp_path / "keys" / keys_mod.RECIPIENT_FILE))
     return tmp_path / "keys"
