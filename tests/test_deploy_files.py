@@ -482,7 +482,8 @@ def test_flower_takes_its_login_from_the_environment_and_enqueues_over_http(tmp_
 
 # --- systemd -------------------------------------------------------------------------
 
-UNITS = ("backup-worker@.service", "backup-beat.service", "backup-flower.service")
+UNITS = ("backup-worker@.service", "backup-verify.service", "backup-beat.service", "backup-flower.service")
+WORKER_UNITS = UNITS[:2]
 HARDENING = {
     "User": "backup-tasks", "Group": "backup-tasks", "ProtectSystem": "strict", "PrivateTmp": "yes",
     "NoNewPrivileges": "yes", "CapabilityBoundingSet": "", "UMask": "0077", "Restart": "on-failure",
@@ -500,6 +501,7 @@ def test_systemd_analyze_verifies_the_units(tmp_path):
     for name in UNITS:
         (tmp_path / name).write_text((SYSTEMD / name).read_text().replace(INSTALL_PREFIX, str(VENV_BIN.parent)))
     (tmp_path / "backup-worker@db01.service").symlink_to(tmp_path / "backup-worker@.service")
+    assert len(UNITS) == len(list(SYSTEMD.glob("*.service")))
     done = subprocess.run([analyze, "verify", *(str(tmp_path / n) for n in ("backup-worker@db01.service", *UNITS[1:]))],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
@@ -521,14 +523,18 @@ def test_systemd_units_are_hardened_and_start_real_commands(deploy_env, monkeypa
         assert "/etc/backup-tasks/backup-tasks.env" in unit_values(SYSTEMD / name, "EnvironmentFile"), name
         assert "BACKUP_CONFIG=/etc/backup-tasks/targets.toml" in unit_values(SYSTEMD / name, "Environment"), name
         assert unit(SYSTEMD / name)["Install"] == [("WantedBy", "multi-user.target")]
+        # catalog and S3 keys only where work is done: beat and Flower never read them
+        assert ("/etc/backup-tasks/worker.env" in unit_values(SYSTEMD / name, "EnvironmentFile")) == (name in WORKER_UNITS), name
 
-    worker = dict(unit(SYSTEMD / "backup-worker@.service")["Service"])
-    # Warm shutdown: SIGTERM to the main process only, then a long wait before SIGKILL.
-    assert worker["KillMode"] == "mixed" and worker["KillSignal"] == "SIGTERM"
-    assert re.fullmatch(r"(\d+)min", worker["TimeoutStopSec"]) and int(worker["TimeoutStopSec"][:-3]) >= 10
-    # Staging and catalog, and the local tier, are writable; the rest of the system is not.
-    assert set(worker["ReadWritePaths"].split()) == {"/var/lib/backup-tasks", "/var/backups/backup-tasks"}
+    for name in WORKER_UNITS:
+        worker = dict(unit(SYSTEMD / name)["Service"])
+        # Warm shutdown: SIGTERM to the main process only, then a long wait before SIGKILL.
+        assert worker["KillMode"] == "mixed" and worker["KillSignal"] == "SIGTERM", name
+        assert re.fullmatch(r"(\d+)min", worker["TimeoutStopSec"]) and int(worker["TimeoutStopSec"][:-3]) >= 10, name
+        # Staging and catalog, and the local tier, are writable; the rest of the system is not.
+        assert set(worker["ReadWritePaths"].split()) == {"/var/lib/backup-tasks", "/var/backups/backup-tasks"}, name
     assert "-/etc/backup-tasks/%i.env" in unit_values(SYSTEMD / "backup-worker@.service", "EnvironmentFile")
+    worker = dict(unit(SYSTEMD / "backup-worker@.service")["Service"])
 
     # ExecStart: the launcher for host %i yields a worker on that host's queue; beat and Flower parse.
     argv = shlex.split(worker["ExecStart"].replace("%i", "db01"))
@@ -536,6 +542,11 @@ def test_systemd_units_are_hardened_and_start_real_commands(deploy_env, monkeypa
     sub, params = parse_celery(launcher_command(["python", *argv[1:]], DEPLOY / "targets.compose.toml", monkeypatch))
     assert sub == "worker" and routing.host_queue("db01") in worker_queues(params)
     assert option(launcher_command(["python", *argv[1:]], DEPLOY / "targets.compose.toml", monkeypatch), "-n") == "db01@%h"
+    # The verify unit: %% is systemd's escape, so Celery gets verify@%h.
+    verify = shlex.split(dict(unit(SYSTEMD / "backup-verify.service")["Service"])["ExecStart"].replace("%%", "%"))
+    assert verify[0] == f"{INSTALL_PREFIX}/bin/celery" and option(verify, "-n") == "verify@%h"
+    assert worker_queues(parse_celery(verify)[1]) == {routing.VERIFY_QUEUE, routing.DRILL_QUEUE, routing.MAINTENANCE_QUEUE}
+    assert "BACKUP_HOST=verify" in unit_values(SYSTEMD / "backup-verify.service", "Environment")
     beat = shlex.split(dict(unit(SYSTEMD / "backup-beat.service")["Service"])["ExecStart"])
     assert beat[0] == f"{INSTALL_PREFIX}/bin/celery"
     assert parse_celery(beat)[1]["scheduler"] == "redbeat.RedBeatScheduler"
