@@ -67,11 +67,13 @@ def test_every_operation_is_audited_with_actor_and_outcome(tmp_path, make_config
     assert "cli:alice" in human and "app:billing" in human and "refused" in human
 
 
-def test_a_failed_backup_and_key_generation_are_audited(tmp_path, make_config):
+def test_a_failed_backup_key_generation_and_api_tokens_are_audited(tmp_path, make_config):
     db = tmp_path / "gone.db"
     cfg = make_config(f'[targets.gone]\nkind = "sqlite"\npath = "{db}"\n')
     run_cli("backup", "gone", "--json", config=cfg, env={"BACKUP_ACTOR": "cli:bob"}, check=1)
     run_cli("keys", "generate", "--out", str(tmp_path / "newkeys"), "--json", config=cfg, env={"BACKUP_ACTOR": "cli:bob"}, check=0)
+    made = json.loads(run_cli("api", "token", "--name", "ci", "--role", "viewer", "--json", config=cfg,
+                              env={"BACKUP_ACTOR": "cli:bob"}, check=0).stdout)
     log = json.loads(run_cli("audit", "--json", config=cfg, check=0).stdout)
     backup_outcomes = [(e["outcome"], e["actor"]) for e in reversed(log) if e["action"] == "backup"]
     assert backup_outcomes == [("started", "cli:bob"), ("failed", "cli:bob")]
@@ -82,6 +84,9 @@ def test_a_failed_backup_and_key_generation_are_audited(tmp_path, make_config):
     identity = (tmp_path / "newkeys" / keys.IDENTITY_FILE).read_text()
     secret = next(l for l in identity.splitlines() if l.startswith("AGE-SECRET-KEY"))
     assert secret not in json.dumps(log)
+    token_entry = next(e for e in log if e["action"] == "api.token")
+    assert token_entry["actor"] == "cli:bob" and token_entry["detail"]["role"] == "viewer"
+    assert token_entry["detail"]["hash"] in made["config_line"] and made["token"] not in json.dumps(log)
 
 
 def test_since_accepts_durations_and_iso_times_and_names_bad_input():

@@ -55,7 +55,8 @@ def keys_generate(ctx: Context, out: Path):
     from backup_tasks import keys
 
     made = keys.generate(out)
-    _audit_keys(ctx, made, out)
+    ctx.record_if_configured("keys.generate", {"directory": str(out), "recipient_key_id": made.recipient_key_id,
+                                               "signing_key_id": made.signing_key_id})
     data = {
         "directory": str(made.directory),
         "recipient": made.recipient,
@@ -78,22 +79,6 @@ def keys_generate(ctx: Context, out: Path):
                 f'  signing_key_file = "{d["files"]["signing_key"]}"', markup=False)
 
     ctx.out.result(data, human)
-
-
-def _audit_keys(ctx: Context, made, out: Path) -> None:
-    """Key generation is audited where a catalog exists; a first ``keys generate`` often precedes any config."""
-    import logging
-
-    from backup_tasks import audit
-    from backup_tasks.errors import ConfigError
-
-    try:
-        catalog = ctx.rt.catalog
-    except ConfigError:
-        logging.getLogger("backup_tasks.audit").info("keys generate in %s: no config, so not audited in a catalog", out)
-        return
-    audit.record(catalog, "keys.generate", actor=audit.cli_actor(), outcome=audit.OK,
-                 detail={"directory": str(out), "recipient_key_id": made.recipient_key_id, "signing_key_id": made.signing_key_id})
 
 
 @click.group("catalog")

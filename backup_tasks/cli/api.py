@@ -56,6 +56,8 @@ def token(ctx: Context, name, role):
         raise ConfigError(f"invalid token name '{name}'", "use 1-63 letters, digits, '.', '_' or '-'")
     value = TOKEN_PREFIX + secrets.token_urlsafe(32)
     line = f'{name} = {{ hash = "{hash_token(value)}", role = "{role}" }}'
+    # The hash is what the config will hold: enough to tell later which token this was, never the token.
+    ctx.record_if_configured("api.token", {"name": name, "role": role, "hash": hash_token(value)})
     data = {"name": name, "role": role, "token": value, "config_line": line, "config_table": "[api.tokens]"}
 
     def human(c, d):

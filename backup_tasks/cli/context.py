@@ -34,6 +34,21 @@ class Context:
 
         return audit.audited(self.rt.catalog, action, actor=audit.cli_actor(), target=target, backup_id=backup_id, detail=detail)
 
+    def record_if_configured(self, action: str, detail: dict) -> None:
+        """Audit a credential operation where a catalog exists: a first ``keys generate`` or
+        ``api token`` often precedes any config, and must not fail for want of one."""
+        import logging
+
+        from backup_tasks import audit
+        from backup_tasks.errors import ConfigError
+
+        try:
+            catalog = self.rt.catalog
+        except ConfigError:
+            logging.getLogger("backup_tasks.audit").info("%s %s: no config, so not audited in a catalog", action, detail)
+            return
+        audit.record(catalog, action, actor=audit.cli_actor(), outcome=audit.OK, detail=detail)
+
 
 def common(fn):
     """--config and --json on every command (they may also come before the command name)."""
