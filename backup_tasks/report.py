@@ -21,6 +21,7 @@ from pathlib import Path
 
 from backup_tasks import readiness
 from backup_tasks.manifest import iso
+from backup_tasks.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def render_html(rt, data: dict, now: datetime | None = None) -> str:
     names = [t["target"] for t in data["targets"]]
     env = jinja2.Environment(loader=jinja2.PackageLoader("backup_tasks", "templates"),
                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
-    env.filters["size"] = _size
+    env.filters["size"] = human_size
     env.filters["seconds"] = _seconds
     env.filters["when"] = _when
     env.filters["percent"] = lambda r: "-" if r is None else f"{r * 100:.0f}%"
@@ -175,17 +176,6 @@ def _frame(fig, ax, title: str, ylabel: str | None, has_data: bool) -> None:
     else:
         ax.text(0.5, 0.5, "no runs in this window", transform=ax.transAxes, ha="center", va="center", color="#777")
     fig.tight_layout()
-
-
-def _size(n) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
 
 
 def _when(text: str | None) -> str:

@@ -20,6 +20,7 @@ never raised.
 from __future__ import annotations
 
 from backup_tasks import progress
+from backup_tasks.units import human_size
 
 PROGRESS = "PROGRESS"
 
@@ -44,14 +45,5 @@ def readable(report: dict) -> str:
     """One line for people: ``compress 12.0 MiB of 48.0 MiB (25%)``."""
     done, total = report["bytes_done"], report["bytes_total"]
     if total:
-        return f"{report['stage']} {_size(done)} of {_size(total)} ({100 * done // total}%)"
-    return f"{report['stage']} {_size(done)}"
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+        return f"{report['stage']} {human_size(done)} of {human_size(total)} ({100 * done // total}%)"
+    return f"{report['stage']} {human_size(done)}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from backup_tasks.api.config import ROLES, hash_token
+from processes import stop_group
 
 
 def free_port() -> int:
@@ -72,10 +72,4 @@ class ApiServer:
         return httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=120)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)

@@ -7,7 +7,6 @@ to the Redis on 127.0.0.1:6379 through a DB number this run claims and flushes.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import redis
 
 from backup_tasks import keys as keys_mod
+from processes import stop_group
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 CLAIM_PREFIX = "backup-tasks:test-db-claim:"
@@ -127,13 +127,7 @@ class Worker:
         return [int(p) for p in path.read_text().split()] if path.exists() else []
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from processes import stop_group
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -60,12 +62,7 @@ class Process:
             self.proc.wait()
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.proc, timeout)
 
 
 class Beat(Process):

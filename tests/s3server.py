@@ -15,7 +15,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from processes import stop_group
 
 ACCESS_KEY = "backup-tasks-test-access"
 SECRET_KEY = "backup-tasks-test-secret-" + "0" * 16
@@ -89,14 +90,8 @@ class SeaweedServer:
 
     def stop(self) -> None:
         """SIGTERM and wait (weed takes 5-9 s to stop); SIGKILL only if it hangs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc, timeout=30)
 
     def client(self):
         """A boto3 client as an operator would configure one (path style, real signatures)."""

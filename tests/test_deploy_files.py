@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ import backup_tasks.celery_app  # noqa: F401 - imported now, before a test sets 
 from backup_tasks import config as config_mod
 from backup_tasks import keys as keys_mod
 from backup_tasks import routing
+from processes import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -472,12 +472,7 @@ def test_flower_takes_its_login_from_the_environment_and_enqueues_over_http(tmp_
         assert message["headers"]["task"] == "backup.start" and message["headers"]["id"] == task_id
         assert json.loads(base64.b64decode(message["body"]))[0] == ["school-db"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 # --- systemd -------------------------------------------------------------------------

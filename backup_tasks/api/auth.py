@@ -123,7 +123,7 @@ class Guard:
                 await self._audit(token, 413, call, backup_id)
                 return await response(scope, receive, send)
         scope.setdefault("state", {})["token"] = token
-        status = {"code": 500}
+        status = {"code": 500, "audited": False}
 
         async def replay():
             nonlocal body
@@ -133,12 +133,18 @@ class Guard:
         async def capture(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body") and not status["audited"]:
+                # Written before the response's last byte leaves: a caller that got its answer
+                # finds the call in the audit log, never a moment later.
+                status["audited"] = True
+                await self._audit(token, status["code"], call, backup_id)
             await send(message)
 
         try:
             await self.app(scope, replay if scope["method"] in BODY_METHODS else receive, capture)
         finally:
-            await self._audit(token, status["code"], call, backup_id)
+            if not status["audited"]:  # the app raised or the client went away before the end
+                await self._audit(token, status["code"], call, backup_id)
 
     def _operation(self, scope) -> tuple[str | None, dict]:
         """The least role for this method and path, and the path's parameters.

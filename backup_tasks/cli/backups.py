@@ -13,9 +13,9 @@ from rich.table import Table
 from backup_tasks import audit
 from backup_tasks.catalog import Status, dumps_row
 from backup_tasks.cli.context import Context, common
-from backup_tasks.cli.output import size
 from backup_tasks.cli.progress_bar import StageBar
 from backup_tasks.errors import BackupError, InputError
+from backup_tasks.units import human_size
 
 
 @click.command("backup")
@@ -75,7 +75,7 @@ def _print_backup(c, d: dict) -> None:
     colour = "green" if d["status"] == Status.VERIFIED else "red"
     c.print(f"[bold]{d['id']}[/] [{colour}]{d['status']}[/]")
     c.print(f"  target {d['target']} ({d['kind']}) on host {d['host']}")
-    c.print(f"  plaintext {size(d.get('size_plain'))}, stored {size(d.get('size_stored'))}, "
+    c.print(f"  plaintext {human_size(d.get('size_plain'))}, stored {human_size(d.get('size_stored'))}, "
             f"took {d.get('duration_seconds') or 0:.1f}s")
     for loc in d.get("locations", []):
         c.print(f"  stored on tier {loc['tier']}: {loc['key']}")
@@ -103,7 +103,7 @@ def list_(ctx: Context, target, status, limit):
     def human(c, data):
         table = Table("id", "target", "kind", "status", "created", "stored", "tiers", "verified")
         for r in data:
-            table.add_row(r["id"], r["target"], r["kind"], r["status"], r["created_at"], size(r["size_stored"]),
+            table.add_row(r["id"], r["target"], r["kind"], r["status"], r["created_at"], human_size(r["size_stored"]),
                           ",".join(l["tier"] for l in r["locations"]), r["verified_at"] or "-")
         c.print(table)
 

@@ -40,14 +40,3 @@ class Output:
         """Progress and hints for people; silent in JSON mode so stdout stays one document."""
         if not self.json_mode:
             self.err.print(text, markup=False, highlight=False)
-
-
-def size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)

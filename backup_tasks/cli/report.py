@@ -6,8 +6,8 @@ import click
 from rich.table import Table
 
 from backup_tasks.cli.context import Context, common
-from backup_tasks.cli.output import size
 from backup_tasks.errors import InputError
+from backup_tasks.units import human_size
 
 
 @click.command("report")
@@ -48,14 +48,14 @@ def _human(c, d: dict) -> None:
         b, v, dr, rpo, sr = x["last_backup"], x["last_verify"], x["last_drill"], x["rpo"], x["success_rate"]
         t.add_row(
             f"{x['target']}\n[dim]{x['kind']} on {x['host']}[/]",
-            f"{b['created_at']}\n[dim]{b['status']}, {size(b['size_stored'])}[/]" if b else "never",
+            f"{b['created_at']}\n[dim]{b['status']}, {human_size(b['size_stored'])}[/]" if b else "never",
             v["verified_at"] if v else "[red]never[/]",
             (f"{'[green]' if dr['result'] == 'passed' else '[red]'}{dr['result']}[/] {dr['finished_at']}\n"
              f"[dim]RTO {dr['rto_seconds']:.1f}s[/]" if dr["rto_seconds"] is not None else f"{dr['result']} {dr['finished_at']}") if dr else "-",
             (f"[green]ok[/] ({rpo['hours']:g} h)" if rpo["compliant"] else f"[red]breached[/] ({rpo['hours']:g} h)")
             + (f"\n[dim]data {rpo['data_age_hours']:.1f} h old[/]" if rpo["data_age_hours"] is not None else ""),
             f"{sr['ratio'] * 100:.0f}% ({sr['successes']}/{sr['attempts']})" if sr["ratio"] is not None else "-",
-            "\n".join(f"{tier}: {size(n)}" for tier, n in x["storage"].items()) or "-",
+            "\n".join(f"{tier}: {human_size(n)}" for tier, n in x["storage"].items()) or "-",
             "[green]yes[/]" if x["ready"] else "[red]no[/]\n[dim]" + "; ".join(x["problems"]) + "[/]",
         )
     c.print(t)
