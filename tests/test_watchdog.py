@@ -72,8 +72,9 @@ def test_rpo_breach_alerts_exactly_once_and_a_fresh_verified_backup_resolves_it(
     assert len(webhook_server.posts) == 2
 
 
-def test_a_missing_mount_and_low_free_space_are_alerted_once_and_resolved(tmp_path, make_config, runtime_for,
-                                                                          webhook_server):
+def app_with_usb_tier(tmp_path, make_config, runtime_for, webhook_server):
+    """A SQLite target stored on a local tier and an external 'usb' tier whose mount point
+    exists with no disk mounted on it; alerts go to the test's webhook."""
     usb = tmp_path / "usb"
     usb.mkdir()
     db = tmp_path / "app.db"
@@ -82,6 +83,12 @@ def test_a_missing_mount_and_low_free_space_are_alerted_once_and_resolved(tmp_pa
              f'[tiers.usb]\nkind = "external"\npath = "{usb}"\n')
     rt = runtime_for(make_config(f'[targets.app]\nkind = "sqlite"\nhost = "app01"\npath = "{db}"\nstorage = ["local", "usb"]\n',
                                  settings=f'alerts = ["{webhook_server.url()}"]\n', tiers=tiers))
+    return usb, rt
+
+
+def test_a_missing_mount_and_low_free_space_are_alerted_once_and_resolved(tmp_path, make_config, runtime_for,
+                                                                          webhook_server):
+    usb, rt = app_with_usb_tier(tmp_path, make_config, runtime_for, webhook_server)
     try:
         # The disk is not there: one alert naming the tier, its path and the targets that use it.
         opened = run_watchdog(rt)["opened"]
@@ -138,14 +145,7 @@ def test_the_watchdog_task_runs_on_a_maintenance_worker_and_alerts(tmp_path, mak
 
 def test_a_backup_to_an_unmounted_external_tier_alerts_the_missing_mount_at_once(tmp_path, make_config, runtime_for,
                                                                                  webhook_server):
-    usb = tmp_path / "usb"
-    usb.mkdir()  # the mount point exists; the disk is not mounted on it
-    db = tmp_path / "app.db"
-    make_app_db(db, rows=50)
-    tiers = (f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n'
-             f'[tiers.usb]\nkind = "external"\npath = "{usb}"\n')
-    rt = runtime_for(make_config(f'[targets.app]\nkind = "sqlite"\nhost = "app01"\npath = "{db}"\nstorage = ["local", "usb"]\n',
-                                 settings=f'alerts = ["{webhook_server.url()}"]\n', tiers=tiers))
+    usb, rt = app_with_usb_tier(tmp_path, make_config, runtime_for, webhook_server)
     run = client.enqueue_backup("app", rt=rt)
     info = run.info()
     assert info["status"] == "failed" and [l["tier"] for l in info["locations"]] == ["local"]  # the local copy is kept
