@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from backup_tasks import credentials
 from backup_tasks.errors import ConfigError
+from backup_tasks.tool_env import tool_env
 
 SCHEMES = {
     "postgres": ("postgresql", "postgres"),
@@ -146,14 +147,8 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def child_env(server: Server) -> dict[str, str]:
-    """The worker's environment for a client tool, without the secret itself.
-
-    An ``env:NAME`` reference means the worker's own environment holds the password;
-    a child would inherit it and show it in /proc/<pid>/environ, so every variable whose
-    value is the password is left out, and so are PGPASSWORD and MYSQL_PWD.
-    """
-    return {k: v for k, v in os.environ.items()
-            if k not in ("PGPASSWORD", "MYSQL_PWD") and not (server.password and v == server.password)}
+    """The environment for this server's client tool: tool_env's allowlist, never the password."""
+    return tool_env(secret=server.password)
 
 
 @contextlib.contextmanager

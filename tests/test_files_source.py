@@ -210,6 +210,37 @@ def test_tar_errors_fail_the_dump_with_tars_words_but_vanished_files_only_warn(t
     assert err.value.remedy
 
 
+class ReadsTarsEnvironmentOnFirstWrite(io.BytesIO):
+    """An output that, while tar is blocked writing to it, reads tar's /proc/<pid>/environ."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.environ: bytes | None = None
+
+    def write(self, chunk) -> int:
+        if self.environ is None:
+            me = os.getpid()
+            children = {int(p) for t in os.listdir(f"/proc/{me}/task")
+                        for p in Path(f"/proc/{me}/task/{t}/children").read_text().split()}
+            tar = [p for p in children if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].endswith(b"tar")]
+            self.environ = Path(f"/proc/{tar[0]}/environ").read_bytes()
+        return super().write(chunk)
+
+
+def test_tar_runs_without_the_workers_secrets_in_its_environment(tree, tmp_path, monkeypatch):
+    secrets = {"BT_DB_PASSWORD": "pw-never-in-tar", "BACKUP_S3_SECRET_ACCESS_KEY": "s3-never-in-tar",
+               "BACKUP_CATALOG_URL": "postgresql://cat:never-in-tar@db/catalog"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    big = write(tree / "big.bin", os.urandom(8 << 20))  # far more than one read and a pipe hold: tar is still running at the first write
+    listing = tmp_path / "list"
+    listing.write_bytes(f"{str(big).lstrip('/')}\0".encode())
+    out = ReadsTarsEnvironmentOnFirstWrite()
+    run_tar(listing, out, tmp_path, "app-files")
+    assert out.environ and b"PATH=" in out.environ and b"LC_ALL=C.UTF-8" in out.environ
+    assert not [v for v in secrets.values() if v.encode() in out.environ]
+
+
 class GrowsTheFileOnFirstWrite(io.BytesIO):
     """An output that appends to a source file while tar is still reading it.
 

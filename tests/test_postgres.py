@@ -207,6 +207,10 @@ def test_password_reaches_pg_dump_only_through_a_private_file(scram_cluster, mak
     password = "pw-" + unique("s3cr3t")
     database = _scram_db(port, superpass, "bt_backup_ok", password, rows=300000)
     monkeypatch.setenv("BT_PG_PASSWORD", password)
+    # The worker's other secrets (another target's password, S3 keys) stay out of pg_dump's environment too.
+    others = {"BT_OTHER_DB_PASSWORD": unique("other"), "BACKUP_S3_SECRET_ACCESS_KEY": unique("s3key")}
+    for name, value in others.items():
+        monkeypatch.setenv(name, value)
     rt = runtime_for(make_config(pg_target("secret-db", database, port=port, user="bt_backup_ok",
                                            extra='password = "env:BT_PG_PASSWORD"\n')))
     caplog.set_level(logging.DEBUG)
@@ -219,6 +223,7 @@ def test_password_reaches_pg_dump_only_through_a_private_file(scram_cluster, mak
     assert not [c for c in watch.cmdlines if secret in c]
     assert watch.environs and not [e for e in watch.environs if secret in e]  # not even in pg_dump's environment
     assert any(b"PGPASSFILE=" in e for e in watch.environs)
+    assert not [e for e in watch.environs for v in others.values() if v.encode() in e]
     state = tmp_path / "state"
     leaked = [p for p in state.rglob("*") if p.is_file() and secret in p.read_bytes()]
     assert leaked == []  # catalog, manifests, artifacts (encrypted anyway), staging

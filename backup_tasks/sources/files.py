@@ -46,6 +46,7 @@ from backup_tasks.errors import (
 )
 from backup_tasks.sources.base import register
 from backup_tasks.tarstream import CHUNK, TarScanner, TarStreamError, scan_stream
+from backup_tasks.tool_env import tool_env
 
 #: GNU tar messages that mean "the live tree moved under us", not "we could not read it".
 #: A file deleted between our walk and tar's read is normal on a busy application host.
@@ -107,7 +108,7 @@ def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str) -> 
             _tar_argv(list_file),
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env={**os.environ, "LC_ALL": "C.UTF-8"},  # English messages we can classify
+            env=tool_env(LC_ALL="C.UTF-8"),  # English messages we can classify
         )
         try:
             while chunk := proc.stdout.read(CHUNK):
