@@ -2,15 +2,18 @@
 
 A worker's environment holds secrets: targets' passwords behind ``env:`` references, S3
 keys, the catalog and broker URLs. A child inherits whatever it is given and shows it in
-/proc/<pid>/environ, so a tool gets an allowlist: locale, PATH, HOME, time zone, and the
-database clients' own settings (PG*, MYSQL_*, MARIADB_*) minus their password variables.
+/proc/<pid>/environ, so a tool gets an allowlist: locale, PATH, HOME, time zone, TLS and
+Kerberos file locations, and the database clients' own settings (PG*, MYSQL_*, MARIADB_*)
+minus their password variables.
 """
 
 from __future__ import annotations
 
 import os
 
-_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"})
+_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "LD_LIBRARY_PATH",
+                    # where TLS roots and a Kerberos ticket cache are: paths, not secrets
+                    "SSL_CERT_FILE", "SSL_CERT_DIR", "KRB5CCNAME", "KRB5_CONFIG"})
 _PREFIXES = ("LC_", "PG", "MYSQL_", "MARIADB_")
 _PASSWORD_VARIABLES = frozenset({"PGPASSWORD", "MYSQL_PWD"})
 

@@ -36,16 +36,18 @@ class Context:
 
     def record_if_configured(self, action: str, detail: dict) -> None:
         """Audit a credential operation where a catalog exists: a first ``keys generate`` or
-        ``api token`` often precedes any config, and must not fail for want of one."""
+        ``api token`` often precedes any config (or a reachable catalog), and the keys or the
+        token it made must still be handed over."""
         import logging
 
         from backup_tasks import audit
-        from backup_tasks.errors import ConfigError
+        from backup_tasks.errors import BackupError, ConfigError
 
         try:
             catalog = self.rt.catalog
-        except ConfigError:
-            logging.getLogger("backup_tasks.audit").info("%s %s: no config, so not audited in a catalog", action, detail)
+        except BackupError as exc:  # no config yet is the usual case; an unreachable catalog is worth a warning
+            level = logging.INFO if isinstance(exc, ConfigError) else logging.WARNING
+            logging.getLogger("backup_tasks.audit").log(level, "%s %s not audited in a catalog: %s", action, detail, exc.message)
             return
         audit.record(catalog, action, actor=audit.cli_actor(), outcome=audit.OK, detail=detail)
 
