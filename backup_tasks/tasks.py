@@ -21,7 +21,7 @@ from celery import Task, chain
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import allow_join_result
 
-from backup_tasks import config_reload, pipeline, routing, run_lock, task_progress
+from backup_tasks import config_reload, pipeline, redelivery, routing, run_lock, task_progress
 from backup_tasks.celery_app import app
 from backup_tasks.defaults import TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
@@ -107,6 +107,10 @@ def start(self, target: str, type: str = "full", actor: str = ""):
     rt = _runtime(self)
     backup_id = self.request.id
     spec = rt.target(target)  # an unknown target fails here, before anything is locked
+    try:
+        redelivery.check_start(rt, backup_id)  # before the lock: a finished run must not be "skipped"
+    except redelivery.RunAlreadyUnderWay as dup:
+        _drop_duplicate(dup)
     lock = run_lock.for_target(rt.settings, target)
     holder = lock.acquire(backup_id)
     if holder is not None:
@@ -137,6 +141,14 @@ def start(self, target: str, type: str = "full", actor: str = ""):
     return {**ref, "stage": "failed", "error_type": error.__class__.__name__}
 
 
+def _drop_duplicate(dup: redelivery.RunAlreadyUnderWay):
+    """End a duplicate delivery without a result: the run id's result is the original chain's."""
+    from celery.exceptions import Ignore
+
+    log.warning("%s; ignored", dup)
+    raise Ignore()
+
+
 def _is_replace(exc: BaseException) -> bool:
     from celery.exceptions import Ignore
 
@@ -150,8 +162,10 @@ def _stage(name: str, work):
         rt = _runtime(self)
         lock = run_lock.for_target(rt.settings, ref["target"])
         try:
-            with lock.kept_alive(ref["backup_id"]):
+            with redelivery.stage_slot(rt, ref["backup_id"], name), lock.kept_alive(ref["backup_id"]):
                 result = work(rt, ref, progress=task_progress.reporter(self, ref))
+        except redelivery.RunAlreadyUnderWay as dup:
+            _drop_duplicate(dup)
         except SoftTimeLimitExceeded:
             soft, _ = rt.settings.time_limits(name)
             raise PermanentError(f"{name} of run {ref['backup_id']} exceeded its soft time limit of {soft}s",

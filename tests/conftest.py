@@ -104,10 +104,10 @@ class Worker:
     """A real ``celery worker`` process with its own log file."""
 
     def __init__(self, config: Path, broker: str, queues: list[str], name: str, log: Path, pool: str = "prefork",
-                 extra_env: dict | None = None) -> None:
+                 extra_env: dict | None = None, concurrency: int = 1) -> None:
         self.log = log
         env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker, **(extra_env or {})}
-        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "worker", "-P", pool, "-c", "1",
+        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "worker", "-P", pool, "-c", str(concurrency),
                 "-Q", ",".join(queues), "-n", name, "-l", "INFO", "--without-gossip", "--without-mingle", "-E"]
         self.proc = subprocess.Popen(argv, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()
