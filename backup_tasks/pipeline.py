@@ -107,7 +107,8 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     rt.catalog.set_stage(backup_id, "dump")
     started = manifest.now()
     workdir = run_dir / "work"
-    workdir.mkdir(mode=0o700, exist_ok=True)
+    shutil.rmtree(workdir, ignore_errors=True)  # a dead attempt's leftovers (a half-written globals.sql) go first
+    workdir.mkdir(mode=0o700)
     final = run_dir / f"data.{source.suffix}"
     report: dict = {}
 

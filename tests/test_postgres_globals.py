@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from backup_tasks import keys, manifest
+from backup_tasks import keys, manifest, pipeline
 from conftest import run_cli, write_config
 from databases import pg, pg_names, unique  # noqa: F401  (fixture)
 from test_postgres import pg_target
@@ -125,3 +125,22 @@ def test_globals_refuse_to_be_stored_unencrypted(tmp_path, cluster_with_roles):
     failed = json.loads(run_cli("backup", "ledger-db", "--wait", "--json", config=config, check=1).stdout)
     assert failed["status"] == "failed" and "must be encrypted" in failed["error"]
     assert not any(p.name == "globals.sql" for p in (tmp_path / "state").rglob("*"))  # no plaintext left in staging
+
+
+def test_a_dump_redelivered_after_a_dead_attempt_starts_from_a_clean_workdir(tmp_path, session_keys, cluster_with_roles,
+                                                                             runtime_for):
+    _, _, source = cluster_with_roles
+    config = write_config(tmp_path / "targets.toml", session_keys,
+                          targets=pg_target("ledger-db", source, extra='options = { globals = "no-role-passwords" }\n'))
+    rt = runtime_for(config)
+    ref = pipeline.start(rt, "ledger-db-redelivered", "ledger-db", "full")
+    # The worker died while pg_dumpall was writing: its half file is still in the stage's workdir.
+    leftover = rt.run_dir(ref["backup_id"]) / "work" / "attachments" / "globals.sql"
+    leftover.parent.mkdir(parents=True, mode=0o700)
+    leftover.write_text("-- half of a globals file\nCREATE ROLE ")
+
+    done = pipeline.dump(rt, ref)  # the redelivered stage
+
+    sealed = json.loads((rt.run_dir(ref["backup_id"]) / "attachments.json").read_text())["globals.sql"]
+    assert sealed["size"] > 100 and not (rt.run_dir(ref["backup_id"]) / "work").exists()
+    assert done["size"] > 0
