@@ -128,9 +128,12 @@ def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: s
     srv = database_server(rt, doc, server, server_password)
     applied = None
     if with_globals:
-        # Roles first: the restored objects then keep their owners and GRANTs.
-        sql = _globals_sql(rt, doc)
-        applied = source.apply_globals(srv, sql, doc["source"]["globals"], dry_run=dry_run)
+        # Roles first: the restored objects then keep their owners and GRANTs. But not before the
+        # database restore is known to be allowed: a refused restore must leave the cluster as it was.
+        sql = _globals_sql(rt, doc)  # only PostgreSQL backups taken with options.globals have them
+        if not dry_run and not force:
+            source.refuse_occupied(srv, database)
+        applied = source.apply_globals(srv, sql, doc["source"]["globals"], dry_run=dry_run, force=force)
     scratch = Path(rt.settings.staging_dir)
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"restore-{backup_id}-", dir=scratch))

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from backup_tasks import keys, manifest, pipeline
+from backup_tasks.sources import pg_globals
 from conftest import run_cli, write_config
 from databases import pg, pg_names, unique  # noqa: F401  (fixture)
 from test_postgres import pg_target
@@ -144,3 +145,54 @@ def test_a_dump_redelivered_after_a_dead_attempt_starts_from_a_clean_workdir(tmp
     sealed = json.loads((rt.run_dir(ref["backup_id"]) / "attachments.json").read_text())["globals.sql"]
     assert sealed["size"] > 100 and not (rt.run_dir(ref["backup_id"]) / "work").exists()
     assert done["size"] > 0
+
+
+def test_on_a_live_cluster_existing_roles_are_kept_unless_forced_and_a_refused_restore_changes_no_role(
+        tmp_path, session_keys, pg_names, cluster_with_roles):
+    owner, reader, source = cluster_with_roles
+    config = write_config(tmp_path / "targets.toml", session_keys,
+                          targets=pg_target("ledger-db", source, extra="options = { globals = true }\n"))
+    info = json.loads(run_cli("backup", "ledger-db", "--wait", "--json", config=config, check=0).stdout)
+    backed_up = _role_state(owner)
+    # Since the backup, ops rotated the owner's password and took the reader out of a group it was in.
+    with pg() as cur:
+        cur.execute(f'ALTER ROLE "{owner}" PASSWORD %s CONNECTION LIMIT 3', ("rotated-" + PASSWORD,))
+    rotated = _role_state(owner)
+    assert rotated != backed_up
+
+    # Restoring over the live, non-empty source database without --force: refused, and no role was touched.
+    refused = json.loads(run_cli("restore", info["id"], "--to-database", source, "--with-globals", "--json",
+                                 config=config, check=2).stdout)
+    assert "refusing to overwrite" in refused["error"]["message"] and _role_state(owner) == rotated
+
+    # Into a new database without --force: the existing roles are kept as they are.
+    plan = json.loads(run_cli("restore", info["id"], "--to-database", pg_names("bt_glkeep"), "--with-globals", "--dry-run",
+                              "--json", config=config, check=0).stdout)["globals"]
+    assert f"ALTER ROLE {owner}" in plan["statements_skipped"] and "kept as they are" in plan["existing"]
+    assert not any(PASSWORD in s or "SCRAM" in s for s in plan["statements_skipped"])
+    kept = json.loads(run_cli("restore", info["id"], "--to-database", pg_names("bt_glkeep"), "--with-globals", "--json",
+                              config=config, check=0).stdout)
+    assert kept["owners_and_grants"] is True and _role_state(owner) == rotated
+
+    # --force resets them to the backup's state: the old verifier and connection limit come back.
+    json.loads(run_cli("restore", info["id"], "--to-database", pg_names("bt_glforce"), "--with-globals", "--force", "--json",
+                       config=config, check=0).stdout)
+    assert _role_state(owner) == backed_up
+
+
+def test_statements_about_existing_roles_are_found_whatever_they_hold():
+    sql = ('\\restrict abc\n--\n-- Roles\n--\n\nCREATE ROLE app;\n'
+           "ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:a;b==';\n"
+           "COMMENT ON ROLE app IS 'two\nlines; with a '' quote';\n"
+           'CREATE ROLE "New ""Role""";\nALTER ROLE "New ""Role""" WITH NOLOGIN;\n'
+           "ALTER ROLE app SET search_path TO 'a;b';\nGRANT \"New \"\"Role\"\"\" TO app GRANTED BY postgres;\n"
+           'GRANT app TO "New ""Role""" GRANTED BY postgres;\n'
+           "CREATE TABLESPACE ts OWNER app LOCATION '/srv/ts';\nALTER TABLESPACE ts SET (random_page_cost=1.1);\n"
+           "\\unrestrict abc\n")
+    text, skipped = pg_globals.keeping_existing(sql, {"app"}, {"ts"})
+    assert skipped == ["ALTER ROLE app", "COMMENT ON ROLE app", "ALTER ROLE app", 'GRANT "New ""Role""" TO app',
+                       "ALTER on tablespace ts"]
+    assert text == ('\\restrict abc\n--\n-- Roles\n--\n\nCREATE ROLE app;\nCREATE ROLE "New ""Role""";\n'
+                    'ALTER ROLE "New ""Role""" WITH NOLOGIN;\nGRANT app TO "New ""Role""" GRANTED BY postgres;\n'
+                    "CREATE TABLESPACE ts OWNER app LOCATION '/srv/ts';\n\\unrestrict abc\n")
+    assert pg_globals.keeping_existing(sql, set(), set()) == (sql, [])

@@ -51,7 +51,7 @@ from backup_tasks.errors import (
     SourceError,
     VerificationFailed,
 )
-from backup_tasks.sources import pipes
+from backup_tasks.sources import pg_globals, pipes
 from backup_tasks.sources.base import register, restore_single_file
 
 log = logging.getLogger(__name__)
@@ -229,9 +229,8 @@ def _dump_globals(pg_dumpall: str, server: Server, env: dict, workdir: Path, mod
                               f'reading role passwords needs a superuser: connect as one, or set options.globals = "{GLOBALS_NO_ROLE_PASSWORDS}"')
         raise classify(outcome.stderr, server, what=what, ref=ref)
     text = path.read_text(encoding="utf-8", errors="replace")
-    unquote = lambda name: name[1:-1].replace('""', '"') if name.startswith('"') else name  # noqa: E731
-    return {"roles": sorted(unquote(n) for n in _CREATE_ROLE.findall(text)),
-            "tablespaces": sorted(unquote(n) for n in _CREATE_TABLESPACE.findall(text)),
+    return {"roles": sorted(pg_globals.unquote(n) for n in _CREATE_ROLE.findall(text)),
+            "tablespaces": sorted(pg_globals.unquote(n) for n in _CREATE_TABLESPACE.findall(text)),
             "role_passwords": mode is True, "attachment": GLOBALS_FILE}
 
 
@@ -488,12 +487,13 @@ class PostgresSource:
                               "see the message; the half-restored database was removed")
         return {"jobs": jobs, "tables_selected": list(tables), "streamed": jobs == 1, "owners_and_grants": keep_owners}
 
-    def apply_globals(self, server: Server, sql: bytes, globals_report: dict, *, dry_run: bool) -> dict:
+    def apply_globals(self, server: Server, sql: bytes, globals_report: dict, *, dry_run: bool, force: bool = False) -> dict:
         """Run the backup's ``pg_dumpall --globals-only`` on ``server`` (roles, then tablespaces).
 
-        The SQL creates every role, which fails with "already exists" for the roles the
-        server has (always at least the bootstrap superuser): those errors are expected and
-        the role's ALTER ROLE still applies. Any other error stops the restore before the
+        Roles and tablespaces the server lacks are created in full. Existing ones (always at
+        least the bootstrap superuser) are kept as they are unless ``force``, which resets
+        them to the backup's state (pg_globals.py). CREATE of an existing one fails with
+        "already exists", which is expected; any other error stops the restore before the
         database is touched.
         """
         conn = connect(server, what=f"restore on {server.address}")
@@ -508,13 +508,17 @@ class PostgresSource:
         wanted_roles, wanted_spaces = globals_report.get("roles", []), globals_report.get("tablespaces", [])
         plan = {"roles_created": [r for r in wanted_roles if r not in roles], "roles_existing": [r for r in wanted_roles if r in roles],
                 "tablespaces_created": [t for t in wanted_spaces if t not in spaces],
-                "tablespaces_existing": [t for t in wanted_spaces if t in spaces], "role_passwords": globals_report.get("role_passwords")}
+                "tablespaces_existing": [t for t in wanted_spaces if t in spaces], "role_passwords": globals_report.get("role_passwords"),
+                "existing": "reset to the backup's" if force else "kept as they are (--force resets them to the backup's)"}
+        text = sql.decode("utf-8")
+        if not force:
+            text, plan["statements_skipped"] = pg_globals.keeping_existing(text, roles, spaces)
         if dry_run:
             return plan
         what = f"applying the globals (roles, tablespaces) on {server.address}"
         with dsn.pg_env(server) as env:
             done = subprocess.run([tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=0", "--no-password", "-d", server.database],
-                                  input=sql, env=env, capture_output=True)
+                                  input=text.encode("utf-8"), env=env, capture_output=True)
         errors = [ln for ln in done.stderr.decode(errors="replace").splitlines() if "ERROR:" in ln]
         unexpected = [ln for ln in errors if "already exists" not in ln]
         if done.returncode != 0 or unexpected:
@@ -557,6 +561,13 @@ class PostgresSource:
         finally:
             conn.close()
 
+    def refuse_occupied(self, server: Server, database: str, state: dict | None = None) -> None:
+        """RestoreRefused if ``database`` exists and has tables (the caller has no --force)."""
+        state = state or self.database_state(server, database)
+        if state["exists"] and state["tables"] > 0:
+            raise RestoreRefused(f"database '{database}' on {server.address} exists and has {state['tables']} table(s); refusing to overwrite it",
+                                 "restore into a new database name, or pass --force to replace it")
+
     def restore_database(self, plaintext: BinaryIO | None, manifest: dict, database: str, server: Server, *, force: bool,
                          dry_run: bool, jobs: int = 1, tables: tuple[str, ...] = (), workdir: Path,
                          commit_check: Callable[[], None] | None = None, keep_owners: bool = False) -> dict:
@@ -571,8 +582,7 @@ class PostgresSource:
             return {**base, "needs_force": occupied and not force, "object_count": len(entries),
                     "objects": [f"{e['type']} {e['name']}" for e in entries]}
         if occupied and not force:
-            raise RestoreRefused(f"database '{database}' on {server.address} exists and has {state['tables']} table(s); refusing to overwrite it",
-                                 "restore into a new database name, or pass --force to replace it")
+            self.refuse_occupied(server, database, state)
         staging = f"{database[:40]}_restoring_{secrets.token_hex(4)}"
         self.create_database(server, staging, manifest)
         try:
