@@ -8,6 +8,7 @@ with ``force``.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -18,6 +19,8 @@ from backup_tasks import progress as progress_mod
 from backup_tasks.errors import InputError, RestoreRefused
 from backup_tasks.runtime import Runtime
 from backup_tasks.sources.base import source_for
+
+log = logging.getLogger(__name__)
 
 
 def restore_backup(rt: Runtime, backup_id: str, dest: Path, *, force: bool = False, dry_run: bool = False,
@@ -134,10 +137,15 @@ def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: s
         if not dry_run and not force:
             source.refuse_occupied(srv, database)
         applied = source.apply_globals(srv, sql, doc["source"]["globals"], dry_run=dry_run, force=force)
+    base = {"backup_id": backup_id, "target": doc["target"], "kind": doc["kind"], "location": found.tier, "notes": found.notes}
+    if force and not dry_run and not getattr(source, "restores_via_staging_database", False):
+        state = source.database_state(srv, database)
+        if state["exists"] and state["tables"] > 0:
+            _prove_before_replacing(rt, found, database)
+            base["notes"] = [*base["notes"], f"read and checked in full before '{database}' was replaced in place"]
     scratch = Path(rt.settings.staging_dir)
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"restore-{backup_id}-", dir=scratch))
-    base = {"backup_id": backup_id, "target": doc["target"], "kind": doc["kind"], "location": found.tier, "notes": found.notes}
     try:
         with readback.plaintext(rt, found) as (stream, stored, plain):
             def commit_check() -> None:
@@ -154,6 +162,20 @@ def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: s
         shutil.rmtree(workdir, ignore_errors=True)
     return {**base, "dry_run": dry_run, **summary, **({"globals": applied} if with_globals else {}),
             **({} if dry_run else {"restored_to": f"{srv.address}/{database}"})}
+
+
+def _prove_before_replacing(rt: Runtime, found, database: str) -> None:
+    """One full read (decrypt, decompress, both sha256) before a forced in-place restore.
+
+    MySQL cannot rename a database, so a forced restore loads over the existing one and
+    the stream's hashes are only known at its end: a damaged artifact would already have
+    replaced good data. Reading it once first costs a verify's time and proves it.
+    """
+    with readback.plaintext(rt, found) as (stream, stored, plain):
+        plain.drain()
+        stored.drain()
+        readback.check_digests(found.doc, stored, plain)
+    log.info("backup %s read and checked in full before replacing database %s", found.doc["backup_id"], database)
 
 
 def extract_globals(rt: Runtime, backup_id: str, dest: Path, *, force: bool = False, dry_run: bool = False) -> dict:

@@ -204,3 +204,33 @@ def test_hot_backup_under_writes_has_exact_counts(make_config, runtime_for, my_n
         for table, expected in counts.items():
             cur.execute(f"SELECT COUNT(*) FROM `{table}`")
             assert cur.fetchone()[0] == expected, table
+
+
+
+def test_a_forced_restore_over_a_database_reads_a_damaged_artifact_in_full_before_touching_it(tmp_path, session_keys, my_names):
+    source, dest = my_names("bt_mydmgsrc"), my_names("bt_mydmg")
+    with my() as cur:
+        cur.execute(f"CREATE DATABASE `{source}`")
+        cur.execute(f"CREATE TABLE `{source}`.a_first (id INT PRIMARY KEY, note VARCHAR(40))")
+        cur.execute(f"INSERT INTO `{source}`.a_first VALUES (1, 'as backed up'), (2, 'as backed up')")
+        cur.execute(f"CREATE TABLE `{source}`.bulk (id INT PRIMARY KEY, body TEXT)")
+    with my(source) as cur:
+        for start in range(0, 12000, 1000):  # ~4.6 MB of hex that compresses about 2x: several MiB of plaintext
+            cur.execute(f"INSERT INTO `{source}`.bulk SELECT seq, CONCAT(MD5(RAND()), MD5(RAND()), MD5(RAND()), "
+                        f"MD5(RAND()), MD5(RAND()), MD5(RAND()), MD5(RAND()), MD5(RAND()), MD5(RAND()), MD5(RAND()), "
+                        f"MD5(RAND()), MD5(RAND())) FROM seq_{start + 1}_to_{start + 1000}")
+    config = write_config(tmp_path / "targets.toml", session_keys, targets=my_target("dmg-db", source))
+    info = json.loads(run_cli("backup", "dmg-db", "--wait", "--json", config=config, check=0).stdout)
+    run_cli("restore", info["id"], "--to-database", dest, "--json", config=config, check=0)
+    with my(dest) as cur:  # a_first is the dump's first table: a load that starts drops it and brings the old row back
+        cur.execute("UPDATE a_first SET note = 'changed since the backup' WHERE id = 1")
+    before = my_checksums(dest)
+    [artifact] = (tmp_path / "state" / "store").rglob("data.sql.zst.age")
+    good = artifact.read_bytes()
+    plain_size = json.loads(run_cli("show", info["id"], "--json", config=config, check=0).stdout)["size_plain"]
+    assert plain_size > 3 << 20  # the load reads 1 MiB at a time: the first MiBs reach the server before the damage
+    artifact.write_bytes(good[:-200] + bytes([good[-200] ^ 0x01]) + good[-199:])
+
+    failed = json.loads(run_cli("restore", info["id"], "--to-database", dest, "--force", "--json", config=config, check=1).stdout)
+    assert failed["error"]["type"] == "VerificationFailed"
+    assert my_checksums(dest) == before  # nothing was dropped or reloaded

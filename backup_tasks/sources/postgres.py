@@ -279,6 +279,8 @@ class PostgresSource:
     suffix = "pgdump"
     allows_plaintext = True
     maintenance_db = MAINTENANCE_DB
+    #: a forced restore loads into a staging database and takes the name only after the hashes matched
+    restores_via_staging_database = True
 
     def check_options(self, options: dict, *, where: str = "") -> None:
         check_options(options, where=where)
