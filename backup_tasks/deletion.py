@@ -26,6 +26,9 @@ def refusals(rt: Runtime, backup_id: str, now: datetime | None = None) -> list[s
     row = rt.catalog.get(backup_id)
     if row.status == Status.RUNNING:
         return ["still running"]  # with or without copies yet: its chain would write after us
+    retired = sorted({loc.tier for loc in row.locations} - set(rt.config.tiers))
+    if retired:  # its copy there can be neither removed nor checked for an Object Lock
+        return [f"has a copy on tier '{t}', which is no longer configured (add the tier back to delete it)" for t in retired]
     # gather needs only the target's name: a target since removed from the config keeps its protections
     backups = cleanup.gather(rt, [SimpleNamespace(name=row.target)], now)
     this = next((b for b in backups if b.id == backup_id), None)

@@ -9,7 +9,9 @@ send the bad input a careless or hostile client sends.
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -257,3 +259,31 @@ def test_health_is_503_naming_an_unreachable_broker_and_a_missing_mount(tmp_path
         assert refused.status_code == 503 and refused.json()["error"]["type"] == "ServiceUnavailable"
     finally:
         server.stop()
+
+
+def test_health_answers_within_its_probe_time_however_many_tiers_hang(tmp_path, session_keys, runtime_for, monkeypatch):
+    """Three S3 endpoints that accept the connection and never answer: one bound for all of them."""
+    from backup_tasks.api import health
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshakes; nobody ever reads
+    port = silent.getsockname()[1]
+    monkeypatch.setenv("BT_HANG_ACCESS_KEY_ID", "hang")
+    monkeypatch.setenv("BT_HANG_SECRET_ACCESS_KEY", "hang-secret")
+    tiers = f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "store"}"\n' + "".join(
+        f'[tiers.s3{n}]\nkind = "s3"\nbucket = "b"\nendpoint_url = "http://127.0.0.1:{port}"\n'
+        f'path_style = true\ncredentials = "env:BT_HANG"\n' for n in range(3))
+    rt = runtime_for(write_config(tmp_path / "targets.toml", session_keys, tiers=tiers,
+                                  targets=f'[targets.t]\nkind = "files"\npaths = ["{tmp_path}"]\n'))
+    monkeypatch.setattr(health, "PROBE_SECONDS", 1.5)
+    try:
+        started = time.monotonic()
+        report = health.check(rt)
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    components = {c["name"]: c for c in report["components"]}
+    assert report["status"] == "unavailable" and took < 3.0, took  # not 3 x 1.5 s one after another
+    assert all(components[f"s3{n}"]["status"] == "unavailable" for n in range(3))
+    assert components["local"]["status"] == "ok" and components["catalog"]["status"] == "ok"

@@ -71,3 +71,22 @@ def test_an_object_locked_copy_refuses_the_whole_delete(tmp_path, make_config, r
     assert "object-locked on tier 'offsite' until " in refused.value.message
     assert {loc.tier for loc in rt.catalog.get(older).locations} == {"local", "offsite"}  # not even the local copy went
     rt.storage("local").stat(rt.catalog.get(older).locations[0].key)
+
+
+def test_a_copy_on_a_tier_no_longer_configured_refuses_the_delete_before_anything_is_removed(tmp_path, make_config,
+                                                                                            runtime_for):
+    make_app_db(tmp_path / "app.db", rows=50)
+    target = f'[targets.app]\nkind = "sqlite"\npath = "{tmp_path / "app.db"}"\nstorage = ["local", "usb"]\n'
+    both = (f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n'
+            f'[tiers.usb]\nkind = "local"\npath = "{tmp_path / "usb"}"\n')
+    rt = runtime_for(make_config(target, tiers=both))
+    older, _newer = (client.enqueue_backup("app", rt=rt).wait()["id"] for _ in range(2))
+    # The usb tier is retired from the config; its copies stay where they are.
+    rt = runtime_for(make_config(target.replace(', "usb"', ""),
+                                 tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n'))
+
+    assert refusals(rt, older) == ["has a copy on tier 'usb', which is no longer configured (add the tier back to delete it)"]
+    with pytest.raises(DeleteRefused):
+        delete_backup(rt, older, actor="cli:alice")
+    assert {loc.tier for loc in rt.catalog.get(older).locations} == {"local", "usb"}
+    assert list(rt.storage("local").list(f"app/{older}/")) and list((tmp_path / "usb" / "app" / older).iterdir())

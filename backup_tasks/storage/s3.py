@@ -143,6 +143,11 @@ class S3Storage:
     def __repr__(self) -> str:
         return f"S3Storage(name={self.name!r}, bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={self.endpoint!r})"
 
+    def probe(self, timeout: float) -> None:
+        """HEAD the bucket once with a short-lived client bounded by ``timeout`` (GET /health):
+        a black-holed endpoint must not leave a thread waiting for the backup client's 120 s."""
+        self._client_factory(timeout).head_bucket(Bucket=self.bucket)
+
     @property
     def client(self):
         with self._client_lock:
@@ -670,13 +675,15 @@ def open_s3_tier(tier) -> S3Storage:
     path_style = bool(opts.get("path_style", False))
     ref, name = tier.credentials, tier.name
 
-    def make_client():
+    def make_client(timeout: float | None = None):
+        """``timeout``: one attempt with these connect/read timeouts (a health probe), else the backup client."""
         from botocore.config import Config
 
         config = Config(
             s3={"addressing_style": "path" if path_style else "auto"},
-            retries={"total_max_attempts": 2, "mode": "standard"},  # one quick retry; RetryingStorage does the backoff
-            connect_timeout=5, read_timeout=120, max_pool_connections=CONCURRENCY + 4,
+            # one quick retry; RetryingStorage does the backoff
+            retries={"total_max_attempts": 1 if timeout else 2, "mode": "standard"},
+            connect_timeout=timeout or 5, read_timeout=timeout or 120, max_pool_connections=CONCURRENCY + 4,
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
         )
         with _SESSION_LOCK:  # boto3 sessions are not thread-safe while creating clients
