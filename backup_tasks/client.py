@@ -138,7 +138,8 @@ def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None,
                 conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5)
             # Recorded now, so the run is in `backupctl list` while it waits for its worker.
             pipeline.record_run(rt, backup_id, target, type, actor=actor)
-        start.apply_async(args=(target, type), kwargs={"actor": actor}, task_id=backup_id)
+        # The queue from the caller's own runtime: an application may hold one it never installed.
+        start.apply_async(args=(target, type), kwargs={"actor": actor}, task_id=backup_id, queue=rt.target(target).queue)
     except (OperationalError, ConnectionError, RuntimeError) as exc:
         rt.catalog.fail_run(backup_id, f"not enqueued: broker unreachable ({exc.__class__.__name__})")
         raise ServiceUnavailable(f"cannot reach the broker at {_redact(rt.settings.broker_url)}: {exc}",

@@ -8,10 +8,12 @@ same staging files, or, arriving after the run finished, dump again and overwrit
 stored, verified backup under the same id.
 
 So a run's catalog row decides: a start for a run that is already under way or over
-sends nothing, and a stage runs only while its run is ``running``, one copy at a time
-(an flock in the run's staging directory; the second copy then finds the first one's
-output and passes it on). A copy that arrives too late stops its chain quietly: the
-run's outcome was already recorded by the original.
+sends nothing, and a stage runs only while its run is ``running`` and has not gone past
+that stage, one copy at a time (an flock in the run's staging directory; a copy in step
+with the original then finds its output and passes it on). A copy that arrives too late
+stops its chain quietly: the original recorded the run's outcome, or will. One
+exception: an upload redelivered after it committed (the worker died between the
+catalog's ``uploaded`` and the ack) must go on, to hand the committed manifest to verify.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: the stage a run's row has between its recording and the chain's first stage
 QUEUED = "queued"
+#: the order a run's row goes through its stages
+ORDER = (QUEUED, "dump", "compress", "encrypt", "upload", "verify")
 
 
 class RunAlreadyUnderWay(Exception):
@@ -51,9 +55,9 @@ def check_start(rt, backup_id: str) -> None:
 
 @contextlib.contextmanager
 def stage_slot(rt, backup_id: str, stage: str) -> Iterator[None]:
-    """Hold the run's ``stage`` exclusively while it works; RunAlreadyUnderWay if the run is over.
+    """Hold the run's ``stage`` exclusively while it works; RunAlreadyUnderWay for a late copy.
 
-    The status is read once the lock is held: the original may have finished while this
+    The row is read once the lock is held: the original may have moved on while this
     copy waited. (One catalog read per stage; the fan-out benchmark counts it.)
     """
     run_dir = rt.run_dir(backup_id)
@@ -61,7 +65,7 @@ def stage_slot(rt, backup_id: str, stage: str) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
         try:
-            _require_running(rt, backup_id)
+            _require_current(rt, backup_id, stage)
         except RunAlreadyUnderWay:
             from backup_tasks.pipeline import cleanup_staging
 
@@ -72,7 +76,12 @@ def stage_slot(rt, backup_id: str, stage: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _require_running(rt, backup_id: str) -> None:
+def _require_current(rt, backup_id: str, stage: str) -> None:
     row = rt.catalog.find(backup_id)
-    if row is not None and row.status != Status.RUNNING:
+    if row is None:  # a catalog rebuilt meanwhile: nothing says this is a copy
+        return
+    if stage == "upload" and row.status == Status.UPLOADED:
+        return  # upload finds its committed manifest and passes it on (see the module docstring)
+    reached = ORDER.index(row.stage) if row.stage in ORDER else 0
+    if row.status != Status.RUNNING or reached > ORDER.index(stage):
         raise RunAlreadyUnderWay(backup_id, row.status, row.stage)

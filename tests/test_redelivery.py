@@ -50,10 +50,10 @@ def test_the_same_start_delivered_twice_at_once_gives_one_good_backup(tmp_path, 
     assert info["status"] == Status.VERIFIED, info
     log = worker.log.read_text()
     assert log.count(f"backup.start[{run.id}]") >= 2  # both copies were taken, by two processes
-    assert "this delivery is a duplicate; ignored" in log  # the copy's chain stopped where it caught up
     assert [(r.id, r.status) for r in rt.catalog.list(target="bulk")] == [(run.id, Status.VERIFIED)]
     assert rt.catalog.events(kind="chain.failed") == []
-    assert len(rt.catalog.verifications(run.id)) == 1
+    # The copy either stopped where it fell behind, or kept in step and only verified the same backup again.
+    assert rt.catalog.verifications(run.id) and all(v.ok for v in rt.catalog.verifications(run.id))
     stored = sorted(o.key for o in rt.storage("local").list("bulk/"))
     assert stored == [f"bulk/{run.id}/data.tar.zst.age", f"bulk/{run.id}/manifest.json", f"bulk/{run.id}/verified.json"]
     _wait_for(lambda: not (tmp_path / "state" / "staging" / run.id).exists(), 30, "the run's staging dir to go")
@@ -80,3 +80,29 @@ def test_a_start_redelivered_after_the_run_was_verified_changes_nothing(tmp_path
     assert rt.catalog.events(kind="run.skipped") == [] and rt.catalog.events(kind="chain.failed") == []
     assert len(rt.catalog.audit()) == audit_before
     assert not (tmp_path / "state" / "staging" / run.id).exists()
+
+
+def test_an_upload_redelivered_after_its_commit_goes_on_but_a_late_copy_of_an_earlier_stage_stops(
+        tmp_path, make_config, runtime_for):
+    """The worker died after the catalog said 'uploaded' and before the ack: the upload comes again.
+
+    It must hand the committed manifest on to verify (else the run waits for verify forever),
+    while a copy of the dump arriving now must not dump again over a run that moved on.
+    """
+    from celery import states
+
+    from backup_tasks import pipeline, tasks
+
+    rt = runtime_for(make_config(_bulk_target(tmp_path, 2)))
+    ref = pipeline.start(rt, "bulk-redelivered-upload", "bulk", "full")
+    encrypted = pipeline.encrypt(rt, pipeline.compress(rt, pipeline.dump(rt, ref)))
+    uploaded = pipeline.upload(rt, encrypted)
+    assert rt.catalog.get(ref["backup_id"]).status == Status.UPLOADED
+
+    again = tasks.upload.apply(args=(encrypted,))  # the redelivered upload, run as the worker would
+    assert again.state == states.SUCCESS and again.result["sha256"] == uploaded["sha256"]
+    late_dump = tasks.dump.apply(args=(ref,))
+    assert late_dump.state == states.IGNORED
+    assert not (tmp_path / "state" / "staging" / ref["backup_id"]).exists()
+    stored = sorted(o.key for o in rt.storage("local").list("bulk/"))
+    assert stored == [f"bulk/{ref['backup_id']}/data.tar.zst.age", f"bulk/{ref['backup_id']}/manifest.json"]
