@@ -7,12 +7,14 @@ reason ``skipped: target 'T' is already running (run <id>)`` (so ``backupctl lis
 runs. Nothing is dumped.
 
 With a broker the lock is the Redis key ``backup_tasks:lock:target:<name>`` holding the
-run id, with a TTL (``run_lock_ttl``). Every stage of the run refreshes it while it runs
-(the chain may cross worker processes, so no process owns it), and it is released once
-the upload is committed or the run failed: verification only reads storage and may
-overlap the next run. A chain that vanished entirely (its messages lost) frees the
-target when the TTL runs out. A redelivered start of the same run finds the lock its
-own and carries on.
+run id, with a TTL. Every stage of the run refreshes it (``run_lock_ttl``) while it runs
+(the chain may cross worker processes, so no process owns it). Between stages the next
+message may wait in the host's queue behind other targets' chains for far longer than
+that, so the start and every finished stage hand the lock over with the longer
+``broker_visibility_timeout`` as its TTL. It is released once the upload is committed or
+the run failed: verification only reads storage and may overlap the next run. A chain
+that vanished entirely (its messages lost) frees the target when the TTL runs out. A
+redelivered start of the same run finds the lock its own and carries on.
 
 In the embedded default the chain runs inside one process, so the lock is an fcntl lock
 on ``<staging_dir>/.lock.<target>`` (0600), held for the whole run, removed after it, and
@@ -56,11 +58,18 @@ def key(target: str) -> str:
 
 
 class RedisRunLock:
-    def __init__(self, url: str, target: str, ttl: int) -> None:
+    def __init__(self, url: str, target: str, ttl: int, handoff_ttl: int | None = None) -> None:
         self.target = target
         self.key = key(target)
         self.ttl_ms = int(ttl * 1000)
+        self.handoff_ms = int((handoff_ttl or ttl) * 1000)
         self._redis = _client(url)
+
+    def hand_over(self, run_id: str) -> None:
+        """Keep the lock while the run's next message waits in its queue (taken back if it lapsed)."""
+        holder = self._take_or_extend(run_id, max(self.ttl_ms, self.handoff_ms))
+        if holder != run_id:
+            log.warning("run %s of target %s: the target's lock is held by run %s", run_id, self.target, holder)
 
     def acquire(self, run_id: str) -> str | None:
         """None when ``run_id`` now holds the lock, else the id of the run that does."""
@@ -80,13 +89,13 @@ class RedisRunLock:
         value = self._redis.get(self.key)
         return value.decode() if value else None
 
-    def _take_or_extend(self, run_id: str) -> str:
+    def _take_or_extend(self, run_id: str, ttl_ms: int | None = None) -> str:
         from redis.exceptions import RedisError
 
         from backup_tasks.errors import ServiceUnavailable
 
         try:
-            holder = self._redis.eval(_TAKE_OR_EXTEND, 1, self.key, run_id, self.ttl_ms)
+            holder = self._redis.eval(_TAKE_OR_EXTEND, 1, self.key, run_id, ttl_ms or self.ttl_ms)
         except RedisError as exc:
             raise ServiceUnavailable(f"cannot reach Redis for the lock of target '{self.target}': {exc.__class__.__name__}",
                                      "is the broker's Redis up?") from None
@@ -116,6 +125,10 @@ class RedisRunLock:
         finally:
             stop.set()
             thread.join(timeout=5)
+            try:
+                self.hand_over(run_id)
+            except Exception:  # noqa: BLE001 - the stage's own outcome matters more; the TTL still holds
+                log.warning("could not hand over the lock of target %s", self.target, exc_info=True)
 
 
 class FileRunLock:
@@ -163,6 +176,9 @@ class FileRunLock:
     def refresh(self, run_id: str) -> None:
         """Nothing to do: the kernel holds the lock as long as the process does."""
 
+    def hand_over(self, run_id: str) -> None:
+        """Nothing to do: the whole chain runs in this process."""
+
     @contextlib.contextmanager
     def kept_alive(self, run_id: str) -> Iterator[None]:
         yield
@@ -171,7 +187,7 @@ class FileRunLock:
 def for_target(settings, target: str) -> RedisRunLock | FileRunLock:
     if settings.embedded:
         return FileRunLock(Path(settings.staging_dir), target)
-    return RedisRunLock(settings.broker_url, target, settings.run_lock_ttl)
+    return RedisRunLock(settings.broker_url, target, settings.run_lock_ttl, settings.broker_visibility_timeout)
 
 
 _clients: dict[str, object] = {}

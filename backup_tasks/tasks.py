@@ -118,6 +118,7 @@ def start(self, target: str, type: str = "full", actor: str = ""):
     try:
         ref = pipeline.start(rt, backup_id, target, type, actor=actor)
         if not self.request.is_eager:
+            lock.hand_over(backup_id)  # the dump may wait in the host's queue behind other targets' chains
             raise self.replace(chain_for(rt, spec, ref))
     except BaseException as exc:
         if not _is_replace(exc):

@@ -134,3 +134,19 @@ def test_only_transient_errors_are_retried_with_backoff_and_jitter(tmp_path, mak
     for task in (dump, compress, upload):
         assert (task.autoretry_for, task.retry_backoff, task.retry_jitter) == ((TransientError,), True, True)
         assert (task.max_retries, task.retry_backoff_max) == (3, 3)  # from [settings], via the app's config
+
+
+def test_the_lock_outlives_a_wait_in_the_queue_between_stages_and_goes_with_the_run(redis_url):
+    """A stage refreshes the lock for run_lock_ttl; handed over, it holds while the next message waits."""
+    from backup_tasks.run_lock import RedisRunLock
+
+    lock = RedisRunLock(redis_url, "queued-behind", ttl=1, handoff_ttl=30)
+    assert lock.acquire("run-1") is None
+    with lock.kept_alive("run-1"):  # a stage that ends: the next one waits in the host's queue
+        pass
+    time.sleep(1.5)  # longer than run_lock_ttl: before, the lock had lapsed here
+    assert lock.acquire("run-2") == "run-1"  # an overlapping start is still skipped
+    assert 25_000 < redis.Redis.from_url(redis_url).pttl(lock.key) <= 30_000
+    lock.release("run-1")
+    assert lock.acquire("run-2") is None
+    lock.release("run-2")
