@@ -15,9 +15,12 @@ On top of ``redbeat.RedBeatScheduler`` it does four things:
   instead of being lost. The price is a possible duplicate if beat dies between the two
   steps; the per-target run lock skips a duplicate that overlaps the first.
 - **Rides out Redis restarts and never publishes without the lock.** A Redis error in a
-  tick is logged and retried a second later instead of ending beat. Before publishing,
-  beat checks that it still holds the lock; if another beat took it meanwhile (the lock
-  expired during an outage), this one goes back to standby.
+  tick is logged and retried a second later instead of ending beat. Before each tick and
+  each publish, beat checks that it still holds the lock; if another beat took it
+  meanwhile (the lock expired during an outage), this one publishes nothing more and
+  goes back to standby. Beat's own publishes retry for at most half the lock's lifetime
+  (the workers' ~50 s would outlast the lock, so a publish begun by the old beat could
+  land after the new beat's): a publish that still fails is retried on the next tick.
 
 Timing (DESIGN §4): the lock lives ``beat_lock_timeout`` seconds (15) and the active beat
 extends it at least every ``beat_max_loop_interval`` seconds (5). A standby retries the
@@ -84,10 +87,28 @@ class TargetsScheduler(RedBeatScheduler):
             return RETRY_SECONDS
 
     def apply_async(self, entry, producer=None, advance=True, **kwargs):
-        result = super().apply_async(entry, producer=producer, advance=False, **kwargs)
+        if self.lock_key and self.lock is not None and not self.lock.owned():
+            log.warning("beat: lost the lock before publishing %s; the active beat publishes it", entry.name)
+            return None
+        # The options are copied into the publish; the entry (saved in Redis) keeps its own.
+        options = entry.options
+        before = options.get("retry_policy")
+        options["retry_policy"] = self._publish_retry_policy()
+        try:
+            result = super().apply_async(entry, producer=producer, advance=False, **kwargs)
+        finally:
+            if before is None:
+                options.pop("retry_policy", None)
+            else:
+                options["retry_policy"] = before
         if advance:
             self.reserve(entry)
         return result
+
+    def _publish_retry_policy(self) -> dict:
+        """Beat's publishes give up (about 1 s a retry) well before its lock could lapse."""
+        budget = max(1, int(self.app.conf.redbeat_lock_timeout or 15) // 2)
+        return {"max_retries": budget, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 
     # -- the lock -----------------------------------------------------------------------------
 
