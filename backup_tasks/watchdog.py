@@ -13,7 +13,10 @@ embedded default, from cron with ``backupctl watchdog``). It looks for:
 Each finding is a *condition* kept in the catalog: it is alerted once when it opens
 (an event, which alerting sends on) and once more, as "resolved", when it clears (for
 an RPO breach: when a fresh verified backup exists). Opening and closing are atomic in
-the catalog, so two watchdogs running at once still alert once.
+the catalog, so two watchdogs running at once still alert once. An opening alert that
+reached no channel (every channel down) leaves the condition un-notified, and each
+later run sends it again, with the current wording, until one channel takes it; the
+event itself is recorded once.
 
 Free space and mounts are checked as this host sees them: run the watchdog on a host
 that mounts the tiers (or one watchdog per storage host).
@@ -134,15 +137,22 @@ def run_watchdog(rt, now: datetime | None = None) -> dict:
     host = socket.gethostname()
     opened, resolved, still_open = [], [], []
     current = findings(rt, now)
+    unnotified = {row.key for row in rt.catalog.open_conditions() if not row.notified}
     for f in current:
         detail = {**f.detail, "checked_on": host}
         if f.active:
+            severity = "warning" if f.kind == events.LOW_SPACE else "error"
             if rt.catalog.open_condition(f.key, kind=f.kind, target=f.target, tier=f.tier, detail=detail, now=now):
-                events.emit(rt.catalog, f.kind, f.message, severity="warning" if f.kind == events.LOW_SPACE else "error",
-                            target=f.target, host=_host(rt, f, host), backup_id=f.backup_id, **detail)
+                delivery = events.emit(rt.catalog, f.kind, f.message, severity=severity, target=f.target,
+                                       host=_host(rt, f, host), backup_id=f.backup_id, **detail)
                 opened.append(f.key)
             else:
                 still_open.append(f.key)
+                if f.key not in unnotified:
+                    continue
+                delivery = _send_again(rt, f, severity=severity, host=_host(rt, f, host), detail=detail)
+            if delivery is not None and delivery.sent:
+                rt.catalog.mark_notified(f.key)
         elif rt.catalog.close_condition(f.key) is not None:
             events.emit(rt.catalog, f.kind + events.RESOLVED, f.message, severity="info", target=f.target,
                         host=_host(rt, f, host), backup_id=f.backup_id, **detail)
@@ -155,6 +165,18 @@ def run_watchdog(rt, now: datetime | None = None) -> dict:
     result = {"checked_at": iso(now), "host": host, "opened": opened, "resolved": resolved, "open": still_open + opened}
     log.info("watchdog: %s", result)
     return result
+
+
+def _send_again(rt, f: Finding, *, severity: str, host: str, detail: dict):
+    """Alert an open condition whose opening alert reached nobody; the event is not recorded twice."""
+    from backup_tasks.alerting import on_event
+
+    try:
+        return on_event(rt.catalog, kind=f.kind, severity=severity, message=f.message, target=f.target, host=host,
+                        backup_id=f.backup_id, detail=detail)
+    except Exception:  # noqa: BLE001 - like events.emit: the watchdog's other findings still count
+        log.exception("could not send the alert for condition %s again", f.key)
+        return None
 
 
 def _host(rt, finding: Finding, here: str) -> str:

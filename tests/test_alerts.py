@@ -17,7 +17,7 @@ from backup_tasks import alerting, client, events
 from backup_tasks.catalog import AlertSentRow, Status
 from conftest import run_cli
 from databases import make_pg_database, pg, unique
-from notify_servers import Mailbox, closed_port, smtp_server, webhook_server  # noqa: F401
+from notify_servers import Mailbox, closed_port, serve_webhook, smtp_server, webhook_server  # noqa: F401
 from test_sqlite_backup import make_app_db
 
 SMALL_PG = "CREATE TABLE students (id serial PRIMARY KEY, name text); INSERT INTO students (name) SELECT 'pupil ' || g FROM generate_series(1, 50) g;"
@@ -114,6 +114,28 @@ def test_identical_alerts_are_sent_once_per_window_even_from_different_processes
     assert "(1 identical alert suppressed since" in failures[1]["message"]
     with rt.catalog._session() as s:
         assert s.get(AlertSentRow, later.dedupe_key).suppressed == 1  # the one at +62 min
+
+
+def test_an_alert_that_reached_no_channel_does_not_use_up_the_window(tmp_path, make_config, runtime_for):
+    port = closed_port()  # the chat bridge is down: nothing listens yet
+    rt = runtime_for(make_config(sqlite_target("gone", tmp_path / "nope.db"),
+                                 settings=alerts_setting(f"json://127.0.0.1:{port}/hook", extra="alert_repeat_minutes = 60\n")))
+
+    # Two failures while the channel is down: each is tried (and fails), neither counts as sent.
+    client.enqueue_backup("gone", rt=rt)
+    client.enqueue_backup("gone", rt=rt)
+    assert len(rt.catalog.events(kind=alerting.CHANNEL_FAILED)) == 2
+    with rt.catalog._session() as s:
+        assert s.query(AlertSentRow).count() == 0
+
+    # The bridge comes back on its port: the next identical failure is delivered, within the hour.
+    with serve_webhook(port) as hook:
+        third = client.enqueue_backup("gone", rt=rt)
+        [alert] = hook.json_of("backup of 'gone' failed")
+        assert f"Run:       {third.id}" in alert["message"]
+        # And from now on the window holds identical ones back, as it should.
+        client.enqueue_backup("gone", rt=rt)
+        assert len(hook.json_of("backup of 'gone' failed")) == 1
 
 
 def test_a_broken_channel_never_fails_the_backup_and_is_logged(tmp_path, make_config, runtime_for, webhook_server, caplog):
