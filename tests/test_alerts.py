@@ -13,8 +13,10 @@ from datetime import timedelta
 
 import pytest
 
-from backup_tasks import alerting, client, events
+from backup_tasks import alerting, client, events, manifest
 from backup_tasks.catalog import AlertSentRow, Status
+from backup_tasks.errors import VerificationFailed
+from backup_tasks.verify import verify_backup
 from conftest import run_cli
 from databases import make_pg_database, pg, unique
 from notify_servers import Mailbox, closed_port, serve_webhook, smtp_server, webhook_server  # noqa: F401
@@ -79,6 +81,30 @@ def test_a_failed_verification_posts_the_alert_json_to_a_webhook(tmp_path, make_
     assert "Target:    app-sqlite" in doc["message"] and "Host:      app01" in doc["message"]
     assert f"Next step: do not rely on this backup: backupctl show {entry['id']}" in doc["message"]
     assert "backupctl backup app-sqlite --wait" in doc["message"]
+
+
+def test_two_damaged_backups_are_two_alerts_and_a_re_verify_of_one_is_held_back(tmp_path, make_config, runtime_for,
+                                                                                 webhook_server):
+    db = tmp_path / "app.db"
+    make_app_db(db, rows=200)
+    rt = runtime_for(make_config(sqlite_target("app-sqlite", db),
+                                 settings=alerts_setting(webhook_server.url(), extra="alert_repeat_minutes = 60\n")))
+    entries = [client.enqueue_backup("app-sqlite", rt=rt).wait() for _ in range(2)]
+    for entry in entries:  # someone edits both manifests (say, to hide a host): their signatures no longer match
+        path = rt.storage("local").inner.root / manifest.manifest_key("app-sqlite", entry["id"])
+        doc = json.loads(path.read_bytes())
+        doc["host"] = "elsewhere"
+        path.write_text(json.dumps(doc))
+
+    for entry in entries + entries[:1]:  # each once, then the first again (a rolling re-verify)
+        with pytest.raises(VerificationFailed):
+            verify_backup(rt, entry["id"])
+
+    # One alert per damaged backup, each naming its own run; the repeat within the hour is held back.
+    alerts = webhook_server.json_of("verification of a backup of 'app-sqlite' failed")
+    assert len(alerts) == 2
+    assert all(f"Run:       {e['id']}" in a["message"] for e, a in zip(entries, alerts))
+    assert len(rt.catalog.events(kind=events.VERIFY_FAILED)) == 3  # all three are in the catalog
 
 
 def test_identical_alerts_are_sent_once_per_window_even_from_different_processes(tmp_path, make_config, runtime_for,

@@ -148,9 +148,13 @@ def from_event(*, kind: str, severity: str, message: str, target: str | None, ho
         kind=kind, level=wording.level, title=wording.title.format_map(values), what=message,
         next_step=wording.next_step.format_map(values), target=target, host=host,
         backup_id=backup_id, remedy=str(detail.get("remedy") or ""), at=at or datetime.now(timezone.utc),
-        facts=tuple(facts), dedupe_key=dedupe_key(kind, target, tier, message, backup_id,
-                                                  unique=wording.level == "success" and kind == events.VERIFIED),
+        facts=tuple(facts), dedupe_key=dedupe_key(kind, target, tier, message, backup_id, unique=kind in PER_ARTIFACT),
     )
+
+
+#: alerts about one stored backup: each backup is its own news (two corrupted backups are two alerts),
+#: while the same backup found bad again (a rolling re-verify) is held back like any repeat
+PER_ARTIFACT = (events.VERIFY_FAILED, events.VERIFY_INCOMPLETE, events.SIZE_ANOMALY, events.VERIFIED)
 
 
 def dedupe_key(kind: str, target: str | None, tier: str | None, message: str, backup_id: str | None, *, unique: bool) -> str:
@@ -158,7 +162,7 @@ def dedupe_key(kind: str, target: str | None, tier: str | None, message: str, ba
 
     The run id is taken out of the message, so a target failing the same way run after run
     (say, every retry of a nightly backup against a dead server) is one alert per window,
-    not one per run. Success notices stay one per run (``unique``).
+    not one per run. Alerts about one backup (``unique``: PER_ARTIFACT kinds) keep its id in the key.
     """
     text = message.replace(backup_id, "<run>") if backup_id else message
     text = _RUN_ID_RE.sub("<run>", text)  # run ids quoted in paths and keys, e.g. by a tier refusing a write
@@ -195,4 +199,4 @@ def _iso(at: datetime) -> str:
     return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-__all__ = ["Alert", "from_event", "dedupe_key", "LEVELS", "WORDING"]
+__all__ = ["Alert", "from_event", "dedupe_key", "LEVELS", "PER_ARTIFACT", "WORDING"]
