@@ -626,10 +626,16 @@ class Catalog:
             return list(s.scalars(q))
 
     def recent_sizes(self, target: str, *, before: datetime, limit: int, exclude: str | None = None) -> list[int]:
-        """Stored sizes of the target's latest ``limit`` stored (not failed) runs created before ``before``."""
+        """Stored sizes of the target's latest ``limit`` good runs created before ``before`` (the usual size).
+
+        Good: stored and not failed (uploaded, verified), or deleted after it had been verified.
+        A failed run that left copies ends ``deleted`` too once retention removes them; its
+        partial size must not move the median.
+        """
+        good = or_(BackupRow.status.in_([Status.UPLOADED, Status.VERIFIED]),
+                   and_(BackupRow.status == Status.DELETED, BackupRow.verified_at.is_not(None)))
         q = (select(BackupRow.size_stored).where(BackupRow.target == target, BackupRow.created_at <= before,
-                                                  BackupRow.size_stored.is_not(None),
-                                                  BackupRow.status.in_([Status.UPLOADED, Status.VERIFIED, Status.DELETED]))
+                                                  BackupRow.size_stored.is_not(None), good)
              .order_by(BackupRow.created_at.desc(), BackupRow.id.desc()).limit(limit))
         if exclude:
             q = q.where(BackupRow.id != exclude)
