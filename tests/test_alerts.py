@@ -13,9 +13,9 @@ from datetime import timedelta
 
 import pytest
 
-from backup_tasks import alerting, client, events, manifest
+from backup_tasks import alerting, client, config, events, manifest
 from backup_tasks.catalog import AlertSentRow, Status
-from backup_tasks.errors import VerificationFailed
+from backup_tasks.errors import ConfigError, VerificationFailed
 from backup_tasks.verify import verify_backup
 from conftest import run_cli
 from databases import make_pg_database, pg, unique
@@ -259,4 +259,14 @@ def test_a_malformed_alert_setting_is_refused_when_the_config_loads(tmp_path, ma
     done = run_cli("targets", "--json", config=cfg, check=2)
     err = json.loads(done.stdout)["error"]
     assert err["type"] == "ConfigError" and f"field '{field}'" in err["message"] and err["remedy"]
+
+
+@pytest.mark.parametrize("history", [1, 2])
+def test_a_size_history_too_short_for_a_median_is_refused_not_silently_ignored(tmp_path, make_config, history):
+    cfg = make_config(sqlite_target("x", tmp_path / "x.db"), settings=f"size_anomaly_history = {history}\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(cfg)
+    assert "field 'size_anomaly_history'" in str(caught.value) and f"{history} is out of range" in str(caught.value)
+    assert "between 3 and 1000" in caught.value.remedy and "at least 3 earlier backups" in caught.value.remedy
+    assert config.load(make_config(sqlite_target("x", tmp_path / "x.db"), settings="size_anomaly_history = 3\n"))
 
