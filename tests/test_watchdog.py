@@ -97,6 +97,7 @@ def test_a_missing_mount_and_low_free_space_are_alerted_once_and_resolved(tmp_pa
         [missing] = webhook_server.json_of("is not mounted")
         assert missing["title"] == f"[backup-tasks] FAILED: external tier 'usb' is not mounted at {usb}"
         assert "Targets:   app" in missing["message"] and f"mount {usb}" in missing["message"]
+        assert "then: backupctl backup app --wait" in missing["message"] and "TARGET" not in missing["message"]
         assert run_watchdog(rt)["opened"] == []
         assert len(webhook_server.json_of("is not mounted")) == 1
 
@@ -155,6 +156,10 @@ def test_a_backup_to_an_unmounted_external_tier_alerts_the_missing_mount_at_once
     [mount] = webhook_server.json_of("is not mounted")
     assert mount["type"] == "failure" and mount["title"] == f"[backup-tasks] FAILED: external tier 'usb' is not mounted at {usb}"
     assert "Targets:   app" in mount["message"] and f"mount {usb}" in mount["message"]
+    # It names the run that was refused, and the command to run again is one to type as it stands.
+    assert "Target:    app" in mount["message"] and "Host:      app01" in mount["message"]
+    assert f"Run:       {run.id}" in mount["message"]
+    assert "then: backupctl backup app --wait" in mount["message"] and "TARGET" not in mount["message"]
     [run_failed] = webhook_server.json_of("backup of 'app' failed on app01")
     assert f"Run:       {run.id}" in run_failed["message"]
 

@@ -123,12 +123,18 @@ def from_event(*, kind: str, severity: str, message: str, target: str | None, ho
     """The alert for one event (any kind: unknown kinds get a generic wording)."""
     detail = dict(detail or {})
     tier = detail.get("tier")
-    if tier and not target and config is not None:
+    # A tier's trouble is every target's that stores there, even when one run ran into it.
+    if tier and (not target or kind == events.TIER_REFUSED) and config is not None:
         users = [t.name for t in config.targets.values() if tier in t.storage]
         detail.setdefault("affected_targets", users)
     wording = WORDING.get(kind) or _Wording(_level(severity), kind, "backupctl report")
     if kind == events.TIER_REFUSED and detail.get("reason") == "not-mounted":
         wording = WORDING[events.MOUNT_MISSING]
+    next_step = wording.next_step
+    if not target:  # a tier's alert: re-run the targets that use it, never a placeholder to fill in
+        again = "; ".join(f"backupctl backup {t} --wait" for t in detail.get("affected_targets") or ())
+        next_step = next_step.replace(", then: backupctl backup {target} --wait",
+                                      f", then: {again}" if again else "; the next scheduled backups then reach it")
     # No host on the event (a tier refused a write): it happened here, in the process that alerts.
     host = host or detail.get("checked_on") or socket.gethostname()
     values = _Values(target=target or "TARGET", host=host, id=backup_id or "ID",
@@ -146,7 +152,7 @@ def from_event(*, kind: str, severity: str, message: str, target: str | None, ho
             facts.append((label, _fmt(key, detail[key])))
     return Alert(
         kind=kind, level=wording.level, title=wording.title.format_map(values), what=message,
-        next_step=wording.next_step.format_map(values), target=target, host=host,
+        next_step=next_step.format_map(values), target=target, host=host,
         backup_id=backup_id, remedy=str(detail.get("remedy") or ""), at=at or datetime.now(timezone.utc),
         facts=tuple(facts), dedupe_key=dedupe_key(kind, target, tier, message, backup_id, unique=kind in PER_ARTIFACT),
     )
