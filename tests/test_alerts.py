@@ -212,12 +212,23 @@ def test_no_secret_reaches_an_alert(tmp_path, make_config, runtime_for, smtp_ser
     events.emit(rt.catalog, events.CHAIN_FAILED,
                 f"pg_dump: could not connect to postgresql://backup:{secret}@db01/school password={secret} "
                 f"(token tok-{secret[::-1]})", target="school-db", host="db01", backup_id="school-db-leak")
+    # Secrets this host does not know, in the shapes tools and libraries print them.
+    unknown = "Xq7-unknown-Secret"
+    shapes = [f"password='{unknown}1'", f'password="{unknown}2"', f"{{'password': '{unknown}3'}}", f"PGPASSWORD={unknown}4",
+              f"aws_secret_access_key={unknown}5", f"Authorization: Bearer {unknown}6",
+              f"postgresql://backup:p@ss{unknown}7@db01/school"]
+    events.emit(rt.catalog, events.CHAIN_FAILED, "dump failed; the tool said: " + " | ".join(shapes),
+                target="school-db", host="db01", backup_id="school-db-leak2")
 
     mails = [Mailbox.text(m) + m["Subject"] for m in smtp_server.messages]
     posts = [json.dumps(p["json"]) + json.dumps(p["headers"].get("Authorization", "")) for p in webhook_server.posts]
-    assert len(mails) == 2 and len(posts) == 2
+    assert len(mails) == 3 and len(posts) == 3
     assert f"Run:       {run.id}" in mails[0] and missing_db in mails[0]  # the real failure names its database
     assert "postgresql://backup:***@db01/school password=*** (token ***)" in mails[1]
+    assert ("password='***' | password=\"***\" | {'password': '***'} | PGPASSWORD=*** | aws_secret_access_key=*** | "
+            "Authorization: Bearer *** | postgresql://backup:***@db01/school") in mails[2]
+    for text in mails + posts:
+        assert unknown not in text
     for text in mails + [p.split('"Authorization"')[0] for p in posts]:
         assert secret not in text and secret[::-1] not in text and hook_password not in text
     # The webhook itself still authenticates with its password (basic auth), which is the channel's business.
