@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from backup_tasks import client, readiness
+from backup_tasks import client, readiness, report
 from backup_tasks.catalog import Status
 from backup_tasks.drill import run_drill
 from backup_tasks.monitor_tasks import report as report_task
@@ -192,3 +192,17 @@ def test_the_success_rate_counts_runs_with_an_outcome_not_one_still_being_verifi
             run(0.001, "running")]
     assert readiness.success_rate(runs, now - timedelta(days=30)) == (3, 6)
     assert readiness.success_rate(runs[4:6] + runs[-2:], now - timedelta(days=30)) == (2, 2)  # 100%, not 67%
+
+
+def test_size_and_duration_plots_show_only_backups_that_were_stored_and_not_failed():
+    at = datetime(2024, 6, 30, tzinfo=timezone.utc)
+
+    def run(name: str, status: str, size: int | None, *, verified: bool = False):
+        return SimpleNamespace(id=name, target="app", created_at=at, status=status, size_stored=size, duration_seconds=9.0,
+                               verified_at=at if verified else None)
+
+    runs = [run("verified", "verified", 1000, verified=True), run("awaiting-verify", "uploaded", 1000),
+            run("kept-then-removed", "deleted", 1000, verified=True),
+            run("partial-upload", "failed", 300), run("failed-verify", "failed", 1000),
+            run("partial-then-removed", "deleted", 300), run("dump-failed", "failed", None), run("now", "running", None)]
+    assert [r.id for r in report.good_stored(runs)] == ["verified", "awaiting-verify", "kept-then-removed"]
