@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from backup_tasks import events, readiness
+from backup_tasks import defaults, events, readiness
 from backup_tasks.manifest import iso
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,16 @@ def rpo_finding(state: readiness.TargetState) -> Finding:
                    detail=detail, message=f"target '{state.target}' {what}")
 
 
-def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settings) -> list[Finding]:
+def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settings, low_open: bool = False) -> list[Finding]:
     """Pure: the mount and free-space conditions of one local or external tier.
 
     ``mounted`` is None for a local tier (no mount expected). When an external tier is not
     mounted, its free space is that of the disk underneath and says nothing: the space
     condition is then left as it is (not part of the result).
+
+    Low space opens below a threshold but, once open (``low_open``), clears only above it
+    plus a margin (``defaults.LOW_SPACE_RESOLVE_MARGIN_PERCENT``): free space that hovers
+    around the threshold does not alert and resolve at every check.
     """
     path = str(tier.path)
     out = []
@@ -99,12 +103,17 @@ def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settin
         return out
     min_bytes = max(settings.alert_min_free_bytes, int(tier.options.get("min_free_bytes") or 0))
     percent = usage.free * 100 / usage.total if usage.total else 100.0
-    low = usage.free < min_bytes or percent < settings.alert_min_free_percent
+    below = usage.free < min_bytes or percent < settings.alert_min_free_percent
+    margin = defaults.LOW_SPACE_RESOLVE_MARGIN_PERCENT
+    # Once open, still low until clear of the thresholds (those that are set) by the margin.
+    low = below or (low_open and (usage.free < min_bytes * (100 + margin) / 100 or (
+        settings.alert_min_free_percent > 0 and percent < settings.alert_min_free_percent + margin)))
     limits = [f"{settings.alert_min_free_percent}%"] + ([f"{min_bytes:,} bytes"] if min_bytes else [])
+    where = "below the alert threshold" if below else f"not yet {margin}% clear of the alert threshold"
     out.append(Finding(f"{events.LOW_SPACE}:{tier.name}", events.LOW_SPACE, low, tier=tier.name,
                        detail={"tier": tier.name, "path": path, "free_bytes": usage.free, "free_percent": round(percent, 1)},
                        message=(f"tier '{tier.name}' at {path} has {usage.free:,} bytes free ({percent:.1f}%), "
-                                f"below the alert threshold ({' / '.join(limits)})") if low else
+                                f"{where} ({' / '.join(limits)})") if low else
                                f"tier '{tier.name}' at {path} has {usage.free:,} bytes free ({percent:.1f}%) again"))
     return out
 
@@ -123,11 +132,13 @@ def disk_usage(path: str) -> DiskUsage | None:
 
 def findings(rt, now: datetime) -> list[Finding]:
     out = [rpo_finding(state) for state in readiness.assess(rt, now)]
+    low_open = {row.key for row in rt.catalog.open_conditions(events.LOW_SPACE)}
     for tier in rt.config.tiers.values():
         if tier.kind not in ("local", "external") or not tier.path:
             continue
         mounted = os.path.ismount(tier.path) if tier.kind == "external" else None
-        out += tier_findings(tier, mounted=mounted, usage=disk_usage(tier.path), settings=rt.settings)
+        out += tier_findings(tier, mounted=mounted, usage=disk_usage(tier.path), settings=rt.settings,
+                             low_open=f"{events.LOW_SPACE}:{tier.name}" in low_open)
     return out
 
 

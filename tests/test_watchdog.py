@@ -12,10 +12,11 @@ import json
 import os
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 from backup_tasks import alerting, client, events
 from backup_tasks.catalog import Catalog
-from backup_tasks.watchdog import run_watchdog
+from backup_tasks.watchdog import DiskUsage, run_watchdog, tier_findings
 from conftest import run_cli
 from notify_servers import closed_port, serve_webhook, wait_for, webhook_server  # noqa: F401
 from test_sqlite_backup import make_app_db
@@ -206,3 +207,22 @@ def test_a_catalog_from_before_the_notified_column_gets_it_and_its_open_conditio
     assert catalog.open_condition("rpo.breach:new", kind=events.RPO_BREACH, target="new")
     assert not [c for c in catalog.open_conditions() if c.key == "rpo.breach:new"][0].notified
     Catalog(f"sqlite:///{path}")  # opening it again changes nothing
+
+
+def test_low_space_resolves_only_when_clear_of_the_threshold_so_it_does_not_flap():
+    tier = SimpleNamespace(name="usb", path="/mnt/usb", options={})
+    settings = SimpleNamespace(alert_min_free_percent=10, alert_min_free_bytes=0)
+
+    def low(free: int, *, low_open: bool, total: int = 1000, **options) -> bool:
+        t = SimpleNamespace(**{**vars(tier), "options": options})
+        [space] = tier_findings(t, mounted=None, usage=DiskUsage(total=total, free=free), settings=settings, low_open=low_open)
+        return space.active
+
+    assert low(95, low_open=False)  # 9.5% free: opens
+    assert low(105, low_open=True)  # 10.5%: above the threshold, but within the 2-point margin: stays open
+    assert low(119, low_open=True) and not low(121, low_open=True)  # clears above 12%
+    assert not low(105, low_open=False)  # and 10.5% never opened one
+    # A bytes threshold (the tier's min_free_bytes) clears 2% above itself.
+    big = dict(total=10**9, min_free_bytes=200 * 10**6)
+    assert low(199 * 10**6, low_open=False, **big)
+    assert low(203 * 10**6, low_open=True, **big) and not low(205 * 10**6, low_open=True, **big)
