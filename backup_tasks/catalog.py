@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Iterable
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, delete, event, func, select, update
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, delete, event, func, inspect, select, text, update
 from sqlalchemy import and_, or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -188,15 +188,30 @@ class AlertConditionRow(Base):
     tier: Mapped[str | None] = mapped_column(String(64), nullable=True)
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
     detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    #: the opening alert reached at least one channel; until then each watchdog run sends it again
+    notified: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+#: columns added to tables after their first release: (table, column, DDL type and default for the rows already there).
+#: ``create_all`` creates missing tables but never alters one, so an existing catalog gets these by ALTER TABLE.
+_ADDED_COLUMNS = (
+    # Conditions opened before this column existed were alerted (or tried) then: not sent again.
+    ("alert_conditions", "notified", "BOOLEAN NOT NULL DEFAULT TRUE"),
+)
 
 
 @dataclass(frozen=True)
 class AlertClaim:
-    """Whether this process may send an alert now; if so, how many identical ones were held back since when."""
+    """Whether this process may send an alert now; if so, how many identical ones were held back since when.
+
+    ``sends`` is the row's counter as this claim left it, so ``release_alert`` can undo
+    exactly this claim and nothing newer.
+    """
 
     send: bool
     suppressed: int = 0
     since: datetime | None = None
+    sends: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,14 +240,23 @@ class Catalog:
         for attempt in range(5):
             try:
                 Base.metadata.create_all(self.engine)
+                self._add_missing_columns()
                 return
             except (OperationalError, ProgrammingError, IntegrityError) as exc:
-                if "already exists" in str(exc.orig) and attempt < 4:
+                if ("already exists" in str(exc.orig) or "duplicate column" in str(exc.orig)) and attempt < 4:
                     continue
                 raise ServiceUnavailable(
                     f"catalog database {self.engine.url.render_as_string(hide_password=True)} cannot be opened: {exc.orig}",
                     "check catalog_url and that the database server is up",
                 ) from None
+
+    def _add_missing_columns(self) -> None:
+        """Bring a catalog created by an older release up to date (see ``_ADDED_COLUMNS``)."""
+        inspector = inspect(self.engine)
+        for table, column, ddl in _ADDED_COLUMNS:
+            if column not in {c["name"] for c in inspector.get_columns(table)}:
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
     # runs ------------------------------------------------------------------
 
@@ -506,7 +530,7 @@ class Catalog:
                 row = s.get(AlertSentRow, key)
                 if row is None:
                     s.add(AlertSentRow(key=key, kind=kind, target=target, last_sent_at=now, sends=1, suppressed=0))
-                    return AlertClaim(True)
+                    return AlertClaim(True, sends=1)
                 if (now - row.last_sent_at).total_seconds() < window_seconds:
                     s.execute(update(AlertSentRow).where(AlertSentRow.key == key)
                               .values(suppressed=AlertSentRow.suppressed + 1))
@@ -514,9 +538,26 @@ class Catalog:
                 held, since, seen = row.suppressed, row.last_sent_at, row.sends
                 won = s.execute(update(AlertSentRow).where(AlertSentRow.key == key, AlertSentRow.sends == seen)
                                 .values(sends=seen + 1, last_sent_at=now, suppressed=0)).rowcount == 1
-                return AlertClaim(won, held if won else 0, since if won else None)
+                return AlertClaim(won, held if won else 0, since if won else None, seen + 1 if won else 0)
         except IntegrityError:  # another process inserted the same key first: it sends
             return AlertClaim(False)
+
+    def release_alert(self, key: str, claim: AlertClaim) -> bool:
+        """Give back a claim whose alert reached no channel, so the next identical alert is sent.
+
+        The row goes back to what it was before the claim (the previous send time, the count
+        held back, plus those held back meanwhile); a row the claim created is removed.
+        Nothing changes if another claim came after this one. True if released.
+        """
+        if not claim.send:
+            return False
+        with self._session.begin() as s:
+            if claim.since is None:  # the claim inserted the row
+                q = delete(AlertSentRow).where(AlertSentRow.key == key, AlertSentRow.sends == claim.sends)
+            else:
+                q = (update(AlertSentRow).where(AlertSentRow.key == key, AlertSentRow.sends == claim.sends)
+                     .values(last_sent_at=claim.since, suppressed=AlertSentRow.suppressed + claim.suppressed))
+            return s.execute(q).rowcount == 1
 
     def open_condition(self, key: str, *, kind: str, target: str | None = None, tier: str | None = None,
                        detail: dict | None = None, now: datetime | None = None) -> bool:
@@ -529,6 +570,11 @@ class Catalog:
             return True
         except IntegrityError:
             return False
+
+    def mark_notified(self, key: str) -> None:
+        """The opening alert of this condition reached a channel: the watchdog stops sending it."""
+        with self._session.begin() as s:
+            s.execute(update(AlertConditionRow).where(AlertConditionRow.key == key).values(notified=True))
 
     def close_condition(self, key: str) -> AlertConditionRow | None:
         """Close an open condition; returns it to the one caller that closed it (then it sends 'resolved')."""
@@ -580,10 +626,16 @@ class Catalog:
             return list(s.scalars(q))
 
     def recent_sizes(self, target: str, *, before: datetime, limit: int, exclude: str | None = None) -> list[int]:
-        """Stored sizes of the target's latest ``limit`` stored (not failed) runs created before ``before``."""
+        """Stored sizes of the target's latest ``limit`` good runs created before ``before`` (the usual size).
+
+        Good: stored and not failed (uploaded, verified), or deleted after it had been verified.
+        A failed run that left copies ends ``deleted`` too once retention removes them; its
+        partial size must not move the median.
+        """
+        good = or_(BackupRow.status.in_([Status.UPLOADED, Status.VERIFIED]),
+                   and_(BackupRow.status == Status.DELETED, BackupRow.verified_at.is_not(None)))
         q = (select(BackupRow.size_stored).where(BackupRow.target == target, BackupRow.created_at <= before,
-                                                  BackupRow.size_stored.is_not(None),
-                                                  BackupRow.status.in_([Status.UPLOADED, Status.VERIFIED, Status.DELETED]))
+                                                  BackupRow.size_stored.is_not(None), good)
              .order_by(BackupRow.created_at.desc(), BackupRow.id.desc()).limit(limit))
         if exclude:
             q = q.where(BackupRow.id != exclude)

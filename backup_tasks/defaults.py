@@ -112,6 +112,9 @@ WAIT_POLL_SECONDS = 0.25
 ALERT_REPEAT_MINUTES = 60
 #: the watchdog warns below 10% free on a local or external tier
 ALERT_MIN_FREE_PERCENT = 10
+#: a low-space condition clears only this far above its thresholds (percentage points of free space, and this
+#: percent of a bytes threshold), so free space hovering at the threshold does not alert and resolve every check
+LOW_SPACE_RESOLVE_MARGIN_PERCENT = 2
 #: size anomaly: a stored artifact below 50% or above 200% of the median of the last 7 backups
 SIZE_ANOMALY_MIN_PERCENT = 50
 SIZE_ANOMALY_MAX_PERCENT = 200

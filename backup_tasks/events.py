@@ -34,7 +34,8 @@ VERIFIED = "backup.verified"  # a run's own verification passed (a notice with a
 
 
 def emit(catalog, kind: str, message: str, *, severity: str = "error", target: str | None = None, host: str | None = None,
-         backup_id: str | None = None, **detail) -> None:
+         backup_id: str | None = None, **detail):
+    """Log, record and alert on one event; returns the alert's ``Delivery`` (None if no alert was tried)."""
     log.log({"error": logging.ERROR, "info": logging.INFO}.get(severity, logging.WARNING), "%s target=%s backup=%s: %s", kind, target, backup_id, message)
     try:
         catalog.add_event(kind=kind, severity=severity, message=message, target=target, host=host, backup_id=backup_id, detail=detail or None)
@@ -43,7 +44,8 @@ def emit(catalog, kind: str, message: str, *, severity: str = "error", target: s
     try:
         from backup_tasks.alerting import on_event
 
-        on_event(catalog, kind=kind, severity=severity, message=message, target=target, host=host, backup_id=backup_id,
-                 detail=detail or None)
+        return on_event(catalog, kind=kind, severity=severity, message=message, target=target, host=host,
+                        backup_id=backup_id, detail=detail or None)
     except Exception:  # noqa: BLE001 - see module docstring
         log.exception("could not send the alert for event %s of %s", kind, backup_id or target)
+        return None

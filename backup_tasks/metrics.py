@@ -13,7 +13,7 @@ answers the questions an alert rule asks (``backupctl metrics serve --port 9814`
     backup_rpo_seconds{target}                        the target's rpo_hours, in seconds
     backup_verified_data_age_seconds{target}          age of the newest verified backup's data
     backup_rpo_compliant{target}                      1 when that age is within the RPO, else 0
-    backup_success_ratio{target}                      verified / finished runs over report_days
+    backup_success_ratio{target}                      verified / runs with an outcome over report_days
     backup_runs{target,status}                        runs in the catalog by status
     backup_storage_bytes{target,tier}                 bytes stored per tier
     backup_catalog_up                                 1 if the catalog could be read for this scrape
@@ -49,7 +49,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rpo_seconds": ("The target's recovery point objective (rpo_hours) in seconds.", ()),
     "verified_data_age_seconds": ("Age of the data in the newest verified backup (now minus its start).", ()),
     "rpo_compliant": ("1 if the newest verified backup is within the RPO, else 0.", ()),
-    "success_ratio": ("Verified runs divided by finished runs over the report window (report_days).", ()),
+    "success_ratio": ("Verified runs divided by runs with an outcome (verified or not; a run awaiting its verify is not counted) over the report window (report_days).", ()),
     "runs": ("Runs in the catalog by status.", ("status",)),
     "storage_bytes": ("Bytes stored per storage tier (backups not deleted).", ("tier",)),
 }

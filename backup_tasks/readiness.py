@@ -24,12 +24,21 @@ def rpo_compliant(newest_verified_at: datetime | None, rpo_hours: float, now: da
 
 
 def success_rate(runs, since: datetime) -> tuple[int, int]:
-    """(successes, attempts) among finished runs created since ``since``; success = it was verified.
+    """(successes, attempts) among runs created since ``since`` that have an outcome; success = it was verified.
 
-    A run that was verified and later removed by retention still counts as a success.
+    An outcome: verified (also when retention removed it later), failed, deleted without
+    ever being verified (retention removes failed runs), or stored but given up on by its
+    verify (uploaded, with the reason noted). A run still running, or stored and awaiting
+    its verify, has no outcome yet and is not counted either way.
     """
-    finished = [r for r in runs if r.created_at >= since and r.status != Status.RUNNING]
-    return sum(1 for r in finished if r.verified_at is not None), len(finished)
+    done = [r for r in runs if r.created_at >= since and _has_outcome(r)]
+    return sum(1 for r in done if r.verified_at is not None), len(done)
+
+
+def _has_outcome(run) -> bool:
+    if run.verified_at is not None or run.status in (Status.FAILED, Status.DELETED):
+        return True
+    return run.status == Status.UPLOADED and bool(run.error)  # verify did not finish (verify.incomplete)
 
 
 @dataclass

@@ -109,7 +109,7 @@ def plots(runs, targets: list[str], days: int) -> dict[str, str]:
         fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
         return base64.b64encode(buf.getvalue()).decode("ascii")
 
-    stored = {t: [r for r in rs if r.size_stored is not None] for t, rs in by_target.items()}
+    stored = {t: good_stored(rs) for t, rs in by_target.items()}
     biggest = max((r.size_stored for rs in stored.values() for r in rs), default=0)
     unit, scale = next(((u, s) for u, s in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)) if biggest >= s), ("bytes", 1))
     fig = Figure(figsize=(10, 3.6))
@@ -121,8 +121,7 @@ def plots(runs, targets: list[str], days: int) -> dict[str, str]:
     _frame(fig, ax, f"Stored size per backup ({unit}), last {days} days", unit, any(stored.values()))
     out["size"] = finish(fig)
 
-    # Runs that reached storage: a failed run's time says when it failed, not how long a backup takes.
-    timed = {t: [r for r in rs if r.duration_seconds is not None and r.size_stored is not None] for t, rs in stored.items()}
+    timed = {t: [r for r in rs if r.duration_seconds is not None] for t, rs in stored.items()}
     fig = Figure(figsize=(10, 3.6))
     ax = fig.subplots()
     for t, rs in timed.items():
@@ -149,6 +148,16 @@ def plots(runs, targets: list[str], days: int) -> dict[str, str]:
     _frame(fig, ax, f"Runs: successes and failures, last {days} days", None, bool(seen))
     out["timeline"] = finish(fig)
     return out
+
+
+def good_stored(runs) -> list:
+    """The runs the size and duration plots show: stored and not failed (uploaded, verified, or deleted after verified).
+
+    A failed run's size is what it got to (a partial upload) and its time says when it
+    failed, not how big or how long a backup is.
+    """
+    return [r for r in runs if r.size_stored is not None and (
+        r.status in ("uploaded", "verified") or (r.status == "deleted" and r.verified_at is not None))]
 
 
 def _outcome(run) -> str:

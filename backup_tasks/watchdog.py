@@ -13,7 +13,10 @@ embedded default, from cron with ``backupctl watchdog``). It looks for:
 Each finding is a *condition* kept in the catalog: it is alerted once when it opens
 (an event, which alerting sends on) and once more, as "resolved", when it clears (for
 an RPO breach: when a fresh verified backup exists). Opening and closing are atomic in
-the catalog, so two watchdogs running at once still alert once.
+the catalog, so two watchdogs running at once still alert once. An opening alert that
+reached no channel (every channel down) leaves the condition un-notified, and each
+later run sends it again, with the current wording, until one channel takes it; the
+event itself is recorded once.
 
 Free space and mounts are checked as this host sees them: run the watchdog on a host
 that mounts the tiers (or one watchdog per storage host).
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from backup_tasks import events, readiness
+from backup_tasks import defaults, events, readiness
 from backup_tasks.manifest import iso
 
 log = logging.getLogger(__name__)
@@ -75,12 +78,16 @@ def rpo_finding(state: readiness.TargetState) -> Finding:
                    detail=detail, message=f"target '{state.target}' {what}")
 
 
-def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settings) -> list[Finding]:
+def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settings, low_open: bool = False) -> list[Finding]:
     """Pure: the mount and free-space conditions of one local or external tier.
 
     ``mounted`` is None for a local tier (no mount expected). When an external tier is not
     mounted, its free space is that of the disk underneath and says nothing: the space
     condition is then left as it is (not part of the result).
+
+    Low space opens below a threshold but, once open (``low_open``), clears only above it
+    plus a margin (``defaults.LOW_SPACE_RESOLVE_MARGIN_PERCENT``): free space that hovers
+    around the threshold does not alert and resolve at every check.
     """
     path = str(tier.path)
     out = []
@@ -96,12 +103,17 @@ def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settin
         return out
     min_bytes = max(settings.alert_min_free_bytes, int(tier.options.get("min_free_bytes") or 0))
     percent = usage.free * 100 / usage.total if usage.total else 100.0
-    low = usage.free < min_bytes or percent < settings.alert_min_free_percent
+    below = usage.free < min_bytes or percent < settings.alert_min_free_percent
+    margin = defaults.LOW_SPACE_RESOLVE_MARGIN_PERCENT
+    # Once open, still low until clear of the thresholds (those that are set) by the margin.
+    low = below or (low_open and (usage.free < min_bytes * (100 + margin) / 100 or (
+        settings.alert_min_free_percent > 0 and percent < settings.alert_min_free_percent + margin)))
     limits = [f"{settings.alert_min_free_percent}%"] + ([f"{min_bytes:,} bytes"] if min_bytes else [])
+    where = "below the alert threshold" if below else f"not yet {margin}% clear of the alert threshold"
     out.append(Finding(f"{events.LOW_SPACE}:{tier.name}", events.LOW_SPACE, low, tier=tier.name,
                        detail={"tier": tier.name, "path": path, "free_bytes": usage.free, "free_percent": round(percent, 1)},
                        message=(f"tier '{tier.name}' at {path} has {usage.free:,} bytes free ({percent:.1f}%), "
-                                f"below the alert threshold ({' / '.join(limits)})") if low else
+                                f"{where} ({' / '.join(limits)})") if low else
                                f"tier '{tier.name}' at {path} has {usage.free:,} bytes free ({percent:.1f}%) again"))
     return out
 
@@ -120,11 +132,13 @@ def disk_usage(path: str) -> DiskUsage | None:
 
 def findings(rt, now: datetime) -> list[Finding]:
     out = [rpo_finding(state) for state in readiness.assess(rt, now)]
+    low_open = {row.key for row in rt.catalog.open_conditions(events.LOW_SPACE)}
     for tier in rt.config.tiers.values():
         if tier.kind not in ("local", "external") or not tier.path:
             continue
         mounted = os.path.ismount(tier.path) if tier.kind == "external" else None
-        out += tier_findings(tier, mounted=mounted, usage=disk_usage(tier.path), settings=rt.settings)
+        out += tier_findings(tier, mounted=mounted, usage=disk_usage(tier.path), settings=rt.settings,
+                             low_open=f"{events.LOW_SPACE}:{tier.name}" in low_open)
     return out
 
 
@@ -134,15 +148,22 @@ def run_watchdog(rt, now: datetime | None = None) -> dict:
     host = socket.gethostname()
     opened, resolved, still_open = [], [], []
     current = findings(rt, now)
+    unnotified = {row.key for row in rt.catalog.open_conditions() if not row.notified}
     for f in current:
         detail = {**f.detail, "checked_on": host}
         if f.active:
+            severity = "warning" if f.kind == events.LOW_SPACE else "error"
             if rt.catalog.open_condition(f.key, kind=f.kind, target=f.target, tier=f.tier, detail=detail, now=now):
-                events.emit(rt.catalog, f.kind, f.message, severity="warning" if f.kind == events.LOW_SPACE else "error",
-                            target=f.target, host=_host(rt, f, host), backup_id=f.backup_id, **detail)
+                delivery = events.emit(rt.catalog, f.kind, f.message, severity=severity, target=f.target,
+                                       host=_host(rt, f, host), backup_id=f.backup_id, **detail)
                 opened.append(f.key)
             else:
                 still_open.append(f.key)
+                if f.key not in unnotified:
+                    continue
+                delivery = _send_again(rt, f, severity=severity, host=_host(rt, f, host), detail=detail)
+            if delivery is not None and delivery.sent:
+                rt.catalog.mark_notified(f.key)
         elif rt.catalog.close_condition(f.key) is not None:
             events.emit(rt.catalog, f.kind + events.RESOLVED, f.message, severity="info", target=f.target,
                         host=_host(rt, f, host), backup_id=f.backup_id, **detail)
@@ -155,6 +176,18 @@ def run_watchdog(rt, now: datetime | None = None) -> dict:
     result = {"checked_at": iso(now), "host": host, "opened": opened, "resolved": resolved, "open": still_open + opened}
     log.info("watchdog: %s", result)
     return result
+
+
+def _send_again(rt, f: Finding, *, severity: str, host: str, detail: dict):
+    """Alert an open condition whose opening alert reached nobody; the event is not recorded twice."""
+    from backup_tasks.alerting import on_event
+
+    try:
+        return on_event(rt.catalog, kind=f.kind, severity=severity, message=f.message, target=f.target, host=host,
+                        backup_id=f.backup_id, detail=detail)
+    except Exception:  # noqa: BLE001 - like events.emit: the watchdog's other findings still count
+        log.exception("could not send the alert for condition %s again", f.key)
+        return None
 
 
 def _host(rt, finding: Finding, here: str) -> str:

@@ -6,6 +6,7 @@ a test can read the mail or the JSON exactly as a mailbox or a chat bridge would
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
@@ -88,9 +89,9 @@ class Webhook:
             return [p["json"] for p in self.posts if kind_fragment in json.dumps(p["json"])]
 
 
-@pytest.fixture
-def webhook_server():
-    """A real HTTP server (http.server in a thread) that stores each POSTed JSON body; ``.url(path)`` gives json://."""
+@contextlib.contextmanager
+def serve_webhook(port: int = 0):
+    """A real HTTP server (http.server in a thread) on ``port`` (0: any free one) that stores each POSTed JSON body."""
     hook = Webhook()
 
     class Handler(BaseHTTPRequestHandler):
@@ -109,7 +110,7 @@ def webhook_server():
         def log_message(self, *args):  # keep pytest's output clean
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     port = server.server_address[1]
@@ -120,3 +121,10 @@ def webhook_server():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def webhook_server():
+    """A webhook on a free loopback port (see ``serve_webhook``); ``.url(path)`` gives the json:// URL."""
+    with serve_webhook() as hook:
+        yield hook

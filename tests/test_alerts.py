@@ -13,11 +13,13 @@ from datetime import timedelta
 
 import pytest
 
-from backup_tasks import alerting, client, events
+from backup_tasks import alerting, client, config, events, manifest
 from backup_tasks.catalog import AlertSentRow, Status
+from backup_tasks.errors import ConfigError, VerificationFailed
+from backup_tasks.verify import verify_backup
 from conftest import run_cli
 from databases import make_pg_database, pg, unique
-from notify_servers import Mailbox, closed_port, smtp_server, webhook_server  # noqa: F401
+from notify_servers import Mailbox, closed_port, serve_webhook, smtp_server, webhook_server  # noqa: F401
 from test_sqlite_backup import make_app_db
 
 SMALL_PG = "CREATE TABLE students (id serial PRIMARY KEY, name text); INSERT INTO students (name) SELECT 'pupil ' || g FROM generate_series(1, 50) g;"
@@ -81,6 +83,30 @@ def test_a_failed_verification_posts_the_alert_json_to_a_webhook(tmp_path, make_
     assert "backupctl backup app-sqlite --wait" in doc["message"]
 
 
+def test_two_damaged_backups_are_two_alerts_and_a_re_verify_of_one_is_held_back(tmp_path, make_config, runtime_for,
+                                                                                 webhook_server):
+    db = tmp_path / "app.db"
+    make_app_db(db, rows=200)
+    rt = runtime_for(make_config(sqlite_target("app-sqlite", db),
+                                 settings=alerts_setting(webhook_server.url(), extra="alert_repeat_minutes = 60\n")))
+    entries = [client.enqueue_backup("app-sqlite", rt=rt).wait() for _ in range(2)]
+    for entry in entries:  # someone edits both manifests (say, to hide a host): their signatures no longer match
+        path = rt.storage("local").inner.root / manifest.manifest_key("app-sqlite", entry["id"])
+        doc = json.loads(path.read_bytes())
+        doc["host"] = "elsewhere"
+        path.write_text(json.dumps(doc))
+
+    for entry in entries + entries[:1]:  # each once, then the first again (a rolling re-verify)
+        with pytest.raises(VerificationFailed):
+            verify_backup(rt, entry["id"])
+
+    # One alert per damaged backup, each naming its own run; the repeat within the hour is held back.
+    alerts = webhook_server.json_of("verification of a backup of 'app-sqlite' failed")
+    assert len(alerts) == 2
+    assert all(f"Run:       {e['id']}" in a["message"] for e, a in zip(entries, alerts))
+    assert len(rt.catalog.events(kind=events.VERIFY_FAILED)) == 3  # all three are in the catalog
+
+
 def test_identical_alerts_are_sent_once_per_window_even_from_different_processes(tmp_path, make_config, runtime_for,
                                                                                    webhook_server):
     cfg = make_config(sqlite_target("gone", tmp_path / "nope.db") + sqlite_target("also-gone", tmp_path / "nope2.db"),
@@ -114,6 +140,28 @@ def test_identical_alerts_are_sent_once_per_window_even_from_different_processes
     assert "(1 identical alert suppressed since" in failures[1]["message"]
     with rt.catalog._session() as s:
         assert s.get(AlertSentRow, later.dedupe_key).suppressed == 1  # the one at +62 min
+
+
+def test_an_alert_that_reached_no_channel_does_not_use_up_the_window(tmp_path, make_config, runtime_for):
+    port = closed_port()  # the chat bridge is down: nothing listens yet
+    rt = runtime_for(make_config(sqlite_target("gone", tmp_path / "nope.db"),
+                                 settings=alerts_setting(f"json://127.0.0.1:{port}/hook", extra="alert_repeat_minutes = 60\n")))
+
+    # Two failures while the channel is down: each is tried (and fails), neither counts as sent.
+    client.enqueue_backup("gone", rt=rt)
+    client.enqueue_backup("gone", rt=rt)
+    assert len(rt.catalog.events(kind=alerting.CHANNEL_FAILED)) == 2
+    with rt.catalog._session() as s:
+        assert s.query(AlertSentRow).count() == 0
+
+    # The bridge comes back on its port: the next identical failure is delivered, within the hour.
+    with serve_webhook(port) as hook:
+        third = client.enqueue_backup("gone", rt=rt)
+        [alert] = hook.json_of("backup of 'gone' failed")
+        assert f"Run:       {third.id}" in alert["message"]
+        # And from now on the window holds identical ones back, as it should.
+        client.enqueue_backup("gone", rt=rt)
+        assert len(hook.json_of("backup of 'gone' failed")) == 1
 
 
 def test_a_broken_channel_never_fails_the_backup_and_is_logged(tmp_path, make_config, runtime_for, webhook_server, caplog):
@@ -164,12 +212,23 @@ def test_no_secret_reaches_an_alert(tmp_path, make_config, runtime_for, smtp_ser
     events.emit(rt.catalog, events.CHAIN_FAILED,
                 f"pg_dump: could not connect to postgresql://backup:{secret}@db01/school password={secret} "
                 f"(token tok-{secret[::-1]})", target="school-db", host="db01", backup_id="school-db-leak")
+    # Secrets this host does not know, in the shapes tools and libraries print them.
+    unknown = "Xq7-unknown-Secret"
+    shapes = [f"password='{unknown}1'", f'password="{unknown}2"', f"{{'password': '{unknown}3'}}", f"PGPASSWORD={unknown}4",
+              f"aws_secret_access_key={unknown}5", f"Authorization: Bearer {unknown}6",
+              f"postgresql://backup:p@ss{unknown}7@db01/school"]
+    events.emit(rt.catalog, events.CHAIN_FAILED, "dump failed; the tool said: " + " | ".join(shapes),
+                target="school-db", host="db01", backup_id="school-db-leak2")
 
     mails = [Mailbox.text(m) + m["Subject"] for m in smtp_server.messages]
     posts = [json.dumps(p["json"]) + json.dumps(p["headers"].get("Authorization", "")) for p in webhook_server.posts]
-    assert len(mails) == 2 and len(posts) == 2
+    assert len(mails) == 3 and len(posts) == 3
     assert f"Run:       {run.id}" in mails[0] and missing_db in mails[0]  # the real failure names its database
     assert "postgresql://backup:***@db01/school password=*** (token ***)" in mails[1]
+    assert ("password='***' | password=\"***\" | {'password': '***'} | PGPASSWORD=*** | aws_secret_access_key=*** | "
+            "Authorization: Bearer *** | postgresql://backup:***@db01/school") in mails[2]
+    for text in mails + posts:
+        assert unknown not in text
     for text in mails + [p.split('"Authorization"')[0] for p in posts]:
         assert secret not in text and secret[::-1] not in text and hook_password not in text
     # The webhook itself still authenticates with its password (basic auth), which is the channel's business.
@@ -211,4 +270,14 @@ def test_a_malformed_alert_setting_is_refused_when_the_config_loads(tmp_path, ma
     done = run_cli("targets", "--json", config=cfg, check=2)
     err = json.loads(done.stdout)["error"]
     assert err["type"] == "ConfigError" and f"field '{field}'" in err["message"] and err["remedy"]
+
+
+@pytest.mark.parametrize("history", [1, 2])
+def test_a_size_history_too_short_for_a_median_is_refused_not_silently_ignored(tmp_path, make_config, history):
+    cfg = make_config(sqlite_target("x", tmp_path / "x.db"), settings=f"size_anomaly_history = {history}\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(cfg)
+    assert "field 'size_anomaly_history'" in str(caught.value) and f"{history} is out of range" in str(caught.value)
+    assert "between 3 and 1000" in caught.value.remedy and "at least 3 earlier backups" in caught.value.remedy
+    assert config.load(make_config(sqlite_target("x", tmp_path / "x.db"), settings="size_anomaly_history = 3\n"))
 

@@ -14,12 +14,14 @@ import re
 import shutil
 import subprocess
 import tempfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
-from backup_tasks import client
+from backup_tasks import client, readiness, report
 from backup_tasks.catalog import Status
 from backup_tasks.drill import run_drill
 from backup_tasks.monitor_tasks import report as report_task
@@ -172,3 +174,35 @@ def test_the_weekly_report_task_mails_the_html_page(history, smtp_server, tmp_pa
     assert attachment.get_filename().startswith("dr-report-") and attachment.get_filename().endswith(".html")
     assert b'id="plot-size"' in attachment.get_payload(decode=True)
     assert not any(p.name.startswith("report-") for p in Path(rt.settings.staging_dir).iterdir())  # temp page removed
+
+
+def test_the_success_rate_counts_runs_with_an_outcome_not_one_still_being_verified():
+    now = datetime(2024, 6, 30, 12, tzinfo=timezone.utc)
+
+    def run(days_ago: float, status: str, *, verified: bool = False, error: str | None = None):
+        at = now - timedelta(days=days_ago)
+        return SimpleNamespace(created_at=at, status=status, verified_at=at if verified else None, error=error)
+
+    runs = [run(40, "failed"),  # outside the 30 days
+            run(20, "deleted", verified=True),  # verified, removed by retention since: a success
+            run(10, "deleted"),  # failed, then removed by retention: still a failure
+            run(5, "failed"), run(3, "verified", verified=True), run(2, "verified", verified=True),
+            run(1, "uploaded", error="verify did not finish: worker lost"),  # verify gave up: no success
+            run(0.01, "uploaded"),  # stored a minute ago, its verify is running: no outcome yet
+            run(0.001, "running")]
+    assert readiness.success_rate(runs, now - timedelta(days=30)) == (3, 6)
+    assert readiness.success_rate(runs[4:6] + runs[-2:], now - timedelta(days=30)) == (2, 2)  # 100%, not 67%
+
+
+def test_size_and_duration_plots_show_only_backups_that_were_stored_and_not_failed():
+    at = datetime(2024, 6, 30, tzinfo=timezone.utc)
+
+    def run(name: str, status: str, size: int | None, *, verified: bool = False):
+        return SimpleNamespace(id=name, target="app", created_at=at, status=status, size_stored=size, duration_seconds=9.0,
+                               verified_at=at if verified else None)
+
+    runs = [run("verified", "verified", 1000, verified=True), run("awaiting-verify", "uploaded", 1000),
+            run("kept-then-removed", "deleted", 1000, verified=True),
+            run("partial-upload", "failed", 300), run("failed-verify", "failed", 1000),
+            run("partial-then-removed", "deleted", 300), run("dump-failed", "failed", None), run("now", "running", None)]
+    assert [r.id for r in report.good_stored(runs)] == ["verified", "awaiting-verify", "kept-then-removed"]

@@ -12,7 +12,7 @@ import os
 import sqlite3
 
 from backup_tasks import anomaly, client, events
-from backup_tasks.catalog import Status
+from backup_tasks.catalog import Catalog, Location, Status
 from notify_servers import webhook_server  # noqa: F401
 
 
@@ -66,3 +66,37 @@ def test_the_rule_compares_with_the_median_of_recent_sizes():
     assert anomaly.assess(503, usual, min_percent=50, max_percent=200) is None  # just inside the band
     assert anomaly.assess(60, usual, min_percent=5, max_percent=200) is None  # thresholds are settings
     assert anomaly.assess(10, [1000, 1000], min_percent=50, max_percent=200) is None  # too little history
+
+
+def stored(catalog: Catalog, backup_id: str, size: int, *, partial: bool = False) -> None:
+    """Record a run whose artifact of ``size`` bytes reached the 'local' tier (only that tier, if ``partial``)."""
+    catalog.create_run(backup_id, target="shop", kind="sqlite", type="full", host="app01")
+    row = catalog.get(backup_id)
+    doc = {"target": "shop", "kind": "sqlite", "type": "full", "host": "app01", "parent": None,
+           "created_at": row.created_at.isoformat(), "finished_at": row.created_at.isoformat(),
+           "plaintext": {"size": size}, "stored": {"size": size, "sha256": "0" * 64}}
+    record = catalog.record_partial_upload if partial else catalog.record_upload
+    record(backup_id, doc, [Location("local", f"shop/{backup_id}/data", size)], summary={})
+
+
+def test_failed_runs_removed_by_retention_stay_out_of_the_usual_size(tmp_path):
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    # Four good nights of about 1 MB; the oldest has since been removed by retention.
+    for night in range(4):
+        stored(catalog, f"shop-{night}", 1_000_000)
+        catalog.record_verification(f"shop-{night}", ok=True, check=None, detail={}, duration=1.0)
+    catalog.drop_locations("shop-0", ["local"])
+    # Then three nights whose second tier failed after 100 kB reached the first: failed, copies kept for
+    # inspection, removed by retention once a newer backup verified (so they end 'deleted', never verified) ...
+    for night in range(4, 7):
+        stored(catalog, f"shop-{night}", 100_000, partial=True)
+        assert catalog.fail_run(f"shop-{night}", "upload to tier 'usb' failed") == "failed"
+        assert catalog.drop_locations(f"shop-{night}", ["local"]) == Status.DELETED
+    # ... and one whose verification found it damaged.
+    stored(catalog, "shop-7", 100_000)
+    catalog.record_verification("shop-7", ok=False, check="stored-sha256", detail={}, duration=1.0)
+    stored(catalog, "shop-8", 1_000_000)  # tonight's normal backup, just uploaded
+
+    history = catalog.recent_sizes("shop", before=catalog.get("shop-8").created_at, limit=7, exclude="shop-8")
+    assert history == [1_000_000] * 4  # the good ones only, deleted-after-verified included
+    assert anomaly.assess(1_000_000, history, min_percent=50, max_percent=200) is None  # no false alarm

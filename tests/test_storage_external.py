@@ -122,7 +122,8 @@ def test_configured_external_tier_emits_an_event_in_the_catalog(tmp_path, make_c
     kinds = [e.kind for e in rt.catalog.events()]
     assert EVENT_REFUSED in kinds
     refused = rt.catalog.events(kind=EVENT_REFUSED)[0]
-    assert refused.target is None and refused.detail["tier"] == "usb" and refused.severity == "error"
+    assert refused.detail["tier"] == "usb" and refused.severity == "error"
+    assert refused.target == "t" and refused.backup_id == run.id  # the run that was refused, from its key
     assert list(path.iterdir()) == []
 
 

@@ -12,11 +12,13 @@ import json
 import os
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 
-from backup_tasks import client, events
-from backup_tasks.watchdog import run_watchdog
+from backup_tasks import alerting, client, events
+from backup_tasks.catalog import Catalog
+from backup_tasks.watchdog import DiskUsage, run_watchdog, tier_findings
 from conftest import run_cli
-from notify_servers import wait_for, webhook_server  # noqa: F401
+from notify_servers import closed_port, serve_webhook, wait_for, webhook_server  # noqa: F401
 from test_sqlite_backup import make_app_db
 from test_storage_external import mount_tmpfs, umount
 
@@ -96,6 +98,7 @@ def test_a_missing_mount_and_low_free_space_are_alerted_once_and_resolved(tmp_pa
         [missing] = webhook_server.json_of("is not mounted")
         assert missing["title"] == f"[backup-tasks] FAILED: external tier 'usb' is not mounted at {usb}"
         assert "Targets:   app" in missing["message"] and f"mount {usb}" in missing["message"]
+        assert "then: backupctl backup app --wait" in missing["message"] and "TARGET" not in missing["message"]
         assert run_watchdog(rt)["opened"] == []
         assert len(webhook_server.json_of("is not mounted")) == 1
 
@@ -154,5 +157,72 @@ def test_a_backup_to_an_unmounted_external_tier_alerts_the_missing_mount_at_once
     [mount] = webhook_server.json_of("is not mounted")
     assert mount["type"] == "failure" and mount["title"] == f"[backup-tasks] FAILED: external tier 'usb' is not mounted at {usb}"
     assert "Targets:   app" in mount["message"] and f"mount {usb}" in mount["message"]
+    # It names the run that was refused, and the command to run again is one to type as it stands.
+    assert "Target:    app" in mount["message"] and "Host:      app01" in mount["message"]
+    assert f"Run:       {run.id}" in mount["message"]
+    assert "then: backupctl backup app --wait" in mount["message"] and "TARGET" not in mount["message"]
     [run_failed] = webhook_server.json_of("backup of 'app' failed on app01")
     assert f"Run:       {run.id}" in run_failed["message"]
+
+
+def test_an_rpo_breach_alert_lost_to_a_dead_channel_is_sent_when_the_channel_is_back(tmp_path, make_config, runtime_for):
+    port = closed_port()  # the webhook receiver is down when the breach opens
+    rt = runtime_for(make_config(f'[targets.forgotten]\nkind = "sqlite"\nhost = "app01"\npath = "{tmp_path / "app.db"}"\n',
+                                 settings=f'alerts = ["json://127.0.0.1:{port}/hook"]\n'))
+    key = f"{events.RPO_BREACH}:forgotten"
+
+    assert run_watchdog(rt)["opened"] == [key]
+    assert len(rt.catalog.events(kind=alerting.CHANNEL_FAILED)) == 1
+    [condition] = rt.catalog.open_conditions()
+    assert not condition.notified  # nobody has been told yet
+
+    # Still down at the next check: tried again (a second channel failure), the event is not recorded twice.
+    assert run_watchdog(rt)["open"] == [key]
+    assert len(rt.catalog.events(kind=alerting.CHANNEL_FAILED)) == 2
+    assert len(rt.catalog.events(kind=events.RPO_BREACH)) == 1
+
+    # The receiver is back on its port: the next check delivers the breach, and the one after says nothing.
+    with serve_webhook(port) as hook:
+        assert run_watchdog(rt)["opened"] == []
+        [alert] = breaches(hook, "forgotten")
+        assert "has never had a verified backup" in alert["message"] and "Host:      app01" in alert["message"]
+        assert rt.catalog.open_conditions()[0].notified
+        run_watchdog(rt)
+        assert len(hook.posts) == 1
+
+
+def test_a_catalog_from_before_the_notified_column_gets_it_and_its_open_conditions_count_as_alerted(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the alert_conditions table as the previous release created it
+        db.execute("CREATE TABLE alert_conditions (key VARCHAR(200) PRIMARY KEY, kind VARCHAR(64) NOT NULL, "
+                   "target VARCHAR(64), tier VARCHAR(64), opened_at DATETIME NOT NULL, detail JSON)")
+        db.execute("INSERT INTO alert_conditions VALUES ('rpo.breach:old', 'rpo.breach', 'old', NULL, "
+                   "'2024-01-01 00:00:00', NULL)")
+
+    catalog = Catalog(f"sqlite:///{path}")
+    [old] = catalog.open_conditions()
+    assert old.key == "rpo.breach:old" and old.notified  # alerted by the old release: not sent again
+    assert catalog.open_condition("rpo.breach:new", kind=events.RPO_BREACH, target="new")
+    assert not [c for c in catalog.open_conditions() if c.key == "rpo.breach:new"][0].notified
+    Catalog(f"sqlite:///{path}")  # opening it again changes nothing
+
+
+def test_low_space_resolves_only_when_clear_of_the_threshold_so_it_does_not_flap():
+    tier = SimpleNamespace(name="usb", path="/mnt/usb", options={})
+    settings = SimpleNamespace(alert_min_free_percent=10, alert_min_free_bytes=0)
+
+    def low(free: int, *, low_open: bool, total: int = 1000, **options) -> bool:
+        t = SimpleNamespace(**{**vars(tier), "options": options})
+        [space] = tier_findings(t, mounted=None, usage=DiskUsage(total=total, free=free), settings=settings, low_open=low_open)
+        return space.active
+
+    assert low(95, low_open=False)  # 9.5% free: opens
+    assert low(105, low_open=True)  # 10.5%: above the threshold, but within the 2-point margin: stays open
+    assert low(119, low_open=True) and not low(121, low_open=True)  # clears above 12%
+    assert not low(105, low_open=False)  # and 10.5% never opened one
+    # A bytes threshold (the tier's min_free_bytes) clears 2% above itself.
+    big = dict(total=10**9, min_free_bytes=200 * 10**6)
+    assert low(199 * 10**6, low_open=False, **big)
+    assert low(203 * 10**6, low_open=True, **big) and not low(205 * 10**6, low_open=True, **big)

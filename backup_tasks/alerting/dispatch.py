@@ -57,7 +57,11 @@ def on_event(catalog, *, kind: str, severity: str, message: str, target: str | N
 
 def send(alert: Alert, urls, *, settings, config=None, catalog=None, html_body: str | None = None,
          attachments: list[Path] | None = None, rate_limit: bool = True) -> Delivery:
-    """Rate-limit (shared through the catalog), mask secrets, deliver; never raises."""
+    """Rate-limit (shared through the catalog), mask secrets, deliver; never raises.
+
+    An alert that reached no channel gives its rate-limit claim back, so it does not
+    count as sent: the next identical alert goes out (with the count of those held back).
+    """
     delivery = Delivery(alert)
     if not urls:
         return delivery
@@ -80,6 +84,12 @@ def send(alert: Alert, urls, *, settings, config=None, catalog=None, html_body: 
     delivery.channels = channels.deliver(urls, title=title, body=body, level=alert.level, html=html_body is not None,
                                          attachments=attachments)
     delivery.sent = any(c.ok for c in delivery.channels)
+    if claim is not None and claim.send and not delivery.sent:
+        # Nobody was told: the claim must not hold back the next identical alert for a whole window.
+        try:
+            catalog.release_alert(alert.dedupe_key, claim)
+        except Exception:  # noqa: BLE001
+            log.exception("could not release the rate limit of undelivered alert %s", alert.kind)
     for failed in delivery.failed:
         # The failure of a channel is logged, never raised: the backup it reports on is not affected.
         log.error("alert channel %s failed to deliver %s (%s): %s", failed.channel, alert.kind, alert.title, failed.error)

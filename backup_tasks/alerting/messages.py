@@ -123,12 +123,18 @@ def from_event(*, kind: str, severity: str, message: str, target: str | None, ho
     """The alert for one event (any kind: unknown kinds get a generic wording)."""
     detail = dict(detail or {})
     tier = detail.get("tier")
-    if tier and not target and config is not None:
+    # A tier's trouble is every target's that stores there, even when one run ran into it.
+    if tier and (not target or kind == events.TIER_REFUSED) and config is not None:
         users = [t.name for t in config.targets.values() if tier in t.storage]
         detail.setdefault("affected_targets", users)
     wording = WORDING.get(kind) or _Wording(_level(severity), kind, "backupctl report")
     if kind == events.TIER_REFUSED and detail.get("reason") == "not-mounted":
         wording = WORDING[events.MOUNT_MISSING]
+    next_step = wording.next_step
+    if not target:  # a tier's alert: re-run the targets that use it, never a placeholder to fill in
+        again = "; ".join(f"backupctl backup {t} --wait" for t in detail.get("affected_targets") or ())
+        next_step = next_step.replace(", then: backupctl backup {target} --wait",
+                                      f", then: {again}" if again else "; the next scheduled backups then reach it")
     # No host on the event (a tier refused a write): it happened here, in the process that alerts.
     host = host or detail.get("checked_on") or socket.gethostname()
     values = _Values(target=target or "TARGET", host=host, id=backup_id or "ID",
@@ -146,11 +152,15 @@ def from_event(*, kind: str, severity: str, message: str, target: str | None, ho
             facts.append((label, _fmt(key, detail[key])))
     return Alert(
         kind=kind, level=wording.level, title=wording.title.format_map(values), what=message,
-        next_step=wording.next_step.format_map(values), target=target, host=host,
+        next_step=next_step.format_map(values), target=target, host=host,
         backup_id=backup_id, remedy=str(detail.get("remedy") or ""), at=at or datetime.now(timezone.utc),
-        facts=tuple(facts), dedupe_key=dedupe_key(kind, target, tier, message, backup_id,
-                                                  unique=wording.level == "success" and kind == events.VERIFIED),
+        facts=tuple(facts), dedupe_key=dedupe_key(kind, target, tier, message, backup_id, unique=kind in PER_ARTIFACT),
     )
+
+
+#: alerts about one stored backup: each backup is its own news (two corrupted backups are two alerts),
+#: while the same backup found bad again (a rolling re-verify) is held back like any repeat
+PER_ARTIFACT = (events.VERIFY_FAILED, events.VERIFY_INCOMPLETE, events.SIZE_ANOMALY, events.VERIFIED)
 
 
 def dedupe_key(kind: str, target: str | None, tier: str | None, message: str, backup_id: str | None, *, unique: bool) -> str:
@@ -158,7 +168,7 @@ def dedupe_key(kind: str, target: str | None, tier: str | None, message: str, ba
 
     The run id is taken out of the message, so a target failing the same way run after run
     (say, every retry of a nightly backup against a dead server) is one alert per window,
-    not one per run. Success notices stay one per run (``unique``).
+    not one per run. Alerts about one backup (``unique``: PER_ARTIFACT kinds) keep its id in the key.
     """
     text = message.replace(backup_id, "<run>") if backup_id else message
     text = _RUN_ID_RE.sub("<run>", text)  # run ids quoted in paths and keys, e.g. by a tier refusing a write
@@ -195,4 +205,4 @@ def _iso(at: datetime) -> str:
     return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-__all__ = ["Alert", "from_event", "dedupe_key", "LEVELS", "WORDING"]
+__all__ = ["Alert", "from_event", "dedupe_key", "LEVELS", "PER_ARTIFACT", "WORDING"]

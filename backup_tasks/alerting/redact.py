@@ -3,8 +3,11 @@
 Messages are written not to carry secrets in the first place (errors name references,
 never values). This is the second line: before an alert leaves, every value that a
 credential reference of the config resolves to on this host, every value of an
-environment variable whose name says it is secret, and the password part of any URL
-(``scheme://user:password@host``) or ``password=...`` pair is replaced by ``***``.
+environment variable whose name says it is secret, the password part of any URL
+(``scheme://user:password@host``, up to the last ``@`` before the host), the value of any
+secret-named pair (``password=x``, ``PGPASSWORD=x``, ``aws_secret_access_key = x``,
+``'password': 'x'``, quoted or not) and a bearer token or ``Authorization:`` value are
+replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,15 @@ MASK = "***"
 _MIN_SECRET_LEN = 4
 _SECRET_ENV_RE = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE", re.IGNORECASE)
 _LOCATION_ENV_RE = re.compile(r"_(FILE|DIR|PATH|SOCK)$", re.IGNORECASE)
-_URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*):(?P<pw>[^\s@/]+)@")
-_PAIR_RE = re.compile(r"(?P<key>\b(?:password|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*)(?P<value>[^\s,;&'\"]+)",
-                      re.IGNORECASE)
+#: the password runs to the last "@" of the authority (a password may contain "@"), never past "/", "?" or "#"
+_URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*):(?P<pw>[^\s/?#]+)@")
+#: a secret-named key (PGPASSWORD, aws_secret_access_key, "password" in a dict), then its value, quoted or not;
+#: not where a secret is (password_file, ...), nor a plural ("tokens: 5")
+_PAIR_RE = re.compile(r"""(?P<key>(?<![A-Za-z0-9])[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key)"""
+                      r"""(?:[_.-](?!file|dir|path)[\w.-]*)?['"]?\s*[=:]\s*)"""
+                      r"""(?:(?P<q>['"])(?P<quoted>[^'"]*)(?P=q)|(?P<value>[^\s,;&'"}\]]+))""", re.IGNORECASE)
+_BEARER_RE = re.compile(r"(?P<head>\bauthorization\s*[=:]\s*(?:(?:bearer|basic|token|digest)\s+)?|\bbearer\s+)"
+                        r"(?P<value>[^\s,;'\"]+)", re.IGNORECASE)
 
 
 class Redactor:
@@ -41,7 +50,8 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
         text = _URL_PASSWORD_RE.sub(lambda m: f"{m['head']}:{MASK}@", text)
-        return _PAIR_RE.sub(lambda m: f"{m['key']}{MASK}", text)
+        text = _BEARER_RE.sub(lambda m: f"{m['head']}{MASK}", text)
+        return _PAIR_RE.sub(lambda m: f"{m['key']}{m['q']}{MASK}{m['q']}" if m["q"] else f"{m['key']}{MASK}", text)
 
 
 def _environment_secrets(environ) -> set[str]:

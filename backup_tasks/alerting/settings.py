@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from backup_tasks import defaults
 from backup_tasks.errors import ConfigError
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S*$")
@@ -21,8 +22,13 @@ _RANGES = {
     "alert_min_free_bytes": (0, None),
     "size_anomaly_min_percent": (0, 100),
     "size_anomaly_max_percent": (100, None),
-    "size_anomaly_history": (1, 1000),
+    "size_anomaly_history": (defaults.SIZE_ANOMALY_MIN_HISTORY, 1000),
     "report_days": (1, 3660),
+}
+#: why a lower bound is what it is, where that is not obvious
+_WHY = {
+    "size_anomaly_history": f"the size check needs at least {defaults.SIZE_ANOMALY_MIN_HISTORY} earlier backups "
+                            "to take a median (fewer would switch it off silently)",
 }
 
 
@@ -43,5 +49,6 @@ def check_settings(values: dict, *, file: str) -> None:
         value = values[field]
         if value < low or (high is not None and value > high):
             allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ConfigError(f"{value} is out of range", f"use a whole number {allowed}", file=file, where="[settings]",
-                              field=field)
+            why = f": {_WHY[field]}" if field in _WHY else ""
+            raise ConfigError(f"{value} is out of range", f"use a whole number {allowed}{why}", file=file,
+                              where="[settings]", field=field)

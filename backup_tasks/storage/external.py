@@ -58,13 +58,13 @@ class ExternalStorage(LocalStorage):
                 f"there; refusing to write{self._what(key)} (it would fill the filesystem underneath)",
                 f"mount the external disk or share at {self.root} (e.g. `mount {self.root}`); "
                 "check /etc/fstab and the NAS or USB device",
-                reason="not-mounted")
+                key=key, reason="not-mounted")
         probe = mount
         if not os.access(probe, os.W_OK | os.X_OK):
             self._refuse(
                 f"tier '{self.name}': {probe} is not writable by uid {os.geteuid()}; refusing to write{self._what(key)}",
                 f"remount {mount} read-write or give the worker's user write access to {self.root}",
-                reason="not-writable")
+                key=key, reason="not-writable")
         if self.min_free_bytes:
             vfs = os.statvfs(probe)
             free = vfs.f_bavail * vfs.f_frsize
@@ -73,25 +73,40 @@ class ExternalStorage(LocalStorage):
                     f"tier '{self.name}': only {free} bytes free on {mount}; writing{self._what(key)} ({size} bytes) "
                     f"would leave less than min_free_bytes = {self.min_free_bytes}",
                     f"free space on {mount} (backupctl cleanup --target ...) or lower min_free_bytes of tier '{self.name}'",
-                    reason="low-space", free_bytes=free)
+                    key=key, reason="low-space", free_bytes=free)
 
     def _what(self, key: str) -> str:
         return f" '{key}'" if key else ""
 
-    def _refuse(self, message: str, remedy: str, **detail) -> None:
+    def _refuse(self, message: str, remedy: str, *, key: str, **detail) -> None:
         if self._alert is not None:
             try:
-                self._alert(message, remedy, {"tier": self.name, "path": str(self.root), **detail})
+                self._alert(message, remedy, {"tier": self.name, "path": str(self.root), "key": key, **detail})
             except Exception:  # noqa: BLE001 - the refusal itself must still be raised
                 log.exception("tier %r: could not emit the refusal alert", self.name)
         raise TierUnavailable(message, remedy)
 
 
 def runtime_alert(message: str, remedy: str, detail: dict) -> None:
-    """Record the refusal as an error event in the catalog of this process's runtime."""
+    """Record the refusal as an error event in the catalog of this process's runtime.
+
+    The event names the run the refused object belongs to (keys are ``<target>/<backup id>/...``),
+    so the alert says which target and run, and gives the command that re-runs that target.
+    """
     from backup_tasks import events, runtime
 
-    events.emit(runtime.current().catalog, EVENT_REFUSED, message, remedy=remedy, **detail)
+    rt = runtime.current()
+    target, backup_id = _run_of(detail.get("key") or "", rt.config.targets)
+    host = rt.config.targets[target].host if target else None
+    events.emit(rt.catalog, EVENT_REFUSED, message, target=target, host=host, backup_id=backup_id, remedy=remedy, **detail)
+
+
+def _run_of(key: str, targets) -> tuple[str | None, str | None]:
+    """(target, backup id) of a backup's object key, or (None, None) for a key of no configured target."""
+    parts = key.split("/")
+    if len(parts) >= 3 and parts[0] in targets and parts[1]:
+        return parts[0], parts[1]
+    return None, None
 
 
 def open_external_tier(tier) -> ExternalStorage:
