@@ -83,8 +83,11 @@ def parse(dsn: str, engine: str, *, where: str = "", field_name: str = "dsn") ->
         raise ConfigError("the DSN names no host", _example(engine), where=where, field=field_name)
     database = unquote(parts.path.lstrip("/"))
     params = dict(parse_qsl(parts.query))
-    if "password" in params:
-        raise ConfigError("the DSN contains a password parameter", 'remove it and set password = "env:NAME"', where=where, field=field_name)
+    secret = sorted(k for k in params if "password" in k.lower() or k.lower() in ("sslpassword", "passfile"))
+    if secret:  # password, sslpassword (the client key's passphrase), passfile: secrets or where they are
+        raise ConfigError(f"the DSN contains a secret parameter ({', '.join(secret)})",
+                          'remove it; the server password goes in password = "env:NAME"; keep client keys unencrypted and 0600',
+                          where=where, field=field_name)
     return Server(engine=engine, host=parts.hostname, port=port or DEFAULT_PORTS[engine],
                   user=unquote(parts.username or "") or DEFAULT_USERS[engine], database=database, params=params)
 

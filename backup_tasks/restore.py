@@ -55,6 +55,8 @@ def restore_backup(rt: Runtime, backup_id: str, dest: Path, *, force: bool = Fal
         _commit(staging, dest)
     finally:
         _remove(staging)
+    if "next_step" in summary:  # the source named the private sibling it wrote; people need the final path
+        summary["next_step"] = summary["next_step"].replace(str(staging), str(dest))
     return {**base, "dry_run": False, **summary, "restored_to": str(dest)}
 
 

@@ -132,7 +132,7 @@ def test_restore_lands_only_below_a_restore_root(api, tmp_path):
         str(tmp_path / "elsewhere.db"): "not below a restore root",
         f"{root}/link/through-symlink.db": "through a symlink",
         "relative.db": "not an absolute path",
-        str(root): "not below a restore root",  # the root itself: a forced restore would replace all of it
+        str(root): "is a restore root itself",  # a forced restore would replace all of it
     }
     for destination, reason in refused.items():
         response = admin.post(f"/backups/{backup_id}/restore", json={"destination": destination, "force": True})
@@ -223,7 +223,9 @@ def test_bad_input_gets_a_specific_error(api):
     assert viewer.get("/backups/app-sqlite-20000101T000000Z-000000").status_code == 404
     assert viewer.get("/runs/app-sqlite-20000101T000000Z-000000.verify-0000").status_code == 404
     wrong_method = viewer.put("/backups", json={})
-    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "GET, HEAD, POST"
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "GET, POST"
+    head = viewer.head("/backups")
+    assert head.status_code == 405 and head.headers["allow"] == "GET, POST"  # what it says is what it serves
     assert viewer.get("/no-such-path").status_code == 404
     assert api.client(None).get("/no-such-path").status_code == 401  # nothing about the API without a token
     for response in (unknown, broken, typo, streamed):
@@ -287,3 +289,15 @@ def test_health_answers_within_its_probe_time_however_many_tiers_hang(tmp_path, 
     assert report["status"] == "unavailable" and took < 3.0, took  # not 3 x 1.5 s one after another
     assert all(components[f"s3{n}"]["status"] == "unavailable" for n in range(3))
     assert components["local"]["status"] == "ok" and components["catalog"]["status"] == "ok"
+
+
+def test_a_restore_root_nested_in_another_is_still_a_root_and_refused(tmp_path):
+    from backup_tasks.api.destinations import check
+    from backup_tasks.api.errors import DestinationRefused
+
+    outer = tmp_path / "restore"
+    inner = outer / "team-a"
+    inner.mkdir(parents=True)
+    with pytest.raises(DestinationRefused, match="is a restore root itself"):
+        check(str(inner), (outer, inner))
+    assert check(str(inner / "app.db"), (outer, inner)) == inner / "app.db"

@@ -51,6 +51,7 @@ def test_a_made_token_pasted_as_printed_lets_in_that_token_only(tmp_path, sessio
     (f'[api.tokens]\nci = {{ hash = "{HASH}", role = "viewer" }}\nbot = {{ hash = "{HASH}", role = "admin" }}\n', "hash",
      "the same token hash as 'ci'"),
     (f'[api.tokens]\n"bad name" = {{ hash = "{HASH}", role = "viewer" }}\n', "", "invalid token name"),
+    (f'[api.tokens]\nanonymous = {{ hash = "{HASH}", role = "viewer" }}\n', "", "is reserved"),
     (f'[api.tokens]\nci = {{ hash = "{HASH}", role = "viewer", expires = "never" }}\n', "expires", "allowed fields: hash, role"),
     ('[api]\ntokens = "sha256:abc"\n', "tokens", "table of named tokens"),
     ('[api]\nrestore_roots = ["/"]\n', "restore_roots", "filesystem root"),

@@ -316,6 +316,14 @@ def test_a_password_in_the_dsn_is_refused_without_echoing_it(make_config):
 
 def test_restore_to_a_path_writes_the_plain_archive_for_pg_restore_by_hand(pg_backup, tmp_path):
     out = tmp_path / "school.pgdump"
-    run_cli("restore", pg_backup.id, "--to", str(out), "--json", config=pg_backup.config, check=0)
+    done = json.loads(run_cli("restore", pg_backup.id, "--to", str(out), "--json", config=pg_backup.config, check=0).stdout)
+    assert done["next_step"] == f"pg_restore -d DATABASE {out}"  # the file as it is now, not the private sibling
     listing = subprocess.run(["pg_restore", "--list", str(out)], capture_output=True, text=True, check=True).stdout
     assert "TABLE DATA public orders" in listing and oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("param", ["password=hunter2", "sslpassword=hunter2", "passfile=/root/.pgpass"])
+def test_a_secret_parameter_in_the_dsn_is_refused_without_echoing_it(make_config, param):
+    path = make_config(f'[targets.x]\nkind = "postgres"\ndsn = "postgresql://u@127.0.0.1/school?sslmode=require&{param}"\n')
+    done = run_cli("targets", "--json", config=path, check=2)
+    assert "secret parameter" in done.stdout and param.split("=")[0] in done.stdout and "hunter2" not in done.stdout + done.stderr

@@ -29,7 +29,7 @@ from anyio import to_thread
 
 from backup_tasks import audit
 from backup_tasks.api.config import ApiToken, hash_token
-from backup_tasks.api.errors import error_response
+from backup_tasks.api.errors import error_response, status_for, unreachable
 from backup_tasks.errors import BackupError
 
 log = logging.getLogger("backup_tasks.api")
@@ -142,6 +142,11 @@ class Guard:
 
         try:
             await self.app(scope, replay if scope["method"] in BODY_METHODS else receive, capture)
+        except Exception as exc:
+            # Answered by the outermost handler (errors._unexpected), after this guard: audit the code it sends.
+            mapped = unreachable(exc)
+            status["code"] = status_for(mapped) if mapped is not None else 500
+            raise
         finally:
             if not status["audited"]:  # the app raised or the client went away before the end
                 await self._audit(token, status["code"], call, backup_id)
@@ -154,7 +159,7 @@ class Guard:
         """
         if self._operations is None:
             self._operations = operations(self.fastapi_app.openapi())
-        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        method = scope["method"]
         path_known = False
         for op_method, regex, role in self._operations:
             found = regex.fullmatch(scope["path"])

@@ -28,6 +28,8 @@ from backup_tasks.errors import ConfigError
 ROLES = ("viewer", "operator", "admin")
 HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: the audit log's actor for calls without a valid token is api:anonymous
+RESERVED_NAME = "anonymous"
 FIELDS = {"tokens", "restore_roots", "max_body_bytes"}
 TOKEN_FIELDS = {"hash", "role"}
 
@@ -91,6 +93,9 @@ def _tokens(table: Any, file: str) -> dict[str, ApiToken]:
         if not NAME_RE.match(name):
             raise ConfigError(f"invalid token name '{name}'", "use 1-63 letters, digits, '.', '_' or '-'; it is the actor "
                               "name in the audit log", file=file, where=where)
+        if name == RESERVED_NAME:
+            raise ConfigError(f"the token name '{name}' is reserved", "the audit log writes api:anonymous for calls "
+                              "without a valid token; choose another name", file=file, where=where)
         if not isinstance(spec, dict):
             raise ConfigError("must be a table", f'{name} = {{ hash = "sha256:...", role = "viewer" }}', file=file, where=where)
         _unknown(spec, TOKEN_FIELDS, file, where)

@@ -32,9 +32,12 @@ def check(destination: str, roots: tuple[Path, ...]) -> Path:
         raise DestinationRefused(f"destination '{destination}' contains '..' (path traversal)",
                                  f"give a path below one of the restore roots without '..': {listed}")
     resolved = Path(os.path.realpath(destination))
-    for root in roots:
-        real_root = Path(os.path.realpath(root))
-        if resolved != real_root and real_root in resolved.parents:
+    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    if resolved in real_roots:  # also a root nested in another: a forced restore would replace the whole root
+        raise DestinationRefused(f"destination '{destination}' is a restore root itself",
+                                 f"restore into a new directory below it: {listed}")
+    for real_root in real_roots:
+        if real_root in resolved.parents:
             return resolved
     escaped = f" (it resolves to {resolved} through a symlink)" if str(resolved) != os.path.normpath(destination) else ""
     raise DestinationRefused(f"destination '{destination}' is not below a restore root{escaped}",

@@ -109,11 +109,10 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def _methods(request: Request) -> list[str]:
-    """The methods the schema has for this path (HEAD wherever GET is, as Starlette serves it)."""
+    """The methods the schema has for this path (FastAPI's GET routes do not answer HEAD)."""
     from backup_tasks.api.auth import operations  # late: auth imports this module
 
-    methods = {method for method, regex, _ in operations(request.app.openapi()) if regex.fullmatch(request.url.path)}
-    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+    return sorted({method for method, regex, _ in operations(request.app.openapi()) if regex.fullmatch(request.url.path)})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
