@@ -30,6 +30,7 @@ of the active beat dying.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -163,6 +164,11 @@ class TargetsScheduler(RedBeatScheduler):
         except BackupError as exc:
             log.error("beat: the changed targets file is invalid; keeping the schedule in force: %s", exc)
             return False
+        if cfg.settings.timezone != str(self.app.conf.timezone or "UTC"):
+            # redbeat stores crons without their zone and reads them in the app's, fixed at start
+            log.error("beat: timezone changed from %s to %s; the schedule stays in %s until beat is restarted",
+                      self.app.conf.timezone, cfg.settings.timezone, self.app.conf.timezone)
+            cfg = dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, timezone=str(self.app.conf.timezone)))
         runtime.install(runtime.Runtime(cfg))  # routing of beat's own publishes reads the new targets
         self.app.conf.beat_schedule = beat_schedule.build(cfg)
         return True

@@ -60,10 +60,12 @@ def test_scheduled_runs_stay_on_their_hosts_and_a_changed_targets_file_reaches_b
         assert meta["queue"] == {"a-db": "host.hostA", "b-db": "host.hostB"}[meta["args"][0]["target"]]
     assert all(row.host == {"a-db": "hostA", "b-db": "hostB"}[row.target] for row in rt.catalog.list())
 
-    # The operator adds a target on hostA and removes b-db, editing the file in place.
-    write_config(tmp_path / "targets.toml", session_keys, settings=FAST_BEAT,
+    # The operator adds a target on hostA and removes b-db, editing the file in place, and changes the
+    # timezone too: that one beat cannot apply while running (redbeat reads crons in its start-up zone), and says so.
+    write_config(tmp_path / "targets.toml", session_keys, settings=FAST_BEAT + 'timezone = "Europe/Berlin"\n',
                  targets=_targets(tmp_path, {"a-db": "hostA", "a-new": "hostA"}))
     beat.wait_log(r"schedule synced from .*added: backup:a-new; removed: backup:b-db", timeout=15)
+    assert "timezone changed from UTC to Europe/Berlin; the schedule stays in UTC until beat is restarted" in beat.text()
     statics = {k.decode() for k in r.smembers(f"{PREFIX}:statics")}
     assert "backup:a-new" in statics and "backup:b-db" not in statics
     assert not r.exists(f"{PREFIX}backup:b-db")
