@@ -48,9 +48,12 @@ def _in_terminal(*args: str, env: dict) -> tuple[int, str, str]:
 def test_backup_wait_and_restore_draw_a_live_bar_only_for_people(tmp_path, make_config, redis_url, start_worker):
     tree = tmp_path / "data"
     tree.mkdir()
-    with open(tree / "big.bin", "wb") as fh:
-        for i in range(64):  # half random, half constant: compresses about 2x
-            fh.write(os.urandom(1 << 19) + bytes([i % 251]) * (1 << 19))
+    # 64 MiB in 8,192 files, half random, half constant (compresses about 2x): tar and the
+    # per-file scan keep the dump busy for about a second, long enough to be seen
+    for d in range(64):
+        (tree / f"d{d}").mkdir()
+        for i in range(128):
+            (tree / f"d{d}" / f"f{i}.bin").write_bytes(os.urandom(1 << 12) + bytes([i % 251]) * (1 << 12))
     # Slow enough stages (zstd -9 on one thread, a 24 MiB/s tier) that the client, polling
     # four times a second, sees compress and upload running, as it would on real data.
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',

@@ -36,14 +36,19 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path, make_config, runtime_fo
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\nschedule = "0 3 1 1 *"\n'
                       f'[targets.tick]\nkind = "sqlite"\nhost = "hostA"\npath = "{db}"\nschedule = "@every 3s"\n',
                       settings="compression_threads = 1\nbeat_lock_timeout = 4\nbeat_max_loop_interval = 1\n",
-                      tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\nbandwidth_limit = "16MiB"\n')
+                      tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\nbandwidth_limit = "8MiB"\n')
     broker = private_redis.url
     worker = start_worker(cfg, broker, ["host.hostA", "verify"], name="w1@hostA")
     beat = start_beat(cfg, broker, level="DEBUG")  # DEBUG: beat logs the id of each task it published
     rt = runtime_for(cfg, BACKUP_BROKER_URL=broker)
 
     run = client.enqueue_backup("bulk", rt=rt)
-    wait_for(lambda: (run.progress() or {}).get("stage") in ("encrypt", "upload"), 60, "the large run to be mid-chain")
+
+    def uploading() -> bool:  # mid-stage, bytes moving: not in the instant one stage hands over to the next
+        report = run.progress() or {}
+        return report.get("stage") == "upload" and 0 < report["bytes_done"] < report["bytes_total"]
+
+    wait_for(uploading, 60, "the large run to be mid-upload")
     private_redis.restart(down_seconds=2)
     restarted_at = time.time()
 
