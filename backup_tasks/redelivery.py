@@ -66,10 +66,11 @@ def stage_slot(rt, backup_id: str, stage: str) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
         try:
             _require_current(rt, backup_id, stage)
-        except RunAlreadyUnderWay:
-            from backup_tasks.pipeline import cleanup_staging
+        except RunAlreadyUnderWay as dup:
+            if dup.status != Status.RUNNING:  # never while the original still works in this directory
+                from backup_tasks.pipeline import cleanup_staging
 
-            cleanup_staging(rt, backup_id)  # what this copy's run_dir() may have recreated
+                cleanup_staging(rt, backup_id)  # what this copy's run_dir() may have recreated
             raise
         yield
     finally:

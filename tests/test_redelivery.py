@@ -106,3 +106,20 @@ def test_an_upload_redelivered_after_its_commit_goes_on_but_a_late_copy_of_an_ea
     assert not (tmp_path / "state" / "staging" / ref["backup_id"]).exists()
     stored = sorted(o.key for o in rt.storage("local").list("bulk/"))
     assert stored == [f"bulk/{ref['backup_id']}/data.tar.zst.age", f"bulk/{ref['backup_id']}/manifest.json"]
+
+
+def test_a_late_copy_of_the_dump_leaves_the_running_chain_and_its_staging_alone(tmp_path, make_config, runtime_for):
+    from celery import states
+
+    from backup_tasks import pipeline, tasks
+
+    rt = runtime_for(make_config(_bulk_target(tmp_path, 2)))
+    ref = pipeline.start(rt, "bulk-late-dump", "bulk", "full")
+    dumped = pipeline.dump(rt, ref)
+    rt.catalog.set_stage(ref["backup_id"], "compress")  # the original has moved on: its compress began
+
+    assert tasks.dump.apply(args=(ref,)).state == states.IGNORED  # the copy stops ...
+    assert Path(dumped["path"]).exists()  # ... and the original's staged dump is still there
+
+    uploaded = pipeline.upload(rt, pipeline.encrypt(rt, pipeline.compress(rt, dumped)))
+    assert rt.catalog.get(ref["backup_id"]).status == Status.UPLOADED and uploaded["size"] > 0
