@@ -34,11 +34,17 @@ VERIFIED = "backup.verified"  # a run's own verification passed (a notice with a
 
 
 def emit(catalog, kind: str, message: str, *, severity: str = "error", target: str | None = None, host: str | None = None,
-         backup_id: str | None = None, **detail):
-    """Log, record and alert on one event; returns the alert's ``Delivery`` (None if no alert was tried)."""
+         backup_id: str | None = None, record: bool = True, **detail):
+    """Log, record and alert on one event; returns the alert's ``Delivery`` (None if no alert was tried).
+
+    ``record=False`` only alerts again (the watchdog re-sending an alert that reached nobody):
+    the event itself is in the catalog once.
+    """
     log.log({"error": logging.ERROR, "info": logging.INFO}.get(severity, logging.WARNING), "%s target=%s backup=%s: %s", kind, target, backup_id, message)
     try:
-        catalog.add_event(kind=kind, severity=severity, message=message, target=target, host=host, backup_id=backup_id, detail=detail or None)
+        if record:
+            catalog.add_event(kind=kind, severity=severity, message=message, target=target, host=host, backup_id=backup_id,
+                              detail=detail or None)
     except Exception:  # noqa: BLE001 - see module docstring
         log.exception("could not record event %s for %s", kind, backup_id)
     try:

@@ -130,15 +130,15 @@ def disk_usage(path: str) -> DiskUsage | None:
     return DiskUsage(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize)
 
 
-def findings(rt, now: datetime) -> list[Finding]:
+def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
+    """Every condition as of now; ``open_keys``: the conditions open in the catalog (for low space's margin)."""
     out = [rpo_finding(state) for state in readiness.assess(rt, now)]
-    low_open = {row.key for row in rt.catalog.open_conditions(events.LOW_SPACE)}
     for tier in rt.config.tiers.values():
         if tier.kind not in ("local", "external") or not tier.path:
             continue
         mounted = os.path.ismount(tier.path) if tier.kind == "external" else None
         out += tier_findings(tier, mounted=mounted, usage=disk_usage(tier.path), settings=rt.settings,
-                             low_open=f"{events.LOW_SPACE}:{tier.name}" in low_open)
+                             low_open=f"{events.LOW_SPACE}:{tier.name}" in open_keys)
     return out
 
 
@@ -147,8 +147,9 @@ def run_watchdog(rt, now: datetime | None = None) -> dict:
     now = now or datetime.now(timezone.utc)
     host = socket.gethostname()
     opened, resolved, still_open = [], [], []
-    current = findings(rt, now)
-    unnotified = {row.key for row in rt.catalog.open_conditions() if not row.notified}
+    open_rows = rt.catalog.open_conditions()
+    current = findings(rt, now, {row.key for row in open_rows})
+    unnotified = {row.key for row in open_rows if not row.notified}
     for f in current:
         detail = {**f.detail, "checked_on": host}
         if f.active:
@@ -161,33 +162,22 @@ def run_watchdog(rt, now: datetime | None = None) -> dict:
                 still_open.append(f.key)
                 if f.key not in unnotified:
                     continue
-                delivery = _send_again(rt, f, severity=severity, host=_host(rt, f, host), detail=detail)
+                delivery = events.emit(rt.catalog, f.kind, f.message, severity=severity, target=f.target,
+                                       host=_host(rt, f, host), backup_id=f.backup_id, record=False, **detail)
             if delivery is not None and delivery.sent:
                 rt.catalog.mark_notified(f.key)
         elif rt.catalog.close_condition(f.key) is not None:
             events.emit(rt.catalog, f.kind + events.RESOLVED, f.message, severity="info", target=f.target,
                         host=_host(rt, f, host), backup_id=f.backup_id, **detail)
             resolved.append(f.key)
-    # Conditions of targets or tiers that left the config are closed quietly.
+    # Conditions of targets or tiers that left the config are closed quietly (any opened above is known).
     known = {f.key for f in current}
-    for row in rt.catalog.open_conditions():
+    for row in open_rows:
         if row.key not in known and (row.target not in rt.config.targets if row.target else row.tier not in rt.config.tiers):
             rt.catalog.close_condition(row.key)
     result = {"checked_at": iso(now), "host": host, "opened": opened, "resolved": resolved, "open": still_open + opened}
     log.info("watchdog: %s", result)
     return result
-
-
-def _send_again(rt, f: Finding, *, severity: str, host: str, detail: dict):
-    """Alert an open condition whose opening alert reached nobody; the event is not recorded twice."""
-    from backup_tasks.alerting import on_event
-
-    try:
-        return on_event(rt.catalog, kind=f.kind, severity=severity, message=f.message, target=f.target, host=host,
-                        backup_id=f.backup_id, detail=detail)
-    except Exception:  # noqa: BLE001 - like events.emit: the watchdog's other findings still count
-        log.exception("could not send the alert for condition %s again", f.key)
-        return None
 
 
 def _host(rt, finding: Finding, here: str) -> str:
