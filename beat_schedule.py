@@ -1,11 +1,11 @@
 """The beat schedule, built from the targets file: one ``backup.start`` per target, plus the global jobs.
 
-Beat runs with celery-redbeat (``backup_tasks.beat_sync.TargetsScheduler``): the entries
+Beat runs with celery-redbeat (``backup_tasks.orchestration.beat_sync.TargetsScheduler``): the entries
 built here are stored in Redis, one beat holds the lock and publishes, a standby takes
 over when the lock expires, and a changed targets file is synced into Redis while beat
 runs. Start it with Celery's own CLI::
 
-    BACKUP_CONFIG=/etc/backup-tasks/targets.toml celery -A backup_tasks.celery_app beat
+    BACKUP_CONFIG=/etc/backup-tasks/targets.toml celery -A backup_tasks.orchestration.celery_app beat
 
 Per target: ``backup:<name>`` at the target's ``schedule`` (defaults by kind in
 defaults.SCHEDULE_BY_KIND: databases daily 02:00, files Sunday 03:00, config Saturday
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from backup_tasks import defaults, schedules
+from backup_tasks import defaults
+from backup_tasks.config import schedules
 from backup_tasks.config import Config
 
 #: the re-verification runs once a day; its planner needs to know how often it runs

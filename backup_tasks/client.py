@@ -22,11 +22,12 @@ from typing import Callable
 
 from kombu.exceptions import OperationalError
 
-from backup_tasks import defaults, pipeline, runtime
-from backup_tasks.catalog import FINAL, Status, dumps_row
-from backup_tasks.celery_app import configure
+from backup_tasks import defaults
+from backup_tasks.ops import backup, runtime
+from backup_tasks.records.catalog import FINAL, Status, dumps_row
+from backup_tasks.orchestration.celery_app import configure
 from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
-from backup_tasks.progress import KEYS
+from backup_tasks.stages.counting import KEYS
 
 
 class BackupFailed(BackupError):
@@ -63,7 +64,7 @@ class Run:
             return None
         from celery.result import AsyncResult
 
-        from backup_tasks.celery_app import app
+        from backup_tasks.orchestration.celery_app import app
 
         if app.conf.broker_url != self._rt.settings.broker_url:
             configure(self._rt.settings)
@@ -125,11 +126,11 @@ class Run:
 def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None, rt: runtime.Runtime | None = None) -> Run:
     """Send ``backup.start`` for ``target``; in the embedded default the chain has run when this returns."""
     rt = rt or runtime.current()
-    pipeline.check_type(rt.target(target), type)
+    backup.check_type(rt.target(target), type)
     configure(rt.settings)
-    from backup_tasks.tasks import start
+    from backup_tasks.orchestration.tasks import start
 
-    backup_id = pipeline.new_backup_id(target)
+    backup_id = backup.new_backup_id(target)
     actor = actor or _actor()
     try:
         if not rt.settings.embedded:
@@ -137,7 +138,7 @@ def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None,
             with start.app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5)
             # Recorded now, so the run is in `backupctl list` while it waits for its worker.
-            pipeline.record_run(rt, backup_id, target, type, actor=actor)
+            backup.record_run(rt, backup_id, target, type, actor=actor)
         # The queue from the caller's own runtime: an application may hold one it never installed.
         start.apply_async(args=(target, type), kwargs={"actor": actor}, task_id=backup_id, queue=rt.target(target).queue)
     except (OperationalError, ConnectionError, RuntimeError) as exc:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backup_tasks import keys
+from backup_tasks.records import keys
 
 
 def sh(*args: str, config: Path | None = None) -> dict:

@@ -30,8 +30,8 @@ import time
 
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 
-from backup_tasks import readiness
-from backup_tasks.catalog import Status
+from backup_tasks.policy import readiness
+from backup_tasks.records.catalog import Status
 
 log = logging.getLogger(__name__)
 

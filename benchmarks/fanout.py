@@ -8,7 +8,7 @@ Run by hand (a few minutes; it competes for the CPU with anything else running):
 It answers two questions about the orchestration (Celery, Redis, the result backend,
 events, the per-target lock, progress reports, the catalog writes of the task layer):
 
-1. **Overhead per chain.** The same stage functions (pipeline.start, dump, compress,
+1. **Overhead per chain.** The same stage functions (backup.start, dump, compress,
    encrypt, upload, verify_backup) are first called in a plain loop, in-process, for
    ``--latency-runs`` targets: that is the stage work of one chain. Then the same number
    of chains run one at a time through Redis and one worker; a chain's wall time is
@@ -19,7 +19,7 @@ events, the per-target lock, progress reports, the catalog writes of the task la
    minute from the first enqueue to the last verification. Target: 2 workers ≥ 1.6× 1.
 
 Set-up: a private ``redis-server`` on a free port (no persistence), keys from
-backup_tasks.keys.generate, one SQLite database of ~300 rows per target, a local tier,
+backup_tasks.records.keys.generate, one SQLite database of ~300 rows per target, a local tier,
 and a PostgreSQL catalog (database ``backup_bench_fanout`` on 127.0.0.1:5432, created and
 dropped here; several workers share it, as in production) or, with ``--catalog sqlite``,
 a SQLite file. Workers are real ``celery worker -P prefork -c 1`` processes in their own
@@ -69,7 +69,7 @@ def make_db(path: Path, rows: int = 300) -> None:
 
 
 def write_config(work: Path, n: int, catalog_url: str) -> Path:
-    from backup_tasks import keys as keys_mod
+    from backup_tasks.records import keys as keys_mod
 
     keys = work / "keys"
     keys_mod.generate(keys)
@@ -112,7 +112,7 @@ class Redis:
 class Worker:
     def __init__(self, config: Path, broker: str, name: str, log: Path) -> None:
         env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker, "PYTHONPATH": str(REPO)}
-        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "worker", "-P", "prefork", "-c", "1",
+        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.orchestration.celery_app", "worker", "-P", "prefork", "-c", "1",
                 "-Q", f"host.{HOST},verify", "-n", name, "-l", "WARNING", "--without-gossip", "--without-mingle", "-E",
                 "-O", "fair"]
         self.log = log
@@ -140,15 +140,15 @@ class Worker:
 
 def plain_loop(rt, targets: list[str]) -> list[float]:
     """The stage work of one chain, per target: the same functions, no Celery, no broker."""
-    from backup_tasks import pipeline
-    from backup_tasks.verify import verify_backup
+    from backup_tasks.ops import backup
+    from backup_tasks.ops.verify import verify_backup
 
     seconds = []
     for name in targets:
-        backup_id = pipeline.new_backup_id(name)
+        backup_id = backup.new_backup_id(name)
         started = time.perf_counter()
-        ref = pipeline.start(rt, backup_id, name, "full")
-        ref = pipeline.upload(rt, pipeline.encrypt(rt, pipeline.compress(rt, pipeline.dump(rt, ref))))
+        ref = backup.start(rt, backup_id, name, "full")
+        ref = backup.upload(rt, backup.encrypt(rt, backup.compress(rt, backup.dump(rt, ref))))
         verify_backup(rt, backup_id)
         seconds.append(time.perf_counter() - started)
     return seconds
@@ -164,7 +164,7 @@ def one_at_a_time(rt, targets: list[str]) -> list[float]:
     from celery.result import AsyncResult
 
     from backup_tasks import client
-    from backup_tasks.celery_app import app
+    from backup_tasks.orchestration.celery_app import app
 
     walls = []
     for name in targets:
@@ -226,8 +226,9 @@ def main() -> None:
         config_path = write_config(work, args.targets, catalog_url)
         print(f"set-up: {args.targets} SQLite targets in {time.monotonic() - t0:.1f}s ({work})", flush=True)
 
-        from backup_tasks import config, runtime
-        from backup_tasks.celery_app import app, configure
+        from backup_tasks import config
+        from backup_tasks.ops import runtime
+        from backup_tasks.orchestration.celery_app import app, configure
 
         rt = runtime.install(runtime.Runtime(config.load(config_path, environ={**os.environ, "BACKUP_BROKER_URL": redis_server.url})))
         configure(rt.settings)
@@ -269,7 +270,7 @@ def main() -> None:
             w.stop()
         redis_server.stop()
         if args.catalog == "postgres":
-            from backup_tasks import runtime
+            from backup_tasks.ops import runtime
 
             if runtime._current is not None:
                 runtime._current.catalog.engine.dispose()

@@ -14,7 +14,7 @@ In one run it
 1. generates (or, with --keep, reuses) a tree of about ``--files`` files and ``--size``
    bytes: generated log/CSV/JSON-like text (zstd -3 ratio printed), ~10% of the bytes
    incompressible (os.urandom), mostly 1-20 KiB files plus some 20-256 KiB and MB-sized;
-2. writes age/signing keys (backup_tasks.keys.generate) and a targets file: a ``files``
+2. writes age/signing keys (backup_tasks.records.keys.generate) and a targets file: a ``files``
    target on host "bench", a local tier, staging and a SQLite catalog under the workdir;
 3. measures, each after a cat-through of the tree so the page cache is equal for all:
    a. the baseline ``tar -cf - | zstd -3 -T2 | age -r`` and its read-back
@@ -63,7 +63,7 @@ except ImportError:  # pragma: no cover - a hint, not a feature
 import redis
 import zstandard
 
-from backup_tasks import keys as keys_mod
+from backup_tasks.records import keys as keys_mod
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "benchmarks" / "out"
@@ -500,7 +500,7 @@ class Worker:
     def __init__(self, config: Path, broker: str, logfile: Path) -> None:
         self.log = logfile
         env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker}
-        argv = [PY, "-m", "celery", "-A", "backup_tasks.celery_app", "worker", "-P", "prefork", "-c", "1",
+        argv = [PY, "-m", "celery", "-A", "backup_tasks.orchestration.celery_app", "worker", "-P", "prefork", "-c", "1",
                 "-Q", f"host.{HOST},verify", "-n", f"bench-{os.getpid()}@{HOST}", "-l", "INFO",
                 "--without-gossip", "--without-mingle", "--without-heartbeat"]
         self.proc = subprocess.Popen(argv, env=env, cwd=config.parent, stdout=open(logfile, "wb"),
@@ -586,7 +586,7 @@ def stage_report(result: dict, shown: dict) -> dict:
 
 def stored_manifest_size(config: Path, target: str, backup_id: str) -> int | None:
     """Size of the signed manifest (with its per-file list) on the local tier: it grows with the file count."""
-    from backup_tasks import manifest as manifest_mod
+    from backup_tasks.records import manifest as manifest_mod
 
     path = config.parent / "state" / "store" / manifest_mod.manifest_key(target, backup_id)
     return path.stat().st_size if path.exists() else None

@@ -40,7 +40,7 @@ from pathlib import Path
 import psycopg2
 import pymysql
 
-from backup_tasks import keys as keys_mod
+from backup_tasks.records import keys as keys_mod
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "benchmarks" / "out"

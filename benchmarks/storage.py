@@ -68,7 +68,7 @@ def upload(mode: str, path: Path, server, bucket: str) -> dict:
 
 
 def plan_timings(n: int = 10_000) -> dict:
-    from backup_tasks.retention import Backup, Copy, Policy, plan_retention
+    from backup_tasks.policy.retention import Backup, Copy, Policy, plan_retention
 
     now = datetime(2024, 6, 30, tzinfo=timezone.utc)
     backups = [Backup(f"t{i % 20}-{i:05d}", f"t{i % 20}", now - timedelta(hours=i), "verified",
@@ -85,9 +85,10 @@ def plan_timings(n: int = 10_000) -> dict:
 
 def cleanup_dry_run_timing(tmp: Path, n: int = 10_000) -> dict:
     """The whole dry-run path: catalog query (SQLite) + gather + plan, no storage deletes."""
-    from backup_tasks import config, runtime
-    from backup_tasks.catalog import Location
-    from backup_tasks.cleanup import run_cleanup
+    from backup_tasks import config
+    from backup_tasks.ops import runtime
+    from backup_tasks.records.catalog import Location
+    from backup_tasks.ops.cleanup import run_cleanup
 
     cfg = tmp / "targets.toml"
     cfg.write_text(f'[settings]\nstaging_dir = "{tmp / "staging"}"\ncatalog_url = "sqlite:///{tmp / "catalog.db"}"\n'
@@ -100,7 +101,7 @@ def cleanup_dry_run_timing(tmp: Path, n: int = 10_000) -> dict:
            "stored": {"size": 1, "sha256": "0" * 64}, "parent": None}
     from sqlalchemy import insert
 
-    from backup_tasks.catalog import BackupRow, LocationRow
+    from backup_tasks.records.catalog import BackupRow, LocationRow
 
     rows = [{"id": f"t-{i:05d}", "target": "t", "kind": "files", "type": "full", "host": "localhost", "status": "verified",
              "stage": "done", "actor": "", "created_at": now - timedelta(hours=i)} for i in range(n)]

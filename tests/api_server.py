@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from backup_tasks.api.config import ROLES, hash_token
+from backup_tasks.config.api import ROLES, hash_token
 from processes import stop_group
 
 

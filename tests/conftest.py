@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from backup_tasks import keys as keys_mod
+from backup_tasks.records import keys as keys_mod
 from processes import stop_group
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -63,8 +63,9 @@ def make_config(tmp_path, session_keys):
 @pytest.fixture
 def runtime_for():
     """Install a Runtime for a config file in this process (what the CLI does), and undo it after."""
-    from backup_tasks import config, runtime
-    from backup_tasks.celery_app import configure
+    from backup_tasks import config
+    from backup_tasks.ops import runtime
+    from backup_tasks.orchestration.celery_app import configure
 
     previous = runtime._current
 
@@ -107,7 +108,7 @@ class Worker:
                  extra_env: dict | None = None, concurrency: int = 1) -> None:
         self.log = log
         env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker, **(extra_env or {})}
-        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "worker", "-P", pool, "-c", str(concurrency),
+        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks", "worker", "-P", pool, "-c", str(concurrency),
                 "-Q", ",".join(queues), "-n", name, "-l", "INFO", "--without-gossip", "--without-mingle", "-E"]
         self.proc = subprocess.Popen(argv, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()

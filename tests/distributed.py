@@ -66,11 +66,11 @@ class Process:
 
 
 class Beat(Process):
-    """``celery -A backup_tasks.celery_app beat``: the redbeat scheduler of celery_app's config."""
+    """``celery -A backup_tasks beat``: the redbeat scheduler of celery_app's config."""
 
     def __init__(self, config: Path, broker: str, log: Path, extra_env: dict | None = None, level: str = "INFO") -> None:
         env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker, **(extra_env or {})}
-        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "beat", "-l", level,
+        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks", "beat", "-l", level,
                 "--pidfile=", "-s", str(log.with_suffix(".schedule"))]
         super().__init__(argv, log, env)
 

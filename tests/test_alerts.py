@@ -13,10 +13,11 @@ from datetime import timedelta
 
 import pytest
 
-from backup_tasks import alerting, client, config, events, manifest
-from backup_tasks.catalog import AlertSentRow, Status
+from backup_tasks import alerting, client, config
+from backup_tasks.records import events, manifest
+from backup_tasks.records.catalog import AlertSentRow, Status
 from backup_tasks.errors import ConfigError, VerificationFailed
-from backup_tasks.verify import verify_backup
+from backup_tasks.ops.verify import verify_backup
 from conftest import run_cli
 from databases import make_pg_database, pg, unique
 from notify_servers import Mailbox, closed_port, serve_webhook, smtp_server, webhook_server  # noqa: F401
@@ -244,7 +245,7 @@ def test_a_failed_restore_drill_is_mailed(tmp_path, make_config, runtime_for, sm
             'drill = { server = "postgresql://postgres@127.0.0.1:5432/postgres", checks = ["select count(*) = 51 from students"] }\n',
             settings=alerts_setting(smtp_server.url)))
         client.enqueue_backup("school-db", rt=rt).wait(timeout=120)
-        from backup_tasks.drill import run_drill
+        from backup_tasks.ops.drill import run_drill
 
         result = run_drill(rt, "school-db")
         assert result["result"] == "failed"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from api_server import ApiServer, api_table, make_tokens
-from backup_tasks.catalog import Catalog
+from backup_tasks.records.catalog import Catalog
 from conftest import write_config
 from test_sqlite_backup import make_app_db
 

@@ -7,10 +7,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backup_tasks import client, keys
+from backup_tasks import client
+from backup_tasks.records import keys
 from backup_tasks.cli.audit import parse_since
 from backup_tasks.errors import InputError
-from backup_tasks.tasks import cleanup as cleanup_task
+from backup_tasks.orchestration.tasks import cleanup as cleanup_task
 from conftest import run_cli
 from test_sqlite_backup import make_app_db
 

@@ -16,9 +16,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backup_tasks import client, manifest, retention
-from backup_tasks.catalog import Location, Status
-from backup_tasks.cleanup import run_cleanup
+from backup_tasks import client
+from backup_tasks.records import manifest
+from backup_tasks.policy import retention
+from backup_tasks.records.catalog import Location, Status
+from backup_tasks.ops.cleanup import run_cleanup
 from backup_tasks.errors import ObjectLocked, ObjectNotFound
 from conftest import run_cli
 from s3server import s3_tier_toml
@@ -68,7 +70,7 @@ def seed_backup(rt) -> dict:
     with storage.get(info["locations"][0]["key"]) as fh:
         artifact = fh.read()
     # the real run is the seed, not part of the simulated history
-    from backup_tasks.cleanup import remove_copy
+    from backup_tasks.ops.cleanup import remove_copy
 
     for loc in info["locations"]:
         remove_copy(rt, "t", info["id"], loc["tier"], loc["key"])
@@ -130,7 +132,7 @@ def test_sixty_days_of_nightly_backups_and_morning_cleanups(tmp_path, make_confi
     assert len(gone) == 60 + 1 - len(stored_ids(rt, "offsite") | stored_ids(rt, "local"))
     assert all(r.locations == [] for r in gone)
     # a kept backup still restores from what is left
-    from backup_tasks.verify import verify_backup
+    from backup_tasks.ops.verify import verify_backup
 
     assert verify_backup(rt, newest_verified.id)["status"] == "verified"
 

@@ -9,8 +9,9 @@ import stat
 
 import pytest
 
-from backup_tasks import client, keys
-from backup_tasks.catalog import Status
+from backup_tasks import client
+from backup_tasks.records import keys
+from backup_tasks.records.catalog import Status
 from conftest import run_cli, write_config
 from test_sqlite_backup import make_app_db
 

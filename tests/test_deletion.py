@@ -12,8 +12,8 @@ import sqlite3
 import pytest
 
 from backup_tasks import client
-from backup_tasks.catalog import Status
-from backup_tasks.deletion import delete_backup, refusals
+from backup_tasks.records.catalog import Status
+from backup_tasks.ops.delete import delete_backup, refusals
 from backup_tasks.errors import DeleteRefused
 from test_sqlite_backup import make_app_db
 from s3server import s3_tier_toml

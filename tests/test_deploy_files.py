@@ -39,10 +39,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import backup_tasks.celery_app  # noqa: F401 - imported now, before a test sets BACKUP_CONFIG: parsing never reconfigures it
+import backup_tasks.orchestration.celery_app  # noqa: F401 - imported now, before a test sets BACKUP_CONFIG: parsing never reconfigures it
 from backup_tasks import config as config_mod
-from backup_tasks import keys as keys_mod
-from backup_tasks import routing
+from backup_tasks.records import keys as keys_mod
+from backup_tasks.orchestration import routing
 from processes import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,7 +307,7 @@ def test_compose_targets_file_loads_and_names_the_paths_compose_mounts(deploy_en
     offsite = cfg.tiers["offsite"]
     assert offsite.kind == "s3" and offsite.credentials == "env:BACKUP_S3" and offsite.options["endpoint_url"] == "http://minio:9000"
     # Every tier opens with the credentials of the env template (construction only, no I/O).
-    from backup_tasks.runtime import Runtime
+    from backup_tasks.ops.runtime import Runtime
 
     rt = Runtime(cfg)
     for tier in cfg.tiers.values():

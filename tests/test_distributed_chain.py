@@ -8,8 +8,8 @@ import sqlite3
 import redis
 
 from backup_tasks import client
-from backup_tasks.catalog import Status
-from backup_tasks.keys import IDENTITY_FILE, SIGNING_KEY_FILE
+from backup_tasks.records.catalog import Status
+from backup_tasks.records.keys import IDENTITY_FILE, SIGNING_KEY_FILE
 from conftest import run_cli
 from test_sqlite_backup import make_app_db
 
@@ -94,7 +94,7 @@ def test_scheduled_cleanup_runs_on_a_maintenance_worker(tmp_path, make_config, r
     start_worker(cfg, redis_url, ["maintenance"], name="m1@hostA")
     rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
     import beat_schedule
-    from backup_tasks.tasks import cleanup
+    from backup_tasks.orchestration.tasks import cleanup
 
     entry = beat_schedule.build(rt.config)["cleanup"]
     result = cleanup.apply_async(kwargs={"dry_run": True}, **entry["options"])

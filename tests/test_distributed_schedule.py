@@ -14,7 +14,7 @@ import time
 
 import redis
 
-from backup_tasks.catalog import Status
+from backup_tasks.records.catalog import Status
 from conftest import write_config
 from distributed import start_beat, wait_for  # noqa: F401,F811 - pytest fixtures
 from test_sqlite_backup import make_app_db

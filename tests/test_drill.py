@@ -13,9 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from backup_tasks import client, config, manifest, runtime
-from backup_tasks.catalog import Status
-from backup_tasks.drill import run_drill
+from backup_tasks import client, config
+from backup_tasks.records import manifest
+from backup_tasks.ops import runtime
+from backup_tasks.records.catalog import Status
+from backup_tasks.ops.drill import run_drill
 from conftest import run_cli, write_config
 from databases import free_port, make_my_database, make_pg_database, my, my_databases, pg, pg_databases, unique  # noqa: F401
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from backup_tasks import client
-from backup_tasks.catalog import Status
+from backup_tasks.records.catalog import Status
 from conftest import run_cli
 from test_files_source import assert_same_tree, snapshot
 

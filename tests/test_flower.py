@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from backup_tasks import client
-from backup_tasks.catalog import Status
+from backup_tasks.records.catalog import Status
 from distributed import Process, free_port, wait_for
 from test_sqlite_backup import make_app_db
 

@@ -16,8 +16,8 @@ from sqlalchemy import update
 
 import beat_schedule
 from backup_tasks import client
-from backup_tasks.catalog import BackupRow, Status
-from backup_tasks.celery_app import app
+from backup_tasks.records.catalog import BackupRow, Status
+from backup_tasks.orchestration.celery_app import app
 from distributed import wait_for
 from test_sqlite_backup import make_app_db
 

@@ -20,8 +20,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from backup_tasks import client, metrics
-from backup_tasks.catalog import Status
-from backup_tasks.drill import run_drill
+from backup_tasks.records.catalog import Status
+from backup_tasks.ops.drill import run_drill
 from databases import make_pg_database, pg, unique
 from notify_servers import free_port, wait_for
 from test_alerts import SMALL_PG

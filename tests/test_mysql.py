@@ -15,8 +15,9 @@ from types import SimpleNamespace
 import pymysql
 import pytest
 
-from backup_tasks import client, restore
-from backup_tasks.catalog import Status
+from backup_tasks import client
+from backup_tasks.ops import restore
+from backup_tasks.records.catalog import Status
 from conftest import run_cli, write_config
 from databases import ProcessWatch, make_my_database, my, my_checksums, my_names, my_objects, unique  # noqa: F401
 

@@ -18,9 +18,10 @@ from types import SimpleNamespace
 import psycopg2
 import pytest
 
-from backup_tasks import client, defaults, restore
-from backup_tasks.catalog import Status
-from backup_tasks.sources import postgres
+from backup_tasks import client, defaults
+from backup_tasks.ops import restore
+from backup_tasks.records.catalog import Status
+from backup_tasks.sources.postgres import source as postgres
 from conftest import run_cli, write_config
 from databases import (  # noqa: F401  (fixtures)
     ProcessWatch, free_port, make_pg_database, pg, pg_checksums, pg_names, pg_objects, scram_cluster, unique,
@@ -254,12 +255,12 @@ def test_wrong_password_names_target_and_host_and_never_the_password(scram_clust
 def test_unreachable_server_is_retried_then_the_run_fails(make_config, runtime_for, caplog):
     port = free_port()  # nothing listens here
     rt = runtime_for(make_config(pg_target("down-db", "school", port=port)))
-    caplog.set_level(logging.WARNING, logger="backup_tasks.sources.postgres")
+    caplog.set_level(logging.WARNING, logger="backup_tasks.sources.postgres.source")
     run = client.enqueue_backup("down-db", rt=rt)
     info = run.info()
     assert info["status"] == Status.FAILED
     assert f"PostgreSQL on 127.0.0.1:{port} is unreachable" in info["error"]
-    attempts = [r for r in caplog.records if r.name == "backup_tasks.sources.postgres" and "unreachable" in r.getMessage()]
+    attempts = [r for r in caplog.records if r.name == "backup_tasks.sources.postgres.source" and "unreachable" in r.getMessage()]
     # ServiceUnavailable is a TransientError: the dump stage is retried TASK_MAX_RETRIES times, then the run fails.
     # (Embedded, backup.start also retries the eager chain it ran, so the count multiplies; hence >=.)
     assert len(attempts) >= 1 + defaults.TASK_MAX_RETRIES

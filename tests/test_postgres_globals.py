@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
-from backup_tasks import keys, manifest, pipeline
-from backup_tasks.sources import pg_globals
+from backup_tasks.records import keys, manifest
+from backup_tasks.ops import backup
+from backup_tasks.sources.postgres import cluster_globals
 from conftest import run_cli, write_config
 from databases import pg, pg_names, unique  # noqa: F401  (fixture)
 from test_postgres import pg_target
@@ -134,13 +135,13 @@ def test_a_dump_redelivered_after_a_dead_attempt_starts_from_a_clean_workdir(tmp
     config = write_config(tmp_path / "targets.toml", session_keys,
                           targets=pg_target("ledger-db", source, extra='options = { globals = "no-role-passwords" }\n'))
     rt = runtime_for(config)
-    ref = pipeline.start(rt, "ledger-db-redelivered", "ledger-db", "full")
+    ref = backup.start(rt, "ledger-db-redelivered", "ledger-db", "full")
     # The worker died while pg_dumpall was writing: its half file is still in the stage's workdir.
     leftover = rt.run_dir(ref["backup_id"]) / "work" / "attachments" / "globals.sql"
     leftover.parent.mkdir(parents=True, mode=0o700)
     leftover.write_text("-- half of a globals file\nCREATE ROLE ")
 
-    done = pipeline.dump(rt, ref)  # the redelivered stage
+    done = backup.dump(rt, ref)  # the redelivered stage
 
     sealed = json.loads((rt.run_dir(ref["backup_id"]) / "attachments.json").read_text())["globals.sql"]
     assert sealed["size"] > 100 and not (rt.run_dir(ref["backup_id"]) / "work").exists()
@@ -189,10 +190,10 @@ def test_statements_about_existing_roles_are_found_whatever_they_hold():
            'GRANT app TO "New ""Role""" GRANTED BY postgres;\n'
            "CREATE TABLESPACE ts OWNER app LOCATION '/srv/ts';\nALTER TABLESPACE ts SET (random_page_cost=1.1);\n"
            "\\unrestrict abc\n")
-    text, skipped = pg_globals.keeping_existing(sql, {"app"}, {"ts"})
+    text, skipped = cluster_globals.keeping_existing(sql, {"app"}, {"ts"})
     assert skipped == ["ALTER ROLE app", "COMMENT ON ROLE app", "ALTER ROLE app", 'GRANT "New ""Role""" TO app',
                        "ALTER on tablespace ts"]
     assert text == ('\\restrict abc\n--\n-- Roles\n--\n\nCREATE ROLE app;\nCREATE ROLE "New ""Role""";\n'
                     'ALTER ROLE "New ""Role""" WITH NOLOGIN;\nGRANT app TO "New ""Role""" GRANTED BY postgres;\n'
                     "CREATE TABLESPACE ts OWNER app LOCATION '/srv/ts';\n\\unrestrict abc\n")
-    assert pg_globals.keeping_existing(sql, set(), set()) == (sql, [])
+    assert cluster_globals.keeping_existing(sql, set(), set()) == (sql, [])

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from backup_tasks import client
-from backup_tasks.catalog import Status
-from backup_tasks.tasks import start
+from backup_tasks.records.catalog import Status
+from backup_tasks.orchestration.tasks import start
 
 
 def _bulk_target(tmp_path: Path, megabytes: int) -> str:
@@ -91,12 +91,13 @@ def test_an_upload_redelivered_after_its_commit_goes_on_but_a_late_copy_of_an_ea
     """
     from celery import states
 
-    from backup_tasks import pipeline, tasks
+    from backup_tasks.ops import backup
+    from backup_tasks.orchestration import tasks
 
     rt = runtime_for(make_config(_bulk_target(tmp_path, 2)))
-    ref = pipeline.start(rt, "bulk-redelivered-upload", "bulk", "full")
-    encrypted = pipeline.encrypt(rt, pipeline.compress(rt, pipeline.dump(rt, ref)))
-    uploaded = pipeline.upload(rt, encrypted)
+    ref = backup.start(rt, "bulk-redelivered-upload", "bulk", "full")
+    encrypted = backup.encrypt(rt, backup.compress(rt, backup.dump(rt, ref)))
+    uploaded = backup.upload(rt, encrypted)
     assert rt.catalog.get(ref["backup_id"]).status == Status.UPLOADED
 
     again = tasks.upload.apply(args=(encrypted,))  # the redelivered upload, run as the worker would
@@ -111,15 +112,16 @@ def test_an_upload_redelivered_after_its_commit_goes_on_but_a_late_copy_of_an_ea
 def test_a_late_copy_of_the_dump_leaves_the_running_chain_and_its_staging_alone(tmp_path, make_config, runtime_for):
     from celery import states
 
-    from backup_tasks import pipeline, tasks
+    from backup_tasks.ops import backup
+    from backup_tasks.orchestration import tasks
 
     rt = runtime_for(make_config(_bulk_target(tmp_path, 2)))
-    ref = pipeline.start(rt, "bulk-late-dump", "bulk", "full")
-    dumped = pipeline.dump(rt, ref)
+    ref = backup.start(rt, "bulk-late-dump", "bulk", "full")
+    dumped = backup.dump(rt, ref)
     rt.catalog.set_stage(ref["backup_id"], "compress")  # the original has moved on: its compress began
 
     assert tasks.dump.apply(args=(ref,)).state == states.IGNORED  # the copy stops ...
     assert Path(dumped["path"]).exists()  # ... and the original's staged dump is still there
 
-    uploaded = pipeline.upload(rt, pipeline.encrypt(rt, pipeline.compress(rt, dumped)))
+    uploaded = backup.upload(rt, backup.encrypt(rt, backup.compress(rt, dumped)))
     assert rt.catalog.get(ref["backup_id"]).status == Status.UPLOADED and uploaded["size"] > 0

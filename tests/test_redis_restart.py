@@ -17,8 +17,8 @@ import time
 import redis
 
 from backup_tasks import client
-from backup_tasks.catalog import Status
-from backup_tasks.verify import verify_backup
+from backup_tasks.records.catalog import Status
+from backup_tasks.ops.verify import verify_backup
 from conftest import run_cli
 from distributed import private_redis, start_beat, wait_for  # noqa: F401,F811 - pytest fixtures
 from test_sqlite_backup import make_app_db

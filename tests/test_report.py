@@ -21,10 +21,12 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from backup_tasks import client, readiness, report
-from backup_tasks.catalog import Status
-from backup_tasks.drill import run_drill
-from backup_tasks.monitor_tasks import report as report_task
+from backup_tasks import client
+from backup_tasks.policy import readiness
+from backup_tasks.ops import report
+from backup_tasks.records.catalog import Status
+from backup_tasks.ops.drill import run_drill
+from backup_tasks.orchestration.monitor_tasks import report as report_task
 from conftest import run_cli
 from databases import make_pg_database, pg, unique
 from notify_servers import smtp_server  # noqa: F401
@@ -39,8 +41,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 @pytest.fixture(scope="module")
 def history(tmp_path_factory, session_keys):
     """A catalog with a story: app (3 runs, one failed), school-db (verified, drill passed), gone (never worked)."""
-    from backup_tasks import config, runtime
-    from backup_tasks.celery_app import configure
+    from backup_tasks import config
+    from backup_tasks.ops import runtime
+    from backup_tasks.orchestration.celery_app import configure
     from conftest import write_config
 
     base = tmp_path_factory.mktemp("report")
@@ -152,8 +155,9 @@ def _near(c, ref, tol: int = 6) -> bool:
 
 
 def test_the_weekly_report_task_mails_the_html_page(history, smtp_server, tmp_path):
-    from backup_tasks import config, runtime
-    from backup_tasks.celery_app import configure
+    from backup_tasks import config
+    from backup_tasks.ops import runtime
+    from backup_tasks.orchestration.celery_app import configure
 
     text = Path(history.config).read_text().replace("[settings]\n", f'[settings]\nreport_recipients = ["{smtp_server.url}"]\n', 1)
     cfg = tmp_path / "with-recipients.toml"

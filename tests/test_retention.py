@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backup_tasks.retention import KEEP, REMOVE, Backup, Copy, PERIOD_RULES, Policy, parse_duration, plan_retention
+from backup_tasks.policy.retention import KEEP, REMOVE, Backup, Copy, PERIOD_RULES, Policy, parse_duration, plan_retention
 
 NOW = datetime(2024, 6, 30, 12, 0, tzinfo=timezone.utc)
 AGES = {"local": 30, "offsite": 90}

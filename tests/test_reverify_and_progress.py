@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from datetime import datetime, timedelta, timezone
 
-from backup_tasks.progress import CountingReader, Throttled, reading
-from backup_tasks.reverify import pending_verification, plan_reverify
+from backup_tasks.stages.counting import CountingReader, Throttled, reading
+from backup_tasks.policy.reverify import pending_verification, plan_reverify
 
 NOW = datetime(2026, 3, 1, 4, 30, tzinfo=timezone.utc)
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from backup_tasks import client
-from backup_tasks.catalog import Status
+from backup_tasks.records.catalog import Status
 from conftest import run_cli
 from distributed import wait_for
 
@@ -129,7 +129,7 @@ def test_only_transient_errors_are_retried_with_backoff_and_jitter(tmp_path, mak
     assert "pw-for-a-server-that-is-down" not in log
     # What the worker did is what every stage task is configured to do.
     from backup_tasks.errors import TransientError
-    from backup_tasks.tasks import compress, dump, upload
+    from backup_tasks.orchestration.tasks import compress, dump, upload
 
     for task in (dump, compress, upload):
         assert (task.autoretry_for, task.retry_backoff, task.retry_jitter) == ((TransientError,), True, True)
@@ -138,7 +138,7 @@ def test_only_transient_errors_are_retried_with_backoff_and_jitter(tmp_path, mak
 
 def test_the_lock_outlives_a_wait_in_the_queue_between_stages_and_goes_with_the_run(redis_url):
     """A stage refreshes the lock for run_lock_ttl; handed over, it holds while the next message waits."""
-    from backup_tasks.run_lock import RedisRunLock
+    from backup_tasks.orchestration.run_lock import RedisRunLock
 
     lock = RedisRunLock(redis_url, "queued-behind", ttl=1, handoff_ttl=30)
     assert lock.acquire("run-1") is None

@@ -9,7 +9,7 @@ import pytest
 import beat_schedule
 from backup_tasks import config
 from backup_tasks.errors import ConfigError, InputError
-from backup_tasks.routing import route
+from backup_tasks.orchestration.routing import route
 from conftest import write_config
 from workers.launch import argv_for, concurrency_for, queues_for
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from backup_tasks import anomaly, client, events
-from backup_tasks.catalog import Catalog, Location, Status
+from backup_tasks.policy import anomaly
+from backup_tasks import client
+from backup_tasks.records import events
+from backup_tasks.records.catalog import Catalog, Location, Status
 from notify_servers import webhook_server  # noqa: F401
 
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 from backup_tasks import client
-from backup_tasks.catalog import Status
+from backup_tasks.records.catalog import Status
 from conftest import run_cli
 
 

@@ -237,7 +237,7 @@ def test_restore_skips_a_truncated_copy_with_a_note(tmp_path, make_config, s3_se
     info = client.enqueue_backup("t", rt=rt).wait()
     key = info["locations"][0]["key"]
     s3_server.client().put_object(Bucket=s3_bucket, Key=key, Body=b"truncated")  # damaged first copy
-    from backup_tasks.restore import restore_backup
+    from backup_tasks.ops.restore import restore_backup
 
     result = restore_backup(rt, info["id"], tmp_path / "out")
     assert result["location"] == "local" and "tier 'offsite' skipped" in result["notes"][0]
@@ -315,7 +315,7 @@ def test_s3_outage_mid_upload_fails_clearly_keeps_the_local_copy_and_a_rerun_suc
         assert "storage.upload_failed" in kinds and "chain.failed" in kinds
         # the local copy is intact, committed (manifest) and recorded: it verifies
         assert [l["tier"] for l in info["locations"]] == ["local"]
-        from backup_tasks.verify import verify_backup
+        from backup_tasks.ops.verify import verify_backup
 
         assert verify_backup(rt, run.id)["status"] == "verified"
 

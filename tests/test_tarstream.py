@@ -16,7 +16,7 @@ import tracemalloc
 
 import pytest
 
-from backup_tasks.tarstream import TarScanner, TarStreamError, parse_pax_records, scan_stream
+from backup_tasks.sources.files.tarstream import TarScanner, TarStreamError, parse_pax_records, scan_stream
 
 LONG_DIR = "deep/" + "d" * 80 + "/" + "e" * 70  # > 100 chars: ustar prefix, GNU 'L', pax path
 TYPE_NAMES = {tarfile.REGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink"}

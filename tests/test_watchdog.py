@@ -14,9 +14,10 @@ import time
 from datetime import timedelta
 from types import SimpleNamespace
 
-from backup_tasks import alerting, client, events
-from backup_tasks.catalog import Catalog
-from backup_tasks.watchdog import DiskUsage, run_watchdog, tier_findings
+from backup_tasks import alerting, client
+from backup_tasks.records import events
+from backup_tasks.records.catalog import Catalog
+from backup_tasks.ops.watchdog import DiskUsage, run_watchdog, tier_findings
 from conftest import run_cli
 from notify_servers import closed_port, serve_webhook, wait_for, webhook_server  # noqa: F401
 from test_sqlite_backup import make_app_db
@@ -136,7 +137,7 @@ def test_the_watchdog_task_runs_on_a_maintenance_worker_and_alerts(tmp_path, mak
                       settings=f'alerts = ["{webhook_server.url()}"]\n')
     start_worker(cfg, redis_url, ["maintenance"], name="maint@localhost")
     runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
-    from backup_tasks.monitor_tasks import watchdog
+    from backup_tasks.orchestration.monitor_tasks import watchdog
 
     result = watchdog.delay().get(timeout=60)  # by name, on the maintenance queue, as beat sends it
     assert result["opened"] == [f"{events.RPO_BREACH}:forgotten"]

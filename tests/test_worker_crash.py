@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from backup_tasks import client
-from backup_tasks.catalog import Status
+from backup_tasks.records.catalog import Status
 
 
 def _compressing(run, staging: Path) -> bool:

@@ -24,7 +24,7 @@ import socket
 import sys
 
 from backup_tasks import config as config_mod
-from backup_tasks.routing import DRILL_QUEUE, MAINTENANCE_QUEUE, VERIFY_QUEUE, host_queue
+from backup_tasks.orchestration.routing import DRILL_QUEUE, MAINTENANCE_QUEUE, VERIFY_QUEUE, host_queue
 
 MAX_TASKS_PER_CHILD = 200
 
@@ -57,7 +57,7 @@ def argv_for(cfg: config_mod.Config, host: str, concurrency: int, *, drill: bool
 
         raise InputError(f"host '{host}' has nothing to consume: no targets on it, no identities for verify, no maintenance",
                          "check --host against the targets file, or drop --no-maintenance")
-    return [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "worker",
+    return [sys.executable, "-m", "celery", "-A", "backup_tasks.orchestration.celery_app", "worker",
             "-Q", ",".join(queues), "-n", f"{host}@%h", "-c", str(concurrency), "-P", "prefork",
             "-O", "fair", "--max-tasks-per-child", str(MAX_TASKS_PER_CHILD), "-E", "-l", "INFO"]
 

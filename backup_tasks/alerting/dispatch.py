@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backup_tasks import events
+from backup_tasks.records import events
 from backup_tasks.alerting import channels, messages
 from backup_tasks.alerting.messages import Alert
 from backup_tasks.alerting.redact import Redactor
@@ -132,7 +132,7 @@ def _notify_verified(rt, backup_id: str) -> Delivery | None:
 
 def _runtime():
     """The process's runtime (CLI, worker or embedded), or None when there is no config to read alert URLs from."""
-    from backup_tasks import runtime
+    from backup_tasks.ops import runtime
 
     if runtime._current is not None:
         return runtime._current

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from backup_tasks import events
+from backup_tasks.records import events
 
 #: apprise notification types, by our severity
 LEVELS = ("failure", "warning", "success", "info")

@@ -12,11 +12,12 @@ from __future__ import annotations
 from fastapi import FastAPI, Security
 from fastapi.security import HTTPBearer
 
-from backup_tasks import __version__, runtime as runtime_mod
+from backup_tasks import __version__
+from backup_tasks.ops import runtime as runtime_mod
 from backup_tasks.api import errors
 from backup_tasks.api.auth import Guard, operations
 from backup_tasks.api.routes import backups, cleanup, health, restore, runs, targets, verify
-from backup_tasks.runtime import Runtime
+from backup_tasks.ops.runtime import Runtime
 
 PREFIX = "/api/v1"
 DESCRIPTION = """\
@@ -34,7 +35,7 @@ bearer = HTTPBearer(auto_error=False, description="a token from `backupctl api t
 
 def create_app(rt: Runtime) -> FastAPI:
     """The app for ``rt``, which becomes this process's runtime (routing and tasks look it up)."""
-    from backup_tasks.celery_app import configure
+    from backup_tasks.orchestration.celery_app import configure
 
     runtime_mod.install(rt)
     configure(rt.settings)

@@ -27,8 +27,8 @@ import re
 
 from anyio import to_thread
 
-from backup_tasks import audit
-from backup_tasks.api.config import ApiToken, hash_token
+from backup_tasks.records import audit
+from backup_tasks.config.api import ApiToken, hash_token
 from backup_tasks.api.errors import error_response, status_for, unreachable
 from backup_tasks.errors import BackupError
 

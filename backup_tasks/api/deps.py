@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import Request
 
 from backup_tasks.api.auth import actor
-from backup_tasks.api.config import ApiToken
-from backup_tasks.runtime import Runtime
+from backup_tasks.config.api import ApiToken
+from backup_tasks.ops.runtime import Runtime
 
 
 def runtime(request: Request) -> Runtime:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
 
-from backup_tasks.runtime import Runtime
+from backup_tasks.ops.runtime import Runtime
 
 PROBE_SECONDS = 5.0
 OK, DOWN, EMBEDDED = "ok", "unavailable", "embedded"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from backup_tasks import defaults
-from backup_tasks.catalog import Status
+from backup_tasks.records.catalog import Status
 
 #: target and tier names (config.NAME_RE)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"

@@ -37,7 +37,7 @@ def targets(ctx: Context):
 
 
 def _kid(recipient: str) -> str:
-    from backup_tasks.keys import key_id
+    from backup_tasks.records.keys import key_id
 
     return key_id(recipient)
 
@@ -52,7 +52,7 @@ def keys_group():
 @common
 def keys_generate(ctx: Context, out: Path):
     """Write an age identity + recipient and an Ed25519 signing key pair (all 0600, directory 0700)."""
-    from backup_tasks import keys
+    from backup_tasks.records import keys
 
     made = keys.generate(out)
     ctx.record_if_configured("keys.generate", {"directory": str(out), "recipient_key_id": made.recipient_key_id,
@@ -90,7 +90,7 @@ def catalog_group():
 @common
 def catalog_rebuild(ctx: Context):
     """Recreate the catalog from the manifests in storage alone (e.g. after losing the catalog)."""
-    from backup_tasks.rebuild import rebuild_catalog
+    from backup_tasks.ops.rebuild import rebuild_catalog
 
     with ctx.audited("catalog.rebuild") as entry:
         result = rebuild_catalog(ctx.rt)

@@ -50,7 +50,7 @@ def serve(ctx: Context, host, port, ssl_certfile, ssl_keyfile):
 @common
 def token(ctx: Context, name, role):
     """Make a random token: print it once, and the [api.tokens] line (its sha256, never the token) for the config."""
-    from backup_tasks.api.config import NAME_RE, RESERVED_NAME, hash_token
+    from backup_tasks.config.api import NAME_RE, RESERVED_NAME, hash_token
 
     if not NAME_RE.match(name) or name == RESERVED_NAME:
         raise ConfigError(f"invalid token name '{name}'", "use 1-63 letters, digits, '.', '_' or '-', other than "

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import click
 from rich.markup import escape
 
-from backup_tasks import audit as audit_log
+from backup_tasks.records import audit as audit_log
 from backup_tasks.cli.context import Context, common
 from backup_tasks.errors import InputError
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from backup_tasks import audit
-from backup_tasks.catalog import Status, dumps_row
+from backup_tasks.records import audit
+from backup_tasks.records.catalog import Status, dumps_row
 from backup_tasks.cli.context import Context, common
 from backup_tasks.cli.progress_bar import StageBar
 from backup_tasks.errors import BackupError, InputError
@@ -26,13 +26,14 @@ from backup_tasks.units import human_size
 @common
 def backup(ctx: Context, target, type_, wait, timeout):
     """Run (embedded) or enqueue (with a broker) the chain dump → compress → encrypt → upload → verify."""
-    from backup_tasks import client, progress
+    from backup_tasks import client
+    from backup_tasks.stages import counting
 
     rt = ctx.rt
     started = time.monotonic()
     bar = StageBar(ctx.out, f"backup of {target}")
     if rt.settings.embedded:  # the chain runs right here: the bar listens to its stages directly
-        with bar, progress.listening(bar.update):
+        with bar, counting.listening(bar.update):
             run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
     else:
         run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
@@ -122,7 +123,7 @@ def show(ctx: Context, backup_id, files):
     data["stage"] = row.stage
     data["manifest"] = row.manifest
     if files:
-        from backup_tasks import readback
+        from backup_tasks.ops import readback
 
         data["manifest"] = readback.locate(rt, row).doc
     data["verifications"] = [{"at": v.at.isoformat(), "ok": v.ok, "check": v.check, "detail": v.detail}
@@ -136,7 +137,7 @@ def show(ctx: Context, backup_id, files):
 def verify(ctx: Context, backup_id):
     """Full verification now, reading back from storage; exit 1 if any check fails."""
     from backup_tasks.errors import VerificationFailed
-    from backup_tasks.verify import verify_backup
+    from backup_tasks.ops.verify import verify_backup
 
     rt = ctx.rt
     row = rt.catalog.get(backup_id)
@@ -174,7 +175,7 @@ def verify(ctx: Context, backup_id):
 @common
 def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, server_password, jobs, tables, with_globals, globals_to):
     """Restore a backup; refuses to overwrite anything without --force."""
-    from backup_tasks.restore import extract_globals, restore_backup
+    from backup_tasks.ops.restore import extract_globals, restore_backup
 
     if sum(map(bool, (to, to_database, globals_to))) != 1:
         raise InputError("give exactly one of --to PATH, --to-database NAME or --globals-to FILE", "backupctl restore ID --to /restore/here")
@@ -228,7 +229,7 @@ def _print_globals(c, d: dict) -> None:
 
 
 def _restore_database(ctx: Context, backup_id, database, **kw) -> None:
-    from backup_tasks.restore import restore_to_database
+    from backup_tasks.ops.restore import restore_to_database
 
     with StageBar(ctx.out, f"restore of {backup_id} into {database}", wanted=not kw.get("dry_run")) as bar:
         result = restore_to_database(ctx.rt, backup_id, database, progress=bar.callback if bar.enabled else None, **kw)

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import click
 from rich.markup import escape
 
-from backup_tasks import audit
+from backup_tasks.records import audit
 from backup_tasks.cli.context import Context, common
 from backup_tasks.errors import InputError
 
@@ -26,7 +26,7 @@ def cleanup(ctx: Context, target, dry_run, now):
     incremental, or an object under Object Lock. Exit 1 if something planned could not
     be removed, 3 if a tier was unreachable.
     """
-    from backup_tasks.cleanup import exit_code, run_cleanup
+    from backup_tasks.ops.cleanup import exit_code, run_cleanup
 
     when = None
     if now:

@@ -21,8 +21,9 @@ class Context:
 
     @cached_property
     def rt(self):
-        from backup_tasks import config, runtime
-        from backup_tasks.celery_app import configure
+        from backup_tasks import config
+        from backup_tasks.ops import runtime
+        from backup_tasks.orchestration.celery_app import configure
 
         rt = runtime.install(runtime.Runtime(config.load(self.config_path)))
         configure(rt.settings)
@@ -30,7 +31,7 @@ class Context:
 
     def audited(self, action: str, *, target: str | None = None, backup_id: str | None = None, detail: dict | None = None):
         """Audit what this command does, as ``cli:<user>`` (see audit.py)."""
-        from backup_tasks import audit
+        from backup_tasks.records import audit
 
         return audit.audited(self.rt.catalog, action, actor=audit.cli_actor(), target=target, backup_id=backup_id, detail=detail)
 
@@ -40,14 +41,14 @@ class Context:
         token it made must still be handed over."""
         import logging
 
-        from backup_tasks import audit
+        from backup_tasks.records import audit
         from backup_tasks.errors import BackupError, ConfigError
 
         try:
             catalog = self.rt.catalog
         except BackupError as exc:  # no config yet is the usual case; an unreachable catalog is worth a warning
             level = logging.INFO if isinstance(exc, ConfigError) else logging.WARNING
-            logging.getLogger("backup_tasks.audit").log(level, "%s %s not audited in a catalog: %s", action, detail, exc.message)
+            logging.getLogger("backup_tasks.records.audit").log(level, "%s %s not audited in a catalog: %s", action, detail, exc.message)
             return
         audit.record(catalog, action, actor=audit.cli_actor(), outcome=audit.OK, detail=detail)
 

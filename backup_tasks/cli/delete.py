@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from backup_tasks import audit
+from backup_tasks.records import audit
 from backup_tasks.cli.context import Context, common
 
 
@@ -14,7 +14,7 @@ from backup_tasks.cli.context import Context, common
 def delete(ctx: Context, backup_id):
     """Delete one backup from every tier; refuses (exit 2, nothing removed) the newest verified or
     drill-proven backup, a running one, a parent of a remaining incremental, or an Object-Locked copy."""
-    from backup_tasks.deletion import delete_backup
+    from backup_tasks.ops.delete import delete_backup
 
     result = delete_backup(ctx.rt, backup_id, actor=audit.cli_actor())
     ctx.out.result(result, lambda c, d: c.print(

@@ -7,7 +7,7 @@ import sys
 import click
 from rich.table import Table
 
-from backup_tasks import audit
+from backup_tasks.records import audit
 from backup_tasks.cli.context import Context, common
 from backup_tasks.errors import InputError, ServiceUnavailable
 
@@ -19,7 +19,7 @@ from backup_tasks.errors import InputError, ServiceUnavailable
 @common
 def drill(ctx: Context, target, timeout, history):
     """Restore the latest verified backup into a temporary database, compare, run health checks, drop it."""
-    from backup_tasks import drill as drill_mod
+    from backup_tasks.ops import drill as drill_mod
 
     rt = ctx.rt
     drill_mod.drill_spec(rt.target(target))  # bad configuration: exit 2 before anything runs
@@ -49,8 +49,8 @@ def _remote(rt, target: str, timeout: float | None) -> dict:
     from celery.exceptions import TimeoutError as CeleryTimeout
     from kombu.exceptions import OperationalError
 
-    from backup_tasks.routing import DRILL_QUEUE
-    from backup_tasks.tasks import drill as drill_task
+    from backup_tasks.orchestration.routing import DRILL_QUEUE
+    from backup_tasks.orchestration.tasks import drill as drill_task
 
     try:
         with drill_task.app.connection_for_write() as conn:

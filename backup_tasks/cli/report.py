@@ -18,7 +18,7 @@ from backup_tasks.units import human_size
 @common
 def report(ctx: Context, html_file, days, mail):
     """DR readiness per target: last backup, verify, drill with RTO, RPO, success rate, storage per tier."""
-    from backup_tasks import report as report_mod
+    from backup_tasks.ops import report as report_mod
 
     rt = ctx.rt
     if mail:
@@ -67,7 +67,7 @@ def _human(c, d: dict) -> None:
 @common
 def watchdog(ctx: Context):
     """Check RPOs, free space and mounts now and alert on what changed (beat runs this as backup.watchdog)."""
-    from backup_tasks.watchdog import run_watchdog
+    from backup_tasks.ops.watchdog import run_watchdog
 
     result = run_watchdog(ctx.rt)
 

@@ -48,7 +48,7 @@ class Source(Protocol):
 class DatabaseSource(Source, Protocol):
     """A source whose backups also restore into a database on a server (postgres, mysql).
 
-    ``server`` is a ``backup_tasks.dsn.Server`` (host, port, user, resolved password); the
+    ``server`` is a ``backup_tasks.sources.db.dsn.Server`` (host, port, user, resolved password); the
     database named in it is the one worked on. Restore, the restore drill and verify
     share these primitives, so a drill proves exactly what ``restore --to-database`` does.
     """

@@ -29,10 +29,11 @@ import subprocess
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from backup_tasks import defaults, dsn
-from backup_tasks.dsn import Server
+from backup_tasks import defaults
+from backup_tasks.sources.db import dsn
+from backup_tasks.sources.db.dsn import Server
 from backup_tasks.errors import ConfigError, InputError, PermanentError, RestoreRefused, ServiceUnavailable, SourceError, VerificationFailed
-from backup_tasks.sources import pipes
+from backup_tasks.sources.db import pipes
 from backup_tasks.sources.base import register, restore_single_file
 
 log = logging.getLogger(__name__)

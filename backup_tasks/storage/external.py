@@ -93,7 +93,8 @@ def runtime_alert(message: str, remedy: str, detail: dict) -> None:
     The event names the run the refused object belongs to (keys are ``<target>/<backup id>/...``),
     so the alert says which target and run, and gives the command that re-runs that target.
     """
-    from backup_tasks import events, runtime
+    from backup_tasks.records import events
+    from backup_tasks.ops import runtime
 
     rt = runtime.current()
     target, backup_id = _run_of(detail.get("key") or "", rt.config.targets)

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from backup_tasks.api import deps, health, schemas
 from backup_tasks.api.auth import requires
 from backup_tasks.api.errors import ERROR_RESPONSES
-from backup_tasks.runtime import Runtime
+from backup_tasks.ops.runtime import Runtime
 
 router = APIRouter(tags=["health"], responses={k: v for k, v in ERROR_RESPONSES.items() if k != 503})
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from backup_tasks.api.errors import Conflict, NotFound
-from backup_tasks.catalog import BackupRow, Status
+from backup_tasks.records.catalog import BackupRow, Status
 from backup_tasks.config import Target
 from backup_tasks.errors import InputError
-from backup_tasks.runtime import Runtime
+from backup_tasks.ops.runtime import Runtime
 
 
 def target(rt: Runtime, name: str) -> Target:

@@ -10,8 +10,8 @@ from backup_tasks import client
 from backup_tasks.api import deps, schemas, verify_jobs
 from backup_tasks.api.auth import requires
 from backup_tasks.api.errors import ERROR_RESPONSES, NotFound
-from backup_tasks.catalog import Status
-from backup_tasks.runtime import Runtime
+from backup_tasks.records.catalog import Status
+from backup_tasks.ops.runtime import Runtime
 
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
 log = logging.getLogger("backup_tasks.api")
@@ -43,7 +43,7 @@ def _progress(rt: Runtime, run: client.Run) -> dict | None:
             return reported()
         from celery.result import AsyncResult
 
-        from backup_tasks.celery_app import app
+        from backup_tasks.orchestration.celery_app import app
 
         result = AsyncResult(run.id, app=app)
         return result.info if result.state == "PROGRESS" and isinstance(result.info, dict) else None

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends
 from backup_tasks.api import deps, schemas
 from backup_tasks.api.auth import requires
 from backup_tasks.api.errors import ERROR_RESPONSES
-from backup_tasks.runtime import Runtime
+from backup_tasks.ops.runtime import Runtime
 
 router = APIRouter(tags=["targets"], responses=ERROR_RESPONSES)
 

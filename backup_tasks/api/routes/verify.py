@@ -10,7 +10,7 @@ from backup_tasks.api.auth import requires
 from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.api.routes import lookup
 from backup_tasks.api.routes.backups import BackupId
-from backup_tasks.runtime import Runtime
+from backup_tasks.ops.runtime import Runtime
 
 router = APIRouter(tags=["backups"], responses=ERROR_RESPONSES)
 

@@ -1,0 +1,345 @@
+"""The backup chain's stages as plain functions: dump → compress → encrypt → upload.
+
+Celery tasks (tasks.py) are thin wrappers around these, so the embedded default and a
+distributed worker run the very same code. Stages hand each other a small JSON
+reference to a file in the run's staging directory; each writes to a temporary name,
+renames it into place, and then writes its ``<stage>.json`` reference. A redelivered stage
+that finds its reference returns it instead of redoing the work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from backup_tasks.policy import anomaly
+from backup_tasks.records import attachments, events, manifest
+from backup_tasks.stages import counting as progress_mod
+from backup_tasks.records.catalog import Location, Status
+from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
+from backup_tasks.ops.runtime import Runtime
+from backup_tasks.sources.base import source_for
+from backup_tasks.stages import compress as compress_stage
+from backup_tasks.stages import encrypt as encrypt_stage
+from backup_tasks.stages.digest import HashingWriter
+
+BACKUP_TYPES = ("full", "incremental", "differential")
+
+
+def new_backup_id(target: str, now: datetime | None = None) -> str:
+    """Readable, sortable and unique: ``<target>-<UTC time>-<random>``."""
+    now = now or datetime.now(timezone.utc)
+    return f"{target}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def check_type(target, type_: str) -> None:
+    if type_ not in BACKUP_TYPES:
+        raise InputError(f"unknown backup type '{type_}'", f"use one of: {', '.join(BACKUP_TYPES)}")
+    if type_ != "full":
+        raise InputError(
+            f"{type_} backups are not available yet for target '{target.name}' (kind {target.kind})",
+            "run a full backup (--type full); file-level incrementals are planned",
+        )
+
+
+def record_run(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
+    """Put the run in the catalog (idempotent); the start reference carries its creation time."""
+    target = rt.target(target_name)
+    check_type(target, type_)
+    created = rt.catalog.create_run(backup_id, target=target.name, kind=target.kind, type=type_, host=target.host, actor=actor)
+    # The run's creation time travels with it, so the manifest and the catalog agree on it.
+    return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start", "created_at": manifest.iso(created)}
+
+
+def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
+    """On the worker: record the run, and refuse it now if its manifest could not be signed later."""
+    ref = record_run(rt, backup_id, target_name, type_, actor)
+    rt.signer  # noqa: B018 - fail now, not after an hour of dumping
+    return ref
+
+
+def _ref(run_dir: Path, stage: str) -> dict | None:
+    path = run_dir / f"{stage}.json"
+    if path.exists():
+        ref = json.loads(path.read_text())
+        if Path(ref["path"]).exists():
+            return ref
+    return None
+
+
+def _commit_ref(run_dir: Path, stage: str, ref: dict) -> dict:
+    tmp = run_dir / f".{stage}.json.tmp"
+    tmp.write_text(json.dumps(ref))
+    os.replace(tmp, run_dir / f"{stage}.json")
+    return ref
+
+
+def _write_output(final: Path, produce: Callable[[HashingWriter], None]) -> tuple[int, str, float]:
+    """Run ``produce`` into a private temp file, fsync, rename into place; return size, sha256, seconds."""
+    started = time.monotonic()
+    tmp = final.with_name(f".{final.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as raw:
+            writer = HashingWriter(raw)
+            produce(writer)
+            os.fsync(raw.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return writer.size, writer.sha256, round(time.monotonic() - started, 3)
+
+
+def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
+    backup_id = ref["backup_id"]
+    run_dir = rt.run_dir(backup_id)
+    if done := _ref(run_dir, "dump"):
+        return done
+    target = rt.target(ref["target"])
+    source = source_for(target.kind)
+    rt.catalog.set_stage(backup_id, "dump")
+    started = manifest.now()
+    workdir = run_dir / "work"
+    shutil.rmtree(workdir, ignore_errors=True)  # a dead attempt's leftovers (a half-written globals.sql) go first
+    workdir.mkdir(mode=0o700)
+    final = run_dir / f"data.{source.suffix}"
+    report: dict = {}
+
+    def produce(out: HashingWriter) -> None:
+        report.update(source.dump(target, progress_mod.writing(out, progress, "dump"), workdir))
+
+    size, sha, seconds = _write_output(final, produce)
+    try:
+        sealed = attachments.collect(workdir, rt.recipients if rt.settings.recipients else [], target=target.name)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # plaintext attachments never outlive the stage
+    if sealed:
+        (run_dir / "attachments.json").write_text(json.dumps(sealed))
+    (run_dir / "source.json").write_text(json.dumps(report))
+    return _commit_ref(run_dir, "dump", {
+        "backup_id": backup_id, "target": target.name, "type": ref.get("type", "full"), "stage": "dump",
+        "path": str(final), "size": size, "sha256": sha, "seconds": seconds,
+        "created_at": ref.get("created_at") or manifest.iso(started),
+    })
+
+
+def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
+    run_dir = rt.run_dir(ref["backup_id"])
+    if done := _ref(run_dir, "compress"):
+        return done
+    rt.catalog.set_stage(ref["backup_id"], "compress")
+    settings = rt.settings
+    method = settings.compression
+    if method == "none":
+        return _commit_ref(run_dir, "compress", {**ref, "stage": "compress", "seconds": 0.0, "compression": "none", "level": None})
+    final = Path(ref["path"] + compress_stage.SUFFIX[method])
+    with open(ref["path"], "rb") as fh:
+        src = progress_mod.reading(fh, progress, "compress", ref["size"])
+        size, sha, seconds = _write_output(final, lambda out: compress_stage.compress(
+            src, out, method, level=settings.compression_level, threads=settings.compression_threads))
+    done = _commit_ref(run_dir, "compress", {**_carry(ref), "stage": "compress", "path": str(final), "size": size, "sha256": sha,
+                                              "seconds": seconds, "compression": method, "level": settings.compression_level})
+    _drop_input(ref, final)
+    return done
+
+
+def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
+    run_dir = rt.run_dir(ref["backup_id"])
+    if done := _ref(run_dir, "encrypt"):
+        return done
+    target = rt.target(ref["target"])
+    if not rt.settings.recipients:
+        if not source_for(target.kind).allows_plaintext:
+            raise PermanentError(
+                f"target '{target.name}' (kind {target.kind}) must be encrypted but no recipients are configured",
+                "set recipients in [settings]; backupctl keys generate makes a key pair",
+            )
+        return _commit_ref(run_dir, "encrypt", {**ref, "stage": "encrypt", "seconds": 0.0, "encrypted": False})
+    rt.catalog.set_stage(ref["backup_id"], "encrypt")
+    final = Path(ref["path"] + encrypt_stage.SUFFIX)
+    with open(ref["path"], "rb") as fh:
+        src = progress_mod.reading(fh, progress, "encrypt", ref["size"])
+        size, sha, seconds = _write_output(final, lambda out: encrypt_stage.encrypt(src, out, rt.recipients))
+    done = _commit_ref(run_dir, "encrypt", {**_carry(ref), "stage": "encrypt", "path": str(final), "size": size, "sha256": sha,
+                                             "seconds": seconds, "compression": ref["compression"], "level": ref.get("level"), "encrypted": True})
+    _drop_input(ref, final)
+    return done
+
+
+def _carry(ref: dict) -> dict:
+    return {k: ref[k] for k in ("backup_id", "target", "type") if k in ref}
+
+
+def _drop_input(ref: dict, output: Path) -> None:
+    """The previous stage's file is no longer needed once this stage's output is committed."""
+    if Path(ref["path"]) != output:
+        Path(ref["path"]).unlink(missing_ok=True)
+
+
+def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
+    """Store the artifact on every tier, then the signed manifest last (the commit marker)."""
+    backup_id = ref["backup_id"]
+    target = rt.target(ref["target"])
+    existing = _committed_manifest(rt, target, backup_id)
+    if existing is not None:  # redelivered after the commit: nothing left to do
+        return _upload_result(existing)
+    rt.catalog.set_stage(backup_id, "upload")
+    upload_started = time.monotonic()
+    run_dir = rt.run_dir(backup_id)
+    dumped = json.loads((run_dir / "dump.json").read_text())
+    report = json.loads((run_dir / "source.json").read_text())
+    name = Path(ref["path"]).name
+    key = f"{manifest.prefix(target.name, backup_id)}/{name}"
+    locations: list[Location] = []
+    failures: list[BaseException] = []
+    etags: dict[str, str | None] = {}  # what each tier said it stored; verify compares without a full read
+    tiers = rt.config.tiers_of(target)
+    for n, tier in enumerate(tiers):
+        try:
+            storage = rt.storage(tier)
+            with open(ref["path"], "rb") as fh:  # progress counts every tier's copy: n copies of size bytes
+                stream = progress_mod.reading(fh, progress, "upload", ref["size"] * len(tiers), offset=ref["size"] * n)
+                info = storage.put(key, stream, size_hint=ref["size"])
+            if info.size != ref["size"] or (info.sha256 and info.sha256 != ref["sha256"]):
+                storage.delete(key)
+                raise StorageError(
+                    f"upload of {backup_id} to tier '{tier.name}' stored {info.size} bytes, expected {ref['size']}",
+                    "check the tier's free space and health, then run the backup again",
+                )
+        except (StorageError, TransientError) as exc:
+            # One tier down must not cost the copies on the others (issue 4): carry on, commit
+            # what was stored, then fail the run so the missing copy is alerted and retried.
+            failures.append(exc)
+            events.emit(rt.catalog, events.UPLOAD_TIER_FAILED, f"upload of {backup_id} to tier '{tier.name}' failed: {exc}",
+                        target=target.name, host=target.host, backup_id=backup_id, tier=tier.name,
+                        error_type=type(exc).__name__, remedy=getattr(exc, "remedy", ""))
+            continue
+        locations.append(Location(tier=tier.name, key=key, size=info.size))
+        etags[tier.name] = info.etag
+    if not locations:
+        raise failures[0]
+    doc = manifest.sign({
+        "format": manifest.FORMAT,
+        "backup_id": backup_id,
+        "target": target.name,
+        "kind": target.kind,
+        "type": ref.get("type", "full"),
+        "parent": None,
+        "host": target.host,
+        "worker": socket.gethostname(),
+        "created_at": dumped["created_at"],
+        "finished_at": manifest.iso(manifest.now()),
+        "tool_versions": manifest.tool_versions(report.pop("tool_versions", None)),
+        "plaintext": {"size": dumped["size"], "sha256": dumped["sha256"], "format": source_for(target.kind).suffix},
+        "compression": {"method": ref.get("compression", "none"), "level": ref.get("level")},
+        "encryption": {"method": "age", "recipients": [_key_id(r) for r in rt.settings.recipients]} if ref.get("encrypted") else None,
+        "stored": {"name": name, "size": ref["size"], "sha256": ref["sha256"]},
+        "locations": [{"tier": l.tier, "key": l.key, **({"etag": etags[l.tier]} if etags.get(l.tier) else {})}
+                      for l in locations],
+        "source": report,
+        **_attachments(run_dir),
+        "timings": {**_stage_seconds(run_dir), "upload": round(time.monotonic() - upload_started, 3)},
+    }, rt.signer)
+    body = manifest.dumps(doc)
+    for loc in locations:  # only beside a complete artifact: the manifest is the commit marker
+        rt.storage(loc.tier).put(manifest.manifest_key(target.name, backup_id), _bytes_reader(body))
+    if failures:
+        # The committed copies are recorded; the run stays running for a retry, and pipeline.fail
+        # marks it failed (staging removed, chain.failed emitted) if the retries run out.
+        rt.catalog.record_partial_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+        raise failures[0]
+    rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+    anomaly.check_after_upload(rt, backup_id)  # size far off the target's median: alert (never raises)
+    cleanup_staging(rt, backup_id)
+    return _upload_result(doc)
+
+
+def _attachments(run_dir: Path) -> dict:
+    """The sealed side files the dump stage left (see attachments.py), as the manifest carries them."""
+    path = run_dir / "attachments.json"
+    return {"attachments": json.loads(path.read_text())} if path.exists() else {}
+
+
+def _stage_seconds(run_dir: Path) -> dict:
+    """How long each stage took, from the stage references (a skipped stage has none)."""
+    out = {}
+    for stage in ("dump", "compress", "encrypt"):
+        path = run_dir / f"{stage}.json"
+        seconds = json.loads(path.read_text()).get("seconds") if path.exists() else None
+        if seconds is not None:
+            out[stage] = seconds
+    return out
+
+
+def _key_id(recipient: str) -> str:
+    from backup_tasks.records.keys import key_id
+
+    return key_id(recipient)
+
+
+def _bytes_reader(data: bytes):
+    import io
+
+    return io.BytesIO(data)
+
+
+def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:
+    """The manifest if every tier already holds it, else None (then the upload is redone)."""
+    doc = None
+    for tier in rt.config.tiers_of(target):
+        try:
+            with rt.storage(tier).get(manifest.manifest_key(target.name, backup_id)) as fh:
+                doc = manifest.parse(fh.read(), backup_id=backup_id)
+        except (StorageError, TransientError):  # missing, or the tier is down: not committed there, redo
+            return None
+    row = rt.catalog.find(backup_id) if doc is not None else None
+    if row is not None:
+        # Record it only for a run still in flight: an upload redelivered long after (a broker
+        # that lost track of its ack) must not turn a verified backup back into "uploaded".
+        if row.status == Status.RUNNING:
+            locations = [Location(tier=l["tier"], key=l["key"], size=doc["stored"]["size"]) for l in doc["locations"]]
+            rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+        cleanup_staging(rt, backup_id)
+    return doc
+
+
+def _upload_result(doc: dict) -> dict:
+    return {
+        "backup_id": doc["backup_id"], "target": doc["target"], "stage": "upload",
+        "size": doc["stored"]["size"], "sha256": doc["stored"]["sha256"],
+        "locations": doc["locations"],
+    }
+
+
+def cleanup_staging(rt: Runtime, backup_id: str) -> None:
+    shutil.rmtree(Path(rt.settings.staging_dir) / backup_id, ignore_errors=True)
+
+
+def fail(rt: Runtime, backup_id: str, target: str | None, stage: str, error: BaseException) -> None:
+    """The chain's error callback: record why, remove the run's staging files, emit an event.
+
+    Safe to call more than once for one run (the start task and the failing stage both
+    report in the embedded default): only the first call records and emits.
+    """
+    reason = f"{stage} failed: {error}"
+    outcome = rt.catalog.fail_run(backup_id, reason)
+    cleanup_staging(rt, backup_id)
+    if outcome == "unchanged":
+        return
+    host = None
+    if target:
+        try:
+            host = rt.target(target).host
+        except InputError:
+            pass
+    events.emit(rt.catalog, events.CHAIN_FAILED if outcome == "failed" else events.VERIFY_INCOMPLETE, reason,
+                target=target, host=host, backup_id=backup_id, stage=stage, error_type=type(error).__name__,
+                remedy=getattr(error, "remedy", ""))

@@ -1,0 +1,262 @@
+"""Cleanup: gather the facts, let ``retention.plan_retention`` decide, then act on the plan.
+
+    result = run_cleanup(rt, target=None, dry_run=False, now=None)
+
+Acting on a removal, for one copy (one backup on one tier), in this order:
+
+1. delete the artifact, and check that it is gone;
+2. delete ``verified.json``, then ``manifest.json`` (the commit marker goes last, so a
+   crash in between leaves a manifest without artifact, which ``catalog rebuild``
+   skips and the next cleanup finishes);
+3. only then drop the location from the catalog; with no copy left the entry's
+   status becomes ``deleted``.
+
+Every step is idempotent, so an interrupted cleanup is finished by the next one. An
+Object-Locked copy that the plan did not know about is refused by the tier
+(ObjectLocked) and reported, not counted as an error.
+
+Debris is removed too (older than ``DEBRIS_AGE``, so nothing in flight is touched):
+objects under ``<target>/<id>/`` with no manifest beside them (an upload that died
+before its commit marker), staging directories of runs that are no longer running,
+and S3 multipart uploads that were never completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from backup_tasks.records import audit, events, manifest
+from backup_tasks.policy import retention
+from backup_tasks.records.catalog import Status
+from backup_tasks.errors import BackupError, ObjectLocked, ObjectNotFound, ServiceUnavailable, StorageError
+from backup_tasks.ops.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: an artifact without manifest, or a staging directory, younger than this may still be in flight
+DEBRIS_AGE = timedelta(days=1)
+
+
+def run_cleanup(rt: Runtime, target: str | None = None, *, dry_run: bool = False, now: datetime | None = None,
+                actor: str = audit.BEAT) -> dict:
+    """Plan retention for one target (or all), apply it unless ``dry_run``, remove debris; return a report.
+
+    Each removed copy is audited as a ``delete`` with its reasons, the run as one ``cleanup``.
+    """
+    now = now or datetime.now(timezone.utc)
+    targets = [rt.target(target)] if target else list(rt.config.targets.values())
+    backups = gather(rt, targets, now)
+    policies = {t.name: _policy(t) for t in targets}
+    max_age = {name: tier.max_age_days for name, tier in rt.config.tiers.items()}
+    plan = retention.plan_retention(backups, policies, max_age, now)
+    report = {**plan.as_dict(), "dry_run": dry_run, "targets": [t.name for t in targets],
+              "removed": [], "refused": [], "errors": [], "debris": []}
+    with audit.audited(rt.catalog, "cleanup", actor=actor, target=target, detail={"dry_run": dry_run}) as entry:
+        if not dry_run:
+            _apply(rt, plan, report, actor)
+        report["debris"] = _debris(rt, targets, target is not None, now, dry_run, report)
+        report["deleted_backups"] = sorted(plan.removed_entirely()) if not dry_run else []
+        report["would_delete_backups"] = sorted(plan.removed_entirely()) if dry_run else []
+        entry.detail.update(removed=len(report["removed"]), kept=report["keep"], debris=len(report["debris"]),
+                            refused=len(report["refused"]), errors=len(report["errors"]))
+        entry.outcome = audit.FAILED if report["errors"] else audit.OK
+    return report
+
+
+def exit_code(report: dict) -> int:
+    """0 when everything planned was done; 3 if only unreachable storage stood in the way; else 1."""
+    errors = report["errors"]
+    if not errors:
+        return 0
+    return 3 if all(e["type"] == ServiceUnavailable.__name__ for e in errors) else 1
+
+
+def _policy(target) -> retention.Policy:
+    from backup_tasks.errors import ConfigError
+
+    try:
+        return retention.Policy.from_config(target.retention)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc), "keep_within takes a duration such as \"7d\" or \"12h\"",
+                          where=f"target '{target.name}'", field="retention.keep_within") from None
+
+
+def gather(rt: Runtime, targets, now: datetime) -> list[retention.Backup]:
+    """The catalog's view of ``targets``, with drill results and Object Lock dates added."""
+    out = []
+    for target in targets:
+        drilled = _drill_passed(rt, target.name)
+        for row in rt.catalog.list(target=target.name):
+            if row.status == Status.DELETED:
+                continue
+            copies = tuple(retention.Copy(loc.tier, _locked_until(rt, loc.tier, loc.key)) for loc in row.locations
+                           if loc.tier in rt.config.tiers)
+            out.append(retention.Backup(id=row.id, target=row.target, created_at=row.created_at, status=str(row.status),
+                                        copies=copies, type=row.type, parent_id=row.parent_id,
+                                        drill_passed=row.id in drilled))
+    return out
+
+
+def _drill_passed(rt: Runtime, target: str) -> set[str]:
+    """Ids of backups a restore drill proved, read defensively (drills are another module's table)."""
+    catalog = rt.catalog
+    drills = getattr(catalog, "drills", None)
+    if drills is not None:
+        try:
+            return {d.backup_id for d in drills(target) if d.backup_id and str(d.result) == "passed"}
+        except Exception:  # noqa: BLE001 - an older catalog without the table: no drill-proven backups
+            log.warning("cleanup: could not read drill results for %s", target, exc_info=True)
+    latest = getattr(catalog, "latest_drill_passed", None)
+    if latest is not None:
+        try:
+            found = latest(target)
+            return {found} if found else set()
+        except Exception:  # noqa: BLE001
+            pass
+    return set()
+
+
+def _locked_until(rt: Runtime, tier_name: str, key: str) -> datetime | None:
+    tier = rt.config.tiers[tier_name]
+    if tier.kind != "s3" or not tier.options.get("object_lock"):
+        return None
+    probe = getattr(_innermost(rt.storage(tier)), "locked_until", None)
+    if probe is None:
+        return None
+    try:
+        return probe(key)
+    except BackupError as exc:
+        # Unknown means "maybe locked": keep the copy this time rather than guess.
+        log.warning("cleanup: cannot read the Object Lock of %s on %s (%s); keeping it", key, tier_name, exc)
+        return datetime.max.replace(tzinfo=timezone.utc)
+
+
+def _innermost(storage):
+    while hasattr(storage, "inner"):
+        storage = storage.inner
+    return storage
+
+
+def _apply(rt: Runtime, plan: retention.Plan, report: dict, actor: str) -> None:
+    by_backup: dict[str, list[retention.Decision]] = {}
+    for d in plan.removals:
+        by_backup.setdefault(d.backup_id, []).append(d)
+    for backup_id, decisions in by_backup.items():
+        row = rt.catalog.find(backup_id)
+        if row is None:
+            continue
+        keys = {loc.tier: loc.key for loc in row.locations}
+        gone = []
+        for d in decisions:
+            if d.tier not in keys:
+                continue
+            try:
+                remove_copy(rt, row.target, backup_id, d.tier, keys[d.tier])
+            except ObjectLocked as exc:
+                report["refused"].append({"backup_id": backup_id, "tier": d.tier, "reason": exc.message})
+                continue
+            except BackupError as exc:
+                report["errors"].append({"backup_id": backup_id, "tier": d.tier, "type": type(exc).__name__,
+                                         "message": exc.message, "remedy": exc.remedy})
+                events.emit(rt.catalog, events.CLEANUP_FAILED, f"cleanup could not remove {backup_id} from tier '{d.tier}': {exc}",
+                            target=row.target, host=row.host, backup_id=backup_id, tier=d.tier, remedy=exc.remedy)
+                continue
+            gone.append(d.tier)
+            report["removed"].append({"backup_id": backup_id, "target": row.target, "tier": d.tier,
+                                      "key": keys[d.tier], "reasons": list(d.reasons)})
+            audit.record(rt.catalog, "delete", actor=actor, outcome=audit.OK, target=row.target, backup_id=backup_id,
+                         detail={"tier": d.tier, "by": "retention", "reasons": list(d.reasons)})
+        if gone:
+            rt.catalog.drop_locations(backup_id, gone)  # only after the objects are gone
+
+
+def remove_copy(rt: Runtime, target: str, backup_id: str, tier: str, artifact_key: str) -> None:
+    """Remove one stored copy in the safe order (module docstring); the caller then drops it from the catalog."""
+    storage = rt.storage(tier)
+    storage.delete(artifact_key)
+    try:
+        storage.stat(artifact_key)
+    except ObjectNotFound:
+        pass
+    else:
+        raise StorageError(f"tier '{tier}' still holds {artifact_key} after deleting it",
+                           "check the tier's permissions and versioning; the manifest was left in place")
+    storage.delete(manifest.verified_key(target, backup_id))
+    storage.delete(manifest.drilled_key(target, backup_id))
+    storage.delete(manifest.manifest_key(target, backup_id))
+
+
+def _debris(rt: Runtime, targets, scoped: bool, now: datetime, dry_run: bool, report: dict) -> list[dict]:
+    found: list[dict] = []
+    cutoff = now - DEBRIS_AGE
+    running = {r.id for r in rt.catalog.list(status=Status.RUNNING)}
+    names = {t.name for t in targets}
+    tiers_seen = set()
+    for target in targets:
+        for tier in rt.config.tiers_of(target):
+            tiers_seen.add(tier.name)
+            try:
+                found += _tier_debris(rt, tier.name, target.name, running, cutoff, dry_run)
+            except BackupError as exc:
+                report["errors"].append({"tier": tier.name, "type": type(exc).__name__, "message": exc.message,
+                                         "remedy": exc.remedy, "during": "debris"})
+    # S3 multipart uploads that were never completed (a crash, or an abort that could not reach the endpoint)
+    for name in sorted(tiers_seen):
+        abort = getattr(_innermost(rt.storage(name)), "abort_stale_uploads", None)
+        if abort is None:
+            continue
+        try:
+            for key in abort(cutoff, dry_run=dry_run):
+                found.append({"kind": "incomplete-upload", "tier": name, "key": key,
+                              "reason": "multipart upload never completed, older than a day"})
+        except BackupError as exc:
+            report["errors"].append({"tier": name, "type": type(exc).__name__, "message": exc.message,
+                                     "remedy": exc.remedy, "during": "debris"})
+    found += _staging_debris(rt, names if scoped else None, running, cutoff, dry_run)
+    return found
+
+
+def _tier_debris(rt: Runtime, tier: str, target: str, running: set[str], cutoff: datetime, dry_run: bool) -> list[dict]:
+    storage = rt.storage(tier)
+    groups: dict[str, list] = {}
+    for info in storage.list(f"{target}/"):
+        parts = info.key.split("/")
+        if len(parts) >= 3:
+            groups.setdefault(parts[1], []).append(info)
+    out = []
+    for backup_id, infos in groups.items():
+        if any(i.key.endswith("/" + manifest.MANIFEST_NAME) for i in infos) or backup_id in running:
+            continue
+        if max(i.modified for i in infos) > cutoff:
+            continue  # may still be uploading
+        for info in infos:
+            if not dry_run:
+                storage.delete(info.key)
+            out.append({"kind": "artifact-without-manifest", "tier": tier, "key": info.key, "size": info.size,
+                        "reason": "stored object without a manifest (an upload that never committed), older than a day"})
+    return out
+
+
+def _staging_debris(rt: Runtime, targets: set[str] | None, running: set[str], cutoff: datetime, dry_run: bool) -> list[dict]:
+    root = Path(rt.settings.staging_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.name in running or entry.name.startswith("."):
+            continue
+        row = rt.catalog.find(entry.name)
+        if targets is not None and (row is None or row.target not in targets):
+            continue
+        modified = datetime.fromtimestamp(max((p.stat().st_mtime for p in entry.rglob("*")), default=entry.stat().st_mtime),
+                                          tz=timezone.utc)
+        if modified > cutoff:
+            continue
+        if not dry_run:
+            shutil.rmtree(entry, ignore_errors=True)
+        out.append({"kind": "staging", "path": str(entry),
+                    "reason": "staging directory of a run that is not running, untouched for a day"})
+    return out

@@ -1,0 +1,244 @@
+"""Restore: one command on the bad night, and it must not make things worse.
+
+Data is written into a private sibling of the destination and moved into place only
+after the stored and plaintext hashes matched the signed manifest, so a damaged or
+swapped artifact never lands half-written over anything. Existing data is replaced only
+with ``force``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from backup_tasks.records import attachments, keys
+from backup_tasks.ops import readback
+from backup_tasks.stages import counting as progress_mod
+from backup_tasks.errors import InputError, RestoreRefused
+from backup_tasks.ops.runtime import Runtime
+from backup_tasks.sources.base import source_for
+
+log = logging.getLogger(__name__)
+
+
+def restore_backup(rt: Runtime, backup_id: str, dest: Path, *, force: bool = False, dry_run: bool = False,
+                   progress: progress_mod.Callback | None = None) -> dict:
+    """Restore files, config or SQLite to ``dest``; ``progress`` hears the plaintext bytes restored."""
+    row = rt.catalog.get(backup_id)
+    found = readback.locate(rt, row)
+    doc = found.doc
+    source = source_for(doc["kind"])
+    dest = _destination(doc, Path(dest).expanduser().absolute())
+    occupied = _occupied(dest)
+    base = {"backup_id": backup_id, "target": doc["target"], "kind": doc["kind"], "destination": str(dest),
+            "location": found.tier, "notes": found.notes}
+    if dry_run:
+        summary = source.restore(None, doc, dest, force=True, dry_run=True)
+        return {**base, "dry_run": True, "destination_not_empty": occupied, "needs_force": occupied and not force, **summary}
+    if occupied and not force:
+        raise RestoreRefused(
+            f"{dest} exists and is not empty; refusing to overwrite it",
+            "restore into an empty or new path, or pass --force to replace what is there",
+        )
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.restoring-{secrets.token_hex(4)}"
+    if source.suffix == "tar":
+        staging.mkdir(mode=0o700)
+    try:
+        with readback.plaintext(rt, found) as (stream, stored, plain):
+            stream = progress_mod.reading(stream, progress, "restore", doc["plaintext"]["size"])
+            summary = source.restore(stream, doc, staging, force=False, dry_run=False)
+            plain.drain()
+        readback.check_digests(doc, stored, plain)
+        _commit(staging, dest)
+    finally:
+        _remove(staging)
+    if "next_step" in summary:  # the source named the private sibling it wrote; people need the final path
+        summary["next_step"] = summary["next_step"].replace(str(staging), str(dest))
+    return {**base, "dry_run": False, **summary, "restored_to": str(dest)}
+
+
+def _destination(doc: dict, dest: Path) -> Path:
+    """A SQLite backup restored 'to a directory' lands there under its original file name."""
+    if doc["kind"] == "sqlite" and dest.is_dir():
+        return dest / Path(doc["source"].get("database", f"{doc['target']}.sqlite")).name
+    if doc["kind"] != "sqlite" and dest.exists() and not dest.is_dir():
+        raise InputError(f"{dest} is a file; a {doc['kind']} backup restores into a directory", "pass a directory to --to")
+    return dest
+
+
+def _occupied(dest: Path) -> bool:
+    if dest.is_dir():
+        return any(os.scandir(dest))
+    return dest.exists() and dest.stat().st_size > 0
+
+
+def _commit(staging: Path, dest: Path) -> None:
+    """Move the verified restore into place; with --force, entries it brings replace existing ones."""
+    if staging.is_file() or not dest.exists():
+        os.replace(staging, dest)
+        return
+    if dest.is_dir() and not any(os.scandir(dest)):
+        dest.rmdir()
+        os.replace(staging, dest)
+        return
+    for entry in os.scandir(staging):
+        _merge(Path(entry.path), dest / entry.name)
+
+
+def _merge(src: Path, dst: Path) -> None:
+    if src.is_dir() and not src.is_symlink() and dst.is_dir() and not dst.is_symlink():
+        for entry in os.scandir(src):
+            _merge(Path(entry.path), dst / entry.name)
+        shutil.copystat(src, dst, follow_symlinks=False)
+        return
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# -- into a database (--to-database) -------------------------------------------------------------
+
+
+def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: str | None = None,
+                        server_password: str | None = None, force: bool = False, dry_run: bool = False, jobs: int = 1,
+                        tables: tuple[str, ...] = (), with_globals: bool = False,
+                        progress: progress_mod.Callback | None = None) -> dict:
+    """Restore a postgres/mysql backup into ``database`` on a server, streaming from storage.
+
+    download → decrypt → decompress → pg_restore/mysql through pipes; the source refuses
+    a database that has tables unless ``force`` and gives the restored data its name only
+    after the stored and plaintext sha256 matched the signed manifest (see the sources).
+    """
+    import tempfile
+
+    row = rt.catalog.get(backup_id)
+    found = readback.locate(rt, row)
+    doc = found.doc
+    source = source_for(doc["kind"])
+    if not hasattr(source, "restore_database"):
+        raise InputError(f"backup {backup_id} is a {doc['kind']} backup; --to-database restores postgres and mysql backups",
+                         "use --to PATH for files, config and SQLite backups")
+    if jobs < 1:
+        raise InputError("--jobs must be at least 1", "e.g. --jobs 2")
+    srv = database_server(rt, doc, server, server_password)
+    applied = None
+    if with_globals:
+        # Roles first: the restored objects then keep their owners and GRANTs. But not before the
+        # database restore is known to be allowed: a refused restore must leave the cluster as it was.
+        sql = _globals_sql(rt, doc)  # only PostgreSQL backups taken with options.globals have them
+        if not dry_run and not force:
+            source.refuse_occupied(srv, database)
+        applied = source.apply_globals(srv, sql, doc["source"]["globals"], dry_run=dry_run, force=force)
+    base = {"backup_id": backup_id, "target": doc["target"], "kind": doc["kind"], "location": found.tier, "notes": found.notes}
+    if force and not dry_run and not getattr(source, "restores_via_staging_database", False):
+        state = source.database_state(srv, database)
+        if state["exists"] and state["tables"] > 0:
+            _prove_before_replacing(rt, found, database)
+            base["notes"] = [*base["notes"], f"read and checked in full before '{database}' was replaced in place"]
+    scratch = Path(rt.settings.staging_dir)
+    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"restore-{backup_id}-", dir=scratch))
+    try:
+        with readback.plaintext(rt, found) as (stream, stored, plain):
+            def commit_check() -> None:
+                plain.drain()
+                stored.drain()
+                readback.check_digests(doc, stored, plain)
+
+            if not dry_run:
+                stream = progress_mod.reading(stream, progress, "restore", doc["plaintext"]["size"])
+            summary = source.restore_database(stream, doc, database, srv, force=force, dry_run=dry_run, jobs=jobs,
+                                              tables=tuple(tables), workdir=workdir, commit_check=None if dry_run else commit_check,
+                                              **({"keep_owners": True} if with_globals else {}))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {**base, "dry_run": dry_run, **summary, **({"globals": applied} if with_globals else {}),
+            **({} if dry_run else {"restored_to": f"{srv.address}/{database}"})}
+
+
+def _prove_before_replacing(rt: Runtime, found, database: str) -> None:
+    """One full read (decrypt, decompress, both sha256) before a forced in-place restore.
+
+    MySQL cannot rename a database, so a forced restore loads over the existing one and
+    the stream's hashes are only known at its end: a damaged artifact would already have
+    replaced good data. Reading it once first costs a verify's time and proves it.
+    """
+    with readback.plaintext(rt, found) as (stream, stored, plain):
+        plain.drain()
+        stored.drain()
+        readback.check_digests(found.doc, stored, plain)
+    log.info("backup %s read and checked in full before replacing database %s", found.doc["backup_id"], database)
+
+
+def extract_globals(rt: Runtime, backup_id: str, dest: Path, *, force: bool = False, dry_run: bool = False) -> dict:
+    """Write a PostgreSQL backup's globals (roles, tablespaces) as SQL to ``dest``, 0600, for review or psql."""
+    row = rt.catalog.get(backup_id)
+    doc = readback.locate(rt, row).doc
+    dest = Path(dest)
+    report = {"backup_id": backup_id, "target": doc["target"], "destination": str(dest), "dry_run": dry_run,
+              "roles": (doc["source"].get("globals") or {}).get("roles"), "tablespaces": (doc["source"].get("globals") or {}).get("tablespaces")}
+    sql = _globals_sql(rt, doc)
+    if dest.exists() and not force:
+        if dry_run:
+            return {**report, "needs_force": True}
+        raise RestoreRefused(f"{dest} exists; refusing to overwrite it", "choose another file, or pass --force to replace it")
+    if dry_run:
+        return {**report, "bytes": len(sql)}
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.restoring")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # role password hashes
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(sql)
+    os.replace(tmp, dest)
+    return {**report, "bytes": len(sql), "restored_to": str(dest)}
+
+
+def _globals_sql(rt: Runtime, doc: dict) -> bytes:
+    from backup_tasks.sources.postgres.source import GLOBALS_FILE
+
+    if doc["kind"] != "postgres" or GLOBALS_FILE not in (doc.get("attachments") or {}):
+        raise InputError(f"backup {doc['backup_id']} carries no globals (roles, tablespaces)",
+                         "only PostgreSQL backups taken with options.globals have them; check with backupctl show ID")
+    identities = keys.identities_for(rt.settings.identities_file, doc["encryption"]["recipients"])
+    return attachments.unseal(doc, GLOBALS_FILE, identities)
+
+
+def database_server(rt: Runtime, doc: dict, server: str | None, password_ref: str | None):
+    """The server to restore onto: ``--server`` as a target name or a DSN, else the backup's own target's server.
+
+    The password comes from ``--server-password`` (a reference) or the named target's
+    ``password``; the connection's database is the engine's maintenance database.
+    """
+    from backup_tasks import credentials
+    from backup_tasks.sources.db import dsn
+
+    kind = doc["kind"]
+    source = source_for(kind)
+    if password_ref is not None:
+        credentials.check_syntax(password_ref, file="", where="--server-password", field="server-password")
+    if server is None or server in rt.config.targets:
+        name = server or doc["target"]
+        if name not in rt.config.targets:
+            raise InputError(f"target '{name}' of backup {doc['backup_id']} is not in {rt.config.file}, so its server is unknown",
+                             "name the server: --server postgresql://user@host:5432/postgres --server-password env:NAME")
+        target = rt.target(name)
+        if target.kind != kind:
+            raise InputError(f"target '{name}' is a {target.kind} target; backup {doc['backup_id']} is {kind}", "name a server of the same kind")
+        srv = dsn.parse(target.dsn or "", kind, where=f"target '{name}'").on(source.maintenance_db)
+        ref = password_ref or target.password
+    else:
+        srv = dsn.parse(server, kind, where="--server", field_name="server")
+        srv = srv.on(srv.database or source.maintenance_db)
+        ref = password_ref
+    return dsn.with_password(srv, ref, where="restore server", field_name="password")

@@ -1,0 +1,73 @@
+"""A running worker picks up a changed targets file without a restart.
+
+Workers load the targets file once per process (runtime.current()). Before each task
+they call ``fresh()``, which stats the file (size, mtime, inode: one syscall) and, when it
+changed, loads it again and installs the new runtime. A new target on this host is then
+runnable at once (its queue, ``host.<name>``, is one the worker already consumes); a
+target on a new host needs that host's worker, started with workers/launch.py. A file
+that no longer validates is logged and the runtime in force is kept, so a typo never
+stops backups that were working. Beat follows the file the same way (beat_sync.py).
+
+Broker and result-backend URLs are read once: changing them needs a worker restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from backup_tasks import config
+from backup_tasks.ops import runtime
+from backup_tasks.errors import BackupError
+
+log = logging.getLogger(__name__)
+
+_seen: tuple[runtime.Runtime, tuple | None] | None = None
+
+
+def _stamp(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _from_environment(rt: runtime.Runtime) -> bool:
+    """Whether rt is the file BACKUP_CONFIG names: what workers, beat and Flower run on.
+
+    A runtime a caller built itself (the CLI's --config, a test with its own environment)
+    is theirs: re-reading it here with this process's environment could change it.
+    """
+    named = os.environ.get("BACKUP_CONFIG")
+    try:
+        return bool(named) and os.path.samefile(named, rt.config.file)
+    except OSError:
+        return False
+
+
+def fresh() -> runtime.Runtime:
+    """The process's runtime, re-loaded first if its targets file changed since it was loaded."""
+    global _seen
+    rt = runtime.current()
+    stamp = _stamp(rt.config.file)
+    if stamp is None or not _from_environment(rt):
+        return rt
+    if _seen is not None:
+        if _seen[0] is not rt:  # installed by someone else (the CLI, a test): theirs to manage
+            _seen = (rt, stamp)
+            return rt
+        if stamp == _seen[1]:
+            return rt
+    # First call in this process (which version of the file was rt loaded from? load it to
+    # be sure: a few milliseconds, once), or the file changed since.
+    try:
+        new = runtime.install(runtime.Runtime(config.load(rt.config.file)))
+    except BackupError as exc:
+        log.error("the changed targets file %s is invalid; keeping the configuration in force: %s", rt.config.file, exc)
+        _seen = (rt, stamp)
+        return rt
+    if _seen is not None:
+        log.info("targets file %s changed: reloaded (%d targets)", rt.config.file, len(new.config.targets))
+    _seen = (new, stamp)
+    return new

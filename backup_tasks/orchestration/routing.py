@@ -1,0 +1,41 @@
+"""Where each task runs: a target's chain on its host's queue, verification on ``verify``.
+
+Routing happens in the publishing process (CLI, client, Flower, beat), which holds the
+targets file; a task for host A is never put where host B's worker can take it.
+"""
+
+from __future__ import annotations
+
+VERIFY_QUEUE = "verify"
+MAINTENANCE_QUEUE = "maintenance"
+#: restore drills run on a drill host, which holds identities and reaches the drill servers
+DRILL_QUEUE = "drill"
+
+
+def host_queue(host: str) -> str:
+    return f"host.{host}"
+
+
+def route(name, args, kwargs, options, task=None, **kw):
+    if options.get("queue"):
+        return None
+    if name == "backup.start":
+        target = (args or [kwargs.get("target")])[0]
+        from backup_tasks.orchestration import config_reload
+
+        try:  # Flower and beat are long-lived: route by the targets file as it is now
+            return {"queue": config_reload.fresh().target(target).queue}
+        except Exception:  # noqa: BLE001 - unknown target: the start task reports it as a failed run
+            return {"queue": MAINTENANCE_QUEUE}
+    if name in ("backup.verify", "backup.verify_pending"):
+        return {"queue": VERIFY_QUEUE}
+    if name == "backup.drill":
+        return {"queue": DRILL_QUEUE}
+    if name in MAINTENANCE_TASKS:
+        return {"queue": MAINTENANCE_QUEUE}
+    return None
+
+
+#: housekeeping that needs no host's staging files and no identities: fan-out planners and
+#: the alerting work's watchdog and report
+MAINTENANCE_TASKS = ("backup.cleanup", "backup.reverify", "backup.drill_due", "backup.watchdog", "backup.report")

@@ -1,0 +1,279 @@
+"""Celery tasks: thin, named, and passing only small JSON references.
+
+Each task parses a reference, calls the domain function in backup.py / verify.py and
+returns a reference. Arguments are target names and run ids, never secrets: workers
+resolve credentials themselves. A failure anywhere runs ``StageTask.on_failure``, the
+chain's error callback: it records the failed run with its reason, removes the run's
+staging files, frees the target's run lock and emits an event.
+
+What a running stage adds around its domain function (``_stage``): the target's run
+lock is kept alive (run_lock.py), progress is published as the ``PROGRESS`` state
+(task_progress.py), and a soft time limit becomes a clear failure. Flower shows each
+stage with the target name as its argument and the run id as ``run``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+from celery import Task, chain
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.result import allow_join_result
+
+from backup_tasks.orchestration import config_reload, redelivery, routing, run_lock, task_progress
+from backup_tasks.ops import backup
+from backup_tasks.orchestration.celery_app import app
+from backup_tasks.defaults import TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
+from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
+from backup_tasks.ops.verify import verify_backup
+
+log = logging.getLogger(__name__)
+
+
+def _runtime(task: Task):
+    """The worker's runtime, re-read if the targets file changed; the caller's own when eager."""
+    from backup_tasks.ops import runtime
+
+    return runtime.current() if task.request.is_eager else config_reload.fresh()
+
+
+class StageTask(Task):
+    """Idempotent stage: safe to redeliver, retried only for transient errors.
+
+    Retries: exponential backoff with full jitter (a random delay between 0 and
+    2**retries seconds, capped at ``task_retry_backoff_max``), at most
+    ``task_max_retries`` times; both come from [settings] through the app's config.
+    Anything else (PermanentError, a bug) fails the run at once.
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+    autoretry_for = (TransientError,)
+    retry_backoff = True
+    retry_jitter = True
+
+    @property
+    def max_retries(self) -> int:
+        return self.app.conf.get("backup_task_max_retries", TASK_MAX_RETRIES)
+
+    @property
+    def retry_backoff_max(self) -> int:
+        return self.app.conf.get("backup_task_retry_backoff_max", TASK_RETRY_BACKOFF_MAX)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        ref = args[0] if args and isinstance(args[0], dict) else {}
+        backup_id = ref.get("backup_id") or (args[0] if self.name == "backup.verify" and args else task_id)
+        target = ref.get("target") or (args[0] if self.name == "backup.start" and args else None)
+        if isinstance(exc, VerificationFailed):
+            return  # verify_backup recorded the failed check and emitted its event
+        try:
+            rt = _runtime(self)
+            backup.fail(rt, backup_id, target, self.name.split(".")[-1], exc)
+        except Exception:  # noqa: BLE001 - never mask the stage's own error
+            log.exception("error callback for %s failed", backup_id)
+            return
+        if target and self.name != "backup.verify" and not self.request.is_eager:
+            try:  # the run is over: the next run of this target may start
+                run_lock.for_target(rt.settings, target).release(backup_id)
+            except Exception:  # noqa: BLE001 - the lock's TTL frees it anyway
+                log.warning("could not release the run lock of %s", target, exc_info=True)
+
+
+def chain_for(rt, target, ref: dict):
+    """dump → compress → encrypt → upload on the target's host queue, then verify.
+
+    Each signature carries its stage's time limits and, for Flower, the target name as
+    its only argument (``argsrepr``) with the run id beside it.
+    """
+    host = target.queue
+    shown = {"argsrepr": repr((target.name,)), "kwargsrepr": repr({"run": ref["backup_id"]})}
+
+    def limits(stage: str) -> dict:
+        soft, hard = rt.settings.time_limits(stage)
+        return {"soft_time_limit": soft, "time_limit": hard}
+
+    return chain(
+        dump.si(ref).set(queue=host, **limits("dump"), **shown),
+        compress.s().set(queue=host, **limits("compress"), **shown),
+        encrypt.s().set(queue=host, **limits("encrypt"), **shown),
+        upload.s().set(queue=host, **limits("upload"), **shown),
+        verify.s().set(queue=routing.VERIFY_QUEUE, **limits("verify"), **shown),
+    )
+
+
+@app.task(bind=True, base=StageTask, name="backup.start")
+def start(self, target: str, type: str = "full", actor: str = ""):
+    """Take the target's run lock (or skip), record the run (its id is this task's id), replace this task with the chain."""
+    rt = _runtime(self)
+    backup_id = self.request.id
+    spec = rt.target(target)  # an unknown target fails here, before anything is locked
+    try:
+        redelivery.check_start(rt, backup_id)  # before the lock: a finished run must not be "skipped"
+    except redelivery.RunAlreadyUnderWay as dup:
+        _drop_duplicate(dup)
+    lock = run_lock.for_target(rt.settings, target)
+    holder = lock.acquire(backup_id)
+    if holder is not None:
+        return run_lock.skip(rt, backup_id, target, type, holder=holder, actor=actor)
+    try:
+        ref = backup.start(rt, backup_id, target, type, actor=actor)
+        if not self.request.is_eager:
+            lock.hand_over(backup_id)  # the dump may wait in the host's queue behind other targets' chains
+            raise self.replace(chain_for(rt, spec, ref))
+    except BaseException as exc:
+        if not _is_replace(exc):
+            lock.release(backup_id)
+        raise
+    # Embedded default: the very same tasks, run in order in this process, under the file lock.
+    # Celery denies joins inside an eager task (and its own eager replace() trips on that), hence
+    # the guard. The failing stage already retried and recorded the failure; letting its error out
+    # here would autoretry *this* task, re-running the whole chain max_retries more times.
+    # (chain.apply() raises when a middle stage failed, and returns a failed result when the last did.)
+    try:
+        with allow_join_result():
+            result = chain_for(rt, spec, ref).apply()
+            if not result.failed():
+                return result.get()
+            error = result.result
+    except Exception as exc:  # noqa: BLE001 - recorded by the stage's on_failure
+        error = exc
+    finally:
+        lock.release(backup_id)
+    return {**ref, "stage": "failed", "error_type": error.__class__.__name__}
+
+
+def _drop_duplicate(dup: redelivery.RunAlreadyUnderWay):
+    """End a duplicate delivery without a result: the run id's result is the original chain's."""
+    from celery.exceptions import Ignore
+
+    log.warning("%s; ignored", dup)
+    raise Ignore()
+
+
+def _is_replace(exc: BaseException) -> bool:
+    from celery.exceptions import Ignore
+
+    return isinstance(exc, Ignore)  # replace() raises Ignore once the chain is sent: the run goes on
+
+
+def _stage(name: str, work):
+    """A chain stage task: a reference in, the domain function, a reference out."""
+
+    def run(self, ref: dict) -> dict:
+        rt = _runtime(self)
+        lock = run_lock.for_target(rt.settings, ref["target"])
+        try:
+            with redelivery.stage_slot(rt, ref["backup_id"], name), lock.kept_alive(ref["backup_id"]):
+                result = work(rt, ref, progress=task_progress.reporter(self, ref))
+        except redelivery.RunAlreadyUnderWay as dup:
+            _drop_duplicate(dup)
+        except SoftTimeLimitExceeded:
+            soft, _ = rt.settings.time_limits(name)
+            raise PermanentError(f"{name} of run {ref['backup_id']} exceeded its soft time limit of {soft}s",
+                                 f"raise stage_soft_time_limits.{name} (and stage_hard_time_limits.{name}) in [settings]") from None
+        if name == "upload" and not self.request.is_eager:
+            lock.release(ref["backup_id"])  # stored and committed: the next run of this target may start
+        return result
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = work.__doc__
+    return app.task(bind=True, base=StageTask, name=f"backup.{name}")(run)
+
+
+dump = _stage("dump", backup.dump)
+compress = _stage("compress", backup.compress)
+encrypt = _stage("encrypt", backup.encrypt)
+upload = _stage("upload", backup.upload)
+
+
+@app.task(bind=True, base=StageTask, name="backup.verify")
+def verify(self, ref) -> dict:
+    """Full verification by id (a string) or after upload (its reference)."""
+    rt = _runtime(self)
+    backup_id = ref["backup_id"] if isinstance(ref, dict) else ref
+    target = ref["target"] if isinstance(ref, dict) else rt.catalog.get(backup_id).target
+    # Only the chain's own verify speaks for the run; a later re-verification reports on its own task.
+    report = task_progress.reporter(self, {"backup_id": backup_id, "target": target}, for_run=isinstance(ref, dict))
+    try:
+        return verify_backup(rt, backup_id, progress=report)
+    except SoftTimeLimitExceeded:
+        soft, _ = rt.settings.time_limits("verify")
+        raise PermanentError(f"verify of {backup_id} exceeded its soft time limit of {soft}s",
+                             "raise stage_soft_time_limits.verify (and stage_hard_time_limits.verify) in [settings]") from None
+
+
+@app.task(bind=True, name="backup.drill", acks_late=True, reject_on_worker_lost=True)
+def drill(self, target: str, actor: str = "beat") -> dict:
+    """Restore drill of the target's latest verified backup, on the ``drill`` queue (see drill.py).
+
+    Returns the recorded drill; a failed drill is a result (recorded, event emitted), not
+    an exception. Redelivery after a worker died starts a new drill, whose sweep drops
+    the dead one's temporary database.
+    """
+    from backup_tasks.ops.drill import run_drill
+
+    return run_drill(_runtime(self), target, actor=actor)
+
+
+@app.task(bind=True, name="backup.cleanup", acks_late=True, reject_on_worker_lost=True)
+def cleanup(self, target: str | None = None, dry_run: bool = False, actor: str = "beat") -> dict:
+    """Apply retention and remove debris (cleanup.py), on the ``maintenance`` queue.
+
+    Idempotent: a redelivered cleanup re-plans from the catalog and finishes what an
+    interrupted one started. Returns counts and ids only (the full plan is in the CLI).
+    """
+    from backup_tasks.ops.cleanup import run_cleanup
+
+    report = run_cleanup(_runtime(self), target, dry_run=dry_run, actor=actor)
+    return {"target": target, "dry_run": dry_run, "now": report["now"], "kept": report["keep"],
+            "removed": [{"backup_id": r["backup_id"], "tier": r["tier"]} for r in report["removed"]],
+            "deleted_backups": report["deleted_backups"], "debris": len(report["debris"]),
+            "refused": len(report["refused"]), "errors": [{k: e.get(k) for k in ("backup_id", "tier", "type", "message")}
+                                                          for e in report["errors"]]}
+
+
+# -- beat's global jobs that fan out (beat_schedule.py) ------------------------------------------
+
+
+@app.task(bind=True, name="backup.verify_pending", acks_late=True, reject_on_worker_lost=True)
+def verify_pending(self, grace_seconds: float = VERIFY_PENDING_GRACE_SECONDS) -> dict:
+    """Enqueue a verify for every backup still ``uploaded`` well after its upload (reverify.py)."""
+    from backup_tasks.records.catalog import Status
+    from backup_tasks.policy.reverify import pending_verification
+
+    rt = _runtime(self)
+    rows = rt.catalog.list(status=Status.UPLOADED)
+    ids = pending_verification([(r.id, r.finished_at) for r in rows], _now(), grace=timedelta(seconds=grace_seconds))
+    for backup_id in ids:
+        verify.apply_async(args=(backup_id,), queue=routing.VERIFY_QUEUE)
+    return {"enqueued": ids}
+
+
+@app.task(bind=True, name="backup.reverify", acks_late=True, reject_on_worker_lost=True)
+def reverify(self, every_hours: float = 24.0) -> dict:
+    """Enqueue full re-reads of the backups verified longest ago, so none waits more than reverify_days."""
+    from backup_tasks.records.catalog import Status
+    from backup_tasks.policy.reverify import plan_reverify
+
+    rt = _runtime(self)
+    rows = rt.catalog.list(status=Status.VERIFIED)
+    ids = plan_reverify([(r.id, r.verified_at or r.created_at) for r in rows], _now(), days=rt.settings.reverify_days,
+                        every=timedelta(hours=every_hours))
+    for backup_id in ids:
+        verify.apply_async(args=(backup_id,), queue=routing.VERIFY_QUEUE)
+    return {"enqueued": ids, "stored": len(rows), "reverify_days": rt.settings.reverify_days}
+
+
+@app.task(bind=True, name="backup.drill_due", acks_late=True, reject_on_worker_lost=True)
+def drill_due(self) -> dict:
+    """Weekly: one ``backup.drill`` on the ``drill`` queue per target that has a ``drill`` table."""
+    rt = _runtime(self)
+    names = sorted(t.name for t in rt.config.targets.values() if t.drill)
+    for name in names:
+        drill.apply_async(args=(name,), queue=routing.DRILL_QUEUE)
+    return {"enqueued": names}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

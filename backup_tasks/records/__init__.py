@@ -1,0 +1,1 @@
+"""What the system knows and can prove: the catalog, manifests, markers, audit, events and keys."""

@@ -1,0 +1,57 @@
+"""Events: what happened that someone may need to hear about (failures, refusals, skips).
+
+Each event is logged, written to the catalog's events table, and then handed to the
+alerting layer (alerting/), which sends it on to the configured apprise URLs. Emitting
+never raises: a broken catalog or a dead notification channel must not turn an
+already-failing backup into a crash that hides the original error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("backup_tasks.records.events")
+
+CHAIN_FAILED = "chain.failed"
+VERIFY_FAILED = "verify.failed"
+VERIFY_INCOMPLETE = "verify.incomplete"
+DRILL_FAILED = "drill.failed"
+#: storage tiers and retention (issue 4)
+UPLOAD_TIER_FAILED = "storage.upload_failed"  # one tier of a multi-tier upload failed; the others hold the backup
+TIER_REFUSED = "storage.tier_refused"  # an external tier refused to write (mount missing, read-only, low space)
+CLEANUP_FAILED = "cleanup.failed"  # retention could not remove something it planned to remove
+#: distributed operation (issue 5)
+RUN_SKIPPED = "run.skipped"  # a start found its target already running (per-target lock); nothing was dumped
+#: monitoring (issue 6): the watchdog's conditions, and the size check after upload
+RPO_BREACH = "rpo.breach"  # no verified backup within the target's rpo_hours
+LOW_SPACE = "storage.low_space"  # a local or external tier is low on free space
+MOUNT_MISSING = "storage.mount_missing"  # an external tier's mount point is not mounted
+SIZE_ANOMALY = "backup.size_anomaly"  # a stored artifact far below or above the target's recent median
+RESOLVED = ".resolved"  # suffix: the watchdog condition <kind> has cleared
+#: opened and closed by the watchdog: alerted once per change of state, so not rate-limited
+WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING)
+VERIFIED = "backup.verified"  # a run's own verification passed (a notice with alert_on_success; not recorded)
+
+
+def emit(catalog, kind: str, message: str, *, severity: str = "error", target: str | None = None, host: str | None = None,
+         backup_id: str | None = None, record: bool = True, **detail):
+    """Log, record and alert on one event; returns the alert's ``Delivery`` (None if no alert was tried).
+
+    ``record=False`` only alerts again (the watchdog re-sending an alert that reached nobody):
+    the event itself is in the catalog once.
+    """
+    log.log({"error": logging.ERROR, "info": logging.INFO}.get(severity, logging.WARNING), "%s target=%s backup=%s: %s", kind, target, backup_id, message)
+    try:
+        if record:
+            catalog.add_event(kind=kind, severity=severity, message=message, target=target, host=host, backup_id=backup_id,
+                              detail=detail or None)
+    except Exception:  # noqa: BLE001 - see module docstring
+        log.exception("could not record event %s for %s", kind, backup_id)
+    try:
+        from backup_tasks.alerting import on_event
+
+        return on_event(catalog, kind=kind, severity=severity, message=message, target=target, host=host,
+                        backup_id=backup_id, detail=detail or None)
+    except Exception:  # noqa: BLE001 - see module docstring
+        log.exception("could not send the alert for event %s of %s", kind, backup_id or target)
+        return None

@@ -1,0 +1,1 @@
+"""What the database sources share: server addresses (DSNs) and pipes to client tools."""

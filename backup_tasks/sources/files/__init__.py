@@ -1,0 +1,1 @@
+"""Files and config trees: the source and its streaming tar writer and safe extractor."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: pg_dump/pg_restore of one database, and the cluster globals beside it."""
