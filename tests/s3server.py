@@ -2,7 +2,7 @@
 
 It runs with AWS credentials in its environment, so request signatures are checked (a
 wrong secret gets SignatureDoesNotMatch), on free loopback ports whose gRPC companions
-(port + 10000) are free too, with its data in a temporary directory (DESIGN §4).
+(port + 10000) are free too, with its data in a temporary directory.
 
 ``s3_server`` is one server for the whole session; each test takes its own bucket from
 ``s3_bucket`` so tests never see each other's objects. The outage test starts its own

@@ -1,7 +1,7 @@
 """Runbook: two beats for safety; only one publishes; kill -9 it and the standby takes over, without a duplicate.
 
 Both are real ``celery beat`` processes with the redbeat scheduler on one Redis, with
-a 4 s lock and a 1 s loop (production: 15 s and 5 s, DESIGN §4). No worker runs, so
+a 4 s lock and a 1 s loop (production: 15 s and 5 s). No worker runs, so
 every published ``backup.start`` stays in the host queue where the test counts it.
 """
 

@@ -1,6 +1,6 @@
 """The deployment files stay valid, and everything they start exists in this package.
 
-Nothing here needs a Docker daemon or a cluster (DESIGN §4):
+Nothing here needs a Docker daemon or a cluster (there is none on the CI machines):
 
 - docker-compose.yml goes through the compose-spec JSON schema (check-jsonschema) and
   Debian's ``docker-compose config``, with env files made from the committed templates;

@@ -293,7 +293,7 @@ def test_open_tier_gives_a_retrying_local_tier(tmp_path):
 
 
 def test_every_designed_tier_kind_is_available():
-    # issue 4 implemented the external and s3 kinds (tests: test_storage_external.py, test_storage_s3.py)
+    # the external and s3 kinds are tested on their own (tests: test_storage_external.py, test_storage_s3.py)
     from backup_tasks.storage import TIER_KINDS
 
     assert set(TIER_KINDS) >= {"local", "external", "s3"}

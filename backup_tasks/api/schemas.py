@@ -2,7 +2,7 @@
 
 Request bodies are strict and closed (``extra="forbid"``, no string-to-bool coercion),
 so a typo such as ``{"dryrun": true}`` is a 422 rather than a silently ignored option.
-Response models mirror the CLI's ``--json`` documents (DESIGN §5) and stay open
+Response models mirror the CLI's ``--json`` documents (README: Exit codes and JSON) and stay open
 (``extra="allow"``): a field added there appears here without breaking clients.
 """
 

@@ -1,1 +1,1 @@
-"""backupctl: the operations Celery's own CLI does not cover (DESIGN §5)."""
+"""backupctl: the operations Celery's own CLI does not cover (README: All commands)."""

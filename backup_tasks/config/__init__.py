@@ -1,4 +1,4 @@
-"""The targets file (DESIGN §5): loaded once, validated fully, then immutable.
+"""The targets file (README: Configure): loaded once, validated fully, then immutable.
 
 Validation happens at load time so that a typo fails the operator's command, not the
 backup at 02:00. Every error names the file, the target or tier, and the field.
@@ -39,7 +39,7 @@ SETTINGS_FIELDS = {
     "result_backend": str,
     "host": str,
     "verify_all_locations": bool,
-    # -- distributed operation (issue 5): beat, per-target lock, time limits, retries, workers
+    # -- distributed operation: beat, per-target lock, time limits, retries, workers
     "beat_lock_timeout": int,
     "beat_max_loop_interval": int,
     "beat_key_prefix": str,
@@ -51,7 +51,7 @@ SETTINGS_FIELDS = {
     "task_max_retries": int,
     "task_retry_backoff_max": int,
     "worker_concurrency": int,
-    # alerts, watchdog, size anomaly and the DR report (issue 6; README: Alerts, metrics and the DR report)
+    # alerts, watchdog, size anomaly and the DR report (README: Alerts, metrics and the DR report)
     "alert_on_success": bool,
     "alert_repeat_minutes": int,
     "alert_min_free_percent": int,
@@ -93,7 +93,7 @@ class Settings:
     #: verify reads one location in full and checks size and upload ETag on the others;
     #: true reads every location in full (slower, and S3 egress)
     verify_all_locations: bool = False
-    # -- distributed operation (issue 5); see defaults.py for why each default is what it is
+    # -- distributed operation; see defaults.py for why each default is what it is
     beat_lock_timeout: int = defaults.BEAT_LOCK_TIMEOUT
     beat_max_loop_interval: int = defaults.BEAT_MAX_LOOP_INTERVAL
     beat_key_prefix: str = defaults.BEAT_KEY_PREFIX
@@ -331,7 +331,7 @@ def _settings(table: dict, env: dict[str, str], base: Path, file: str) -> Settin
     values["recipients"] = tuple(dict.fromkeys(recipients))
     values["alerts"] = tuple(values.get("alerts", ()))
     values["report_recipients"] = tuple(values.get("report_recipients", ()))
-    from backup_tasks.config.alerts import check_settings  # alert URLs and thresholds (issue 6)
+    from backup_tasks.config.alerts import check_settings  # alert URLs and thresholds
 
     check_settings(values, file=file)
     if "staging_dir" not in values:

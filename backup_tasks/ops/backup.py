@@ -215,7 +215,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
                     "check the tier's free space and health, then run the backup again",
                 )
         except (StorageError, TransientError) as exc:
-            # One tier down must not cost the copies on the others (issue 4): carry on, commit
+            # One tier down must not cost the copies on the others: carry on, commit
             # what was stored, then fail the run so the missing copy is alerted and retried.
             failures.append(exc)
             events.emit(rt.catalog, events.UPLOAD_TIER_FAILED, f"upload of {backup_id} to tier '{tier.name}' failed: {exc}",

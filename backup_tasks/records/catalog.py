@@ -163,7 +163,7 @@ class AlertSentRow(Base):
     """When an alert with this dedupe key last went out, and how many identical ones were held back since.
 
     Kept in the catalog, not in a worker's memory, so every worker and the CLI share one
-    rate limit (issue 6).
+    rate limit.
     """
 
     __tablename__ = "alert_sends"
@@ -472,7 +472,7 @@ class Catalog:
         """The id of the newest backup of ``target`` that a drill proved restorable, or None.
 
         Newest by the backup's creation time, not by when the drill ran: retention must
-        keep this one (DESIGN §3), whatever order drills happened in.
+        keep this one (the last proven restore is never removed), whatever order drills happened in.
         """
         q = (select(DrillRow.backup_id).join(BackupRow, BackupRow.id == DrillRow.backup_id)
              .where(DrillRow.target == target, DrillRow.result == DrillResult.PASSED, BackupRow.status != Status.DELETED)
@@ -517,7 +517,7 @@ class Catalog:
                 ))
         return len(rows)
 
-    # monitoring: alerts, watchdog, metrics and the report (issue 6) ---------
+    # monitoring: alerts, watchdog, metrics and the report --------------------
 
     def claim_alert(self, key: str, *, kind: str, target: str | None, now: datetime, window_seconds: float) -> AlertClaim:
         """Rate limit shared by all processes: send if no identical alert went out within the window.

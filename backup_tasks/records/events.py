@@ -16,13 +16,13 @@ CHAIN_FAILED = "chain.failed"
 VERIFY_FAILED = "verify.failed"
 VERIFY_INCOMPLETE = "verify.incomplete"
 DRILL_FAILED = "drill.failed"
-#: storage tiers and retention (issue 4)
+#: storage tiers and retention
 UPLOAD_TIER_FAILED = "storage.upload_failed"  # one tier of a multi-tier upload failed; the others hold the backup
 TIER_REFUSED = "storage.tier_refused"  # an external tier refused to write (mount missing, read-only, low space)
 CLEANUP_FAILED = "cleanup.failed"  # retention could not remove something it planned to remove
-#: distributed operation (issue 5)
+#: distributed operation
 RUN_SKIPPED = "run.skipped"  # a start found its target already running (per-target lock); nothing was dumped
-#: monitoring (issue 6): the watchdog's conditions, and the size check after upload
+#: monitoring: the watchdog's conditions, and the size check after upload
 RPO_BREACH = "rpo.breach"  # no verified backup within the target's rpo_hours
 LOW_SPACE = "storage.low_space"  # a local or external tier is low on free space
 MOUNT_MISSING = "storage.mount_missing"  # an external tier's mount point is not mounted

@@ -1,4 +1,4 @@
-"""MySQL and MariaDB through ``mariadb-dump``/``mysqldump --single-transaction`` (DESIGN §3).
+"""MySQL and MariaDB through ``mariadb-dump``/``mysqldump --single-transaction``: a consistent hot dump.
 
 Exact row counts. mysqldump opens its own consistent snapshot, and MySQL cannot share
 a snapshot between connections. So, like mysqldump's own ``--master-data``, we take a

@@ -6,7 +6,7 @@ by Python in 1 MiB chunks, median of 3):
     4,000 files, 259 MB      GNU tar 0.28 s   Python tarfile 0.59 s   (2.1x)
     20,000 files, 160 MB     GNU tar 0.30 s   Python tarfile 1.67 s   (5.6x)
 
-tarfile's cost is per file, which is why DESIGN §4 saw 9.6x on 101k files. GNU tar
+tarfile's cost is per file, which is why it measured 9.6x GNU tar's time on 101k files here. GNU tar
 also knows the live-filesystem cases (files that change or vanish while read) and its
 output stays readable by every standard tool, which a disaster restore may need.
 

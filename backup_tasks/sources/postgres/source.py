@@ -1,4 +1,4 @@
-"""PostgreSQL through ``pg_dump -Fc -Z0`` inside an exported snapshot (DESIGN §3).
+"""PostgreSQL through ``pg_dump -Fc -Z0`` inside an exported snapshot, so per-table row counts are exact.
 
 Why a snapshot. A REPEATABLE READ transaction calls ``pg_export_snapshot()``; pg_dump
 runs with ``--snapshot`` so that it sees exactly that instant, and the per-table row
