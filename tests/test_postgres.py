@@ -21,7 +21,8 @@ import pytest
 from backup_tasks import client, defaults
 from backup_tasks.ops import restore
 from backup_tasks.records.catalog import Status
-from backup_tasks.sources.postgres import source as postgres
+from backup_tasks.errors import SourceError
+from backup_tasks.sources.postgres import client as pg_client, dump as pg_dump
 from conftest import run_cli, write_config
 from databases import (  # noqa: F401  (fixtures)
     ProcessWatch, free_port, make_pg_database, pg, pg_checksums, pg_names, pg_objects, scram_cluster, unique,
@@ -81,7 +82,7 @@ def test_restore_to_database_round_trip_preserves_every_table_and_object(pg_back
             cur.execute("INSERT INTO orders (customer_id) VALUES (999999)")
         cur.execute("SELECT payload FROM orders WHERE meta = '{\"all bytes\": true}'")
         assert bytes(cur.fetchone()[0]) == bytes(range(256))
-    assert postgres.MAINTENANCE_DB and not [d for d in _databases_like(dest) if "_restoring_" in d]  # no staging left
+    assert pg_client.MAINTENANCE_DB and not [d for d in _databases_like(dest) if "_restoring_" in d]  # no staging left
 
 
 def _databases_like(prefix: str) -> list[str]:
@@ -255,12 +256,12 @@ def test_wrong_password_names_target_and_host_and_never_the_password(scram_clust
 def test_unreachable_server_is_retried_then_the_run_fails(make_config, runtime_for, caplog):
     port = free_port()  # nothing listens here
     rt = runtime_for(make_config(pg_target("down-db", "school", port=port)))
-    caplog.set_level(logging.WARNING, logger="backup_tasks.sources.postgres.source")
+    caplog.set_level(logging.WARNING, logger="backup_tasks.sources.db.connection")
     run = client.enqueue_backup("down-db", rt=rt)
     info = run.info()
     assert info["status"] == Status.FAILED
     assert f"PostgreSQL on 127.0.0.1:{port} is unreachable" in info["error"]
-    attempts = [r for r in caplog.records if r.name == "backup_tasks.sources.postgres.source" and "unreachable" in r.getMessage()]
+    attempts = [r for r in caplog.records if r.name == "backup_tasks.sources.db.connection" and "unreachable" in r.getMessage()]
     # ServiceUnavailable is a TransientError: the dump stage is retried TASK_MAX_RETRIES times, then the run fails.
     # (Embedded, backup.start also retries the eager chain it ran, so the count multiplies; hence >=.)
     assert len(attempts) >= 1 + defaults.TASK_MAX_RETRIES
@@ -278,22 +279,22 @@ def test_missing_database_fails_once_with_its_name(make_config, runtime_for, cap
 
 def test_pg_dump_older_than_the_server_is_refused_with_a_clear_error():
     # real version strings, as pg_dump --version and servers print them
-    assert postgres.parse_version("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)") == (15, 0)
-    assert postgres.parse_version("pg_dump (PostgreSQL) 9.6.24") == (9, 6)
-    assert postgres.parse_version("pg_dump (PostgreSQL) 17beta2") == (17, 0)
-    assert postgres.server_major(90624) == (9, 6) and postgres.server_major(160004) == (16, 0)
-    postgres.check_client_version("pg_dump (PostgreSQL) 16.4", 150020)  # newer client: fine
-    postgres.check_client_version("pg_dump (PostgreSQL) 15.2", 150020)  # same major, older minor: fine
-    postgres.check_client_version("pg_dump (PostgreSQL) 10.23", 90624)  # 10 is newer than 9.6
-    with pytest.raises(postgres.SourceError) as err:
-        postgres.check_client_version("pg_dump (PostgreSQL) 14.13 (Ubuntu 14.13-0ubuntu0.22.04.1)", 160004, target="school-db",
-                                      address="db01:5432")
+    assert pg_dump.parse_version("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)") == (15, 0)
+    assert pg_dump.parse_version("pg_dump (PostgreSQL) 9.6.24") == (9, 6)
+    assert pg_dump.parse_version("pg_dump (PostgreSQL) 17beta2") == (17, 0)
+    assert pg_dump.server_major(90624) == (9, 6) and pg_dump.server_major(160004) == (16, 0)
+    pg_dump.check_client_version("pg_dump (PostgreSQL) 16.4", 150020)  # newer client: fine
+    pg_dump.check_client_version("pg_dump (PostgreSQL) 15.2", 150020)  # same major, older minor: fine
+    pg_dump.check_client_version("pg_dump (PostgreSQL) 10.23", 90624)  # 10 is newer than 9.6
+    with pytest.raises(SourceError) as err:
+        pg_dump.check_client_version("pg_dump (PostgreSQL) 14.13 (Ubuntu 14.13-0ubuntu0.22.04.1)", 160004, target="school-db",
+                                     address="db01:5432")
     assert err.value.message == "dump of target 'school-db' failed: pg_dump 14 is older than the PostgreSQL 16 server on db01:5432"
     assert "PostgreSQL 16 client tools" in err.value.remedy
     # and the real check against the running server with the installed pg_dump passes
     with pg() as cur:
         cur.execute("SELECT current_setting('server_version_num')::int")
-        postgres.check_client_version(postgres.tool_version(postgres.tool("pg_dump")), cur.fetchone()[0])
+        pg_dump.check_client_version(pg_client.tool_version(pg_client.tool("pg_dump")), cur.fetchone()[0])
 
 
 @pytest.mark.parametrize("extra, field, words", [

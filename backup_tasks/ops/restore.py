@@ -205,7 +205,7 @@ def extract_globals(rt: Runtime, backup_id: str, dest: Path, *, force: bool = Fa
 
 
 def _globals_sql(rt: Runtime, doc: dict) -> bytes:
-    from backup_tasks.sources.postgres.source import GLOBALS_FILE
+    from backup_tasks.sources.postgres.cluster_globals import GLOBALS_FILE
 
     if doc["kind"] != "postgres" or GLOBALS_FILE not in (doc.get("attachments") or {}):
         raise InputError(f"backup {doc['backup_id']} carries no globals (roles, tablespaces)",
