@@ -1,0 +1,144 @@
+"""The dump side: ``mariadb-dump``/``mysqldump --single-transaction`` with row counts from the same instant.
+
+Exact row counts. mysqldump opens its own consistent snapshot, and MySQL cannot share
+a snapshot between connections. So, like mysqldump's own ``--master-data``, we take a
+global read lock for a moment: FLUSH TABLES WITH READ LOCK, open our snapshot, read the
+binlog/GTID position, start the dump tool, and release the lock as soon as the tool's
+output shows that its snapshot is open (the first table, routine or event section, or
+its end). Both snapshots then see the same instant; writers wait only for that moment.
+This needs the RELOAD privilege; without it the dump fails with a remedy rather than
+recording counts that might not match. Counts are taken in our snapshot after the tool
+finished.
+
+The dump names no database (``mysqldump DB``, not ``--databases``), so it restores
+into any database name. The password goes in a 0600 ``--defaults-extra-file``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from backup_tasks.errors import SourceError
+from backup_tasks.sources.db import dsn, pipes
+from backup_tasks.sources.mysql.client import (
+    base_tables,
+    classify,
+    connect,
+    count_rows,
+    dump_tool,
+)
+
+#: output of the dump tool that appears only after it opened its consistent snapshot
+_SNAPSHOT_OPEN = (b"-- Table structure for table", b"-- Dumping events for database", b"-- Dumping routines for database",
+                  b"-- Dump completed")
+
+
+class _SnapshotWatch:
+    """Calls ``release`` once the dump tool's output shows its snapshot is open."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self.release = release
+        self.released = False
+        self._tail = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.released:
+            return
+        window = self._tail + chunk
+        if any(m in window for m in _SNAPSHOT_OPEN):
+            self.done()
+        self._tail = window[-64:]
+
+    def done(self) -> None:
+        if not self.released:
+            self.released = True
+            self.release()
+
+
+def dump(target, out: BinaryIO, workdir: Path) -> dict:
+    """Dump ``target``'s database to ``out``; the manifest's ``source`` section."""
+    import pymysql
+
+    bin_dir = target.options.get("bin_dir")
+    server = dsn.for_target(target)
+    what = f"dump of target '{target.name}'"
+    tool_path = dump_tool(bin_dir)
+    tool_text = subprocess.run([tool_path, "--version"], capture_output=True, text=True, env=dsn.child_env(server)).stdout.strip()
+    conn = connect(server, what=what, ref=target.password)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT VERSION(), @@log_bin, @@character_set_database, @@collation_database")
+        version, log_bin, charset, collation = cur.fetchone()
+        try:
+            cur.execute("FLUSH TABLES WITH READ LOCK")
+        except pymysql.err.MySQLError as exc:
+            raise SourceError(
+                f"{what} failed: FLUSH TABLES WITH READ LOCK was refused on {server.address}: {exc.args[-1]}",
+                f"GRANT RELOAD ON *.* TO '{server.user}'@...; the lock is held only until the dump's snapshot is open, "
+                "so that the manifest's row counts are exact",
+            ) from None
+        watch = _SnapshotWatch(lambda: cur.execute("UNLOCK TABLES"))
+        try:
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            position = _binlog_position(cur, log_bin)
+            tables = base_tables(cur, server.database)
+            cur.execute("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s ORDER BY 1", (server.database,))
+            views = [r[0] for r in cur.fetchall()]
+            with dsn.mysql_defaults_file(server) as cnf:
+                argv = [tool_path, f"--defaults-extra-file={cnf}", "--single-transaction", "--routines", "--triggers",
+                        "--events", "--hex-blob", "--no-tablespaces", "--default-character-set=utf8mb4", "--quick",
+                        server.database]
+                outcome = pipes.read_from(argv, out, env=dsn.child_env(server), what=f"{Path(tool_path).name} of target '{target.name}'",
+                                          on_chunk=watch)
+        finally:
+            watch.done()
+        if outcome.returncode != 0:
+            raise classify(outcome.stderr, server, what=what, ref=target.password)
+        counts = count_rows(cur, tables)
+        conn.commit()
+    finally:
+        conn.close()
+    return {
+        "database": server.database,
+        "server": server.address,
+        "server_version": version,
+        "character_set": charset,
+        "collation": collation,
+        "format": f"SQL ({Path(tool_path).name} --single-transaction --routines --triggers --events --hex-blob)",
+        "tables": counts,
+        "views": views,
+        "binlog": position,
+        "warnings": [ln for ln in outcome.stderr.splitlines() if ln.strip()][:20],
+        "tool_versions": {Path(tool_path).name: tool_text, "mysql_server": version},
+    }
+
+
+def _binlog_position(cur, log_bin) -> dict | None:
+    """Where point-in-time recovery would continue from, or None without a binary log."""
+    import pymysql
+    from pymysql.constants import ER
+
+    if not log_bin:
+        return None
+    position: dict = {}
+    cur.execute("SHOW MASTER STATUS")
+    row = cur.fetchone()
+    if row:
+        position.update(file=row[0], position=int(row[1]))
+    for var in ("gtid_binlog_pos", "gtid_executed"):
+        try:
+            cur.execute(f"SELECT @@{var}")
+            value = cur.fetchone()[0]
+        except pymysql.err.OperationalError as exc:
+            # MariaDB has gtid_binlog_pos, MySQL gtid_executed: the other one is an unknown
+            # system variable, which is expected; a lost connection or anything else is not.
+            if exc.args[0] != ER.UNKNOWN_SYSTEM_VARIABLE:
+                raise
+            continue
+        if value:
+            position["gtid"] = value
+    return position or None
