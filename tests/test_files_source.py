@@ -20,7 +20,8 @@ import pytest
 
 from backup_tasks.errors import RestoreRefused, SourceError, VerificationFailed
 from backup_tasks.sources.base import source_for
-from backup_tasks.sources.files.source import ConfigSource, FilesSource, run_tar
+from backup_tasks.sources.files.gnu_tar import run_tar
+from backup_tasks.sources.files.source import ConfigSource, FilesSource
 
 SUBSECOND_NS = 1_690_000_000_123_456_789
 LONG = "l" * 60 + "/" + "o" * 60 + "/" + "n" * 40  # makes a member path > 100 chars

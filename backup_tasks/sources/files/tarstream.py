@@ -35,10 +35,10 @@ import hashlib
 import tarfile
 from typing import BinaryIO, NamedTuple
 
+from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError
 
 BLOCK = 512
-CHUNK = 1 << 20
 #: Largest pax or GNU long-name header accepted. Real ones are a few KiB (PATH_MAX is
 #: 4096); the bound keeps a corrupt size field from turning into a huge allocation.
 MAX_META_BYTES = 8 << 20
@@ -334,7 +334,7 @@ class TarScanner:
         raise TarStreamError(f"tar stream ends without the end-of-archive blocks after {self.bytes_fed} bytes")
 
 
-def scan_stream(stream: BinaryIO, chunk_size: int = CHUNK) -> list[dict]:
+def scan_stream(stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> list[dict]:
     """Read ``stream`` to its end in ``chunk_size`` pieces and return its tar listing."""
     scanner = TarScanner()
     while chunk := stream.read(chunk_size):

@@ -1,0 +1,114 @@
+"""GNU tar writing the archive of a files target, its output scanned as it passes.
+
+Why GNU tar writes the archive. Measured here (2 cores, warm page cache, output read
+by Python in 1 MiB chunks, median of 3):
+
+    4,000 files, 259 MB      GNU tar 0.28 s   Python tarfile 0.59 s   (2.1x)
+    20,000 files, 160 MB     GNU tar 0.30 s   Python tarfile 1.67 s   (5.6x)
+
+tarfile's cost is per file, which is why it measured 9.6x GNU tar's time on 101k files here. GNU tar
+also knows the live-filesystem cases (files that change or vanish while read) and its
+output stays readable by every standard tool, which a disaster restore may need.
+
+While tar's bytes pass to ``out`` they also pass through ``TarScanner``, so the file
+list with every file's sha256 comes out of the same single read. The report lists
+what is *in the archive*, not what the walk saw, so ``check`` compares like with like.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+from typing import BinaryIO
+
+from backup_tasks.defaults import CHUNK_SIZE
+from backup_tasks.errors import SourceError
+from backup_tasks.sources.files.listing import SHOWN
+from backup_tasks.sources.files.tarstream import TarScanner, TarStreamError
+from backup_tasks.sources.tool_env import tool_env
+
+#: GNU tar messages that mean "the live tree moved under us", not "we could not read it".
+#: A file deleted between our walk and tar's read is normal on a busy application host.
+_VANISHED = (": Cannot stat: No such file or directory", ": File removed before we read it")
+_TAR_TRAILER = "tar: Exiting with failure status due to previous errors"
+
+
+@functools.cache
+def gnu_tar_version() -> str:
+    """``"GNU tar 1.34"``; SourceError if tar is missing or is not GNU tar."""
+    try:
+        first = subprocess.run(["tar", "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SourceError(f"cannot run tar: {exc}", "install GNU tar (Debian package 'tar')") from None
+    line = first.splitlines()[0] if first else ""
+    if "GNU tar" not in line:
+        raise SourceError(f"tar is not GNU tar ({line!r})", "install GNU tar and put it first on PATH")
+    return "GNU tar " + line.split()[-1]
+
+
+def _tar_argv(list_file: Path) -> list[str]:
+    # --verbatim-files-from: names in the list are never read as options or unquoted.
+    # --numeric-owner: owner names differ between hosts; numbers are what the restore
+    # host can act on. Member names are absolute paths minus the leading '/', so -C /.
+    return [
+        "tar", "-c", "-f", "-", "--format=pax", "--numeric-owner",
+        "--pax-option=delete=atime,delete=ctime",
+        "-C", "/", "--no-recursion", "--null", "--verbatim-files-from", "-T", str(list_file),
+    ]  # fmt: skip
+
+
+def _classify_stderr(stderr: str) -> tuple[list[str], list[str]]:
+    """Split tar's messages into (warnings, errors); vanished files are warnings."""
+    warnings, errors = [], []
+    for line in stderr.splitlines():
+        if not line.strip() or line == _TAR_TRAILER:
+            continue
+        (warnings if line.endswith(_VANISHED) or "file changed as we read it" in line else errors).append(line)
+    return warnings, errors
+
+
+def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str) -> tuple[list[dict], list[str]]:
+    """Run GNU tar on the member list; copy its output to ``out`` while scanning it.
+
+    Returns (archive listing, warnings). Exit 1 ("file changed as we read it") and
+    files that vanished before tar reached them are warnings; anything else tar
+    reports as an error is a SourceError carrying tar's own words.
+    """
+    stderr_path = workdir / "tar.stderr"
+    scanner = TarScanner()
+    with open(stderr_path, "w+b") as stderr:
+        # stderr goes to a file, not a pipe: we only read stdout, and a chatty tar
+        # must not block on a full stderr pipe.
+        proc = subprocess.Popen(
+            _tar_argv(list_file),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=tool_env(LC_ALL="C.UTF-8"),  # English messages we can classify
+        )
+        try:
+            while chunk := proc.stdout.read(CHUNK_SIZE):
+                out.write(chunk)
+                scanner.feed(chunk)
+        except BaseException:
+            proc.kill()  # e.g. the staging disk is full: do not leave tar blocked on its pipe
+            raise
+        finally:
+            proc.stdout.close()
+            code = proc.wait()
+    warnings, errors = _classify_stderr(stderr_path.read_text("utf-8", "replace"))
+    if code in (0, 1) or (code == 2 and not errors):
+        warnings += errors  # with exit 0 or 1 anything tar said is a warning; keep it all
+    else:
+        detail = "; ".join(errors[:SHOWN]) or f"exit status {code}"
+        raise SourceError(
+            f"dump of target '{target_name}' failed: {detail}",
+            "check that the worker's user can read every path of the target and that the disk holding"
+            " the staging directory has space",
+        )
+    try:
+        entries = scanner.close()
+    except TarStreamError as exc:
+        raise SourceError(f"dump of target '{target_name}' produced an incomplete archive: {exc.message}",
+                          "this is a bug or tar was killed; run the backup again") from None
+    return entries, warnings

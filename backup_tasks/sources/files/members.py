@@ -1,0 +1,124 @@
+"""Which paths of a files target go into the archive: the walk, include/exclude globs, the member list for tar.
+
+Why we walk the tree ourselves and hand tar a NUL-separated member list with
+``--no-recursion``: include/exclude globs then mean one thing in one place (this
+module), empty directories are kept, symlinks are never followed, special files are
+skipped with a warning (the restore filter would refuse them anyway), and overlapping
+roots are archived once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from backup_tasks.errors import SourceError
+
+
+def _matches(patterns: tuple[str, ...], rel: str, is_dir: bool) -> bool:
+    """Glob match against the path relative to its root and against the basename.
+
+    A pattern ending in '/' names directories only ("node_modules/" anywhere in the tree).
+    """
+    base = rel.rpartition("/")[2]
+    for pattern in patterns:
+        if pattern.endswith("/"):
+            if is_dir and (fnmatchcase(base, pattern[:-1]) or fnmatchcase(rel, pattern[:-1])):
+                return True
+        elif fnmatchcase(base, pattern) or fnmatchcase(rel, pattern):
+            return True
+    return False
+
+
+def _children(directory: str, warnings: list[str]) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as it:
+            return sorted(it, key=lambda e: e.name)  # sorted: same tree, same archive
+    except FileNotFoundError:
+        warnings.append(f"{directory}: directory vanished during the walk")
+        return []
+    except OSError as exc:
+        raise SourceError(f"cannot list {directory}: {exc.strerror}",
+                          "let the worker's user read it, or exclude it from the target") from None
+
+
+def _walk(root: str, include: tuple[str, ...], exclude: tuple[str, ...], warnings: list[str]
+          ) -> Iterator[tuple[str, bool, bool]]:
+    """Yield (path, is_dir, picked) below ``root`` depth-first, a directory before its contents.
+
+    ``picked``: matched by ``include`` or inside a directory that was. Symlinks are
+    yielded as entries and never followed; excluded directories are not entered.
+    """
+    cut = len(root.rstrip("/")) + 1
+    stack = [(iter(_children(root, warnings)), not include)]
+    while stack:
+        entry = next(stack[-1][0], None)
+        if entry is None:
+            stack.pop()
+            continue
+        inherited = stack[-1][1]
+        rel = entry.path[cut:]
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if not (is_dir or entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+            warnings.append(f"{entry.path}: skipped, not a regular file, directory or symlink")
+            continue
+        if exclude and _matches(exclude, rel, is_dir):
+            continue
+        picked = inherited or _matches(include, rel, is_dir)
+        yield entry.path, is_dir, picked
+        if is_dir:
+            stack.append((iter(_children(entry.path, warnings)), picked))
+
+
+def _keep_picked(members: list[tuple[str, bool, bool]], roots: set[str]) -> list[str]:
+    """With include patterns, keep picked entries and the directories leading to them."""
+    needed = set(roots)
+    for path, _, picked in members:
+        if picked:
+            parent = path
+            while parent not in needed:
+                needed.add(parent)
+                parent = os.path.dirname(parent)
+    return [path for path, _, _ in members if path in needed]
+
+
+def select_members(target) -> tuple[list[str], list[str]]:
+    """The absolute paths to archive for ``target`` and the warnings the walk raised.
+
+    A root itself is always archived (naming it in ``paths`` is an explicit choice);
+    include/exclude apply below directory roots.
+    """
+    warnings: list[str] = []
+    members: list[tuple[str, bool, bool]] = []
+    roots = [_checked_root(p, target.name) for p in target.paths]
+    for root in roots:
+        if not (os.path.islink(root) or os.path.isdir(root) or os.path.isfile(root)):
+            warnings.append(f"{root}: skipped, not a regular file, directory or symlink")
+            continue
+        members.append((root, os.path.isdir(root), True))
+        if os.path.islink(root):
+            warnings.append(f"{root}: is a symlink; the link is archived, not what it points to")
+        elif os.path.isdir(root):
+            members.extend(_walk(root, tuple(target.include), tuple(target.exclude), warnings))
+    paths = _keep_picked(members, set(roots)) if target.include else [m[0] for m in members]
+    return list(dict.fromkeys(paths)), warnings  # overlapping roots: archive each path once
+
+
+def _checked_root(path: str, target_name: str) -> str:
+    if not os.path.isabs(path):
+        raise SourceError(f"target '{target_name}': path {path!r} is not absolute",
+                          "use absolute paths in the target's 'paths'")
+    path = os.path.normpath(path)
+    if not os.path.lexists(path):
+        raise SourceError(f"target '{target_name}': path {path} does not exist",
+                          "create it, correct it, or remove it from the target's 'paths'")
+    return path
+
+
+def write_member_list(paths: list[str], list_file: Path) -> None:
+    with open(list_file, "wb") as f:
+        for path in paths:
+            # fsencode restores the original bytes of names that are not UTF-8.
+            f.write(os.fsencode(path.lstrip("/") or ".") + b"\0")
