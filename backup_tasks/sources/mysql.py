@@ -140,6 +140,7 @@ class _SnapshotWatch:
 
 class MySQLSource:
     kind = "mysql"
+    required_fields = ("dsn",)
     suffix = "sql"
     allows_plaintext = True
     maintenance_db = ""

@@ -278,6 +278,7 @@ def count_rows(cur, tables) -> dict[str, int]:
 
 class PostgresSource:
     kind = "postgres"
+    required_fields = ("dsn",)
     suffix = "pgdump"
     allows_plaintext = True
     maintenance_db = MAINTENANCE_DB
