@@ -31,21 +31,15 @@ GZIP_LEVEL = 6
 #: enough that a stage's resident memory stays a few MiB whatever the artifact size
 CHUNK_SIZE = 1 << 20
 
-#: schedules by kind follow what the seed documents' users already run
+#: a target's schedule when it names none: nightly at 02:00 (databases), except for the
+#: kinds below; both follow what the seed documents' users already run
+SCHEDULE = "0 2 * * *"
 SCHEDULE_BY_KIND = {
-    "postgres": "0 2 * * *",
-    "mysql": "0 2 * * *",
-    "sqlite": "0 2 * * *",
     "files": "0 3 * * 0",
     "config": "0 1 * * 6",
 }
 RPO_HOURS = 26
 
-#: max age in days per tier kind: what ops teams keep on disk (30) and in the cloud (90)
-MAX_AGE_DAYS_BY_TIER_KIND = {"local": 30, "external": 30, "s3": 90}
-
-SOURCE_KINDS = ("postgres", "mysql", "sqlite", "files", "config")
-TIER_KINDS = ("local", "external", "s3")
 RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
 
 #: task retries for TransientError: exponential backoff with full jitter, capped

@@ -34,7 +34,7 @@ from storage_conformance import (  # noqa: E402
 )
 
 from backup_tasks.errors import ConfigError, InputError, ObjectNotFound, StorageError  # noqa: E402
-from backup_tasks.storage import TIER_KINDS, LocalStorage, RetryingStorage, open_tier  # noqa: E402
+from backup_tasks.storage import TIER_KINDS, LocalStorage, RetryingStorage, TierKind, open_tier  # noqa: E402
 
 
 @pytest.fixture
@@ -314,7 +314,7 @@ def test_local_tier_without_path_is_a_config_error():
 
 
 def test_a_new_tier_kind_plugs_into_the_registry(tmp_path, monkeypatch):
-    monkeypatch.setitem(TIER_KINDS, "elsewhere", lambda t: LocalStorage(t.name, t.options["dir"]))
+    monkeypatch.setitem(TIER_KINDS, "elsewhere", TierKind(lambda t: LocalStorage(t.name, t.options["dir"])))
     tier = open_tier(tier_config(name="other", kind="elsewhere", dir=tmp_path / "o"))
     tier.put("k", io.BytesIO(b"v"))
     assert read_all(tier, "k") == b"v"

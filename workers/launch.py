@@ -24,6 +24,7 @@ import socket
 import sys
 
 from backup_tasks import config as config_mod
+from backup_tasks.errors import BackupError, InputError
 from backup_tasks.orchestration.routing import DRILL_QUEUE, MAINTENANCE_QUEUE, VERIFY_QUEUE, host_queue
 
 MAX_TASKS_PER_CHILD = 200
@@ -53,8 +54,6 @@ def concurrency_for(cfg: config_mod.Config, requested: int | None = None) -> int
 def argv_for(cfg: config_mod.Config, host: str, concurrency: int, *, drill: bool = False, maintenance: bool = True) -> list[str]:
     queues = queues_for(cfg, host, drill=drill, maintenance=maintenance)
     if not queues:
-        from backup_tasks.errors import InputError
-
         raise InputError(f"host '{host}' has nothing to consume: no targets on it, no identities for verify, no maintenance",
                          "check --host against the targets file, or drop --no-maintenance")
     return [sys.executable, "-m", "celery", "-A", "backup_tasks.orchestration.celery_app", "worker",
@@ -71,8 +70,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--print", action="store_true", help="print the celery command instead of running it")
     args = parser.parse_args(argv)
     os.environ["BACKUP_HOST"] = args.host  # credentials are checked only for this host's targets
-    from backup_tasks.errors import BackupError
-
     try:
         cfg = config_mod.load(os.environ.get("BACKUP_CONFIG"))
         command = argv_for(cfg, args.host, concurrency_for(cfg, args.concurrency), drill=args.drill, maintenance=args.maintenance)

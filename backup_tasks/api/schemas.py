@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backup_tasks import defaults
 from backup_tasks.records.catalog import Status
+from backup_tasks.sources.base import known_kinds
 
 #: target and tier names (config.NAME_RE)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -22,7 +22,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 
 #: what pipeline.check_type accepts today; incremental and differential join when the pipeline has them
 BackupType = Literal["full"]
-SourceKind = Literal[defaults.SOURCE_KINDS]  # type: ignore[valid-type]
+SourceKind = Literal[tuple(known_kinds())]  # type: ignore[valid-type]
 
 
 class _Request(BaseModel):

@@ -10,7 +10,7 @@ Tokens are stored as ``sha256:<hex>`` of the token. A slow password hash (argon2
 scrypt) exists to protect guessable secrets; our tokens are 32 random bytes
 (``backupctl api token``), so a preimage search over 2^256 values is hopeless whatever
 the hash, and every request pays only a microsecond to check one instead of ~100 ms.
-This module is pure (stdlib only): config.py calls :func:`parse` at load time.
+The loader (config/loader.py) calls :func:`parse` at load time.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from backup_tasks import defaults
+from backup_tasks.config.checks import NAME_RE, unknown_keys
 from backup_tasks.errors import ConfigError
 
 #: ordered: each role may do everything the roles before it may
 ROLES = ("viewer", "operator", "admin")
 HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 #: the audit log's actor for calls without a valid token is api:anonymous
 RESERVED_NAME = "anonymous"
 FIELDS = {"tokens", "restore_roots", "max_body_bytes"}
@@ -60,7 +60,7 @@ def parse(table: Any, base: Path, file: str) -> ApiConfig:
     """Validate ``[api]`` completely; every error names the field and what to write instead."""
     if not isinstance(table, dict):
         raise ConfigError("[api] must be a table", file=file, where="[api]")
-    _unknown(table, FIELDS, file, "[api]")
+    unknown_keys(table, FIELDS, file=file, where="[api]")
     tokens = _tokens(table.get("tokens", {}), file)
     roots = table.get("restore_roots", [])
     if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
@@ -98,7 +98,7 @@ def _tokens(table: Any, file: str) -> dict[str, ApiToken]:
                               "without a valid token; choose another name", file=file, where=where)
         if not isinstance(spec, dict):
             raise ConfigError("must be a table", f'{name} = {{ hash = "sha256:...", role = "viewer" }}', file=file, where=where)
-        _unknown(spec, TOKEN_FIELDS, file, where)
+        unknown_keys(spec, TOKEN_FIELDS, file=file, where=where)
         digest, role = spec.get("hash"), spec.get("role")
         if not isinstance(digest, str) or not HASH_RE.match(digest):
             raise ConfigError("missing or malformed token hash" if digest else "missing token hash",
@@ -114,9 +114,3 @@ def _tokens(table: Any, file: str) -> dict[str, ApiToken]:
         owners[digest] = name
         tokens[name] = ApiToken(name=name, hash=digest, role=role)
     return tokens
-
-
-def _unknown(table: dict, allowed: set[str], file: str, where: str) -> None:
-    from backup_tasks.config import _unknown_keys  # late: config.py imports this module
-
-    _unknown_keys(table, allowed, file=file, where=where)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 from celery.schedules import crontab, schedule
 
@@ -38,11 +39,5 @@ def parse(expr: str, timezone: str = "UTC") -> crontab | schedule:
     minute, hour, day_of_month, month_of_year, day_of_week = fields
     cron = crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
                    day_of_week=day_of_week)
-    cron.tz = _zone(timezone)
+    cron.tz = ZoneInfo(timezone)
     return cron
-
-
-def _zone(name: str):
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(name)

@@ -39,12 +39,10 @@ from backup_tasks.records.catalog import DrillResult, Status
 from backup_tasks.errors import BackupError, ConfigError, InputError
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.base import source_for
+from backup_tasks.config.drill import drill_spec
 
 log = logging.getLogger(__name__)
 
-#: a drill may take this long before it is stopped and counted as failed (RTO budget)
-DEFAULT_TIMEOUT_SECONDS = 6 * 3600
-DRILL_KEYS = {"server", "password", "checks", "timeout_seconds"}
 _PREFIX = "drill_"
 
 
@@ -58,35 +56,6 @@ def _started(name: str, target: str) -> datetime | None:
     safe = re.sub(r"[^A-Za-z0-9_]", "_", target)[:30]
     match = re.fullmatch(rf"{re.escape(_PREFIX + safe)}_(\d{{8}}T\d{{6}})_[0-9a-f]{{6}}", name)
     return datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc) if match else None
-
-
-def drill_spec(target) -> dict:
-    """The target's validated drill settings; ConfigError naming the field otherwise."""
-    where = f"target '{target.name}'"
-    if target.kind not in ("postgres", "mysql"):
-        raise InputError(f"target '{target.name}' is a {target.kind} target; drills restore postgres and mysql backups",
-                         "a SQLite or files backup is proven by backupctl verify")
-    spec = dict(target.drill or {})
-    unknown = set(spec) - DRILL_KEYS
-    if unknown:
-        raise ConfigError(f"unknown drill field(s): {', '.join(sorted(unknown))}", f"allowed: {', '.join(sorted(DRILL_KEYS))}",
-                          where=where, field="drill")
-    if not spec.get("server"):
-        raise ConfigError("no drill server configured", 'add drill = { server = "postgresql://drill@drill01:5432/postgres", '
-                          'password = "env:DRILL_PASSWORD", checks = ["select count(*) > 0 from students"] }',
-                          where=where, field="drill.server")
-    checks = spec.get("checks", [])
-    if isinstance(checks, str):
-        checks = [checks]
-    if not isinstance(checks, list) or not all(isinstance(c, str) and c.strip() for c in checks):
-        raise ConfigError("must be a list of SQL queries", 'checks = ["select count(*) > 0 from orders"]', where=where, field="drill.checks")
-    timeout = spec.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError("must be a positive number of seconds", where=where, field="drill.timeout_seconds")
-    if spec.get("password") is not None:
-        credentials.check_syntax(spec["password"], file="", where=where, field="drill.password")
-    server = dsn.parse(spec["server"], target.kind, where=where, field_name="drill.server")
-    return {"server": server, "password": spec.get("password"), "checks": checks, "timeout_seconds": float(timeout)}
 
 
 class _Failed(Exception):

@@ -8,8 +8,13 @@ pipeline hands it plain byte streams.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from backup_tasks import defaults
+from backup_tasks.errors import ConfigError, RestoreRefused
 
 if TYPE_CHECKING:
     from backup_tasks.config import Target
@@ -19,8 +24,10 @@ class Source(Protocol):
     kind: str
     #: the plaintext format, used in artifact names so a human knows what the bytes are
     suffix: str
-    #: whether the target may be stored without encryption
+    #: whether the target may be stored without encryption (the config loader then requires recipients)
     allows_plaintext: bool
+    #: target fields this kind cannot work without; the config loader refuses a target lacking one
+    required_fields: tuple[str, ...]
 
     def dump(self, target: "Target", out: BinaryIO, workdir: Path) -> dict:
         """Write a consistent plaintext copy of the target to ``out``.
@@ -43,52 +50,9 @@ class Source(Protocol):
         With ``dry_run`` nothing is written and the summary lists what would be.
         """
 
-
-
-class DatabaseSource(Source, Protocol):
-    """A source whose backups also restore into a database on a server (postgres, mysql).
-
-    ``server`` is a ``backup_tasks.sources.db.dsn.Server`` (host, port, user, resolved password); the
-    database named in it is the one worked on. Restore, the restore drill and verify
-    share these primitives, so a drill proves exactly what ``restore --to-database`` does.
-    """
-
-    #: database to connect to for CREATE/DROP DATABASE ("" when the engine needs none)
-    maintenance_db: str
-
-    def check_options(self, options: dict, *, where: str = "") -> None:
-        """Raise ConfigError for target ``options`` this kind does not understand (called when the config loads)."""
-
-    def restore_database(self, plaintext: BinaryIO | None, manifest: dict, database: str, server, *, force: bool,
-                         dry_run: bool, jobs: int = 1, tables: tuple[str, ...] = (), workdir: Path,
-                         commit_check=None) -> dict:
-        """Restore into ``database``; refuse (RestoreRefused) one that has tables unless ``force``.
-
-        ``commit_check`` raises when the stream's hashes do not match the signed manifest;
-        it runs before the restored data is given the requested name wherever the engine
-        allows. With ``dry_run`` nothing is written: the summary lists the dump's objects.
-        """
-
-    def database_state(self, server, database: str) -> dict:
-        """{"exists": bool, "tables": number of tables} for ``database`` on ``server``."""
-
-    def create_database(self, server, database: str, manifest: dict) -> None: ...
-
-    def list_databases(self, server, prefix: str) -> list[str]:
-        """Names of the server's databases that start with ``prefix`` (drills sweep their leftovers)."""
-
-    def drop_database(self, server, database: str, *, force_disconnect: bool = True) -> None:
-        """Drop if it exists; idempotent."""
-
-    def load(self, plaintext: BinaryIO, manifest: dict, server, *, jobs: int = 1, tables: tuple[str, ...] = (),
-             workdir: Path, deadline: float | None = None, before_load=None) -> dict:
-        """Feed the dump into the (existing, empty) database ``server.database``."""
-
-    def table_counts(self, server) -> dict[str, int]:
-        """Exact row count of every table in ``server.database``, keyed as in the manifest."""
-
-    def health_check(self, server, sql: str, *, timeout_seconds: float = 300) -> object:
-        """First column of the first row of a read-only query (a query error comes back as a str subclass)."""
+    # A kind whose targets name a database server (one sources.db.dsn parses DSNs for) also
+    # has ``check_options(options, *, where)``, which the config loader calls to refuse
+    # target options the kind does not understand, and the primitives restore and drills use.
 
 
 def restore_single_file(plaintext: BinaryIO | None, dest: Path, summary: dict, *, force: bool, dry_run: bool) -> dict:
@@ -97,12 +61,6 @@ def restore_single_file(plaintext: BinaryIO | None, dest: Path, summary: dict, *
     Refuses a non-empty ``dest`` without ``force``; writes a private temp file beside it
     and renames it into place, so ``dest`` is never seen half-written.
     """
-    import os
-    import shutil
-
-    from backup_tasks import defaults
-    from backup_tasks.errors import RestoreRefused
-
     if dest.exists() and dest.stat().st_size > 0 and not force:
         raise RestoreRefused(f"{dest} exists and is not empty; refusing to overwrite it",
                              "restore to a new path, or pass --force to replace it")
@@ -123,26 +81,23 @@ _REGISTRY: dict[str, Source] = {}
 
 
 def register(source: Source) -> Source:
+    """Make ``source`` the one for its kind; each source module calls this once when imported."""
     _REGISTRY[source.kind] = source
     return source
 
 
 def source_for(kind: str) -> Source:
-    # Imported here so that registering is a side effect of importing the package once.
-    import backup_tasks.sources  # noqa: F401
+    """The registered source of ``kind``; ConfigError listing the registered kinds otherwise.
 
+    Importing this module imports the package first, whose ``__init__`` imports (and so
+    registers) every kind: by the time anyone can call this, the registry is full.
+    """
     try:
         return _REGISTRY[kind]
-    except KeyError:
-        from backup_tasks.errors import ConfigError
-
-        raise ConfigError(
-            f"unknown source kind '{kind}'",
-            f"use one of: {', '.join(sorted(_REGISTRY))}",
-        ) from None
+    except (KeyError, TypeError):  # TypeError: an unhashable kind, e.g. kind = [..] in the file
+        raise ConfigError(f"unknown source kind '{kind}'", f"use one of: {', '.join(known_kinds())}") from None
 
 
 def known_kinds() -> list[str]:
-    import backup_tasks.sources  # noqa: F401
-
+    """Every registered kind, sorted."""
     return sorted(_REGISTRY)

@@ -20,6 +20,7 @@ BUSY_TIMEOUT_SECONDS = 60
 
 class SQLiteSource:
     kind = "sqlite"
+    required_fields = ("path",)
     suffix = "sqlite"
     allows_plaintext = True
 

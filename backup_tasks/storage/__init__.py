@@ -1,6 +1,7 @@
 """Storage tiers: turn a configured tier into a Storage, wrapped for retry.
 
-``TIER_KINDS`` maps a tier kind to a factory taking the tier's configuration; a new
+``TIER_KINDS`` maps a tier kind to its :class:`TierKind`: the factory taking the tier's
+configuration, plus what the config loader needs to validate a tier of that kind. A new
 tier plugs in with ``register_tier_kind`` and needs nothing else changed. The tier
 configuration is anything with ``name``, ``kind``, ``path`` and an ``options`` dict
 (``backup_tasks.config`` provides it), so this package does not import the config.
@@ -8,6 +9,7 @@ configuration is anything with ``name``, ``kind``, ``path`` and an ``options`` d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from backup_tasks.errors import ConfigError, StorageError
@@ -21,8 +23,10 @@ __all__ = [
     "LocalStorage",
     "RetryingStorage",
     "TIER_KINDS",
+    "TierKind",
     "open_tier",
     "register_tier_kind",
+    "tier_kind",
     "validate_key",
     "validate_prefix",
 ]
@@ -65,12 +69,44 @@ def _open_s3(tier: TierConfig) -> Storage:
     return open_s3_tier(tier)
 
 
-TIER_KINDS: dict[str, TierFactory] = {"local": _open_local, "external": _open_external, "s3": _open_s3}
+@dataclass(frozen=True)
+class TierKind:
+    """A registered tier kind: how to open one, and what the config loader accepts for it."""
+
+    open: TierFactory
+    #: option names this kind accepts besides kind, path, max_age_days, credentials and bandwidth_limit
+    options: frozenset[str] = frozenset()
+    #: the tier is a directory: the config loader requires ``path`` and resolves it against the file
+    needs_path: bool = False
+    #: the tier's max_age_days when the targets file does not say
+    max_age_days: int = 30
+    #: options a tier of this kind cannot work without (refused at load time when missing)
+    required: tuple[str, ...] = ()
 
 
-def register_tier_kind(kind: str, factory: TierFactory) -> None:
-    """Make ``kind`` available to open_tier; a later registration replaces an earlier one."""
-    TIER_KINDS[kind] = factory
+TIER_KINDS: dict[str, TierKind] = {}
+
+
+def register_tier_kind(kind: str, factory: TierFactory, *, options=(), needs_path: bool = False, max_age_days: int = 30,
+                       required=()) -> None:
+    """Make ``kind`` available to open_tier and the config loader; a later registration replaces an earlier one."""
+    TIER_KINDS[kind] = TierKind(open=factory, options=frozenset(options) | frozenset(required), needs_path=needs_path,
+                                max_age_days=max_age_days, required=tuple(required))
+
+
+def tier_kind(kind: str) -> TierKind:
+    """The registered kind; ConfigError listing the registered kinds otherwise."""
+    try:
+        return TIER_KINDS[kind]
+    except (KeyError, TypeError):  # TypeError: the file said kind = 3 or kind = [..]
+        raise ConfigError(f"unknown tier kind '{kind}'", f"use one of: {', '.join(sorted(TIER_KINDS))}", field="kind") from None
+
+
+# 30 days on disk, 90 in the cloud: what ops teams keep
+register_tier_kind("local", _open_local, options={"min_free_bytes"}, needs_path=True)
+register_tier_kind("external", _open_external, options={"min_free_bytes"}, needs_path=True)
+register_tier_kind("s3", _open_s3, options={"prefix", "endpoint_url", "region", "path_style", "sse", "storage_class", "object_lock"},
+                   required=("bucket",), max_age_days=90)
 
 
 def open_tier(tier: TierConfig) -> Storage:
@@ -79,8 +115,8 @@ def open_tier(tier: TierConfig) -> Storage:
     With ``bandwidth_limit`` in the tier's options, uploads are throttled inside the
     retry wrapper, so a retried upload is limited too.
     """
-    factory = TIER_KINDS.get(tier.kind)
-    if factory is None:
+    registered = TIER_KINDS.get(tier.kind)
+    if registered is None:
         available = ", ".join(sorted(TIER_KINDS))
         if tier.kind in PLANNED_KINDS:
             raise StorageError(
@@ -94,7 +130,7 @@ def open_tier(tier: TierConfig) -> Storage:
             where=f"tiers.{tier.name}",
             field="kind",
         )
-    storage = factory(tier)
+    storage = registered.open(tier)
     limit = (getattr(tier, "options", None) or {}).get("bandwidth_limit")
     if limit:
         from backup_tasks.storage.throttle import ThrottledStorage, parse_rate

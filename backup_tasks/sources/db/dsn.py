@@ -97,31 +97,18 @@ def _example(engine: str) -> str:
             else "write e.g. mysql://backup@db02:3306/shop")
 
 
+def parse_target(target) -> Server:
+    """The target's server and database, without password; ConfigError when the DSN names no database."""
+    where = f"target '{target.name}'"
+    server = parse(target.dsn or "", target.kind, where=where)
+    if not server.database:
+        raise ConfigError("the DSN names no database", _example(target.kind), where=where, field="dsn")
+    return server
+
+
 def for_target(target) -> Server:
     """The target's server with its password resolved (call only where the work happens)."""
-    server = parse(target.dsn or "", target.kind, where=f"target '{target.name}'")
-    if not server.database:
-        raise ConfigError("the DSN names no database", _example(target.kind), where=f"target '{target.name}'", field="dsn")
-    return with_password(server, target.password, where=f"target '{target.name}'", field_name="password")
-
-
-def check_target(target, *, file: str) -> None:
-    """Validate a database target's DSN, options and drill settings at load time, touching no server."""
-    where = f"target '{target.name}'"
-    try:
-        server = parse(target.dsn or "", target.kind, where=where)
-        if not server.database:
-            raise ConfigError("the DSN names no database", _example(target.kind), where=where, field="dsn")
-        from backup_tasks.sources.base import source_for
-
-        source_for(target.kind).check_options(target.options, where=where)
-        if target.drill:
-            from backup_tasks.ops.drill import drill_spec
-
-            drill_spec(target)
-    except ConfigError as exc:
-        bare = exc.message.split(": ", 1)[1] if (exc.where or exc.field) and ": " in exc.message else exc.message
-        raise ConfigError(bare, exc.remedy, file=file, where=exc.where or where, field=exc.field) from None
+    return with_password(parse_target(target), target.password, where=f"target '{target.name}'", field_name="password")
 
 
 def with_password(server: Server, ref: str | None, *, where: str, field_name: str) -> Server:

@@ -29,6 +29,7 @@ class FilesSource:
     """Directories and files as a pax tar; see the module docstring."""
 
     kind = "files"
+    required_fields = ("paths",)
     suffix = "tar"
     allows_plaintext = True
 

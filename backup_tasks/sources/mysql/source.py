@@ -42,6 +42,7 @@ OPTION_KEYS = {"bin_dir"}
 
 class MySQLSource:
     kind = "mysql"
+    required_fields = ("dsn",)
     suffix = "sql"
     allows_plaintext = True
     maintenance_db = ""

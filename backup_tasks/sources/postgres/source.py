@@ -20,6 +20,7 @@ from backup_tasks.sources.postgres.client import MAINTENANCE_DB
 
 class PostgresSource:
     kind = "postgres"
+    required_fields = ("dsn",)
     suffix = "pgdump"
     allows_plaintext = True
     maintenance_db = MAINTENANCE_DB
