@@ -151,6 +151,19 @@ def test_delete_in_a_versioned_bucket_removes_every_version(s3_server, s3_env):
         storage.stat("v/k")
 
 
+def test_only_a_tier_configured_with_object_lock_claims_it():
+    from backup_tasks.storage.capabilities import DiskSpace, ObjectLock, Probe, StaleUploads
+
+    def opened(**options):  # opening does no I/O: no server needed
+        return open_tier(SimpleNamespace(name="offsite", kind="s3", path=None, max_age_days=90, credentials=None,
+                                         options={"bucket": "b", **options}))
+
+    plain, locked = opened(), opened(object_lock="compliance")
+    assert isinstance(plain, Probe) and isinstance(plain, StaleUploads)
+    assert not isinstance(plain, ObjectLock) and not isinstance(plain, DiskSpace)
+    assert isinstance(locked, ObjectLock) and isinstance(locked, StaleUploads)
+
+
 def test_open_tier_gives_a_retrying_s3_storage(s3_server, s3_bucket, s3_env):
     storage = open_tier(tier(s3_server, s3_bucket))
     assert isinstance(storage, RetryingStorage) and isinstance(storage.inner, S3Storage)
