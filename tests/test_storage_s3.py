@@ -34,7 +34,7 @@ def storage(s3_server, s3_bucket, s3_env):
 
 class TestS3Conformance(StorageConformance):
     #: concurrency (4) parts of 8 MiB may be in memory at once, plus one of slack (module docstring of
-    #: storage/s3.py); botocore copies nothing more. Still flat: it does not grow with size.
+    #: storage/s3/__init__.py); botocore copies nothing more. Still flat: it does not grow with size.
     max_put_peak_bytes = 5 * PART_SIZE + 4 * MiB
 
 

@@ -81,8 +81,6 @@ class Wrapper:
 
     #: how each capability is passed on; a wrapper overrides entries to change that
     forwarders: ClassVar[Mapping[type, type]] = FORWARDERS
-    #: the capabilities this instance passes on (set on the subclass made for them)
-    capabilities: ClassVar[tuple[type, ...]] = ()
 
     def __new__(cls, inner: object, *args: object, **kwargs: object):
         present = tuple(cap for cap in CAPABILITIES if isinstance(inner, cap))
@@ -100,5 +98,4 @@ def _with_capabilities(plain: type, present: tuple[type, ...]) -> type:
         "__qualname__": plain.__qualname__,
         "__doc__": plain.__doc__,
         "_plain": plain,
-        "capabilities": present,
     })
