@@ -18,7 +18,8 @@ from storage_conformance import MiB, GeneratedReader, StorageConformance, patter
 
 from backup_tasks.errors import TierUnavailable  # noqa: E402
 from backup_tasks.storage import RetryingStorage, open_tier  # noqa: E402
-from backup_tasks.storage.external import EVENT_REFUSED, ExternalStorage  # noqa: E402
+from backup_tasks.records.events import TIER_REFUSED as EVENT_REFUSED  # noqa: E402
+from backup_tasks.storage.external import ExternalStorage  # noqa: E402
 from backup_tasks.storage.throttle import ThrottledStorage, TokenBucket, parse_rate  # noqa: E402
 
 

@@ -292,13 +292,19 @@ def test_open_tier_gives_a_retrying_local_tier(tmp_path):
     assert read_all(tier, "x/y") == b"data"
 
 
-def test_every_designed_tier_kind_is_available():
-    # the external and s3 kinds are tested on their own (tests: test_storage_external.py, test_storage_s3.py)
-    from backup_tasks.storage import TIER_KINDS
+def load_tiers(tmp_path, tiers: str):
+    """The tiers as the configuration checks them: the one place a tier's path is checked."""
+    from backup_tasks import config
 
+    (tmp_path / "targets.toml").write_text(tiers)
+    return config.load(tmp_path / "targets.toml").tiers
+
+
+def test_every_designed_tier_kind_is_available(tmp_path):
+    # the external and s3 kinds are tested on their own (tests: test_storage_external.py, test_storage_s3.py)
     assert set(TIER_KINDS) >= {"local", "external", "s3"}
     with pytest.raises(ConfigError, match="needs a path"):
-        open_tier(tier_config(name="usb", kind="external"))
+        load_tiers(tmp_path, '[tiers.usb]\nkind = "external"\n')
 
 
 def test_unknown_tier_kind_is_a_config_error():
@@ -307,14 +313,14 @@ def test_unknown_tier_kind_is_a_config_error():
     assert "ftp" in caught.value.message and "local" in caught.value.remedy
 
 
-def test_local_tier_without_path_is_a_config_error():
+def test_local_tier_without_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
-        open_tier(tier_config(path=""))
+        load_tiers(tmp_path, '[tiers.local]\nkind = "local"\npath = ""\n')
     assert caught.value.field == "path"
 
 
 def test_a_new_tier_kind_plugs_into_the_registry(tmp_path, monkeypatch):
-    monkeypatch.setitem(TIER_KINDS, "elsewhere", TierKind(lambda t: LocalStorage(t.name, t.options["dir"])))
+    monkeypatch.setitem(TIER_KINDS, "elsewhere", TierKind(open=lambda t: LocalStorage(t.name, t.options["dir"])))
     tier = open_tier(tier_config(name="other", kind="elsewhere", dir=tmp_path / "o"))
     tier.put("k", io.BytesIO(b"v"))
     assert read_all(tier, "k") == b"v"

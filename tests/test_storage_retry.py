@@ -285,3 +285,54 @@ def test_name_is_the_inner_tiers(local):
 def test_attempts_must_be_positive(local):
     with pytest.raises(ValueError):
         RetryingStorage(local, attempts=0)
+
+
+# -- capabilities: the wrappers have exactly those of the tier inside -------------------
+
+
+class LockingFlaky(FlakyStorage):
+    """A flaky tier that also has Object Lock, stale uploads and a probe, each failing
+    ``failures`` times first like the five operations."""
+
+    def locked_until(self, key):
+        if self._should_fail("locked_until", key):
+            self._fail()
+        return None
+
+    def abort_stale_uploads(self, older_than, *, dry_run=False):
+        if self._should_fail("abort_stale_uploads", "/"):
+            self._fail()
+        return ["t/b1/data"]
+
+    def probe(self, timeout):
+        if self._should_fail("probe", ""):
+            self._fail()
+        return "answers"
+
+
+def test_wrappers_claim_exactly_the_capabilities_of_the_tier_inside(local):
+    from backup_tasks.storage.capabilities import DiskSpace, ObjectLock, Probe, StaleUploads
+    from backup_tasks.storage.throttle import ThrottledStorage
+
+    for wrapped in (RetryingStorage(local), ThrottledStorage(local, 1 << 30),
+                    RetryingStorage(ThrottledStorage(local, 1 << 30))):
+        assert isinstance(wrapped, Probe) and isinstance(wrapped, DiskSpace)
+        assert not isinstance(wrapped, ObjectLock) and not isinstance(wrapped, StaleUploads)
+        assert wrapped.disk_state().mounted is None and wrapped.disk_state().usage is not None
+        assert wrapped.probe(1) == local.probe(1)
+    locking = LockingFlaky(local, failures=0)
+    for wrapped in (RetryingStorage(locking), RetryingStorage(ThrottledStorage(locking, 1 << 30))):
+        assert isinstance(wrapped, ObjectLock) and isinstance(wrapped, StaleUploads) and isinstance(wrapped, Probe)
+        assert not isinstance(wrapped, DiskSpace)
+        assert isinstance(wrapped, RetryingStorage)  # still the wrapper it was asked for
+
+
+def test_lock_queries_and_stale_upload_aborts_are_retried_but_a_probe_never(local, sleeps):
+    flaky = LockingFlaky(local, failures=2, ops={"locked_until", "abort_stale_uploads", "probe"})
+    tier = RetryingStorage(flaky, attempts=3, sleep=sleeps.append)
+    assert tier.locked_until("t/b1/data") is None and flaky.calls["locked_until", "t/b1/data"] == 3
+    assert tier.abort_stale_uploads(None, dry_run=True) == ["t/b1/data"]
+    assert flaky.calls["abort_stale_uploads", "/"] == 3
+    with pytest.raises(TransientError):
+        tier.probe(1)  # health reports what is true now
+    assert flaky.calls["probe", ""] == 1

@@ -34,7 +34,7 @@ def storage(s3_server, s3_bucket, s3_env):
 
 class TestS3Conformance(StorageConformance):
     #: concurrency (4) parts of 8 MiB may be in memory at once, plus one of slack (module docstring of
-    #: storage/s3.py); botocore copies nothing more. Still flat: it does not grow with size.
+    #: storage/s3/__init__.py); botocore copies nothing more. Still flat: it does not grow with size.
     max_put_peak_bytes = 5 * PART_SIZE + 4 * MiB
 
 
@@ -149,6 +149,19 @@ def test_delete_in_a_versioned_bucket_removes_every_version(s3_server, s3_env):
     assert not versions.get("Versions") and not versions.get("DeleteMarkers")
     with pytest.raises(ObjectNotFound):
         storage.stat("v/k")
+
+
+def test_only_a_tier_configured_with_object_lock_claims_it():
+    from backup_tasks.storage.capabilities import DiskSpace, ObjectLock, Probe, StaleUploads
+
+    def opened(**options):  # opening does no I/O: no server needed
+        return open_tier(SimpleNamespace(name="offsite", kind="s3", path=None, max_age_days=90, credentials=None,
+                                         options={"bucket": "b", **options}))
+
+    plain, locked = opened(), opened(object_lock="compliance")
+    assert isinstance(plain, Probe) and isinstance(plain, StaleUploads)
+    assert not isinstance(plain, ObjectLock) and not isinstance(plain, DiskSpace)
+    assert isinstance(locked, ObjectLock) and isinstance(locked, StaleUploads)
 
 
 def test_open_tier_gives_a_retrying_s3_storage(s3_server, s3_bucket, s3_env):

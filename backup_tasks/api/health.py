@@ -2,20 +2,20 @@
 
 Each component is probed read-only and in parallel, each bounded by ``PROBE_SECONDS``,
 so a black-holed S3 endpoint makes the answer slow by seconds, not minutes, and never
-writes anything (a probe that wrote would itself need cleaning up). A probe skips the
-retry wrapper: health reports what is true now, retries are for backups.
+writes anything (a probe that wrote would itself need cleaning up). A tier is probed
+through its Probe capability, which the retry wrapper passes on without retrying:
+health reports what is true now, retries are for backups.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
-from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
 
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.storage.capabilities import Probe
 
 PROBE_SECONDS = 5.0
 OK, DOWN, EMBEDDED = "ok", "unavailable", "embedded"
@@ -77,30 +77,8 @@ def _catalog(rt: Runtime) -> tuple[str, str]:
 
 
 def _tier(rt: Runtime, tier) -> tuple[str, str]:
-    if tier.kind in ("local", "external"):
-        return _directory(tier.kind, Path(tier.path))
     storage = rt.storage(tier)
-    while hasattr(storage, "inner"):
-        storage = storage.inner
-    if hasattr(storage, "probe"):  # S3: one HEAD with timeouts of its own, so no thread outlives the deadline long
-        storage.probe(PROBE_SECONDS)
-        return OK, f"bucket '{storage.bucket}' answers"
-    next(iter(storage.list("")), None)  # any other kind: one listing call
+    if isinstance(storage, Probe):  # passed on once by the retry wrapper: never retried
+        return OK, storage.probe(PROBE_SECONDS)
+    next(iter(storage.list("")), None)  # a kind without a probe of its own: one listing call
     return OK, "listing answers"
-
-
-def _directory(kind: str, root: Path) -> tuple[str, str]:
-    """local: the directory (or, before the first backup, its nearest parent) is writable; external: mounted too."""
-    if kind == "external":
-        if not os.path.ismount(root):
-            return DOWN, f"{root} is not a mount point (the external disk or share is not there)"
-    elif not root.exists():
-        parent = next((p for p in root.parents if p.exists()), None)
-        if parent is not None and parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
-            return OK, f"{root} does not exist yet; the first backup creates it"
-        return DOWN, f"{root} does not exist and {parent} is not writable"
-    if not root.is_dir():
-        return DOWN, f"{root} is not a directory"
-    if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
-        return DOWN, f"{root} is not readable and writable by uid {os.geteuid()}"
-    return OK, f"{root} is writable"

@@ -18,7 +18,7 @@ Object-Locked copy that the plan did not know about is refused by the tier
 Debris is removed too (older than ``DEBRIS_AGE``, so nothing in flight is touched):
 objects under ``<target>/<id>/`` with no manifest beside them (an upload that died
 before its commit marker), staging directories of runs that are no longer running,
-and S3 multipart uploads that were never completed.
+and uploads that were never completed (on a tier with StaleUploads: S3's multipart).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from pathlib import Path
 
 from backup_tasks.records import audit, events, manifest
 from backup_tasks.policy import retention
-from backup_tasks.records.catalog import Status
+from backup_tasks.records.catalog import DrillResult, Status
 from backup_tasks.errors import BackupError, ObjectLocked, ObjectNotFound, ServiceUnavailable, StorageError
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.storage.capabilities import ObjectLock, StaleUploads
 
 log = logging.getLogger(__name__)
 
@@ -101,43 +102,20 @@ def gather(rt: Runtime, targets, now: datetime) -> list[retention.Backup]:
 
 
 def _drill_passed(rt: Runtime, target: str) -> set[str]:
-    """Ids of backups a restore drill proved, read defensively (drills are another module's table)."""
-    catalog = rt.catalog
-    drills = getattr(catalog, "drills", None)
-    if drills is not None:
-        try:
-            return {d.backup_id for d in drills(target) if d.backup_id and str(d.result) == "passed"}
-        except Exception:  # noqa: BLE001 - an older catalog without the table: no drill-proven backups
-            log.warning("cleanup: could not read drill results for %s", target, exc_info=True)
-    latest = getattr(catalog, "latest_drill_passed", None)
-    if latest is not None:
-        try:
-            found = latest(target)
-            return {found} if found else set()
-        except Exception:  # noqa: BLE001
-            pass
-    return set()
+    """Ids of the backups of ``target`` that a restore drill proved restorable."""
+    return {d.backup_id for d in rt.catalog.drills(target) if d.backup_id and d.result == DrillResult.PASSED}
 
 
 def _locked_until(rt: Runtime, tier_name: str, key: str) -> datetime | None:
-    tier = rt.config.tiers[tier_name]
-    if tier.kind != "s3" or not tier.options.get("object_lock"):
-        return None
-    probe = getattr(_innermost(rt.storage(tier)), "locked_until", None)
-    if probe is None:
+    storage = rt.storage(tier_name)
+    if not isinstance(storage, ObjectLock):
         return None
     try:
-        return probe(key)
+        return storage.locked_until(key)
     except BackupError as exc:
         # Unknown means "maybe locked": keep the copy this time rather than guess.
         log.warning("cleanup: cannot read the Object Lock of %s on %s (%s); keeping it", key, tier_name, exc)
         return datetime.max.replace(tzinfo=timezone.utc)
-
-
-def _innermost(storage):
-    while hasattr(storage, "inner"):
-        storage = storage.inner
-    return storage
 
 
 def _apply(rt: Runtime, plan: retention.Plan, report: dict, actor: str) -> None:
@@ -203,13 +181,13 @@ def _debris(rt: Runtime, targets, scoped: bool, now: datetime, dry_run: bool, re
             except BackupError as exc:
                 report["errors"].append({"tier": tier.name, "type": type(exc).__name__, "message": exc.message,
                                          "remedy": exc.remedy, "during": "debris"})
-    # S3 multipart uploads that were never completed (a crash, or an abort that could not reach the endpoint)
+    # Uploads that were never completed (a crash, or an abort that could not reach the endpoint)
     for name in sorted(tiers_seen):
-        abort = getattr(_innermost(rt.storage(name)), "abort_stale_uploads", None)
-        if abort is None:
+        storage = rt.storage(name)
+        if not isinstance(storage, StaleUploads):
             continue
         try:
-            for key in abort(cutoff, dry_run=dry_run):
+            for key in storage.abort_stale_uploads(cutoff, dry_run=dry_run):
                 found.append({"kind": "incomplete-upload", "tier": name, "key": key,
                               "reason": "multipart upload never completed, older than a day"})
         except BackupError as exc:
@@ -223,9 +201,9 @@ def _tier_debris(rt: Runtime, tier: str, target: str, running: set[str], cutoff:
     storage = rt.storage(tier)
     groups: dict[str, list] = {}
     for info in storage.list(f"{target}/"):
-        parts = info.key.split("/")
-        if len(parts) >= 3:
-            groups.setdefault(parts[1], []).append(info)
+        run = manifest.backup_of_key(info.key)
+        if run is not None:
+            groups.setdefault(run[1], []).append(info)
     out = []
     for backup_id, infos in groups.items():
         if any(i.key.endswith("/" + manifest.MANIFEST_NAME) for i in infos) or backup_id in running:

@@ -12,15 +12,17 @@ from functools import cached_property
 from pathlib import Path
 
 from backup_tasks import config as config_mod
+from backup_tasks.records import events, manifest
 from backup_tasks.records.catalog import Catalog
 from backup_tasks.config import Config, Target, Tier
 from backup_tasks.records.keys import Signer, Verifier, recipients
+from backup_tasks.storage import Storage, open_tier
 
 
 class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._tiers: dict[str, object] = {}
+        self._tiers: dict[str, Storage] = {}
 
     @property
     def settings(self):
@@ -42,13 +44,24 @@ class Runtime:
     def recipients(self):
         return recipients(self.settings.recipients)
 
-    def storage(self, tier: Tier | str):
-        from backup_tasks.storage import open_tier
-
+    def storage(self, tier: Tier | str) -> Storage:
+        """The tier, opened once per process; a write it refuses becomes an event in the catalog."""
         tier = self.config.tiers[tier] if isinstance(tier, str) else tier
         if tier.name not in self._tiers:
-            self._tiers[tier.name] = open_tier(tier)
+            self._tiers[tier.name] = open_tier(tier, on_refused=self._tier_refused)
         return self._tiers[tier.name]
+
+    def _tier_refused(self, message: str, remedy: str, detail: dict) -> None:
+        """Record a tier's refusal to write as an error event naming the run it refused.
+
+        The run comes from the refused object's key, so the alert says which target and
+        run, and gives the command that re-runs that target.
+        """
+        run = manifest.backup_of_key(detail.get("key") or "")
+        target, backup_id = run if run is not None and run[0] in self.config.targets else (None, None)
+        host = self.config.targets[target].host if target else None
+        events.emit(self.catalog, events.TIER_REFUSED, message, target=target, host=host, backup_id=backup_id,
+                    remedy=remedy, **detail)
 
     def target(self, name: str) -> Target:
         return self.config.target(name)

@@ -25,16 +25,15 @@ that mounts the tiers (or one watchdog per storage host).
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 from backup_tasks import defaults
 from backup_tasks.records import events
 from backup_tasks.policy import readiness
 from backup_tasks.records.manifest import iso
+from backup_tasks.storage.capabilities import DiskSpace, DiskUsage
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +50,6 @@ class Finding:
     tier: str | None = None
     backup_id: str | None = None
     detail: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DiskUsage:
-    total: int
-    free: int
 
 
 def rpo_finding(state: readiness.TargetState) -> Finding:
@@ -120,26 +113,15 @@ def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settin
     return out
 
 
-def disk_usage(path: str) -> DiskUsage | None:
-    """Free and total bytes of the filesystem that holds (or would hold) ``path``."""
-    probe = Path(path)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        st = os.statvfs(probe)
-    except OSError:
-        return None
-    return DiskUsage(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize)
-
-
 def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
     """Every condition as of now; ``open_keys``: the conditions open in the catalog (for low space's margin)."""
     out = [rpo_finding(state) for state in readiness.assess(rt, now)]
     for tier in rt.config.tiers.values():
-        if tier.kind not in ("local", "external") or not tier.path:
-            continue
-        mounted = os.path.ismount(tier.path) if tier.kind == "external" else None
-        out += tier_findings(tier, mounted=mounted, usage=disk_usage(tier.path), settings=rt.settings,
+        storage = rt.storage(tier)
+        if not isinstance(storage, DiskSpace):
+            continue  # object storage: no disk of ours to fill or to lose
+        disk = storage.disk_state()
+        out += tier_findings(tier, mounted=disk.mounted, usage=disk.usage, settings=rt.settings,
                              low_open=f"{events.LOW_SPACE}:{tier.name}" in open_keys)
     return out
 

@@ -30,6 +30,18 @@ def prefix(target: str, backup_id: str) -> str:
     return f"{target}/{backup_id}"
 
 
+def backup_of_key(key: str) -> tuple[str, str] | None:
+    """(target, backup id) of an object stored under a backup's ``prefix``, else None.
+
+    The inverse of ``prefix``: ``"db/<id>/data.zst"`` gives ``("db", "<id>")``; a key
+    not nested that deep is no backup's object.
+    """
+    parts = key.split("/")
+    if len(parts) >= 3 and parts[0] and parts[1]:
+        return parts[0], parts[1]
+    return None
+
+
 def manifest_key(target: str, backup_id: str) -> str:
     return f"{prefix(target, backup_id)}/{MANIFEST_NAME}"
 

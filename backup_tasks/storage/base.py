@@ -10,7 +10,8 @@ enough for backups, verification, retention and ``catalog rebuild``:
 
 Retry, rate limits and dry-run are wrappers with this same interface, so one
 conformance suite (``tests/storage_conformance.py``) runs against every tier and
-every wrapper.
+every wrapper. What only some tiers can do (lock objects, report free space) is a
+capability of its own (``capabilities``), never a sixth operation here.
 
 Keys are validated here, once, for every tier: a key that is safe on S3 but would
 escape the root directory of a local tier (``../etc``) must be refused by all of them,
@@ -25,10 +26,6 @@ from datetime import datetime
 from typing import BinaryIO, ContextManager, Iterator, Protocol, runtime_checkable
 
 from backup_tasks.errors import InputError
-
-#: How much of a source a tier reads at once. Large enough that per-call overhead
-#: vanishes, small enough that many concurrent uploads fit in a worker's memory.
-CHUNK_SIZE = 1024 * 1024
 
 #: S3's own limit; a key longer than this could not be copied to an S3 tier.
 MAX_KEY_LENGTH = 1024
@@ -82,7 +79,7 @@ class Storage(Protocol):
 
         Atomic: readers see the old object or the whole new one, never a part, and on
         any failure nothing new is left under ``key``. Safe to call twice with the same
-        content (it overwrites). Reads ``CHUNK_SIZE`` at a time, never the whole object.
+        content (it overwrites). Reads ``defaults.CHUNK_SIZE`` at a time, never the whole object.
         An exception raised by ``source`` itself propagates unchanged. ``size_hint``
         is advisory (it lets a tier refuse early or pick a part size).
         """

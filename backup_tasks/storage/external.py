@@ -6,7 +6,8 @@ disk that was meant to hold them. So before every write this tier checks that it
 is a mount point (``os.path.ismount``: configure the tier's ``path`` as the place the
 disk or share is mounted, e.g. ``/mnt/backup-disk``), that it is writable, and, with
 ``min_free_bytes``, that enough space would stay free. Otherwise it refuses
-(TierUnavailable), writes nothing, and raises an alert event. Being strict about the
+(TierUnavailable), writes nothing, and tells its ``alert`` callback, which the layer
+that opened the tier turns into an event. Being strict about the
 mount point itself (not "somewhere below a mount") keeps the rule the same on every
 host, whatever else happens to be mounted there.
 
@@ -18,22 +19,23 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
-from backup_tasks.errors import TierUnavailable
+from backup_tasks.errors import ConfigError, TierUnavailable
+from backup_tasks.storage import disk
 from backup_tasks.storage.base import ObjectInfo, validate_key
+from backup_tasks.storage.capabilities import Alert, DiskState
 from backup_tasks.storage.local import LocalStorage
 
 log = logging.getLogger(__name__)
 
-#: the event kind emitted when an external tier refuses to write (events.TIER_REFUSED)
-EVENT_REFUSED = "storage.tier_refused"
-
-Alert = Callable[[str, str, dict], None]  # (message, remedy, detail)
-
 
 class ExternalStorage(LocalStorage):
-    """A LocalStorage that refuses to write unless its path is on a mounted filesystem."""
+    """A LocalStorage that refuses to write unless its path is on a mounted filesystem.
+
+    ``alert`` is called with (message, remedy, detail) before each refusal is raised:
+    the layer that opened the tier decides what a refusal becomes (an event, an alert).
+    """
 
     def __init__(self, name: str, path: str | os.PathLike[str], *, min_free_bytes: int = 0,
                  alert: Alert | None = None) -> None:
@@ -49,31 +51,56 @@ class ExternalStorage(LocalStorage):
         self.check_writable(key, size_hint or 0)
         return super().put(key, source, size_hint=size_hint)
 
+    # -- capabilities: Probe, DiskSpace, RefusalAlerts ---------------------------------
+
+    def probe(self, timeout: float) -> str:
+        """Mounted, and the mounted directory writable; writes nothing."""
+        if not self.mounted():
+            raise TierUnavailable(f"{self.root} is not a mount point (the external disk or share is not there)",
+                                  self._mount_remedy())
+        return super().probe(timeout)
+
+    def disk_state(self) -> DiskState:
+        """Whether the disk is mounted, and the free space of the filesystem at the path.
+
+        Unmounted, that is the disk underneath, which says nothing about the tier.
+        """
+        return DiskState(mounted=self.mounted(), usage=disk.usage(self.root))
+
+    def alert_refusals_to(self, alert: Alert | None) -> None:
+        self._alert = alert
+
+    # -- the refusal ---------------------------------------------------------------------
+
+    def mounted(self) -> bool:
+        """Whether the path is itself a mount point (not merely somewhere below one)."""
+        return os.path.ismount(self.root)
+
     def check_writable(self, key: str = "", size: int = 0) -> None:
         """Raise TierUnavailable (and alert) unless a put of ``size`` bytes may go ahead."""
         mount = self.root
-        if not os.path.ismount(mount):
+        if not self.mounted():
             self._refuse(
-                f"tier '{self.name}': {self.root} is not a mount point, so the external disk or share is not "
+                f"tier '{self.name}': {mount} is not a mount point, so the external disk or share is not "
                 f"there; refusing to write{self._what(key)} (it would fill the filesystem underneath)",
-                f"mount the external disk or share at {self.root} (e.g. `mount {self.root}`); "
-                "check /etc/fstab and the NAS or USB device",
-                key=key, reason="not-mounted")
-        probe = mount
-        if not os.access(probe, os.W_OK | os.X_OK):
+                self._mount_remedy(), key=key, reason="not-mounted")
+        if not disk.writable(mount):
             self._refuse(
-                f"tier '{self.name}': {probe} is not writable by uid {os.geteuid()}; refusing to write{self._what(key)}",
-                f"remount {mount} read-write or give the worker's user write access to {self.root}",
+                f"tier '{self.name}': {mount} is not writable by uid {os.geteuid()}; refusing to write{self._what(key)}",
+                f"remount {mount} read-write or give the worker's user write access to {mount}",
                 key=key, reason="not-writable")
-        if self.min_free_bytes:
-            vfs = os.statvfs(probe)
-            free = vfs.f_bavail * vfs.f_frsize
-            if free - size < self.min_free_bytes:
-                self._refuse(
-                    f"tier '{self.name}': only {free} bytes free on {mount}; writing{self._what(key)} ({size} bytes) "
-                    f"would leave less than min_free_bytes = {self.min_free_bytes}",
-                    f"free space on {mount} (backupctl cleanup --target ...) or lower min_free_bytes of tier '{self.name}'",
-                    key=key, reason="low-space", free_bytes=free)
+        usage = disk.usage(mount) if self.min_free_bytes else None
+        # Unmeasurable (None): the write itself reports what is wrong with the filesystem.
+        if usage is not None and usage.free - size < self.min_free_bytes:
+            self._refuse(
+                f"tier '{self.name}': only {usage.free} bytes free on {mount}; writing{self._what(key)} ({size} bytes) "
+                f"would leave less than min_free_bytes = {self.min_free_bytes}",
+                f"free space on {mount} (backupctl cleanup --target ...) or lower min_free_bytes of tier '{self.name}'",
+                key=key, reason="low-space", free_bytes=usage.free)
+
+    def _mount_remedy(self) -> str:
+        return (f"mount the external disk or share at {self.root} (e.g. `mount {self.root}`); "
+                "check /etc/fstab and the NAS or USB device")
 
     def _what(self, key: str) -> str:
         return f" '{key}'" if key else ""
@@ -82,41 +109,14 @@ class ExternalStorage(LocalStorage):
         if self._alert is not None:
             try:
                 self._alert(message, remedy, {"tier": self.name, "path": str(self.root), "key": key, **detail})
-            except Exception:  # noqa: BLE001 - the refusal itself must still be raised
+            except Exception:  # noqa: BLE001 - the refusal itself must still be raised; the failure is logged
                 log.exception("tier %r: could not emit the refusal alert", self.name)
         raise TierUnavailable(message, remedy)
 
 
-def runtime_alert(message: str, remedy: str, detail: dict) -> None:
-    """Record the refusal as an error event in the catalog of this process's runtime.
-
-    The event names the run the refused object belongs to (keys are ``<target>/<backup id>/...``),
-    so the alert says which target and run, and gives the command that re-runs that target.
-    """
-    from backup_tasks.records import events
-    from backup_tasks.ops import runtime
-
-    rt = runtime.current()
-    target, backup_id = _run_of(detail.get("key") or "", rt.config.targets)
-    host = rt.config.targets[target].host if target else None
-    events.emit(rt.catalog, EVENT_REFUSED, message, target=target, host=host, backup_id=backup_id, remedy=remedy, **detail)
-
-
-def _run_of(key: str, targets) -> tuple[str | None, str | None]:
-    """(target, backup id) of a backup's object key, or (None, None) for a key of no configured target."""
-    parts = key.split("/")
-    if len(parts) >= 3 and parts[0] in targets and parts[1]:
-        return parts[0], parts[1]
-    return None, None
-
-
 def open_external_tier(tier) -> ExternalStorage:
-    from backup_tasks.errors import ConfigError
-
-    if not tier.path:
-        raise ConfigError("an external tier needs a path", 'add path = "/mnt/backup-disk/backup-tasks"',
-                          where=f"tiers.{tier.name}", field="path")
+    """The ExternalStorage for a configured ``kind = "external"`` tier (its path checked by the config)."""
     min_free = tier.options.get("min_free_bytes", 0)
     if not isinstance(min_free, int) or min_free < 0:
         raise ConfigError("must be a whole number of bytes >= 0", where=f"tiers.{tier.name}", field="min_free_bytes")
-    return ExternalStorage(tier.name, tier.path, min_free_bytes=min_free, alert=runtime_alert)
+    return ExternalStorage(tier.name, tier.path, min_free_bytes=min_free)

@@ -21,15 +21,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from backup_tasks.errors import ObjectNotFound, StorageError
-from backup_tasks.storage.base import CHUNK_SIZE, ObjectInfo, require_bytes, validate_key, validate_prefix
+from backup_tasks.defaults import CHUNK_SIZE
+from backup_tasks.errors import ObjectNotFound, StorageError, TierUnavailable
+from backup_tasks.storage import disk
+from backup_tasks.storage.base import ObjectInfo, require_bytes, validate_key, validate_prefix
+from backup_tasks.storage.capabilities import DiskState
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
 # A concurrent delete prunes empty directories; a put racing with it recreates them.
 _DIRECTORY_RACE_ATTEMPTS = 5
-
 
 
 class LocalStorage:
@@ -153,6 +155,32 @@ class LocalStorage:
                 break  # not empty (or already gone, or not ours to remove): stop here
             parent = parent.parent
 
+    # -- capabilities: Probe, DiskSpace -----------------------------------------------
+
+    def probe(self, timeout: float) -> str:
+        """The directory (before the first backup: its nearest existing parent) is writable.
+
+        Writes nothing; ``timeout`` is not needed for a local check.
+        """
+        root = self.root
+        if not root.exists():
+            parent = disk.nearest_existing(root)
+            if parent.is_dir() and disk.writable(parent):
+                return f"{root} does not exist yet; the first backup creates it"
+            raise TierUnavailable(f"{root} does not exist and {parent} is not writable",
+                                  f"create {root} for the worker's user (uid {os.geteuid()}) or choose another path "
+                                  f"for tier '{self.name}'")
+        if not root.is_dir():
+            raise TierUnavailable(f"{root} is not a directory", f"point tier '{self.name}' at a directory")
+        if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+            raise TierUnavailable(f"{root} is not readable and writable by uid {os.geteuid()}",
+                                  self._remedy(errno.EACCES))
+        return f"{root} is writable"
+
+    def disk_state(self) -> DiskState:
+        """Free space of the filesystem under the root; a local tier expects no mount of its own."""
+        return DiskState(mounted=None, usage=disk.usage(self.root))
+
     # -- helpers ---------------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
@@ -232,18 +260,13 @@ class LocalStorage:
                 yield ObjectInfo(key=key, size=st.st_size, modified=_utc(st.st_mtime))
 
     def _check_free_space(self, key: str, size_hint: int) -> None:
-        probe = self.root
-        while not probe.exists() and probe.parent != probe:
-            probe = probe.parent
-        try:
-            vfs = os.statvfs(probe)
-        except OSError:
+        usage = disk.usage(self.root)
+        if usage is None:
             return  # the put itself will report the real problem
-        free = vfs.f_bavail * vfs.f_frsize
-        if size_hint > free:
+        if size_hint > usage.free:
             raise StorageError(
                 f"tier '{self.name}': refusing to write '{key}' ({size_hint} bytes) under "
-                f"{self.root}: only {free} bytes are free",
+                f"{self.root}: only {usage.free} bytes are free",
                 f"free space on the filesystem holding {self.root} or point tier '{self.name}' "
                 "at a larger one",
             )

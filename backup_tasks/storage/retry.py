@@ -9,6 +9,10 @@ missing object, a full disk, a bad key) is permanent and raised at once.
 Backoff is exponential with full jitter (delay drawn from [0, min(max, base * 2**n)]):
 when many workers lose the same endpoint at once, jitter spreads their retries out
 instead of making them knock together.
+
+The wrapper has the capabilities of the tier it wraps (``storage.forward``). Reading an
+Object Lock and aborting stale uploads are retried like the five operations (both are
+safe to repeat); a probe is passed on once, because health reports what is true now.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import contextlib
 import logging
 import random
 import time
-from typing import BinaryIO, Callable, Iterator, TypeVar
+from datetime import datetime
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 from backup_tasks.errors import ServiceUnavailable, TransientError
 from backup_tasks.storage.base import ObjectInfo, Storage, validate_prefix
+from backup_tasks.storage.capabilities import ObjectLock, StaleUploads
+from backup_tasks.storage.forward import FORWARDERS, Wrapper
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +37,31 @@ T = TypeVar("T")
 _LIBRARY_TRANSIENT = (ConnectionError, TimeoutError)
 
 
-class RetryingStorage:
+class _RetriedObjectLock:
+    inner: Any
+    _call: Callable[..., Any]
+
+    def locked_until(self, key: str) -> datetime | None:
+        return self._call("locked_until", key, lambda: self.inner.locked_until(key))
+
+
+class _RetriedStaleUploads:
+    inner: Any
+    _call: Callable[..., Any]
+
+    def abort_stale_uploads(self, older_than: datetime, *, dry_run: bool = False) -> list[str]:
+        # A repeat is safe: an upload the failed attempt already aborted is no longer there
+        # (nor among the keys returned).
+        return self._call("abort_stale_uploads", "/", lambda: self.inner.abort_stale_uploads(older_than, dry_run=dry_run))
+
+
+class RetryingStorage(Wrapper):
     """``inner`` with transient failures retried up to ``attempts`` calls in total.
 
     ``sleep`` and ``rng`` are injectable so tests check the backoff without waiting.
     """
+
+    forwarders = {**FORWARDERS, ObjectLock: _RetriedObjectLock, StaleUploads: _RetriedStaleUploads}
 
     def __init__(
         self,

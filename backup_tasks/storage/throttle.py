@@ -5,6 +5,8 @@ it in ThrottledStorage: a put reads its source through a token bucket, so the ti
 own reader (and its parallel part uploads) can never send faster than the limit on
 average, while reads, listings and deletes pass untouched. The bucket holds one
 second's worth of tokens, so short bursts are allowed but the long-run rate is the limit.
+The wrapper has the capabilities of the tier it wraps, passed on unchanged
+(``storage.forward``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from backup_tasks.errors import ConfigError
 from backup_tasks.storage.base import ObjectInfo, Storage
+from backup_tasks.storage.forward import Wrapper
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
@@ -90,7 +93,7 @@ class _ThrottledReader(io.RawIOBase):
         return self._source.tell()
 
 
-class ThrottledStorage:
+class ThrottledStorage(Wrapper):
     """``inner`` with puts limited to ``rate`` bytes per second (shared by all puts of this tier)."""
 
     def __init__(self, inner: Storage, rate: int, **bucket_kw) -> None:
@@ -119,7 +122,3 @@ class ThrottledStorage:
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
-
-    def __getattr__(self, name: str):
-        # Tier-specific extras (S3's locked_until, abort_stale_uploads) stay reachable.
-        return getattr(self.inner, name)

@@ -1,0 +1,89 @@
+"""Powers some tiers have beyond the five operations of ``Storage``, each a small protocol.
+
+A caller asks ``isinstance(storage, ObjectLock)`` and uses what it finds; it never
+compares a tier's kind or unwraps a wrapper to look inside. The retry and throttle
+wrappers have exactly the capabilities of the storage they wrap (``storage.forward``),
+so the question gets the same answer through them.
+
+    Probe          every kind: is the tier usable right now (GET /health)
+    DiskSpace      local and external: mount state and free space (the watchdog)
+    ObjectLock     s3 with ``object_lock``: until when a key cannot be deleted
+    StaleUploads   s3: abort uploads that were started and never finished
+    RefusalAlerts  external: tells a callback each time it refuses a write
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Protocol, runtime_checkable
+
+#: ``alert(message, remedy, detail)``: how a tier tells a higher layer that it refused a
+#: write; ``detail`` holds at least ``tier``, ``path``, ``key`` and ``reason``.
+Alert = Callable[[str, str, dict], None]
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """Bytes of the filesystem that holds a tier: all of it, and what the worker may still use."""
+
+    total: int
+    free: int
+
+
+@dataclass(frozen=True)
+class DiskState:
+    """What the disk under a tier looks like now.
+
+    ``mounted`` is None when the tier expects no mount of its own (a local tier);
+    ``usage`` is None when the filesystem could not be measured.
+    """
+
+    mounted: bool | None
+    usage: DiskUsage | None
+
+
+@runtime_checkable
+class Probe(Protocol):
+    def probe(self, timeout: float) -> str:
+        """Check, without writing anything, that the tier could be used now; return what was seen.
+
+        Raises a BackupError saying what is wrong otherwise. Never retried: a probe
+        reports what is true now. ``timeout`` bounds a network call; local checks ignore it.
+        """
+        ...
+
+
+@runtime_checkable
+class DiskSpace(Protocol):
+    def disk_state(self) -> DiskState:
+        """Mount state and free space of the filesystem this tier writes to."""
+        ...
+
+
+@runtime_checkable
+class ObjectLock(Protocol):
+    def locked_until(self, key: str) -> datetime | None:
+        """When the lock on ``key`` ends if one is still in force, else None (also for a missing key)."""
+        ...
+
+
+@runtime_checkable
+class StaleUploads(Protocol):
+    def abort_stale_uploads(self, older_than: datetime, *, dry_run: bool = False) -> list[str]:
+        """Abort uploads started before ``older_than`` and never finished; return their keys.
+
+        With ``dry_run`` nothing is aborted and the keys that would be are returned.
+        """
+        ...
+
+
+@runtime_checkable
+class RefusalAlerts(Protocol):
+    def alert_refusals_to(self, alert: Alert | None) -> None:
+        """Call ``alert`` each time a write is refused, before the refusal is raised."""
+        ...
+
+
+#: every capability a wrapper may have to forward, in the order ``forward`` names them
+CAPABILITIES: tuple[type, ...] = (Probe, DiskSpace, ObjectLock, StaleUploads, RefusalAlerts)
