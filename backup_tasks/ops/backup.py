@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from backup_tasks.policy import anomaly
+from backup_tasks.defaults import STAGES
 from backup_tasks.records import attachments, events, manifest
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
@@ -31,6 +32,8 @@ from backup_tasks.stages import encrypt as encrypt_stage
 from backup_tasks.stages.digest import HashingWriter
 
 BACKUP_TYPES = ("full", "incremental", "differential")
+#: the stage a committed upload hands its run to, in the chain's order (``defaults.STAGES``)
+AFTER_UPLOAD = STAGES[STAGES.index("upload") + 1]
 
 
 def new_backup_id(target: str, now: datetime | None = None) -> str:
@@ -256,7 +259,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         # marks it failed (staging removed, chain.failed emitted) if the retries run out.
         rt.catalog.record_partial_upload(backup_id, doc, locations, summary=manifest.summary(doc))
         raise failures[0]
-    rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+    rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc), next_stage=AFTER_UPLOAD)
     anomaly.check_after_upload(rt, backup_id)  # size far off the target's median: alert (never raises)
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
@@ -306,7 +309,7 @@ def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:
         # that lost track of its ack) must not turn a verified backup back into "uploaded".
         if row.status == Status.RUNNING:
             locations = [Location(tier=l["tier"], key=l["key"], size=doc["stored"]["size"]) for l in doc["locations"]]
-            rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+            rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc), next_stage=AFTER_UPLOAD)
         cleanup_staging(rt, backup_id)
     return doc
 
