@@ -274,7 +274,7 @@ def _attachments(run_dir: Path) -> dict:
 def _stage_seconds(run_dir: Path) -> dict:
     """How long each stage took, from the stage references (a skipped stage has none)."""
     out = {}
-    for stage in ("dump", "compress", "encrypt"):
+    for stage in STAGES[:STAGES.index("upload")]:
         path = run_dir / f"{stage}.json"
         seconds = json.loads(path.read_text()).get("seconds") if path.exists() else None
         if seconds is not None:
