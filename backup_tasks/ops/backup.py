@@ -21,7 +21,7 @@ from typing import Callable
 
 from backup_tasks.policy import anomaly
 from backup_tasks.defaults import STAGES
-from backup_tasks.records import attachments, events, manifest
+from backup_tasks.records import attachments, events, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
 from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
@@ -229,9 +229,8 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         etags[tier.name] = info.etag
     if not locations:
         raise failures[0]
-    doc = manifest.sign({
-        "format": manifest.FORMAT,
-        "backup_id": backup_id,
+    # Only beside a complete artifact: the manifest is the commit marker.
+    doc = markers.write(manifest.MANIFEST_NAME, {
         "target": target.name,
         "kind": target.kind,
         "type": ref.get("type", "full"),
@@ -250,10 +249,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         "source": report,
         **_attachments(run_dir),
         "timings": {**_stage_seconds(run_dir), "upload": round(time.monotonic() - upload_started, 3)},
-    }, rt.signer)
-    body = manifest.dumps(doc)
-    for loc in locations:  # only beside a complete artifact: the manifest is the commit marker
-        rt.storage(loc.tier).put(manifest.manifest_key(target.name, backup_id), _bytes_reader(body))
+    }, target=target.name, backup_id=backup_id, tiers=[l.tier for l in locations], signer=rt.signer, storage=rt.storage)
     if failures:
         # The committed copies are recorded; the run stays running for a retry, and pipeline.fail
         # marks it failed (staging removed, chain.failed emitted) if the retries run out.
@@ -286,12 +282,6 @@ def _key_id(recipient: str) -> str:
     from backup_tasks.records.keys import key_id
 
     return key_id(recipient)
-
-
-def _bytes_reader(data: bytes):
-    import io
-
-    return io.BytesIO(data)
 
 
 def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:
