@@ -88,11 +88,12 @@ GLOBAL_JOBS = {
 RUN_LOCK_TTL = 900
 RUN_LOCK_PREFIX = "backup_tasks:lock:target:"
 
+#: the chain's stages in the order a run goes through them; the only place that order is written
+STAGES = ("dump", "compress", "encrypt", "upload", "verify")
 #: stage time limits in seconds. The soft limit raises inside the stage (the run fails
 #: with a message naming the limit); the hard limit kills the worker process. Every hard
 #: limit must stay below BROKER_VISIBILITY_TIMEOUT. Settings: ``stage_soft_time_limits``
 #: and ``stage_hard_time_limits`` (tables by stage name).
-STAGES = ("dump", "compress", "encrypt", "upload", "verify")
 STAGE_SOFT_TIME_LIMIT = 5 * 3600
 STAGE_HARD_TIME_LIMIT = 5 * 3600 + 1800
 

@@ -50,7 +50,7 @@ def simulate_night(rt, seed: dict, when: datetime, *, verified: bool = True) -> 
     for tier in tiers:
         rt.storage(tier).put(manifest.manifest_key(target, backup_id), io.BytesIO(manifest.dumps(doc)))
     rt.catalog.record_upload(backup_id, doc, [Location(t, key, len(seed["artifact"])) for t in tiers],
-                             summary=manifest.summary(doc))
+                             summary=manifest.summary(doc), next_stage="verify")
     if verified:
         at = when + timedelta(minutes=5)
         marker = manifest.sign({"format": manifest.FORMAT, "backup_id": backup_id, "verified_at": manifest.iso(at),

@@ -10,7 +10,9 @@ import stat
 import pytest
 
 from backup_tasks import client
-from backup_tasks.records import keys
+from backup_tasks.ops.rebuild import rebuild_catalog
+from backup_tasks.ops.verify import verify_backup
+from backup_tasks.records import keys, manifest
 from backup_tasks.records.catalog import Status
 from conftest import run_cli, write_config
 from test_sqlite_backup import make_app_db
@@ -189,3 +191,23 @@ def test_a_backup_whose_verify_cannot_decrypt_stays_uploaded_and_wait_says_why(t
     assert [e.kind for e in rt.catalog.events(backup_id=run.id)] == ["verify.incomplete"]
     done = run_cli("backup", "app-sqlite", "--wait", "--json", config=cfg, env=wrong_identity)
     assert done.returncode == 1 and json.loads(done.stdout)["status"] == "uploaded"
+
+
+def test_a_rebuilt_backup_without_its_verified_marker_waits_for_verify_which_signs_it_again(tmp_path, make_config, runtime_for):
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "f").write_text("x")
+    rt = runtime_for(make_config(f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\n'))
+    proven, unproven = (client.enqueue_backup("t", rt=rt).wait() for _ in range(2))
+    marker = rt.storage("local").inner.root / manifest.verified_key("t", unproven["id"])
+    marker.unlink()  # as if the verify's marker never reached storage
+    rebuilt = rebuild_catalog(rt)
+    assert rebuilt["backups"] == 2 and rebuilt["verified"] == 1
+    assert (rt.catalog.get(proven["id"]).status, rt.catalog.get(proven["id"]).stage) == (Status.VERIFIED, "done")
+    row = rt.catalog.get(unproven["id"])
+    assert (row.status, row.stage, row.verified_at) == (Status.UPLOADED, "verify", None)  # the stage after upload
+    verify_backup(rt, unproven["id"])
+    assert rt.catalog.get(unproven["id"]).status == Status.VERIFIED
+    signed = manifest.parse(marker.read_bytes(), backup_id=unproven["id"])
+    manifest.check_signature(signed, rt.verifier, backup_id=unproven["id"])
+    assert signed["checks"]["locations_checked"] == 1 and rebuild_catalog(rt)["verified"] == 2

@@ -77,8 +77,11 @@ def stored(catalog: Catalog, backup_id: str, size: int, *, partial: bool = False
     doc = {"target": "shop", "kind": "sqlite", "type": "full", "host": "app01", "parent": None,
            "created_at": row.created_at.isoformat(), "finished_at": row.created_at.isoformat(),
            "plaintext": {"size": size}, "stored": {"size": size, "sha256": "0" * 64}}
-    record = catalog.record_partial_upload if partial else catalog.record_upload
-    record(backup_id, doc, [Location("local", f"shop/{backup_id}/data", size)], summary={})
+    locations = [Location("local", f"shop/{backup_id}/data", size)]
+    if partial:
+        catalog.record_partial_upload(backup_id, doc, locations, summary={})
+    else:
+        catalog.record_upload(backup_id, doc, locations, summary={}, next_stage="verify")
 
 
 def test_failed_runs_removed_by_retention_stay_out_of_the_usual_size(tmp_path):

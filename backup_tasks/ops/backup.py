@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from backup_tasks.policy import anomaly
-from backup_tasks.records import attachments, events, manifest
+from backup_tasks.defaults import STAGES
+from backup_tasks.records import attachments, events, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
 from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
@@ -31,6 +32,8 @@ from backup_tasks.stages import encrypt as encrypt_stage
 from backup_tasks.stages.digest import HashingWriter
 
 BACKUP_TYPES = ("full", "incremental", "differential")
+#: the stage a committed upload hands its run to, in the chain's order (``defaults.STAGES``)
+AFTER_UPLOAD = STAGES[STAGES.index("upload") + 1]
 
 
 def new_backup_id(target: str, now: datetime | None = None) -> str:
@@ -226,9 +229,8 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         etags[tier.name] = info.etag
     if not locations:
         raise failures[0]
-    doc = manifest.sign({
-        "format": manifest.FORMAT,
-        "backup_id": backup_id,
+    # Only beside a complete artifact: the manifest is the commit marker.
+    doc = markers.write(manifest.MANIFEST_NAME, {
         "target": target.name,
         "kind": target.kind,
         "type": ref.get("type", "full"),
@@ -247,16 +249,13 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         "source": report,
         **_attachments(run_dir),
         "timings": {**_stage_seconds(run_dir), "upload": round(time.monotonic() - upload_started, 3)},
-    }, rt.signer)
-    body = manifest.dumps(doc)
-    for loc in locations:  # only beside a complete artifact: the manifest is the commit marker
-        rt.storage(loc.tier).put(manifest.manifest_key(target.name, backup_id), _bytes_reader(body))
+    }, target=target.name, backup_id=backup_id, tiers=[l.tier for l in locations], signer=rt.signer, storage=rt.storage)
     if failures:
         # The committed copies are recorded; the run stays running for a retry, and pipeline.fail
         # marks it failed (staging removed, chain.failed emitted) if the retries run out.
         rt.catalog.record_partial_upload(backup_id, doc, locations, summary=manifest.summary(doc))
         raise failures[0]
-    rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+    rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc), next_stage=AFTER_UPLOAD)
     anomaly.check_after_upload(rt, backup_id)  # size far off the target's median: alert (never raises)
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
@@ -271,7 +270,7 @@ def _attachments(run_dir: Path) -> dict:
 def _stage_seconds(run_dir: Path) -> dict:
     """How long each stage took, from the stage references (a skipped stage has none)."""
     out = {}
-    for stage in ("dump", "compress", "encrypt"):
+    for stage in STAGES[:STAGES.index("upload")]:
         path = run_dir / f"{stage}.json"
         seconds = json.loads(path.read_text()).get("seconds") if path.exists() else None
         if seconds is not None:
@@ -283,12 +282,6 @@ def _key_id(recipient: str) -> str:
     from backup_tasks.records.keys import key_id
 
     return key_id(recipient)
-
-
-def _bytes_reader(data: bytes):
-    import io
-
-    return io.BytesIO(data)
 
 
 def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:
@@ -306,7 +299,7 @@ def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:
         # that lost track of its ack) must not turn a verified backup back into "uploaded".
         if row.status == Status.RUNNING:
             locations = [Location(tier=l["tier"], key=l["key"], size=doc["stored"]["size"]) for l in doc["locations"]]
-            rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc))
+            rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc), next_stage=AFTER_UPLOAD)
         cleanup_staging(rt, backup_id)
     return doc
 

@@ -21,7 +21,6 @@ plaintext sha256 are all checked, so a tampered artifact fails the drill.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import secrets
@@ -31,7 +30,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from backup_tasks.records import audit, events, manifest
+from backup_tasks.records import audit, events, manifest, markers
 from backup_tasks import credentials
 from backup_tasks.sources.db import dsn
 from backup_tasks.ops import readback
@@ -171,12 +170,10 @@ def _write_marker(rt: Runtime, target: str, backup_id: str, details: dict, resto
     Writing it never fails the drill, which did pass.
     """
     try:
-        doc = manifest.sign({"format": manifest.FORMAT, "backup_id": backup_id, "target": target, "drilled_at": manifest.iso(manifest.now()),
-                             "restore_seconds": restore_seconds, "server": details.get("server"),
-                             "tables": details.get("tables"), "checks": len(details.get("checks", []))}, rt.signer)
-        body = manifest.dumps(doc)
-        for loc in rt.catalog.get(backup_id).locations:
-            rt.storage(loc.tier).put(manifest.drilled_key(target, backup_id), io.BytesIO(body))
+        fields = {"target": target, "drilled_at": manifest.iso(manifest.now()), "restore_seconds": restore_seconds,
+                  "server": details.get("server"), "tables": details.get("tables"), "checks": len(details.get("checks", []))}
+        markers.write(manifest.DRILLED_NAME, fields, target=target, backup_id=backup_id, signer=rt.signer, storage=rt.storage,
+                      tiers=[loc.tier for loc in rt.catalog.get(backup_id).locations])
     except Exception as exc:  # noqa: BLE001 - see docstring
         log.warning("drill of %s passed, but drilled.json was not written: %s", backup_id, exc)
         details.setdefault("notes", []).append(f"drilled.json not written ({type(exc).__name__}): a rebuilt catalog will not know this drill")

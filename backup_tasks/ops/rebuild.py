@@ -9,6 +9,7 @@ from __future__ import annotations
 from backup_tasks.records import manifest
 from backup_tasks.records.catalog import Location
 from backup_tasks.errors import BackupError, ObjectNotFound
+from backup_tasks.ops.backup import AFTER_UPLOAD
 from backup_tasks.ops.runtime import Runtime
 
 
@@ -42,7 +43,7 @@ def rebuild_catalog(rt: Runtime) -> dict:
                 found[backup_id] = (entry[0], entry[1], _marker(rt, storage, doc, manifest.verified_key))
             if backup_id not in drilled and (marker := _marker(rt, storage, doc, manifest.drilled_key)):
                 drilled[backup_id] = marker
-    count = rt.catalog.replace_backups(list(found.values()))
+    count = rt.catalog.replace_backups(list(found.values()), next_stage=AFTER_UPLOAD)
     drills = rt.catalog.restore_passed_drills(list(drilled.values()))
     return {
         "tiers": list(rt.config.tiers),

@@ -8,7 +8,6 @@ listing and per-file sha256), and the plaintext sha256.
 
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 import tempfile
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 from backup_tasks import alerting
-from backup_tasks.records import attachments, events, keys, manifest
+from backup_tasks.records import attachments, events, keys, manifest, markers
 from backup_tasks.ops import readback
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.errors import BackupError, ConfigError, VerificationFailed
@@ -143,8 +142,5 @@ def _write_marker(rt: Runtime, row, result: dict, at) -> None:
         log.warning("backup %s verified, but no verified.json marker written: %s", row.id, exc)
         result.setdefault("notes", []).append("no signing key on this host: verified.json not written")
         return
-    marker = manifest.sign({"format": manifest.FORMAT, "backup_id": row.id, "verified_at": manifest.iso(at),
-                            "checks": {k: v for k, v in result.items() if k != "notes"}}, signer)
-    body = manifest.dumps(marker)
-    for loc in row.locations:
-        rt.storage(loc.tier).put(manifest.verified_key(row.target, row.id), io.BytesIO(body))
+    markers.write(manifest.VERIFIED_NAME, {"verified_at": manifest.iso(at), "checks": {k: v for k, v in result.items() if k != "notes"}},
+                  target=row.target, backup_id=row.id, tiers=[loc.tier for loc in row.locations], signer=signer, storage=rt.storage)

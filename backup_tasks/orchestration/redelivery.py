@@ -24,14 +24,13 @@ import logging
 import os
 from typing import Iterator
 
-from backup_tasks.records.catalog import Status
+from backup_tasks.defaults import STAGES
+from backup_tasks.records.catalog import QUEUED, Status
 
 log = logging.getLogger(__name__)
 
-#: the stage a run's row has between its recording and the chain's first stage
-QUEUED = "queued"
-#: the order a run's row goes through its stages
-ORDER = (QUEUED, "dump", "compress", "encrypt", "upload", "verify")
+#: the order a run's row goes through its stages: recorded, then the chain's
+ORDER = (QUEUED, *STAGES)
 
 
 class RunAlreadyUnderWay(Exception):

@@ -24,7 +24,7 @@ from celery.result import allow_join_result
 from backup_tasks.orchestration import config_reload, redelivery, routing, run_lock, task_progress
 from backup_tasks.ops import backup
 from backup_tasks.orchestration.celery_app import app
-from backup_tasks.defaults import TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
+from backup_tasks.defaults import STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
 from backup_tasks.ops.verify import verify_backup
 
@@ -81,25 +81,22 @@ class StageTask(Task):
 
 
 def chain_for(rt, target, ref: dict):
-    """dump → compress → encrypt → upload on the target's host queue, then verify.
+    """The run's stages in the chain's order (``defaults.STAGES``): each on the target's host queue, but verify.
 
+    The first stage takes the start's reference, each later one its predecessor's result.
     Each signature carries its stage's time limits and, for Flower, the target name as
     its only argument (``argsrepr``) with the run id beside it.
     """
-    host = target.queue
     shown = {"argsrepr": repr((target.name,)), "kwargsrepr": repr({"run": ref["backup_id"]})}
 
-    def limits(stage: str) -> dict:
+    def signature(n: int, stage: str):
+        task = app.tasks[f"backup.{stage}"]
         soft, hard = rt.settings.time_limits(stage)
-        return {"soft_time_limit": soft, "time_limit": hard}
+        # verify reads the stored copies, not the host's staging files: any verify worker may take it
+        queue = routing.VERIFY_QUEUE if stage == "verify" else target.queue
+        return (task.s() if n else task.si(ref)).set(queue=queue, soft_time_limit=soft, time_limit=hard, **shown)
 
-    return chain(
-        dump.si(ref).set(queue=host, **limits("dump"), **shown),
-        compress.s().set(queue=host, **limits("compress"), **shown),
-        encrypt.s().set(queue=host, **limits("encrypt"), **shown),
-        upload.s().set(queue=host, **limits("upload"), **shown),
-        verify.s().set(queue=routing.VERIFY_QUEUE, **limits("verify"), **shown),
-    )
+    return chain(*(signature(n, stage) for n, stage in enumerate(STAGES)))
 
 
 @app.task(bind=True, base=StageTask, name="backup.start")
