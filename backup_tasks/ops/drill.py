@@ -115,7 +115,7 @@ def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, act
     step = "select"
     failure: _Failed | None = None
     unexpected: BaseException | None = None
-    workdir = Path(tempfile.mkdtemp(prefix=f"drill-{target.name}-", dir=_scratch(rt)))
+    workdir = Path(tempfile.mkdtemp(prefix=f"drill-{target.name}-", dir=rt.staging_root()))
     try:
         if backup_id is None:
             raise _Failed("select", f"target '{target.name}' has no verified backup to drill")
@@ -266,12 +266,6 @@ def _sweep(source, server, target: str, now: datetime, timeout_seconds: float) -
             source.drop_database(server, name)
             dropped.append(name)
     return dropped
-
-
-def _scratch(rt: Runtime) -> Path:
-    root = Path(rt.settings.staging_dir)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return root
 
 
 def history(rt: Runtime, target: str | None = None) -> list[dict]:

@@ -218,16 +218,10 @@ def mail(rt, now: datetime | None = None) -> dict:
         kind="report", level="info" if not summary["at_risk"] else "warning",
         title=f"DR readiness report: {summary['ready']} of {summary['targets']} targets ready",
         what="", next_step="", at=now)
-    with tempfile.TemporaryDirectory(prefix="report-", dir=_scratch(rt)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="report-", dir=rt.staging_root()) as tmp:
         page = Path(tmp) / f"dr-report-{now:%Y-%m-%d}.html"
         page.write_text(html, encoding="utf-8")
         delivery = alerting.send(alert, urls, settings=rt.settings, config=rt.config, catalog=rt.catalog,
                                  html_body=html, attachments=[page], rate_limit=False)
     return {"sent": delivery.sent, "channels": [{"channel": c.channel, "ok": c.ok} for c in delivery.channels],
             "summary": summary, "generated_at": data["generated_at"]}
-
-
-def _scratch(rt) -> Path:
-    root = Path(rt.settings.staging_dir)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return root
