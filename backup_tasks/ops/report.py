@@ -86,15 +86,9 @@ def render_html(rt, data: dict, now: datetime | None = None) -> str:
     return env.get_template(TEMPLATE).render(report=data, plots=plots(runs, names, data["window_days"]))
 
 
-def write_html(rt, path: str | os.PathLike, now: datetime | None = None) -> dict:
-    """Build and write the HTML report; returns the report data."""
-    data = build(rt, now)
-    html = render_html(rt, data, now)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
-    return data
+def write_html(rt, data: dict, path: str | os.PathLike, now: datetime | None = None) -> None:
+    """Write the page for ``data`` to ``path`` (``backupctl report --html``); OSError if it cannot."""
+    Path(path).write_text(render_html(rt, data, now), encoding="utf-8")
 
 
 def plots(runs, targets: list[str], days: int) -> dict[str, str]:
