@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -59,6 +60,15 @@ def test_the_global_jobs_run_at_their_times_on_their_queues(tmp_path, session_ke
     assert route("backup.verify_pending", (), {}, {}) == {"queue": "verify"}
     assert route("backup.watchdog", (), {}, {}) == {"queue": "maintenance"}
     assert route("backup.drill", ("db",), {}, {}) == {"queue": "drill"}
+
+
+def test_a_backup_goes_to_its_hosts_queue_and_an_unknown_target_to_maintenance(tmp_path, session_keys, runtime_for, caplog):
+    runtime_for(write_config(tmp_path / "t.toml", session_keys, targets=TARGETS))
+    assert route("backup.start", ("db", "full"), {}, {}) == {"queue": "host.db01"}
+    assert route("backup.start", (), {"target": "uploads"}, {}) == {"queue": "host.app01"}
+    with caplog.at_level(logging.WARNING, logger="backup_tasks.orchestration.routing"):
+        assert route("backup.start", ("nope",), {}, {}) == {"queue": "maintenance"}  # the start task then fails the run
+    assert "unknown target 'nope'" in caplog.text
 
 
 @pytest.mark.parametrize("expr, message", [
