@@ -121,13 +121,18 @@ def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settin
 
 
 def disk_usage(path: str) -> DiskUsage | None:
-    """Free and total bytes of the filesystem that holds (or would hold) ``path``."""
+    """Free and total bytes of the filesystem that holds (or would hold) ``path``.
+
+    None when the filesystem cannot be asked (no search permission on the way to it):
+    the tier's low-space check is then skipped this round, and the log says why.
+    """
     probe = Path(path)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
         st = os.statvfs(probe)
-    except OSError:
+    except OSError as exc:
+        log.warning("watchdog: cannot read the free space of %s (%s); its low-space check is skipped", probe, exc.strerror or exc)
         return None
     return DiskUsage(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize)
 
