@@ -10,8 +10,8 @@ and then compares, exactly:
 
 It records the drill in the catalog (result, details, and the measured restore time
 as RTO evidence), emits a ``drill.failed`` event when anything failed, and always drops
-the temporary database: in ``finally``, on failure and on timeout. A worker killed
-outright cannot run ``finally``, so every drill first sweeps this target's leftover
+the temporary database: after a pass, a failure, a timeout or a bug alike. A worker
+killed outright cannot clean up, so every drill first sweeps this target's leftover
 drill databases that are older than the drill timeout.
 
 The restore uses the same source primitives as ``backupctl restore --to-database``,
@@ -36,15 +36,13 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from backup_tasks.records import audit, events, manifest
 from backup_tasks import credentials
+from backup_tasks.config import Target
 from backup_tasks.sources.db import dsn
 from backup_tasks.ops import readback
 from backup_tasks.records.catalog import DrillResult, Status
-from backup_tasks.errors import BackupError, ConfigError, InputError
+from backup_tasks.errors import BackupError, ConfigError, DeadlineExceeded, DrillFailed, InputError
 from backup_tasks.ops.runtime import Runtime
-from backup_tasks.sources.base import source_for
-from backup_tasks.config import Target
-from backup_tasks.errors import DeadlineExceeded, DrillFailed
-from backup_tasks.sources.base import DatabaseSource
+from backup_tasks.sources.base import DatabaseSource, source_for
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +183,7 @@ class _Drill:
             action()
 
     def stopped_by(self, exc: BaseException) -> DrillFailed:
-        """The failure of the step ``exc`` stopped; running out of time is the step 'timeout'."""
+        """The failure of the step ``exc`` stopped (running out of time is the step 'timeout'); notes its type."""
         self.details["error_type"] = type(exc).__name__
         message = str(exc) if isinstance(exc, BackupError) else f"{type(exc).__name__}: {exc}"
         return _failed("timeout" if isinstance(exc, _TIME_LIMITS) else self.step, message)
