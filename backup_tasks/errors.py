@@ -9,12 +9,14 @@
     │   └── ServiceUnavailable       exit 3  broker, catalog or storage cannot be reached
     └── PermanentError               fail fast and alert
         ├── SourceError              the dump of a target failed
+        ├── DeadlineExceeded         a database tool ran past its deadline and was stopped
         ├── StorageError             a tier refused an operation
         │   ├── ObjectNotFound
         │   ├── ObjectLocked         Object Lock forbids deleting it before its retain-until
         │   └── TierUnavailable      a tier refused to write (mount missing, too little free space)
         ├── KeyMissing               no identity for the key ids an artifact was encrypted to
-        └── VerificationFailed       a stored backup is not what its manifest says
+        ├── VerificationFailed       a stored backup is not what its manifest says
+        └── DrillFailed              a restore drill failed at a named step
 
 A message says what failed; ``remedy`` says what to do. Neither ever carries a secret:
 callers pass names and references, never resolved credentials. A traceback is shown
@@ -91,6 +93,10 @@ class SourceError(PermanentError):
     """The source could not be read consistently."""
 
 
+class DeadlineExceeded(PermanentError):
+    """A database tool ran past its deadline and was killed; a drill counts this as its time-out."""
+
+
 class StorageError(PermanentError):
     """A storage tier refused or failed an operation."""
 
@@ -124,6 +130,21 @@ class VerificationFailed(PermanentError):
         return (_rebuild_check, (self.__class__, self.message, self.remedy, self.check))
 
 
+class DrillFailed(PermanentError):
+    """A restore drill failed at ``step`` (select, connect, restore, compare, checks, timeout, cleanup).
+
+    The drill records it and emits it as an event; it is a result of the drill, so
+    ``run_drill`` returns rather than raises it.
+    """
+
+    def __init__(self, message: str, remedy: str = "", *, step: str = "") -> None:
+        super().__init__(message, remedy)
+        self.step = step
+
+    def __reduce__(self):
+        return (_rebuild_step, (self.__class__, self.message, self.remedy, self.step))
+
+
 def _rebuild(cls, message, remedy):
     err = cls.__new__(cls)
     BackupError.__init__(err, message, remedy)
@@ -133,3 +154,7 @@ def _rebuild(cls, message, remedy):
 
 def _rebuild_check(cls, message, remedy, check):
     return cls(message, remedy, check=check)
+
+
+def _rebuild_step(cls, message, remedy, step):
+    return cls(message, remedy, step=step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 import beat_schedule
 from backup_tasks import config
 from backup_tasks.errors import ConfigError, InputError
+from backup_tasks.orchestration import config_reload
 from backup_tasks.orchestration.routing import route
 from conftest import write_config
 from workers.launch import argv_for, concurrency_for, queues_for
@@ -59,6 +61,33 @@ def test_the_global_jobs_run_at_their_times_on_their_queues(tmp_path, session_ke
     assert route("backup.verify_pending", (), {}, {}) == {"queue": "verify"}
     assert route("backup.watchdog", (), {}, {}) == {"queue": "maintenance"}
     assert route("backup.drill", ("db",), {}, {}) == {"queue": "drill"}
+
+
+def test_a_backup_goes_to_its_hosts_queue_and_an_unknown_target_to_maintenance(tmp_path, session_keys, runtime_for, caplog):
+    runtime_for(write_config(tmp_path / "t.toml", session_keys, targets=TARGETS))
+    assert route("backup.start", ("db", "full"), {}, {}) == {"queue": "host.db01"}
+    assert route("backup.start", (), {"target": "uploads"}, {}) == {"queue": "host.app01"}
+    with caplog.at_level(logging.WARNING, logger="backup_tasks.orchestration.routing"):
+        assert route("backup.start", ("nope",), {}, {}) == {"queue": "maintenance"}  # the start task then fails the run
+    assert "unknown target 'nope'" in caplog.text
+
+
+def test_a_worker_keeps_its_targets_while_the_file_is_gone_and_reloads_it_when_it_is_back(tmp_path, session_keys, runtime_for,
+                                                                                          monkeypatch, caplog):
+    path = write_config(tmp_path / "t.toml", session_keys, targets=TARGETS)
+    monkeypatch.setenv("BACKUP_CONFIG", str(path))  # what a worker runs on
+    runtime_for(path)
+    rt = config_reload.fresh()
+    assert config_reload.fresh() is rt
+    text = path.read_text()
+    path.unlink()  # e.g. the share holding it is unmounted
+    with caplog.at_level(logging.WARNING, logger="backup_tasks.orchestration.config_reload"):
+        assert config_reload.fresh() is rt and config_reload.fresh() is rt
+    assert [r.getMessage() for r in caplog.records].count(
+        f"the targets file {path} cannot be read (No such file or directory); keeping the configuration in force") == 1
+    path.write_text(text + '[targets.added]\nkind = "files"\nhost = "app01"\npaths = ["/srv/added"]\n')
+    back = config_reload.fresh()
+    assert back is not rt and "added" in back.config.targets
 
 
 @pytest.mark.parametrize("expr, message", [

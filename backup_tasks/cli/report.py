@@ -29,9 +29,7 @@ def report(ctx: Context, html_file, days, mail):
     data = report_mod.build(rt, days=days)
     if html_file:
         try:
-            html = report_mod.render_html(rt, data)
-            with open(html_file, "w", encoding="utf-8") as fh:
-                fh.write(html)
+            report_mod.write_html(rt, data, html_file)
         except OSError as exc:
             raise InputError(f"cannot write the report to {html_file}: {exc.strerror}", "choose a writable path for --html") from None
         data["html"] = str(html_file)

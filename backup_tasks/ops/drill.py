@@ -10,8 +10,8 @@ and then compares, exactly:
 
 It records the drill in the catalog (result, details, and the measured restore time
 as RTO evidence), emits a ``drill.failed`` event when anything failed, and always drops
-the temporary database: in ``finally``, on failure and on timeout. A worker killed
-outright cannot run ``finally``, so every drill first sweeps this target's leftover
+the temporary database: after a pass, a failure, a timeout or a bug alike. A worker
+killed outright cannot clean up, so every drill first sweeps this target's leftover
 drill databases that are older than the drill timeout.
 
 The restore uses the same source primitives as ``backupctl restore --to-database``,
@@ -27,17 +27,20 @@ import secrets
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
 from backup_tasks.records import audit, events, manifest, markers
-from backup_tasks import credentials
+from backup_tasks.config import Target
 from backup_tasks.sources.db import dsn
 from backup_tasks.ops import readback
 from backup_tasks.records.catalog import DrillResult, Status
-from backup_tasks.errors import BackupError, ConfigError, InputError
+from backup_tasks.errors import BackupError, DeadlineExceeded, DrillFailed
 from backup_tasks.ops.runtime import Runtime
-from backup_tasks.sources.base import source_for
+from backup_tasks.sources.base import Source, source_for
 from backup_tasks.config.drill import drill_spec
 
 log = logging.getLogger(__name__)
@@ -57,109 +60,186 @@ def _started(name: str, target: str) -> datetime | None:
     return datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc) if match else None
 
 
-class _Failed(Exception):
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(message)
-        self.step = step
 
 
 def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, actor: str = audit.BEAT) -> dict:
-    """Run one drill for ``target_name``; returns the recorded drill (never raises for a failed drill)."""
-    target = rt.target(target_name)
-    spec = drill_spec(target)
-    source = source_for(target.kind)
-    now = now or manifest.now()
-    latest = rt.catalog.list(target=target.name, status=Status.VERIFIED, limit=1)
-    backup_id = latest[0].id if latest else None
-    temp = temp_database_name(target.name, now)
-    server = spec["server"].on(spec["server"].database or source.maintenance_db)
-    details: dict = {"backup_id": backup_id, "server": server.address, "temp_database": temp, "checks": [],
-                     "timeout_seconds": spec["timeout_seconds"]}
-    drill_id = rt.catalog.start_drill(target.name, backup_id, details=details)
-    started = time.monotonic()
-    deadline = started + spec["timeout_seconds"]
-    restore_seconds = None
-    created = False
-    step = "select"
-    failure: _Failed | None = None
+    """Run one drill for ``target_name``; returns the recorded drill.
+
+    A failed drill is a result, not an exception: it is recorded, audited and emitted as
+    ``drill.failed`` with its step's remedy. Whatever stopped the drill, the temporary
+    database is dropped and the drill recorded first; a task time limit or a bug (an
+    error outside the BackupError tree) is then raised again for the worker to see.
+    """
+    drill = _Drill.start(rt, target_name, now or manifest.now())
+    failure: DrillFailed | None = None
     unexpected: BaseException | None = None
-    workdir = Path(tempfile.mkdtemp(prefix=f"drill-{target.name}-", dir=_scratch(rt)))
     try:
-        if backup_id is None:
-            raise _Failed("select", f"target '{target.name}' has no verified backup to drill")
-        step = "connect"
-        server = dsn.with_password(server, spec["password"], where=f"target '{target.name}'", field_name="drill.password")
-        details["swept"] = _sweep(source, server, target.name, now, spec["timeout_seconds"])
-        step = "restore"
-        row = rt.catalog.get(backup_id)
-        found = readback.locate(rt, row)
-        doc = found.doc
-        details["location"] = found.tier
-        restore_started = time.monotonic()
-        source.create_database(server, temp, doc)
-        created = True
-        with readback.plaintext(rt, found) as (stream, stored, plain):
-            source.load(stream, doc, server.on(temp), workdir=workdir, deadline=deadline)
-            plain.drain()
-            stored.drain()
-            readback.check_digests(doc, stored, plain)
-        restore_seconds = round(time.monotonic() - restore_started, 3)
-        details["restore_seconds"] = restore_seconds
-        step = "compare"
-        _compare(details, doc["source"]["tables"], source.table_counts(server.on(temp)))
-        step = "checks"
-        for sql in spec["checks"]:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _Failed("timeout", f"the drill ran past its {spec['timeout_seconds']:.0f}s limit before the health checks finished")
-            value = source.health_check(server.on(temp), sql, timeout_seconds=remaining)
-            passed = _is_true(value)
-            details["checks"].append({"sql": sql, "value": _jsonable(value), "passed": passed})
-        bad = [c for c in details["checks"] if not c["passed"]]
-        if bad:
-            raise _Failed("checks", f"{len(bad)} health check(s) did not return true: {bad[0]['sql']!r} gave {bad[0]['value']!r}")
-    except _Failed as exc:
+        drill.run()
+    except DrillFailed as exc:
         failure = exc
     except BackupError as exc:
-        kind = "timeout" if type(exc).__name__ == "DeadlineExceeded" else step
-        failure = _Failed(kind, str(exc))
-        details["error_type"] = type(exc).__name__
-    except BaseException as exc:  # noqa: BLE001 - a time limit or a bug: record the failed drill, clean up, re-raise
-        failure = _Failed("timeout" if type(exc).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded") else step,
-                          f"{type(exc).__name__}: {exc}")
-        details["error_type"] = type(exc).__name__
+        failure = drill.stopped_by(exc)
+    except BaseException as exc:  # noqa: BLE001 - a time limit or a bug: recorded as the drill's failure below, then re-raised
+        failure = drill.stopped_by(exc)
         unexpected = exc
-    finally:
-        if created:
+    failure = drill.clean_up(failure)
+    result = drill.record(failure, actor)
+    if unexpected is not None:
+        raise unexpected
+    return result
+
+
+#: what stops a drill for taking too long: a database tool past the drill's deadline, or
+#: the Celery task's own soft (or hard) time limit
+_TIME_LIMITS = (DeadlineExceeded, SoftTimeLimitExceeded, TimeLimitExceeded)
+
+
+def _failed(step: str, message: str) -> DrillFailed:
+    return DrillFailed(message, _remedy(step), step=step)
+
+
+@dataclass
+class _Drill:
+    """One drill on its way through its steps; each step adds what it found to ``details``.
+
+    ``details`` is the drill's record (catalog, ``--json``): its keys appear in the order
+    the steps add them.
+    """
+
+    rt: Runtime
+    target: Target
+    spec: dict
+    source: Source  # a database source: it restores into a server
+    #: the drill server, connected to its maintenance database; it gains its password in ``connect``
+    server: dsn.Server
+    temp: str
+    now: datetime
+    backup_id: str | None
+    drill_id: int
+    details: dict
+    started: float
+    step: str = "select"
+    workdir: Path | None = None
+    doc: dict | None = None
+    created: bool = False
+    restore_seconds: float | None = None
+
+    @classmethod
+    def start(cls, rt: Runtime, target_name: str, now: datetime) -> _Drill:
+        """Pick the newest verified backup and record the drill as started (a bad drill config raises here)."""
+        target = rt.target(target_name)
+        spec = drill_spec(target)
+        source = source_for(target.kind)
+        latest = rt.catalog.list(target=target.name, status=Status.VERIFIED, limit=1)
+        backup_id = latest[0].id if latest else None
+        temp = temp_database_name(target.name, now)
+        server = spec["server"].on(spec["server"].database or source.maintenance_db)
+        details: dict = {"backup_id": backup_id, "server": server.address, "temp_database": temp, "checks": [],
+                         "timeout_seconds": spec["timeout_seconds"]}
+        drill_id = rt.catalog.start_drill(target.name, backup_id, details=details)
+        return cls(rt=rt, target=target, spec=spec, source=source, server=server, temp=temp, now=now,
+                   backup_id=backup_id, drill_id=drill_id, details=details, started=time.monotonic())
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.spec["timeout_seconds"]
+
+    def run(self) -> None:
+        """The steps in order; ``step`` names the one running, for the failure that stops it."""
+        for step, action in (("select", self.select), ("connect", self.connect), ("restore", self.restore),
+                             ("compare", self.compare), ("checks", self.checks)):
+            self.step = step
+            action()
+
+    def stopped_by(self, exc: BaseException) -> DrillFailed:
+        """The failure of the step ``exc`` stopped (running out of time is the step 'timeout'); notes its type."""
+        self.details["error_type"] = type(exc).__name__
+        message = str(exc) if isinstance(exc, BackupError) else f"{type(exc).__name__}: {exc}"
+        return _failed("timeout" if isinstance(exc, _TIME_LIMITS) else self.step, message)
+
+    def select(self) -> None:
+        if self.backup_id is None:
+            raise _failed("select", f"target '{self.target.name}' has no verified backup to drill")
+
+    def connect(self) -> None:
+        """Resolve the drill server's password, and drop what killed drills left behind on it."""
+        self.server = dsn.with_password(self.server, self.spec["password"], where=f"target '{self.target.name}'",
+                                        field_name="drill.password")
+        self.details["swept"] = _sweep(self.source, self.server, self.target.name, self.now, self.spec["timeout_seconds"])
+
+    def restore(self) -> None:
+        """Restore into the temporary database through the read-back path, digests checked; timed as RTO evidence."""
+        found = readback.locate(self.rt, self.rt.catalog.get(self.backup_id))
+        self.doc = found.doc
+        self.details["location"] = found.tier
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"drill-{self.target.name}-", dir=self.rt.staging_root()))
+        restore_started = time.monotonic()
+        self.source.create_database(self.server, self.temp, self.doc)
+        self.created = True
+        with readback.plaintext(self.rt, found) as (stream, stored, plain):
+            self.source.load(stream, self.doc, self.server.on(self.temp), workdir=self.workdir, deadline=self.deadline)
+            plain.drain()
+            stored.drain()
+            readback.check_digests(self.doc, stored, plain)
+        self.restore_seconds = round(time.monotonic() - restore_started, 3)
+        self.details["restore_seconds"] = self.restore_seconds
+
+    def compare(self) -> None:
+        _compare(self.details, self.doc["source"]["tables"], self.source.table_counts(self.server.on(self.temp)))
+
+    def checks(self) -> None:
+        """Each health check must return true; they share what is left of the drill's time."""
+        for sql in self.spec["checks"]:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise _failed("timeout", f"the drill ran past its {self.spec['timeout_seconds']:.0f}s limit "
+                                         "before the health checks finished")
+            value = self.source.health_check(self.server.on(self.temp), sql, timeout_seconds=remaining)
+            self.details["checks"].append({"sql": sql, "value": _jsonable(value), "passed": _is_true(value)})
+        bad = [c for c in self.details["checks"] if not c["passed"]]
+        if bad:
+            raise _failed("checks", f"{len(bad)} health check(s) did not return true: {bad[0]['sql']!r} gave {bad[0]['value']!r}")
+
+    def clean_up(self, failure: DrillFailed | None) -> DrillFailed | None:
+        """Drop the temporary database and the scratch directory, whatever happened before.
+
+        A database left behind fails a drill that had passed ('cleanup'): someone must drop it.
+        """
+        if self.created:
             try:
-                source.drop_database(server, temp)
-                details["temp_database_dropped"] = True
-            except Exception as exc:  # noqa: BLE001
-                details["temp_database_dropped"] = False
-                log.exception("drill of %s: could not drop %s on %s", target.name, temp, server.address)
+                self.source.drop_database(self.server, self.temp)
+                self.details["temp_database_dropped"] = True
+            except Exception as exc:  # noqa: BLE001 - logged, and the drill's record must still be written
+                self.details["temp_database_dropped"] = False
+                log.exception("drill of %s: could not drop %s on %s", self.target.name, self.temp, self.server.address)
                 if failure is None:
-                    failure = _Failed("cleanup", f"the temporary database {temp} could not be dropped: {exc}")
+                    failure = _failed("cleanup", f"the temporary database {self.temp} could not be dropped: {exc}")
         else:
-            details["temp_database_dropped"] = True  # never created
-        shutil.rmtree(workdir, ignore_errors=True)
-        details["duration_seconds"] = round(time.monotonic() - started, 3)
+            self.details["temp_database_dropped"] = True  # never created
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return failure
+
+    def record(self, failure: DrillFailed | None, actor: str) -> dict:
+        """Finish the drill in the catalog, audit it, emit ``drill.failed`` if it failed; the drill's result."""
+        rt, name, details = self.rt, self.target.name, self.details
+        details["duration_seconds"] = round(time.monotonic() - self.started, 3)
         result = DrillResult.FAILED if failure else DrillResult.PASSED
         if failure:
             details["failed_step"] = failure.step
-            details["error"] = str(failure)
-        if not failure:
-            _write_marker(rt, target.name, backup_id, details, restore_seconds)
-        rt.catalog.finish_drill(drill_id, result=result, details=details, restore_seconds=restore_seconds)
-        audit.record(rt.catalog, "drill", actor=actor, outcome=str(result), target=target.name, backup_id=backup_id,
-                     detail={"drill_id": drill_id, "restore_seconds": restore_seconds, "failed_step": details.get("failed_step")})
+            details["error"] = failure.message
+        else:
+            _write_marker(rt, name, self.backup_id, details, self.restore_seconds)
+        rt.catalog.finish_drill(self.drill_id, result=result, details=details, restore_seconds=self.restore_seconds)
+        audit.record(rt.catalog, "drill", actor=actor, outcome=str(result), target=name, backup_id=self.backup_id,
+                     detail={"drill_id": self.drill_id, "restore_seconds": self.restore_seconds,
+                             "failed_step": details.get("failed_step")})
         if failure:
-            events.emit(rt.catalog, events.DRILL_FAILED, f"restore drill of target '{target.name}' failed ({failure.step}): {failure}",
-                        target=target.name, host=target.host, backup_id=backup_id, step=failure.step, drill_id=drill_id,
-                        remedy=_remedy(failure.step))
-    if unexpected is not None:
-        raise unexpected
-    return {"drill_id": drill_id, "target": target.name, "backup_id": backup_id, "result": str(result),
-            "restore_seconds": restore_seconds, **details}
+            events.emit(rt.catalog, events.DRILL_FAILED, f"restore drill of target '{name}' failed ({failure.step}): {failure.message}",
+                        target=name, host=self.target.host, backup_id=self.backup_id, step=failure.step,
+                        drill_id=self.drill_id, remedy=failure.remedy)
+        return {"drill_id": self.drill_id, "target": name, "backup_id": self.backup_id, "result": str(result),
+                "restore_seconds": self.restore_seconds, **details}
 
 
 def _write_marker(rt: Runtime, target: str, backup_id: str, details: dict, restore_seconds: float | None) -> None:
@@ -195,7 +275,7 @@ def _compare(details: dict, expected: dict, restored: dict) -> None:
         if differ:
             t = next(iter(differ))
             parts.append(f"row counts differ in {len(differ)} table(s), e.g. {t}: manifest {differ[t]['manifest']}, restored {differ[t]['restored']}")
-        raise _Failed("compare", "; ".join(parts))
+        raise _failed("compare", "; ".join(parts))
 
 
 def _is_true(value) -> bool:
@@ -232,12 +312,6 @@ def _sweep(source, server, target: str, now: datetime, timeout_seconds: float) -
             source.drop_database(server, name)
             dropped.append(name)
     return dropped
-
-
-def _scratch(rt: Runtime) -> Path:
-    root = Path(rt.settings.staging_dir)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return root
 
 
 def history(rt: Runtime, target: str | None = None) -> list[dict]:

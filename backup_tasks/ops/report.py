@@ -86,15 +86,9 @@ def render_html(rt, data: dict, now: datetime | None = None) -> str:
     return env.get_template(TEMPLATE).render(report=data, plots=plots(runs, names, data["window_days"]))
 
 
-def write_html(rt, path: str | os.PathLike, now: datetime | None = None) -> dict:
-    """Build and write the HTML report; returns the report data."""
-    data = build(rt, now)
-    html = render_html(rt, data, now)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
-    return data
+def write_html(rt, data: dict, path: str | os.PathLike, now: datetime | None = None) -> None:
+    """Write the page for ``data`` to ``path`` (``backupctl report --html``); OSError if it cannot."""
+    Path(path).write_text(render_html(rt, data, now), encoding="utf-8")
 
 
 def plots(runs, targets: list[str], days: int) -> dict[str, str]:
@@ -218,16 +212,10 @@ def mail(rt, now: datetime | None = None) -> dict:
         kind="report", level="info" if not summary["at_risk"] else "warning",
         title=f"DR readiness report: {summary['ready']} of {summary['targets']} targets ready",
         what="", next_step="", at=now)
-    with tempfile.TemporaryDirectory(prefix="report-", dir=_scratch(rt)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="report-", dir=rt.staging_root()) as tmp:
         page = Path(tmp) / f"dr-report-{now:%Y-%m-%d}.html"
         page.write_text(html, encoding="utf-8")
         delivery = alerting.send(alert, urls, settings=rt.settings, config=rt.config, catalog=rt.catalog,
                                  html_body=html, attachments=[page], rate_limit=False)
     return {"sent": delivery.sent, "channels": [{"channel": c.channel, "ok": c.ok} for c in delivery.channels],
             "summary": summary, "generated_at": data["generated_at"]}
-
-
-def _scratch(rt) -> Path:
-    root = Path(rt.settings.staging_dir)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return root

@@ -146,9 +146,7 @@ def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: s
         if state["exists"] and state["tables"] > 0:
             _prove_before_replacing(rt, found, database)
             base["notes"] = [*base["notes"], f"read and checked in full before '{database}' was replaced in place"]
-    scratch = Path(rt.settings.staging_dir)
-    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"restore-{backup_id}-", dir=scratch))
+    workdir = Path(tempfile.mkdtemp(prefix=f"restore-{backup_id}-", dir=rt.staging_root()))
     try:
         with readback.plaintext(rt, found) as (stream, stored, plain):
             def commit_check() -> None:

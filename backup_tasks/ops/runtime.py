@@ -66,11 +66,19 @@ class Runtime:
     def target(self, name: str) -> Target:
         return self.config.target(name)
 
-    def run_dir(self, backup_id: str) -> Path:
-        """Private staging directory of one run (0700): plaintext may pass through it."""
+    def staging_root(self) -> Path:
+        """The staging directory, created private (0700) if missing: plaintext passes through it.
+
+        Every scratch directory (a run's, a restore's, a drill's, the mailed report's)
+        is made inside it, so they all share its permissions and its free space.
+        """
         root = Path(self.settings.staging_dir)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = root / backup_id
+        return root
+
+    def run_dir(self, backup_id: str) -> Path:
+        """Private staging directory of one run (0700): plaintext may pass through it."""
+        path = self.staging_root() / backup_id
         path.mkdir(mode=0o700, exist_ok=True)
         return path
 

@@ -60,7 +60,7 @@ def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> 
         if loc.tier != found.tier:
             _check_other_location(rt, row, doc, loc, full=rt.settings.verify_all_locations)
     source = source_for(doc["kind"])
-    workdir = Path(tempfile.mkdtemp(prefix=f"verify-{row.id}-", dir=_scratch(rt)))
+    workdir = Path(tempfile.mkdtemp(prefix=f"verify-{row.id}-", dir=rt.staging_root()))
     stored = plain = None
     failure: VerificationFailed | None = None
     summary: dict = {}
@@ -122,12 +122,6 @@ def _check_other_location(rt: Runtime, row, doc: dict, loc, *, full: bool) -> No
             raise VerificationFailed(
                 f"backup {row.id}: tier '{loc.tier}' object sha256 does not match the signed manifest",
                 "the copy on that tier was altered; re-run the backup", check="stored-sha256")
-
-
-def _scratch(rt: Runtime) -> Path:
-    root = Path(rt.settings.staging_dir)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return root
 
 
 def _write_marker(rt: Runtime, row, result: dict, at) -> None:

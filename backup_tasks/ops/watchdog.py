@@ -121,6 +121,8 @@ def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
         if not isinstance(storage, DiskSpace):
             continue  # object storage: no disk of ours to fill or to lose
         disk = storage.disk_state()
+        if disk.usage is None and disk.mounted is not False:
+            log.warning("watchdog: cannot read the free space of tier '%s' at %s; its low-space check is skipped", tier.name, tier.path)
         out += tier_findings(tier, mounted=disk.mounted, usage=disk.usage, settings=rt.settings,
                              low_open=f"{events.LOW_SPACE}:{tier.name}" in open_keys)
     return out

@@ -25,11 +25,9 @@ log = logging.getLogger(__name__)
 _seen: tuple[runtime.Runtime, tuple | None] | None = None
 
 
-def _stamp(path: str) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
+def _stamp(path: str) -> tuple:
+    """What changes when the file is edited or replaced; OSError when it cannot be stat'd."""
+    st = os.stat(path)
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
@@ -47,11 +45,22 @@ def _from_environment(rt: runtime.Runtime) -> bool:
 
 
 def fresh() -> runtime.Runtime:
-    """The process's runtime, re-loaded first if its targets file changed since it was loaded."""
+    """The process's runtime, re-loaded first if its targets file changed since it was loaded.
+
+    A targets file that can no longer be read (removed, or its mount gone) keeps the
+    runtime in force, and says so once in the log; it is loaded again when it is back.
+    """
     global _seen
     rt = runtime.current()
-    stamp = _stamp(rt.config.file)
-    if stamp is None or not _from_environment(rt):
+    try:
+        stamp = _stamp(rt.config.file)
+    except OSError as exc:
+        if _seen is None or _seen[0] is not rt or _seen[1] is not None:  # once, not before every task
+            log.warning("the targets file %s cannot be read (%s); keeping the configuration in force", rt.config.file,
+                        exc.strerror or exc)
+            _seen = (rt, None)
+        return rt
+    if not _from_environment(rt):
         return rt
     if _seen is not None:
         if _seen[0] is not rt:  # installed by someone else (the CLI, a test): theirs to manage

@@ -6,6 +6,13 @@ targets file; a task for host A is never put where host B's worker can take it.
 
 from __future__ import annotations
 
+import logging
+
+from backup_tasks.errors import ConfigError, InputError
+from backup_tasks.orchestration import config_reload
+
+log = logging.getLogger(__name__)
+
 VERIFY_QUEUE = "verify"
 MAINTENANCE_QUEUE = "maintenance"
 #: restore drills run on a drill host, which holds identities and reaches the drill servers
@@ -21,11 +28,12 @@ def route(name, args, kwargs, options, task=None, **kw):
         return None
     if name == "backup.start":
         target = (args or [kwargs.get("target")])[0]
-        from backup_tasks.orchestration import config_reload
-
         try:  # Flower and beat are long-lived: route by the targets file as it is now
             return {"queue": config_reload.fresh().target(target).queue}
-        except Exception:  # noqa: BLE001 - unknown target: the start task reports it as a failed run
+        except (InputError, ConfigError) as exc:
+            # No host to send it to (an unknown target, or no valid targets file here): a
+            # maintenance worker runs the start task, which records it as a failed run.
+            log.warning("backup.start for target %r goes to the %s queue: %s", target, MAINTENANCE_QUEUE, exc)
             return {"queue": MAINTENANCE_QUEUE}
     if name in ("backup.verify", "backup.verify_pending"):
         return {"queue": VERIFY_QUEUE}

@@ -17,11 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from backup_tasks import defaults
-from backup_tasks.errors import PermanentError
-
-
-class DeadlineExceeded(PermanentError):
-    """A tool ran past its deadline and was killed."""
+from backup_tasks.errors import DeadlineExceeded
 
 
 @dataclass
