@@ -33,7 +33,8 @@ from pathlib import Path
 
 from backup_tasks import defaults
 from backup_tasks.records import events
-from backup_tasks.policy import readiness
+from backup_tasks.ops import readiness
+from backup_tasks.policy.readiness import TargetState
 from backup_tasks.records.manifest import iso
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class DiskUsage:
     free: int
 
 
-def rpo_finding(state: readiness.TargetState) -> Finding:
+def rpo_finding(state: TargetState) -> Finding:
     """Pure: the RPO condition of one target."""
     key = f"{events.RPO_BREACH}:{state.target}"
     last_ok = state.last_verified
