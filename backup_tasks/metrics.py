@@ -30,7 +30,8 @@ import time
 
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 
-from backup_tasks.policy import readiness
+from backup_tasks.ops import readiness
+from backup_tasks.policy.readiness import TargetState
 from backup_tasks.records.catalog import Status
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class CatalogCollector:
         return {name: GaugeMetricFamily(PREFIX + name, help_, labels=["target", *extra]) for name, (help_, extra) in METRICS.items()}
 
     @staticmethod
-    def _add(f: dict[str, GaugeMetricFamily], st: readiness.TargetState) -> None:
+    def _add(f: dict[str, GaugeMetricFamily], st: TargetState) -> None:
         t = [st.target]
         if st.last_stored is not None:
             f["last_success_timestamp_seconds"].add_metric(t, (st.last_stored.finished_at or st.last_stored.created_at).timestamp())

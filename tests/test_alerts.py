@@ -15,7 +15,7 @@ import pytest
 
 from backup_tasks import alerting, client, config
 from backup_tasks.records import events, manifest
-from backup_tasks.records.catalog import AlertSentRow, Status
+from backup_tasks.records.catalog import AlertSentRow, Catalog, Status
 from backup_tasks.errors import ConfigError, VerificationFailed
 from backup_tasks.ops.verify import verify_backup
 from conftest import run_cli
@@ -234,6 +234,30 @@ def test_no_secret_reaches_an_alert(tmp_path, make_config, runtime_for, smtp_ser
         assert secret not in text and secret[::-1] not in text and hook_password not in text
     # The webhook itself still authenticates with its password (basic auth), which is the channel's business.
     assert webhook_server.posts[0]["headers"]["Authorization"].startswith("Basic ")
+
+
+def test_an_event_is_recorded_even_when_its_notifier_breaks(tmp_path, caplog):
+    """Alerting sits above the catalog: a notifier that raises must not turn a failure into a crash."""
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    heard = []
+
+    def broken(catalog, **event):
+        heard.append(event)
+        raise RuntimeError("notification plugin crashed")
+
+    previous = events.set_notifier(broken)
+    try:
+        assert events.emit(catalog, events.CHAIN_FAILED, "dump failed", target="app", backup_id="app-1", stage="dump") is None
+        assert heard == [{"kind": events.CHAIN_FAILED, "severity": "error", "message": "dump failed", "target": "app",
+                          "host": None, "backup_id": "app-1", "detail": {"stage": "dump"}}]
+        assert "could not send the alert for event chain.failed of app-1" in caplog.text
+        events.set_notifier(lambda catalog, **event: "the delivery")
+        assert events.emit(catalog, events.CHAIN_FAILED, "dump failed again", target="app") == "the delivery"
+        events.set_notifier(None)
+        assert events.emit(catalog, events.CHAIN_FAILED, "and again", target="app") is None
+    finally:
+        events.set_notifier(previous)
+    assert [e.message for e in catalog.events(kind=events.CHAIN_FAILED)] == ["dump failed", "dump failed again", "and again"]
 
 
 def test_a_failed_restore_drill_is_mailed(tmp_path, make_config, runtime_for, smtp_server):

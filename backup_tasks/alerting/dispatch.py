@@ -1,7 +1,8 @@
 """From event to delivered alert: word it, rate-limit it, mask secrets, send it, log what failed.
 
-``on_event`` is called by ``events.emit`` right after an event is recorded, in whatever
-process emitted it (a worker, the embedded chain, the CLI, the watchdog). It never
+``on_event`` is called, through the notifier that ops/runtime.py gives ``events.emit``,
+right after an event is recorded, in whatever process emitted it (a worker, the embedded
+chain, the CLI, the API, the watchdog), with that process's settings and targets. It never
 raises: alerting is best effort on top of the catalog, which holds every event anyway.
 A channel that fails is logged and recorded as an ``alert.channel_failed`` event
 (written directly, so a dead channel cannot set off alerts about itself).
@@ -37,22 +38,24 @@ class Delivery:
         return [c for c in self.channels if not c.ok]
 
 
-def on_event(catalog, *, kind: str, severity: str, message: str, target: str | None, host: str | None,
+def on_event(catalog, *, settings, config, kind: str, severity: str, message: str, target: str | None, host: str | None,
              backup_id: str | None, detail: dict | None) -> Delivery | None:
-    """Alert on one just-recorded event, if alerts are configured and the event is worth one."""
+    """Alert on one just-recorded event, if ``settings`` has alert URLs and the event is worth one.
+
+    ``config`` (the targets file) words a tier's alert with the targets that store there.
+    """
     if kind == CHANNEL_FAILED:
         return None
     if kind not in messages.WORDING and severity not in ("error", "warning"):
         return None  # informational events of other kinds are for the catalog only
-    rt = _runtime()
-    if rt is None or not rt.settings.alerts:
+    if not settings.alerts:
         return None
     alert = messages.from_event(kind=kind, severity=severity, message=message, target=target, host=host,
-                                backup_id=backup_id, detail=detail, config=rt.config)
+                                backup_id=backup_id, detail=detail, config=config)
     # A watchdog condition is emitted once per change of state (opened, resolved): each change is news,
     # even a mount that comes back and goes again within the window.
     condition = kind.removesuffix(events.RESOLVED) in events.WATCHDOG_CONDITIONS
-    return send(alert, rt.settings.alerts, settings=rt.settings, config=rt.config, catalog=catalog, rate_limit=not condition)
+    return send(alert, settings.alerts, settings=settings, config=config, catalog=catalog, rate_limit=not condition)
 
 
 def send(alert: Alert, urls, *, settings, config=None, catalog=None, html_body: str | None = None,
@@ -129,15 +132,3 @@ def _notify_verified(rt, backup_id: str) -> Delivery | None:
                                 detail={"tier": ", ".join(l.tier for l in row.locations) or None}, config=rt.config)
     return send(alert, rt.settings.alerts, settings=rt.settings, config=rt.config, catalog=rt.catalog)
 
-
-def _runtime():
-    """The process's runtime (CLI, worker or embedded), or None when there is no config to read alert URLs from."""
-    from backup_tasks.ops import runtime
-
-    if runtime._current is not None:
-        return runtime._current
-    try:
-        return runtime.current()
-    except Exception:  # noqa: BLE001 - e.g. a library user without BACKUP_CONFIG: nowhere to send
-        log.debug("no configuration loaded: alerts are not sent")
-        return None

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from backup_tasks.policy import anomaly
 from backup_tasks.defaults import STAGES
+from backup_tasks.ops import size_check
 from backup_tasks.records import attachments, events, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
@@ -256,7 +256,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         rt.catalog.record_partial_upload(backup_id, doc, locations, summary=manifest.summary(doc))
         raise failures[0]
     rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc), next_stage=AFTER_UPLOAD)
-    anomaly.check_after_upload(rt, backup_id)  # size far off the target's median: alert (never raises)
+    size_check.check_after_upload(rt, backup_id)  # size far off the target's median: alert (never raises)
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
 

@@ -19,7 +19,8 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from backup_tasks.policy import readiness
+from backup_tasks.ops import readiness
+from backup_tasks.policy.readiness import TargetState
 from backup_tasks.records.manifest import iso
 from backup_tasks.units import human_size
 
@@ -46,7 +47,7 @@ def build(rt, now: datetime | None = None, days: int | None = None) -> dict:
     }
 
 
-def _target(st: readiness.TargetState) -> dict:
+def _target(st: TargetState) -> dict:
     run, ok, drill = st.last_run, st.last_verified, st.last_drill
     return {
         "target": st.target, "kind": st.kind, "host": st.host,

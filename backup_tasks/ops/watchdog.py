@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 
 from backup_tasks import defaults
 from backup_tasks.records import events
-from backup_tasks.policy import readiness
+from backup_tasks.ops import readiness
+from backup_tasks.policy.readiness import TargetState
 from backup_tasks.records.manifest import iso
 from backup_tasks.storage.capabilities import DiskSpace, DiskUsage
 
@@ -52,7 +53,7 @@ class Finding:
     detail: dict = field(default_factory=dict)
 
 
-def rpo_finding(state: readiness.TargetState) -> Finding:
+def rpo_finding(state: TargetState) -> Finding:
     """Pure: the RPO condition of one target."""
     key = f"{events.RPO_BREACH}:{state.target}"
     last_ok = state.last_verified

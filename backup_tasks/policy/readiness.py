@@ -1,17 +1,19 @@
-"""Are we recoverable right now? One answer per target, read from the catalog.
+"""Are we recoverable right now? The rules, one answer per target.
 
 The metrics exporter, the DR report and the RPO watchdog all ask the same questions
 (newest verified backup, its age against the RPO, the last drill and its measured RTO,
-success rate, storage per tier), so they share this one reading of the catalog. The
-rules themselves are pure functions of plain values and an injected clock.
+success rate, storage per tier), so they share one ``TargetState`` per target, filled
+from the catalog by ``ops/readiness.py``. The rules here are pure functions of plain
+values and an injected clock.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
-from backup_tasks.records.catalog import Status
+#: run statuses as the catalog records them (its ``Status`` is a str enum, equal to these values)
+FAILED, DELETED, UPLOADED = "failed", "deleted", "uploaded"
 
 
 def rpo_compliant(newest_verified_at: datetime | None, rpo_hours: float, now: datetime) -> bool:
@@ -36,9 +38,9 @@ def success_rate(runs, since: datetime) -> tuple[int, int]:
 
 
 def _has_outcome(run) -> bool:
-    if run.verified_at is not None or run.status in (Status.FAILED, Status.DELETED):
+    if run.verified_at is not None or run.status in (FAILED, DELETED):
         return True
-    return run.status == Status.UPLOADED and bool(run.error)  # verify did not finish (verify.incomplete)
+    return run.status == UPLOADED and bool(run.error)  # verify did not finish (verify.incomplete)
 
 
 @dataclass
@@ -91,34 +93,3 @@ class TargetState:
     @property
     def ready(self) -> bool:
         return not self.problems
-
-
-def assess(rt, now: datetime | None = None, *, days: int | None = None, targets=None) -> list[TargetState]:
-    """The state of every configured target (or of ``targets``), read at one moment."""
-    now = now or datetime.now(timezone.utc)
-    days = days or rt.settings.report_days
-    catalog = rt.catalog
-    counts = catalog.status_counts()
-    storage = catalog.storage_by_tier()
-    since = now - timedelta(days=days)
-    recent: dict[str, list] = {}
-    for row in catalog.runs_since(since):
-        recent.setdefault(row.target, []).append(row)
-    states = []
-    for target in rt.config.targets.values():
-        if targets is not None and target.name not in targets:
-            continue
-        drills = [d for d in catalog.drills(target.name) if d.result != "running"]
-        ok, attempts = success_rate(recent.get(target.name, []), since)
-        states.append(TargetState(
-            target=target.name, kind=target.kind, host=target.host, rpo_hours=target.rpo_hours, now=now,
-            drill_configured=bool(target.drill),
-            last_run=catalog.newest(target.name),
-            last_stored=catalog.newest(target.name, [Status.UPLOADED, Status.VERIFIED]),
-            last_verified=catalog.newest(target.name, [Status.VERIFIED]),
-            last_drill=drills[0] if drills else None,
-            runs_by_status={st: n for (t, st), n in counts.items() if t == target.name},
-            storage_by_tier={tier: n for (t, tier), n in storage.items() if t == target.name},
-            successes=ok, attempts=attempts, window_days=days,
-        ))
-    return states

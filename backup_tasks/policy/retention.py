@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Iterable, Mapping
 
+from backup_tasks import timefmt
+
 KEEP, REMOVE = "keep", "remove"
 USABLE = ("uploaded", "verified")
 
@@ -123,7 +125,7 @@ class Decision:
 
     def as_dict(self) -> dict:
         return {"backup_id": self.backup_id, "target": self.target, "tier": self.tier,
-                "created_at": _iso(self.created_at), "action": self.action, "reasons": list(self.reasons)}
+                "created_at": timefmt.iso(self.created_at), "action": self.action, "reasons": list(self.reasons)}
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class Plan:
         return {d.backup_id for d in self.removals if d.backup_id not in kept}
 
     def as_dict(self) -> dict:
-        return {"now": _iso(self.now), "policies": dict(self.policies),
+        return {"now": timefmt.iso(self.now), "policies": dict(self.policies),
                 "keep": len(self.keeps), "remove": len(self.removals),
                 "decisions": [d.as_dict() for d in self.decisions]}
 
@@ -185,7 +187,7 @@ def _plan_target(backups: list[Backup], policy: Policy, max_age_days: Mapping[st
         for copy in b.copies:
             entry = table[b.id, copy.tier]
             if entry[0] == REMOVE and copy.locked_until is not None and copy.locked_until > now:
-                table[b.id, copy.tier] = [KEEP, [f"object-locked on tier '{copy.tier}' until {_iso(copy.locked_until)} "
+                table[b.id, copy.tier] = [KEEP, [f"object-locked on tier '{copy.tier}' until {timefmt.iso(copy.locked_until)} "
                                                  f"(would be removed: {'; '.join(entry[1])})"]]
 
     # Parents of kept incrementals are kept, on the same tier, transitively.
@@ -287,12 +289,6 @@ def _decide(b: Backup, copy: Copy, gfs: list[str] | None, protected: list[str] |
             return [REMOVE, [age_reason + f" (GFS alone would keep it: {'; '.join(gfs)})"]]
         return [KEEP, list(gfs)]
     return [REMOVE, [f"not selected by the target's policy ({policy.describe()})"]]
-
-
-def _iso(ts: datetime | None) -> str | None:
-    from backup_tasks.records.manifest import iso
-
-    return iso(ts)
 
 
 def _span(delta: timedelta) -> str:

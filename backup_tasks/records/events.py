@@ -1,14 +1,17 @@
 """Events: what happened that someone may need to hear about (failures, refusals, skips).
 
 Each event is logged, written to the catalog's events table, and then handed to the
-alerting layer (alerting/), which sends it on to the configured apprise URLs. Emitting
-never raises: a broken catalog or a dead notification channel must not turn an
-already-failing backup into a crash that hides the original error.
+notifier, if one is set. The records layer cannot know where alerts go (that is the
+process's configuration, held above it), so the layer that makes a runtime current sets
+the notifier (ops/runtime.py, which sends through alerting/). Emitting never raises: a
+broken catalog or a dead notification channel must not turn an already-failing backup
+into a crash that hides the original error.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 log = logging.getLogger("backup_tasks.records.events")
 
@@ -33,6 +36,23 @@ WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING)
 VERIFIED = "backup.verified"  # a run's own verification passed (a notice with alert_on_success; not recorded)
 
 
+#: called as notifier(catalog, kind=, severity=, message=, target=, host=, backup_id=, detail=);
+#: returns the alert's delivery, or None when no alert was tried
+Notifier = Callable[..., object]
+
+_notifier: Notifier | None = None
+
+
+def set_notifier(notifier: Notifier | None) -> Notifier | None:
+    """Hand every later event to ``notifier`` (None: logged and recorded only); returns the one replaced.
+
+    One per process: the newest call wins, because a process alerts through one configuration.
+    """
+    global _notifier
+    previous, _notifier = _notifier, notifier
+    return previous
+
+
 def emit(catalog, kind: str, message: str, *, severity: str = "error", target: str | None = None, host: str | None = None,
          backup_id: str | None = None, record: bool = True, **detail):
     """Log, record and alert on one event; returns the alert's ``Delivery`` (None if no alert was tried).
@@ -47,10 +67,11 @@ def emit(catalog, kind: str, message: str, *, severity: str = "error", target: s
                               detail=detail or None)
     except Exception:  # noqa: BLE001 - see module docstring
         log.exception("could not record event %s for %s", kind, backup_id)
+    notifier = _notifier
+    if notifier is None:
+        return None
     try:
-        from backup_tasks.alerting import on_event
-
-        return on_event(catalog, kind=kind, severity=severity, message=message, target=target, host=host,
+        return notifier(catalog, kind=kind, severity=severity, message=message, target=target, host=host,
                         backup_id=backup_id, detail=detail or None)
     except Exception:  # noqa: BLE001 - see module docstring
         log.exception("could not send the alert for event %s of %s", kind, backup_id or target)
