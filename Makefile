@@ -19,7 +19,7 @@ tools:
 	@command -v age >/dev/null && command -v zstd >/dev/null && command -v tar >/dev/null && command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends age zstd tar chromium >/dev/null; \
 	  else echo "install the Debian packages age, zstd and chromium (sudo apt-get install age zstd chromium)"; exit 1; fi; }
-	@# docker-compose checks docker-compose.yml and systemd-analyze the units, both without a daemon (DESIGN §4)
+	@# docker-compose checks docker-compose.yml and systemd-analyze the units, both without a daemon
 	@command -v docker-compose >/dev/null && command -v systemd-analyze >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose systemd >/dev/null; \
 	  else echo "install the Debian packages docker-compose and systemd (sudo apt-get install --no-install-recommends docker-compose systemd)"; exit 1; fi; }

@@ -84,9 +84,12 @@ class Beat(Process):
                 out.append((at, m.group(3)))
         return out
 
-    def published(self) -> list[str]:
-        """Ids of the tasks this beat published successfully (logged after the publish; needs level DEBUG)."""
-        return re.findall(r"Scheduler: \S+ sent\. id->(\S+)", self.text())
+    def published(self, task: str = r"\S+") -> list[str]:
+        """Ids of the tasks (all, or those named by the regex ``task``) this beat published successfully.
+
+        Celery logs each one after the publish, at level DEBUG only.
+        """
+        return re.findall(rf"Scheduler: {task} sent\. id->(\S+)", self.text())
 
     def holds_lock(self) -> bool:
         return "beat: Acquired lock" in self.text()

@@ -15,7 +15,8 @@ from fastapi.security import HTTPBearer
 from backup_tasks import __version__
 from backup_tasks.ops import runtime as runtime_mod
 from backup_tasks.api import errors
-from backup_tasks.api.auth import Guard, operations
+from backup_tasks.api.auth import Guard
+from backup_tasks.api.operations import operations
 from backup_tasks.api.routes import backups, cleanup, health, restore, runs, targets, verify
 from backup_tasks.ops.runtime import Runtime
 

@@ -14,7 +14,7 @@ One ASGI middleware does all four, in the order a careful server must:
 FastAPI's own dependencies run only after it parsed the body, which is why this is a
 middleware and not a ``Depends``. It finds the operation in the app's own OpenAPI
 schema (paths, methods and ``x-required-role``: public and stable, unlike the router's
-internals), and :func:`operations` refuses to build a table in which an /api/ operation
+internals), and ``api.operations`` refuses to build a table in which an /api/ operation
 declares no role, so a route cannot be added unguarded by mistake. Tokens are compared as sha256 hashes in constant time
 (api/config.py says why sha256 suffices); the token itself is never stored or logged.
 """
@@ -23,26 +23,20 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 
 from anyio import to_thread
 
 from backup_tasks.records import audit
 from backup_tasks.config.api import ApiToken, hash_token
 from backup_tasks.api.errors import error_response, status_for, unreachable
+from backup_tasks.api.operations import operations
 from backup_tasks.errors import BackupError
 
 log = logging.getLogger("backup_tasks.api")
 
 ANONYMOUS = "api:anonymous"
-ROLE_KEY = "x-required-role"
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 METHOD_NOT_ALLOWED = "method-not-allowed"
-
-
-def requires(role: str) -> dict:
-    """Route keyword arguments declaring the least role that may call it (shown in the OpenAPI schema)."""
-    return {"openapi_extra": {ROLE_KEY: role}}
 
 
 def actor(token: ApiToken | None) -> str:
@@ -61,21 +55,6 @@ def authenticate(tokens: dict[str, ApiToken], header: str | None) -> ApiToken | 
         if hmac.compare_digest(digest, token.hash.encode()):
             found = token
     return found
-
-
-def operations(schema: dict) -> list[tuple[str, re.Pattern, str]]:
-    """(METHOD, path regex, least role) for every operation under /api/; ValueError if one declares no role."""
-    table = []
-    for path, methods in schema.get("paths", {}).items():
-        if not path.startswith("/api/"):
-            continue
-        regex = re.compile(re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(path)))
-        for method, operation in methods.items():
-            role = operation.get(ROLE_KEY)
-            if role is None:
-                raise ValueError(f"{method.upper()} {path} declares no {ROLE_KEY}: add **requires(role) to its route")
-            table.append((method.upper(), regex, role))
-    return table
 
 
 class Guard:

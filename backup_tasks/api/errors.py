@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from backup_tasks.api.operations import operations
 from backup_tasks.api.schemas import ErrorResponse
 from backup_tasks.errors import (BackupError, ConfigError, DeleteRefused, InputError, KeyMissing, ObjectLocked, RestoreRefused,
                                  ServiceUnavailable, StorageError, TierUnavailable, VerificationFailed)
@@ -110,8 +111,6 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 def _methods(request: Request) -> list[str]:
     """The methods the schema has for this path (FastAPI's GET routes do not answer HEAD)."""
-    from backup_tasks.api.auth import operations  # late: auth imports this module
-
     return sorted({method for method, regex, _ in operations(request.app.openapi()) if regex.fullmatch(request.url.path)})
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from backup_tasks import client, defaults
 from backup_tasks.api import deps, schemas
-from backup_tasks.api.auth import requires
+from backup_tasks.api.operations import requires
 from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.api.routes import lookup
 from backup_tasks.records.catalog import Status, dumps_row

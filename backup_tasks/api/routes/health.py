@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from backup_tasks.api import deps, health, schemas
-from backup_tasks.api.auth import requires
+from backup_tasks.api.operations import requires
 from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.ops.runtime import Runtime
 

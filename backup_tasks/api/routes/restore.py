@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 
 from backup_tasks.records import audit
 from backup_tasks.api import deps, destinations, schemas
-from backup_tasks.api.auth import requires
+from backup_tasks.api.operations import requires
 from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.api.routes import lookup
 from backup_tasks.api.routes.backups import BackupId

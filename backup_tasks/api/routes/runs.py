@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path
 
 from backup_tasks import client
 from backup_tasks.api import deps, schemas, verify_jobs
-from backup_tasks.api.auth import requires
+from backup_tasks.api.operations import requires
 from backup_tasks.api.errors import ERROR_RESPONSES, NotFound
 from backup_tasks.records.catalog import Status
 from backup_tasks.ops.runtime import Runtime

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from backup_tasks.api import deps, schemas, verify_jobs
-from backup_tasks.api.auth import requires
+from backup_tasks.api.operations import requires
 from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.api.routes import lookup
 from backup_tasks.api.routes.backups import BackupId
