@@ -16,7 +16,7 @@ middleware and not a ``Depends``. It finds the operation in the app's own OpenAP
 schema (paths, methods and ``x-required-role``: public and stable, unlike the router's
 internals), and ``api.operations`` refuses to build a table in which an /api/ operation
 declares no role, so a route cannot be added unguarded by mistake. Tokens are compared as sha256 hashes in constant time
-(api/config.py says why sha256 suffices); the token itself is never stored or logged.
+(config/api.py says why sha256 suffices); the token itself is never stored or logged.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""backupctl delete ID: remove one backup's copies, unless retention protects it (deletion.py)."""
+"""backupctl delete ID: remove one backup's copies, unless retention protects it (ops/delete.py)."""
 
 from __future__ import annotations
 

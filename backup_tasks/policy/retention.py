@@ -227,7 +227,7 @@ def protections(backups: Iterable[Backup]) -> dict[str, list[str]]:
 
     The newest verified, the newest drill-proven, and runs in progress. Parents of kept
     incrementals are added by the plan, which knows what it keeps; deleting one backup by
-    hand (deletion.py) treats every remaining child as kept.
+    hand (ops/delete.py) treats every remaining child as kept.
     """
     live = _live(backups)
     protected: dict[str, list[str]] = defaultdict(list)

@@ -1,6 +1,6 @@
 """How far a running stage is: bytes done of bytes total, for Flower, the client and the CLI bar.
 
-Stage functions (pipeline.py, verify.py, restore.py) know bytes but not Celery: they take
+Stage functions (ops/backup.py, ops/verify.py, ops/restore.py) know bytes but not Celery: they take
 a ``progress`` callback, ``progress(stage, bytes_done, bytes_total)``, and wrap the stream
 they already read or write in a CountingReader / CountingWriter that calls it. What sits
 behind the callback differs by caller:

@@ -70,7 +70,7 @@ def get_backup(backup_id: BackupId, rt: Runtime = Depends(deps.runtime)):
 
 @router.delete("/backups/{backup_id}", response_model=schemas.DeleteResult, **requires("admin"))
 def delete_backup(backup_id: BackupId, request: Request, rt: Runtime = Depends(deps.runtime)):
-    """Remove every stored copy; 409 with the reason for a protected backup (deletion.py), nothing removed."""
+    """Remove every stored copy; 409 with the reason for a protected backup (ops/delete.py), nothing removed."""
     from backup_tasks.ops.delete import delete_backup as delete
 
     lookup.backup(rt, backup_id)
