@@ -56,7 +56,7 @@ def argv_for(cfg: config_mod.Config, host: str, concurrency: int, *, drill: bool
     if not queues:
         raise InputError(f"host '{host}' has nothing to consume: no targets on it, no identities for verify, no maintenance",
                          "check --host against the targets file, or drop --no-maintenance")
-    return [sys.executable, "-m", "celery", "-A", "backup_tasks.orchestration.celery_app", "worker",
+    return [sys.executable, "-m", "celery", "-A", "backup_tasks", "worker",
             "-Q", ",".join(queues), "-n", f"{host}@%h", "-c", str(concurrency), "-P", "prefork",
             "-O", "fair", "--max-tasks-per-child", str(MAX_TASKS_PER_CHILD), "-E", "-l", "INFO"]
 
