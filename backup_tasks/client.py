@@ -16,18 +16,24 @@ through Flower's HTTP API instead (README: Running distributed).
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import time
 from typing import Callable
 
+from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
 
 from backup_tasks import defaults
 from backup_tasks.ops import backup, runtime
 from backup_tasks.records.catalog import FINAL, Status, dumps_row
-from backup_tasks.orchestration.celery_app import configure
+from backup_tasks.orchestration.celery_app import app, configure
+from backup_tasks.orchestration.tasks import start
 from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
 from backup_tasks.stages.counting import KEYS
+
+log = logging.getLogger(__name__)
 
 
 class BackupFailed(BackupError):
@@ -62,16 +68,13 @@ class Run:
         """
         if self._rt.settings.embedded:
             return None
-        from celery.result import AsyncResult
-
-        from backup_tasks.orchestration.celery_app import app
-
         if app.conf.broker_url != self._rt.settings.broker_url:
             configure(self._rt.settings)
         try:
             result = AsyncResult(self.id, app=app)
             state, meta = result.state, result.info
         except Exception:  # noqa: BLE001 - progress is best effort; status comes from the catalog
+            log.debug("no progress for run %s from the result backend", self.id, exc_info=True)
             return None
         if state != "PROGRESS" or not isinstance(meta, dict):
             return None
@@ -128,7 +131,6 @@ def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None,
     rt = rt or runtime.current()
     backup.check_type(rt.target(target), type)
     configure(rt.settings)
-    from backup_tasks.orchestration.tasks import start
 
     backup_id = backup.new_backup_id(target)
     actor = actor or _actor()
@@ -167,6 +169,4 @@ def _actor() -> str:
 
 
 def _redact(url: str | None) -> str:
-    from kombu.utils.url import maybe_sanitize_url
-
     return maybe_sanitize_url(url or "")
