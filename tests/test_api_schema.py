@@ -7,6 +7,11 @@ data, acceptance of schema-valid data, ignored auth), through all its phases, bo
 to 20 examples per operation. Schema-valid requests may be answered 400 (well-formed
 but unusable: a cursor we never issued, a destination outside the restore roots),
 never 422, which the API keeps for requests that break the schema.
+
+One check is left out: ``use_after_free`` expects a 404 for a resource after its DELETE.
+Deleting a backup removes its stored copies but keeps its catalog row with status
+``deleted``, so that ``list``/``show`` still tell what existed and when it went;
+GET answering 200 with that status is the documented behaviour, not a leak.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path, se
         # "AST constructor recursion depth mismatch" inside schemathesis (an error of the tool, not of the API).
         done = subprocess.run(
             [str(st), "--config-file", str(tmp_path / "schemathesis.toml"), "--no-color", "run", f"{server.url}/openapi.json",
-             "--header", f"Authorization: Bearer {tokens['admin']}", "--checks", "all", "--max-examples", "20",
+             "--header", f"Authorization: Bearer {tokens['admin']}", "--checks", "all", "--exclude-checks", "use_after_free", "--max-examples", "20",
              "--workers", "1", "--request-timeout", "60"],
             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     finally:
