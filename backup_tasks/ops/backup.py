@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from backup_tasks import timefmt
 from backup_tasks.defaults import STAGES
 from backup_tasks.ops import size_check
 from backup_tasks.records import attachments, events, manifest, markers
@@ -58,7 +59,7 @@ def record_run(rt: Runtime, backup_id: str, target_name: str, type_: str, actor:
     check_type(target, type_)
     created = rt.catalog.create_run(backup_id, target=target.name, kind=target.kind, type=type_, host=target.host, actor=actor)
     # The run's creation time travels with it, so the manifest and the catalog agree on it.
-    return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start", "created_at": manifest.iso(created)}
+    return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start", "created_at": timefmt.iso(created)}
 
 
 def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
@@ -109,7 +110,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     target = rt.target(ref["target"])
     source = source_for(target.kind)
     rt.catalog.set_stage(backup_id, "dump")
-    started = manifest.now()
+    started = timefmt.now()
     workdir = run_dir / "work"
     shutil.rmtree(workdir, ignore_errors=True)  # a dead attempt's leftovers (a half-written globals.sql) go first
     workdir.mkdir(mode=0o700)
@@ -130,7 +131,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     return _commit_ref(run_dir, "dump", {
         "backup_id": backup_id, "target": target.name, "type": ref.get("type", "full"), "stage": "dump",
         "path": str(final), "size": size, "sha256": sha, "seconds": seconds,
-        "created_at": ref.get("created_at") or manifest.iso(started),
+        "created_at": ref.get("created_at") or timefmt.iso(started),
     })
 
 
@@ -238,7 +239,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         "host": target.host,
         "worker": socket.gethostname(),
         "created_at": dumped["created_at"],
-        "finished_at": manifest.iso(manifest.now()),
+        "finished_at": timefmt.iso(timefmt.now()),
         "tool_versions": manifest.tool_versions(report.pop("tool_versions", None)),
         "plaintext": {"size": dumped["size"], "sha256": dumped["sha256"], "format": source_for(target.kind).suffix},
         "compression": {"method": ref.get("compression", "none"), "level": ref.get("level")},

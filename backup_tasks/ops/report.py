@@ -21,7 +21,7 @@ from pathlib import Path
 
 from backup_tasks.ops import readiness
 from backup_tasks.policy.readiness import TargetState
-from backup_tasks.records.manifest import iso
+from backup_tasks.timefmt import iso, parse
 from backup_tasks.units import human_size
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,8 @@ def _frame(fig, ax, title: str, ylabel: str | None, has_data: bool) -> None:
 
 def _when(text: str | None) -> str:
     """ISO time from the report data as people read it: 2024-07-01 02:00 UTC."""
-    if not text:
-        return "-"
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M UTC")
+    when = parse(text)
+    return when.strftime("%Y-%m-%d %H:%M UTC") if when else "-"
 
 
 def _seconds(s) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-from datetime import datetime, timezone
 from typing import Any
 
 from backup_tasks import __version__
@@ -128,17 +127,3 @@ def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
     }
     versions.update(extra or {})
     return versions
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(ts: datetime | None) -> str | None:
-    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
-
-
-def from_iso(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
