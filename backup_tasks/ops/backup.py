@@ -22,7 +22,7 @@ from typing import Callable
 from backup_tasks import timefmt
 from backup_tasks.defaults import STAGES
 from backup_tasks.ops import size_check
-from backup_tasks.records import attachments, events, manifest, markers
+from backup_tasks.records import attachments, events, keys, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
 from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
@@ -243,7 +243,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         "tool_versions": manifest.tool_versions(report.pop("tool_versions", None)),
         "plaintext": {"size": dumped["size"], "sha256": dumped["sha256"], "format": source_for(target.kind).suffix},
         "compression": {"method": ref.get("compression", "none"), "level": ref.get("level")},
-        "encryption": {"method": "age", "recipients": [_key_id(r) for r in rt.settings.recipients]} if ref.get("encrypted") else None,
+        "encryption": {"method": "age", "recipients": [keys.key_id(r) for r in rt.settings.recipients]} if ref.get("encrypted") else None,
         "stored": {"name": name, "size": ref["size"], "sha256": ref["sha256"]},
         "locations": [{"tier": l.tier, "key": l.key, **({"etag": etags[l.tier]} if etags.get(l.tier) else {})}
                       for l in locations],
@@ -277,12 +277,6 @@ def _stage_seconds(run_dir: Path) -> dict:
         if seconds is not None:
             out[stage] = seconds
     return out
-
-
-def _key_id(recipient: str) -> str:
-    from backup_tasks.records.keys import key_id
-
-    return key_id(recipient)
 
 
 def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:
