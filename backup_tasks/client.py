@@ -20,12 +20,15 @@ import os
 import time
 from typing import Callable
 
+from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
 
 from backup_tasks import defaults
 from backup_tasks.ops import backup, runtime
 from backup_tasks.records.catalog import FINAL, Status, dumps_row
-from backup_tasks.orchestration.celery_app import configure
+from backup_tasks.orchestration import tasks
+from backup_tasks.orchestration.celery_app import app, configure
 from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
 from backup_tasks.stages.counting import KEYS
 
@@ -62,10 +65,6 @@ class Run:
         """
         if self._rt.settings.embedded:
             return None
-        from celery.result import AsyncResult
-
-        from backup_tasks.orchestration.celery_app import app
-
         if app.conf.broker_url != self._rt.settings.broker_url:
             configure(self._rt.settings)
         try:
@@ -128,19 +127,17 @@ def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None,
     rt = rt or runtime.current()
     backup.check_type(rt.target(target), type)
     configure(rt.settings)
-    from backup_tasks.orchestration.tasks import start
-
     backup_id = backup.new_backup_id(target)
     actor = actor or _actor()
     try:
         if not rt.settings.embedded:
             # Fail in seconds with exit code 3, not after kombu's and the result backend's long retries.
-            with start.app.connection_for_write() as conn:
+            with tasks.start.app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5)
             # Recorded now, so the run is in `backupctl list` while it waits for its worker.
             backup.record_run(rt, backup_id, target, type, actor=actor)
         # The queue from the caller's own runtime: an application may hold one it never installed.
-        start.apply_async(args=(target, type), kwargs={"actor": actor}, task_id=backup_id, queue=rt.target(target).queue)
+        tasks.start.apply_async(args=(target, type), kwargs={"actor": actor}, task_id=backup_id, queue=rt.target(target).queue)
     except (OperationalError, ConnectionError, RuntimeError) as exc:
         rt.catalog.fail_run(backup_id, f"not enqueued: broker unreachable ({exc.__class__.__name__})")
         raise ServiceUnavailable(f"cannot reach the broker at {_redact(rt.settings.broker_url)}: {exc}",
@@ -167,6 +164,4 @@ def _actor() -> str:
 
 
 def _redact(url: str | None) -> str:
-    from kombu.utils.url import maybe_sanitize_url
-
     return maybe_sanitize_url(url or "")
