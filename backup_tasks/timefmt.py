@@ -9,6 +9,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 
+def now() -> datetime:
+    """The current instant as an aware UTC datetime, so it compares with the times this module parses."""
+    return datetime.now(timezone.utc)
+
+
 def iso(ts: datetime | None) -> str | None:
     """``2026-01-31T02:00:00.000Z`` for an aware datetime (None stays None, for optional fields)."""
     return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backup_tasks import client
+from backup_tasks import client, timefmt
 from backup_tasks.records import manifest
 from backup_tasks.policy import retention
 from backup_tasks.records.catalog import Location, Status
@@ -45,7 +45,7 @@ def simulate_night(rt, seed: dict, when: datetime, *, verified: bool = True) -> 
     for tier in tiers:
         rt.storage(tier).put(key, io.BytesIO(seed["artifact"]))
     doc = manifest.sign({**{k: v for k, v in seed["doc"].items() if k != "signature"}, "backup_id": backup_id,
-                         "created_at": manifest.iso(when), "finished_at": manifest.iso(when + timedelta(minutes=2)),
+                         "created_at": timefmt.iso(when), "finished_at": timefmt.iso(when + timedelta(minutes=2)),
                          "locations": [{"tier": t, "key": key} for t in tiers]}, rt.signer)
     for tier in tiers:
         rt.storage(tier).put(manifest.manifest_key(target, backup_id), io.BytesIO(manifest.dumps(doc)))
@@ -53,7 +53,7 @@ def simulate_night(rt, seed: dict, when: datetime, *, verified: bool = True) -> 
                              summary=manifest.summary(doc), next_stage="verify")
     if verified:
         at = when + timedelta(minutes=5)
-        marker = manifest.sign({"format": manifest.FORMAT, "backup_id": backup_id, "verified_at": manifest.iso(at),
+        marker = manifest.sign({"format": manifest.FORMAT, "backup_id": backup_id, "verified_at": timefmt.iso(at),
                                 "checks": {"simulated": True}}, rt.signer)
         for tier in tiers:
             rt.storage(tier).put(manifest.verified_key(target, backup_id), io.BytesIO(manifest.dumps(marker)))

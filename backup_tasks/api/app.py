@@ -19,6 +19,7 @@ from backup_tasks.api.auth import Guard
 from backup_tasks.api.operations import operations
 from backup_tasks.api.routes import backups, cleanup, health, restore, runs, targets, verify
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.orchestration.celery_app import configure
 
 PREFIX = "/api/v1"
 DESCRIPTION = """\
@@ -36,8 +37,6 @@ bearer = HTTPBearer(auto_error=False, description="a token from `backupctl api t
 
 def create_app(rt: Runtime) -> FastAPI:
     """The app for ``rt``, which becomes this process's runtime (routing and tasks look it up)."""
-    from backup_tasks.orchestration.celery_app import configure
-
     runtime_mod.install(rt)
     configure(rt.settings)
     app = FastAPI(title="backup-tasks", version=__version__, description=DESCRIPTION, openapi_url="/openapi.json",

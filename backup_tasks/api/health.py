@@ -12,8 +12,11 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 
+from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy import text
 
+from backup_tasks.errors import BackupError
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.storage.capabilities import Probe
 
@@ -50,14 +53,10 @@ def check(rt: Runtime) -> dict:
 
 
 def _describe(exc: Exception) -> str:
-    from backup_tasks.errors import BackupError
-
     return exc.message if isinstance(exc, BackupError) else f"{type(exc).__name__}: {exc}"
 
 
 def _broker(url: str) -> tuple[str, str]:
-    from kombu import Connection
-
     shown = maybe_sanitize_url(url)
     with Connection(url, connect_timeout=PROBE_SECONDS, transport_options={"socket_connect_timeout": PROBE_SECONDS}) as conn:
         try:
@@ -68,8 +67,6 @@ def _broker(url: str) -> tuple[str, str]:
 
 
 def _catalog(rt: Runtime) -> tuple[str, str]:
-    from sqlalchemy import text
-
     catalog = rt.catalog
     with catalog.engine.connect() as conn:
         conn.execute(text("select 1"))

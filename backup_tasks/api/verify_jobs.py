@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import secrets
 
+from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+
 from backup_tasks.records import audit
 from backup_tasks.errors import ServiceUnavailable, VerificationFailed
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.ops.verify import verify_backup
+from backup_tasks.orchestration.celery_app import app
+from backup_tasks.orchestration.tasks import verify
 
 SEPARATOR = ".verify-"
 ACCEPTED = "accepted"
@@ -31,8 +37,6 @@ def backup_of(job_id: str) -> str | None:
 
 def run_now(rt: Runtime, row, actor: str) -> dict:
     """Embedded default: verify in this process; a failed check is a result, not an error."""
-    from backup_tasks.ops.verify import verify_backup
-
     try:
         with audit.audited(rt.catalog, "verify", actor=actor, target=row.target, backup_id=row.id) as entry:
             try:
@@ -48,11 +52,6 @@ def run_now(rt: Runtime, row, actor: str) -> dict:
 
 def enqueue(rt: Runtime, row, actor: str) -> str:
     """Send ``backup.verify`` for ``row`` and return the job id; ServiceUnavailable if the broker is down."""
-    from kombu.exceptions import OperationalError
-
-    from backup_tasks.orchestration.celery_app import app
-    from backup_tasks.orchestration.tasks import verify
-
     job_id = f"{row.id}{SEPARATOR}{secrets.token_hex(4)}"
     try:
         with app.connection_for_write() as conn:  # seconds, not kombu's long publish retries
@@ -103,10 +102,6 @@ def _verifications_since(rt: Runtime, backup_id: str, at):
 
 
 def _celery(job_id: str):
-    from celery.result import AsyncResult
-
-    from backup_tasks.orchestration.celery_app import app
-
     try:
         result = AsyncResult(job_id, app=app)
         return result.state, result.result

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import timezone
 
 import click
 from rich.markup import escape
 
+from backup_tasks import timefmt
 from backup_tasks.records import audit
 from backup_tasks.cli.context import Context, common
 from backup_tasks.errors import InputError
@@ -31,7 +32,7 @@ def cleanup(ctx: Context, target, dry_run, now):
     when = None
     if now:
         try:
-            when = datetime.fromisoformat(now.replace("Z", "+00:00"))
+            when = timefmt.parse(now)
         except ValueError:
             raise InputError(f"--now {now!r} is not an ISO time", "write e.g. --now 2024-07-01T02:00:00Z") from None
         when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)

@@ -19,9 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from backup_tasks import timefmt
 from backup_tasks.defaults import STAGES
 from backup_tasks.ops import size_check
-from backup_tasks.records import attachments, events, manifest, markers
+from backup_tasks.records import attachments, events, keys, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
 from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
@@ -58,7 +59,7 @@ def record_run(rt: Runtime, backup_id: str, target_name: str, type_: str, actor:
     check_type(target, type_)
     created = rt.catalog.create_run(backup_id, target=target.name, kind=target.kind, type=type_, host=target.host, actor=actor)
     # The run's creation time travels with it, so the manifest and the catalog agree on it.
-    return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start", "created_at": manifest.iso(created)}
+    return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start", "created_at": timefmt.iso(created)}
 
 
 def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
@@ -109,7 +110,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     target = rt.target(ref["target"])
     source = source_for(target.kind)
     rt.catalog.set_stage(backup_id, "dump")
-    started = manifest.now()
+    started = timefmt.now()
     workdir = run_dir / "work"
     shutil.rmtree(workdir, ignore_errors=True)  # a dead attempt's leftovers (a half-written globals.sql) go first
     workdir.mkdir(mode=0o700)
@@ -130,7 +131,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     return _commit_ref(run_dir, "dump", {
         "backup_id": backup_id, "target": target.name, "type": ref.get("type", "full"), "stage": "dump",
         "path": str(final), "size": size, "sha256": sha, "seconds": seconds,
-        "created_at": ref.get("created_at") or manifest.iso(started),
+        "created_at": ref.get("created_at") or timefmt.iso(started),
     })
 
 
@@ -238,11 +239,11 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         "host": target.host,
         "worker": socket.gethostname(),
         "created_at": dumped["created_at"],
-        "finished_at": manifest.iso(manifest.now()),
+        "finished_at": timefmt.iso(timefmt.now()),
         "tool_versions": manifest.tool_versions(report.pop("tool_versions", None)),
         "plaintext": {"size": dumped["size"], "sha256": dumped["sha256"], "format": source_for(target.kind).suffix},
         "compression": {"method": ref.get("compression", "none"), "level": ref.get("level")},
-        "encryption": {"method": "age", "recipients": [_key_id(r) for r in rt.settings.recipients]} if ref.get("encrypted") else None,
+        "encryption": {"method": "age", "recipients": [keys.key_id(r) for r in rt.settings.recipients]} if ref.get("encrypted") else None,
         "stored": {"name": name, "size": ref["size"], "sha256": ref["sha256"]},
         "locations": [{"tier": l.tier, "key": l.key, **({"etag": etags[l.tier]} if etags.get(l.tier) else {})}
                       for l in locations],
@@ -276,12 +277,6 @@ def _stage_seconds(run_dir: Path) -> dict:
         if seconds is not None:
             out[stage] = seconds
     return out
-
-
-def _key_id(recipient: str) -> str:
-    from backup_tasks.records.keys import key_id
-
-    return key_id(recipient)
 
 
 def _committed_manifest(rt: Runtime, target, backup_id: str) -> dict | None:

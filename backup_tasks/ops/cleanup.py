@@ -31,7 +31,7 @@ from pathlib import Path
 from backup_tasks.records import audit, events, manifest
 from backup_tasks.policy import retention
 from backup_tasks.records.catalog import DrillResult, Status
-from backup_tasks.errors import BackupError, ObjectLocked, ObjectNotFound, ServiceUnavailable, StorageError
+from backup_tasks.errors import BackupError, ConfigError, ObjectLocked, ObjectNotFound, ServiceUnavailable, StorageError
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.storage.capabilities import ObjectLock, StaleUploads
 
@@ -76,8 +76,6 @@ def exit_code(report: dict) -> int:
 
 
 def _policy(target) -> retention.Policy:
-    from backup_tasks.errors import ConfigError
-
     try:
         return retention.Policy.from_config(target.retention)
     except (ValueError, TypeError) as exc:

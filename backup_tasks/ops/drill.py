@@ -33,6 +33,7 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from backup_tasks import timefmt
 from backup_tasks.records import audit, events, manifest, markers
 from backup_tasks.config import Target
 from backup_tasks.sources.db import dsn
@@ -70,7 +71,7 @@ def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, act
     database is dropped and the drill recorded first; a task time limit or a bug (an
     error outside the BackupError tree) is then raised again for the worker to see.
     """
-    drill = _Drill.start(rt, target_name, now or manifest.now())
+    drill = _Drill.start(rt, target_name, now or timefmt.now())
     failure: DrillFailed | None = None
     unexpected: BaseException | None = None
     try:
@@ -250,7 +251,7 @@ def _write_marker(rt: Runtime, target: str, backup_id: str, details: dict, resto
     Writing it never fails the drill, which did pass.
     """
     try:
-        fields = {"target": target, "drilled_at": manifest.iso(manifest.now()), "restore_seconds": restore_seconds,
+        fields = {"target": target, "drilled_at": timefmt.iso(timefmt.now()), "restore_seconds": restore_seconds,
                   "server": details.get("server"), "tables": details.get("tables"), "checks": len(details.get("checks", []))}
         markers.write(manifest.DRILLED_NAME, fields, target=target, backup_id=backup_id, signer=rt.signer, storage=rt.storage,
                       tiers=[loc.tier for loc in rt.catalog.get(backup_id).locations])
@@ -320,5 +321,5 @@ def history(rt: Runtime, target: str | None = None) -> list[dict]:
 
 def dumps_drill(row) -> dict:
     return {"drill_id": row.id, "target": row.target, "backup_id": row.backup_id, "result": row.result,
-            "started_at": manifest.iso(row.started_at), "finished_at": manifest.iso(row.finished_at),
+            "started_at": timefmt.iso(row.started_at), "finished_at": timefmt.iso(row.finished_at),
             "restore_seconds": row.restore_seconds, "details": row.details}

@@ -19,9 +19,10 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from backup_tasks import alerting
 from backup_tasks.ops import readiness
 from backup_tasks.policy.readiness import TargetState
-from backup_tasks.records.manifest import iso
+from backup_tasks.timefmt import iso, parse
 from backup_tasks.units import human_size
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def _target(st: TargetState) -> dict:
 
 def render_html(rt, data: dict, now: datetime | None = None) -> str:
     """The report page: the table, the open conditions and three plots, self-contained."""
-    import jinja2
+    import jinja2  # only rendering needs it: build() (--json) and processes that merely import this module skip it
 
     now = now or datetime.now(timezone.utc)
     runs = rt.catalog.runs_since(now - timedelta(days=data["window_days"]))
@@ -94,7 +95,9 @@ def write_html(rt, data: dict, path: str | os.PathLike, now: datetime | None = N
 
 def plots(runs, targets: list[str], days: int) -> dict[str, str]:
     """Three PNG plots as base64: stored size and duration per target over time, and a success/failure timeline."""
-    from matplotlib.figure import Figure  # the object API draws on Agg without pyplot's global state
+    # matplotlib takes about half a second to import, so only a process that draws pays for it;
+    # the object API draws on Agg without pyplot's global state
+    from matplotlib.figure import Figure
 
     by_target = {t: [r for r in runs if r.target == t] for t in targets}
     out = {}
@@ -166,7 +169,7 @@ def _outcome(run) -> str:
 
 
 def _frame(fig, ax, title: str, ylabel: str | None, has_data: bool) -> None:
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter  # as in plots(): only drawing loads matplotlib
 
     ax.set_title(title, loc="left", fontsize=11)
     if ylabel:
@@ -184,9 +187,8 @@ def _frame(fig, ax, title: str, ylabel: str | None, has_data: bool) -> None:
 
 def _when(text: str | None) -> str:
     """ISO time from the report data as people read it: 2024-07-01 02:00 UTC."""
-    if not text:
-        return "-"
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M UTC")
+    when = parse(text)
+    return when.strftime("%Y-%m-%d %H:%M UTC") if when else "-"
 
 
 def _seconds(s) -> str:
@@ -199,8 +201,6 @@ def _seconds(s) -> str:
 
 def mail(rt, now: datetime | None = None) -> dict:
     """Send the HTML report through apprise (HTML body, the page attached); returns what happened."""
-    from backup_tasks import alerting
-
     urls = rt.settings.report_recipients or rt.settings.alerts
     now = now or datetime.now(timezone.utc)
     data = build(rt, now)

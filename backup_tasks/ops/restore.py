@@ -12,14 +12,18 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 
+from backup_tasks import credentials
 from backup_tasks.records import attachments, keys
 from backup_tasks.ops import readback
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.errors import InputError, RestoreRefused
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.base import source_for
+from backup_tasks.sources.db import dsn
+from backup_tasks.sources.postgres.cluster_globals import GLOBALS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +124,6 @@ def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: s
     a database that has tables unless ``force`` and gives the restored data its name only
     after the stored and plaintext sha256 matched the signed manifest (see the sources).
     """
-    import tempfile
-
     row = rt.catalog.get(backup_id)
     found = readback.locate(rt, row)
     doc = found.doc
@@ -203,8 +205,6 @@ def extract_globals(rt: Runtime, backup_id: str, dest: Path, *, force: bool = Fa
 
 
 def _globals_sql(rt: Runtime, doc: dict) -> bytes:
-    from backup_tasks.sources.postgres.cluster_globals import GLOBALS_FILE
-
     if doc["kind"] != "postgres" or GLOBALS_FILE not in (doc.get("attachments") or {}):
         raise InputError(f"backup {doc['backup_id']} carries no globals (roles, tablespaces)",
                          "only PostgreSQL backups taken with options.globals have them; check with backupctl show ID")
@@ -218,9 +218,6 @@ def database_server(rt: Runtime, doc: dict, server: str | None, password_ref: st
     The password comes from ``--server-password`` (a reference) or the named target's
     ``password``; the connection's database is the engine's maintenance database.
     """
-    from backup_tasks import credentials
-    from backup_tasks.sources.db import dsn
-
     kind = doc["kind"]
     source = source_for(kind)
     if password_ref is not None:

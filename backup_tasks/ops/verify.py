@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from backup_tasks import alerting
+from backup_tasks import alerting, timefmt
 from backup_tasks.records import attachments, events, keys, manifest, markers
 from backup_tasks.ops import readback
 from backup_tasks.stages import counting as progress_mod
@@ -44,13 +44,13 @@ def verify_backup(rt: Runtime, backup_id: str, progress: progress_mod.Callback |
                     target=row.target, host=row.host, backup_id=backup_id, check=exc.check, remedy=exc.remedy)
         raise
     duration = time.monotonic() - started
-    at = manifest.now()
+    at = timefmt.now()
     result["duration_seconds"] = round(duration, 3)
     rt.catalog.record_verification(backup_id, ok=True, check=None, detail=result, duration=duration, at=at)
     _write_marker(rt, row, result, at)
     if row.status == "uploaded":  # the run's own verify: success notice if asked for (never raises)
         alerting.notify_verified(rt, backup_id)
-    return {"backup_id": backup_id, "target": row.target, "status": "verified", "verified_at": manifest.iso(at), **result}
+    return {"backup_id": backup_id, "target": row.target, "status": "verified", "verified_at": timefmt.iso(at), **result}
 
 
 def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> dict:
@@ -136,5 +136,5 @@ def _write_marker(rt: Runtime, row, result: dict, at) -> None:
         log.warning("backup %s verified, but no verified.json marker written: %s", row.id, exc)
         result.setdefault("notes", []).append("no signing key on this host: verified.json not written")
         return
-    markers.write(manifest.VERIFIED_NAME, {"verified_at": manifest.iso(at), "checks": {k: v for k, v in result.items() if k != "notes"}},
+    markers.write(manifest.VERIFIED_NAME, {"verified_at": timefmt.iso(at), "checks": {k: v for k, v in result.items() if k != "notes"}},
                   target=row.target, backup_id=row.id, tiers=[loc.tier for loc in row.locations], signer=signer, storage=rt.storage)

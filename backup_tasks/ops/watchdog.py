@@ -33,7 +33,7 @@ from backup_tasks import defaults
 from backup_tasks.records import events
 from backup_tasks.ops import readiness
 from backup_tasks.policy.readiness import TargetState
-from backup_tasks.records.manifest import iso
+from backup_tasks.timefmt import iso
 from backup_tasks.storage.capabilities import DiskSpace, DiskUsage
 
 log = logging.getLogger(__name__)

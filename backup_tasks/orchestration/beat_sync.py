@@ -35,7 +35,15 @@ import logging
 import os
 
 from redbeat import RedBeatScheduler
-from redbeat.schedulers import get_redis
+from redbeat.schedulers import acquire_distributed_beat_lock, get_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+import beat_schedule
+from backup_tasks import config
+from backup_tasks.errors import BackupError
+from backup_tasks.ops import runtime
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +69,12 @@ class TargetsScheduler(RedBeatScheduler):
         super().close()
 
     def setup_schedule(self):
-        from backup_tasks.ops import runtime
-
         if os.environ.get("BACKUP_CONFIG"):
             self._config_file = runtime.current().config.file
             self._config_stamp = _stamp(self._config_file)
         super().setup_schedule()
 
     def tick(self, *args, **kwargs):
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import LockError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         if self._closed:
             return RETRY_SECONDS
         try:
@@ -118,8 +120,6 @@ class TargetsScheduler(RedBeatScheduler):
         if not self.lock_key:
             return True
         if self.lock is None:  # Redis was unreachable when beat started: take the lock now, as beat_init would have
-            from redbeat.schedulers import acquire_distributed_beat_lock
-
             acquire_distributed_beat_lock(sender=type("Beat", (), {"scheduler": self})())
             return self.lock is not None
         lock = self.lock
@@ -155,11 +155,6 @@ class TargetsScheduler(RedBeatScheduler):
                  ", ".join(sorted(after - before)) or "none", ", ".join(sorted(before - after)) or "none")
 
     def _reload(self) -> bool:
-        import beat_schedule
-        from backup_tasks import config
-        from backup_tasks.ops import runtime
-        from backup_tasks.errors import BackupError
-
         try:
             cfg = config.load(self._config_file)
         except BackupError as exc:

@@ -11,10 +11,14 @@ tasks run eagerly in the calling process: the embedded default.
 from __future__ import annotations
 
 import os
+import threading
 
 from celery import Celery
 
+import beat_schedule
 from backup_tasks import defaults
+from backup_tasks.config import Settings
+from backup_tasks.ops import runtime
 
 app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks"])
 
@@ -92,8 +96,6 @@ def _drop_connections() -> None:
     test suite, or a long-lived client switching config files). Celery's after-fork
     hook does exactly the pool part; the backend is cached per app.
     """
-    import threading
-
     app._after_fork()
     app._backend_cache = None
     app._local = threading.local()
@@ -109,14 +111,9 @@ def _drop_redbeat_config() -> None:
 def _configure_from_environment() -> None:
     """Workers, beat and Flower import this module: configure from BACKUP_CONFIG / BACKUP_BROKER_URL."""
     if os.environ.get("BACKUP_CONFIG"):
-        import beat_schedule
-        from backup_tasks.ops import runtime
-
         configure(runtime.current().settings)
         app.conf.beat_schedule = beat_schedule.build(runtime.current().config)
     elif os.environ.get("BACKUP_BROKER_URL"):
-        from backup_tasks.config import Settings
-
         configure(Settings(broker_url=os.environ["BACKUP_BROKER_URL"], result_backend=os.environ.get("BACKUP_RESULT_BACKEND")))
     else:
         app.conf.update(BASE_CONF)

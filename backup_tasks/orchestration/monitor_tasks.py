@@ -9,20 +9,18 @@ JSON summary (no secrets, no report body).
 from __future__ import annotations
 
 from backup_tasks.ops import runtime
+from backup_tasks.ops.report import mail
+from backup_tasks.ops.watchdog import run_watchdog
 from backup_tasks.orchestration.celery_app import app
 
 
 @app.task(name="backup.watchdog", acks_late=True, reject_on_worker_lost=True)
 def watchdog() -> dict:
     """Check RPO, free space and mounts now; idempotent (conditions alert once), so redelivery is harmless."""
-    from backup_tasks.ops.watchdog import run_watchdog
-
     return run_watchdog(runtime.current())
 
 
 @app.task(name="backup.report")
 def report() -> dict:
     """Build the DR readiness report and mail it to report_recipients (default: the alert URLs)."""
-    from backup_tasks.ops.report import mail
-
     return mail(runtime.current())

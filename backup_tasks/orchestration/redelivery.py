@@ -25,6 +25,7 @@ import os
 from typing import Iterator
 
 from backup_tasks.defaults import STAGES
+from backup_tasks.ops.backup import cleanup_staging
 from backup_tasks.records.catalog import QUEUED, Status
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,6 @@ def stage_slot(rt, backup_id: str, stage: str) -> Iterator[None]:
             _require_current(rt, backup_id, stage)
         except RunAlreadyUnderWay as dup:
             if dup.status != Status.RUNNING:  # never while the original still works in this directory
-                from backup_tasks.ops.backup import cleanup_staging
-
                 cleanup_staging(rt, backup_id)  # what this copy's run_dir() may have recreated
             raise
         yield

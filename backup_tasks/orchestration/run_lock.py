@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Iterator
 
 from backup_tasks import defaults
+from backup_tasks.errors import ServiceUnavailable
+from backup_tasks.ops import backup
+from backup_tasks.records import events
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +93,7 @@ class RedisRunLock:
         return value.decode() if value else None
 
     def _take_or_extend(self, run_id: str, ttl_ms: int | None = None) -> str:
-        from redis.exceptions import RedisError
-
-        from backup_tasks.errors import ServiceUnavailable
+        from redis.exceptions import RedisError  # only this Redis lock needs redis; the embedded default never loads it
 
         try:
             holder = self._redis.eval(_TAKE_OR_EXTEND, 1, self.key, run_id, ttl_ms or self.ttl_ms)
@@ -195,7 +196,7 @@ _clients: dict[str, object] = {}
 
 def _client(url: str):
     """One client per URL and process; redis-py's pool reconnects after a Redis restart or a fork."""
-    import redis
+    import redis  # only a process with a broker needs a client; the embedded default never loads redis
 
     if url not in _clients:
         _clients[url] = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
@@ -204,9 +205,6 @@ def _client(url: str):
 
 def skip(rt, backup_id: str, target: str, type_: str, *, holder: str, actor: str = "") -> dict:
     """Record a start that found its target locked: a ``failed`` entry saying why, and a ``run.skipped`` event."""
-    from backup_tasks.records import events
-    from backup_tasks.ops import backup
-
     reason = f"skipped: target '{target}' is already running (run {holder})"
     backup.record_run(rt, backup_id, target, type_, actor=actor)
     rt.catalog.fail_run(backup_id, reason)

@@ -18,23 +18,25 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 from celery import Task, chain
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.result import allow_join_result
 
 from backup_tasks.orchestration import config_reload, redelivery, routing, run_lock, task_progress
-from backup_tasks.ops import backup
+from backup_tasks.ops import backup, runtime
 from backup_tasks.orchestration.celery_app import app
 from backup_tasks.defaults import STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
+from backup_tasks.ops.cleanup import run_cleanup
+from backup_tasks.ops.drill import run_drill
 from backup_tasks.ops.verify import verify_backup
+from backup_tasks.policy.reverify import pending_verification, plan_reverify
+from backup_tasks.records.catalog import Status
 
 log = logging.getLogger(__name__)
 
 
 def _runtime(task: Task):
     """The worker's runtime, re-read if the targets file changed; the caller's own when eager."""
-    from backup_tasks.ops import runtime
-
     return runtime.current() if task.request.is_eager else config_reload.fresh()
 
 
@@ -142,15 +144,11 @@ def start(self, target: str, type: str = "full", actor: str = ""):
 
 def _drop_duplicate(dup: redelivery.RunAlreadyUnderWay):
     """End a duplicate delivery without a result: the run id's result is the original chain's."""
-    from celery.exceptions import Ignore
-
     log.warning("%s; ignored", dup)
     raise Ignore()
 
 
 def _is_replace(exc: BaseException) -> bool:
-    from celery.exceptions import Ignore
-
     return isinstance(exc, Ignore)  # replace() raises Ignore once the chain is sent: the run goes on
 
 
@@ -208,8 +206,6 @@ def drill(self, target: str, actor: str = "beat") -> dict:
     an exception. Redelivery after a worker died starts a new drill, whose sweep drops
     the dead one's temporary database.
     """
-    from backup_tasks.ops.drill import run_drill
-
     return run_drill(_runtime(self), target, actor=actor)
 
 
@@ -220,8 +216,6 @@ def cleanup(self, target: str | None = None, dry_run: bool = False, actor: str =
     Idempotent: a redelivered cleanup re-plans from the catalog and finishes what an
     interrupted one started. Returns counts and ids only (the full plan is in the CLI).
     """
-    from backup_tasks.ops.cleanup import run_cleanup
-
     report = run_cleanup(_runtime(self), target, dry_run=dry_run, actor=actor)
     return {"target": target, "dry_run": dry_run, "now": report["now"], "kept": report["keep"],
             "removed": [{"backup_id": r["backup_id"], "tier": r["tier"]} for r in report["removed"]],
@@ -236,9 +230,6 @@ def cleanup(self, target: str | None = None, dry_run: bool = False, actor: str =
 @app.task(bind=True, name="backup.verify_pending", acks_late=True, reject_on_worker_lost=True)
 def verify_pending(self, grace_seconds: float = VERIFY_PENDING_GRACE_SECONDS) -> dict:
     """Enqueue a verify for every backup still ``uploaded`` well after its upload (reverify.py)."""
-    from backup_tasks.records.catalog import Status
-    from backup_tasks.policy.reverify import pending_verification
-
     rt = _runtime(self)
     rows = rt.catalog.list(status=Status.UPLOADED)
     ids = pending_verification([(r.id, r.finished_at) for r in rows], _now(), grace=timedelta(seconds=grace_seconds))
@@ -250,9 +241,6 @@ def verify_pending(self, grace_seconds: float = VERIFY_PENDING_GRACE_SECONDS) ->
 @app.task(bind=True, name="backup.reverify", acks_late=True, reject_on_worker_lost=True)
 def reverify(self, every_hours: float = 24.0) -> dict:
     """Enqueue full re-reads of the backups verified longest ago, so none waits more than reverify_days."""
-    from backup_tasks.records.catalog import Status
-    from backup_tasks.policy.reverify import plan_reverify
-
     rt = _runtime(self)
     rows = rt.catalog.list(status=Status.VERIFIED)
     ids = plan_reverify([(r.id, r.verified_at or r.created_at) for r in rows], _now(), days=rt.settings.reverify_days,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import platform
-from datetime import datetime, timezone
+from importlib import metadata
 from typing import Any
 
 from backup_tasks import __version__
 from backup_tasks.errors import VerificationFailed
+from backup_tasks.records.attachments import summary as attachment_summary
 from backup_tasks.records.keys import Signer, Verifier
 
 FORMAT = "backup-tasks/manifest/1"
@@ -109,36 +110,18 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         source["files"] = f"{len(source['files'])} entries (in the stored manifest)"
     out["source"] = source
     if "attachments" in out:
-        from backup_tasks.records.attachments import summary as attachment_summary
-
         out["attachments"] = attachment_summary(out["attachments"])
     return out
 
 
 def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
-    import pyrage  # noqa: F401  (version below)
-    import zstandard
-    from importlib.metadata import version
+    import zstandard  # only a backup run asks, and it has loaded zstandard already; catalog readers need not
 
     versions = {
         "backup-tasks": __version__,
         "python": platform.python_version(),
         "zstandard": zstandard.__version__,
-        "pyrage": version("pyrage"),
+        "pyrage": metadata.version("pyrage"),
     }
     versions.update(extra or {})
     return versions
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(ts: datetime | None) -> str | None:
-    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
-
-
-def from_iso(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -19,6 +19,7 @@ from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.api.routes import lookup
 from backup_tasks.records.catalog import Status, dumps_row
 from backup_tasks.errors import InputError
+from backup_tasks.ops.delete import delete_backup as delete
 from backup_tasks.ops.runtime import Runtime
 
 router = APIRouter(tags=["backups"], responses=ERROR_RESPONSES)
@@ -71,8 +72,6 @@ def get_backup(backup_id: BackupId, rt: Runtime = Depends(deps.runtime)):
 @router.delete("/backups/{backup_id}", response_model=schemas.DeleteResult, **requires("admin"))
 def delete_backup(backup_id: BackupId, request: Request, rt: Runtime = Depends(deps.runtime)):
     """Remove every stored copy; 409 with the reason for a protected backup (ops/delete.py), nothing removed."""
-    from backup_tasks.ops.delete import delete_backup as delete
-
     lookup.backup(rt, backup_id)
     return delete(rt, backup_id, actor=deps.actor_of(request))
 

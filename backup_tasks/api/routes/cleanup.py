@@ -8,6 +8,7 @@ from backup_tasks.api import deps, schemas
 from backup_tasks.api.operations import requires
 from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.api.routes import lookup
+from backup_tasks.ops.cleanup import run_cleanup
 from backup_tasks.ops.runtime import Runtime
 
 router = APIRouter(tags=["maintenance"], responses=ERROR_RESPONSES)
@@ -19,8 +20,6 @@ def cleanup(request: Request, body: schemas.CleanupRequest = schemas.CleanupRequ
 
     ``dry_run`` defaults to true here. Protected backups are never removed (README: Retention and cleanup).
     """
-    from backup_tasks.ops.cleanup import run_cleanup
-
     if body.target:
         lookup.target(rt, body.target)
     return run_cleanup(rt, body.target, dry_run=body.dry_run, actor=deps.actor_of(request))

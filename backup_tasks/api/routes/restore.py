@@ -16,6 +16,7 @@ from backup_tasks.api.operations import requires
 from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.api.routes import lookup
 from backup_tasks.api.routes.backups import BackupId
+from backup_tasks.ops.restore import restore_backup as restore
 from backup_tasks.ops.runtime import Runtime
 
 router = APIRouter(tags=["backups"], responses=ERROR_RESPONSES)
@@ -24,8 +25,6 @@ router = APIRouter(tags=["backups"], responses=ERROR_RESPONSES)
 @router.post("/backups/{backup_id}/restore", response_model=schemas.RestoreResult, **requires("admin"))
 def restore_backup(backup_id: BackupId, body: schemas.RestoreRequest, request: Request, rt: Runtime = Depends(deps.runtime)):
     """Restore (or with ``dry_run`` list what would be written); 409 if the destination is not empty without ``force``."""
-    from backup_tasks.ops.restore import restore_backup as restore
-
     row = lookup.backup(rt, backup_id)
     detail = {"to": body.destination, "dry_run": body.dry_run, "force": body.force}
     with audit.audited(rt.catalog, "restore", actor=deps.actor_of(request), target=row.target, backup_id=backup_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, Path
 
 from backup_tasks import client
@@ -12,6 +13,7 @@ from backup_tasks.api.operations import requires
 from backup_tasks.api.errors import ERROR_RESPONSES, NotFound
 from backup_tasks.records.catalog import Status
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.orchestration.celery_app import app
 
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
 log = logging.getLogger("backup_tasks.api")
@@ -41,10 +43,6 @@ def _progress(rt: Runtime, run: client.Run) -> dict | None:
         reported = getattr(run, "progress", None)
         if reported is not None:
             return reported()
-        from celery.result import AsyncResult
-
-        from backup_tasks.orchestration.celery_app import app
-
         result = AsyncResult(run.id, app=app)
         return result.info if result.state == "PROGRESS" and isinstance(result.info, dict) else None
     except Exception as exc:  # noqa: BLE001 - progress is a nicety: the catalog's stage still answers

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.records.catalog.schema import AlertConditionRow, AlertSentRow
-from backup_tasks.records.manifest import now as utcnow
+from backup_tasks.timefmt import now as utcnow
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.records.catalog.schema import BackupRow, DrillResult, DrillRow, Status
-from backup_tasks.records.manifest import from_iso, now
+from backup_tasks.timefmt import now, parse
 
 
 class Drills:
@@ -54,7 +54,7 @@ class Drills:
         added = 0
         with self._session.begin() as s:
             for m in markers:
-                at = from_iso(m["drilled_at"])
+                at = parse(m["drilled_at"])
                 known = s.scalar(select(DrillRow.id).where(DrillRow.backup_id == m["backup_id"], DrillRow.result == DrillResult.PASSED))
                 if known is not None:
                     continue

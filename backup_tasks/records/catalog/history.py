@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.records.catalog.schema import UNATTRIBUTED, AuditRow, EventRow
-from backup_tasks.records.manifest import now
+from backup_tasks.timefmt import now
 
 
 class History:

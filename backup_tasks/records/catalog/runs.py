@@ -17,8 +17,8 @@ from sqlalchemy.orm import sessionmaker
 from backup_tasks.errors import InputError
 from backup_tasks.records.catalog.history import audit_row
 from backup_tasks.records.catalog.schema import DONE, QUEUED, UNATTRIBUTED, BackupRow, LocationRow, Status, VerificationRow
-from backup_tasks.records.manifest import from_iso, iso, now
 from backup_tasks.records.manifest import summary as summarize
+from backup_tasks.timefmt import iso, now, parse
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class Runs:
                 row = _new_row(manifest["backup_id"], manifest)
                 _uploaded(row, manifest, locations, summarize(manifest), next_stage)
                 if verified:
-                    row.status, row.stage, row.verified_at = Status.VERIFIED, DONE, from_iso(verified["verified_at"])
+                    row.status, row.stage, row.verified_at = Status.VERIFIED, DONE, parse(verified["verified_at"])
                 s.add(row)
         return len(rows)
 
@@ -239,7 +239,7 @@ class Runs:
 def _new_row(backup_id: str, manifest: dict[str, Any]) -> BackupRow:
     """A row for a run the catalog never recorded, as its manifest describes it."""
     return BackupRow(id=backup_id, target=manifest["target"], kind=manifest["kind"], type=manifest["type"],
-                     host=manifest["host"], status=Status.RUNNING, stage=QUEUED, created_at=from_iso(manifest["created_at"]))
+                     host=manifest["host"], status=Status.RUNNING, stage=QUEUED, created_at=parse(manifest["created_at"]))
 
 
 def _stored(row: BackupRow, manifest: dict[str, Any], locations: Iterable[Location], summary: dict[str, Any]) -> None:
@@ -257,7 +257,7 @@ def _uploaded(row: BackupRow, manifest: dict[str, Any], locations: Iterable[Loca
     """The run's manifest is committed: stored, timed, and waiting for ``next_stage``."""
     _stored(row, manifest, locations, summary)
     row.status, row.stage, row.error = Status.UPLOADED, next_stage, None
-    row.finished_at = from_iso(manifest["finished_at"])
+    row.finished_at = parse(manifest["finished_at"])
     row.duration_seconds = (row.finished_at - row.created_at).total_seconds()
 
 

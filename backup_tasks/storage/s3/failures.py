@@ -64,7 +64,7 @@ def error_for(tier: S3Storage, action: str, key: str, exc: Exception) -> Excepti
 
 def _is_urllib3(exc: Exception) -> bool:
     try:
-        from urllib3.exceptions import HTTPError
+        from urllib3.exceptions import HTTPError  # botocore's transport: like botocore, loaded only where S3 is used
     except ImportError:  # pragma: no cover
         return False
     return isinstance(exc, HTTPError)
