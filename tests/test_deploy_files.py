@@ -184,13 +184,14 @@ def worker_queues(params: dict) -> set[str]:
 def deploy_env(monkeypatch, tmp_path):
     """The environment a deployed process has: the env-file templates' values and fresh keys.
 
-    The targets files name key paths inside the containers; BACKUP_RECIPIENTS_FILE points
-    the one read at load time at a real recipient made here.
+    The targets files name key paths inside the containers; BACKUP_RECIPIENTS_FILE and
+    BACKUP_SIGNING_KEY_FILE point the ones read at load time at real keys made here.
     """
     for key, value in env_template(DEPLOY / "compose" / "backup-tasks.env.example").items():
         monkeypatch.setenv(key, value)
     keys_mod.generate(tmp_path / "keys")
     monkeypatch.setenv("BACKUP_RECIPIENTS_FILE", str(tmp_path / "keys" / keys_mod.RECIPIENT_FILE))
+    monkeypatch.setenv("BACKUP_SIGNING_KEY_FILE", str(tmp_path / "keys" / keys_mod.SIGNING_KEY_FILE))
     return tmp_path / "keys"
 
 
@@ -320,7 +321,8 @@ def test_compose_targets_file_loads_and_names_the_paths_compose_mounts(deploy_en
         assert load_targets(path, host).settings.host == host
 
     # The paths the targets file names are where compose puts things.
-    recipients_file = tomllib.loads(path.read_text())["settings"]["recipients_file"]
+    written = tomllib.loads(path.read_text())["settings"]
+    recipients_file, signing_key_file = written["recipients_file"], written["signing_key_file"]
     for name, svc in our_services().items():
         mounts = {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", []) if ":" in v}
         env = svc["environment"]
@@ -332,7 +334,7 @@ def test_compose_targets_file_loads_and_names_the_paths_compose_mounts(deploy_en
         if name.startswith("worker-"):
             assert str(cfg.settings.staging_dir) in mounts and cfg.tiers["local"].path in mounts, name
         if name in ("worker-db01", "worker-app01"):
-            assert str(cfg.settings.signing_key_file) in secrets, f"{name} signs manifests and needs the signing key"
+            assert signing_key_file in secrets, f"{name} signs manifests and needs the signing key"
             assert env["BACKUP_HOST"] in hosts
         else:
             assert env["BACKUP_HOST"] not in hosts, f"{name} owns no target and needs no database password"
