@@ -5,7 +5,7 @@ built here are stored in Redis, one beat holds the lock and publishes, a standby
 over when the lock expires, and a changed targets file is synced into Redis while beat
 runs. Start it with Celery's own CLI::
 
-    BACKUP_CONFIG=/etc/backup-tasks/targets.toml celery -A backup_tasks.orchestration.celery_app beat
+    BACKUP_CONFIG=/etc/backup-tasks/targets.toml celery -A backup_tasks beat
 
 Per target: ``backup:<name>`` at the target's ``schedule`` (defaults by kind in
 defaults.SCHEDULE_BY_KIND: databases daily 02:00, files Sunday 03:00, config Saturday

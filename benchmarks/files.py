@@ -47,12 +47,12 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,9 +73,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 MB = 1_000_000
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-#: the same claim keys as tests/conftest.py, so a test run and a benchmark never share a DB
-CLAIM_PREFIX = "backup-tasks:test-db-claim:"
+REDIS_HOST = "127.0.0.1"
 HOST = "bench"
 TREE_VERSION = 1  # bump when the generator changes, so --keep does not reuse an old tree
 
@@ -468,30 +466,38 @@ def peaks_by_stage(logfile: Path, timeline: list[tuple[float, int, int]]) -> dic
 
 
 class RedisDB:
-    """A Redis DB number claimed the way tests/conftest.py does (SET NX on DB 0), flushed before and after."""
+    """A redis-server of the benchmark's own on a free loopback port (DB 1), as tests/conftest.py starts one.
+
+    Never a DB of a Redis someone else uses: flushing it before and after would delete
+    their data. The server runs under ``sh`` reading a pipe only this process holds, so it
+    stops when the benchmark ends, however it ends.
+    """
 
     def __init__(self) -> None:
-        self.admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-        self.admin.ping()
-        self.token = uuid.uuid4().hex
-        for db in range(1, 16):
-            if self.admin.set(f"{CLAIM_PREFIX}{db}", self.token, nx=True, ex=3600):
-                self.db = db
+        self.directory = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+        with socket.socket() as s:
+            s.bind((REDIS_HOST, 0))
+            port = s.getsockname()[1]
+        args = ["--port", str(port), "--bind", REDIS_HOST, "--dir", str(self.directory), "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(["sh", "-c", 'redis-server "$@" & server=$!; read _; kill $server; wait $server', "sh", *args],
+                                     stdin=subprocess.PIPE, stdout=open(self.directory / "redis.log", "wb"), stderr=subprocess.STDOUT)
+        self.db = 1
+        self.client = redis.Redis(host=REDIS_HOST, port=port, db=self.db, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
                 break
-        else:
-            raise RuntimeError("no free Redis DB number (1-15) to claim; stale claims expire after an hour")
-        self.client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=self.db)
-        self.client.flushdb()
-        self.url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{self.db}"
-
-    def refresh(self) -> None:
-        if self.admin.get(f"{CLAIM_PREFIX}{self.db}") == self.token.encode():
-            self.admin.expire(f"{CLAIM_PREFIX}{self.db}", 3600)
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start:\n{(self.directory / 'redis.log').read_text()}") from None
+                time.sleep(0.02)
+        self.url = f"redis://{REDIS_HOST}:{port}/{self.db}"
 
     def release(self) -> None:
-        self.client.flushdb()
-        if self.admin.get(f"{CLAIM_PREFIX}{self.db}") == self.token.encode():
-            self.admin.delete(f"{CLAIM_PREFIX}{self.db}")
+        self.proc.stdin.close()  # sh stops redis-server
+        self.proc.wait(timeout=20)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class Worker:
@@ -631,7 +637,6 @@ def chain_embedded(target: str, config: Path, tree: Path) -> dict:
 
 
 def chain_redis(target: str, config: Path, tree: Path, db: RedisDB, logdir: Path) -> dict:
-    db.refresh()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")},
            "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": db.url}
     warm(tree)
@@ -832,7 +837,7 @@ def main() -> int:
         # 2. keys and the targets file
         config = write_config(workdir / "targets.toml", keys_dir, state, trees)
         db = RedisDB()
-        log(f"config {config}; Redis DB {db.db}; code under test: {results['code']}")
+        log(f"config {config}; Redis {db.url} (its own); code under test: {results['code']}")
 
         # 3. the main tree: baseline, embedded, redis (interleaved when repeated, so drifting load hits all alike)
         case = results["cases"]["files"]

@@ -1,16 +1,19 @@
-"""Shared set-up: real keys, real config files, a claimed Redis DB and real worker processes.
+"""Shared set-up: real keys, real config files, a Redis DB of this run's own and real worker processes.
 
 Nothing here is a stand-in: the worker is ``celery worker`` in its own process, talking
-to the Redis on 127.0.0.1:6379 through a DB number this run claims and flushes.
+to a real ``redis-server``. That server is this test run's own, on a free loopback port,
+so a test flushes only DBs that nothing but this run has ever written to; a Redis that
+someone else uses (the one on 6379, say) is never touched.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,9 @@ import redis
 from backup_tasks.records import keys as keys_mod
 from processes import stop_group
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-CLAIM_PREFIX = "backup-tasks:test-db-claim:"
+REDIS_HOST = "127.0.0.1"
+#: redis-server's default number of DBs; DB 0 stays unused
+REDIS_DBS = 16
 
 
 @pytest.fixture(scope="session")
@@ -78,27 +82,52 @@ def runtime_for():
     runtime._current = previous
 
 
-@pytest.fixture
-def redis_url():
-    """A Redis DB number claimed for this test (SET NX on DB 0), flushed before and after."""
-    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
-    try:
-        admin.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"Redis on {REDIS_HOST}:{REDIS_PORT} is not running ({exc}); start it: "
-                    "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no")
-    token = uuid.uuid4().hex
-    for db in range(1, 16):
-        if admin.set(f"{CLAIM_PREFIX}{db}", token, nx=True, ex=3600):
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> int:
+    """This run's own redis-server on a free port (no persistence: a test's data lives one test); its port.
+
+    It runs under ``sh`` reading its stdin, which only this process writes to: when the run
+    ends, however it ends (even kill -9), the pipe closes and sh stops redis-server, so no
+    server outlives the run that started it.
+    """
+    directory = tmp_path_factory.mktemp("redis")
+    with socket.socket() as s:
+        s.bind((REDIS_HOST, 0))
+        port = s.getsockname()[1]
+    args = ["--port", str(port), "--bind", REDIS_HOST, "--dir", str(directory), "--save", "", "--appendonly", "no",
+            "--databases", str(REDIS_DBS)]
+    script = 'redis-server "$@" & server=$!; read _; kill $server; wait $server'
+    proc = subprocess.Popen(["sh", "-c", script, "sh", *args], stdin=subprocess.PIPE,
+                            stdout=open(directory / "redis.log", "wb"), stderr=subprocess.STDOUT)
+    client = redis.Redis(host=REDIS_HOST, port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
             break
-    else:
-        pytest.fail("no free Redis DB number (1-15) to claim; stale claims expire after an hour")
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start (install Debian's redis-server):\n{(directory / 'redis.log').read_text()}")
+            time.sleep(0.02)
+    client.close()
+    yield port
+    proc.stdin.close()  # sh kills redis-server and waits for it
+    proc.wait(timeout=20)
+
+
+_next_db = itertools.cycle(range(1, REDIS_DBS))
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A DB of this run's own Redis, flushed before and after (each test the next number, so a
+    process a previous test left behind writes where no current test reads)."""
+    db = next(_next_db)
+    client = redis.Redis(host=REDIS_HOST, port=redis_server, db=db)
     client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    yield f"redis://{REDIS_HOST}:{redis_server}/{db}"
     client.flushdb()
-    if admin.get(f"{CLAIM_PREFIX}{db}") == token.encode():
-        admin.delete(f"{CLAIM_PREFIX}{db}")
+    client.close()
 
 
 class Worker:

@@ -12,6 +12,7 @@ import json
 import socket
 import sqlite3
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -301,3 +302,41 @@ def test_a_restore_root_nested_in_another_is_still_a_root_and_refused(tmp_path):
     with pytest.raises(DestinationRefused, match="is a restore root itself"):
         check(str(inner), (outer, inner))
     assert check(str(inner / "app.db"), (outer, inner)) == inner / "app.db"
+
+
+def test_the_server_follows_the_targets_file_targets_and_tokens_without_a_restart(tmp_path, session_keys):
+    """Workers pick up an edited targets file; the API server, started with --config, does too."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("a\n")
+    first_tokens = make_tokens(["operator"])
+    cfg = tmp_path / "targets.toml"
+
+    def targets(*names: str, tokens: dict[str, str]) -> Path:
+        body = "".join(f'[targets.{n}]\nkind = "files"\npaths = ["{tree}"]\n' for n in names)
+        return write_config(cfg, session_keys, targets=body + api_table(tokens))
+
+    server = ApiServer(targets("first", tokens=first_tokens), first_tokens, tmp_path / "api.log")
+    try:
+        operator = server.client("operator")
+        unknown = operator.post("/backups", json={"target": "added"})
+        assert unknown.status_code == 404 and "unknown target 'added'" in unknown.json()["error"]["message"]
+
+        # The operator adds a target and rotates the operator token; the server is not restarted.
+        second_tokens = make_tokens(["operator"])
+        targets("first", "added", tokens=second_tokens)
+        assert operator.post("/backups", json={"target": "added"}).status_code == 401  # the old token is gone
+        rotated = server.client(None, token=second_tokens["operator"])
+        accepted = rotated.post("/backups", json={"target": "added"})
+        assert accepted.status_code == 202, accepted.text
+        assert {t["name"] for t in rotated.get("/targets").json()} == {"first", "added"}
+        backup_id = accepted.json()["id"]
+        assert rotated.get(f"/backups/{backup_id}").json()["target"] == "added"
+
+        # An edit that does not validate leaves the last good file in force, and the log says why.
+        cfg.write_text(cfg.read_text() + '\n[targets.broken]\nkind = "no-such-kind"\n')
+        still = rotated.get("/targets")
+        assert still.status_code == 200 and {t["name"] for t in still.json()} == {"first", "added"}
+        assert "is invalid; keeping the configuration in force" in (tmp_path / "api.log").read_text()
+    finally:
+        server.stop()

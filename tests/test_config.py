@@ -155,3 +155,52 @@ def test_cli_exit_codes_and_json_errors(tmp_path, session_keys):
 def test_no_config_at_all_says_how_to_give_one(tmp_path):
     done = run_cli("targets", env={"BACKUP_CONFIG": None}, cwd=tmp_path)
     assert done.returncode == 2 and "--config" in done.stderr
+
+
+# What used to pass `backupctl targets` and fail only later (at backup, upload or cleanup):
+# (settings lines, extra tier lines, target lines, where, field, words of the message)
+LATE_FAILURES = {
+    "missing signing key": ('signing_key_file = "{tmp}/no-such.key"\n', "", "", "[settings]", "signing_key_file",
+                            "cannot read the signing key"),
+    "signing key not a key": ('signing_key_file = "{keys}/age-recipient.txt"\n', "", "", "[settings]", "signing_key_file",
+                              "is not a PEM private key"),
+    "bandwidth word": ("", 'bandwidth_limit = "fast"\n', "", "tier 'local'", "bandwidth_limit", "invalid bandwidth_limit 'fast'"),
+    "keep_within unit": ("", "", 'retention = { keep_within = "7x" }\n', "target 'x'", "retention.keep_within",
+                         "invalid duration '7x'"),
+    "rpo_hours boolean": ("", "", "rpo_hours = true\n", "target 'x'", "rpo_hours", "positive number of hours"),
+    "keep_last boolean": ("", "", "retention = { keep_last = true }\n", "target 'x'", "retention.keep_last", "whole number"),
+    "max_age_days boolean": ("", "max_age_days = true\n", "", "tier 'local'", "max_age_days", "whole number of days"),
+    "beat lock boolean": ("beat_lock_timeout = true\n", "", "", "[settings]", "beat_lock_timeout", "not a whole number"),
+    "sqlite path is a directory": ("", "", "", "target 'db'", "path", "is a directory, not a SQLite database file"),
+}
+
+
+@pytest.mark.parametrize("case", list(LATE_FAILURES))
+def test_fields_that_used_to_fail_only_mid_backup_fail_targets_naming_file_target_and_field(tmp_path, session_keys, case):
+    settings, tier, target, where, field, words = LATE_FAILURES[case]
+
+    def fill(text: str) -> str:
+        return text.replace("{tmp}", str(tmp_path)).replace("{keys}", str(session_keys))
+
+    keys = ('recipients_file = "{keys}/age-recipient.txt"\n' if "signing_key_file" in settings
+            else 'recipients_file = "{keys}/age-recipient.txt"\nsigning_key_file = "{keys}/signing.key"\n')
+    targets = f'[targets.x]\nkind = "files"\npaths = ["{tmp_path}"]\n{target}'
+    if case == "sqlite path is a directory":
+        targets += f'[targets.db]\nkind = "sqlite"\npath = "{tmp_path}"\n'
+    path = write_config(tmp_path / "targets.toml", None, settings=fill(keys + settings),
+                        tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "store"}"\n{tier}', targets=targets)
+    done = run_cli("targets", "--json", config=path, check=2)
+    err = json.loads(done.stdout)["error"]
+    assert err["type"] == "ConfigError" and err["remedy"], err
+    assert err["message"].startswith(f"{path}, {where}, field '{field}': "), err["message"]
+    assert words in err["message"], err["message"]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_process_that_runs_no_target_needs_no_signing_key_nor_the_targets_local_files(tmp_path, session_keys):
+    """Beat, Flower and the verify worker (BACKUP_HOST naming no target's host) sign nothing and read no database."""
+    path = write_config(tmp_path / "targets.toml", None,
+                        settings=f'recipients_file = "{session_keys}/age-recipient.txt"\nsigning_key_file = "{tmp_path}/on-db01-only.key"\n',
+                        targets=f'[targets.db]\nkind = "sqlite"\nhost = "db01"\npath = "{tmp_path}"\n')
+    assert run_cli("targets", config=path, env={"BACKUP_HOST": "beat"}).returncode == 0
+    assert run_cli("targets", config=path, env={"BACKUP_HOST": "db01"}).returncode == 2

@@ -37,12 +37,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 import backup_tasks.orchestration.celery_app  # noqa: F401 - imported now, before a test sets BACKUP_CONFIG: parsing never reconfigures it
 from backup_tasks import config as config_mod
 from backup_tasks.records import keys as keys_mod
 from backup_tasks.orchestration import routing
+from backup_tasks.orchestration.beat_sync import TargetsScheduler
 from processes import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,10 +134,9 @@ def parse_celery(argv: list[str]) -> tuple[str, dict]:
     name = args[at]
     sub = celery_cli.commands[name]
     params = sub.make_context(name, list(args[at + 1:]), parent=ctx).params
-    if name == "beat" and params.get("scheduler"):
-        from celery.beat import Scheduler
-
-        assert issubclass(symbol_by_name(params["scheduler"]), Scheduler)
+    if name == "beat":
+        # -S wins over the app's beat_scheduler; what runs is whichever of the two is set.
+        params["scheduler_class"] = symbol_by_name(params.get("scheduler") or app.conf.beat_scheduler)
     if name == "flower":
         from flower.options import options as flower_options
 
@@ -183,13 +184,14 @@ def worker_queues(params: dict) -> set[str]:
 def deploy_env(monkeypatch, tmp_path):
     """The environment a deployed process has: the env-file templates' values and fresh keys.
 
-    The targets files name key paths inside the containers; BACKUP_RECIPIENTS_FILE points
-    the one read at load time at a real recipient made here.
+    The targets files name key paths inside the containers; BACKUP_RECIPIENTS_FILE and
+    BACKUP_SIGNING_KEY_FILE point the ones read at load time at real keys made here.
     """
     for key, value in env_template(DEPLOY / "compose" / "backup-tasks.env.example").items():
         monkeypatch.setenv(key, value)
     keys_mod.generate(tmp_path / "keys")
     monkeypatch.setenv("BACKUP_RECIPIENTS_FILE", str(tmp_path / "keys" / keys_mod.RECIPIENT_FILE))
+    monkeypatch.setenv("BACKUP_SIGNING_KEY_FILE", str(tmp_path / "keys" / keys_mod.SIGNING_KEY_FILE))
     return tmp_path / "keys"
 
 
@@ -319,7 +321,8 @@ def test_compose_targets_file_loads_and_names_the_paths_compose_mounts(deploy_en
         assert load_targets(path, host).settings.host == host
 
     # The paths the targets file names are where compose puts things.
-    recipients_file = tomllib.loads(path.read_text())["settings"]["recipients_file"]
+    written = tomllib.loads(path.read_text())["settings"]
+    recipients_file, signing_key_file = written["recipients_file"], written["signing_key_file"]
     for name, svc in our_services().items():
         mounts = {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", []) if ":" in v}
         env = svc["environment"]
@@ -331,7 +334,7 @@ def test_compose_targets_file_loads_and_names_the_paths_compose_mounts(deploy_en
         if name.startswith("worker-"):
             assert str(cfg.settings.staging_dir) in mounts and cfg.tiers["local"].path in mounts, name
         if name in ("worker-db01", "worker-app01"):
-            assert str(cfg.settings.signing_key_file) in secrets, f"{name} signs manifests and needs the signing key"
+            assert signing_key_file in secrets, f"{name} signs manifests and needs the signing key"
             assert env["BACKUP_HOST"] in hosts
         else:
             assert env["BACKUP_HOST"] not in hosts, f"{name} owns no target and needs no database password"
@@ -389,7 +392,7 @@ def test_compose_commands_exist_and_every_published_queue_has_a_worker(deploy_en
             assert (ping, ping_params["command"]) == ("inspect", "ping")
             assert ping_params["destination"] == [node], f"{name}: the healthcheck pings {ping_params['destination']}, the worker is {node}"
         if sub == "beat":
-            assert params["scheduler"] == "redbeat.RedBeatScheduler"
+            assert params["scheduler_class"] is TargetsScheduler, f"{name}: beat must run the app's scheduler"
     assert consumed == published, f"queues nobody consumes: {published - consumed}; consumed but never published: {consumed - published}"
     assert sorted(subcommands.values()) == ["beat", "flower", "worker", "worker", "worker"]
 
@@ -428,7 +431,6 @@ def _get(url: str, auth: tuple[str, str] | None = None, data: bytes | None = Non
 
 def test_flower_takes_its_login_from_the_environment_and_enqueues_over_http(tmp_path, session_keys, redis_url):
     """What deploy/README.md promises about Flower, against a real Flower and Redis."""
-    import redis
     from databases import free_port
 
     from conftest import write_config
@@ -544,7 +546,7 @@ def test_systemd_units_are_hardened_and_start_real_commands(deploy_env, monkeypa
     assert "BACKUP_HOST=verify" in unit_values(SYSTEMD / "backup-verify.service", "Environment")
     beat = shlex.split(dict(unit(SYSTEMD / "backup-beat.service")["Service"])["ExecStart"])
     assert beat[0] == f"{INSTALL_PREFIX}/bin/celery"
-    assert parse_celery(beat)[1]["scheduler"] == "redbeat.RedBeatScheduler"
+    assert parse_celery(beat)[1]["scheduler_class"] is TargetsScheduler
     flower = shlex.split(dict(unit(SYSTEMD / "backup-flower.service")["Service"])["ExecStart"])
     assert parse_celery(flower)[0] == "flower" and "--address=127.0.0.1" in flower  # loopback, behind a proxy
     assert "/etc/backup-tasks/flower.env" in unit_values(SYSTEMD / "backup-flower.service", "EnvironmentFile")
@@ -692,8 +694,53 @@ def test_k8s_targets_file_loads_and_the_pods_run_real_commands(deploy_env, monke
             assert ping_params["destination"] == [option(argv, "-n", "--hostname").replace("%h", "$HOSTNAME")], name
             assert pod["terminationGracePeriodSeconds"] >= 600, f"{name}: room for a warm shutdown"
         if sub == "beat":
-            assert params["scheduler"] == "redbeat.RedBeatScheduler"
+            assert params["scheduler_class"] is TargetsScheduler, f"{name}: beat must run the app's scheduler"
     assert consumed == published, f"queues nobody consumes: {published - consumed}"
+
+
+# --- beat, as every deployment starts it ------------------------------------------
+
+def deployed_beat_commands() -> dict[str, list[str]]:
+    """The beat command line of each deployment, exactly as written there."""
+    systemd = shlex.split(dict(unit(SYSTEMD / "backup-beat.service")["Service"])["ExecStart"])
+    return {"docker-compose.yml": compose()["services"]["beat"]["command"],
+            "deploy/systemd/backup-beat.service": systemd,
+            "deploy/k8s/beat.yaml": deployments()["backup-beat"]["spec"]["template"]["spec"]["containers"][0]["command"]}
+
+
+def test_deployed_beat_follows_the_targets_file_it_started_with(tmp_path, session_keys, redis_url):
+    """The beat command of the deploy files, run for real: a target added to the file later gets published.
+
+    Only the app's scheduler follows the file; a deployment that names another one with
+    -S would keep the schedule it started with until restarted.
+    """
+    from conftest import write_config
+    from distributed import Process, wait_for
+
+    commands = deployed_beat_commands()
+    argv = commands["docker-compose.yml"]
+    for source, command in commands.items():
+        assert Path(command[0]).name == "celery" and command[1:] == argv[1:], f"{source} starts beat differently: {command}"
+    fast = "beat_lock_timeout = 4\nbeat_max_loop_interval = 1\n"
+
+    def targets(*names: str) -> str:
+        return "".join(f'[targets.{n}]\nkind = "files"\nhost = "{n}"\npaths = ["{tmp_path}"]\nschedule = "@every 2s"\n'
+                       for n in names)
+
+    cfg = write_config(tmp_path / "targets.toml", session_keys, settings=fast, targets=targets("first"))
+    env = {**os.environ, "BACKUP_CONFIG": str(cfg), "BACKUP_BROKER_URL": redis_url, "BACKUP_HOST": "beat"}
+    beat = Process([str(VENV_BIN / "celery"), *argv[1:]], tmp_path / "beat.log", env)
+    try:
+        queued = redis.Redis.from_url(redis_url)
+        wait_for(lambda: queued.llen(routing.host_queue("first")) > 0, 30, f"beat to publish the first target:\n{beat.text()[-3000:]}")
+        write_config(tmp_path / "targets.toml", session_keys, settings=fast, targets=targets("first", "added"))
+        wait_for(lambda: queued.llen(routing.host_queue("added")) > 0, 20,
+                 f"beat to publish the target added after it started:\n{beat.text()[-3000:]}")
+        message = json.loads(queued.lindex(routing.host_queue("added"), 0))
+        assert message["headers"]["task"] == "backup.start" and message["headers"]["argsrepr"] == "['added', 'full']"
+        assert re.search(r"schedule synced from .*added: backup:added", beat.text())
+    finally:
+        beat.stop()
 
 
 # --- the image ----------------------------------------------------------------------

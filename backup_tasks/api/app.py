@@ -19,6 +19,7 @@ from backup_tasks.api.auth import Guard
 from backup_tasks.api.operations import operations
 from backup_tasks.api.routes import backups, cleanup, health, restore, runs, targets, verify
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.orchestration import config_reload
 from backup_tasks.orchestration.celery_app import configure
 
 PREFIX = "/api/v1"
@@ -36,15 +37,21 @@ bearer = HTTPBearer(auto_error=False, description="a token from `backupctl api t
 
 
 def create_app(rt: Runtime) -> FastAPI:
-    """The app for ``rt``, which becomes this process's runtime (routing and tasks look it up)."""
+    """The app for ``rt``, which becomes this process's runtime (routing and tasks look it up).
+
+    The targets file ``rt`` came from is followed as workers follow theirs: each request
+    sees the file as it is now (targets, tokens, limits), so an edit needs no restart and a
+    file that no longer validates leaves the last good one in force. Broker and catalog
+    URLs are read once, as in workers.
+    """
     runtime_mod.install(rt)
+    config_reload.follow(rt.config.file)
     configure(rt.settings)
     app = FastAPI(title="backup-tasks", version=__version__, description=DESCRIPTION, openapi_url="/openapi.json",
                   docs_url="/docs", redoc_url=None)
-    app.state.rt = rt
     for module in (backups, verify, restore, runs, cleanup, targets, health):
         app.include_router(module.router, prefix=PREFIX, dependencies=[Security(bearer)])
     errors.install(app)
     operations(app.openapi())  # every /api/ operation declares its role, or the server does not start
-    app.add_middleware(Guard, fastapi_app=app, rt=rt)
+    app.add_middleware(Guard, fastapi_app=app, current=config_reload.fresh)
     return app

@@ -60,19 +60,21 @@ def authenticate(tokens: dict[str, ApiToken], header: str | None) -> ApiToken | 
 class Guard:
     """ASGI middleware for everything under /api/ (the schema and /docs stay public)."""
 
-    def __init__(self, app, *, fastapi_app, rt) -> None:
+    def __init__(self, app, *, fastapi_app, current) -> None:
+        """``current()`` is the runtime in force: tokens and limits are read from it on every call,
+        so a token removed from the targets file stops working without a restart."""
         self.app = app
         self.fastapi_app = fastapi_app
-        self.rt = rt
-        self.max_body = rt.config.api.max_body_bytes
-        self.tokens = rt.config.api.tokens
+        self.current = current
         self._operations: list | None = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        token = authenticate(self.tokens, headers.get("authorization"))
+        rt = await to_thread.run_sync(self.current)  # a stat, or a reload after an edit: not on the event loop
+        max_body = rt.config.api.max_body_bytes
+        token = authenticate(rt.config.api.tokens, headers.get("authorization"))
         call = {"method": scope["method"], "path": scope["path"]}
         if scope.get("query_string"):
             call["query"] = scope["query_string"].decode("latin-1")[:200]
@@ -83,23 +85,23 @@ class Guard:
             response = error_response(401, "Unauthorized", "missing bearer token" if missing else "invalid bearer token",
                                       "send Authorization: Bearer <token> (backupctl api token makes one)",
                                       headers={"WWW-Authenticate": "Bearer"})
-            await self._audit(None, 401, call, backup_id)
+            await self._audit(rt, None, 401, call, backup_id)
             return await response(scope, receive, send)
         if required is None:  # fail closed: nothing outside the schema runs under /api/, not even a hidden route
-            await self._audit(token, 404, call, backup_id)
+            await self._audit(rt, token, 404, call, backup_id)
             return await error_response(404, "HTTPError", "Not Found", "see /docs for the API's paths")(scope, receive, send)
         if required != METHOD_NOT_ALLOWED and not token.allows(required):
             response = error_response(403, "Forbidden", f"token '{token.name}' has role '{token.role}'; this needs '{required}'",
                                       "use a token with that role, or ask an admin to grant one")
-            await self._audit(token, 403, call, backup_id)
+            await self._audit(rt, token, 403, call, backup_id)
             return await response(scope, receive, send)
         body = b""
         if scope["method"] in BODY_METHODS:
-            body = await self._read_body(receive, headers)
+            body = await self._read_body(receive, headers, max_body)
             if body is None:
-                response = error_response(413, "PayloadTooLarge", f"request body larger than {self.max_body} bytes",
+                response = error_response(413, "PayloadTooLarge", f"request body larger than {max_body} bytes",
                                           "send a smaller JSON document; the limit is [api] max_body_bytes")
-                await self._audit(token, 413, call, backup_id)
+                await self._audit(rt, token, 413, call, backup_id)
                 return await response(scope, receive, send)
         scope.setdefault("state", {})["token"] = token
         status = {"code": 500, "audited": False}
@@ -116,7 +118,7 @@ class Guard:
                 # Written before the response's last byte leaves: a caller that got its answer
                 # finds the call in the audit log, never a moment later.
                 status["audited"] = True
-                await self._audit(token, status["code"], call, backup_id)
+                await self._audit(rt, token, status["code"], call, backup_id)
             await send(message)
 
         try:
@@ -128,7 +130,7 @@ class Guard:
             raise
         finally:
             if not status["audited"]:  # the app raised or the client went away before the end
-                await self._audit(token, status["code"], call, backup_id)
+                await self._audit(rt, token, status["code"], call, backup_id)
 
     def _operation(self, scope) -> tuple[str | None, dict]:
         """The least role for this method and path, and the path's parameters.
@@ -147,10 +149,10 @@ class Guard:
             path_known = path_known or found is not None
         return (METHOD_NOT_ALLOWED if path_known else None), {}
 
-    async def _read_body(self, receive, headers) -> bytes | None:
+    async def _read_body(self, receive, headers, max_body: int) -> bytes | None:
         """The whole body, or None as soon as it is over the limit (nothing more is read)."""
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
             return None
         chunks, size = [], 0
         while True:
@@ -159,23 +161,23 @@ class Guard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
+            if size > max_body:
                 return None
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
         return b"".join(chunks)
 
-    async def _audit(self, token: ApiToken | None, code: int, call: dict, backup_id: str | None) -> None:
+    async def _audit(self, rt, token: ApiToken | None, code: int, call: dict, backup_id: str | None) -> None:
         outcome = audit.OK if code < 400 else audit.REFUSED if code < 500 else audit.FAILED
         detail = {**call, "status": code}
         if token is not None:
             detail["role"] = token.role
-        await to_thread.run_sync(self._record, actor(token), outcome, backup_id, detail)
+        await to_thread.run_sync(self._record, rt, actor(token), outcome, backup_id, detail)
 
-    def _record(self, who: str, outcome: str, backup_id: str | None, detail: dict) -> None:
+    def _record(self, rt, who: str, outcome: str, backup_id: str | None, detail: dict) -> None:
         try:
-            catalog = self.rt.catalog
+            catalog = rt.catalog
         except BackupError as exc:  # the catalog is down: the call's own response says so; never fail on the audit
             log.error("audit of %s %s by %s not written: %s", detail["method"], detail["path"], who, exc)
             return

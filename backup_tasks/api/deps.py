@@ -7,10 +7,12 @@ from fastapi import Request
 from backup_tasks.api.auth import actor
 from backup_tasks.config.api import ApiToken
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.orchestration import config_reload
 
 
 def runtime(request: Request) -> Runtime:
-    return request.app.state.rt
+    """The runtime of the targets file as it is now: a target added since the server started is known."""
+    return config_reload.fresh()
 
 
 def caller(request: Request) -> ApiToken:

@@ -64,7 +64,7 @@ def token(ctx: Context, name, role):
     def human(c, d):
         c.print(f"token for {d['name']} ({d['role']}); shown once, give it to its holder over a safe channel:")
         c.print(f"  {d['token']}", markup=False)
-        c.print("add this line under [api.tokens] in the targets file, then restart backupctl api serve:", markup=False)
+        c.print("add this line under [api.tokens] in the targets file (a running backupctl api serve picks it up):", markup=False)
         c.print(f"  {d['config_line']}", markup=False)
 
     ctx.out.result(data, human)

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 from backup_tasks import credentials, defaults
-from backup_tasks.config import api, settings as settings_table, targets as targets_table, tiers as tiers_table
+from backup_tasks.config import api, host_checks, settings as settings_table, targets as targets_table, tiers as tiers_table
 from backup_tasks.config.checks import unknown_keys
 from backup_tasks.config.model import Config, Settings, Target, Tier
 from backup_tasks.errors import ConfigError
@@ -49,6 +49,7 @@ def load(path: str | os.PathLike | None = None, *, environ: dict[str, str] | Non
     tiers = tiers_table.parse(raw.get("tiers", {}), base, label)
     targets = targets_table.parse(raw.get("targets", {}), tiers, settings, label)
     _check_credentials(settings, tiers, targets, label)
+    host_checks.check(settings, targets, label)
     return Config(file=label, settings=settings, tiers=tiers, targets=targets, api=api.parse(raw.get("api", {}), base, label))
 
 

@@ -107,6 +107,9 @@ def _check_types(values: dict, file: str) -> None:
             continue
         value = values[key]
         if kind is int:
+            if isinstance(value, bool):  # TOML true is an int to Python
+                raise ConfigError(f"{str(value).lower()} is not a whole number", f"write a number, e.g. {key} = "
+                                  f"{getattr(defaults, key.upper(), 1)}", file=file, where=_WHERE, field=key)
             try:
                 values[key] = int(value)
             except (TypeError, ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from backup_tasks import credentials, defaults
+from backup_tasks import credentials, defaults, timefmt
 from backup_tasks.config import schedules
 from backup_tasks.config.checks import NAME_RE, named_tables, str_list, unknown_keys
 from backup_tasks.config.drill import drill_spec
@@ -48,8 +48,11 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
         raise ConfigError("must be a table", "retention = { keep_last = 3, keep_daily = 7 }", file=file, where=where, field="retention")
     unknown_keys(retention, set(defaults.RETENTION_KEYS), file=file, where=f"{where} retention")
     for key, value in retention.items():
-        if key != "keep_within" and (not isinstance(value, int) or value < 0):
-            raise ConfigError(f"{key} must be a whole number >= 0", file=file, where=where, field=f"retention.{key}")
+        if key == "keep_within":
+            _check_duration(value, file=file, where=where)
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:  # TOML true is an int to Python
+            raise ConfigError(f"{key} must be a whole number >= 0, not {value!r}", f"e.g. {key} = 7", file=file, where=where,
+                              field=f"retention.{key}")
     paths = str_list(spec.get("paths", []), file=file, where=where, field="paths")
     for p in paths:
         if not os.path.isabs(p):
@@ -69,8 +72,9 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
             file=file, where=where, field="recipients",
         )
     rpo = spec.get("rpo_hours", defaults.RPO_HOURS)
-    if not isinstance(rpo, (int, float)) or rpo <= 0:
-        raise ConfigError("must be a positive number of hours", file=file, where=where, field="rpo_hours")
+    if isinstance(rpo, bool) or not isinstance(rpo, (int, float)) or rpo <= 0:
+        raise ConfigError(f"must be a positive number of hours, not {rpo!r}", "e.g. rpo_hours = 26 for a nightly backup",
+                          file=file, where=where, field="rpo_hours")
     target = Target(
         name=name, kind=kind, host=host, schedule=schedule, storage=storage, retention=dict(retention),
         rpo_hours=rpo, paths=tuple(paths),
@@ -115,6 +119,15 @@ def _check_cron(expr: Any, *, file: str, where: str) -> None:
             'use five fields, e.g. "0 2 * * *" for 02:00 daily, or "@every 4h"',
             file=file, where=where, field="schedule",
         ) from None
+
+
+def _check_duration(value: Any, *, file: str, where: str) -> None:
+    """keep_within, read now with the rule cleanup applies, so a typo fails at load and not at cleanup."""
+    try:
+        timefmt.parse_duration(value)
+    except ValueError:
+        raise ConfigError(f"invalid duration {value!r}", 'use a number of days or a duration such as "7d", "12h", "2w" or "1d12h"',
+                          file=file, where=where, field="retention.keep_within") from None
 
 
 def _check_database(target: Target, source: Source, *, file: str) -> None:

@@ -14,6 +14,7 @@ from backup_tasks.config.checks import named_tables, unknown_keys
 from backup_tasks.config.model import Tier
 from backup_tasks.errors import ConfigError
 from backup_tasks.storage import tier_kind
+from backup_tasks.storage.throttle import parse_rate
 
 #: fields every tier kind has; the rest of a tier's table are its kind's options
 FIELDS = {"kind", "path", "max_age_days", "credentials"}
@@ -48,7 +49,14 @@ def _tier(name: str, spec: dict, base: Path, file: str, where: str) -> Tier:
     if creds is not None:
         credentials.check_syntax(creds, file=file, where=where, field="credentials")
     max_age = spec.get("max_age_days", registered.max_age_days)
-    if not isinstance(max_age, int) or max_age < 1:
-        raise ConfigError("must be a whole number of days >= 1", file=file, where=where, field="max_age_days")
+    if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1:
+        raise ConfigError(f"must be a whole number of days >= 1, not {max_age!r}", "e.g. max_age_days = 30", file=file, where=where,
+                          field="max_age_days")
+    if "bandwidth_limit" in spec:  # read now with the rule uploads apply, so a typo fails here and not mid-upload
+        try:
+            parse_rate(spec["bandwidth_limit"])
+        except ConfigError as exc:
+            raise ConfigError(f"invalid bandwidth_limit {spec['bandwidth_limit']!r}", exc.remedy, file=file, where=where,
+                              field="bandwidth_limit") from None
     options = {k: v for k, v in spec.items() if k not in FIELDS}
     return Tier(name=name, kind=kind, path=path, max_age_days=max_age, credentials=creds, options=options)

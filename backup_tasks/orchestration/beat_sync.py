@@ -1,7 +1,8 @@
 """Beat's scheduler: celery-redbeat, kept in step with the targets file and robust to Redis restarts.
 
-``celery -A backup_tasks.orchestration.celery_app beat`` uses it (``beat_scheduler`` in celery_app.py).
-On top of ``redbeat.RedBeatScheduler`` it does four things:
+``celery -A backup_tasks beat`` uses it (``beat_scheduler`` in celery_app.py); a ``-S`` on
+the command line would replace it and lose everything below. On top of
+``redbeat.RedBeatScheduler`` it does four things:
 
 - **Follows the targets file.** Every tick it stats the file; when size, mtime or inode
   changed it re-reads it and syncs the entries in Redis: new targets are added, removed

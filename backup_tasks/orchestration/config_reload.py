@@ -8,6 +8,10 @@ target on a new host needs that host's worker, started with workers/launch.py. A
 that no longer validates is logged and the runtime in force is kept, so a typo never
 stops backups that were working. Beat follows the file the same way (beat_sync.py).
 
+A process that loaded its file from elsewhere than BACKUP_CONFIG (``backupctl api serve
+--config FILE``) says so with ``follow(FILE)``, and is then kept fresh the same way: the
+API answers for a target added after it started instead of a 404 until restarted.
+
 Broker and result-backend URLs are read once: changing them needs a worker restart.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from backup_tasks import config
 from backup_tasks.ops import runtime
@@ -23,6 +28,16 @@ from backup_tasks.errors import BackupError
 log = logging.getLogger(__name__)
 
 _seen: tuple[runtime.Runtime, tuple | None] | None = None
+#: a targets file this process serves from besides BACKUP_CONFIG's (see follow())
+_followed: str | None = None
+#: the API calls fresh() from many threads at once; one of them reloads, the others wait for it
+_reloading = threading.RLock()
+
+
+def follow(path: str | os.PathLike) -> None:
+    """This process's runtime comes from ``path`` (not BACKUP_CONFIG): keep it fresh the same way."""
+    global _followed
+    _followed = os.fspath(path)
 
 
 def _stamp(path: str) -> tuple:
@@ -32,16 +47,18 @@ def _stamp(path: str) -> tuple:
 
 
 def _from_environment(rt: runtime.Runtime) -> bool:
-    """Whether rt is the file BACKUP_CONFIG names: what workers, beat and Flower run on.
+    """Whether rt is the file BACKUP_CONFIG names (what workers, beat and Flower run on) or follow() named.
 
     A runtime a caller built itself (the CLI's --config, a test with its own environment)
     is theirs: re-reading it here with this process's environment could change it.
     """
-    named = os.environ.get("BACKUP_CONFIG")
-    try:
-        return bool(named) and os.path.samefile(named, rt.config.file)
-    except OSError:
-        return False
+    for named in (os.environ.get("BACKUP_CONFIG"), _followed):
+        try:
+            if named and os.path.samefile(named, rt.config.file):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def fresh() -> runtime.Runtime:
@@ -50,6 +67,11 @@ def fresh() -> runtime.Runtime:
     A targets file that can no longer be read (removed, or its mount gone) keeps the
     runtime in force, and says so once in the log; it is loaded again when it is back.
     """
+    with _reloading:
+        return _fresh()
+
+
+def _fresh() -> runtime.Runtime:
     global _seen
     rt = runtime.current()
     try:

@@ -29,13 +29,13 @@ Every decision carries at least one human-readable reason.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Iterable, Mapping
 
 from backup_tasks import timefmt
+from backup_tasks.timefmt import parse_duration  # the one reading of a duration; the config loader checks with it too
 
 KEEP, REMOVE = "keep", "remove"
 USABLE = ("uploaded", "verified")
@@ -96,22 +96,6 @@ class Policy:
         if self.keep_within:
             parts.append(f"keep_within {_span(self.keep_within)}")
         return ", ".join(parts) or "no rules"
-
-
-def parse_duration(value) -> timedelta:
-    """``7`` (days), ``"7d"``, ``"12h"``, ``"2w"``, ``"1d12h"``; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ValueError(f"invalid duration {value!r}")
-        return timedelta(days=value)
-    text = str(value).strip().lower()
-    parts = re.findall(r"(\d+)\s*([wdhm])", text)
-    if not parts or re.sub(r"(\d+)\s*([wdhm])", "", text).strip():
-        raise ValueError(f"invalid duration {value!r}: use e.g. '7d', '12h', '2w'")
-    unit = {"w": timedelta(weeks=1), "d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
-    return sum((int(n) * unit[u] for n, u in parts), timedelta())
 
 
 @dataclass(frozen=True)

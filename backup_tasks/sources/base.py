@@ -50,6 +50,10 @@ class Source(Protocol):
         With ``dry_run`` nothing is written and the summary lists what would be.
         """
 
+    # A kind may also have ``check_local(target)``, which the config loader calls at load for
+    # the targets of the machine loading it, to refuse what can be told on that machine
+    # without reading the data (a SQLite path that is a directory); it raises ConfigError.
+    #
     # A kind whose targets name a database server (one sources.db.dsn parses DSNs for) also
     # has ``check_options(options, *, where)``, which the config loader calls to refuse
     # target options the kind does not understand, and the primitives restore and drills use.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backup_tasks import defaults
-from backup_tasks.errors import SourceError, VerificationFailed
+from backup_tasks.errors import ConfigError, SourceError, VerificationFailed
 from backup_tasks.sources.base import register, restore_single_file
 
 BUSY_TIMEOUT_SECONDS = 60
@@ -24,8 +24,17 @@ class SQLiteSource:
     suffix = "sqlite"
     allows_plaintext = True
 
+    def check_local(self, target) -> None:
+        """A path that is a directory can never be the database: say so at load (a missing file may appear later)."""
+        if Path(target.path).is_dir():
+            raise ConfigError(f"{target.path} is a directory, not a SQLite database file",
+                              "point path at the database file itself, e.g. /srv/app/data/app.db", field="path")
+
     def dump(self, target, out: BinaryIO, workdir: Path) -> dict:
         path = Path(target.path)
+        if path.is_dir():
+            raise SourceError(f"dump of target '{target.name}' failed: {path} is a directory, not a SQLite database file",
+                              "point 'path' in the target at the database file itself")
         if not path.is_file():
             raise SourceError(
                 f"dump of target '{target.name}' failed: SQLite database {path} does not exist",
