@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
 
-from backup_tasks import defaults
+from backup_tasks import defaults, redaction
 
 app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks"])
 
@@ -104,6 +105,16 @@ def _drop_redbeat_config() -> None:
     for attr in ("redbeat_conf", "redbeat_redis"):
         if attr in app.__dict__:
             delattr(app, attr)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_log_records(logger=None, **_) -> None:
+    """Every line a worker, beat or Flower logs passes redaction, Celery's own included:
+    its "Task ... raised" line quotes the exception, and a foreign exception is not ours to word."""
+    for handler in getattr(logger, "handlers", ()):
+        if not any(isinstance(f, redaction.LogFilter) for f in handler.filters):
+            handler.addFilter(redaction.LogFilter())
 
 
 def _configure_from_environment() -> None:
