@@ -9,6 +9,7 @@
     │   └── ServiceUnavailable       exit 3  broker, catalog or storage cannot be reached
     └── PermanentError               fail fast and alert
         ├── SourceError              the dump of a target failed
+        ├── StagingFull              the staging directory's disk is full
         ├── DeadlineExceeded         a database tool ran past its deadline and was stopped
         ├── StorageError             a tier refused an operation
         │   ├── ObjectNotFound
@@ -95,6 +96,10 @@ class PermanentError(BackupError):
 
 class SourceError(PermanentError):
     """The source could not be read consistently."""
+
+
+class StagingFull(PermanentError):
+    """The staging directory's filesystem ran out of space (or quota) while a stage wrote there."""
 
 
 class DeadlineExceeded(PermanentError):

@@ -13,6 +13,7 @@ from rich.table import Table
 from backup_tasks.records import audit
 from backup_tasks.records.catalog import Status, dumps_row
 from backup_tasks.cli.context import Context, common
+from backup_tasks.cli.output import print_table
 from backup_tasks.cli.progress_bar import StageBar
 from backup_tasks.errors import BackupError, InputError
 from backup_tasks.units import human_size
@@ -106,7 +107,7 @@ def list_(ctx: Context, target, status, limit):
         for r in data:
             table.add_row(r["id"], r["target"], r["kind"], r["status"], r["created_at"], human_size(r["size_stored"]),
                           ",".join(l["tier"] for l in r["locations"]), r["verified_at"] or "-")
-        c.print(table)
+        print_table(c, table, optional=("verified", "kind", "tiers", "stored", "created"))
 
     ctx.out.result(shape, human)
 
