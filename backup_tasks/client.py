@@ -27,8 +27,9 @@ from kombu.utils.url import maybe_sanitize_url
 
 from backup_tasks import defaults
 from backup_tasks.ops import backup, runtime
-from backup_tasks.records.catalog import FINAL, Status, dumps_row
+from backup_tasks.records.catalog import FINAL, QUEUED, Status, dumps_row
 from backup_tasks.orchestration.celery_app import app, configure
+from backup_tasks.orchestration.consumers import consumers
 from backup_tasks.orchestration.tasks import start
 from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
 from backup_tasks.stages.counting import KEYS
@@ -81,17 +82,24 @@ class Run:
         return {key: meta.get(key) for key in KEYS}
 
     def wait(self, timeout: float | None = None, *, on_progress: Callable[[dict], None] | None = None,
-             poll: float = defaults.WAIT_POLL_SECONDS) -> dict:
+             poll: float = defaults.WAIT_POLL_SECONDS, on_no_worker: Callable[[str], None] | None = None) -> dict:
         """Block until the run is verified or failed; raise BackupFailed or TimeoutError otherwise.
 
         ``on_progress`` is called with each new progress dict (progress.KEYS plus
         ``status``): the running stage's PROGRESS reports, and the catalog's stage when it
-        changes without one (``queued`` at first, ``done`` at the end).
+        changes without one (``queued`` at first, ``done`` at the end). ``on_no_worker`` is
+        called once, with the queue's name, if the run is still queued after
+        ``defaults.NO_WORKER_CHECK_SECONDS`` and no live worker consumes its queue.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         last: dict | None = None
+        asked = on_no_worker is None or self._rt.settings.embedded
         while True:
             info = self.info()
+            if not asked and info.get("stage") == QUEUED and time.monotonic() - started >= defaults.NO_WORKER_CHECK_SECONDS:
+                asked = True
+                self._check_consumers(info, on_no_worker)
             if on_progress:
                 report = self._next_report(info, last)
                 if report is not None:
@@ -111,6 +119,15 @@ class Run:
                 raise TimeoutError(f"backup {self.id} still {info['status']} ({info.get('stage')}) after {timeout}s")
             time.sleep(poll)
 
+
+    def _check_consumers(self, info: dict, on_no_worker: Callable[[str], None]) -> None:
+        try:
+            queue = self._rt.target(info["target"]).queue
+        except (BackupError, KeyError):  # a target no longer in this file: nothing to say about its queue
+            return
+        found = consumers(queue)
+        if found == []:  # None: the workers could not be asked, which says nothing about them
+            on_no_worker(queue)
 
     def _next_report(self, info: dict, last: dict | None) -> dict | None:
         running = info["status"] not in FINAL and not (info["status"] == Status.UPLOADED and info.get("error"))

@@ -102,6 +102,8 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 
 #: how often `client.Run.wait` looks at the catalog
 WAIT_POLL_SECONDS = 0.25
+#: a run still queued this long into `client.Run.wait` makes it ask whether any worker consumes its queue
+NO_WORKER_CHECK_SECONDS = 3.0
 
 #: alerts (alerting/): an identical alert goes out at most once an hour; the rest are counted
 ALERT_REPEAT_MINUTES = 60

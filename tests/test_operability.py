@@ -21,7 +21,7 @@ def test_waiting_on_a_queue_no_worker_consumes_says_so_and_how_to_start_one(tmp_
     cfg = make_config(f'[targets.app-sqlite]\nkind = "sqlite"\nhost = "nowhere"\npath = "{db}"\n')
     start_worker(cfg, redis_url, ["host.elsewhere", "verify"], name="w1@elsewhere")  # a worker, but not for this host
 
-    done = run_cli("backup", "app-sqlite", "--wait", "--timeout", "8", config=cfg, env={"BACKUP_BROKER_URL": redis_url})
+    done = run_cli("backup", "app-sqlite", "--wait", "--timeout", "6", config=cfg, env={"BACKUP_BROKER_URL": redis_url})
     assert done.returncode == 2, done.stdout + done.stderr  # still queued when --timeout ran out
     assert "no worker consumes host.nowhere" in done.stderr, done.stderr
     assert "celery -A backup_tasks worker -Q host.nowhere" in done.stderr  # the command to start one

@@ -51,9 +51,14 @@ def backup(ctx: Context, target, type_, wait, timeout):
             stages.append(report.get("stage"))
             ctx.out.note(f"  {run.id}: {report.get('stage')}")
 
+    def no_worker(queue: str) -> None:
+        ctx.out.note(f"no worker consumes {queue}; the run waits in Redis until one does. Start one on that host with:\n"
+                     f"  BACKUP_CONFIG={rt.config.file} celery -A backup_tasks worker -Q {queue},verify\n"
+                     f"  (or: python -m workers.launch --host {queue.removeprefix('host.')})")
+
     try:
         with bar if not rt.settings.embedded else contextlib.nullcontext():
-            info = run.wait(timeout, on_progress=show)
+            info = run.wait(timeout, on_progress=show, on_no_worker=no_worker)
     except client.BackupFailed:
         info = run.info()
     except TimeoutError as exc:
