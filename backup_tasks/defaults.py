@@ -128,3 +128,8 @@ API_MAX_BODY_BYTES = 64 * 1024
 #: GET /backups page size, and the largest a client may ask for
 API_PAGE_SIZE = 50
 API_MAX_PAGE_SIZE = 500
+
+#: refused anonymous API calls: this many are audited one by one, then one per this many seconds;
+#: the rest are counted into the next audited one (api/anonymous_audit.py)
+API_ANONYMOUS_AUDIT_BURST = 30
+API_ANONYMOUS_AUDIT_EVERY_SECONDS = 2.0
