@@ -19,6 +19,12 @@ from backup_tasks import defaults, redaction
 
 app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks"])
 
+#: Flower's task list shows these columns unless the operator chose others (FLOWER_TASKS_COLUMNS or
+#: --tasks_columns). Its default leaves out args, kwargs and result, which is where each stage shows
+#: its target, its run id and, while running, its progress line: without them every row looks alike.
+FLOWER_TASKS_COLUMNS = "name,args,kwargs,state,result,received,runtime,worker,uuid"
+os.environ.setdefault("FLOWER_TASKS_COLUMNS", FLOWER_TASKS_COLUMNS)
+
 BASE_CONF = dict(
     task_serializer="json",
     result_serializer="json",
