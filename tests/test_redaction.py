@@ -8,6 +8,7 @@ the password in plain and in every usual encoding.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import stat
 import textwrap
@@ -41,7 +42,8 @@ FAILING_PG_DUMP = textwrap.dedent("""\
 
 def encoded_forms(secret: str) -> set[str]:
     forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), quote(secret, safe="!")}
-    return forms | {f.lower() for f in forms if "%" in f} | {f.replace("%", "%25") for f in forms if "%" in f} - {""}
+    lower_hex = {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), f) for f in forms}
+    return forms | lower_hex | {f.replace("%", "%25") for f in forms if "%" in f} - {""}
 
 
 def redis_text(r: redis.Redis) -> str:
@@ -110,3 +112,18 @@ def test_a_url_encoded_password_in_a_tools_stderr_is_masked_everywhere_the_error
         with pg() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             cur.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_redact_masks_a_remembered_secret_in_every_encoding_a_tool_or_a_serializer_writes():
+    from backup_tasks import redaction
+
+    secret = "Zq9 p@ss!w0rd%\"é"  # a space, URL-special characters, a quote and a non-ASCII letter
+    redaction.remember(secret)
+    forms = encoded_forms(secret) | {secret.replace('"', '\\"'), quote(secret, safe="@!")}
+    for form in forms:
+        masked = redaction.redact(f"pg_dump: error: password {form} rejected")
+        assert masked == "pg_dump: error: password *** rejected", (form, masked)
+    # A URL password is masked whatever it is, remembered or not; a URL without one is left alone.
+    assert redaction.redact("postgresql://app:n0t-remembered@db01:5432/shop") == "postgresql://app:***@db01:5432/shop"
+    assert redaction.redact("redis://db01:6379/0 and postgresql://app@db01/shop") == "redis://db01:6379/0 and postgresql://app@db01/shop"
+    assert redaction.redact(None) is None
