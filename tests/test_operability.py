@@ -18,14 +18,21 @@ from test_sqlite_backup import make_app_db
 def test_waiting_on_a_queue_no_worker_consumes_says_so_and_how_to_start_one(tmp_path, make_config, redis_url, start_worker):
     db = tmp_path / "app.db"
     make_app_db(db, rows=5)
-    cfg = make_config(f'[targets.app-sqlite]\nkind = "sqlite"\nhost = "nowhere"\npath = "{db}"\n')
-    start_worker(cfg, redis_url, ["host.elsewhere", "verify"], name="w1@elsewhere")  # a worker, but not for this host
+    cfg = make_config(f'[targets.lost]\nkind = "sqlite"\nhost = "nowhere"\npath = "{db}"\n'
+                      f'[targets.half]\nkind = "sqlite"\nhost = "elsewhere"\npath = "{db}"\n')
+    start_worker(cfg, redis_url, ["host.elsewhere"], name="w1@elsewhere")  # a worker, but for another host and no verify
 
-    done = run_cli("backup", "app-sqlite", "--wait", "--timeout", "6", config=cfg, env={"BACKUP_BROKER_URL": redis_url})
+    done = run_cli("backup", "lost", "--wait", "--timeout", "6", config=cfg, env={"BACKUP_BROKER_URL": redis_url})
     assert done.returncode == 2, done.stdout + done.stderr  # still queued when --timeout ran out
     assert "no worker consumes host.nowhere" in done.stderr, done.stderr
     assert "celery -A backup_tasks worker -Q host.nowhere" in done.stderr  # the command to start one
     assert done.stderr.count("no worker consumes") == 1  # said once, not on every poll
+
+    # Dumped and stored by the host's worker, then waiting for a verify worker that does not exist.
+    done = run_cli("backup", "half", "--wait", "--timeout", "12", config=cfg, env={"BACKUP_BROKER_URL": redis_url})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no worker consumes verify" in done.stderr and "no worker consumes host" not in done.stderr, done.stderr
+    assert "celery -A backup_tasks worker -Q verify\n" in done.stderr
 
 
 def test_a_full_staging_disk_names_the_directory_and_the_remedy(tmp_path, make_config):

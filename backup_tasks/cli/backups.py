@@ -28,6 +28,7 @@ from backup_tasks.units import human_size
 def backup(ctx: Context, target, type_, wait, timeout):
     """Run (embedded) or enqueue (with a broker) the chain dump → compress → encrypt → upload → verify."""
     from backup_tasks import client
+    from backup_tasks.orchestration.routing import VERIFY_QUEUE
     from backup_tasks.stages import counting
 
     rt = ctx.rt
@@ -52,6 +53,11 @@ def backup(ctx: Context, target, type_, wait, timeout):
             ctx.out.note(f"  {run.id}: {report.get('stage')}")
 
     def no_worker(queue: str) -> None:
+        if queue == VERIFY_QUEUE:  # stored and signed; only its verification waits
+            ctx.out.note(f"no worker consumes {queue}; the backup is stored and waits in Redis to be verified. Start one "
+                         f"on a host that can read identities_file with:\n"
+                         f"  BACKUP_CONFIG={rt.config.file} celery -A backup_tasks worker -Q {queue}")
+            return
         ctx.out.note(f"no worker consumes {queue}; the run waits in Redis until one does. Start one on that host with:\n"
                      f"  BACKUP_CONFIG={rt.config.file} celery -A backup_tasks worker -Q {queue},verify\n"
                      f"  (or: python -m workers.launch --host {queue.removeprefix('host.')})")
