@@ -29,7 +29,7 @@ def test_waiting_on_a_queue_no_worker_consumes_says_so_and_how_to_start_one(tmp_
     assert done.stderr.count("no worker consumes") == 1  # said once, not on every poll
 
     # Dumped and stored by the host's worker, then waiting for a verify worker that does not exist.
-    done = run_cli("backup", "half", "--wait", "--timeout", "12", config=cfg, env={"BACKUP_BROKER_URL": redis_url})
+    done = run_cli("backup", "half", "--wait", "--timeout", "9", config=cfg, env={"BACKUP_BROKER_URL": redis_url})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "no worker consumes verify" in done.stderr and "no worker consumes host" not in done.stderr, done.stderr
     assert "celery -A backup_tasks worker -Q verify\n" in done.stderr
