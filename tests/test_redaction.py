@@ -35,6 +35,8 @@ FAILING_PG_DUMP = textwrap.dedent("""\
     uri = "postgresql://%s:%s@%s:%s/%s" % (os.environ["PGUSER"], urllib.parse.quote(password, safe=""),
                                            os.environ["PGHOST"], os.environ["PGPORT"], database)
     sys.stderr.write("pg_dump: error: connection to \\"%s\\" failed: FATAL:  remaining connection slots are reserved\\n" % uri)
+    sys.stderr.write("pg_dump: detail: keyword form was user=%s password=%s\\n"
+                     % (os.environ["PGUSER"], urllib.parse.quote(password, safe="!")))
     sys.exit(1)
     ' "$@"
     """)
@@ -91,6 +93,7 @@ def test_a_url_encoded_password_in_a_tools_stderr_is_masked_everywhere_the_error
         assert info["status"] == Status.FAILED
         # The error still says what happened: the tool's words, with the password masked.
         assert "remaining connection slots are reserved" in info["error"] and "***" in info["error"]
+        assert "keyword form was" in info["error"]  # the line with the password outside a URL is there, masked
 
         shown = run_cli("show", run.id, "--json", config=cfg, env={"BACKUP_BROKER_URL": redis_url}, check=0).stdout
         audit_log = run_cli("audit", "--json", config=cfg, env={"BACKUP_BROKER_URL": redis_url}, check=0).stdout
