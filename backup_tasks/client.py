@@ -27,8 +27,11 @@ from kombu.utils.url import maybe_sanitize_url
 
 from backup_tasks import defaults
 from backup_tasks.ops import backup, runtime
-from backup_tasks.records.catalog import FINAL, Status, dumps_row
+from backup_tasks.ops.backup import AFTER_UPLOAD
+from backup_tasks.records.catalog import FINAL, QUEUED, Status, dumps_row
 from backup_tasks.orchestration.celery_app import app, configure
+from backup_tasks.orchestration.consumers import consumers
+from backup_tasks.orchestration.routing import VERIFY_QUEUE
 from backup_tasks.orchestration.tasks import start
 from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
 from backup_tasks.stages.counting import KEYS
@@ -81,17 +84,32 @@ class Run:
         return {key: meta.get(key) for key in KEYS}
 
     def wait(self, timeout: float | None = None, *, on_progress: Callable[[dict], None] | None = None,
-             poll: float = defaults.WAIT_POLL_SECONDS) -> dict:
+             poll: float = defaults.WAIT_POLL_SECONDS, on_no_worker: Callable[[str], None] | None = None) -> dict:
         """Block until the run is verified or failed; raise BackupFailed or TimeoutError otherwise.
 
         ``on_progress`` is called with each new progress dict (progress.KEYS plus
         ``status``): the running stage's PROGRESS reports, and the catalog's stage when it
-        changes without one (``queued`` at first, ``done`` at the end).
+        changes without one (``queued`` at first, ``done`` at the end). ``on_no_worker`` is
+        called once per queue, with its name, when the run has waited
+        ``defaults.NO_WORKER_CHECK_SECONDS`` for a queue no live worker consumes: its host's
+        queue before the dump, ``verify`` after the upload.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         last: dict | None = None
+        watch = on_no_worker is not None and not self._rt.settings.embedded
+        waiting: tuple[str | None, float] = (None, started)  # the queue the run waits on, and since when
+        asked: set[str] = set()
         while True:
             info = self.info()
+            if watch:
+                queue = self._waiting_on(info)
+                if queue != waiting[0]:
+                    waiting = (queue, time.monotonic())
+                elif queue and queue not in asked and time.monotonic() - waiting[1] >= defaults.NO_WORKER_CHECK_SECONDS:
+                    asked.add(queue)
+                    if consumers(queue) == []:  # None: the workers could not be asked, which says nothing about them
+                        on_no_worker(queue)
             if on_progress:
                 report = self._next_report(info, last)
                 if report is not None:
@@ -111,6 +129,17 @@ class Run:
                 raise TimeoutError(f"backup {self.id} still {info['status']} ({info.get('stage')}) after {timeout}s")
             time.sleep(poll)
 
+
+    def _waiting_on(self, info: dict) -> str | None:
+        """The queue whose worker the run needs next, at the two points where it can wait on one."""
+        if info["status"] == Status.RUNNING and info.get("stage") == QUEUED:
+            try:
+                return self._rt.target(info["target"]).queue
+            except (BackupError, KeyError):  # a target no longer in this file: nothing to say about its queue
+                return None
+        if info["status"] == Status.UPLOADED and info.get("stage") == AFTER_UPLOAD and not info.get("error"):
+            return VERIFY_QUEUE
+        return None
 
     def _next_report(self, info: dict, last: dict | None) -> dict | None:
         running = info["status"] not in FINAL and not (info["status"] == Status.UPLOADED and info.get("error"))

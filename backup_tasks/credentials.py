@@ -11,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 
+from backup_tasks import redaction
 from backup_tasks.errors import ConfigError
 
 PREFIXES = ("env:", "file:")
@@ -53,6 +54,6 @@ def resolve(ref: str, *, where: str, field: str) -> str:
     if issue:
         raise ConfigError(issue[0], issue[1], where=where, field=field)
     kind, _, name = ref.partition(":")
-    if kind == "env":
-        return os.environ[name]
-    return Path(name).read_text().strip()
+    value = os.environ[name] if kind == "env" else Path(name).read_text().strip()
+    redaction.remember(value)  # from now on, no error or log line of this process can carry it, in any encoding
+    return value

@@ -102,6 +102,8 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 
 #: how often `client.Run.wait` looks at the catalog
 WAIT_POLL_SECONDS = 0.25
+#: a run still queued this long into `client.Run.wait` makes it ask whether any worker consumes its queue
+NO_WORKER_CHECK_SECONDS = 3.0
 
 #: alerts (alerting/): an identical alert goes out at most once an hour; the rest are counted
 ALERT_REPEAT_MINUTES = 60
@@ -126,3 +128,8 @@ API_MAX_BODY_BYTES = 64 * 1024
 #: GET /backups page size, and the largest a client may ask for
 API_PAGE_SIZE = 50
 API_MAX_PAGE_SIZE = 500
+
+#: refused anonymous API calls: this many are audited one by one, then one per this many seconds;
+#: the rest are counted into the next audited one (api/anonymous_audit.py)
+API_ANONYMOUS_AUDIT_BURST = 30
+API_ANONYMOUS_AUDIT_EVERY_SECONDS = 2.0

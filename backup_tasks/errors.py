@@ -9,6 +9,7 @@
     │   └── ServiceUnavailable       exit 3  broker, catalog or storage cannot be reached
     └── PermanentError               fail fast and alert
         ├── SourceError              the dump of a target failed
+        ├── StagingFull              the staging directory's disk is full
         ├── DeadlineExceeded         a database tool ran past its deadline and was stopped
         ├── StorageError             a tier refused an operation
         │   ├── ObjectNotFound
@@ -19,11 +20,14 @@
         └── DrillFailed              a restore drill failed at a named step
 
 A message says what failed; ``remedy`` says what to do. Neither ever carries a secret:
-callers pass names and references, never resolved credentials. A traceback is shown
-only for errors outside this tree, because those are bugs.
+callers pass names and references, never resolved credentials, and both are redacted
+when the error is made (redaction.py), because a message may quote a tool's stderr.
+A traceback is shown only for errors outside this tree, because those are bugs.
 """
 
 from __future__ import annotations
+
+from backup_tasks.redaction import redact
 
 
 class BackupError(Exception):
@@ -32,6 +36,7 @@ class BackupError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, remedy: str = "") -> None:
+        message, remedy = redact(message), redact(remedy)
         super().__init__(message)
         self.message = message
         self.remedy = remedy
@@ -91,6 +96,10 @@ class PermanentError(BackupError):
 
 class SourceError(PermanentError):
     """The source could not be read consistently."""
+
+
+class StagingFull(PermanentError):
+    """The staging directory's filesystem ran out of space (or quota) while a stage wrote there."""
 
 
 class DeadlineExceeded(PermanentError):

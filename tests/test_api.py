@@ -142,6 +142,21 @@ def test_restore_lands_only_below_a_restore_root(api, tmp_path):
     assert list(outside.iterdir()) == [] and not (api.base / "escaped.db").exists()
 
 
+def test_a_path_component_too_long_for_the_filesystem_is_a_400_and_the_connection_stays_usable(api):
+    operator, admin = api.client("operator"), api.client("admin")  # admin: one keep-alive connection for both calls
+    backup_id = back_up(operator, "app-sqlite")
+    root = api.base / "restore"
+
+    response = admin.post(f"/backups/{backup_id}/restore", json={"destination": f"{root}/{'x' * 300}/copy.db"})
+    assert response.status_code == 400, response.text
+    assert "path component of 300 bytes" in response.json()["error"]["message"]
+    assert admin.get(f"/backups/{backup_id}").status_code == 200  # the next call on the same connection is answered
+
+    into = admin.post(f"/backups/{backup_id}/restore", json={"destination": f"{root}/into-new-dir/"})
+    assert into.status_code == 200, into.text
+    assert into.json()["restored_to"] == str(root / "into-new-dir" / "app.db")
+
+
 def test_delete_refuses_the_newest_verified_backup_and_removes_an_older_one(api):
     operator, admin, viewer = api.client("operator"), api.client("admin"), api.client("viewer")
     older, newest = back_up(operator, "uploads"), back_up(operator, "uploads")

@@ -71,6 +71,10 @@ def test_flower_with_auth_shows_the_chain_and_its_progress(tmp_path, make_config
         assert _get(f"{base}/api/workers", auth=False)[0] == 401
         assert _get(f"{base}/api/tasks")[0] == 200
         wait_for(lambda: "w1@hostA" in (_get(f"{base}/api/workers?refresh=1")[1] or {}), 30, "Flower to see the worker")
+        # The task list shows each stage's target (args), run id (kwargs) and progress (result) without a click.
+        page = _get(f"{base}/tasks")[1].decode()
+        columns = re.findall(r'<th data-column="(\w+)">', page)
+        assert {"name", "args", "kwargs", "state", "result"} <= set(columns), columns
 
         rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
         run = client.enqueue_backup("bulk", rt=rt)

@@ -1,9 +1,10 @@
 """Keep secrets out of alert text: whatever reaches a mailbox or a chat channel is public.
 
 Messages are written not to carry secrets in the first place (errors name references,
-never values). This is the second line: before an alert leaves, every value that a
-credential reference of the config resolves to on this host, every value of an
-environment variable whose name says it is secret, the password part of any URL
+never values, and are masked by ``backup_tasks.redaction`` when made). This is the
+second line: before an alert leaves, every value that a credential reference of the
+config resolves to on this host and every value of an environment variable whose name
+says it is secret (each in any percent-encoding), the password part of any URL
 (``scheme://user:password@host``, up to the last ``@`` before the host), the value of any
 secret-named pair (``password=x``, ``PGPASSWORD=x``, ``aws_secret_access_key = x``,
 ``'password': 'x'``, quoted or not) and a bearer token or ``Authorization:`` value are
@@ -16,13 +17,10 @@ import os
 import re
 from pathlib import Path
 
-MASK = "***"
-#: values shorter than this are not masked: they would mangle ordinary words
-_MIN_SECRET_LEN = 4
+from backup_tasks.redaction import MASK, MIN_SECRET_LEN as _MIN_SECRET_LEN, URL_PASSWORD_RE as _URL_PASSWORD_RE, redact
+
 _SECRET_ENV_RE = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE", re.IGNORECASE)
 _LOCATION_ENV_RE = re.compile(r"_(FILE|DIR|PATH|SOCK)$", re.IGNORECASE)
-#: the password runs to the last "@" of the authority (a password may contain "@"), never past "/", "?" or "#"
-_URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*):(?P<pw>[^\s/?#]+)@")
 #: a secret-named key (PGPASSWORD, aws_secret_access_key, "password" in a dict), then its value, quoted or not;
 #: not where a secret is (password_file, ...), nor a plural ("tokens: 5")
 _PAIR_RE = re.compile(r"""(?P<key>(?<![A-Za-z0-9])[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key)"""
@@ -46,10 +44,7 @@ class Redactor:
     def __call__(self, text: str | None) -> str:
         if not text:
             return text or ""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        text = _URL_PASSWORD_RE.sub(lambda m: f"{m['head']}:{MASK}@", text)
+        text = redact(text, self._secrets)
         text = _BEARER_RE.sub(lambda m: f"{m['head']}{MASK}", text)
         return _PAIR_RE.sub(lambda m: f"{m['key']}{m['q']}{MASK}{m['q']}" if m["q"] else f"{m['key']}{MASK}", text)
 

@@ -9,7 +9,8 @@ One ASGI middleware does all four, in the order a careful server must:
 3. read the body up to ``max_body_bytes`` (413 beyond, whether or not Content-Length
    says so), then hand the buffered body to the route;
 4. **audit** the call: action ``api``, actor ``api:<token name>`` (``api:anonymous``
-   for a 401), outcome ``ok``/``refused``/``failed`` by status, method, path, status.
+   for a 401, rate-limited by anonymous_audit.py), outcome ``ok``/``refused``/``failed``
+   by status, method, path, status.
 
 FastAPI's own dependencies run only after it parsed the body, which is why this is a
 middleware and not a ``Depends``. It finds the operation in the app's own OpenAPI
@@ -28,6 +29,7 @@ from anyio import to_thread
 
 from backup_tasks.records import audit
 from backup_tasks.config.api import ApiToken, hash_token
+from backup_tasks.api.anonymous_audit import AnonymousAudit
 from backup_tasks.api.errors import error_response, status_for, unreachable
 from backup_tasks.api.operations import operations
 from backup_tasks.errors import BackupError
@@ -67,6 +69,7 @@ class Guard:
         self.fastapi_app = fastapi_app
         self.current = current
         self._operations: list | None = None
+        self.anonymous = AnonymousAudit()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
@@ -85,7 +88,9 @@ class Guard:
             response = error_response(401, "Unauthorized", "missing bearer token" if missing else "invalid bearer token",
                                       "send Authorization: Bearer <token> (backupctl api token makes one)",
                                       headers={"WWW-Authenticate": "Bearer"})
-            await self._audit(rt, None, 401, call, backup_id)
+            sampled = self.anonymous.admit()
+            if sampled is not None:  # a flood of them is counted, not written row by row
+                await self._audit(rt, None, 401, {**call, **sampled}, backup_id)
             return await response(scope, receive, send)
         if required is None:  # fail closed: nothing outside the schema runs under /api/, not even a hidden route
             await self._audit(rt, token, 404, call, backup_id)

@@ -78,6 +78,37 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(AnswerUnexpected)
+
+
+class AnswerUnexpected:
+    """Answer an unexpected exception here, without re-raising it, so the connection stays usable.
+
+    Starlette's outermost handler re-raises after sending the 500, and uvicorn then
+    closes the connection: a client's next request on that keep-alive connection is
+    reset, so one bug fails two calls. Installed inside the guard, which audits the 500.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watch(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:  # half a response is out: only closing the connection can tell the client
+                raise
+            response = await _unexpected(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 async def _backup_error(request: Request, exc: BackupError) -> JSONResponse:

@@ -13,6 +13,7 @@ from rich.table import Table
 from backup_tasks.records import audit
 from backup_tasks.records.catalog import Status, dumps_row
 from backup_tasks.cli.context import Context, common
+from backup_tasks.cli.output import print_table
 from backup_tasks.cli.progress_bar import StageBar
 from backup_tasks.errors import BackupError, InputError
 from backup_tasks.units import human_size
@@ -27,6 +28,7 @@ from backup_tasks.units import human_size
 def backup(ctx: Context, target, type_, wait, timeout):
     """Run (embedded) or enqueue (with a broker) the chain dump → compress → encrypt → upload → verify."""
     from backup_tasks import client
+    from backup_tasks.orchestration.routing import VERIFY_QUEUE
     from backup_tasks.stages import counting
 
     rt = ctx.rt
@@ -50,9 +52,19 @@ def backup(ctx: Context, target, type_, wait, timeout):
             stages.append(report.get("stage"))
             ctx.out.note(f"  {run.id}: {report.get('stage')}")
 
+    def no_worker(queue: str) -> None:
+        if queue == VERIFY_QUEUE:  # stored and signed; only its verification waits
+            ctx.out.note(f"no worker consumes {queue}; the backup is stored and waits in Redis to be verified. Start one "
+                         f"on a host that can read identities_file with:\n"
+                         f"  BACKUP_CONFIG={rt.config.file} celery -A backup_tasks worker -Q {queue}")
+            return
+        ctx.out.note(f"no worker consumes {queue}; the run waits in Redis until one does. Start one on that host with:\n"
+                     f"  BACKUP_CONFIG={rt.config.file} celery -A backup_tasks worker -Q {queue},verify\n"
+                     f"  (or: python -m workers.launch --host {queue.removeprefix('host.')})")
+
     try:
         with bar if not rt.settings.embedded else contextlib.nullcontext():
-            info = run.wait(timeout, on_progress=show)
+            info = run.wait(timeout, on_progress=show, on_no_worker=no_worker)
     except client.BackupFailed:
         info = run.info()
     except TimeoutError as exc:
@@ -106,7 +118,7 @@ def list_(ctx: Context, target, status, limit):
         for r in data:
             table.add_row(r["id"], r["target"], r["kind"], r["status"], r["created_at"], human_size(r["size_stored"]),
                           ",".join(l["tier"] for l in r["locations"]), r["verified_at"] or "-")
-        c.print(table)
+        print_table(c, table, optional=("verified", "kind", "tiers", "stored", "created"))
 
     ctx.out.result(shape, human)
 
@@ -160,7 +172,10 @@ def verify(ctx: Context, backup_id):
 
 @click.command("restore")
 @click.argument("backup_id")
-@click.option("--to", "to", type=click.Path(path_type=Path), default=None, help="restore files/config/SQLite to this path")
+@click.option("--to", "to", type=click.Path(), default=None,
+              help="restore files/config/SQLite to this path (a SQLite backup to DIR/ or an existing directory lands inside it)")
+@click.option("--strip-source-path", is_flag=True,
+              help="files/config: restore relative to the backed-up paths' common directory instead of nesting the full path")
 @click.option("--to-database", "to_database", default=None, help="restore a database dump into this database")
 @click.option("--dry-run", is_flag=True, help="show what would be written; write nothing")
 @click.option("--force", is_flag=True, help="replace existing data at the destination")
@@ -173,7 +188,8 @@ def verify(ctx: Context, backup_id):
 @click.option("--globals-to", "globals_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the backup's globals (roles, tablespaces) as SQL to this file, mode 0600 (PostgreSQL)")
 @common
-def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, server_password, jobs, tables, with_globals, globals_to):
+def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run, force, server, server_password, jobs, tables,
+            with_globals, globals_to):
     """Restore a backup; refuses to overwrite anything without --force."""
     from backup_tasks.ops.restore import extract_globals, restore_backup
 
@@ -183,9 +199,11 @@ def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, se
     if not to_database and (server or server_password or tables or jobs != 1 or with_globals):
         raise InputError("--server, --server-password, --jobs, --table and --with-globals go with --to-database",
                          "drop them, or restore --to-database NAME")
+    if strip_source_path and not to:
+        raise InputError("--strip-source-path goes with --to PATH", "drop it, or restore --to PATH")
     row = rt.catalog.get(backup_id)
     detail = {"to": str(to or globals_to or "") or None, "to_database": to_database, "server": audit.redact(server), "dry_run": dry_run,
-              "force": force, "tables": list(tables) or None, "globals": bool(with_globals or globals_to)}
+              "force": force, "strip_source_path": strip_source_path, "tables": list(tables) or None, "globals": bool(with_globals or globals_to)}
     with ctx.audited("restore", target=row.target, backup_id=backup_id, detail={k: v for k, v in detail.items() if v}) as entry:
         if dry_run:
             entry.outcome = "dry-run"
@@ -198,7 +216,8 @@ def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, se
             ctx.out.result(result, _print_globals)
             return
         with StageBar(ctx.out, f"restore of {backup_id}", wanted=not dry_run) as bar:
-            result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run, progress=bar.callback if bar.enabled else None)
+            result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run, progress=bar.callback if bar.enabled else None,
+                                    strip_source_path=strip_source_path)
 
     def human(c, d):
         if d["dry_run"]:

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from backup_tasks.errors import BackupError
 
@@ -40,3 +41,31 @@ class Output:
         """Progress and hints for people; silent in JSON mode so stdout stays one document."""
         if not self.json_mode:
             self.err.print(text, markup=False, highlight=False)
+
+
+def print_table(console: Console, table: Table, *, whole: int = 0, optional: tuple[str, ...] = ()) -> None:
+    """A table for people in which column ``whole`` (an id people copy) is never wrapped or cut.
+
+    In a pipe or a file there is no screen to fit, so the table is printed at its natural
+    width instead of rich's default 80 columns. On a narrower terminal the ``optional``
+    columns are left out, in that order, until it fits; if it still does not, it is
+    printed whole and the terminal wraps the lines, because a cut id cannot be copied.
+    """
+    col = table.columns[whole]
+    col.no_wrap, col.overflow = True, "ignore"
+    if console.is_terminal:
+        for header in (None, *optional):
+            if header is not None:  # a column holds its own cells: removing it removes them
+                table.columns[:] = [c for c in table.columns if c.header != header]
+            if _natural_width(console, table) <= console.width:
+                return console.print(table)
+    width = console.width
+    try:
+        console.width = max(width, _natural_width(console, table))
+        console.print(table)
+    finally:
+        console.width = width
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    return console.measure(table, options=console.options.update_width(1 << 16)).maximum

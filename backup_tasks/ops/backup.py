@@ -9,6 +9,7 @@ that finds its reference returns it instead of redoing the work.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -25,7 +26,8 @@ from backup_tasks.ops import size_check
 from backup_tasks.records import attachments, events, keys, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
-from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
+from backup_tasks.errors import InputError, PermanentError, StagingFull, StorageError, TransientError
+from backup_tasks.units import human_size
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.base import source_for
 from backup_tasks.stages import compress as compress_stage
@@ -96,10 +98,35 @@ def _write_output(final: Path, produce: Callable[[HashingWriter], None]) -> tupl
             produce(writer)
             os.fsync(raw.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _out_of_space(exc):
+            raise _staging_full(final) from None
         raise
     return writer.size, writer.sha256, round(time.monotonic() - started, 3)
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """ENOSPC or EDQUOT, also when a filter wrapped it (its cause or context)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _staging_full(final: Path) -> StagingFull:
+    """Name the directory and how much room is left (after the partial file was removed), not just '[Errno 28]'."""
+    run_dir = final.parent
+    try:
+        free = human_size(shutil.disk_usage(run_dir).free)
+    except OSError:
+        free = "unknown"
+    return StagingFull(f"no space left in the staging directory {run_dir.parent} while writing {final.name} "
+                       f"of run {run_dir.name} ({free} free there now that the partial file is removed)",
+                       f"free space on that filesystem, or point staging_dir in [settings] (BACKUP_STAGING_DIR) at a "
+                       f"disk with room for about twice the target's size, then run the backup again")
 
 
 def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:

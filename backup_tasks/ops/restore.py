@@ -28,19 +28,32 @@ from backup_tasks.sources.postgres.cluster_globals import GLOBALS_FILE
 log = logging.getLogger(__name__)
 
 
-def restore_backup(rt: Runtime, backup_id: str, dest: Path, *, force: bool = False, dry_run: bool = False,
-                   progress: progress_mod.Callback | None = None) -> dict:
-    """Restore files, config or SQLite to ``dest``; ``progress`` hears the plaintext bytes restored."""
+def restore_backup(rt: Runtime, backup_id: str, dest: Path | str, *, force: bool = False, dry_run: bool = False,
+                   progress: progress_mod.Callback | None = None, strip_source_path: bool = False) -> dict:
+    """Restore files, config or SQLite to ``dest``; ``progress`` hears the plaintext bytes restored.
+
+    ``dest`` given as a string ending in '/' means "into this directory", like an existing
+    directory does: a SQLite backup then lands there under its original file name.
+    ``strip_source_path`` (files and config) drops the roots' common directory from
+    every restored path.
+    """
     row = rt.catalog.get(backup_id)
     found = readback.locate(rt, row)
     doc = found.doc
     source = source_for(doc["kind"])
-    dest = _destination(doc, Path(dest).expanduser().absolute())
+    into_directory = isinstance(dest, str) and dest.endswith(os.sep)
+    dest = _destination(doc, destination_path(dest), into_directory)
+    options = {}
+    if strip_source_path:
+        if source.suffix != "tar":
+            raise InputError(f"--strip-source-path applies to files and config backups; {backup_id} is a {doc['kind']} backup",
+                             "drop --strip-source-path")
+        options["strip_source_path"] = True
     occupied = _occupied(dest)
     base = {"backup_id": backup_id, "target": doc["target"], "kind": doc["kind"], "destination": str(dest),
             "location": found.tier, "notes": found.notes}
     if dry_run:
-        summary = source.restore(None, doc, dest, force=True, dry_run=True)
+        summary = source.restore(None, doc, dest, force=True, dry_run=True, **options)
         return {**base, "dry_run": True, "destination_not_empty": occupied, "needs_force": occupied and not force, **summary}
     if occupied and not force:
         raise RestoreRefused(
@@ -48,13 +61,14 @@ def restore_backup(rt: Runtime, backup_id: str, dest: Path, *, force: bool = Fal
             "restore into an empty or new path, or pass --force to replace what is there",
         )
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.restoring-{secrets.token_hex(4)}"
+    # Cut the name: the destination's own name may already be as long as the filesystem allows.
+    staging = dest.parent / f".{dest.name[:64]}.restoring-{secrets.token_hex(4)}"
     if source.suffix == "tar":
         staging.mkdir(mode=0o700)
     try:
         with readback.plaintext(rt, found) as (stream, stored, plain):
             stream = progress_mod.reading(stream, progress, "restore", doc["plaintext"]["size"])
-            summary = source.restore(stream, doc, staging, force=False, dry_run=False)
+            summary = source.restore(stream, doc, staging, force=False, dry_run=False, **options)
             plain.drain()
         readback.check_digests(doc, stored, plain)
         _commit(staging, dest)
@@ -65,9 +79,42 @@ def restore_backup(rt: Runtime, backup_id: str, dest: Path, *, force: bool = Fal
     return {**base, "dry_run": False, **summary, "restored_to": str(dest)}
 
 
-def _destination(doc: dict, dest: Path) -> Path:
-    """A SQLite backup restored 'to a directory' lands there under its original file name."""
-    if doc["kind"] == "sqlite" and dest.is_dir():
+def destination_path(dest: Path | str) -> Path:
+    """``dest`` made absolute; InputError if a component or the whole is longer than the filesystem allows.
+
+    Checked before anything is created, so the answer is a clear refusal (exit 2, HTTP
+    400) and not an OSError halfway through.
+    """
+    path = Path(dest).expanduser().absolute()
+    name_max, path_max = _limits(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise InputError(f"restore destination has a path component of {len(os.fsencode(part))} bytes ('{part[:40]}...'); "
+                             f"the filesystem allows {name_max}", "choose a shorter name")
+    if len(os.fsencode(str(path))) >= path_max:
+        raise InputError(f"restore destination is {len(os.fsencode(str(path)))} bytes long; the filesystem allows {path_max - 1}",
+                         "choose a shorter path")
+    return path
+
+
+def _limits(path: Path) -> tuple[int, int]:
+    existing = next((p for p in (path, *path.parents) if _exists(p)), Path("/"))
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # ENAMETOOLONG: the very thing being checked
+        return False
+
+
+def _destination(doc: dict, dest: Path, into_directory: bool = False) -> Path:
+    """A SQLite backup restored 'to a directory' (existing, or named with a trailing '/') lands there under its original file name."""
+    if doc["kind"] == "sqlite" and (into_directory or dest.is_dir()):
         return dest / Path(doc["source"].get("database", f"{doc['target']}.sqlite")).name
     if doc["kind"] != "sqlite" and dest.exists() and not dest.is_dir():
         raise InputError(f"{dest} is a file; a {doc['kind']} backup restores into a directory", "pass a directory to --to")
@@ -94,13 +141,22 @@ def _commit(staging: Path, dest: Path) -> None:
 
 
 def _merge(src: Path, dst: Path) -> None:
-    if src.is_dir() and not src.is_symlink() and dst.is_dir() and not dst.is_symlink():
+    """Put ``src`` at ``dst``: directories merge, anything else is replaced, links are never followed.
+
+    A symlink or file standing where the backup has a directory is removed first (the
+    link itself, never what it points to), as tar does: rename(2) cannot put a directory
+    over a non-directory, and recursing into a link would write outside the destination.
+    """
+    src_is_dir = src.is_dir() and not src.is_symlink()
+    if src_is_dir and dst.is_dir() and not dst.is_symlink():
         for entry in os.scandir(src):
             _merge(Path(entry.path), dst / entry.name)
         shutil.copystat(src, dst, follow_symlinks=False)
         return
     if dst.is_dir() and not dst.is_symlink():
         shutil.rmtree(dst)
+    elif src_is_dir and os.path.lexists(dst):
+        dst.unlink()
     os.replace(src, dst)
 
 

@@ -14,13 +14,20 @@ import os
 import threading
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
 
 import beat_schedule
-from backup_tasks import defaults
+from backup_tasks import defaults, redaction
 from backup_tasks.config import Settings
 from backup_tasks.ops import runtime
 
 app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks"])
+
+#: Flower's task list shows these columns unless the operator chose others (FLOWER_TASKS_COLUMNS or
+#: --tasks_columns). Its default leaves out args, kwargs and result, which is where each stage shows
+#: its target, its run id and, while running, its progress line: without them every row looks alike.
+FLOWER_TASKS_COLUMNS = "name,args,kwargs,state,result,received,runtime,worker,uuid"
+os.environ.setdefault("FLOWER_TASKS_COLUMNS", FLOWER_TASKS_COLUMNS)
 
 BASE_CONF = dict(
     task_serializer="json",
@@ -106,6 +113,16 @@ def _drop_redbeat_config() -> None:
     for attr in ("redbeat_conf", "redbeat_redis"):
         if attr in app.__dict__:
             delattr(app, attr)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_log_records(logger=None, **_) -> None:
+    """Every line a worker, beat or Flower logs passes redaction, Celery's own included:
+    its "Task ... raised" line quotes the exception, and a foreign exception is not ours to word."""
+    for handler in getattr(logger, "handlers", ()):
+        if not any(isinstance(f, redaction.LogFilter) for f in handler.filters):
+            handler.addFilter(redaction.LogFilter())
 
 
 def _configure_from_environment() -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import re
 from contextlib import contextmanager
 from typing import Iterator
 
+from backup_tasks import redaction
 from backup_tasks.errors import BackupError, InputError, RestoreRefused
 
 log = logging.getLogger("backup_tasks.records.audit")
@@ -34,8 +34,8 @@ def cli_actor() -> str:
 
 
 def redact(text: str | None) -> str | None:
-    """A URL or DSN as it may be audited: any password in it replaced by ***."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", text) if text else text
+    """A URL or DSN as it may be audited: any password in it, and any secret this process resolved, replaced by ***."""
+    return redaction.redact(text)
 
 
 def record(catalog, action: str, *, actor: str, outcome: str, target: str | None = None, backup_id: str | None = None,

@@ -33,4 +33,5 @@ def restore_backup(backup_id: BackupId, body: schemas.RestoreRequest, request: R
         lookup.stored_backup(rt, backup_id, "restore")
         if body.dry_run:
             entry.outcome = "dry-run"
-        return restore(rt, backup_id, dest, force=body.force, dry_run=body.dry_run)
+        into = f"{dest}/" if body.destination.endswith("/") else dest  # "into this directory", as on the command line
+        return restore(rt, backup_id, into, force=body.force, dry_run=body.dry_run)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from backup_tasks.errors import ServiceUnavailable
+from backup_tasks.records.catalog.redacted import RedactedJSON, RedactedText
 
 
 class Status(StrEnum):
@@ -79,7 +80,7 @@ class BackupRow(Base):
     size_stored: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sha256_stored: Mapped[str | None] = mapped_column(String(64), nullable=True)
     duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(RedactedText, nullable=True)
     manifest: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     locations: Mapped[list["LocationRow"]] = relationship(back_populates="backup", cascade="all, delete-orphan", order_by="LocationRow.id", lazy="selectin")
 
@@ -103,7 +104,7 @@ class VerificationRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     ok: Mapped[bool] = mapped_column(Boolean)
     check: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    detail: Mapped[dict | None] = mapped_column(RedactedJSON, nullable=True)
     duration_seconds: Mapped[float] = mapped_column(Float)
 
 
@@ -117,8 +118,8 @@ class EventRow(Base):
     target: Mapped[str | None] = mapped_column(String(64), nullable=True)
     host: Mapped[str | None] = mapped_column(String(64), nullable=True)
     backup_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    message: Mapped[str] = mapped_column(Text)
-    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    message: Mapped[str] = mapped_column(RedactedText)
+    detail: Mapped[dict | None] = mapped_column(RedactedJSON, nullable=True)
 
 
 class DrillResult(StrEnum):
@@ -140,7 +141,7 @@ class DrillRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: download + decrypt + decompress + restore into the temporary database (RTO evidence)
     restore_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    details: Mapped[dict | None] = mapped_column(RedactedJSON, nullable=True)
 
 
 class AuditRow(Base):
@@ -159,7 +160,7 @@ class AuditRow(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     target: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     backup_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    detail: Mapped[dict | None] = mapped_column(RedactedJSON, nullable=True)
 
 
 class AlertSentRow(Base):
@@ -190,7 +191,7 @@ class AlertConditionRow(Base):
     target: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tier: Mapped[str | None] = mapped_column(String(64), nullable=True)
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    detail: Mapped[dict | None] = mapped_column(RedactedJSON, nullable=True)
     #: the opening alert reached at least one channel; until then each watchdog run sends it again
     notified: Mapped[bool] = mapped_column(Boolean, default=False)
 

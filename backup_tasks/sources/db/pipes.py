@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from backup_tasks import defaults
+from backup_tasks.redaction import redact
 from backup_tasks.errors import DeadlineExceeded
 
 
@@ -114,9 +115,7 @@ def feed_into(argv: list[str], stream: BinaryIO, *, env: dict, what: str, deadli
 
 
 def last_lines(text: str, n: int = 5, *, secret: str | None = None) -> str:
-    """The end of a tool's stderr for an error message, with the password (if any) blotted out."""
+    """The end of a tool's stderr for an error message, with the password (if any) blotted out in any encoding."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     out = " | ".join(lines[-n:])
-    if secret:
-        out = out.replace(secret, "***")
-    return out[-1500:]
+    return redact(out, [secret] if secret else ())[-1500:]

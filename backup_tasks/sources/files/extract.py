@@ -94,8 +94,38 @@ class _Tee:
             pass
 
 
-def extract(plaintext: BinaryIO, dest: str) -> tuple[dict, list[dict]]:
-    """Extract every member into ``dest``; return (counts, archive listing)."""
+def strip_member(name: str, prefix: str) -> str | None:
+    """``name`` relative to ``prefix`` (an archive path without leading '/'); None when not below it.
+
+    ``prefix`` itself and its ancestors are None too: they are the destination, which
+    the restore made, and nothing of theirs (mode, mtime) is applied to it.
+    """
+    if not prefix:
+        return name
+    if name.startswith(prefix + "/"):
+        return name[len(prefix) + 1:] or None
+    return None
+
+
+def _stripped(member: tarfile.TarInfo, prefix: str, dest: str) -> tarfile.TarInfo | None:
+    name = strip_member(member.name, prefix)
+    if name is None or name == member.name:
+        return None if name is None else member
+    if member.islnk():  # a hard link names another member: it moves with the tree
+        link = strip_member(member.linkname, prefix)
+        if link is None:
+            raise _refuse(member.name, dest, "a hard link to a member outside the stripped path")
+        return member.replace(name=name, linkname=link, deep=False)
+    return member.replace(name=name, deep=False)
+
+
+def extract(plaintext: BinaryIO, dest: str, *, strip_prefix: str = "") -> tuple[dict, list[dict]]:
+    """Extract every member into ``dest``; return (counts, archive listing).
+
+    With ``strip_prefix`` (an archive path), members land relative to it and members
+    outside it are skipped; the listing keeps the archive's own names, so it is still
+    compared with the manifest as stored.
+    """
     counts = {"files": 0, "dirs": 0, "links": 0, "bytes": 0, "symlinks_leaving_dest": []}
     dirs: list[tarfile.TarInfo] = []
     tee = _Tee(plaintext, TarScanner())
@@ -104,6 +134,11 @@ def extract(plaintext: BinaryIO, dest: str) -> tuple[dict, list[dict]]:
         with tarfile.open(fileobj=tee, mode="r|", bufsize=CHUNK_SIZE) as archive:
             for member in archive:
                 name = member.name
+                if reason := _unsafe_name(name):  # refused before stripping could hide it
+                    raise _refuse(name, dest, reason)
+                member = _stripped(member, strip_prefix, dest) if strip_prefix else member
+                if member is None:
+                    continue
                 safe = _admit(member, dest)
                 archive.extract(safe, dest, set_attrs=not safe.isdir(), filter="fully_trusted")
                 if safe.isreg() or safe.islnk():
@@ -155,7 +190,7 @@ def _set_dir_attrs(dirs: list[tarfile.TarInfo], dest: str) -> None:
         os.chmod(path, member.mode)
 
 
-def plan_restore(entries: list[dict], dest: Path) -> dict:
+def plan_restore(entries: list[dict], dest: Path, *, strip_prefix: str = "") -> dict:
     """What a restore of ``entries`` into ``dest`` writes; pure, refuses unsafe names early."""
     plan = {"files": 0, "dirs": 0, "links": 0, "bytes": 0, "would_write": []}
     for entry in entries:
@@ -165,7 +200,10 @@ def plan_restore(entries: list[dict], dest: Path) -> dict:
             raise _refuse(entry["path"], str(dest), reason)
         if entry["type"] not in ("file", "dir", "symlink", "hardlink"):
             raise _refuse(entry["path"], str(dest), f"{entry['type']} members are never restored")
-        plan["would_write"].append(str(dest / entry["path"]))
+        name = strip_member(entry["path"], strip_prefix)
+        if name is None:
+            continue
+        plan["would_write"].append(str(dest / name))
         key = {"file": "files", "dir": "dirs"}.get(entry["type"], "links")
         plan[key] += 1
         plan["bytes"] += entry["size"] if entry["type"] == "file" else 0

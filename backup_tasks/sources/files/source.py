@@ -64,26 +64,46 @@ class FilesSource:
         return {"files_checked": len(files), "entries_checked": len(actual),
                 "bytes_checked": sum(e["size"] for e in files)}
 
-    def restore(self, plaintext: BinaryIO, manifest: dict, dest: Path, *, force: bool, dry_run: bool) -> dict:
+    def restore(self, plaintext: BinaryIO, manifest: dict, dest: Path, *, force: bool, dry_run: bool,
+                strip_source_path: bool = False) -> dict:
         """Extract under ``dest`` (members keep their full original paths below it).
 
+        With ``strip_source_path`` they land relative to the roots' common directory
+        instead (see ``source_prefix``), and the summary names that directory.
         Refuses a non-empty ``dest`` without ``force`` (also in a dry run, which answers
         "what would this command do"). After extracting, the archive's listing and
         hashes must match the manifest, or the restore fails with VerificationFailed.
         """
         dest = Path(os.path.abspath(dest))
         expected = manifest_files(manifest)
-        plan = plan_restore(expected, dest)
+        prefix = source_prefix(manifest) if strip_source_path else ""
+        stripped = {"strip_source_path": "/" + prefix} if strip_source_path else {}
+        plan = plan_restore(expected, dest, strip_prefix=prefix)
         refuse_unless_empty(dest, force)
         if dry_run:
-            return {"restored_to": str(dest), "dry_run": True, **plan}
+            return {"restored_to": str(dest), "dry_run": True, **plan, **stripped}
         if not dest.exists():
             dest.mkdir(mode=0o700, parents=True)
             dest.chmod(0o700)  # mkdir's mode is filtered by the umask; be exact
         real = os.path.realpath(dest)
-        counts, listing = extract(plaintext, real)
+        counts, listing = extract(plaintext, real, strip_prefix=prefix)
         compare_listing(expected, listing)
-        return {"restored_to": str(dest), **counts}
+        return {"restored_to": str(dest), **counts, **stripped}
+
+
+def source_prefix(manifest: dict) -> str:
+    """The archive path that ``strip_source_path`` removes: the deepest directory holding every root.
+
+    ``paths = ["/srv/app/uploads"]`` gives ``srv/app/uploads`` (its contents land in the
+    destination); ``["/srv/app/.env", "/srv/app/config"]`` gives ``srv/app`` (``.env``
+    and ``config/`` land there); a single file root gives its directory.
+    """
+    roots = manifest["source"].get("roots") or ["/"]
+    prefix = os.path.commonpath(roots).lstrip("/")
+    types = {e["path"]: e["type"] for e in manifest_files(manifest)}
+    if prefix and types.get(prefix, "dir") != "dir":
+        prefix = os.path.dirname(prefix)
+    return prefix
 
 
 class ConfigSource(FilesSource):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from backup_tasks.redaction import redact
 from backup_tasks.errors import SourceError
 from backup_tasks.sources.db import dsn, pipes
 from backup_tasks.sources.mysql.client import (
@@ -112,7 +113,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
         "tables": counts,
         "views": views,
         "binlog": position,
-        "warnings": [ln for ln in outcome.stderr.splitlines() if ln.strip()][:20],
+        "warnings": [redact(ln) for ln in outcome.stderr.splitlines() if ln.strip()][:20],  # the tool's words, not ours
         "tool_versions": {Path(tool_path).name: tool_text, "mysql_server": version},
     }
 

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
+from backup_tasks.redaction import redact
 from backup_tasks.errors import ConfigError, SourceError
 from backup_tasks.sources.db import dsn, pipes
 from backup_tasks.sources.postgres import cluster_globals
@@ -210,6 +211,6 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
         "partitioned_tables": [qualified(s, t) for s, t, k in tables if k == "p"],
         "options": {k: v for k, v in opts.items() if v},
         **({"globals": cluster} if opts["globals"] else {}),
-        "warnings": [ln for ln in outcome.stderr.splitlines() if ln.strip()][:20],
+        "warnings": [redact(ln) for ln in outcome.stderr.splitlines() if ln.strip()][:20],  # the tool's words, not ours
         "tool_versions": {"pg_dump": client_text.split("(PostgreSQL)")[-1].strip(), "postgresql_server": version},
     }
