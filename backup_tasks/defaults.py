@@ -126,3 +126,6 @@ API_MAX_BODY_BYTES = 64 * 1024
 #: GET /backups page size, and the largest a client may ask for
 API_PAGE_SIZE = 50
 API_MAX_PAGE_SIZE = 500
+#: re-encryption after a key rotation is background work: its tasks go to the verify queue at the lowest
+#: Redis priority (0 is the highest, 9 the lowest), so verifying tonight's backups is never kept waiting
+REENCRYPT_PRIORITY = 9
