@@ -19,15 +19,20 @@ import pytest
 
 from backup_tasks import client
 from backup_tasks.errors import KeyMissing, VerificationFailed
+from backup_tasks.ops import reencrypt
+from backup_tasks.ops.key_status import key_status
 from backup_tasks.ops.verify import verify_backup
 from backup_tasks.records import keys, manifest
 from conftest import run_cli
+from s3server import s3_tier_toml
 from test_sqlite_backup import make_app_db
 
 
 def write_targets(path: Path, state: Path, *, recipients_file: Path, identities_file: Path, signing_key_file: Path,
-                  signing_public_key_file: Path | None = None, targets: str) -> Path:
-    """The targets file an operator edits when rotating: key settings, two tiers, the targets."""
+                  signing_public_key_file: Path | None = None, targets: str, tiers: str | None = None) -> Path:
+    """The targets file an operator edits when rotating: key settings, two tiers (local directories by default), the targets."""
+    tiers = tiers or (f'[tiers.local]\nkind = "local"\npath = "{state / "store"}"\n'
+                      f'[tiers.offsite]\nkind = "local"\npath = "{state / "offsite"}"\n')
     trusted = f'signing_public_key_file = "{signing_public_key_file}"\n' if signing_public_key_file else ""
     path.write_text(
         "[settings]\n"
@@ -36,10 +41,7 @@ def write_targets(path: Path, state: Path, *, recipients_file: Path, identities_
         f'recipients_file = "{recipients_file}"\n'
         f'identities_file = "{identities_file}"\n'
         f'signing_key_file = "{signing_key_file}"\n'
-        f"{trusted}\n"
-        f'[tiers.local]\nkind = "local"\npath = "{state / "store"}"\n'
-        f'[tiers.offsite]\nkind = "local"\npath = "{state / "offsite"}"\n\n'
-        f"{targets}\n"
+        f"{trusted}\n{tiers}\n{targets}\n"
     )
     return path
 
@@ -47,7 +49,7 @@ def write_targets(path: Path, state: Path, *, recipients_file: Path, identities_
 class Site:
     """Keys A on disk, a targets file using them, and the paths a rotation touches."""
 
-    def __init__(self, root: Path, targets: str) -> None:
+    def __init__(self, root: Path, targets: str, tiers: str | None = None) -> None:
         self.root = root
         self.state = root / "state"
         self.old = root / "keys-a"
@@ -55,10 +57,10 @@ class Site:
         self.identities = root / "identities.txt"
         self.identities.write_text((self.old / keys.IDENTITY_FILE).read_text())
         os.chmod(self.identities, 0o600)
-        self.targets = targets
+        self.targets, self.tiers = targets, tiers
         self.config = write_targets(root / "targets.toml", self.state, recipients_file=self.old / keys.RECIPIENT_FILE,
                                     identities_file=self.identities, signing_key_file=self.old / keys.SIGNING_KEY_FILE,
-                                    targets=targets)
+                                    targets=targets, tiers=tiers)
         self.old_id = keys.key_id((self.old / keys.RECIPIENT_FILE).read_text())
         self.old_signing_id = keys.key_id((self.old / keys.SIGNING_PUB_FILE).read_text())
 
@@ -69,7 +71,7 @@ class Site:
         write_targets(self.config, self.state, recipients_file=Path(s["recipients_file"]), identities_file=self.identities,
                       signing_key_file=Path(s.get("signing_key_file", self.old / keys.SIGNING_KEY_FILE)),
                       signing_public_key_file=Path(s["signing_public_key_file"]) if "signing_public_key_file" in s else None,
-                      targets=self.targets)
+                      targets=self.targets, tiers=self.tiers)
 
     def data_objects(self, tier: str, target: str, backup_id: str) -> list[str]:
         folder = self.state / tier / target / backup_id
@@ -166,10 +168,10 @@ def test_rotate_reencrypt_and_retire_the_old_key(site, runtime_for, tmp_path):
     rt = runtime_for(site.config)
     after = [client.enqueue_backup(t, rt=rt).wait() for t in ("app-sqlite", "site")]
 
-    listed = {e["id"]: e for e in cli_json("list", config=site.config)}
+    listed = {e["id"]: e for e in client.recent_runs(rt=rt)}
     assert all(listed[b["id"]]["key_ids"] == [site.old_id] for b in before)
     assert all(listed[b["id"]]["key_ids"] == [new_id] for b in after)
-    status = {k["key_id"]: k for k in cli_json("keys", "status", config=site.config)["keys"]}
+    status = {k["key_id"]: k for k in key_status(rt)["keys"]}
     assert status[site.old_id]["role"] == "old" and not status[site.old_id]["deletable"]
     assert status[site.old_id]["tiers"] == {"local": {"backups": 2, "objects": 2}, "offsite": {"backups": 2, "objects": 2}}
     assert status[new_id]["role"] == "current" and status[new_id]["backups"] == 2
@@ -188,7 +190,7 @@ def test_rotate_reencrypt_and_retire_the_old_key(site, runtime_for, tmp_path):
         assert doc["revision"] == 2 and doc["encryption"]["recipients"] == [new_id]
         assert doc["replaces"]["revision"] == 1 and doc["replaces"]["key_ids"] == [site.old_id]
         assert doc["replaces"]["signed_by"] == site.old_signing_id and doc["signature"]["key_id"] == rotation["signing_key_id"]
-    assert cli_json("reencrypt", config=site.config)["backups"] == []  # nothing left on the old key
+    assert reencrypt.select(runtime_for(site.config)) == []  # nothing left on the old key
 
     # the old identity deleted: every backup still verifies and restores
     site.identities.write_text((site.root / "keys-b" / keys.IDENTITY_FILE).read_text())
@@ -284,6 +286,48 @@ def test_a_kill_at_any_step_leaves_a_verifiable_copy_and_a_rerun_finishes(tmp_pa
         for tier in ("store", "offsite"):
             assert site.data_objects(tier, f"t{n}", run["id"]) == ["data.tar.zst.r2.age"], (n, tier)
         assert verify_backup(rt, run["id"])["status"] == "verified"
-    status = {k["key_id"]: k for k in cli_json("keys", "status", config=site.config)["keys"]}
+    status = {k["key_id"]: k for k in key_status(rt)["keys"]}
     assert status[site.old_id]["role"] == "retired"
-    assert cli_json("reencrypt", config=site.config)["backups"] == []
+    assert reencrypt.select(rt) == []
+
+
+def test_an_object_locked_copy_is_skipped_with_its_reason_and_left_whole(tmp_path, runtime_for, s3_server, s3_env):
+    bucket = s3_server.make_bucket(object_lock=True)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("locked for two days\n" * 100)
+    site = Site(tmp_path, f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["local", "offsite"]\n',
+                tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n'
+                      + s3_tier_toml(s3_server, bucket, max_age_days=2, object_lock="compliance"))
+    run = client.enqueue_backup("t", rt=runtime_for(site.config)).wait()
+    site.apply(cli_json("keys", "rotate", "--out", str(tmp_path / "keys-b"), config=site.config))
+
+    done = cli_json("reencrypt", config=site.config)
+    [outcome] = done["backups"]
+    assert outcome["outcome"] == "skipped" and outcome["backup_id"] == run["id"]
+    assert "tier 'offsite' is Object-Locked until " in outcome["reason"] and "again" in outcome["reason"]
+    # left whole: the old object and revision on both tiers, still verifiable, the old key still needed
+    rt = runtime_for(site.config, BACKUP_VERIFY_ALL_LOCATIONS="true")
+    assert site.data_objects("store", "t", run["id"]) == ["data.tar.zst.age"]
+    assert [o.key.rsplit("/", 1)[1] for o in rt.storage("offsite").list(f"t/{run['id']}/data.")] == ["data.tar.zst.age"]
+    assert verify_backup(rt, run["id"])["status"] == "verified"
+    status = {k["key_id"]: k for k in key_status(rt)["keys"]}
+    assert status[site.old_id]["role"] == "old" and status[site.old_id]["tiers"]["offsite"]["objects"] == 1
+
+
+def test_reencrypt_wait_runs_the_tasks_on_a_real_verify_worker(site, runtime_for, redis_url, start_worker):
+    rt = runtime_for(site.config)
+    before = [client.enqueue_backup(t, rt=rt).wait() for t in ("app-sqlite", "site")]
+    site.apply(cli_json("keys", "rotate", "--out", str(site.root / "keys-b"), config=site.config))
+    worker = start_worker(site.config, redis_url, ["verify"], name="verifier@localhost")
+
+    done = json.loads(run_cli("reencrypt", "--wait", "--timeout", "120", "--json", config=site.config,
+                              env={"BACKUP_BROKER_URL": redis_url}, check=0).stdout)
+    assert sorted(b["backup_id"] for b in done["backups"]) == sorted(b["id"] for b in before)
+    assert done["counts"] == {"reencrypted": 2}
+    assert b"backup.reencrypt" in worker.log.read_bytes()  # the worker did it, not the CLI
+    rt = runtime_for(site.config)
+    assert {tuple(e["key_ids"]) for e in client.recent_runs(rt=rt)} == {(done["to_key_ids"][0],)}
+    audited = rt.catalog.audit(action="backup.reencrypt")  # each backup's move, by the operator who asked
+    assert sorted(e.backup_id for e in audited) == sorted(b["id"] for b in before)
+    assert all(e.outcome == "ok" and e.actor.startswith("cli:") for e in audited)
