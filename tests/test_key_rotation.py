@@ -21,6 +21,7 @@ from backup_tasks import client
 from backup_tasks.errors import KeyMissing, VerificationFailed
 from backup_tasks.ops import reencrypt
 from backup_tasks.ops.key_status import key_status
+from backup_tasks.ops.rebuild import rebuild_catalog
 from backup_tasks.ops.verify import verify_backup
 from backup_tasks.records import keys, manifest
 from conftest import run_cli
@@ -331,3 +332,38 @@ def test_reencrypt_wait_runs_the_tasks_on_a_real_verify_worker(site, runtime_for
     audited = rt.catalog.audit(action="backup.reencrypt")  # each backup's move, by the operator who asked
     assert sorted(e.backup_id for e in audited) == sorted(b["id"] for b in before)
     assert all(e.outcome == "ok" and e.actor.startswith("cli:") for e in audited)
+
+
+def test_a_revision_on_one_tier_only_is_indexed_by_rebuild_and_finished_by_a_rerun(site, runtime_for):
+    rt = runtime_for(site.config)
+    run = client.enqueue_backup("site", rt=rt).wait()
+    folders = {tier: site.state / tier / "site" / run["id"] for tier in ("store", "offsite")}
+    saved = {(tier, name): (folder / name).read_bytes() for tier, folder in folders.items()
+             for name in ("data.tar.zst.age", "manifest.json")}
+    site.apply(cli_json("keys", "rotate", "--out", str(site.root / "keys-b"), config=site.config))
+    rt = runtime_for(site.config)
+    assert reencrypt.reencrypt_backup(rt, run["id"])["outcome"] == "reencrypted"
+    # Put storage back as a kill between the two tiers' manifest writes leaves it: revision 2 on
+    # the first tier, revision 1 on the second, and the old object not yet deleted on either.
+    (folders["store"] / "data.tar.zst.age").write_bytes(saved["store", "data.tar.zst.age"])
+    (folders["offsite"] / "data.tar.zst.age").write_bytes(saved["offsite", "data.tar.zst.age"])
+    (folders["offsite"] / "manifest.json").write_bytes(saved["offsite", "manifest.json"])
+    assert verify_backup(runtime_for(site.config, BACKUP_VERIFY_ALL_LOCATIONS="true"), run["id"])["status"] == "verified"
+
+    # a rebuilt catalog takes the newest revision, reports the tier still on the older one,
+    # and counts the old object as still depending on the old key
+    rebuilt = rebuild_catalog(rt)
+    assert rebuilt["unfinished_reencryptions"] == [run["id"]]
+    assert [s["tier"] for s in rebuilt["skipped"]] == ["offsite"] and "older than revision 2" in rebuilt["skipped"][0]["reason"]
+    assert [loc.tier for loc in rt.catalog.get(run["id"]).locations] == ["local"]
+    status = {k["key_id"]: k for k in key_status(rt)["keys"]}
+    assert status[site.old_id]["role"] == "old" and status[site.old_id]["tiers"]["local"]["objects"] == 1
+
+    done = cli_json("reencrypt", config=site.config)
+    assert [(b["backup_id"], b["outcome"]) for b in done["backups"]] == [(run["id"], "reencrypted")]
+    for tier, folder in folders.items():
+        assert site.data_objects(tier, "site", run["id"]) == ["data.tar.zst.r2.age"], tier
+        assert json.loads((folder / "manifest.json").read_text())["revision"] == 2
+    rt = runtime_for(site.config)
+    assert sorted(loc.tier for loc in rt.catalog.get(run["id"]).locations) == ["local", "offsite"]
+    assert {k["key_id"]: k["role"] for k in key_status(rt)["keys"]}[site.old_id] == "retired"
