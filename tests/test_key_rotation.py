@@ -20,10 +20,12 @@ import pytest
 from backup_tasks import client
 from backup_tasks.errors import KeyMissing, VerificationFailed
 from backup_tasks.ops import reencrypt
+from backup_tasks.ops.key_rotation import rotate
 from backup_tasks.ops.key_status import key_status
 from backup_tasks.ops.rebuild import rebuild_catalog
 from backup_tasks.ops.verify import verify_backup
-from backup_tasks.records import keys, manifest
+from backup_tasks.orchestration import run_lock
+from backup_tasks.records import keys
 from conftest import run_cli
 from s3server import s3_tier_toml
 from test_sqlite_backup import make_app_db
@@ -117,11 +119,12 @@ def test_keys_rotate_writes_private_keys_prints_the_change_and_is_audited(site, 
     # no private key material in what it printed
     assert "AGE-SECRET-KEY" not in json.dumps(rotation) and "PRIVATE KEY" not in json.dumps(rotation)
 
-    entry = runtime_for(site.config).catalog.audit(action="keys.rotate")[0]
+    rt = runtime_for(site.config)
+    entry = rt.catalog.audit(action="keys.rotate")[0]
     assert entry.outcome == "ok" and entry.detail["recipient_key_id"] == rotation["recipient_key_id"]
     assert entry.detail["previous_recipient_key_ids"] == [site.old_id]
 
-    status = cli_json("keys", "status", config=site.config)
+    status = key_status(rt)
     roles = {k["key_id"]: k["role"] for k in status["keys"]}
     assert roles == {site.old_id: "current", rotation["recipient_key_id"]: "new"}
 
@@ -252,13 +255,12 @@ def _kill_when(proc: subprocess.Popen, seen, timeout: float = 60) -> bool:
 def test_a_kill_at_any_step_leaves_a_verifiable_copy_and_a_rerun_finishes(tmp_path, runtime_for):
     tree = tmp_path / "tree"
     tree.mkdir()
-    (tree / "random.bin").write_bytes(os.urandom(24 << 20))  # incompressible: every step moves 24 MiB
+    (tree / "random.bin").write_bytes(os.urandom(12 << 20))  # incompressible: every step moves 12 MiB
     targets = "".join(f'[targets.t{n}]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["local", "offsite"]\n' for n in range(3))
     site = Site(tmp_path, targets)
     rt = runtime_for(site.config)
     runs = [client.enqueue_backup(f"t{n}", rt=rt).wait() for n in range(3)]
-    rotation = cli_json("keys", "rotate", "--out", str(tmp_path / "keys-b"), config=site.config)
-    site.apply(rotation)
+    site.apply(rotate(tmp_path / "keys-b", signing=False, settings=rt.settings))
 
     def folder(tier, n):
         return site.state / tier / f"t{n}" / runs[n]["id"]
@@ -359,6 +361,14 @@ def test_a_revision_on_one_tier_only_is_indexed_by_rebuild_and_finished_by_a_rer
     status = {k["key_id"]: k for k in key_status(rt)["keys"]}
     assert status[site.old_id]["role"] == "old" and status[site.old_id]["tiers"]["local"]["objects"] == 1
 
+    # while another re-encryption of this backup holds its lock, a second one keeps its hands off
+    other = run_lock.for_reencryption(rt.settings, run["id"])
+    assert other.acquire("another-task") is None
+    try:
+        [busy] = cli_json("reencrypt", config=site.config)["backups"]
+        assert busy["outcome"] == "skipped" and "another-task" in busy["reason"]
+    finally:
+        other.release("another-task")
     done = cli_json("reencrypt", config=site.config)
     assert [(b["backup_id"], b["outcome"]) for b in done["backups"]] == [(run["id"], "reencrypted")]
     for tier, folder in folders.items():

@@ -141,7 +141,9 @@ def _run(rt: Runtime, row: BackupRow, from_key: str | None, progress) -> dict:
     if not ids:
         return {**_outcome(row, SKIPPED, newest), "reason": "stored unencrypted: there is no key to move it from"}
     if set(ids) == set(current):
-        return {**_outcome(row, REENCRYPTED if finished else CURRENT, newest)}
+        if finished:  # an interrupted run's revision, now complete: it moved the backup from the replaced key
+            return _outcome(row, REENCRYPTED, newest, before={"encryption": {"recipients": newest["replaces"]["key_ids"]}})
+        return _outcome(row, CURRENT, newest)
     if from_key and from_key not in ids:
         return {**_outcome(row, SKIPPED, newest), "reason": f"not encrypted to key {from_key}"}
     tiers = [loc["tier"] for loc in newest["locations"]]

@@ -212,7 +212,17 @@ def reencrypt(self, backup_id: str, from_key: str | None = None, actor: str = "b
     rt = _runtime(self)
     target = rt.catalog.get(backup_id).target
     report = task_progress.reporter(self, {"backup_id": backup_id, "target": target}, for_run=False)
-    return reencrypt_backup(rt, backup_id, from_key=from_key, actor=actor, progress=report)
+    task_id = self.request.id or backup_id
+    lock = run_lock.for_reencryption(rt.settings, backup_id)
+    holder = lock.acquire(task_id)  # a redelivery of this very task finds the lock its own
+    if holder is not None:
+        return {"backup_id": backup_id, "target": target, "outcome": "skipped",
+                "reason": f"another re-encryption of this backup is running (task {holder}); run backupctl reencrypt again later"}
+    try:
+        with lock.kept_alive(task_id):
+            return reencrypt_backup(rt, backup_id, from_key=from_key, actor=actor, progress=report)
+    finally:
+        lock.release(task_id)
 
 
 @app.task(bind=True, name="backup.drill", acks_late=True, reject_on_worker_lost=True)
