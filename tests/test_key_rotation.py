@@ -27,7 +27,9 @@ from backup_tasks.ops.verify import verify_backup
 from backup_tasks.orchestration import run_lock
 from backup_tasks.records import keys
 from conftest import run_cli
+from databases import make_pg_database, pg_names  # noqa: F401  (fixture)
 from s3server import s3_tier_toml
+from test_postgres import pg_target
 from test_sqlite_backup import make_app_db
 
 
@@ -294,28 +296,35 @@ def test_a_kill_at_any_step_leaves_a_verifiable_copy_and_a_rerun_finishes(tmp_pa
     assert reencrypt.select(rt) == []
 
 
-def test_an_object_locked_copy_is_skipped_with_its_reason_and_left_whole(tmp_path, runtime_for, s3_server, s3_env):
-    bucket = s3_server.make_bucket(object_lock=True)
+def test_s3_copies_are_reencrypted_and_an_object_locked_one_is_skipped_with_its_reason(tmp_path, runtime_for, s3_server, s3_env):
+    locked, plain = s3_server.make_bucket(object_lock=True), s3_server.make_bucket()
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "a.txt").write_text("locked for two days\n" * 100)
-    site = Site(tmp_path, f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["local", "offsite"]\n',
+    site = Site(tmp_path, f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["local", "offsite"]\n'
+                          f'[targets.u]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["local", "cloud"]\n',
                 tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n'
-                      + s3_tier_toml(s3_server, bucket, max_age_days=2, object_lock="compliance"))
-    run = client.enqueue_backup("t", rt=runtime_for(site.config)).wait()
+                      + s3_tier_toml(s3_server, locked, max_age_days=2, object_lock="compliance")
+                      + s3_tier_toml(s3_server, plain, name="cloud"))
+    rt = runtime_for(site.config)
+    run, other = client.enqueue_backup("t", rt=rt).wait(), client.enqueue_backup("u", rt=rt).wait()
     site.apply(cli_json("keys", "rotate", "--out", str(tmp_path / "keys-b"), config=site.config))
 
-    done = cli_json("reencrypt", config=site.config)
-    [outcome] = done["backups"]
-    assert outcome["outcome"] == "skipped" and outcome["backup_id"] == run["id"]
-    assert "tier 'offsite' is Object-Locked until " in outcome["reason"] and "again" in outcome["reason"]
-    # left whole: the old object and revision on both tiers, still verifiable, the old key still needed
+    done = {b["backup_id"]: b for b in cli_json("reencrypt", config=site.config)["backups"]}
+    assert done[other["id"]]["outcome"] == "reencrypted"
+    assert done[run["id"]]["outcome"] == "skipped"
+    assert "tier 'offsite' is Object-Locked until " in done[run["id"]]["reason"] and "again" in done[run["id"]]["reason"]
     rt = runtime_for(site.config, BACKUP_VERIFY_ALL_LOCATIONS="true")
+    # on S3 too, only the new object is left, and it verifies in full on both tiers
+    assert [o.key.rsplit("/", 1)[1] for o in rt.storage("cloud").list(f"u/{other['id']}/data.")] == ["data.tar.zst.r2.age"]
+    assert verify_backup(rt, other["id"])["status"] == "verified"
+    # the locked one is left whole: the old object and revision on both tiers, still verifiable, the old key still needed
     assert site.data_objects("store", "t", run["id"]) == ["data.tar.zst.age"]
     assert [o.key.rsplit("/", 1)[1] for o in rt.storage("offsite").list(f"t/{run['id']}/data.")] == ["data.tar.zst.age"]
     assert verify_backup(rt, run["id"])["status"] == "verified"
     status = {k["key_id"]: k for k in key_status(rt)["keys"]}
-    assert status[site.old_id]["role"] == "old" and status[site.old_id]["tiers"]["offsite"]["objects"] == 1
+    assert status[site.old_id]["role"] == "old" and status[site.old_id]["tiers"] == {"local": {"backups": 1, "objects": 1},
+                                                                                    "offsite": {"backups": 1, "objects": 1}}
 
 
 def test_reencrypt_wait_runs_the_tasks_on_a_real_verify_worker(site, runtime_for, redis_url, start_worker):
@@ -377,3 +386,19 @@ def test_a_revision_on_one_tier_only_is_indexed_by_rebuild_and_finished_by_a_rer
     rt = runtime_for(site.config)
     assert sorted(loc.tier for loc in rt.catalog.get(run["id"]).locations) == ["local", "offsite"]
     assert {k["key_id"]: k["role"] for k in key_status(rt)["keys"]}[site.old_id] == "retired"
+
+
+def test_sealed_postgres_globals_move_to_the_new_key_too(tmp_path, runtime_for, pg_names):
+    source = pg_names("bt_rekey")
+    make_pg_database(source, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 50);")
+    site = Site(tmp_path, pg_target("ledger-db", source, extra='options = { globals = "no-role-passwords" }\nstorage = ["local"]\n'))
+    rt = runtime_for(site.config)
+    run = client.enqueue_backup("ledger-db", rt=rt).wait()
+    assert run["status"] == "verified"
+    site.apply(rotate(tmp_path / "keys-b", signing=False, settings=rt.settings))
+    assert reencrypt.reencrypt_backup(runtime_for(site.config), run["id"])["outcome"] == "reencrypted"
+
+    # with the new identity alone, the dump and the globals sealed in the manifest both still open
+    site.identities.write_text((tmp_path / "keys-b" / keys.IDENTITY_FILE).read_text())
+    checked = verify_backup(runtime_for(site.config), run["id"])
+    assert checked["status"] == "verified" and checked["attachments_checked"] == ["globals.sql"]
