@@ -133,3 +133,7 @@ API_MAX_PAGE_SIZE = 500
 #: the rest are counted into the next audited one (api/anonymous_audit.py)
 API_ANONYMOUS_AUDIT_BURST = 30
 API_ANONYMOUS_AUDIT_EVERY_SECONDS = 2.0
+
+#: re-encryption after a key rotation is background work: its tasks go to the verify queue at the lowest
+#: Redis priority (0 is the highest, 9 the lowest), so verifying tonight's backups is never kept waiting
+REENCRYPT_PRIORITY = 9

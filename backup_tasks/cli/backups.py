@@ -111,7 +111,7 @@ def list_(ctx: Context, target, status, limit):
         rt.target(target)
     rows = [dumps_row(r) for r in rt.catalog.list(target=target, status=status, limit=limit)]
     shape = [{k: r[k] for k in ("id", "target", "kind", "status", "created_at", "size_stored", "locations", "verified_at",
-                                "type", "size_plain", "host", "error")} for r in rows]
+                                "type", "size_plain", "host", "error", "key_ids")} for r in rows]
 
     def human(c, data):
         table = Table("id", "target", "kind", "status", "created", "stored", "tiers", "verified")

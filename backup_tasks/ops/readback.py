@@ -46,14 +46,17 @@ def locate(rt: Runtime, row: BackupRow) -> Located:
                 doc = manifest.parse(fh.read(), backup_id=row.id)
             manifest.check_signature(doc, rt.verifier, backup_id=row.id)
             # The artifact must be there too, whole: a location whose object is gone or
-            # truncated is skipped here, so restore falls back to the next one.
-            stored = storage.stat(loc.key)
+            # truncated is skipped here, so restore falls back to the next one. Its key comes
+            # from the manifest, the commit marker: a re-encryption commits a new object by
+            # writing a new manifest revision, a moment before the catalog hears of it.
+            key = object_key(doc)
+            stored = storage.stat(key)
             if stored.size != doc["stored"]["size"]:
                 raise VerificationFailed(
                     f"backup {row.id}: tier '{loc.tier}' holds {stored.size} bytes, the manifest says {doc['stored']['size']}",
                     "the stored object was truncated or replaced; restore from another location or re-run the backup",
                     check="stored-size")
-            return Located(doc=doc, tier=loc.tier, key=loc.key, notes=notes)
+            return Located(doc=doc, tier=loc.tier, key=key, notes=notes)
         except (ObjectNotFound, StorageError, TransientError, VerificationFailed) as exc:
             notes.append(f"tier '{loc.tier}' skipped: {exc}")
             log.warning("backup %s: location %s unusable: %s", row.id, loc.tier, exc)
@@ -64,6 +67,11 @@ def locate(rt: Runtime, row: BackupRow) -> Located:
         f"backup {row.id}: no location could be read ({'; '.join(notes) or 'no locations recorded'})",
         "check the tiers with backupctl targets, or rebuild the catalog from storage",
     )
+
+
+def object_key(doc: dict) -> str:
+    """Where the object a manifest describes is stored, on every tier that holds the manifest."""
+    return f"{manifest.prefix(doc['target'], doc['backup_id'])}/{doc['stored']['name']}"
 
 
 @contextlib.contextmanager

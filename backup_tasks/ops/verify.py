@@ -83,6 +83,7 @@ def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> 
     readback.check_digests(doc, stored, plain)
     sealed = _check_attachments(rt, doc)
     return {"location": found.tier, "locations_checked": len(row.locations), "stored_bytes": stored.size,
+            "stored_sha256": doc["stored"]["sha256"],
             "plaintext_bytes": plain.size, "notes": found.notes, **summary, **({"attachments_checked": sealed} if sealed else {})}
 
 
@@ -100,8 +101,9 @@ def _check_attachments(rt: Runtime, doc: dict) -> list[str]:
 def _check_other_location(rt: Runtime, row, doc: dict, loc, *, full: bool) -> None:
     """Size, and the ETag the tier returned at upload, of a copy not read in full; or all of its bytes."""
     storage = rt.storage(loc.tier)
+    key = readback.object_key(doc)
     try:
-        info = storage.stat(loc.key)
+        info = storage.stat(key)
     except BackupError as exc:
         raise VerificationFailed(f"backup {row.id}: location '{loc.tier}' cannot be read: {exc}",
                                  "re-run the backup or repair the tier", check="stored-size") from None
@@ -115,7 +117,7 @@ def _check_other_location(rt: Runtime, row, doc: dict, loc, *, full: bool) -> No
             f"backup {row.id}: tier '{loc.tier}' object ETag {info.etag} differs from {recorded} recorded at upload",
             "the stored object was replaced; re-run the backup", check="stored-etag")
     if full:
-        with storage.get(loc.key) as fh:
+        with storage.get(key) as fh:
             reader = HashingReader(fh)
             reader.drain()
         if reader.sha256 != doc["stored"]["sha256"]:
@@ -136,5 +138,7 @@ def _write_marker(rt: Runtime, row, result: dict, at) -> None:
         log.warning("backup %s verified, but no verified.json marker written: %s", row.id, exc)
         result.setdefault("notes", []).append("no signing key on this host: verified.json not written")
         return
-    markers.write(manifest.VERIFIED_NAME, {"verified_at": timefmt.iso(at), "checks": {k: v for k, v in result.items() if k != "notes"}},
+    # The stored object's sha256 ties the marker to one manifest revision: a re-encrypted
+    # backup is not "verified" by a marker its previous object earned.
+    markers.write(manifest.VERIFIED_NAME, {"verified_at": timefmt.iso(at), "stored_sha256": result.get("stored_sha256"), "checks": {k: v for k, v in result.items() if k != "notes"}},
                   target=row.target, backup_id=row.id, tiers=[loc.tier for loc in row.locations], signer=signer, storage=rt.storage)

@@ -35,7 +35,7 @@ def route(name, args, kwargs, options, task=None, **kw):
             # maintenance worker runs the start task, which records it as a failed run.
             log.warning("backup.start for target %r goes to the %s queue: %s", target, MAINTENANCE_QUEUE, exc)
             return {"queue": MAINTENANCE_QUEUE}
-    if name in ("backup.verify", "backup.verify_pending"):
+    if name in ("backup.verify", "backup.verify_pending", "backup.reencrypt"):  # re-encryption needs the identities
         return {"queue": VERIFY_QUEUE}
     if name == "backup.drill":
         return {"queue": DRILL_QUEUE}

@@ -191,6 +191,15 @@ def for_target(settings, target: str) -> RedisRunLock | FileRunLock:
     return RedisRunLock(settings.broker_url, target, settings.run_lock_ttl, settings.broker_visibility_timeout)
 
 
+def for_reencryption(settings, backup_id: str) -> RedisRunLock | FileRunLock:
+    """One re-encryption of a backup at a time.
+
+    Two at once would each write the backup's next revision under the same object name,
+    and the later write could replace the object the earlier one's manifest vouches for.
+    """
+    return for_target(settings, f"reencrypt.{backup_id}")
+
+
 _clients: dict[str, object] = {}
 
 

@@ -198,6 +198,31 @@ def verify(self, ref) -> dict:
                              "raise stage_soft_time_limits.verify (and stage_hard_time_limits.verify) in [settings]") from None
 
 
+@app.task(bind=True, name="backup.reencrypt", acks_late=True, reject_on_worker_lost=True)
+def reencrypt(self, backup_id: str, from_key: str | None = None, actor: str = "beat") -> dict:
+    """Move one backup onto the current recipients (reencrypt.py), on the ``verify`` queue where the identities are.
+
+    Redelivery after a worker died is safe: the use case finishes or redoes what the dead
+    one started. Returns the backup's outcome; a failure is an outcome, not an exception.
+    """
+    from backup_tasks.ops.reencrypt import reencrypt_backup
+
+    rt = _runtime(self)
+    target = rt.catalog.get(backup_id).target
+    report = task_progress.reporter(self, {"backup_id": backup_id, "target": target}, for_run=False)
+    task_id = self.request.id or backup_id
+    lock = run_lock.for_reencryption(rt.settings, backup_id)
+    holder = lock.acquire(task_id)  # a redelivery of this very task finds the lock its own
+    if holder is not None:
+        return {"backup_id": backup_id, "target": target, "outcome": "skipped",
+                "reason": f"another re-encryption of this backup is running (task {holder}); run backupctl reencrypt again later"}
+    try:
+        with lock.kept_alive(task_id):
+            return reencrypt_backup(rt, backup_id, from_key=from_key, actor=actor, progress=report)
+    finally:
+        lock.release(task_id)
+
+
 @app.task(bind=True, name="backup.drill", acks_late=True, reject_on_worker_lost=True)
 def drill(self, target: str, actor: str = "beat") -> dict:
     """Restore drill of the target's latest verified backup, on the ``drill`` queue (see drill.py).

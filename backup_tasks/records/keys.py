@@ -43,11 +43,17 @@ class GeneratedKeys:
     directory: Path
     recipient: str
     recipient_key_id: str
-    signing_key_id: str
+    #: None when only an age key pair was made (``keys rotate`` without ``--signing``)
+    signing_key_id: str | None
+    signing_public: str | None = None
 
 
-def generate(out: Path) -> GeneratedKeys:
-    """Write a fresh age identity + recipient and an Ed25519 signing key pair into ``out`` (0700)."""
+def generate(out: Path, *, signing: bool = True) -> GeneratedKeys:
+    """Write a fresh age identity + recipient (and an Ed25519 signing key pair) into ``out`` (0700).
+
+    Refuses a directory that already holds key material: keys that encrypted existing
+    backups must never be overwritten, so a rotation always goes to a new directory.
+    """
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(out, 0o700)
     existing = [n for n in (IDENTITY_FILE, RECIPIENT_FILE, SIGNING_KEY_FILE, SIGNING_PUB_FILE) if (out / n).exists()]
@@ -58,16 +64,18 @@ def generate(out: Path) -> GeneratedKeys:
         )
     identity = x25519.Identity.generate()
     recipient = str(identity.to_public())
-    signing = Ed25519PrivateKey.generate()
-    signing_pub = _public_text(signing.public_key())
     write_private(out / IDENTITY_FILE, f"# recipient: {recipient}\n{identity}\n".encode())
     write_private(out / RECIPIENT_FILE, f"{recipient}\n".encode())
+    if not signing:
+        return GeneratedKeys(out, recipient, key_id(recipient), None)
+    private = Ed25519PrivateKey.generate()
+    signing_pub = _public_text(private.public_key())
     write_private(
         out / SIGNING_KEY_FILE,
-        signing.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
     write_private(out / SIGNING_PUB_FILE, f"{signing_pub}\n".encode())
-    return GeneratedKeys(out, recipient, key_id(recipient), key_id(signing_pub))
+    return GeneratedKeys(out, recipient, key_id(recipient), key_id(signing_pub), signing_pub)
 
 
 def _public_text(key: Ed25519PublicKey) -> str:

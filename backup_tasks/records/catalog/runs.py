@@ -76,6 +76,14 @@ class Runs:
                 return
             _stored(row, manifest, locations, summary)
 
+    def record_revision(self, backup_id: str, manifest: dict[str, Any], locations: Iterable[Location], *,
+                        summary: dict[str, Any]) -> None:
+        """A stored backup's manifest was replaced by a new revision (re-encrypted): new object, same backup, same status."""
+        with self._session.begin() as s:
+            row = s.get(BackupRow, backup_id)
+            if row is not None:
+                _stored(row, manifest, locations, summary)
+
     def record_verification(self, backup_id: str, *, ok: bool, check: str | None, detail: dict, duration: float, at: datetime | None = None) -> None:
         at = at or now()
         with self._session.begin() as s:
@@ -278,4 +286,6 @@ def dumps_row(row: BackupRow) -> dict[str, Any]:
         "host": row.host,
         "duration_seconds": row.duration_seconds,
         "error": row.error,
+        # the encryption key ids the stored object needs (``keys status`` counts them; ``reencrypt`` moves them)
+        "key_ids": list(((row.manifest or {}).get("encryption") or {}).get("recipients") or []),
     }

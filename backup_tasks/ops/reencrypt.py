@@ -1,0 +1,361 @@
+"""Re-encryption: move a stored backup onto the current recipients, so no backup stays on an old key.
+
+age has no way to re-wrap a file key from its CLI, so this is decrypt → encrypt, streamed
+from the stored object straight into a new stored object (no plaintext on any disk). The
+order of the steps is what makes a kill at any point harmless:
+
+1. the new object is written under a new name (``<name>.r<revision>.age``) on one tier,
+   then copied to the backup's other tiers;
+2. every new copy is read back and decrypted in full with the new identity, and must
+   decrypt to the same bytes as the old object did;
+3. a new signed manifest revision replaces the old one on every tier: it records the
+   key change and names the revision it replaces (the commit point);
+4. the backup is verified in full through the restore path (``verify_backup``);
+5. only then are the old objects deleted.
+
+Before 3 the old manifest and the old object stand, and the new object is unreferenced
+debris that a rerun overwrites. From 3 on, the new manifest and the new object stand; a
+rerun finds the revision whose replaced object still exists and finishes steps 2-5
+(including tiers whose manifest the kill left on the old revision). Never neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+
+from backup_tasks import timefmt
+from backup_tasks.errors import BackupError, InputError, ObjectLocked, ObjectNotFound, StorageError, VerificationFailed
+from backup_tasks.ops import readback
+from backup_tasks.ops.runtime import Runtime
+from backup_tasks.ops.verify import verify_backup
+from backup_tasks.records import attachments, audit, keys, manifest, markers
+from backup_tasks.records.catalog import BackupRow, Location, Status
+from backup_tasks.stages import counting as progress_mod
+from backup_tasks.stages.digest import HashingReader
+from backup_tasks.stages.encrypt import SUFFIX, DecryptingReader, EncryptingReader
+from backup_tasks.storage.capabilities import ObjectLock
+
+log = logging.getLogger(__name__)
+
+STAGE = "reencrypt"
+#: what the catalog's copy of a revision says about the object it replaced
+PENDING, DELETED = "present", "deleted"
+
+REENCRYPTED = "reencrypted"
+CURRENT = "current"
+SKIPPED = "skipped"
+FAILED = "failed"
+PLANNED = "would-reencrypt"
+
+
+def revision(doc: dict) -> int:
+    """A manifest's revision: 1 for the one the backup wrote, one more for each re-encryption."""
+    return int(doc.get("revision") or 1)
+
+
+def key_ids(doc: dict) -> list[str]:
+    return list((doc.get("encryption") or {}).get("recipients") or [])
+
+
+def revision_name(name: str, rev: int) -> str:
+    """``data.sqlite.zst.age`` → ``data.sqlite.zst.r2.age``: a new key per revision, so old and new coexist."""
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    return f"{re.sub(r'[.]r[0-9]+$', '', stem)}.r{rev}{SUFFIX}"
+
+
+def pending(summary: dict | None) -> bool:
+    """The catalog says this backup's revision still has its replaced object stored somewhere."""
+    return ((summary or {}).get("replaces") or {}).get("old_object") == PENDING
+
+
+def select(rt: Runtime, *, from_key: str | None = None, target: str | None = None) -> list[BackupRow]:
+    """The stored backups a ``reencrypt`` run has work for, oldest first.
+
+    A backup is picked when it is encrypted to something else than the current
+    recipients (with ``from_key``: when that key is among its keys), or when an earlier
+    run was interrupted after its manifest revision and left the old object behind.
+    """
+    current = set(current_key_ids(rt))
+    picked = []
+    for row in reversed(rt.catalog.list(target=target)):
+        if row.status not in (Status.UPLOADED, Status.VERIFIED) or not row.locations or not row.manifest:
+            continue
+        ids = key_ids(row.manifest)
+        if pending(row.manifest) or (ids and set(ids) != current and (from_key is None or from_key in ids)):
+            picked.append(row)
+    return picked
+
+
+def plan(row: BackupRow, rt: Runtime) -> dict:
+    """What a run would do with ``row``, without touching storage beyond Object Lock queries (``--dry-run``)."""
+    out = {**_outcome(row, PLANNED), "to_key_ids": current_key_ids(rt)}
+    if locked := _locked_copies(rt, row.target, row.manifest, [loc.tier for loc in row.locations]):
+        return {**out, "outcome": SKIPPED, "reason": locked}
+    return out
+
+
+@dataclass
+class _Copy:
+    """One tier's view of the backup: its manifest as stored there."""
+
+    tier: str
+    doc: dict
+
+
+def reencrypt_backup(rt: Runtime, backup_id: str, *, from_key: str | None = None, actor: str = audit.BEAT,
+                     progress: progress_mod.Callback | None = None) -> dict:
+    """Re-encrypt one backup to the current recipients, or finish an interrupted re-encryption. Idempotent.
+
+    Returns the outcome (``reencrypted``, ``current``, ``skipped`` with a reason, or
+    ``failed`` with the error); an interrupted or failed run leaves a verifiable copy.
+    """
+    row = rt.catalog.get(backup_id)
+    try:
+        result = _run(rt, row, from_key, progress)
+    except BackupError as exc:
+        log.warning("re-encryption of %s failed: %s", backup_id, exc)
+        result = {**_outcome(row, FAILED), "reason": exc.message, "remedy": exc.remedy}
+    if result["outcome"] in (REENCRYPTED, FAILED):
+        audit.record(rt.catalog, "backup.reencrypt", actor=actor, outcome=audit.OK if result["outcome"] == REENCRYPTED else audit.FAILED,
+                     target=row.target, backup_id=backup_id,
+                     detail={k: result[k] for k in ("from_key_ids", "to_key_ids", "revision", "reason") if result.get(k) is not None})
+    return result
+
+
+def _run(rt: Runtime, row: BackupRow, from_key: str | None, progress) -> dict:
+    if row.status not in (Status.UPLOADED, Status.VERIFIED):
+        return {**_outcome(row, SKIPPED), "reason": f"backup is {row.status}"}
+    current = current_key_ids(rt)
+    copies = _read_manifests(rt, row)
+    newest = max((c.doc for c in copies), key=revision)
+    finished = False
+    if _has_leftovers(rt, newest, copies):
+        reason = _finish(rt, row, newest, copies, progress)
+        if reason:
+            return {**_outcome(row, SKIPPED, newest), "reason": reason}
+        finished = True
+        copies = [_Copy(c.tier, newest) for c in copies]
+    ids = key_ids(newest)
+    if not ids:
+        return {**_outcome(row, SKIPPED, newest), "reason": "stored unencrypted: there is no key to move it from"}
+    if set(ids) == set(current):
+        if finished:  # an interrupted run's revision, now complete: it moved the backup from the replaced key
+            return _outcome(row, REENCRYPTED, newest, before={"encryption": {"recipients": newest["replaces"]["key_ids"]}})
+        return _outcome(row, CURRENT, newest)
+    if from_key and from_key not in ids:
+        return {**_outcome(row, SKIPPED, newest), "reason": f"not encrypted to key {from_key}"}
+    tiers = [loc["tier"] for loc in newest["locations"]]
+    if locked := _locked_copies(rt, row.target, newest, tiers):
+        return {**_outcome(row, SKIPPED, newest), "reason": locked}
+    doc = _rewrite(rt, row, newest, current, progress)
+    reason = _finish(rt, row, doc, copies, progress)
+    return {**_outcome(row, REENCRYPTED, doc, before=newest), **({"reason": reason} if reason else {})}
+
+
+def _outcome(row: BackupRow, outcome: str, doc: dict | None = None, *, before: dict | None = None) -> dict:
+    doc = doc or row.manifest or {}
+    return {"backup_id": row.id, "target": row.target, "outcome": outcome,
+            "from_key_ids": key_ids(before or doc), "to_key_ids": key_ids(doc), "revision": revision(doc)}
+
+
+def current_key_ids(rt: Runtime) -> list[str]:
+    if not rt.settings.recipients:
+        raise InputError("no current recipients to re-encrypt to",
+                         "set recipients_file (or recipients) in [settings] to the new key: backupctl keys rotate prints the change")
+    return [keys.key_id(r) for r in rt.settings.recipients]
+
+
+def _read_manifests(rt: Runtime, row: BackupRow) -> list[_Copy]:
+    """The signed manifest on every tier the backup is stored on (a tier a rebuild left out included)."""
+    tiers = list(dict.fromkeys(loc.tier for loc in row.locations))
+    copies: list[_Copy] = []
+    while len(copies) < len(tiers):
+        tier = tiers[len(copies)]
+        with rt.storage(tier).get(manifest.manifest_key(row.target, row.id)) as fh:
+            doc = manifest.parse(fh.read(), backup_id=row.id)
+        manifest.check_signature(doc, rt.verifier, backup_id=row.id)
+        copies.append(_Copy(tier, doc))
+        tiers += [loc["tier"] for loc in doc["locations"] if loc["tier"] not in tiers and loc["tier"] in rt.config.tiers]
+    return copies
+
+
+def _has_leftovers(rt: Runtime, doc: dict, copies: list[_Copy]) -> bool:
+    """A revision not yet on every tier, or whose replaced object is still stored: an interrupted run."""
+    if "replaces" not in doc:
+        return False
+    return any(revision(c.doc) < revision(doc) for c in copies) or replaced_object_stored(rt, doc, [c.tier for c in copies])
+
+
+def replaced_object_stored(rt: Runtime, doc: dict, tiers: list[str]) -> bool:
+    """Whether the object that revision ``doc`` replaced is still on one of ``tiers`` (not yet deleted)."""
+    if "replaces" not in doc:
+        return False
+    old_key = f"{manifest.prefix(doc['target'], doc['backup_id'])}/{doc['replaces']['stored']['name']}"
+    return old_key != readback.object_key(doc) and any(_exists(rt, tier, old_key) for tier in tiers)
+
+
+def _exists(rt: Runtime, tier: str, key: str) -> bool:
+    try:
+        rt.storage(tier).stat(key)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+def _locked_copies(rt: Runtime, target: str, doc: dict, tiers: list[str]) -> str | None:
+    """Why the old object could not be deleted now (Object Lock), or None.
+
+    Such a backup is left as it is, whole, rather than moved on some tiers and not on
+    others: one manifest describes all its copies. A later run retries it.
+    """
+    key = f"{manifest.prefix(target, doc['backup_id'])}/{doc['stored']['name']}"
+    for tier in tiers:
+        storage = rt.storage(tier)
+        if isinstance(storage, ObjectLock) and (until := storage.locked_until(key)) is not None:
+            return (f"the copy on tier '{tier}' is Object-Locked until {timefmt.iso(until)}: its old object cannot be deleted "
+                    "before then; run backupctl reencrypt again after that")
+    return None
+
+
+def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progress) -> dict:
+    """Steps 1-2: the new object on every tier, read back with the new identity. Returns the new revision's fields."""
+    prefix = manifest.prefix(row.target, row.id)
+    rev = revision(doc) + 1
+    name = revision_name(doc["stored"]["name"], rev)
+    new_key, old_key = f"{prefix}/{name}", f"{prefix}/{doc['stored']['name']}"
+    old_identities = keys.identities_for(rt.settings.identities_file, key_ids(doc))
+    keys.identities_for(rt.settings.identities_file, current)  # the new object must be verifiable before it is trusted
+    tiers = [loc["tier"] for loc in doc["locations"]]
+    source = rt.storage(tiers[0])
+    with source.get(old_key) as raw:
+        old = HashingReader(progress_mod.reading(raw, progress, STAGE, doc["stored"]["size"]))
+        decrypted = DecryptingReader(old, old_identities, what=f"backup {row.id}")
+        inner = HashingReader(decrypted)
+        encrypted = EncryptingReader(inner, rt.recipients)
+        new = HashingReader(encrypted)
+        try:
+            info = source.put(new_key, new, size_hint=doc["stored"]["size"])
+        finally:
+            encrypted.close()
+            decrypted.close()
+        old.drain()
+    if old.sha256 != doc["stored"]["sha256"] or old.size != doc["stored"]["size"]:
+        _delete_quietly(rt, tiers[0], new_key)
+        raise VerificationFailed(f"backup {row.id}: the stored object on tier '{tiers[0]}' does not match its signed manifest",
+                                 "it was not re-encrypted; verify it (backupctl verify ID) and restore from another copy",
+                                 check="stored-sha256")
+    if info.size != new.size:
+        raise VerificationFailed(f"backup {row.id}: tier '{tiers[0]}' stored {info.size} bytes of the re-encrypted {new.size}",
+                                 "check the tier's health and run backupctl reencrypt again", check="stored-size")
+    etags = {tiers[0]: info.etag}
+    for tier in tiers[1:]:
+        etags[tier] = _copy(rt, tiers[0], tier, new_key, new.sha256)
+    fields = {k: v for k, v in doc.items() if k not in ("format", "backup_id", "signature")}
+    fields.update(
+        revision=rev,
+        replaces={"revision": revision(doc), "manifest_sha256": hashlib.sha256(manifest.dumps(doc)).hexdigest(),
+                  "signed_by": (doc.get("signature") or {}).get("key_id"), "key_ids": key_ids(doc), "stored": doc["stored"]},
+        reencrypted_at=timefmt.iso(timefmt.now()),
+        encryption={"method": "age", "recipients": current},
+        stored={"name": name, "size": new.size, "sha256": new.sha256},
+        # what the object decrypts to (the compressed stream): unchanged by re-encryption, and checked on every new copy
+        decrypted_sha256=inner.sha256,
+        locations=[{"tier": t, "key": new_key, **({"etag": etags[t]} if etags.get(t) else {})} for t in tiers],
+    )
+    if doc.get("attachments"):
+        fields["attachments"] = {n: attachments.seal(attachments.unseal(doc, n, old_identities), rt.recipients)
+                                 for n in sorted(doc["attachments"])}
+    return {"format": manifest.FORMAT, "backup_id": row.id, **fields}
+
+
+def _copy(rt: Runtime, src: str, dst: str, key: str, sha256: str) -> str | None:
+    """Copy ``key`` from tier ``src`` to ``dst``, checked against ``sha256``; return the ETag ``dst`` reported."""
+    with rt.storage(src).get(key) as fh:
+        reader = HashingReader(fh)
+        info = rt.storage(dst).put(key, reader)
+    if reader.sha256 != sha256:
+        _delete_quietly(rt, dst, key)
+        raise VerificationFailed(f"copy of {key} from tier '{src}' does not match the re-encrypted object",
+                                 "the source tier returned other bytes; check it and run backupctl reencrypt again",
+                                 check="stored-sha256")
+    return info.etag
+
+
+def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progress) -> str | None:
+    """Steps 2-5 for revision ``doc``: copies complete and proven, manifest everywhere, verified, old objects gone.
+
+    Returns why an old object is still stored (Object Lock), else None.
+    """
+    prefix = manifest.prefix(row.target, row.id)
+    tiers = [loc["tier"] for loc in doc["locations"]]
+    new_key = f"{prefix}/{doc['stored']['name']}"
+    identities = keys.identities_for(rt.settings.identities_file, key_ids(doc))
+    holders = [t for t in tiers if _matches(rt, t, new_key, doc)]
+    if not holders:
+        raise VerificationFailed(f"backup {row.id}: no tier holds the object of manifest revision {revision(doc)}",
+                                 "restore the previous manifest revision from a tier that still has it, or run a new backup",
+                                 check="stored-size")
+    for tier in tiers:
+        if tier not in holders:
+            _copy(rt, holders[0], tier, new_key, doc["stored"]["sha256"])
+        _read_back(rt, tier, new_key, doc, identities)
+    behind = [c.tier for c in copies if revision(c.doc) < revision(doc)]
+    if "signature" not in doc:  # a revision made in this run: sign it and write it on every tier (the commit point)
+        doc = markers.write(manifest.MANIFEST_NAME, {k: v for k, v in doc.items() if k not in ("format", "backup_id")},
+                            target=row.target, backup_id=row.id, tiers=tiers, signer=rt.signer, storage=rt.storage)
+    elif behind:
+        doc = markers.write(manifest.MANIFEST_NAME, {k: v for k, v in doc.items() if k not in ("format", "backup_id", "signature")},
+                            target=row.target, backup_id=row.id, tiers=[t for t in tiers if t in behind], signer=rt.signer,
+                            storage=rt.storage)
+    locations = [Location(tier=t, key=new_key, size=doc["stored"]["size"]) for t in tiers]
+    record_revision(rt, row.id, doc, locations, old_object=PENDING)
+    verify_backup(rt, row.id, progress=progress)
+    old_key = f"{prefix}/{doc['replaces']['stored']['name']}"
+    if old_key == new_key:
+        return None
+    for tier in tiers:
+        try:
+            rt.storage(tier).delete(old_key)
+        except ObjectLocked as exc:
+            return f"the old object on tier '{tier}' is Object-Locked ({exc.message}); run backupctl reencrypt again after its lock ends"
+    record_revision(rt, row.id, doc, locations, old_object=DELETED)
+    return None
+
+
+def record_revision(rt: Runtime, backup_id: str, doc: dict, locations: list[Location], *, old_object: str) -> None:
+    """Index revision ``doc``, noting whether the object it replaced is still stored (``keys status`` counts it)."""
+    summary = manifest.summary(doc)
+    if "replaces" in summary:
+        summary["replaces"] = {**summary["replaces"], "old_object": old_object}
+    rt.catalog.record_revision(backup_id, doc, locations, summary=summary)
+
+
+def _matches(rt: Runtime, tier: str, key: str, doc: dict) -> bool:
+    try:
+        return rt.storage(tier).stat(key).size == doc["stored"]["size"]
+    except (ObjectNotFound, StorageError):
+        return False
+
+
+def _read_back(rt: Runtime, tier: str, key: str, doc: dict, identities) -> None:
+    """Read the new object in full from ``tier``: its sha256 and that it decrypts, to the old object's bytes."""
+    with rt.storage(tier).get(key) as raw:
+        stored = HashingReader(raw)
+        with DecryptingReader(stored, identities, what=f"backup {doc['backup_id']} on tier '{tier}'") as decrypted:
+            inner = HashingReader(decrypted)
+            inner.drain()
+        stored.drain()
+    expected_inner = doc.get("decrypted_sha256")
+    if stored.sha256 != doc["stored"]["sha256"] or (expected_inner and inner.sha256 != expected_inner):
+        raise VerificationFailed(f"backup {doc['backup_id']}: the re-encrypted object on tier '{tier}' does not read back as written",
+                                 "the old object is kept; check the tier and run backupctl reencrypt again", check="stored-sha256")
+
+
+def _delete_quietly(rt: Runtime, tier: str, key: str) -> None:
+    try:
+        rt.storage(tier).delete(key)
+    except BackupError as exc:
+        log.warning("could not remove %s from tier %s: %s", key, tier, exc)
