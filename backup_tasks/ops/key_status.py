@@ -13,7 +13,7 @@ from backup_tasks.errors import BackupError
 from backup_tasks.ops.reencrypt import pending
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy.key_roles import Usage, decide
-from backup_tasks.records import keys, manifest
+from backup_tasks.records import keys
 from backup_tasks.records.catalog import Status
 
 log = logging.getLogger(__name__)
