@@ -125,7 +125,7 @@ def _staging_full(final: Path) -> StagingFull:
         free = "unknown"
     return StagingFull(f"no space left in the staging directory {run_dir.parent} while writing {final.name} "
                        f"of run {run_dir.name} ({free} free there now that the partial file is removed)",
-                       f"free space on that filesystem, or point staging_dir in [settings] (BACKUP_STAGING_DIR) at a "
+                       "free space on that filesystem, or point staging_dir in [settings] (BACKUP_STAGING_DIR) at a "
                        "disk with room for about twice the target's size, then run the backup again")
 
 
