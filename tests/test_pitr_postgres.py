@@ -8,6 +8,8 @@ data directory and started: the first batch is there, the second is not.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 
 import pytest
@@ -75,3 +77,83 @@ def test_restore_to_a_moment_between_two_batches(cluster, based, tmp_path):
     refused = cluster.cli("restore", "--target", cluster.target, "--to-time", "2020-01-01T00:00:00Z",
                           "--to-datadir", str(cluster.root / "never"), "--json", check=2)
     assert "window" in refused.stdout and not (cluster.root / "never").exists()
+
+
+def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_keeps_the_first(cluster, based):
+    cluster.switch_and_wait_archived()
+    first = cluster.json("wal", "ship", "--target", cluster.target)["shipped"][0]
+    original = cluster.root / "original"
+    cluster.cli("wal", "get", "--target", cluster.target, first, str(original))
+    assert original.stat().st_size == 16 * 1024 * 1024
+
+    # PostgreSQL archiving the same segment again (after a crash) is fine
+    same = cluster.root / first
+    same.write_bytes(original.read_bytes())
+    shutil.chown(same, "postgres", "postgres")
+    assert cluster.json("wal", "push", "--target", cluster.target, str(same))["outcome"] == "duplicate"
+
+    # other bytes under that name: refused, reported, and the stored copy is untouched
+    same.write_bytes(b"\0" * 1024)
+    refused = cluster.cli("wal", "push", "--target", cluster.target, str(same), "--json", check=1)
+    assert "already archived" in refused.stdout
+    shipping = cluster.cli("wal", "ship", "--target", cluster.target, "--json", check=1)
+    assert json.loads(shipping.stdout)["conflicts"] == [first]
+    again = cluster.root / "again"
+    cluster.cli("wal", "get", "--target", cluster.target, first, str(again))
+    assert again.read_bytes() == original.read_bytes()
+    # the operator resolved it (stopped the second server): archiving goes on
+    (cluster.root / "spool" / cluster.target / "conflicts" / first).unlink()
+    for path in (same, original, again):
+        path.unlink()
+
+
+def test_a_segment_whose_upload_fails_stays_spooled_and_is_shipped_once_later(cluster, based):
+    cluster.sql("INSERT INTO orders (batch) SELECT 'third' FROM generate_series(1, 10)")
+    name = cluster.switch_and_wait_archived()
+    wal_dir = cluster.root / "store" / "_logs" / cluster.target / "wal"
+    wal_dir.chmod(0o500)  # the tier refuses writes (full disk, lost mount): the shipping run fails
+    try:
+        failed = cluster.cli("wal", "ship", "--target", cluster.target, "--json", check=None)
+        assert failed.returncode != 0
+    finally:
+        wal_dir.chmod(0o700)
+    spooled = cluster.root / "spool" / cluster.target / name
+    assert spooled.exists()  # nothing lost: still waiting in the spool
+    before = cluster.json("pitr", cluster.target)["segments_stored"]
+    assert name in cluster.json("wal", "ship", "--target", cluster.target)["shipped"]
+    assert not spooled.exists()
+    assert cluster.json("pitr", cluster.target)["segments_stored"] == before + 1
+    assert cluster.json("wal", "ship", "--target", cluster.target)["shipped"] == []  # once
+
+
+def test_a_missing_segment_is_a_gap_that_pitr_restore_and_the_watchdog_all_see(cluster, based, tmp_path):
+    for _ in range(2):
+        cluster.sql("INSERT INTO orders (batch) SELECT 'fourth' FROM generate_series(1, 10)")
+        cluster.switch_and_wait_archived()
+    cluster.json("wal", "ship", "--target", cluster.target)
+    assert cluster.json("pitr", cluster.target)["ok"]
+    stored = sorted((cluster.root / "store" / "_logs" / cluster.target / "wal").glob("0000000100000000000000*"))
+    lost = stored[-2]
+    lost.unlink()  # a segment vanishes from the tier behind the catalog's back
+
+    window = cluster.json("pitr", cluster.target, check=1)
+    assert not window["ok"] and len(window["gaps"]) == 1
+    gap = window["gaps"][0]
+    assert gap["missing_segments"] == 1 and gap["after"] == stored[-3].name.split(".")[0]
+    refused = cluster.cli("restore", "--target", cluster.target, "--to-time", gap["to"], "--to-datadir",
+                          str(cluster.root / "after-gap"), "--json", check=2)
+    assert "inside a gap" in refused.stdout or "outside the window" in refused.stdout
+    watch = cluster.json("watchdog")
+    assert f"pitr.gap:{cluster.target}" in watch["opened"]
+
+
+def test_each_physical_target_ships_its_spool_every_minute_on_its_host_queue(cluster):
+    import beat_schedule
+    from backup_tasks import config
+    from backup_tasks.orchestration import routing
+
+    cfg = config.load(cluster.config)
+    entry = beat_schedule.build(cfg)[f"wal-ship:{cluster.target}"]
+    assert entry["task"] == "backup.wal_ship" and entry["args"] == (cluster.target,)
+    assert entry["options"]["queue"] == "host.db01"
+    assert str(entry["schedule"].minute) == str(beat_schedule.cron("* * * * *", "UTC").minute)

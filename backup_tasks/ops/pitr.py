@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from backup_tasks.errors import StorageError, TransientError
+from backup_tasks.ops import logship
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.ops.wal import FAMILY, physical_target
 from backup_tasks.policy import pitr as policy
@@ -21,6 +23,8 @@ from backup_tasks.timefmt import iso, parse
 def gather(rt: Runtime, target_name: str) -> tuple[list[policy.BasePoint], list[policy.Piece], dict]:
     target = physical_target(rt, target_name)
     rows = rt.catalog.logs(target.name, FAMILY)
+    stored, notes = _stored_keys(rt, target)
+    rows = [r for r in rows if any(tier not in stored or r.key in stored[tier] for tier in r.tiers)]
     histories = {r.timeline: (r.detail or {}).get("history", []) for r in rows if r.kind == "history"}
     segments = [r for r in rows if r.kind == "segment"]
     newest = max([*histories, *(r.timeline for r in segments)], default=1)
@@ -38,7 +42,22 @@ def gather(rt: Runtime, target_name: str) -> tuple[list[policy.BasePoint], list[
         bases.append(policy.BasePoint(id=row.id, first=walnames.segno_of_lsn(walnames.parse_lsn(src["start_lsn"]), size),
                                       last=walnames.segno_of_lsn(walnames.parse_lsn(src["stop_lsn"]), size),
                                       ready_at=parse(src["end_time"])))
-    return bases, pieces, {"timeline": newest, "timeline_path": [t for t, _ in path]}
+    return bases, pieces, {"timeline": newest, "timeline_path": [t for t, _ in path], "notes": notes}
+
+
+def _stored_keys(rt: Runtime, target) -> tuple[dict[str, set[str]], list[str]]:
+    """The log objects each tier really holds (one listing per tier), so a file deleted behind the catalog's back is a gap.
+
+    A tier that cannot be listed is left out: its recorded files are taken on the
+    catalog's word rather than reported as a gap the tier may not have.
+    """
+    stored, notes = {}, []
+    for tier in rt.config.tiers_of(target):
+        try:
+            stored[tier.name] = {info.key for info in rt.storage(tier).list(logship.log_prefix(target.name, FAMILY) + "/")}
+        except (StorageError, TransientError) as exc:
+            notes.append(f"tier '{tier.name}' could not be listed ({exc.message}); its WAL is taken as recorded")
+    return stored, notes
 
 
 def window(rt: Runtime, target_name: str, now: datetime | None = None) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.records.catalog.schema import LogObjectRow
@@ -42,6 +42,12 @@ class Logs:
         with self._session() as s:
             return list(s.scalars(select(LogObjectRow).where(LogObjectRow.target == target, LogObjectRow.family == family)
                                   .order_by(LogObjectRow.name)))
+
+    def newest_log_at(self, target: str, family: str) -> datetime | None:
+        """When the newest stored log file of the target was closed (None: nothing stored yet)."""
+        with self._session() as s:
+            return s.scalar(select(func.max(LogObjectRow.closed_at)).where(LogObjectRow.target == target,
+                                                                           LogObjectRow.family == family))
 
     def forget_log(self, target: str, family: str, name: str) -> None:
         with self._session.begin() as s:
