@@ -74,17 +74,18 @@ class PitrCluster:
             for name in [dirpath, *(os.path.join(dirpath, f) for f in dirs + files)]:
                 os.chown(name, self.pw.pw_uid, self.pw.pw_gid)
 
-    def cli(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
-        """backupctl as the postgres user, with this cluster's config."""
-        done = as_postgres("env", f"PYTHONPATH={PYTHONPATH}", SYSTEM_PYTHON, "-m", "backup_tasks.cli", "--config", str(self.config),
+    def cli(self, *args: str, check: int | None = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+        """backupctl as the postgres user, with this cluster's config (``env``: BACKUP_* overrides for this call)."""
+        extra = [f"{k}={v}" for k, v in (env or {}).items()]
+        done = as_postgres("env", f"PYTHONPATH={PYTHONPATH}", *extra, SYSTEM_PYTHON, "-m", "backup_tasks.cli", "--config", str(self.config),
                            *args, check=False, cwd=str(self.root))
         if check is not None and done.returncode != check:
             raise AssertionError(f"backupctl {' '.join(args)} exited {done.returncode}, expected {check}\n"
                                  f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}")
         return done
 
-    def json(self, *args: str, check: int | None = 0):
-        return json.loads(self.cli(*args, "--json", check=check).stdout)
+    def json(self, *args: str, check: int | None = 0, env: dict | None = None):
+        return json.loads(self.cli(*args, "--json", check=check, env=env).stdout)
 
     def connect(self, port: int | None = None):
         conn = psycopg2.connect(host="127.0.0.1", port=port or self.port, user="postgres", dbname="postgres")

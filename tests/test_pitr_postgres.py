@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from notify_servers import webhook_server  # noqa: F401  (fixture)
+from databases import free_port
 from pitr_cluster import PitrCluster
 
 
@@ -44,42 +46,61 @@ def test_physical_base_backup_records_its_wal_range_and_verifies(cluster, based)
     assert based["verification"]["detail"]["files_checked"] > 900  # every file of the cluster against its SHA-256
 
 
-def test_restore_to_a_moment_between_two_batches(cluster, based, tmp_path):
+def utc_now(cluster) -> str:
+    return cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")[0][0]
+
+
+def restore_and_count(cluster, moment: str, datadir, *, based_id: str) -> dict:
+    """Restore to ``moment``, start the copy, count its rows per batch, check it archives nothing; stop it."""
+    port = free_port()
+    try:
+        done = cluster.json("restore", "--target", cluster.target, "--to-time", moment, "--to-datadir", str(datadir),
+                            "--start", "--port", str(port))
+        assert done["base_id"] == based_id and done["target_time"] == moment
+        assert done["reached_time"] is not None and done["reached_time"] <= moment
+        # the promoted copy is on a new timeline, and never archives into the live archive
+        assert cluster.sql("SHOW archive_mode", port=port)[0][0] == "off" and done["timeline"] == 2
+        assert cluster.sql("SELECT archived_count FROM pg_stat_archiver", port=port)[0][0] == 0
+        return dict(cluster.sql("SELECT batch, count(*) FROM orders GROUP BY batch", port=port))
+    finally:
+        cluster.stop_datadir(datadir)
+
+
+def test_restore_to_two_moments_between_batches(cluster, based):
     cluster.sql("INSERT INTO orders (batch) SELECT 'first' FROM generate_series(1, 100)")
-    time.sleep(0.5)
-    moment = cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")[0][0]
-    time.sleep(0.5)
+    time.sleep(0.3)
+    between = utc_now(cluster)
+    time.sleep(0.3)
     cluster.sql("INSERT INTO orders (batch) SELECT 'second' FROM generate_series(1, 50)")
+    time.sleep(0.3)
+    after_second = utc_now(cluster)  # nothing is committed after it: the copy replays all stored WAL
     cluster.switch_and_wait_archived()
     shipped = cluster.json("wal", "ship", "--target", cluster.target)
     assert shipped["shipped"] and shipped["spool_bytes"] == 0
 
     window = cluster.json("pitr", cluster.target)
-    assert window["ok"] and window["gaps"] == []
-    assert window["earliest"] <= moment <= window["latest"]
+    assert window["ok"] and window["gaps"] == [] and window["unrestorable_bases"] == []
+    assert window["earliest"] <= between < after_second <= window["latest"]
 
     datadir = cluster.root / "restored"
-    port = __import__("databases").free_port()
-    dry = cluster.json("restore", "--target", cluster.target, "--to-time", moment, "--to-datadir", str(datadir), "--dry-run")
+    dry = cluster.json("restore", "--target", cluster.target, "--to-time", between, "--to-datadir", str(datadir), "--dry-run")
     assert dry["dry_run"] and dry["base_id"] == based["id"] and not datadir.exists()
-    try:
-        done = cluster.json("restore", "--target", cluster.target, "--to-time", moment, "--to-datadir", str(datadir),
-                            "--start", "--port", str(port))
-        assert done["base_id"] == based["id"] and done["target_time"] == moment
-        assert done["reached_time"] is not None and done["reached_time"] <= moment
-        counts = dict(cluster.sql("SELECT batch, count(*) FROM orders GROUP BY batch", port=port))
-        assert counts == {"first": 100}
-        assert cluster.sql("SHOW archive_mode", port=port)[0][0] == "off"
-    finally:
-        cluster.stop_datadir(datadir)
+
+    assert restore_and_count(cluster, between, datadir, based_id=based["id"]) == {"first": 100}
+    # a non-empty data directory is refused without --force
+    refused = cluster.cli("restore", "--target", cluster.target, "--to-time", after_second, "--to-datadir", str(datadir),
+                          "--json", check=2)
+    assert "not empty" in refused.stdout
+    assert restore_and_count(cluster, after_second, cluster.root / "restored-2", based_id=based["id"]) == {"first": 100, "second": 50}
+    assert not [p for p in (cluster.root / "spool" / cluster.target).iterdir() if p.name.startswith("00000002")]
 
     # a moment before the first base backup ended is outside the window: refused, nothing written
     refused = cluster.cli("restore", "--target", cluster.target, "--to-time", "2020-01-01T00:00:00Z",
                           "--to-datadir", str(cluster.root / "never"), "--json", check=2)
-    assert "window" in refused.stdout and not (cluster.root / "never").exists()
+    assert "outside the window" in refused.stdout and not (cluster.root / "never").exists()
 
 
-def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_keeps_the_first(cluster, based):
+def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_keeps_the_first(cluster, based, webhook_server):
     cluster.switch_and_wait_archived()
     first = cluster.json("wal", "ship", "--target", cluster.target)["shipped"][0]
     original = cluster.root / "original"
@@ -96,8 +117,11 @@ def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_k
     same.write_bytes(b"\0" * 1024)
     refused = cluster.cli("wal", "push", "--target", cluster.target, str(same), "--json", check=1)
     assert "already archived" in refused.stdout
-    shipping = cluster.cli("wal", "ship", "--target", cluster.target, "--json", check=1)
+    shipping = cluster.cli("wal", "ship", "--target", cluster.target, "--json", check=1,
+                           env={"BACKUP_ALERTS": webhook_server.url()})
     assert json.loads(shipping.stdout)["conflicts"] == [first]
+    [alert] = webhook_server.json_of("WAL archiving of 'orders' stopped")
+    assert alert["type"] == "failure" and first in alert["message"]
     again = cluster.root / "again"
     cluster.cli("wal", "get", "--target", cluster.target, first, str(again))
     assert again.read_bytes() == original.read_bytes()
@@ -107,14 +131,18 @@ def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_k
         path.unlink()
 
 
-def test_a_segment_whose_upload_fails_stays_spooled_and_is_shipped_once_later(cluster, based):
+def test_a_segment_whose_upload_fails_stays_spooled_and_is_shipped_once_later(cluster, based, webhook_server):
     cluster.sql("INSERT INTO orders (batch) SELECT 'third' FROM generate_series(1, 10)")
     name = cluster.switch_and_wait_archived()
     wal_dir = cluster.root / "store" / "_logs" / cluster.target / "wal"
     wal_dir.chmod(0o500)  # the tier refuses writes (full disk, lost mount): the shipping run fails
     try:
-        failed = cluster.cli("wal", "ship", "--target", cluster.target, "--json", check=None)
+        # ... and the spool, over its (here tiny) limit, alerts loudly while keeping every segment
+        failed = cluster.cli("wal", "ship", "--target", cluster.target, "--json", check=None,
+                             env={"BACKUP_ALERTS": webhook_server.url(), "BACKUP_SPOOL_MAX_BYTES": "1"})
         assert failed.returncode != 0
+        [alert] = webhook_server.json_of("WAL spool of 'orders'")
+        assert alert["type"] == "failure" and "nothing is dropped" in alert["message"]
     finally:
         wal_dir.chmod(0o700)
     spooled = cluster.root / "spool" / cluster.target / name
@@ -126,7 +154,7 @@ def test_a_segment_whose_upload_fails_stays_spooled_and_is_shipped_once_later(cl
     assert cluster.json("wal", "ship", "--target", cluster.target)["shipped"] == []  # once
 
 
-def test_a_missing_segment_is_a_gap_that_pitr_restore_and_the_watchdog_all_see(cluster, based, tmp_path):
+def test_a_missing_segment_is_a_gap_that_pitr_restore_and_the_watchdog_all_see(cluster, based, webhook_server):
     for _ in range(2):
         cluster.sql("INSERT INTO orders (batch) SELECT 'fourth' FROM generate_series(1, 10)")
         cluster.switch_and_wait_archived()
@@ -143,8 +171,10 @@ def test_a_missing_segment_is_a_gap_that_pitr_restore_and_the_watchdog_all_see(c
     refused = cluster.cli("restore", "--target", cluster.target, "--to-time", gap["to"], "--to-datadir",
                           str(cluster.root / "after-gap"), "--json", check=2)
     assert "inside a gap" in refused.stdout or "outside the window" in refused.stdout
-    watch = cluster.json("watchdog")
+    watch = cluster.json("watchdog", env={"BACKUP_ALERTS": webhook_server.url()})
     assert f"pitr.gap:{cluster.target}" in watch["opened"]
+    [alert] = webhook_server.json_of("gap in the WAL archive of 'orders'")
+    assert lost.name.split(".")[0] not in alert["message"] and stored[-3].name.split(".")[0] in alert["message"]
 
 
 def test_each_physical_target_ships_its_spool_every_minute_on_its_host_queue(cluster):

@@ -53,22 +53,31 @@ def ship(rt: Runtime, target_name: str, family: str, describe: Describe) -> dict
     with spool.exclusive() as mine:
         if not mine:
             return {"target": target.name, "skipped": "another shipping run holds this spool"}
-        for item in spool.ready():
-            what = describe(item.name, item.path)
-            if what is None:
-                skipped.append(item.name)
-                continue
-            row = rt.catalog.find_log(target.name, family, item.name)
-            sha = _plain_sha256(item)
-            if row is not None and row.sha256_plain == sha:
-                spool.mark_shipped(item, sha)  # stored and recorded by a run that died before this step
-                already.append(item.name)
-                continue
-            if row is not None:
-                spool.record_conflict(item.name, row.sha256_plain, sha)
-                continue
-            _ship_one(rt, target, family, item, what)
-            shipped.append(item.name)
+        try:
+            for item in spool.ready():
+                what = describe(item.name, item.path)
+                if what is None:
+                    skipped.append(item.name)
+                    continue
+                row = rt.catalog.find_log(target.name, family, item.name)
+                sha = _plain_sha256(item)
+                if row is not None and row.sha256_plain == sha:
+                    spool.mark_shipped(item, sha)  # stored and recorded by a run that died before this step
+                    already.append(item.name)
+                    continue
+                if row is not None:
+                    spool.record_conflict(item.name, row.sha256_plain, sha)
+                    continue
+                _ship_one(rt, target, family, item, what)  # a failure stops the run: files go in their log's order
+                shipped.append(item.name)
+        finally:
+            size, conflicts = _alert(rt, target, spool)
+    return {"target": target.name, "shipped": shipped, "already_stored": already, "not_logs": skipped,
+            "spool_bytes": size, "conflicts": [c["name"] for c in conflicts]}
+
+
+def _alert(rt: Runtime, target, spool: Spool) -> tuple[int, list[dict]]:
+    """Alert on every unresolved conflict and on a spool over its limit, even when this run failed (then most of all)."""
     size, conflicts = spool.size(), spool.conflicts()
     for conflict in conflicts:
         events.emit(rt.catalog, events.LOG_CONFLICT,
@@ -83,8 +92,7 @@ def ship(rt: Runtime, target_name: str, family: str, describe: Describe) -> dict
                     f"({rt.settings.spool_max_bytes:,}); nothing is dropped, but shipping is falling behind",
                     target=target.name, host=target.host, spool_bytes=size,
                     remedy="check that the shipping task runs and that the tiers accept uploads; give the spool more room")
-    return {"target": target.name, "shipped": shipped, "already_stored": already, "not_logs": skipped,
-            "spool_bytes": size, "conflicts": [c["name"] for c in conflicts]}
+    return size, conflicts
 
 
 def _plain_sha256(item: Spooled) -> str:

@@ -80,6 +80,15 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
     conn = dsn.for_target(target)
     conn = dsn.Server(engine=conn.engine, host="127.0.0.1", port=port, user=conn.user, database=conn.database,
                       params=conn.params, password=conn.password)
-    reached = server.wait_for_promotion(conn, dest, log, bin_dir=bin_dir, os_user=CLUSTER_OS_USER, timeout=timeout)
+    try:
+        reached = server.wait_for_promotion(conn, dest, log, bin_dir=bin_dir, os_user=CLUSTER_OS_USER, timeout=timeout)
+    except server.TargetNotReached:
+        # No commit after TIME is stored (TIME is at the window's end, or the server was idle):
+        # all of the stored WAL happened before TIME, so replaying all of it *is* the state at TIME.
+        datadir.write_recovery(dest, restore_command=command, target_time=None)
+        server.hand_over(dest, CLUSTER_OS_USER)
+        log = server.start(dest, port, bin_dir=bin_dir, os_user=CLUSTER_OS_USER)
+        reached = server.wait_for_promotion(conn, dest, log, bin_dir=bin_dir, os_user=CLUSTER_OS_USER, timeout=timeout)
+        result["notes"] = [*result["notes"], "no commit after the target time is stored: all stored WAL was replayed"]
     return {**result, "started": True, "port": port, "reached_time": iso(reached["reached_time"]),
             "reached_lsn": reached["reached_lsn"], "timeline": reached["timeline"], "log": str(log)}

@@ -89,8 +89,8 @@ def write_recovery(dest: Path, *, restore_command: str, target_time: str | None)
              "archive_command = ''"]
     if target_time:
         lines += [f"recovery_target_time = '{_quote(target_time)}'",
-                  "recovery_target_inclusive = 'true'",
-                  "recovery_target_action = 'promote'"]
+                  "recovery_target_inclusive = 'true'"]
+    lines.append("recovery_target_action = 'promote'")
     auto = dest / "postgresql.auto.conf"
     text = auto.read_text() if auto.exists() else ""
     text = text.split(RECOVERY_MARK, 1)[0]

@@ -21,7 +21,15 @@ from backup_tasks.sources.db import dsn
 from backup_tasks.sources.db.dsn import Server
 
 LOG_NAME = "backup-tasks-recovery.log"
+#: PostgreSQL's words when the WAL ran out before a commit later than recovery_target_time was seen
+NOT_REACHED = "recovery ended before configured recovery target was reached"
+
+
+class TargetNotReached(SourceError):
+    """Recovery replayed every stored WAL file without meeting a commit after the target time."""
 POLL_SECONDS = 0.5
+#: how long a just-started postmaster may take to show up at all
+STARTUP_GRACE_SECONDS = 30
 
 
 def bin_dir_for(version: str, configured: str | None) -> Path:
@@ -99,8 +107,15 @@ def wait_for_promotion(server: Server, datadir: Path, log: Path, *, bin_dir: Pat
     import psycopg2
 
     deadline = time.monotonic() + timeout
+    # pg_ctl -W returns before the postmaster wrote its pid file: "not running" counts only once it was seen running
+    seen, grace = False, time.monotonic() + STARTUP_GRACE_SECONDS
     while True:
-        if not running(datadir, bin_dir=bin_dir, os_user=os_user):
+        alive = running(datadir, bin_dir=bin_dir, os_user=os_user)
+        seen = seen or alive
+        if not alive and (seen or time.monotonic() > grace):
+            if NOT_REACHED in log_tail(log, 40):
+                raise TargetNotReached(f"recovery in {datadir} replayed all stored WAL without passing the target time",
+                                       "the archive holds nothing after the target: replay all of it")
             raise SourceError(f"the restored server in {datadir} stopped during recovery: {log_tail(log)}",
                               f"read {log}; a segment may be missing from the archive (backupctl pitr TARGET)")
         try:
