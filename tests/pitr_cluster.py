@@ -60,6 +60,7 @@ class PitrCluster:
             f'[tiers.local]\nkind = "local"\npath = "{self.root / "store"}"\n\n'
             f'[targets.{target}]\nkind = "postgres"\nmode = "physical"\nhost = "db01"\n'
             f'dsn = "postgresql://postgres@127.0.0.1:{self.port}/postgres"\npitr_rpo_minutes = 5\n'
+            'retention = { keep_last = 1 }\n'
             f'options = {{ bin_dir = "{PG_BIN}" }}\n')
         self._chown_all()
         as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8")

@@ -18,6 +18,8 @@ from notify_servers import webhook_server  # noqa: F401  (fixture)
 from databases import free_port
 from pitr_cluster import PitrCluster
 
+from backup_tasks.sources.postgres import walnames
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -175,6 +177,27 @@ def test_a_missing_segment_is_a_gap_that_pitr_restore_and_the_watchdog_all_see(c
     assert f"pitr.gap:{cluster.target}" in watch["opened"]
     [alert] = webhook_server.json_of("gap in the WAL archive of 'orders'")
     assert lost.name.split(".")[0] not in alert["message"] and stored[-3].name.split(".")[0] in alert["message"]
+
+
+def test_a_new_base_after_a_gap_restores_the_window_and_cleanup_removes_what_only_the_old_base_needed(cluster, based):
+    assert not cluster.json("pitr", cluster.target, check=1)["ok"]  # the gap of the test above
+    newer = cluster.json("backup", cluster.target, "--wait")
+    cluster.switch_and_wait_archived()
+    cluster.json("wal", "ship", "--target", cluster.target)
+    start = cluster.json("show", newer["id"])["manifest"]["source"]["start_segment"]
+
+    plan = cluster.json("cleanup", "--target", cluster.target, "--dry-run")
+    assert plan["would_delete_backups"] == [based["id"]]
+    assert {w["name"] for w in plan["would_remove_wal"]} and all(w["name"] < start for w in plan["would_remove_wal"])
+    assert all(newer["id"] in w["reason"] for w in plan["would_remove_wal"])
+
+    done = cluster.json("cleanup", "--target", cluster.target)
+    assert done["deleted_backups"] == [based["id"]]
+    assert [w["name"] for w in done["wal_removed"]] == [w["name"] for w in plan["would_remove_wal"]]
+    stored = {p.name.removesuffix(".zst.age") for p in (cluster.root / "store" / "_logs" / cluster.target / "wal").iterdir()}
+    assert all(name >= start for name in stored if walnames.kind_of(name) in ("segment", "backup"))
+    window = cluster.json("pitr", cluster.target)  # the gap went with the WAL only the old base needed
+    assert window["ok"] and window["spans"][0]["bases"] == [newer["id"]] and window["gaps"] == []
 
 
 def test_each_physical_target_ships_its_spool_every_minute_on_its_host_queue(cluster):

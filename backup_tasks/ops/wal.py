@@ -51,8 +51,8 @@ def describe(name: str, path: Path | None = None) -> tuple[str, int | None, int 
         lines = walnames.parse_history(path.read_text()) if path is not None else []
         return (kind, walnames.history_timeline(name), None,
                 {"history": [[tli, walnames.format_lsn(lsn)] for tli, lsn in lines]})
-    if kind == "backup":
-        return (kind, int(name[:8], 16), None, None)
+    if kind == "backup":  # the backup history file written at a base backup's start segment
+        return (kind, *walnames.parse_segment(name[:24]), None)
     return None
 
 

@@ -113,3 +113,15 @@ def base_for(win: Window, bases: list[BasePoint], when: datetime) -> BasePoint |
         return None
     fit = [b for b in bases if b.id in span.base_ids and b.ready_at <= when]
     return max(fit, key=lambda b: b.ready_at, default=None)
+
+
+def logs_to_remove(logs: list[tuple[str, int | None]], kept: list[BasePoint]) -> tuple[list[str], BasePoint | None]:
+    """Log pieces (name, seq) older than the oldest kept base's first piece, and that base.
+
+    A base and the log it needs go together: what precedes every kept base serves no
+    restore. With no base kept, nothing goes: the log is all that is left.
+    """
+    if not kept:
+        return [], None
+    oldest = min(kept, key=lambda b: b.first)
+    return [name for name, seq in logs if seq is not None and seq < oldest.first], oldest
