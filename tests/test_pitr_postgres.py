@@ -199,14 +199,3 @@ def test_a_new_base_after_a_gap_restores_the_window_and_cleanup_removes_what_onl
     window = cluster.json("pitr", cluster.target)  # the gap went with the WAL only the old base needed
     assert window["ok"] and window["spans"][0]["bases"] == [newer["id"]] and window["gaps"] == []
 
-
-def test_each_physical_target_ships_its_spool_every_minute_on_its_host_queue(cluster):
-    import beat_schedule
-    from backup_tasks import config
-    from backup_tasks.orchestration import routing
-
-    cfg = config.load(cluster.config)
-    entry = beat_schedule.build(cfg)[f"wal-ship:{cluster.target}"]
-    assert entry["task"] == "backup.wal_ship" and entry["args"] == (cluster.target,)
-    assert entry["options"]["queue"] == "host.db01"
-    assert str(entry["schedule"].minute) == str(beat_schedule.cron("* * * * *", "UTC").minute)

@@ -61,8 +61,14 @@ def push(rt: Runtime, target_name: str, path: Path) -> dict:
     target = physical_target(rt, target_name)
     if describe(path.name) is None:
         raise InputError(f"{path.name} is not a WAL file name", "archive_command passes %p, the path of a WAL file")
-    outcome = Spool(rt.settings.spool_dir, target.name).push(path)
-    return {"target": target.name, "name": path.name, "outcome": outcome}
+    spool = Spool(rt.settings.spool_dir, target.name)
+    outcome = spool.push(path)
+    size = spool.size()
+    if size > rt.settings.spool_max_bytes:
+        # Said here too, so that PostgreSQL's own log shows it; the shipping task sends the alert.
+        log.error("the WAL spool of target %s holds %d bytes, over spool_max_bytes (%d): shipping is falling behind; "
+                  "nothing is dropped", target.name, size, rt.settings.spool_max_bytes)
+    return {"target": target.name, "name": path.name, "outcome": outcome, "spool_bytes": size}
 
 
 def ship(rt: Runtime, target_name: str) -> dict:
