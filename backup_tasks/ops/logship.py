@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 Describe = Callable[[str, Path], "tuple[str, int | None, int | None, dict | None] | None"]
 
 PREFIX = "_logs"
+#: how long the spool's ledger remembers a shipped file's sha256 (``wal push`` checks a re-push against it)
+LEDGER_KEEP = timedelta(days=7)
 
 
 def log_prefix(target: str, family: str) -> str:
@@ -70,6 +72,8 @@ def ship(rt: Runtime, target_name: str, family: str, describe: Describe) -> dict
                     continue
                 _ship_one(rt, target, family, item, what)  # a failure stops the run: files go in their log's order
                 shipped.append(item.name)
+            # A server re-archives only recent files after a crash; for older names the catalog decides
+            spool.forget_shipped(datetime.now(timezone.utc) - LEDGER_KEEP)
         finally:
             size, conflicts = _alert(rt, target, spool)
     return {"target": target.name, "shipped": shipped, "already_stored": already, "not_logs": skipped,

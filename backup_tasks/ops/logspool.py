@@ -154,6 +154,16 @@ class Spool:
         item.path.unlink(missing_ok=True)
         _fsync_dir(self.dir)
 
+    def forget_shipped(self, older_than: datetime) -> int:
+        """Drop ledger entries written before ``older_than``; the catalog stays the check for older names."""
+        folder, cutoff, gone = self.dir / SHIPPED, older_than.timestamp(), 0
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+                    gone += 1
+        return gone
+
     @contextmanager
     def exclusive(self) -> Iterator[bool]:
         """Hold the spool's shipping lock if nobody else does; yields whether this caller got it."""
