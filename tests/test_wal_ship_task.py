@@ -37,6 +37,11 @@ def test_the_beat_entry_ships_the_spool_on_the_targets_host_queue(tmp_path, make
     assert (row.name, row.kind, row.timeline, row.seq) == (segment.name, "segment", 1, 7)
     assert row.key.startswith("_logs/orders/wal/") and row.key.endswith(".zst.age") and row.key_ids
 
+    # the exporter shows how old the newest stored WAL is (what an alert rule on WAL lag reads)
+    metrics = run_cli("metrics", "show", config=cfg, check=0).stdout
+    [lag] = [line for line in metrics.splitlines() if line.startswith('backup_wal_lag_seconds{target="orders"}')]
+    assert 0 <= float(lag.split()[-1]) < 600
+
     back = tmp_path / "back"
     run_cli("wal", "get", "--target", "orders", segment.name, str(back), config=cfg, check=0)
     assert back.read_bytes() == segment.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -48,6 +49,10 @@ def get(ctx: Context, target, name, path):
         sys.exit(1)
     except BackupError as exc:
         ctx.out.error(exc)
+        sys.exit(FATAL_FOR_POSTGRES)
+    except Exception as exc:  # noqa: BLE001 - a bug must stop recovery too, never read as "no such file"
+        logging.getLogger(__name__).exception("wal get %s failed", name)
+        ctx.out.error(BackupError(f"internal error: {type(exc).__name__}: {exc}", "this is a bug; please report it"))
         sys.exit(FATAL_FOR_POSTGRES)
     ctx.out.result(result, lambda c, d: c.print(f"{d['name']}: from tier {d['tier']}", markup=False))
 
