@@ -76,6 +76,8 @@ class Spool:
     def _ensure(self) -> None:
         for path in (self.dir.parent, self.dir, self.dir / SHIPPED, self.dir / CONFLICTS):
             path.mkdir(mode=0o700, exist_ok=True)
+        if self.dir.stat().st_mode & 0o077:  # WAL holds every row written: only its owner may read the spool
+            os.chmod(self.dir, 0o700)
 
     # -- the archive hook's side -----------------------------------------------------------
 
