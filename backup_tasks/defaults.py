@@ -14,6 +14,17 @@ STAGING_DIR = f"{EMBEDDED_ROOT}/staging"
 CATALOG_URL = f"sqlite:///{EMBEDDED_ROOT}/catalog.db"
 LOCAL_TIER_PATH = f"{EMBEDDED_ROOT}/store"
 LOCAL_TIER_NAME = "local"
+#: archived logs (PostgreSQL WAL) wait here, durable, until the shipping task uploads them
+SPOOL_DIR = f"{EMBEDDED_ROOT}/spool"
+#: 4 GiB: 256 segments of 16 MiB, hours of WAL for most clusters; beyond it the shipping task alerts (and drops nothing)
+SPOOL_MAX_BYTES = 4 << 30
+#: the command restore_command runs; a restore adds --config with the targets file it used
+BACKUPCTL_COMMAND = "backupctl"
+#: the shipping task of each point-in-time target runs every minute on its host's queue: with
+#: archive_timeout = 60 a commit is stored about two minutes after it was made
+LOG_SHIP_SCHEDULE = "* * * * *"
+#: a restore to a moment waits this long for the server to finish replaying
+PITR_RECOVERY_TIMEOUT_SECONDS = 3600
 
 TIMEZONE = "UTC"
 COMPRESSION = "zstd"

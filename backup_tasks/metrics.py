@@ -16,6 +16,7 @@ answers the questions an alert rule asks (``backupctl metrics serve --port 9814`
     backup_success_ratio{target}                      verified / runs with an outcome over report_days
     backup_runs{target,status}                        runs in the catalog by status
     backup_storage_bytes{target,tier}                 bytes stored per tier
+    backup_wal_lag_seconds{target}                    physical PostgreSQL: age of the newest stored WAL file
     backup_catalog_up                                 1 if the catalog could be read for this scrape
 
 A series is absent, not zero, when there is nothing to report (no drill yet): an alert
@@ -53,6 +54,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "success_ratio": ("Verified runs divided by runs with an outcome (verified or not; a run awaiting its verify is not counted) over the report window (report_days).", ()),
     "runs": ("Runs in the catalog by status.", ("status",)),
     "storage_bytes": ("Bytes stored per storage tier (backups not deleted).", ("tier",)),
+    "wal_lag_seconds": ("Physical PostgreSQL targets: seconds since the newest stored WAL file was closed.", ()),
 }
 CATALOG_UP = PREFIX + "catalog_up"
 
@@ -84,9 +86,22 @@ class CatalogCollector:
         families = self._families()
         for st in states:
             self._add(families, st)
+        self._add_wal_lag(families)
         yield from families.values()
         yield GaugeMetricFamily(CATALOG_UP, "1 if the catalog could be read for this scrape.", value=1)
         log.debug("metrics: %d targets in %.3fs", len(states), time.monotonic() - started)
+
+    def _add_wal_lag(self, f: dict[str, GaugeMetricFamily]) -> None:
+        from datetime import datetime, timezone
+
+        from backup_tasks.ops.pitr_watch import pitr_targets
+        from backup_tasks.ops.wal import FAMILY
+
+        now = datetime.now(timezone.utc)
+        for target in pitr_targets(self.rt):
+            newest = self.rt.catalog.newest_log_at(target.name, FAMILY)
+            if newest is not None:
+                f["wal_lag_seconds"].add_metric([target.name], (now - newest).total_seconds())
 
     @staticmethod
     def _families() -> dict[str, GaugeMetricFamily]:

@@ -112,6 +112,22 @@ WORDING: dict[str, _Wording] = {
         "mount it (e.g. mount {path}; check /etc/fstab and the device), then: backupctl backup {target} --wait"),
     events.MOUNT_MISSING + events.RESOLVED: _Wording(
         "success", "resolved: external tier '{tier}' is mounted again", "nothing to do"),
+    events.LOG_CONFLICT: _Wording(
+        "failure", "WAL archiving of '{target}' stopped: a file was offered again with other contents",
+        "find the second server archiving into '{target}' and stop it; the archive keeps the first copy"),
+    events.SPOOL_FULL: _Wording(
+        "failure", "the WAL spool of '{target}' on {host} is over its limit",
+        "check the shipping task (backupctl wal ship --target {target}) and the tiers; nothing has been dropped"),
+    events.PITR_LAG: _Wording(
+        "failure", "no recent WAL stored for '{target}'",
+        "check archive_command in PostgreSQL's log (pg_stat_archiver) and the shipping task; backupctl pitr {target}"),
+    events.PITR_LAG + events.RESOLVED: _Wording(
+        "success", "resolved: WAL of '{target}' is arriving again", "nothing to do"),
+    events.PITR_GAP: _Wording(
+        "failure", "gap in the WAL archive of '{target}'",
+        "backupctl pitr {target}   (where the gap is)\nthen take a new base backup: backupctl backup {target} --wait"),
+    events.PITR_GAP + events.RESOLVED: _Wording(
+        "success", "resolved: the WAL archive of '{target}' has no gap", "nothing to do"),
     events.VERIFIED: _Wording(
         "success", "backup of '{target}' verified",
         "nothing to do; restore with: backupctl restore {id} --to PATH"),

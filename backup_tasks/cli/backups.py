@@ -171,7 +171,7 @@ def verify(ctx: Context, backup_id):
 
 
 @click.command("restore")
-@click.argument("backup_id")
+@click.argument("backup_id", required=False)
 @click.option("--to", "to", type=click.Path(), default=None,
               help="restore files/config/SQLite to this path (a SQLite backup to DIR/ or an existing directory lands inside it)")
 @click.option("--strip-source-path", is_flag=True,
@@ -187,12 +187,28 @@ def verify(ctx: Context, backup_id):
               help="with --to-database: apply the backup's roles and tablespaces first, then keep owners and GRANTs (PostgreSQL)")
 @click.option("--globals-to", "globals_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the backup's globals (roles, tablespaces) as SQL to this file, mode 0600 (PostgreSQL)")
+@click.option("--target", "pitr_target", default=None, help="with --to-time: the physical target to restore to a moment")
+@click.option("--to-time", "to_time", default=None, help="restore to this moment (ISO 8601 with a zone); needs --target")
+@click.option("--to-datadir", "to_datadir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="with --to-time: the new data directory")
+@click.option("--start", "start_server", is_flag=True, help="with --to-datadir: start the server and wait for recovery to end")
+@click.option("--port", type=int, default=None, help="with --start: the port the restored server listens on (127.0.0.1)")
 @common
 def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run, force, server, server_password, jobs, tables,
-            with_globals, globals_to):
-    """Restore a backup; refuses to overwrite anything without --force."""
+            with_globals, globals_to, pitr_target, to_time, to_datadir, start_server, port):
+    """Restore a backup, or a physical target to a moment; refuses to overwrite anything without --force."""
     from backup_tasks.ops.restore import extract_globals, restore_backup
 
+    if to_time or to_datadir or pitr_target:
+        from backup_tasks.cli.pitr import restore_to_time
+
+        if backup_id or to or to_database or globals_to or strip_source_path:
+            raise InputError("--target/--to-time/--to-datadir restore a moment, not a backup id",
+                             "backupctl restore --target T --to-time TIME --to-datadir DIR")
+        restore_to_time(ctx, pitr_target, to_time, to_datadir, start=start_server, port=port, force=force, dry_run=dry_run)
+        return
+    if not backup_id:
+        raise InputError("which backup? give its id", "backupctl list shows them; or --target T --to-time TIME --to-datadir DIR")
     if sum(map(bool, (to, to_database, globals_to))) != 1:
         raise InputError("give exactly one of --to PATH, --to-database NAME or --globals-to FILE", "backupctl restore ID --to /restore/here")
     rt = ctx.rt

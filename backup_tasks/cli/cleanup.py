@@ -57,6 +57,10 @@ def _human(c, d: dict) -> None:
             f"{', '.join(d['deleted_backups'] or d['would_delete_backups']) or 'none'}")
     for item in d["debris"]:
         c.print(f"  debris {verb}: {item.get('key') or item.get('path')} ({item['reason']})", markup=False)
+    wal = d.get("wal_removed") or d.get("would_remove_wal") or []
+    if wal:
+        c.print(f"  WAL {verb}: {len(wal)} file(s) of {', '.join(sorted({w['target'] for w in wal}))}, "
+                f"{wal[0]['name']} to {wal[-1]['name']}: {wal[-1]['reason']}", markup=False)
     for item in d["refused"]:
         c.print(f"  [yellow]refused[/] {item['backup_id']} on {item['tier']}: {item['reason']}")
     for item in d["errors"]:

@@ -26,12 +26,12 @@ def cli(click_ctx: click.Context, config_path, json_mode, verbose):
 
 
 def _register() -> None:
-    from backup_tasks.cli import admin, api, audit, backups, cleanup, delete, drill, metrics, report
+    from backup_tasks.cli import admin, api, audit, backups, cleanup, delete, drill, metrics, pitr, report, wal
     from backup_tasks.cli import keys  # noqa: F401 - adds rotate and status to admin's keys group
     from backup_tasks.cli import reencrypt
 
     for command in (*backups.COMMANDS, *admin.COMMANDS, *drill.COMMANDS, *cleanup.COMMANDS, *audit.COMMANDS, *report.COMMANDS,
-                    *metrics.COMMANDS, *api.COMMANDS, *delete.COMMANDS, *reencrypt.COMMANDS):
+                    *metrics.COMMANDS, *api.COMMANDS, *delete.COMMANDS, *reencrypt.COMMANDS, *wal.COMMANDS, *pitr.COMMANDS):
         cli.add_command(command)
 
 

@@ -65,6 +65,12 @@ class Settings:
     report_recipients: tuple[str, ...] = ()
     #: the report's window for success rates and plots
     report_days: int = defaults.REPORT_DAYS
+    #: where ``wal push`` makes each archived log durable before the shipping task uploads it (one 0700 directory per target)
+    spool_dir: Path = Path(defaults.SPOOL_DIR)
+    #: above this many spooled bytes the shipping task alerts loudly; nothing is ever dropped
+    spool_max_bytes: int = defaults.SPOOL_MAX_BYTES
+    #: how PostgreSQL runs backupctl in restore_command (the server's environment has no PATH or BACKUP_CONFIG of ours)
+    backupctl_command: str = defaults.BACKUPCTL_COMMAND
 
     def time_limits(self, stage: str) -> tuple[int, int]:
         """(soft, hard) seconds for one chain stage."""
@@ -113,6 +119,10 @@ class Target:
     password: str | None = None
     drill: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    #: how a kind with several ways of reading its source reads it (PostgreSQL: logical or physical)
+    mode: str = "logical"
+    #: point-in-time recovery: the watchdog alerts when the newest stored log is older than this
+    pitr_rpo_minutes: float | None = None
 
     @property
     def queue(self) -> str:

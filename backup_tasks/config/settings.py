@@ -56,9 +56,13 @@ FIELDS = {
     "size_anomaly_history": int,
     "report_recipients": list,
     "report_days": int,
+    # point-in-time recovery: the host's spool of archived logs, and how PostgreSQL calls backupctl
+    "spool_dir": str,
+    "spool_max_bytes": int,
+    "backupctl_command": str,
 }
 #: settings that are paths and resolve against the config file's directory
-PATH_SETTINGS = ("staging_dir", "recipients_file", "identities_file", "signing_key_file", "signing_public_key_file")
+PATH_SETTINGS = ("staging_dir", "spool_dir", "recipients_file", "identities_file", "signing_key_file", "signing_public_key_file")
 _WHERE = "[settings]"
 
 
@@ -92,6 +96,8 @@ def parse(table: Any, env: dict[str, str], base: Path, file: str) -> Settings:
     check_alert_settings(values, file=file)
     if "staging_dir" not in values:
         values["staging_dir"] = Path(defaults.STAGING_DIR).resolve()
+    if "spool_dir" not in values:
+        values["spool_dir"] = Path(defaults.SPOOL_DIR).resolve()
     if "catalog_url" not in values:
         values["catalog_url"] = _anchor_sqlite_url(defaults.CATALOG_URL, Path.cwd())
     if values.get("broker_url") and not values.get("result_backend"):

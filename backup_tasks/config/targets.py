@@ -21,7 +21,7 @@ from backup_tasks.sources.db import dsn
 
 FIELDS = {
     "kind", "host", "schedule", "storage", "retention", "rpo_hours", "paths", "include", "exclude",
-    "path", "dsn", "password", "drill", "options",
+    "path", "dsn", "password", "drill", "options", "mode", "pitr_rpo_minutes",
 }
 
 
@@ -75,6 +75,13 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
     if isinstance(rpo, bool) or not isinstance(rpo, (int, float)) or rpo <= 0:
         raise ConfigError(f"must be a positive number of hours, not {rpo!r}", "e.g. rpo_hours = 26 for a nightly backup",
                           file=file, where=where, field="rpo_hours")
+    mode = spec.get("mode", "logical")
+    modes = getattr(source, "modes", ("logical",))
+    if mode not in modes:
+        raise ConfigError(f"a {kind} target has no mode {mode!r}", f"use one of: {', '.join(modes)}", file=file, where=where, field="mode")
+    pitr_rpo = spec.get("pitr_rpo_minutes")
+    if pitr_rpo is not None and (isinstance(pitr_rpo, bool) or not isinstance(pitr_rpo, (int, float)) or pitr_rpo <= 0):
+        raise ConfigError("must be a positive number of minutes", "e.g. pitr_rpo_minutes = 5", file=file, where=where, field="pitr_rpo_minutes")
     target = Target(
         name=name, kind=kind, host=host, schedule=schedule, storage=storage, retention=dict(retention),
         rpo_hours=rpo, paths=tuple(paths),
@@ -82,6 +89,7 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
         exclude=tuple(str_list(spec.get("exclude", []), file=file, where=where, field="exclude")),
         path=spec.get("path"), dsn=spec.get("dsn"), password=spec.get("password"),
         drill=dict(drill) if isinstance(drill, dict) else {}, options=dict(spec.get("options", {})),
+        mode=mode, pitr_rpo_minutes=pitr_rpo,
     )
     if kind in dsn.SCHEMES:
         _check_database(target, source, file=file)

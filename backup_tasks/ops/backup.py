@@ -29,7 +29,7 @@ from backup_tasks.records.catalog import Location, Status
 from backup_tasks.errors import InputError, PermanentError, StagingFull, StorageError, TransientError
 from backup_tasks.units import human_size
 from backup_tasks.ops.runtime import Runtime
-from backup_tasks.sources.base import source_for
+from backup_tasks.sources.base import plaintext_suffix, source_for
 from backup_tasks.stages import compress as compress_stage
 from backup_tasks.stages import encrypt as encrypt_stage
 from backup_tasks.stages.digest import HashingWriter
@@ -141,7 +141,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     workdir = run_dir / "work"
     shutil.rmtree(workdir, ignore_errors=True)  # a dead attempt's leftovers (a half-written globals.sql) go first
     workdir.mkdir(mode=0o700)
-    final = run_dir / f"data.{source.suffix}"
+    final = run_dir / f"data.{plaintext_suffix(source, target)}"
     report: dict = {}
 
     def produce(out: HashingWriter) -> None:
@@ -268,7 +268,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         "created_at": dumped["created_at"],
         "finished_at": timefmt.iso(timefmt.now()),
         "tool_versions": manifest.tool_versions(report.pop("tool_versions", None)),
-        "plaintext": {"size": dumped["size"], "sha256": dumped["sha256"], "format": source_for(target.kind).suffix},
+        "plaintext": {"size": dumped["size"], "sha256": dumped["sha256"], "format": plaintext_suffix(source_for(target.kind), target)},
         "compression": {"method": ref.get("compression", "none"), "level": ref.get("level")},
         "encryption": {"method": "age", "recipients": [keys.key_id(r) for r in rt.settings.recipients]} if ref.get("encrypted") else None,
         "stored": {"name": name, "size": ref["size"], "sha256": ref["sha256"]},

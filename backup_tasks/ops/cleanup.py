@@ -59,12 +59,25 @@ def run_cleanup(rt: Runtime, target: str | None = None, *, dry_run: bool = False
         if not dry_run:
             _apply(rt, plan, report, actor)
         report["debris"] = _debris(rt, targets, target is not None, now, dry_run, report)
+        report["wal_removed" if not dry_run else "would_remove_wal"] = _prune_wal(rt, targets, plan, dry_run)
         report["deleted_backups"] = sorted(plan.removed_entirely()) if not dry_run else []
         report["would_delete_backups"] = sorted(plan.removed_entirely()) if dry_run else []
         entry.detail.update(removed=len(report["removed"]), kept=report["keep"], debris=len(report["debris"]),
                             refused=len(report["refused"]), errors=len(report["errors"]))
         entry.outcome = audit.FAILED if report["errors"] else audit.OK
     return report
+
+
+def _prune_wal(rt: Runtime, targets, plan, dry_run: bool) -> list[dict]:
+    """Archived WAL follows the base backups of physical targets: what no kept base needs goes (log_retention.py)."""
+    from backup_tasks.ops import log_retention
+
+    out = []
+    for t in targets:
+        if t.kind == "postgres" and t.mode == "physical":
+            out += [{"target": t.name, **e} for e in log_retention.prune(rt, t, removed_backups=set(plan.removed_entirely()),
+                                                                          dry_run=dry_run)]
+    return out
 
 
 def exit_code(report: dict) -> int:

@@ -39,7 +39,7 @@ from backup_tasks.config import Target
 from backup_tasks.sources.db import dsn
 from backup_tasks.ops import readback
 from backup_tasks.records.catalog import DrillResult, Status
-from backup_tasks.errors import BackupError, DeadlineExceeded, DrillFailed
+from backup_tasks.errors import BackupError, DeadlineExceeded, DrillFailed, InputError
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.base import Source, source_for
 from backup_tasks.config.drill import drill_spec
@@ -129,6 +129,9 @@ class _Drill:
     def start(cls, rt: Runtime, target_name: str, now: datetime) -> _Drill:
         """Pick the newest verified backup and record the drill as started (a bad drill config raises here)."""
         target = rt.target(target_name)
+        if target.mode == "physical":
+            raise InputError(f"target '{target.name}' is a physical PostgreSQL target; drills restore logical dumps only so far",
+                             "prove it by hand: backupctl restore --target T --to-time TIME --to-datadir DIR --start --port P")
         spec = drill_spec(target)
         source = source_for(target.kind)
         latest = rt.catalog.list(target=target.name, status=Status.VERIFIED, limit=1)

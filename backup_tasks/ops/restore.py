@@ -184,6 +184,9 @@ def restore_to_database(rt: Runtime, backup_id: str, database: str, *, server: s
     found = readback.locate(rt, row)
     doc = found.doc
     source = source_for(doc["kind"])
+    if (doc.get("source") or {}).get("mode") == "physical":
+        raise InputError(f"backup {backup_id} is a physical base backup of a whole cluster, not a database dump",
+                         "restore it with backupctl restore --target T --to-time TIME --to-datadir DIR (or --to PATH for the tar)")
     if not hasattr(source, "restore_database"):
         raise InputError(f"backup {backup_id} is a {doc['kind']} backup; --to-database restores postgres and mysql backups",
                          "use --to PATH for files, config and SQLite backups")

@@ -8,7 +8,9 @@ embedded default, from cron with ``backupctl watchdog``). It looks for:
   quietly stopped running;
 - **low free space** on a local or external tier (``alert_min_free_percent``,
   ``alert_min_free_bytes``, or the tier's own ``min_free_bytes``);
-- a **missing external mount**.
+- a **missing external mount**;
+- for point-in-time targets, **WAL that stopped arriving** (newest stored segment older
+  than ``pitr_rpo_minutes``) and a **gap** in the WAL archive (pitr_watch.py).
 
 Each finding is a *condition* kept in the catalog: it is alerted once when it opens
 (an event, which alerting sends on) and once more, as "resolved", when it clears (for
@@ -31,7 +33,7 @@ from datetime import datetime, timezone
 
 from backup_tasks import defaults
 from backup_tasks.records import events
-from backup_tasks.ops import readiness
+from backup_tasks.ops import pitr_watch, readiness
 from backup_tasks.policy.readiness import TargetState
 from backup_tasks.timefmt import iso
 from backup_tasks.storage.capabilities import DiskSpace, DiskUsage
@@ -117,6 +119,7 @@ def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settin
 def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
     """Every condition as of now; ``open_keys``: the conditions open in the catalog (for low space's margin)."""
     out = [rpo_finding(state) for state in readiness.assess(rt, now)]
+    out += pitr_watch.findings(rt, now, Finding)
     for tier in rt.config.tiers.values():
         storage = rt.storage(tier)
         if not isinstance(storage, DiskSpace):

@@ -35,6 +35,13 @@ def route(name, args, kwargs, options, task=None, **kw):
             # maintenance worker runs the start task, which records it as a failed run.
             log.warning("backup.start for target %r goes to the %s queue: %s", target, MAINTENANCE_QUEUE, exc)
             return {"queue": MAINTENANCE_QUEUE}
+    if name == "backup.wal_ship":  # the spool is a directory on the target's host
+        target = (args or [kwargs.get("target")])[0]
+        try:
+            return {"queue": config_reload.fresh().target(target).queue}
+        except (InputError, ConfigError) as exc:
+            log.warning("backup.wal_ship for target %r has no host to go to: %s", target, exc)
+            return {"queue": MAINTENANCE_QUEUE}
     if name in ("backup.verify", "backup.verify_pending", "backup.reencrypt"):  # re-encryption needs the identities
         return {"queue": VERIFY_QUEUE}
     if name == "backup.drill":

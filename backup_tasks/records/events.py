@@ -30,9 +30,14 @@ RPO_BREACH = "rpo.breach"  # no verified backup within the target's rpo_hours
 LOW_SPACE = "storage.low_space"  # a local or external tier is low on free space
 MOUNT_MISSING = "storage.mount_missing"  # an external tier's mount point is not mounted
 SIZE_ANOMALY = "backup.size_anomaly"  # a stored artifact far below or above the target's recent median
+#: point-in-time recovery: archived logs and the restorable window
+LOG_CONFLICT = "pitr.log_conflict"  # a log file offered again with other contents; archiving of the target is stopped
+SPOOL_FULL = "pitr.spool_full"  # the host's spool of archived logs is over spool_max_bytes (nothing is dropped)
+PITR_LAG = "pitr.lag"  # the newest stored log is older than the target's pitr_rpo_minutes
+PITR_GAP = "pitr.gap"  # a log file is missing from the archive: the restorable window is broken
 RESOLVED = ".resolved"  # suffix: the watchdog condition <kind> has cleared
 #: opened and closed by the watchdog: alerted once per change of state, so not rate-limited
-WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING)
+WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING, PITR_LAG, PITR_GAP)
 VERIFIED = "backup.verified"  # a run's own verification passed (a notice with alert_on_success; not recorded)
 
 

@@ -81,6 +81,12 @@ def restore_single_file(plaintext: BinaryIO | None, dest: Path, summary: dict, *
     return summary
 
 
+def plaintext_suffix(source: Source, target: "Target") -> str:
+    """The artifact's suffix for this target: a kind with several modes (``suffix_for``) names each mode's format."""
+    suffix_for = getattr(source, "suffix_for", None)
+    return suffix_for(target) if suffix_for is not None else source.suffix
+
+
 _REGISTRY: dict[str, Source] = {}
 
 

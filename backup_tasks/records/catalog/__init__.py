@@ -6,7 +6,7 @@ secret is ever written here; manifests hold key ids and credential references on
 
 One ``Catalog`` object serves every table, so callers hold one handle and one connection
 pool; its methods live beside their tables: ``runs`` (backups, locations, verifications),
-``history`` (events, audit), ``drills`` and ``alerts`` (rate limits, open conditions).
+``history`` (events, audit), ``drills``, ``alerts`` and ``logs`` (archived logs for point-in-time recovery) (rate limits, open conditions).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from sqlalchemy.orm import sessionmaker
 from backup_tasks.records.catalog.alerts import AlertClaim, Alerts
 from backup_tasks.records.catalog.drills import Drills
 from backup_tasks.records.catalog.history import History
+from backup_tasks.records.catalog.logs import Logs
 from backup_tasks.records.catalog.runs import Location, Runs, dumps_row
 from backup_tasks.records.catalog.schema import (DONE, FINAL, QUEUED, UNATTRIBUTED, AlertConditionRow, AlertSentRow, AuditRow,
-                                                 BackupRow, DrillResult, DrillRow, EventRow, LocationRow, Status,
+                                                 BackupRow, DrillResult, DrillRow, EventRow, LocationRow, LogObjectRow, Status,
                                                  VerificationRow, create_schema, open_engine)
 
 
-class Catalog(Runs, History, Drills, Alerts):
+class Catalog(Runs, History, Drills, Alerts, Logs):
     """Repository over the catalog database; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:
@@ -33,5 +34,5 @@ class Catalog(Runs, History, Drills, Alerts):
 
 
 __all__ = ["Catalog", "Status", "FINAL", "QUEUED", "DONE", "UNATTRIBUTED", "Location", "BackupRow", "LocationRow",
-           "VerificationRow", "EventRow", "AuditRow", "DrillResult", "DrillRow", "AlertSentRow", "AlertConditionRow",
+           "VerificationRow", "LogObjectRow", "EventRow", "AuditRow", "DrillResult", "DrillRow", "AlertSentRow", "AlertConditionRow",
            "AlertClaim", "dumps_row"]

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, create_engine, event, inspect, text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -194,6 +194,42 @@ class AlertConditionRow(Base):
     detail: Mapped[dict | None] = mapped_column(RedactedJSON, nullable=True)
     #: the opening alert reached at least one channel; until then each watchdog run sends it again
     notified: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LogObjectRow(Base):
+    """One archived log file stored for point-in-time recovery (a WAL segment or .history file; binlogs alike).
+
+    Written only after every tier holding it has it whole, so a row is a stored object.
+    ``timeline`` and ``seq`` place it in its log's order (for WAL: the timeline and the
+    segment number); ``closed_at`` is when the server handed it over, so every commit in
+    it happened before then.
+    """
+
+    __tablename__ = "log_objects"
+    __table_args__ = (UniqueConstraint("target", "family", "name", name="uq_log_object"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    target: Mapped[str] = mapped_column(String(64), index=True)
+    #: "wal" (PostgreSQL); other log families share the table
+    family: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    #: segment, history, partial, backup (a PostgreSQL backup history file)
+    kind: Mapped[str] = mapped_column(String(16))
+    timeline: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    size_plain: Mapped[int] = mapped_column(BigInteger)
+    sha256_plain: Mapped[str] = mapped_column(String(64))
+    size_stored: Mapped[int] = mapped_column(BigInteger)
+    sha256_stored: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(512))
+    tiers: Mapped[list] = mapped_column(JSON)
+    compression: Mapped[str] = mapped_column(String(16))
+    #: the age recipients' key ids it was encrypted to ([] when stored unencrypted)
+    key_ids: Mapped[list] = mapped_column(JSON)
+    #: what the family knows of the file (a WAL .history file: its lines), for the window's walk
+    detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    closed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 #: columns added to tables after their first release: (table, column, DDL type and default for the rows already there).

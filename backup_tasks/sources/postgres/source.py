@@ -14,7 +14,8 @@ from typing import BinaryIO, Callable
 
 from backup_tasks.sources.base import register, restore_single_file
 from backup_tasks.sources.db.dsn import Server
-from backup_tasks.sources.postgres import archive, cluster_globals, dump, restore
+from backup_tasks.errors import InputError
+from backup_tasks.sources.postgres import archive, basebackup, cluster_globals, dump, restore
 from backup_tasks.sources.postgres.client import MAINTENANCE_DB
 
 
@@ -22,6 +23,8 @@ class PostgresSource:
     kind = "postgres"
     required_fields = ("dsn",)
     suffix = "pgdump"
+    #: logical: pg_dump of one database; physical: the whole cluster by pg_basebackup, the base of point-in-time recovery
+    modes = ("logical", "physical")
     allows_plaintext = True
     maintenance_db = MAINTENANCE_DB
     #: a forced restore loads into a staging database and takes the name only after the hashes matched
@@ -32,12 +35,19 @@ class PostgresSource:
 
     # backup ---------------------------------------------------------------------------------
 
+    def suffix_for(self, target) -> str:
+        return "tar" if target.mode == "physical" else self.suffix
+
     def dump(self, target, out: BinaryIO, workdir: Path) -> dict:
+        if target.mode == "physical":
+            return basebackup.dump(target, out, workdir, bin_dir=target.options.get("bin_dir"))
         return dump.dump(target, out, workdir)
 
     # verify ---------------------------------------------------------------------------------
 
     def check(self, plaintext: BinaryIO, manifest: dict, workdir: Path) -> dict:
+        if _physical(manifest):
+            return basebackup.check(plaintext, manifest, workdir)
         return archive.check(plaintext, manifest, workdir)
 
     def list_objects(self, plaintext: BinaryIO, manifest: dict, workdir: Path | None = None) -> list[dict]:
@@ -47,6 +57,11 @@ class PostgresSource:
 
     def restore(self, plaintext: BinaryIO | None, manifest: dict, dest: Path, *, force: bool, dry_run: bool) -> dict:
         """The archive itself as a file, for pg_restore by hand (``--to PATH``)."""
+        if _physical(manifest):
+            summary = {"restored_to": str(dest), "format": basebackup.FORMAT,
+                       "next_step": f"tar -xf {dest}, then tar -xf base.tar -C DATADIR and pg_wal.tar -C DATADIR/pg_wal; "
+                                    "or backupctl restore --target T --to-time TIME --to-datadir DIR"}
+            return restore_single_file(plaintext, dest, summary, force=force, dry_run=dry_run)
         summary = {"restored_to": str(dest), "format": "pg_dump custom archive", "tables": manifest["source"]["tables"],
                    "next_step": f"pg_restore -d DATABASE {dest}"}
         return restore_single_file(plaintext, dest, summary, force=force, dry_run=dry_run)
@@ -88,6 +103,17 @@ class PostgresSource:
                          commit_check: Callable[[], None] | None = None, keep_owners: bool = False) -> dict:
         return restore.restore_database(plaintext, manifest, database, server, force=force, dry_run=dry_run, jobs=jobs,
                                         tables=tables, workdir=workdir, commit_check=commit_check, keep_owners=keep_owners)
+
+
+def _physical(manifest: dict) -> bool:
+    return (manifest.get("source") or {}).get("mode") == "physical"
+
+
+def refuse_physical(manifest: dict) -> None:
+    """A base backup is a whole cluster: it is restored into a data directory, not into a database."""
+    if _physical(manifest):
+        raise InputError(f"backup {manifest.get('backup_id')} is a physical base backup of a whole cluster",
+                         "restore it with backupctl restore --target T --to-time TIME --to-datadir DIR, or --to PATH for the tar")
 
 
 register(PostgresSource())

@@ -1,0 +1,74 @@
+"""backupctl wal push | get | ship: PostgreSQL's archive_command and restore_command, and shipping the spool by hand."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from backup_tasks.cli.context import Context, common
+from backup_tasks.errors import BackupError
+
+#: restore_command's "this failed, stop recovery" status: PostgreSQL treats an exit status
+#: above 125 as fatal, and anything lower as "no such file", which would end recovery early
+FATAL_FOR_POSTGRES = 126
+
+
+@click.group("wal")
+def wal():
+    """PostgreSQL WAL archiving for physical targets."""
+
+
+@wal.command("push")
+@click.option("--target", required=True, help="the physical target this server's WAL belongs to")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@common
+def push(ctx: Context, target, path):
+    """archive_command: exit 0 only once PATH is durable in this host's spool (never waits on the network)."""
+    from backup_tasks.ops import wal as wal_ops
+
+    result = wal_ops.push(ctx.rt, target, path)
+    ctx.out.result(result, lambda c, d: c.print(f"{d['name']}: {d['outcome']}", markup=False))
+
+
+@wal.command("get")
+@click.option("--target", required=True)
+@click.argument("name")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@common
+def get(ctx: Context, target, name, path):
+    """restore_command: write WAL file NAME to PATH; exit 1 when the archive lacks it, 126 on any other failure."""
+    from backup_tasks.ops import wal as wal_ops
+
+    try:
+        result = wal_ops.get(ctx.rt, target, name, path)
+    except wal_ops.SegmentMissing as exc:
+        ctx.out.error(exc)
+        sys.exit(1)
+    except BackupError as exc:
+        ctx.out.error(exc)
+        sys.exit(FATAL_FOR_POSTGRES)
+    except Exception as exc:  # noqa: BLE001 - a bug must stop recovery too, never read as "no such file"
+        logging.getLogger(__name__).exception("wal get %s failed", name)
+        ctx.out.error(BackupError(f"internal error: {type(exc).__name__}: {exc}", "this is a bug; please report it"))
+        sys.exit(FATAL_FOR_POSTGRES)
+    ctx.out.result(result, lambda c, d: c.print(f"{d['name']}: from tier {d['tier']}", markup=False))
+
+
+@wal.command("ship")
+@click.option("--target", required=True)
+@common
+def ship(ctx: Context, target):
+    """Ship the target's spool now (what the every-minute task does): compress, encrypt, upload, record."""
+    from backup_tasks.ops import wal as wal_ops
+
+    result = wal_ops.ship(ctx.rt, target)
+    ctx.out.result(result, lambda c, d: c.print(f"shipped {len(d.get('shipped', []))} file(s); "
+                                                f"{d.get('spool_bytes', 0):,} bytes still spooled", markup=False))
+    if result.get("conflicts"):
+        sys.exit(1)
+
+
+COMMANDS = (wal,)

@@ -1,0 +1,201 @@
+"""Runbook: point-in-time recovery of a real PostgreSQL 15 cluster.
+
+A private cluster archives its WAL through ``backupctl wal push``; a physical base
+backup goes through the chain; rows are written in two batches with the time noted
+between them; the WAL is shipped; the cluster is restored to that moment into a new
+data directory and started: the first batch is there, the second is not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from notify_servers import webhook_server  # noqa: F401  (fixture)
+from databases import free_port
+from pitr_cluster import PitrCluster
+
+from backup_tasks.sources.postgres import walnames
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = PitrCluster()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def based(cluster):
+    """The cluster with a table and one verified physical base backup."""
+    cluster.sql("CREATE TABLE orders (id serial PRIMARY KEY, batch text NOT NULL, at timestamptz DEFAULT clock_timestamp())")
+    info = cluster.json("backup", cluster.target, "--wait")
+    return info
+
+
+def test_physical_base_backup_records_its_wal_range_and_verifies(cluster, based):
+    assert based["status"] == "verified"
+    manifest = cluster.json("show", based["id"])["manifest"]
+    src = manifest["source"]
+    assert src["mode"] == "physical" and src["timeline"] == 1
+    assert src["server_version"] == "15"
+    assert int(src["system_identifier"]) == int(cluster.sql("SELECT system_identifier FROM pg_control_system()")[0][0])
+    assert src["start_lsn"] <= src["stop_lsn"] or len(src["start_lsn"]) != len(src["stop_lsn"])
+    assert manifest["plaintext"]["format"] == "tar" and manifest["stored"]["name"].endswith(".tar.zst.age")
+    assert based["verification"]["detail"]["files_checked"] > 900  # every file of the cluster against its SHA-256
+
+
+def utc_now(cluster) -> str:
+    return cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")[0][0]
+
+
+def restore_and_count(cluster, moment: str, datadir, *, based_id: str) -> dict:
+    """Restore to ``moment``, start the copy, count its rows per batch, check it archives nothing; stop it."""
+    port = free_port()
+    try:
+        done = cluster.json("restore", "--target", cluster.target, "--to-time", moment, "--to-datadir", str(datadir),
+                            "--start", "--port", str(port))
+        assert done["base_id"] == based_id and done["target_time"] == moment
+        assert done["reached_time"] is not None and done["reached_time"] <= moment
+        # the promoted copy is on a new timeline, and never archives into the live archive
+        assert cluster.sql("SHOW archive_mode", port=port)[0][0] == "off" and done["timeline"] == 2
+        assert cluster.sql("SELECT archived_count FROM pg_stat_archiver", port=port)[0][0] == 0
+        return dict(cluster.sql("SELECT batch, count(*) FROM orders GROUP BY batch", port=port))
+    finally:
+        cluster.stop_datadir(datadir)
+
+
+def test_restore_to_two_moments_between_batches(cluster, based):
+    cluster.sql("INSERT INTO orders (batch) SELECT 'first' FROM generate_series(1, 100)")
+    time.sleep(0.3)
+    between = utc_now(cluster)
+    time.sleep(0.3)
+    cluster.sql("INSERT INTO orders (batch) SELECT 'second' FROM generate_series(1, 50)")
+    time.sleep(0.3)
+    after_second = utc_now(cluster)  # nothing is committed after it: the copy replays all stored WAL
+    cluster.switch_and_wait_archived()
+    shipped = cluster.json("wal", "ship", "--target", cluster.target)
+    assert shipped["shipped"] and shipped["spool_bytes"] == 0
+
+    window = cluster.json("pitr", cluster.target)
+    assert window["ok"] and window["gaps"] == [] and window["unrestorable_bases"] == []
+    assert window["earliest"] <= between < after_second <= window["latest"]
+
+    datadir = cluster.root / "restored"
+    dry = cluster.json("restore", "--target", cluster.target, "--to-time", between, "--to-datadir", str(datadir), "--dry-run")
+    assert dry["dry_run"] and dry["base_id"] == based["id"] and not datadir.exists()
+
+    assert restore_and_count(cluster, between, datadir, based_id=based["id"]) == {"first": 100}
+    # a non-empty data directory is refused without --force
+    refused = cluster.cli("restore", "--target", cluster.target, "--to-time", after_second, "--to-datadir", str(datadir),
+                          "--json", check=2)
+    assert "not empty" in refused.stdout
+    assert restore_and_count(cluster, after_second, cluster.root / "restored-2", based_id=based["id"]) == {"first": 100, "second": 50}
+    assert not [p for p in (cluster.root / "spool" / cluster.target).iterdir() if p.name.startswith("00000002")]
+
+    # a moment before the first base backup ended is outside the window: refused, nothing written
+    refused = cluster.cli("restore", "--target", cluster.target, "--to-time", "2020-01-01T00:00:00Z",
+                          "--to-datadir", str(cluster.root / "never"), "--json", check=2)
+    assert "outside the window" in refused.stdout and not (cluster.root / "never").exists()
+
+
+def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_keeps_the_first(cluster, based, webhook_server):
+    cluster.switch_and_wait_archived()
+    first = cluster.json("wal", "ship", "--target", cluster.target)["shipped"][0]
+    original = cluster.root / "original"
+    cluster.cli("wal", "get", "--target", cluster.target, first, str(original))
+    assert original.stat().st_size == 16 * 1024 * 1024
+
+    # PostgreSQL archiving the same segment again (after a crash) is fine
+    same = cluster.root / first
+    same.write_bytes(original.read_bytes())
+    shutil.chown(same, "postgres", "postgres")
+    assert cluster.json("wal", "push", "--target", cluster.target, str(same))["outcome"] == "duplicate"
+
+    # other bytes under that name: refused, reported, and the stored copy is untouched
+    same.write_bytes(b"\0" * 1024)
+    refused = cluster.cli("wal", "push", "--target", cluster.target, str(same), "--json", check=1)
+    assert "already archived" in refused.stdout
+    shipping = cluster.cli("wal", "ship", "--target", cluster.target, "--json", check=1,
+                           env={"BACKUP_ALERTS": webhook_server.url()})
+    assert json.loads(shipping.stdout)["conflicts"] == [first]
+    [alert] = webhook_server.json_of("WAL archiving of 'orders' stopped")
+    assert alert["type"] == "failure" and first in alert["message"]
+    again = cluster.root / "again"
+    cluster.cli("wal", "get", "--target", cluster.target, first, str(again))
+    assert again.read_bytes() == original.read_bytes()
+    # the operator resolved it (stopped the second server): archiving goes on
+    (cluster.root / "spool" / cluster.target / "conflicts" / first).unlink()
+    for path in (same, original, again):
+        path.unlink()
+
+
+def test_a_segment_whose_upload_fails_stays_spooled_and_is_shipped_once_later(cluster, based, webhook_server):
+    cluster.sql("INSERT INTO orders (batch) SELECT 'third' FROM generate_series(1, 10)")
+    name = cluster.switch_and_wait_archived()
+    wal_dir = cluster.root / "store" / "_logs" / cluster.target / "wal"
+    wal_dir.chmod(0o500)  # the tier refuses writes (full disk, lost mount): the shipping run fails
+    try:
+        # ... and the spool, over its (here tiny) limit, alerts loudly while keeping every segment
+        failed = cluster.cli("wal", "ship", "--target", cluster.target, "--json", check=None,
+                             env={"BACKUP_ALERTS": webhook_server.url(), "BACKUP_SPOOL_MAX_BYTES": "1"})
+        assert failed.returncode != 0
+        [alert] = webhook_server.json_of("WAL spool of 'orders'")
+        assert alert["type"] == "failure" and "nothing is dropped" in alert["message"]
+    finally:
+        wal_dir.chmod(0o700)
+    spooled = cluster.root / "spool" / cluster.target / name
+    assert spooled.exists()  # nothing lost: still waiting in the spool
+    before = cluster.json("pitr", cluster.target)["segments_stored"]
+    assert name in cluster.json("wal", "ship", "--target", cluster.target)["shipped"]
+    assert not spooled.exists()
+    assert cluster.json("pitr", cluster.target)["segments_stored"] == before + 1
+    assert cluster.json("wal", "ship", "--target", cluster.target)["shipped"] == []  # once
+
+
+def test_a_missing_segment_is_a_gap_that_pitr_restore_and_the_watchdog_all_see(cluster, based, webhook_server):
+    for _ in range(2):
+        cluster.sql("INSERT INTO orders (batch) SELECT 'fourth' FROM generate_series(1, 10)")
+        cluster.switch_and_wait_archived()
+    cluster.json("wal", "ship", "--target", cluster.target)
+    assert cluster.json("pitr", cluster.target)["ok"]
+    stored = sorted((cluster.root / "store" / "_logs" / cluster.target / "wal").glob("0000000100000000000000*"))
+    lost = stored[-2]
+    lost.unlink()  # a segment vanishes from the tier behind the catalog's back
+
+    window = cluster.json("pitr", cluster.target, check=1)
+    assert not window["ok"] and len(window["gaps"]) == 1
+    gap = window["gaps"][0]
+    assert gap["missing_segments"] == 1 and gap["after"] == stored[-3].name.split(".")[0]
+    refused = cluster.cli("restore", "--target", cluster.target, "--to-time", gap["to"], "--to-datadir",
+                          str(cluster.root / "after-gap"), "--json", check=2)
+    assert "inside a gap" in refused.stdout or "outside the window" in refused.stdout
+    watch = cluster.json("watchdog", env={"BACKUP_ALERTS": webhook_server.url()})
+    assert f"pitr.gap:{cluster.target}" in watch["opened"]
+    [alert] = webhook_server.json_of("gap in the WAL archive of 'orders'")
+    assert lost.name.split(".")[0] not in alert["message"] and stored[-3].name.split(".")[0] in alert["message"]
+
+
+def test_a_new_base_after_a_gap_restores_the_window_and_cleanup_removes_what_only_the_old_base_needed(cluster, based):
+    assert not cluster.json("pitr", cluster.target, check=1)["ok"]  # the gap of the test above
+    newer = cluster.json("backup", cluster.target, "--wait")
+    cluster.switch_and_wait_archived()
+    cluster.json("wal", "ship", "--target", cluster.target)
+    start = cluster.json("show", newer["id"])["manifest"]["source"]["start_segment"]
+
+    plan = cluster.json("cleanup", "--target", cluster.target, "--dry-run")
+    assert plan["would_delete_backups"] == [based["id"]]
+    assert {w["name"] for w in plan["would_remove_wal"]} and all(w["name"] < start for w in plan["would_remove_wal"])
+    assert all(newer["id"] in w["reason"] for w in plan["would_remove_wal"])
+
+    done = cluster.json("cleanup", "--target", cluster.target)
+    assert done["deleted_backups"] == [based["id"]]
+    assert [w["name"] for w in done["wal_removed"]] == [w["name"] for w in plan["would_remove_wal"]]
+    stored = {p.name.removesuffix(".zst.age") for p in (cluster.root / "store" / "_logs" / cluster.target / "wal").iterdir()}
+    assert all(name >= start for name in stored if walnames.kind_of(name) in ("segment", "backup"))
+    window = cluster.json("pitr", cluster.target)  # the gap went with the WAL only the old base needed
+    assert window["ok"] and window["spans"][0]["bases"] == [newer["id"]] and window["gaps"] == []
+
