@@ -23,8 +23,9 @@ from backup_tasks.units import human_size
 @click.option("--type", "type_", type=click.Choice(["full", "incremental", "differential"]), default="full", show_default=True)
 @click.option("--wait", is_flag=True, help="wait for the chain to finish (always so on the embedded default)")
 @click.option("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+@click.option("--rehash", is_flag=True, help="incremental/differential: read every file and compare hashes, not metadata")
 @common
-def backup(ctx: Context, target, type_, wait, timeout):
+def backup(ctx: Context, target, type_, wait, timeout, rehash):
     """Run (embedded) or enqueue (with a broker) the chain dump → compress → encrypt → upload → verify."""
     from backup_tasks import client
     from backup_tasks.stages import counting
@@ -34,9 +35,9 @@ def backup(ctx: Context, target, type_, wait, timeout):
     bar = StageBar(ctx.out, f"backup of {target}")
     if rt.settings.embedded:  # the chain runs right here: the bar listens to its stages directly
         with bar, counting.listening(bar.update):
-            run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
+            run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt, rehash=rehash)
     else:
-        run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
+        run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt, rehash=rehash)
     ctx.out.note(f"backup {run.id} {'ran in-process' if rt.settings.embedded else 'enqueued on ' + rt.target(target).queue}")
     if not (wait or rt.settings.embedded):
         ctx.out.result(run.info(), lambda c, d: c.print(f"enqueued {d['id']} ({d['status']}, {d['stage']})"))
@@ -99,7 +100,7 @@ def list_(ctx: Context, target, status, limit):
         rt.target(target)
     rows = [dumps_row(r) for r in rt.catalog.list(target=target, status=status, limit=limit)]
     shape = [{k: r[k] for k in ("id", "target", "kind", "status", "created_at", "size_stored", "locations", "verified_at",
-                                "type", "size_plain", "host", "error")} for r in rows]
+                                "type", "parent", "size_plain", "host", "error")} for r in rows]
 
     def human(c, data):
         table = Table("id", "target", "kind", "status", "created", "stored", "tiers", "verified")
@@ -164,6 +165,7 @@ def verify(ctx: Context, backup_id):
 @click.option("--to-database", "to_database", default=None, help="restore a database dump into this database")
 @click.option("--dry-run", is_flag=True, help="show what would be written; write nothing")
 @click.option("--force", is_flag=True, help="replace existing data at the destination")
+@click.option("--path", "paths", multiple=True, help="with --to: restore only this path (as backed up) and what is below it")
 @click.option("--server", default=None, help="with --to-database: a target name or a DSN without password (default: the backup's target's server)")
 @click.option("--server-password", default=None, help="with --to-database: password reference for --server (env:NAME or file:/path)")
 @click.option("--jobs", type=int, default=1, show_default=True, help="with --to-database: parallel pg_restore jobs")
@@ -173,13 +175,16 @@ def verify(ctx: Context, backup_id):
 @click.option("--globals-to", "globals_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the backup's globals (roles, tablespaces) as SQL to this file, mode 0600 (PostgreSQL)")
 @common
-def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, server_password, jobs, tables, with_globals, globals_to):
+def restore(ctx: Context, backup_id, to, to_database, dry_run, force, paths, server, server_password, jobs, tables, with_globals,
+            globals_to):
     """Restore a backup; refuses to overwrite anything without --force."""
     from backup_tasks.ops.restore import extract_globals, restore_backup
 
     if sum(map(bool, (to, to_database, globals_to))) != 1:
         raise InputError("give exactly one of --to PATH, --to-database NAME or --globals-to FILE", "backupctl restore ID --to /restore/here")
     rt = ctx.rt
+    if paths and not to:
+        raise InputError("--path goes with --to", "backupctl restore ID --to /restore/here --path /srv/app/config")
     if not to_database and (server or server_password or tables or jobs != 1 or with_globals):
         raise InputError("--server, --server-password, --jobs, --table and --with-globals go with --to-database",
                          "drop them, or restore --to-database NAME")
@@ -198,7 +203,8 @@ def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, se
             ctx.out.result(result, _print_globals)
             return
         with StageBar(ctx.out, f"restore of {backup_id}", wanted=not dry_run) as bar:
-            result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run, progress=bar.callback if bar.enabled else None)
+            result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run, progress=bar.callback if bar.enabled else None,
+                                    paths=tuple(paths))
 
     def human(c, d):
         if d["dry_run"]:
@@ -207,6 +213,8 @@ def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, se
                 c.print(f"  {path}", markup=False)
             if len(d.get("would_write", [])) > 50:
                 c.print(f"  ... and {len(d['would_write']) - 50} more")
+            for source in d.get("from_backups", []):
+                c.print(f"  {source['files']} files ({human_size(source['bytes'])}) from backup {source['backup_id']}", markup=False)
             if d.get("needs_force"):
                 c.print("[yellow]the destination is not empty: a real restore needs --force[/]")
         else:
