@@ -169,3 +169,32 @@ def test_database_targets_refuse_incrementals_and_point_to_point_in_time_recover
         done = run_cli("backup", "app-sqlite", "--type", type_, "--json", config=cfg)
         assert done.returncode == 2
         assert "point-in-time recovery" in done.stdout + done.stderr
+
+
+def test_incremental_and_differential_schedules_become_beat_entries_beside_the_full(tmp_path, session_keys):
+    import beat_schedule
+    from backup_tasks import config
+    from backup_tasks.errors import ConfigError
+    from conftest import write_config
+
+    targets = ('[targets.uploads]\nkind = "files"\nhost = "app01"\npaths = ["/srv/uploads"]\nschedule = "0 3 * * 0"\n'
+               'incremental_schedule = "0 3 * * 1-6"\n'
+               '[targets.app-config]\nkind = "config"\nhost = "app01"\npaths = ["/srv/app/.env"]\n'
+               'differential_schedule = "0 1 * * 1-5"\n')
+    entries = beat_schedule.build(config.load(write_config(tmp_path / "t.toml", session_keys, targets=targets), environ={}))
+    inc, full = entries["backup:uploads:incremental"], entries["backup:uploads"]
+    assert inc["args"] == ("uploads", "incremental") and full["args"] == ("uploads", "full")
+    assert inc["schedule"].day_of_week == {1, 2, 3, 4, 5, 6} and full["schedule"].day_of_week == {0}
+    assert inc["options"] == {"queue": "host.app01"}
+    assert entries["backup:app-config:differential"]["args"] == ("app-config", "differential")
+    assert "backup:app-config:incremental" not in entries and "backup:uploads:differential" not in entries
+
+    for bad, field in (('[targets.db]\nkind = "sqlite"\npath = "/srv/db.sqlite"\nincremental_schedule = "0 3 * * *"\n',
+                        "incremental_schedule"),
+                       ('[targets.u]\nkind = "files"\npaths = ["/srv"]\nincremental_schedule = "0 3 * * *"\n'
+                        'differential_schedule = "0 4 * * *"\n', "differential_schedule"),
+                       ('[targets.u]\nkind = "files"\npaths = ["/srv"]\nincremental_schedule = "every day"\n',
+                        "incremental_schedule")):
+        with pytest.raises(ConfigError) as err:
+            config.load(write_config(tmp_path / "bad.toml", session_keys, targets=bad), environ={})
+        assert err.value.field == field

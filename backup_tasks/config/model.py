@@ -113,6 +113,9 @@ class Target:
     password: str | None = None
     drill: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    #: cron of incremental (or differential) runs between the full ones; files and config targets only
+    incremental_schedule: str | None = None
+    differential_schedule: str | None = None
 
     @property
     def queue(self) -> str:
