@@ -28,7 +28,7 @@ from typing import BinaryIO, Callable, ContextManager, Iterable
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, VerificationFailed
 from backup_tasks.sources.files.extract import _inside, _refuse, _unsafe_name
-from backup_tasks.sources.files.tree_listing import read_listing
+from backup_tasks.sources.files.tree_listing import key, read_listing
 
 _REMEDY = "do not trust this backup; restore from another copy; the destination may hold a partial restore, delete it"
 
@@ -52,17 +52,19 @@ class ChainPlan:
         self.db = sqlite3.connect(str(Path(workdir) / "restore-index.sqlite"))
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE e (seq INTEGER PRIMARY KEY, path TEXT, type TEXT, holder TEXT, member TEXT,"
+        # Paths and member names as their original bytes: names need not be UTF-8, SQLite text must be.
+        self.db.execute("CREATE TABLE e (seq INTEGER PRIMARY KEY, path BLOB, type TEXT, holder TEXT, member BLOB,"
                         " done INT DEFAULT 0, body TEXT)")
-        rows = ((e["path"], e["type"], e.get("in"), e.get("member", e["path"]) if e["type"] == "file" else None,
+        rows = ((key(e["path"]), e["type"], e.get("in"), key(e.get("member", e["path"])) if e["type"] == "file" else None,
                  json.dumps(e, separators=(",", ":"), ensure_ascii=True))
                 for e in read_listing(listing) if selected(e["path"], paths))
         self.db.executemany("INSERT INTO e (path, type, holder, member, body) VALUES (?, ?, ?, ?, ?)", rows)
         self.db.execute("CREATE INDEX by_member ON e (holder, member)")
         self.db.commit()
-        missing = [p for p in paths if not self.db.execute(
-            "SELECT 1 FROM e WHERE path = ? OR path LIKE ? ESCAPE '\\' LIMIT 1", (p, _like_prefix(p))).fetchone()]
-        self.missing_paths = missing
+        # '0' follows '/' in byte order: [p + "/", p + "0") is everything below p
+        self.missing_paths = [p for p in paths if not self.db.execute(
+            "SELECT 1 FROM e WHERE path = ? OR (path >= ? AND path < ?) LIMIT 1",
+            (key(p), key(p + "/"), key(p + "0"))).fetchone()]
 
     def holders(self) -> list[tuple[str, int, int]]:
         """(backup id, files, bytes) for every backup whose archive holds wanted bytes, oldest id first."""
@@ -76,20 +78,17 @@ class ChainPlan:
 
     def wanted_from(self, holder: str, member: str) -> list[dict]:
         return [json.loads(b) for (b,) in self.db.execute(
-            "SELECT body FROM e WHERE holder = ? AND member = ? AND type = 'file'", (holder, member))]
+            "SELECT body FROM e WHERE holder = ? AND member = ? AND type = 'file'", (holder, key(member)))]
 
     def mark_done(self, holder: str, member: str) -> None:
-        self.db.execute("UPDATE e SET done = 1 WHERE holder = ? AND member = ?", (holder, member))
+        self.db.execute("UPDATE e SET done = 1 WHERE holder = ? AND member = ?", (holder, key(member)))
 
     def not_done(self, limit: int = 5) -> list[tuple[str, str]]:
-        return list(self.db.execute("SELECT path, holder FROM e WHERE type = 'file' AND done = 0 LIMIT ?", (limit,)))
+        rows = self.db.execute("SELECT path, holder FROM e WHERE type = 'file' AND done = 0 LIMIT ?", (limit,))
+        return [(p.decode("utf-8", "surrogateescape"), h) for p, h in rows]
 
     def close(self) -> None:
         self.db.close()
-
-
-def _like_prefix(path: str) -> str:
-    return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
 
 
 def dry_run(plan: ChainPlan, dest: Path) -> dict:

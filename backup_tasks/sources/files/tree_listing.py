@@ -70,6 +70,11 @@ def read_listing(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
+def key(path: str) -> bytes:
+    """A path as SQLite can index it: its original bytes (names need not be UTF-8; SQLite text must be)."""
+    return path.encode("utf-8", "surrogateescape")
+
+
 class ParentIndex:
     """The parent backup's listing, indexed on disk (SQLite in the run's work directory).
 
@@ -83,16 +88,16 @@ class ParentIndex:
         self.db = sqlite3.connect(str(Path(workdir) / "parent-index.sqlite"))
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE IF NOT EXISTS e (path TEXT PRIMARY KEY, ino INT, size INT, mtime INT, body TEXT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS e (path BLOB PRIMARY KEY, ino INT, size INT, mtime INT, body TEXT)")
         self.db.execute("DELETE FROM e")
-        rows = ((e["path"], e.get("ino"), e.get("size"), e.get("mtime_ns"),
+        rows = ((key(e["path"]), e.get("ino"), e.get("size"), e.get("mtime_ns"),
                  json.dumps(e, separators=(",", ":"), ensure_ascii=True)) for e in read_listing(listing))
         self.db.executemany("INSERT OR REPLACE INTO e VALUES (?, ?, ?, ?, ?)", rows)
         self.db.execute("CREATE INDEX IF NOT EXISTS by_content ON e (ino, size, mtime)")
         self.db.commit()
 
     def get(self, path: str) -> dict | None:
-        row = self.db.execute("SELECT body FROM e WHERE path = ?", (path,)).fetchone()
+        row = self.db.execute("SELECT body FROM e WHERE path = ?", (key(path),)).fetchone()
         return json.loads(row[0]) if row else None
 
     def same_content(self, ino: int, size: int, mtime_ns: int) -> dict | None:
