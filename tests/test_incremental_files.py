@@ -198,3 +198,47 @@ def test_incremental_and_differential_schedules_become_beat_entries_beside_the_f
         with pytest.raises(ConfigError) as err:
             config.load(write_config(tmp_path / "bad.toml", session_keys, targets=bad), environ={})
         assert err.value.field == field
+
+
+def test_config_chain_is_encrypted_kept_whole_by_retention_and_relinked_by_catalog_rebuild(tmp_path, make_config):
+    etc = tmp_path / "etc" / "app"
+    etc.mkdir(parents=True)
+    (etc / ".env").write_text("DB_PASSWORD=first\n")
+    (etc / ".env").chmod(0o600)
+    (etc / "app.conf").write_text("listen = 8080\n")
+    (etc / "gone.conf").write_text("removed later\n")
+    cfg = make_config(f'[targets.files]\nkind = "config"\npaths = ["{etc}"]\nretention = {{ keep_last = 1 }}\n')
+    full = backup(cfg, "full")
+    (etc / ".env").write_text("DB_PASSWORD=second\n")
+    (etc / "gone.conf").unlink()
+    inc1 = backup(cfg, "incremental")
+    (etc / "app.conf").write_text("listen = 9090\n")
+    inc2 = backup(cfg, "incremental")
+    assert (inc2["type"], inc2["parent"]) == ("incremental", inc1["id"])
+    expected = snapshot(etc)
+
+    # Encrypted like its fulls: the artifact and the listing are age files, no name of the tree shows.
+    folder = tmp_path / "state" / "store" / "files" / inc2["id"]
+    stored = sorted(p.name for p in folder.iterdir())
+    assert stored == ["data.tar.zst.age", "listing.jsonl.zst.age", "manifest.json", "verified.json"]
+    for name in ("data.tar.zst.age", "listing.jsonl.zst.age"):
+        body = (folder / name).read_bytes()
+        assert body.startswith(b"age-encryption.org/v1") and b"app.conf" not in body
+
+    # keep_last = 1 keeps the newest incremental, and so every backup it is built on.
+    plan = json.loads(run_cli("cleanup", "--json", config=cfg, check=0).stdout)
+    assert plan["remove"] == 0 and plan["removed"] == []
+    reasons = {d["backup_id"]: d["reasons"] for d in plan["decisions"]}
+    assert reasons[inc1["id"]] == [f"parent of kept incremental backup {inc2['id']}"]
+    assert reasons[full["id"]] == [f"parent of kept incremental backup {inc1['id']}"]
+
+    # The catalog rebuilt from storage alone knows the chain again.
+    (tmp_path / "state" / "catalog.db").unlink()
+    run_cli("catalog", "rebuild", "--json", config=cfg, check=0)
+    listed = json.loads(run_cli("list", "--json", config=cfg, check=0).stdout)
+    assert {e["id"]: (e["type"], e["parent"], e["status"]) for e in listed} == {
+        full["id"]: ("full", None, "verified"), inc1["id"]: ("incremental", full["id"], "verified"),
+        inc2["id"]: ("incremental", inc1["id"], "verified")}
+    dest = tmp_path / "restored"
+    run_cli("restore", inc2["id"], "--to", str(dest), "--json", config=cfg, check=0)
+    assert_same_tree(expected, snapshot(restored_root(dest, etc)))
