@@ -242,3 +242,31 @@ def test_config_chain_is_encrypted_kept_whole_by_retention_and_relinked_by_catal
     dest = tmp_path / "restored"
     run_cli("restore", inc2["id"], "--to", str(dest), "--json", config=cfg, check=0)
     assert_same_tree(expected, snapshot(restored_root(dest, etc)))
+
+
+def test_the_readme_runbook_restores_a_chain_point_with_standard_tools_alone(tmp_path, make_config, session_keys):
+    import re
+    import subprocess
+
+    from backup_tasks.records import keys as keys_mod
+
+    tree = tmp_path / "srv" / "app"
+    build(tree)
+    cfg = make_config(f'[targets.files]\nkind = "files"\npaths = ["{tree}"]\n')
+    backup(cfg, "full")
+    change_1(tree)
+    backup(cfg, "incremental")
+    change_2(tree)
+    point = backup(cfg, "incremental")
+    expected = snapshot(tree)
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("**One point of a chain"):]
+    script = section[section.index("```sh\n") + 6: section.index("\n```", section.index("```sh\n"))]
+    values = {"STORE": tmp_path / "state" / "store" / "files", "ID": point["id"], "DEST": tmp_path / "by-hand",
+              "KEY": session_keys / keys_mod.IDENTITY_FILE}
+    for name, value in values.items():
+        script, n = re.subn(rf"^{name}=.*$", f"{name}='{value}'", script, count=1, flags=re.M)
+        assert n == 1, name
+    subprocess.run(["bash", "-c", script], check=True, capture_output=True, cwd=tmp_path)
+    assert_same_tree(expected, snapshot(restored_root(tmp_path / "by-hand", tree)))

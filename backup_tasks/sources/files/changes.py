@@ -54,7 +54,9 @@ def member_name(path: str) -> str:
 
 def _metadata(path: str, st: os.stat_result) -> dict:
     entry = {"path": member_name(path), "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
-             "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev}
+             "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev,
+             # the same mtime as text: jq reads numbers as doubles, which lose the nanoseconds
+             "mtime": f"{st.st_mtime_ns // 10**9}.{st.st_mtime_ns % 10**9:09d}"}
     if stat.S_ISDIR(st.st_mode):
         entry.update(type="dir", size=0)
     elif stat.S_ISLNK(st.st_mode):

@@ -13,7 +13,7 @@ name ``member`` when that differs from ``path``: a rename or a hard link).
 One line per path, in walk order (a directory before its contents)::
 
     {"path": "srv/app/a.txt", "type": "file", "mode": 420, "uid": 0, "gid": 0,
-     "mtime_ns": ..., "ctime_ns": ..., "ino": ..., "dev": ..., "size": 3,
+     "mtime_ns": ..., "mtime": "<s>.<9 digits>", "ctime_ns": ..., "ino": ..., "dev": ..., "size": 3,
      "sha256": "...", "in": "<backup id>", "change": "modified"}
 
 ``type`` is ``file``, ``dir`` or ``symlink`` (with ``link``). ``change`` says why the
