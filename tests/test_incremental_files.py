@@ -270,3 +270,40 @@ def test_the_readme_runbook_restores_a_chain_point_with_standard_tools_alone(tmp
         assert n == 1, name
     subprocess.run(["bash", "-c", script], check=True, capture_output=True, cwd=tmp_path)
     assert_same_tree(expected, snapshot(restored_root(tmp_path / "by-hand", tree)))
+
+
+def test_an_incremental_killed_mid_dump_leaves_the_chain_valid_and_the_next_builds_on_the_last_good(
+        tmp_path, make_config):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tree = tmp_path / "srv" / "app"
+    build(tree)
+    cfg = make_config(f'[targets.files]\nkind = "files"\npaths = ["{tree}"]\n')
+    full = backup(cfg, "full")
+    change_1(tree)
+    block = os.urandom(1 << 20)
+    with open(tree / "photos" / "large.bin", "wb") as fh:  # enough for the dump to be caught running
+        for _ in range(100):
+            fh.write(block)
+
+    staging = tmp_path / "state" / "staging"
+    env = {k: v for k, v in os.environ.items() if k not in ("BACKUP_BROKER_URL", "BACKUP_CONFIG")}
+    victim = subprocess.Popen([sys.executable, "-m", "backup_tasks.cli", "backup", "files", "--type", "incremental",
+                               "--json", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(staging.glob("*/.data.tar.tmp")):
+        time.sleep(0.005)
+    assert list(staging.glob("*/.data.tar.tmp")), "the dump was never caught running"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed = json.loads(run_cli("list", "--json", config=cfg, check=0).stdout)[0]
+    assert killed["id"] != full["id"] and killed["status"] == "running"  # never committed, never a parent
+
+    nxt = backup(cfg, "incremental")
+    assert (nxt["status"], nxt["type"], nxt["parent"]) == (Status.VERIFIED, "incremental", full["id"])
+    dest = tmp_path / "restored"
+    run_cli("restore", nxt["id"], "--to", str(dest), "--json", config=cfg, check=0)
+    assert_same_tree(snapshot(tree), snapshot(restored_root(dest, tree)))

@@ -3,8 +3,8 @@
 The listing (tree_listing.py) says what the tree held at that point and which backup's
 archive holds each file's bytes. The restore therefore writes exactly the listed paths:
 files deleted since the full are absent because they are not listed, a renamed file is
-written under its new name from the member it was stored as, and modes, mtimes (ns),
-owners (as root) and symlinks come from the listing, not from whichever archive
+written under its new name from the member it was stored as, and modes, mtimes (ns)
+and symlinks come from the listing, not from whichever archive
 carried the bytes.
 
 Order, so nothing is ever written through a link: directories first (private 0700
@@ -199,11 +199,8 @@ def _write_copies(src: BinaryIO, targets: list[tuple[str, dict]], holder: str) -
 
 
 def _set_attrs(path: str, entry: dict) -> None:
-    if os.geteuid() == 0:
-        try:
-            os.chown(path, entry["uid"], entry["gid"], follow_symlinks=False)
-        except OSError:
-            pass  # an owner this host cannot give (e.g. rootless containers): modes and times still apply
+    # Owners are recorded (uid, gid) but not applied, like a full restore: the restore host's
+    # users need not be the backed-up host's.
     if entry["type"] != "symlink":
         os.chmod(path, entry["mode"])
     os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)
