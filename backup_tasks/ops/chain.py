@@ -111,18 +111,23 @@ def cache_listing(rt: Runtime, target: str, backup_id: str, plain: Path) -> None
 
     The host already reads every file of the tree, so a plaintext listing here reveals
     nothing new; it spares the backup host the decryption identity that restore hosts
-    hold. Listings of backups that are gone from the catalog are pruned.
+    hold. Listings of backups that are gone from the catalog are pruned. Best effort: the
+    backup is committed already, and without the cache the next run reads the stored one.
     """
     folder = _cache_dir(rt, target)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = folder / f".{backup_id}.tmp"
-    shutil.copyfile(plain, tmp)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, folder / f"{backup_id}.jsonl.zst")
-    live = {r.id for r in rt.catalog.list(target=target) if r.status not in (Status.DELETED, Status.FAILED)}
-    for old in folder.glob("*.jsonl.zst"):
-        if old.name[: -len(".jsonl.zst")] not in live:
-            old.unlink(missing_ok=True)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = folder / f".{backup_id}.tmp"
+        shutil.copyfile(plain, tmp)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, folder / f"{backup_id}.jsonl.zst")
+        live = {r.id for r in rt.catalog.list(target=target) if r.status not in (Status.DELETED, Status.FAILED)}
+        for old in folder.glob("*.jsonl.zst"):
+            if old.name[: -len(".jsonl.zst")] not in live:
+                old.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("backup %s: listing not cached in %s (%s); the next incremental reads it from storage",
+                    backup_id, folder, exc)
 
 
 def listing_key(doc: dict) -> str:
