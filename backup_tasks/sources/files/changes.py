@@ -27,7 +27,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup_tasks.sources.files.tree_listing import ListingWriter, ParentIndex
+from backup_tasks.sources.files.tree_listing import ListingWriter, ParentIndex, encode
 
 CHANGES = ("new", "modified", "metadata", "renamed", "unchanged")
 
@@ -148,10 +148,10 @@ def first_pass(paths: list[str], chain: Chain, workdir: Path, member_list: Path,
                     entry["in"] = chain.backup_id
                 if archive or full:
                     members.write(os.fsencode(member_name(path)) + b"\0")
-                draft.write(json.dumps(entry, separators=(",", ":"), ensure_ascii=True) + "\n")
+                # "?": waits for the sha256 the tar scan measures; "+": final as it is
+                draft.write(("?" if archive else "+") + encode(entry) + "\n")
         if parent is not None:
-            parent_total = parent.db.execute("SELECT count(*) FROM e").fetchone()[0]
-            counts["deleted"] = parent_total - seen_in_parent
+            counts["deleted"] = parent.count - seen_in_parent
     finally:
         if parent is not None:
             parent.close()
@@ -170,8 +170,11 @@ def second_pass(workdir: Path, archived: dict[str, dict], chain: Chain) -> int:
     try:
         with open(workdir / "draft.jsonl", encoding="utf-8") as draft:
             for line in draft:
-                entry = json.loads(line)
-                if entry["type"] == "file" and entry.get("in") == chain.backup_id:
+                if line[0] == "+":  # nothing to add: copied without decoding
+                    writer.write_line(line[1:])
+                    continue
+                entry = json.loads(line[1:])
+                if entry["type"] == "file":
                     scanned = archived.get(entry["path"])
                     if scanned is None:
                         continue

@@ -38,6 +38,10 @@ from backup_tasks.defaults import CHUNK_SIZE
 
 NAME = "listing.jsonl.zst"
 
+#: one encoder for every line: json.dumps with options builds a new encoder per call.
+#: ensure_ascii: names that are not UTF-8 travel as \udcxx escapes and come back byte-exact.
+encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
+
 
 class ListingWriter:
     """Append entries to a zstd JSON-lines file; ``close`` returns how many were written."""
@@ -49,8 +53,12 @@ class ListingWriter:
         self.count = 0
 
     def write(self, entry: dict) -> None:
-        # ensure_ascii: names that are not UTF-8 travel as \udcxx escapes and come back byte-exact
-        self._text.write(json.dumps(entry, separators=(",", ":"), ensure_ascii=True) + "\n")
+        self._text.write(encode(entry) + "\n")
+        self.count += 1
+
+    def write_line(self, line: str) -> None:
+        """An entry already encoded as one JSON line (ending in a newline)."""
+        self._text.write(line)
         self.count += 1
 
     def close(self) -> int:
@@ -75,38 +83,56 @@ def key(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
+def _name(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+_NAMES = ("link", "member")
+
+
 class ParentIndex:
     """The parent backup's listing, indexed on disk (SQLite in the run's work directory).
 
     Change detection looks every path up by name, and every new path up by (inode, size,
     mtime) to find renames. A dict of the whole parent tree would grow with the number of
-    files; an on-disk index keeps the worker's memory flat and costs about a second per
-    100k entries to build.
+    files; an on-disk index keeps the worker's memory flat. Only the fields change
+    detection reads are kept, as columns: decoding a JSON body per lookup cost more than
+    the lookup.
     """
+
+    FIELDS = ("type", "size", "mtime_ns", "ctime_ns", "ino", "mode", "uid", "gid", "link", "sha256", "in", "member")
 
     def __init__(self, listing: Path, workdir: Path) -> None:
         self.db = sqlite3.connect(str(Path(workdir) / "parent-index.sqlite"))
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE IF NOT EXISTS e (path BLOB PRIMARY KEY, ino INT, size INT, mtime INT, body TEXT)")
-        self.db.execute("DELETE FROM e")
-        rows = ((key(e["path"]), e.get("ino"), e.get("size"), e.get("mtime_ns"),
-                 json.dumps(e, separators=(",", ":"), ensure_ascii=True)) for e in read_listing(listing))
-        self.db.executemany("INSERT OR REPLACE INTO e VALUES (?, ?, ?, ?, ?)", rows)
-        self.db.execute("CREATE INDEX IF NOT EXISTS by_content ON e (ino, size, mtime)")
+        self.db.execute("DROP TABLE IF EXISTS e")
+        self.db.execute("CREATE TABLE e (path BLOB PRIMARY KEY, " + ", ".join(f'"{f}"' for f in self.FIELDS) + ")")
+        # names (path, link, member) go in as their bytes and come back as str in _entry
+        rows = ((key(e["path"]), *(key(e[f]) if f in _NAMES and f in e else e.get(f) for f in self.FIELDS))
+                for e in read_listing(listing))
+        self.db.executemany(f"INSERT OR REPLACE INTO e VALUES ({', '.join('?' * (len(self.FIELDS) + 1))})", rows)
+        self.db.execute('CREATE INDEX by_content ON e (ino, size, mtime_ns)')
         self.db.commit()
+        self.count = self.db.execute("SELECT count(*) FROM e").fetchone()[0]
+        columns = "path, " + ", ".join(f'"{f}"' for f in self.FIELDS)
+        self._by_path = f"SELECT {columns} FROM e WHERE path = ?"
+        self._by_content = (f"SELECT {columns} FROM e WHERE ino = ? AND size = ? AND mtime_ns = ? AND type = 'file'"
+                            " AND sha256 IS NOT NULL LIMIT 1")
+
+    def _entry(self, row: tuple) -> dict:
+        entry = {"path": _name(row[0])}
+        entry.update((f, _name(v) if isinstance(v, bytes) else v) for f, v in zip(self.FIELDS, row[1:]) if v is not None)
+        return entry
 
     def get(self, path: str) -> dict | None:
-        row = self.db.execute("SELECT body FROM e WHERE path = ?", (key(path),)).fetchone()
-        return json.loads(row[0]) if row else None
+        row = self.db.execute(self._by_path, (key(path),)).fetchone()
+        return self._entry(row) if row else None
 
     def same_content(self, ino: int, size: int, mtime_ns: int) -> dict | None:
         """A file of the parent with this (inode, size, mtime): the same bytes under an older name."""
-        for (body,) in self.db.execute("SELECT body FROM e WHERE ino = ? AND size = ? AND mtime = ?", (ino, size, mtime_ns)):
-            entry = json.loads(body)
-            if entry["type"] == "file" and entry.get("sha256"):
-                return entry
-        return None
+        row = self.db.execute(self._by_content, (ino, size, mtime_ns)).fetchone()
+        return self._entry(row) if row else None
 
     def close(self) -> None:
         self.db.close()
