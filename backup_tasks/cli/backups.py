@@ -77,10 +77,10 @@ def _print_backup(c, d: dict) -> None:
     colour = "green" if d["status"] == Status.VERIFIED else "red"
     c.print(f"[bold]{d['id']}[/] [{colour}]{d['status']}[/]")
     c.print(f"  target {d['target']} ({d['kind']}) on host {d['host']}")
-    if d.get("type") and d["type"] != "full" or d.get("note"):
+    if (d.get("type") and d["type"] != "full") or d.get("note"):
         c.print(f"  {d['type']} backup" + (f" on top of {d['parent']}" if d.get("parent") else ""), markup=False)
     if d.get("note"):
-        c.print(f"  [yellow]note:[/] {d['note']}")
+        c.print(f"  note: {d['note']}", markup=False)
     c.print(f"  plaintext {human_size(d.get('size_plain'))}, stored {human_size(d.get('size_stored'))}, "
             f"took {d.get('duration_seconds') or 0:.1f}s")
     for loc in d.get("locations", []):
