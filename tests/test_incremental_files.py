@@ -68,10 +68,10 @@ def backup(cfg: Path, type_: str) -> dict:
 
 
 def listing_of(rt, info: dict, tmp_path: Path) -> list[dict]:
-    from backup_tasks.ops import chain, readback
+    from backup_tasks.ops import listing_store, readback
 
     found = readback.locate(rt, rt.catalog.get(info["id"]))
-    return list(read_listing(chain.fetch_listing(rt, found.doc, found.tier, tmp_path / f"{info['id']}.jsonl.zst")))
+    return list(read_listing(listing_store.fetch_listing(rt, found.doc, found.tier, tmp_path / f"{info['id']}.jsonl.zst")))
 
 
 def test_full_incrementals_and_differential_each_restore_exactly_their_tree(tmp_path, make_config, runtime_for):

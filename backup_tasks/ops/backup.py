@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from backup_tasks.defaults import STAGES
-from backup_tasks.ops import chain, size_check
+from backup_tasks.ops import chain, listing_store, size_check
 from backup_tasks.records import attachments, events, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
@@ -114,7 +114,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     kwargs: dict = {}
     plan = {"type": ref.get("type", "full"), "parent": None}
     if getattr(source, "chains", False):  # files and config: a tree listing, and incrementals
-        spec, plan = chain.prepare_dump(rt, target, ref, workdir, run_dir / chain.LISTING_NAME)
+        spec, plan = chain.prepare_dump(rt, target, ref, workdir, run_dir / listing_store.LISTING_NAME)
         kwargs["chain"] = spec
 
     def produce(out: HashingWriter) -> None:
@@ -262,7 +262,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
     rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc), next_stage=AFTER_UPLOAD)
     size_check.check_after_upload(rt, backup_id)  # size far off the target's median: alert (never raises)
     if listing:
-        chain.cache_listing(rt, target.name, backup_id, run_dir / chain.LISTING_NAME)
+        listing_store.cache_listing(rt, target.name, backup_id, run_dir / listing_store.LISTING_NAME)
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
 
@@ -270,7 +270,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
 def _upload_listing(rt: Runtime, run_dir: Path, target, backup_id: str, locations: list[Location],
                     encrypted: bool) -> dict | None:
     """Put the tree listing beside the artifact on every tier that took the artifact; its record for the manifest."""
-    sealed = chain.seal_listing(rt, run_dir, encrypted)
+    sealed = listing_store.seal_listing(rt, run_dir, encrypted)
     if sealed is None:
         return None
     key = f"{manifest.prefix(target.name, backup_id)}/{sealed['name']}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from backup_tasks.errors import InputError, VerificationFailed
-from backup_tasks.ops import chain, readback
+from backup_tasks.ops import chain, listing_store, readback
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.files import chain_extract
 
@@ -30,7 +30,7 @@ def planned(rt: Runtime, found: readback.Located, paths: tuple[str, ...] = ()) -
         located[parent_id] = parent
     workdir = Path(tempfile.mkdtemp(prefix=f"restore-{doc['backup_id']}-", dir=rt.staging_root()))
     try:
-        listing = chain.fetch_listing(rt, doc, found.tier, workdir / "listing.jsonl.zst")
+        listing = listing_store.fetch_listing(rt, doc, found.tier, workdir / "listing.jsonl.zst")
         plan = chain_extract.ChainPlan(listing, workdir, chain_extract.normalise(paths))
         try:
             if plan.missing_paths:
