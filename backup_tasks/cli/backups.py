@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -213,8 +214,10 @@ def restore(ctx: Context, backup_id, to, to_database, dry_run, force, paths, ser
     def human(c, d):
         if d["dry_run"]:
             c.print(f"dry run: {backup_id} would be restored to {d['destination']} (nothing written)")
+            origin = {f["path"]: f["from"] for f in d.get("files_from", [])[:50]}  # a chain: where each file's bytes are
             for path in d.get("would_write", [])[:50]:
-                c.print(f"  {path}", markup=False)
+                rel = os.path.relpath(path, d["destination"])
+                c.print(f"  {path}" + (f"  (from {origin[rel]})" if rel in origin else ""), markup=False)
             if len(d.get("would_write", [])) > 50:
                 c.print(f"  ... and {len(d['would_write']) - 50} more")
             for source in d.get("from_backups", []):
