@@ -161,6 +161,10 @@ def test_full_incrementals_and_differential_each_restore_exactly_their_tree(tmp_
     dest = tmp_path / "diff-again"
     run_cli("restore", diff["id"], "--to", str(dest), "--json", config=cfg, check=0)
     assert_same_tree(points[diff["id"]], snapshot(restored_root(dest, tree)))
+    # Without its listing a backup is not restorable, and verify says so.
+    (store / "files" / diff["id"] / "listing.jsonl.zst.age").unlink()
+    failed = run_cli("verify", diff["id"], "--json", config=cfg)
+    assert failed.returncode == 1 and json.loads(failed.stdout)["check"] == "listing"
 
 
 def test_database_targets_refuse_incrementals_and_point_to_point_in_time_recovery(tmp_path, make_config):

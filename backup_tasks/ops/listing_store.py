@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from backup_tasks.errors import InputError, VerificationFailed
+from backup_tasks.errors import InputError, ObjectNotFound, VerificationFailed
 from backup_tasks.ops import readback
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records import keys, manifest
@@ -111,8 +111,16 @@ def fetch_listing(rt: Runtime, doc: dict, tier: str, dest: Path) -> Path:
     if not info:
         raise InputError(f"backup {doc['backup_id']} has no tree listing (taken before listings were stored)",
                          "restore it whole without --path, or take a new full backup")
+    storage = rt.storage(tier)
+    try:
+        storage.stat(listing_key(doc))
+    except ObjectNotFound:
+        raise VerificationFailed(
+            f"backup {doc['backup_id']}: its tree listing {listing_key(doc)} is missing on tier '{tier}'",
+            "the backup cannot be restored from this tier without it; restore from another copy or take a new full backup",
+            check="listing") from None
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out, rt.storage(tier).get(listing_key(doc)) as raw:
+    with os.fdopen(fd, "wb") as out, storage.get(listing_key(doc)) as raw:
         stored = HashingReader(raw)
         if info.get("encrypted"):
             identities = keys.identities_for(rt.settings.identities_file, doc["encryption"]["recipients"])
