@@ -9,7 +9,9 @@ runs. Start it with Celery's own CLI::
 
 Per target: ``backup:<name>`` at the target's ``schedule`` (defaults by kind in
 defaults.SCHEDULE_BY_KIND: databases daily 02:00, files Sunday 03:00, config Saturday
-01:00) on the target's host queue, carrying only the target name. Global jobs
+01:00) on the target's host queue, carrying only the target name; a files or config
+target with ``incremental_schedule`` (or ``differential_schedule``) also gets
+``backup:<name>:incremental`` (``:differential``) at that time. Global jobs
 (defaults.GLOBAL_JOBS): cleanup daily 03:00, verification of backups left ``uploaded``
 daily 04:00 (on ``verify``), the rolling re-verification daily 04:30, restore drills on
 Sunday 03:30 (one ``backup.drill`` per target with a ``drill`` table, on ``drill``) and the
@@ -42,16 +44,19 @@ def build(config: Config) -> dict[str, dict]:
         for name, (task, expr, queue) in defaults.GLOBAL_JOBS.items()
     }
     jobs["reverify"]["kwargs"] = {"every_hours": REVERIFY_EVERY.total_seconds() / 3600}
+    for target in config.targets.values():
+        runs = [("", "full", target.schedule)]
+        runs += [(f":{type_}", type_, expr) for type_, expr in (("incremental", target.incremental_schedule),
+                                                                ("differential", target.differential_schedule)) if expr]
+        for suffix, type_, expr in runs:
+            jobs[f"backup:{target.name}{suffix}"] = {
+                "task": "backup.start",
+                "schedule": cron(expr, tz),
+                "args": (target.name, type_),
+                "kwargs": {"actor": "beat"},
+                "options": {"queue": target.queue},
+            }
     return jobs | {
-        f"backup:{target.name}": {
-            "task": "backup.start",
-            "schedule": cron(target.schedule, tz),
-            "args": (target.name, "full"),
-            "kwargs": {"actor": "beat"},
-            "options": {"queue": target.queue},
-        }
-        for target in config.targets.values()
-    } | {
         f"wal-ship:{target.name}": {
             "task": "backup.wal_ship",
             "schedule": cron(defaults.LOG_SHIP_SCHEDULE, tz),

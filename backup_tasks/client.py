@@ -58,7 +58,8 @@ class Run:
         row = self._rt.catalog.find(self.id)
         if row is None:  # sent by something that does not record (Flower's HTTP API); no worker has it yet
             return {"id": self.id, "status": Status.RUNNING, "stage": "queued"}
-        return {**dumps_row(row), "stage": row.stage}
+        note = (row.manifest or {}).get("note")  # e.g. an incremental that ran as a full, and why
+        return {**dumps_row(row), "stage": row.stage, **({"note": note} if note else {})}
 
     def status(self) -> str:
         return self.info()["status"]
@@ -155,8 +156,12 @@ class Run:
         return report
 
 
-def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None, rt: runtime.Runtime | None = None) -> Run:
-    """Send ``backup.start`` for ``target``; in the embedded default the chain has run when this returns."""
+def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None, rt: runtime.Runtime | None = None,
+                   rehash: bool = False) -> Run:
+    """Send ``backup.start`` for ``target``; in the embedded default the chain has run when this returns.
+
+    ``rehash``: an incremental reads every file and compares hashes instead of trusting metadata.
+    """
     rt = rt or runtime.current()
     backup.check_type(rt.target(target), type)
     configure(rt.settings)
@@ -171,7 +176,8 @@ def enqueue_backup(target: str, type: str = "full", *, actor: str | None = None,
             # Recorded now, so the run is in `backupctl list` while it waits for its worker.
             backup.record_run(rt, backup_id, target, type, actor=actor)
         # The queue from the caller's own runtime: an application may hold one it never installed.
-        start.apply_async(args=(target, type), kwargs={"actor": actor}, task_id=backup_id, queue=rt.target(target).queue)
+        kwargs = {"actor": actor, **({"rehash": True} if rehash else {})}
+        start.apply_async(args=(target, type), kwargs=kwargs, task_id=backup_id, queue=rt.target(target).queue)
     except (OperationalError, ConnectionError, RuntimeError) as exc:
         rt.catalog.fail_run(backup_id, f"not enqueued: broker unreachable ({exc.__class__.__name__})")
         raise ServiceUnavailable(f"cannot reach the broker at {_redact(rt.settings.broker_url)}: {exc}",

@@ -223,7 +223,8 @@ def test_bad_input_gets_a_specific_error(api):
     loose = admin.post("/backups/x/restore", json={"destination": "/srv/x", "dry_run": "yes"})
     assert loose.status_code == 422  # no "yes" -> True guessing
     incremental = operator.post("/backups", json={"target": "app-sqlite", "type": "incremental"})
-    assert incremental.status_code == 422  # not available yet: the schema says so
+    assert incremental.status_code == 400  # a well-formed request, but a database target has no incrementals
+    assert "point-in-time recovery" in incremental.json()["error"]["remedy"]
 
     limit = 64 * 1024
     big = {"target": "app-sqlite", "pad": "x" * limit}

@@ -106,7 +106,7 @@ def test_client_api_enqueue_status_wait_and_recent_runs(tmp_path, make_config, r
     assert client.get_run(run.id, rt=rt).status() == Status.VERIFIED
     from backup_tasks.errors import InputError
 
-    with pytest.raises(InputError, match="incremental backups are not available yet"):
+    with pytest.raises(InputError, match="incremental backups are not available for target .app-sqlite. .kind sqlite.: they are for files and config"):
         client.enqueue_backup("app-sqlite", "incremental", rt=rt)
     with pytest.raises(InputError, match="unknown target"):
         client.enqueue_backup("nope", rt=rt)

@@ -55,7 +55,8 @@ def test_the_same_start_delivered_twice_at_once_gives_one_good_backup(tmp_path, 
     # The copy either stopped where it fell behind, or kept in step and only verified the same backup again.
     assert rt.catalog.verifications(run.id) and all(v.ok for v in rt.catalog.verifications(run.id))
     stored = sorted(o.key for o in rt.storage("local").list("bulk/"))
-    assert stored == [f"bulk/{run.id}/data.tar.zst.age", f"bulk/{run.id}/manifest.json", f"bulk/{run.id}/verified.json"]
+    assert stored == [f"bulk/{run.id}/data.tar.zst.age", f"bulk/{run.id}/listing.jsonl.zst.age", f"bulk/{run.id}/manifest.json",
+                      f"bulk/{run.id}/verified.json"]
     _wait_for(lambda: not (tmp_path / "state" / "staging" / run.id).exists(), 30, "the run's staging dir to go")
 
 
@@ -106,7 +107,8 @@ def test_an_upload_redelivered_after_its_commit_goes_on_but_a_late_copy_of_an_ea
     assert late_dump.state == states.IGNORED
     assert not (tmp_path / "state" / "staging" / ref["backup_id"]).exists()
     stored = sorted(o.key for o in rt.storage("local").list("bulk/"))
-    assert stored == [f"bulk/{ref['backup_id']}/data.tar.zst.age", f"bulk/{ref['backup_id']}/manifest.json"]
+    assert stored == [f"bulk/{ref['backup_id']}/data.tar.zst.age", f"bulk/{ref['backup_id']}/listing.jsonl.zst.age",
+                      f"bulk/{ref['backup_id']}/manifest.json"]
 
 
 def test_a_late_copy_of_the_dump_leaves_the_running_chain_and_its_staging_alone(tmp_path, make_config, runtime_for):

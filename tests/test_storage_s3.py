@@ -199,7 +199,8 @@ def test_multi_tier_backup_verifies_and_restore_falls_back_to_s3(tmp_path, make_
     assert [loc["tier"] for loc in done["locations"]] == ["local", "offsite"]
     prefix = f"t/{done['id']}/"
     in_s3 = sorted(o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"])
-    assert in_s3 == sorted([done["locations"][1]["key"], prefix + "manifest.json", prefix + "verified.json"])
+    assert in_s3 == sorted([done["locations"][1]["key"], prefix + "listing.jsonl.zst.age", prefix + "manifest.json",
+                            prefix + "verified.json"])
 
     shutil.rmtree(store / "t" / done["id"])  # the local copy is lost
     restored = json.loads(run_cli("restore", done["id"], "--to", str(tmp_path / "out"), "--json", config=cfg, check=0).stdout)

@@ -66,8 +66,10 @@ def test_sigkill_mid_stage_is_redelivered_and_yields_one_good_backup(tmp_path, m
     rows = rt.catalog.list(target="bulk")
     assert [(r.id, r.status) for r in rows] == [(run.id, Status.VERIFIED)]
     stored = [o.key for o in rt.storage("local").list("bulk/")]
-    assert stored == [f"bulk/{run.id}/data.tar.zst.age", f"bulk/{run.id}/manifest.json", f"bulk/{run.id}/verified.json"]
-    assert [p.name for p in (state / "staging").iterdir()] == []
+    assert stored == [f"bulk/{run.id}/data.tar.zst.age", f"bulk/{run.id}/listing.jsonl.zst.age", f"bulk/{run.id}/manifest.json",
+                      f"bulk/{run.id}/verified.json"]
+    # nothing of the run is left; .listings is the host's cache of tree listings for the next incremental
+    assert [p.name for p in (state / "staging").iterdir()] == [".listings"]
     # The run's lock went with the committed upload: the next run of the target will not be skipped.
     assert redis.Redis.from_url(redis_url).get("backup_tasks:lock:target:bulk") is None
 

@@ -20,8 +20,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 #: backup ids are ``<target>-<time>-<hex>``; verify jobs append ``.verify-<hex>``
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 
-#: what pipeline.check_type accepts today; incremental and differential join when the pipeline has them
-BackupType = Literal["full"]
+#: incremental and differential are for files and config targets; other kinds answer 400 saying why
+BackupType = Literal["full", "incremental", "differential"]
 SourceKind = Literal[tuple(known_kinds())]  # type: ignore[valid-type]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,9 @@ from backup_tasks.units import human_size
 @click.option("--type", "type_", type=click.Choice(["full", "incremental", "differential"]), default="full", show_default=True)
 @click.option("--wait", is_flag=True, help="wait for the chain to finish (always so on the embedded default)")
 @click.option("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+@click.option("--rehash", is_flag=True, help="incremental/differential: read every file and compare hashes, not metadata")
 @common
-def backup(ctx: Context, target, type_, wait, timeout):
+def backup(ctx: Context, target, type_, wait, timeout, rehash):
     """Run (embedded) or enqueue (with a broker) the chain dump → compress → encrypt → upload → verify."""
     from backup_tasks import client
     from backup_tasks.orchestration.routing import VERIFY_QUEUE
@@ -36,9 +38,9 @@ def backup(ctx: Context, target, type_, wait, timeout):
     bar = StageBar(ctx.out, f"backup of {target}")
     if rt.settings.embedded:  # the chain runs right here: the bar listens to its stages directly
         with bar, counting.listening(bar.update):
-            run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
+            run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt, rehash=rehash)
     else:
-        run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt)
+        run = client.enqueue_backup(target, type_, actor=audit.cli_actor(), rt=rt, rehash=rehash)
     ctx.out.note(f"backup {run.id} {'ran in-process' if rt.settings.embedded else 'enqueued on ' + rt.target(target).queue}")
     if not (wait or rt.settings.embedded):
         ctx.out.result(run.info(), lambda c, d: c.print(f"enqueued {d['id']} ({d['status']}, {d['stage']})"))
@@ -88,6 +90,10 @@ def _print_backup(c, d: dict) -> None:
     colour = "green" if d["status"] == Status.VERIFIED else "red"
     c.print(f"[bold]{d['id']}[/] [{colour}]{d['status']}[/]")
     c.print(f"  target {d['target']} ({d['kind']}) on host {d['host']}")
+    if (d.get("type") and d["type"] != "full") or d.get("note"):
+        c.print(f"  {d['type']} backup" + (f" on top of {d['parent']}" if d.get("parent") else ""), markup=False)
+    if d.get("note"):
+        c.print(f"  note: {d['note']}", markup=False)
     c.print(f"  plaintext {human_size(d.get('size_plain'))}, stored {human_size(d.get('size_stored'))}, "
             f"took {d.get('duration_seconds') or 0:.1f}s")
     for loc in d.get("locations", []):
@@ -111,7 +117,7 @@ def list_(ctx: Context, target, status, limit):
         rt.target(target)
     rows = [dumps_row(r) for r in rt.catalog.list(target=target, status=status, limit=limit)]
     shape = [{k: r[k] for k in ("id", "target", "kind", "status", "created_at", "size_stored", "locations", "verified_at",
-                                "type", "size_plain", "host", "error", "key_ids")} for r in rows]
+                                "type", "parent", "size_plain", "host", "error", "key_ids")} for r in rows]
 
     def human(c, data):
         table = Table("id", "target", "kind", "status", "created", "stored", "tiers", "verified")
@@ -179,6 +185,7 @@ def verify(ctx: Context, backup_id):
 @click.option("--to-database", "to_database", default=None, help="restore a database dump into this database")
 @click.option("--dry-run", is_flag=True, help="show what would be written; write nothing")
 @click.option("--force", is_flag=True, help="replace existing data at the destination")
+@click.option("--path", "paths", multiple=True, help="with --to: restore only this path (as backed up) and what is below it")
 @click.option("--server", default=None, help="with --to-database: a target name or a DSN without password (default: the backup's target's server)")
 @click.option("--server-password", default=None, help="with --to-database: password reference for --server (env:NAME or file:/path)")
 @click.option("--jobs", type=int, default=1, show_default=True, help="with --to-database: parallel pg_restore jobs")
@@ -194,7 +201,7 @@ def verify(ctx: Context, backup_id):
 @click.option("--start", "start_server", is_flag=True, help="with --to-datadir: start the server and wait for recovery to end")
 @click.option("--port", type=int, default=None, help="with --start: the port the restored server listens on (127.0.0.1)")
 @common
-def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run, force, server, server_password, jobs, tables,
+def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run, force, paths, server, server_password, jobs, tables,
             with_globals, globals_to, pitr_target, to_time, to_datadir, start_server, port):
     """Restore a backup, or a physical target to a moment; refuses to overwrite anything without --force."""
     from backup_tasks.ops.restore import extract_globals, restore_backup
@@ -202,7 +209,7 @@ def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run
     if to_time or to_datadir or pitr_target:
         from backup_tasks.cli.pitr import restore_to_time
 
-        if backup_id or to or to_database or globals_to or strip_source_path:
+        if backup_id or to or to_database or globals_to or strip_source_path or paths:
             raise InputError("--target/--to-time/--to-datadir restore a moment, not a backup id",
                              "backupctl restore --target T --to-time TIME --to-datadir DIR")
         restore_to_time(ctx, pitr_target, to_time, to_datadir, start=start_server, port=port, force=force, dry_run=dry_run)
@@ -212,6 +219,8 @@ def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run
     if sum(map(bool, (to, to_database, globals_to))) != 1:
         raise InputError("give exactly one of --to PATH, --to-database NAME or --globals-to FILE", "backupctl restore ID --to /restore/here")
     rt = ctx.rt
+    if paths and not to:
+        raise InputError("--path goes with --to", "backupctl restore ID --to /restore/here --path /srv/app/config")
     if not to_database and (server or server_password or tables or jobs != 1 or with_globals):
         raise InputError("--server, --server-password, --jobs, --table and --with-globals go with --to-database",
                          "drop them, or restore --to-database NAME")
@@ -233,15 +242,19 @@ def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run
             return
         with StageBar(ctx.out, f"restore of {backup_id}", wanted=not dry_run) as bar:
             result = restore_backup(rt, backup_id, to, force=force, dry_run=dry_run, progress=bar.callback if bar.enabled else None,
-                                    strip_source_path=strip_source_path)
+                                    strip_source_path=strip_source_path, paths=tuple(paths))
 
     def human(c, d):
         if d["dry_run"]:
             c.print(f"dry run: {backup_id} would be restored to {d['destination']} (nothing written)")
+            origin = {f["path"]: f["from"] for f in d.get("files_from", [])[:50]}  # a chain: where each file's bytes are
             for path in d.get("would_write", [])[:50]:
-                c.print(f"  {path}", markup=False)
+                rel = os.path.relpath(path, d["destination"])
+                c.print(f"  {path}" + (f"  (from {origin[rel]})" if rel in origin else ""), markup=False)
             if len(d.get("would_write", [])) > 50:
                 c.print(f"  ... and {len(d['would_write']) - 50} more")
+            for source in d.get("from_backups", []):
+                c.print(f"  {source['files']} files ({human_size(source['bytes'])}) from backup {source['backup_id']}", markup=False)
             if d.get("needs_force"):
                 c.print("[yellow]the destination is not empty: a real restore needs --force[/]")
         else:

@@ -123,6 +123,9 @@ class Target:
     mode: str = "logical"
     #: point-in-time recovery: the watchdog alerts when the newest stored log is older than this
     pitr_rpo_minutes: float | None = None
+    #: cron of incremental (or differential) runs between the full ones; files and config targets only
+    incremental_schedule: str | None = None
+    differential_schedule: str | None = None
 
     @property
     def queue(self) -> str:

@@ -21,8 +21,9 @@ from backup_tasks.sources.db import dsn
 
 FIELDS = {
     "kind", "host", "schedule", "storage", "retention", "rpo_hours", "paths", "include", "exclude",
-    "path", "dsn", "password", "drill", "options", "mode", "pitr_rpo_minutes",
+    "path", "dsn", "password", "drill", "options", "mode", "pitr_rpo_minutes", "incremental_schedule", "differential_schedule",
 }
+CHAIN_SCHEDULES = ("incremental_schedule", "differential_schedule")
 
 
 def parse(table: dict, tiers: dict[str, Tier], settings: Settings, file: str) -> dict[str, Target]:
@@ -42,6 +43,7 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
         raise ConfigError(f"invalid host '{host}'", "use the host's short name: letters, digits, '.', '_' or '-'", file=file, where=where, field="host")
     schedule = spec.get("schedule", defaults.SCHEDULE_BY_KIND.get(kind, defaults.SCHEDULE))
     _check_cron(schedule, file=file, where=where)
+    chain_schedules = _chain_schedules(spec, source, kind, file=file, where=where)
     storage = _storage(spec.get("storage"), tiers, file=file, where=where)
     retention = spec.get("retention", {})
     if not isinstance(retention, dict):
@@ -89,7 +91,7 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
         exclude=tuple(str_list(spec.get("exclude", []), file=file, where=where, field="exclude")),
         path=spec.get("path"), dsn=spec.get("dsn"), password=spec.get("password"),
         drill=dict(drill) if isinstance(drill, dict) else {}, options=dict(spec.get("options", {})),
-        mode=mode, pitr_rpo_minutes=pitr_rpo,
+        mode=mode, pitr_rpo_minutes=pitr_rpo, **chain_schedules,
     )
     if kind in dsn.SCHEMES:
         _check_database(target, source, file=file)
@@ -118,14 +120,29 @@ def _storage(storage: Any, tiers: dict[str, Tier], *, file: str, where: str) -> 
     return tuple(storage)
 
 
-def _check_cron(expr: Any, *, file: str, where: str) -> None:
+def _chain_schedules(spec: dict, source: Source, kind: str, *, file: str, where: str) -> dict[str, str]:
+    """``incremental_schedule`` or ``differential_schedule``: one of them, for kinds that build chains."""
+    given = {key: spec[key] for key in CHAIN_SCHEDULES if spec.get(key) is not None}
+    if given and not getattr(source, "chains", False):
+        raise ConfigError(f"a {kind} target has no incremental or differential backups",
+                          "remove it; a database's changes between dumps are covered by point-in-time recovery",
+                          file=file, where=where, field=next(iter(given)))
+    if len(given) > 1:
+        raise ConfigError("incremental_schedule and differential_schedule are two ways to fill the days between fulls",
+                          "keep one of them", file=file, where=where, field="differential_schedule")
+    for key, expr in given.items():
+        _check_cron(expr, file=file, where=where, field=key)
+    return given
+
+
+def _check_cron(expr: Any, *, file: str, where: str, field: str = "schedule") -> None:
     try:
         schedules.parse(expr)
     except (ValueError, TypeError) as exc:
         raise ConfigError(
             f"invalid cron expression '{expr}': {exc}",
             'use five fields, e.g. "0 2 * * *" for 02:00 daily, or "@every 4h"',
-            file=file, where=where, field="schedule",
+            file=file, where=where, field=field,
         ) from None
 
 

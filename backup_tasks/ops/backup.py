@@ -22,7 +22,7 @@ from typing import Callable
 
 from backup_tasks import timefmt
 from backup_tasks.defaults import STAGES
-from backup_tasks.ops import size_check
+from backup_tasks.ops import chain, listing_store, size_check
 from backup_tasks.records import attachments, events, keys, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
@@ -48,11 +48,7 @@ def new_backup_id(target: str, now: datetime | None = None) -> str:
 def check_type(target, type_: str) -> None:
     if type_ not in BACKUP_TYPES:
         raise InputError(f"unknown backup type '{type_}'", f"use one of: {', '.join(BACKUP_TYPES)}")
-    if type_ != "full":
-        raise InputError(
-            f"{type_} backups are not available yet for target '{target.name}' (kind {target.kind})",
-            "run a full backup (--type full); file-level incrementals are planned",
-        )
+    chain.check_chain_type(target, type_)
 
 
 def record_run(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
@@ -64,11 +60,11 @@ def record_run(rt: Runtime, backup_id: str, target_name: str, type_: str, actor:
     return {"backup_id": backup_id, "target": target.name, "type": type_, "stage": "start", "created_at": timefmt.iso(created)}
 
 
-def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "") -> dict:
+def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str = "", rehash: bool = False) -> dict:
     """On the worker: record the run, and refuse it now if its manifest could not be signed later."""
     ref = record_run(rt, backup_id, target_name, type_, actor)
     rt.signer  # noqa: B018 - fail now, not after an hour of dumping
-    return ref
+    return {**ref, "rehash": True} if rehash else ref
 
 
 def _ref(run_dir: Path, stage: str) -> dict | None:
@@ -143,9 +139,14 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     workdir.mkdir(mode=0o700)
     final = run_dir / f"data.{plaintext_suffix(source, target)}"
     report: dict = {}
+    kwargs: dict = {}
+    plan = {"type": ref.get("type", "full"), "parent": None}
+    if getattr(source, "chains", False):  # files and config: a tree listing, and incrementals
+        spec, plan = chain.prepare_dump(rt, target, ref, workdir, run_dir / listing_store.LISTING_NAME)
+        kwargs["chain"] = spec
 
     def produce(out: HashingWriter) -> None:
-        report.update(source.dump(target, progress_mod.writing(out, progress, "dump"), workdir))
+        report.update(source.dump(target, progress_mod.writing(out, progress, "dump"), workdir, **kwargs))
 
     size, sha, seconds = _write_output(final, produce)
     try:
@@ -156,7 +157,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
         (run_dir / "attachments.json").write_text(json.dumps(sealed))
     (run_dir / "source.json").write_text(json.dumps(report))
     return _commit_ref(run_dir, "dump", {
-        "backup_id": backup_id, "target": target.name, "type": ref.get("type", "full"), "stage": "dump",
+        "backup_id": backup_id, "target": target.name, **plan, "stage": "dump",
         "path": str(final), "size": size, "sha256": sha, "seconds": seconds,
         "created_at": ref.get("created_at") or timefmt.iso(started),
     })
@@ -257,12 +258,15 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         etags[tier.name] = info.etag
     if not locations:
         raise failures[0]
+    listing = _upload_listing(rt, run_dir, target, backup_id, locations, bool(ref.get("encrypted")))
     # Only beside a complete artifact: the manifest is the commit marker.
     doc = markers.write(manifest.MANIFEST_NAME, {
         "target": target.name,
         "kind": target.kind,
-        "type": ref.get("type", "full"),
-        "parent": None,
+        "type": dumped.get("type", "full"),
+        "parent": dumped.get("parent"),
+        **{k: dumped[k] for k in ("requested_type", "note") if dumped.get(k) and dumped.get("requested_type") != "full"},
+        **({"listing": listing} if listing else {}),
         "host": target.host,
         "worker": socket.gethostname(),
         "created_at": dumped["created_at"],
@@ -285,8 +289,27 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         raise failures[0]
     rt.catalog.record_upload(backup_id, doc, locations, summary=manifest.summary(doc), next_stage=AFTER_UPLOAD)
     size_check.check_after_upload(rt, backup_id)  # size far off the target's median: alert (never raises)
+    if listing:
+        listing_store.cache_listing(rt, target.name, backup_id, run_dir / listing_store.LISTING_NAME)
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
+
+
+def _upload_listing(rt: Runtime, run_dir: Path, target, backup_id: str, locations: list[Location],
+                    encrypted: bool) -> dict | None:
+    """Put the tree listing beside the artifact on every tier that took the artifact; its record for the manifest."""
+    sealed = listing_store.seal_listing(rt, run_dir, encrypted)
+    if sealed is None:
+        return None
+    key = f"{manifest.prefix(target.name, backup_id)}/{sealed['name']}"
+    for loc in locations:
+        storage = rt.storage(loc.tier)
+        with open(sealed["path"], "rb") as fh:
+            info = storage.put(key, fh, size_hint=sealed["size"])
+        if info.size != sealed["size"]:
+            raise StorageError(f"upload of the listing of {backup_id} to tier '{loc.tier}' stored {info.size} bytes, "
+                               f"expected {sealed['size']}", "check the tier's free space and health, then run the backup again")
+    return {k: v for k, v in sealed.items() if k != "path"}
 
 
 def _attachments(run_dir: Path) -> dict:

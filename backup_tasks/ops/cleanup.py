@@ -33,7 +33,11 @@ from backup_tasks.policy import retention
 from backup_tasks.records.catalog import DrillResult, Status
 from backup_tasks.errors import BackupError, ConfigError, ObjectLocked, ObjectNotFound, ServiceUnavailable, StorageError
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.sources.files.tree_listing import NAME as LISTING_NAME
+from backup_tasks.stages.encrypt import SUFFIX as ENCRYPTED_SUFFIX
 from backup_tasks.storage.capabilities import ObjectLock, StaleUploads
+
+LISTING_NAMES = (LISTING_NAME, LISTING_NAME + ENCRYPTED_SUFFIX)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +177,8 @@ def remove_copy(rt: Runtime, target: str, backup_id: str, tier: str, artifact_ke
     else:
         raise StorageError(f"tier '{tier}' still holds {artifact_key} after deleting it",
                            "check the tier's permissions and versioning; the manifest was left in place")
+    for name in LISTING_NAMES:  # a files backup's tree listing, plain or encrypted, lies beside its artifact
+        storage.delete(f"{manifest.prefix(target, backup_id)}/{name}")
     storage.delete(manifest.verified_key(target, backup_id))
     storage.delete(manifest.drilled_key(target, backup_id))
     storage.delete(manifest.manifest_key(target, backup_id))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backup_tasks import credentials
 from backup_tasks.records import attachments, keys
-from backup_tasks.ops import readback
+from backup_tasks.ops import chain_restore, readback
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.errors import InputError, RestoreRefused
 from backup_tasks.ops.runtime import Runtime
@@ -29,13 +29,15 @@ log = logging.getLogger(__name__)
 
 
 def restore_backup(rt: Runtime, backup_id: str, dest: Path | str, *, force: bool = False, dry_run: bool = False,
-                   progress: progress_mod.Callback | None = None, strip_source_path: bool = False) -> dict:
+                   progress: progress_mod.Callback | None = None, strip_source_path: bool = False, paths: tuple[str, ...] = ()) -> dict:
     """Restore files, config or SQLite to ``dest``; ``progress`` hears the plaintext bytes restored.
 
     ``dest`` given as a string ending in '/' means "into this directory", like an existing
     directory does: a SQLite backup then lands there under its original file name.
     ``strip_source_path`` (files and config) drops the roots' common directory from
-    every restored path.
+    every restored path. An incremental or differential, or any files backup restored
+    with ``paths`` (only those paths and what is below them), is rebuilt from its tree
+    listing and its chain.
     """
     row = rt.catalog.get(backup_id)
     found = readback.locate(rt, row)
@@ -52,6 +54,14 @@ def restore_backup(rt: Runtime, backup_id: str, dest: Path | str, *, force: bool
     occupied = _occupied(dest)
     base = {"backup_id": backup_id, "target": doc["target"], "kind": doc["kind"], "destination": str(dest),
             "location": found.tier, "notes": found.notes}
+    if doc.get("parent") or paths:
+        if source.suffix != "tar":
+            raise InputError(f"--path selects files of files and config backups; {backup_id} is a {doc['kind']} backup",
+                             "restore it whole, without --path")
+        if strip_source_path:
+            raise InputError("--strip-source-path cannot yet be combined with --path or with an incremental or differential backup",
+                             "restore without --strip-source-path, then move the restored tree up")
+        return _restore_from_listing(rt, found, dest, base, occupied, paths=tuple(paths), force=force, dry_run=dry_run)
     if dry_run:
         summary = source.restore(None, doc, dest, force=True, dry_run=True, **options)
         return {**base, "dry_run": True, "destination_not_empty": occupied, "needs_force": occupied and not force, **summary}
@@ -76,6 +86,27 @@ def restore_backup(rt: Runtime, backup_id: str, dest: Path | str, *, force: bool
         _remove(staging)
     if "next_step" in summary:  # the source named the private sibling it wrote; people need the final path
         summary["next_step"] = summary["next_step"].replace(str(staging), str(dest))
+    return {**base, "dry_run": False, **summary, "restored_to": str(dest)}
+
+
+def _restore_from_listing(rt: Runtime, found, dest: Path, base: dict, occupied: bool, *, paths: tuple[str, ...],
+                          force: bool, dry_run: bool) -> dict:
+    """The whole chain checked before anything is written, then written into a private sibling and moved in."""
+    with chain_restore.planned(rt, found, paths) as planned:
+        if dry_run:
+            return {**base, "dry_run": True, "destination_not_empty": occupied, "needs_force": occupied and not force,
+                    **planned.dry_run(dest)}
+        if occupied and not force:
+            raise RestoreRefused(f"{dest} exists and is not empty; refusing to overwrite it",
+                                 "restore into an empty or new path, or pass --force to replace what is there")
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staging = dest.parent / f".{dest.name[:64]}.restoring-{secrets.token_hex(4)}"
+        staging.mkdir(mode=0o700)
+        try:
+            summary = planned.write(staging)
+            _commit(staging, dest)
+        finally:
+            _remove(staging)
     return {**base, "dry_run": False, **summary, "restored_to": str(dest)}
 
 

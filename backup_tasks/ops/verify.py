@@ -16,7 +16,7 @@ from pathlib import Path
 
 from backup_tasks import alerting, timefmt
 from backup_tasks.records import attachments, events, keys, manifest, markers
-from backup_tasks.ops import readback
+from backup_tasks.ops import chain, readback
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.errors import BackupError, ConfigError, VerificationFailed
 from backup_tasks.ops.runtime import Runtime
@@ -81,6 +81,12 @@ def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> 
     if failure is not None:
         raise failure
     readback.check_digests(doc, stored, plain)
+    if doc.get("listing"):  # files and config: the tree listing, and for an incremental its parents
+        workdir = Path(tempfile.mkdtemp(prefix=f"verify-{row.id}-", dir=rt.staging_root()))
+        try:
+            summary.update(chain.check_listing(rt, found, workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     sealed = _check_attachments(rt, doc)
     return {"location": found.tier, "locations_checked": len(row.locations), "stored_bytes": stored.size,
             "stored_sha256": doc["stored"]["sha256"],

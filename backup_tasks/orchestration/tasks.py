@@ -102,7 +102,7 @@ def chain_for(rt, target, ref: dict):
 
 
 @app.task(bind=True, base=StageTask, name="backup.start")
-def start(self, target: str, type: str = "full", actor: str = ""):
+def start(self, target: str, type: str = "full", actor: str = "", rehash: bool = False):
     """Take the target's run lock (or skip), record the run (its id is this task's id), replace this task with the chain."""
     rt = _runtime(self)
     backup_id = self.request.id
@@ -116,7 +116,7 @@ def start(self, target: str, type: str = "full", actor: str = ""):
     if holder is not None:
         return run_lock.skip(rt, backup_id, target, type, holder=holder, actor=actor)
     try:
-        ref = backup.start(rt, backup_id, target, type, actor=actor)
+        ref = backup.start(rt, backup_id, target, type, actor=actor, rehash=rehash)
         if not self.request.is_eager:
             lock.hand_over(backup_id)  # the dump may wait in the host's queue behind other targets' chains
             raise self.replace(chain_for(rt, spec, ref))

@@ -54,6 +54,9 @@ class Source(Protocol):
     # the targets of the machine loading it, to refuse what can be told on that machine
     # without reading the data (a SQLite path that is a directory); it raises ConfigError.
     #
+    # A kind with ``chains = True`` (files, config) also takes ``dump(..., chain=Chain)``
+    # (sources/files/changes.py): it writes a tree listing, and with a parent's listing
+    # archives only what changed, which is what incremental and differential backups need.
     # A kind whose targets name a database server (one sources.db.dsn parses DSNs for) also
     # has ``check_options(options, *, where)``, which the config loader calls to refuse
     # target options the kind does not understand, and the primitives restore and drills use.

@@ -256,6 +256,7 @@ def _stored(row: BackupRow, manifest: dict[str, Any], locations: Iterable[Locati
     row.size_stored = manifest["stored"]["size"]
     row.sha256_stored = manifest["stored"]["sha256"]
     row.parent_id = manifest.get("parent")
+    row.type = manifest.get("type", row.type)  # an incremental with no usable parent ran as a full
     row.manifest = summary
     row.locations = [LocationRow(tier=l.tier, key=l.key, size=l.size) for l in locations]
 
@@ -276,6 +277,7 @@ def dumps_row(row: BackupRow) -> dict[str, Any]:
         "target": row.target,
         "kind": row.kind,
         "type": row.type,
+        "parent": row.parent_id,
         "status": row.status,
         "created_at": iso(row.created_at),
         "finished_at": iso(row.finished_at),

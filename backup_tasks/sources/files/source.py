@@ -19,6 +19,7 @@ from backup_tasks.sources.files.extract import (
     plan_restore,
     refuse_unless_empty,
 )
+from backup_tasks.sources.files.changes import Chain, first_pass, second_pass
 from backup_tasks.sources.files.gnu_tar import gnu_tar_version, run_tar
 from backup_tasks.sources.files.listing import compare_listing, manifest_files
 from backup_tasks.sources.files.members import select_members, write_member_list
@@ -32,16 +33,34 @@ class FilesSource:
     required_fields = ("paths",)
     suffix = "tar"
     allows_plaintext = True
+    #: dumps take a ``chain`` (changes.Chain): incremental and differential backups, and a tree listing
+    chains = True
 
-    def dump(self, target, out: BinaryIO, workdir: Path) -> dict:
-        """Archive ``target.paths`` to ``out``; report the archive's listing with sha256."""
+    def dump(self, target, out: BinaryIO, workdir: Path, chain: Chain | None = None) -> dict:
+        """Archive ``target.paths`` to ``out``; report the archive's listing with sha256.
+
+        With ``chain``, also write the tree listing (tree_listing.py) to ``chain.listing_out``;
+        with a parent listing in it, archive only the files whose content changed since.
+        """
         tool = gnu_tar_version()
         paths, warnings = select_members(target)
-        list_file = Path(workdir) / "members.nul"
-        write_member_list(paths, list_file)
-        entries, tar_warnings = run_tar(list_file, out, Path(workdir), target.name)
+        workdir = Path(workdir)
+        list_file = workdir / "members.nul"
+        extra: dict = {}
+        if chain is None:
+            write_member_list(paths, list_file)
+            entries, tar_warnings = run_tar(list_file, out, workdir, target.name)
+        else:
+            full = chain.parent_listing is None
+            changes = first_pass(paths, chain, workdir, list_file, full=full)
+            del paths  # the draft on disk holds the tree from here on
+            # An incremental's members must carry their own bytes: a hard link's target may live in a parent.
+            entries, tar_warnings = run_tar(list_file, out, workdir, target.name, () if full else ("--hard-dereference",))
+            archived = {e["path"]: e for e in entries if e["type"] in ("file", "hardlink")}
+            extra = {"listing_entries": second_pass(workdir, archived, chain), "changes": changes}
         files = [e for e in entries if e["type"] == "file"]
         return {
+            **extra,
             "format": "pax",
             "tool": tool,
             "roots": [os.path.normpath(p) for p in target.paths],

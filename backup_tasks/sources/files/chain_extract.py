@@ -1,0 +1,206 @@
+"""Restoring one point of a chain of files backups from its tree listing.
+
+The listing (tree_listing.py) says what the tree held at that point and which backup's
+archive holds each file's bytes. The restore therefore writes exactly the listed paths:
+files deleted since the full are absent because they are not listed, a renamed file is
+written under its new name from the member it was stored as, and modes, mtimes (ns)
+and symlinks come from the listing, not from whichever archive
+carried the bytes.
+
+Order, so nothing is ever written through a link: directories first (private 0700
+until the end), then each holder's archive read once, front to back, writing the
+members wanted from it, then symlinks, then the directories' own modes and mtimes,
+deepest first. Every file's bytes are hashed as they are written and must match the
+listing's sha256. What is wanted from each archive lives in an SQLite index in the
+work directory, not in memory, so a tree of any size restores with flat memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tarfile
+from pathlib import Path
+from typing import BinaryIO, Callable, ContextManager, Iterable
+
+from backup_tasks.defaults import CHUNK_SIZE
+from backup_tasks.errors import PermanentError, VerificationFailed
+from backup_tasks.sources.files.extract import _inside, _refuse, _unsafe_name
+from backup_tasks.sources.files.tree_listing import key, read_listing
+
+_REMEDY = "do not trust this backup; restore from another copy; the destination may hold a partial restore, delete it"
+
+
+def selected(path: str, wanted: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of ``wanted``, inside one, or a directory leading to one."""
+    if not wanted:
+        return True
+    return any(path == w or path.startswith(w + "/") or w.startswith(path + "/") for w in wanted)
+
+
+def normalise(paths: Iterable[str]) -> tuple[str, ...]:
+    """``--path`` values as listing paths: original absolute paths or member names, either works."""
+    return tuple(p.strip("/") for p in paths if p.strip("/"))
+
+
+class ChainPlan:
+    """A listing read once into an on-disk index: what to write, and from which backup."""
+
+    def __init__(self, listing: Path, workdir: Path, paths: tuple[str, ...] = ()) -> None:
+        self.db = sqlite3.connect(str(Path(workdir) / "restore-index.sqlite"))
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        # Paths and member names as their original bytes: names need not be UTF-8, SQLite text must be.
+        self.db.execute("CREATE TABLE e (seq INTEGER PRIMARY KEY, path BLOB, type TEXT, holder TEXT, member BLOB,"
+                        " done INT DEFAULT 0, body TEXT)")
+        rows = ((key(e["path"]), e["type"], e.get("in"), key(e.get("member", e["path"])) if e["type"] == "file" else None,
+                 json.dumps(e, separators=(",", ":"), ensure_ascii=True))
+                for e in read_listing(listing) if selected(e["path"], paths))
+        self.db.executemany("INSERT INTO e (path, type, holder, member, body) VALUES (?, ?, ?, ?, ?)", rows)
+        self.db.execute("CREATE INDEX by_member ON e (holder, member)")
+        self.db.commit()
+        # '0' follows '/' in byte order: [p + "/", p + "0") is everything below p
+        self.missing_paths = [p for p in paths if not self.db.execute(
+            "SELECT 1 FROM e WHERE path = ? OR (path >= ? AND path < ?) LIMIT 1",
+            (key(p), key(p + "/"), key(p + "0"))).fetchone()]
+
+    def holders(self) -> list[tuple[str, int, int]]:
+        """(backup id, files, bytes) for every backup whose archive holds wanted bytes, oldest id first."""
+        q = "SELECT holder, count(*), sum(json_extract(body, '$.size')) FROM e WHERE type = 'file' GROUP BY holder ORDER BY holder"
+        return [(h, n, int(b or 0)) for h, n, b in self.db.execute(q)]
+
+    def entries(self, kind: str | None = None, *, reverse: bool = False) -> Iterable[dict]:
+        q = "SELECT body FROM e" + (" WHERE type = ?" if kind else "") + (" ORDER BY seq DESC" if reverse else " ORDER BY seq")
+        for (body,) in self.db.execute(q, (kind,) if kind else ()):
+            yield json.loads(body)
+
+    def wanted_from(self, holder: str, member: str) -> list[dict]:
+        return [json.loads(b) for (b,) in self.db.execute(
+            "SELECT body FROM e WHERE holder = ? AND member = ? AND type = 'file'", (holder, key(member)))]
+
+    def mark_done(self, holder: str, member: str) -> None:
+        self.db.execute("UPDATE e SET done = 1 WHERE holder = ? AND member = ?", (holder, key(member)))
+
+    def not_done(self, limit: int = 5) -> list[tuple[str, str]]:
+        rows = self.db.execute("SELECT path, holder FROM e WHERE type = 'file' AND done = 0 LIMIT ?", (limit,))
+        return [(p.decode("utf-8", "surrogateescape"), h) for p, h in rows]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def dry_run(plan: ChainPlan, dest: Path) -> dict:
+    """What a restore would write, and from which backup each file's bytes come."""
+    out = {"files": 0, "dirs": 0, "links": 0, "bytes": 0, "would_write": [], "files_from": []}
+    for entry in plan.entries():
+        _check_name(entry, str(dest))
+        out["would_write"].append(str(dest / entry["path"]))
+        key = {"file": "files", "dir": "dirs"}.get(entry["type"], "links")
+        out[key] += 1
+        if entry["type"] == "file":
+            out["bytes"] += entry["size"]
+            out["files_from"].append({"path": entry["path"], "from": entry["in"], **({"member": entry["member"]}
+                                                                                    if "member" in entry else {})})
+    out["from_backups"] = [{"backup_id": h, "files": n, "bytes": b} for h, n, b in plan.holders()]
+    return out
+
+
+def _check_name(entry: dict, dest: str) -> None:
+    if reason := _unsafe_name(entry["path"]) or (_unsafe_name(entry.get("member", "")) if entry["type"] == "file" else ""):
+        raise _refuse(entry["path"], dest, reason)
+    if entry["type"] not in ("file", "dir", "symlink"):
+        raise _refuse(entry["path"], dest, f"{entry['type']} entries are never restored")
+
+
+def restore(plan: ChainPlan, dest: Path, open_archive: Callable[[str], ContextManager[BinaryIO]]) -> dict:
+    """Write the planned tree under ``dest`` (an empty private directory); return counts.
+
+    ``open_archive(backup_id)`` yields that backup's plaintext tar stream; the caller
+    checks its digests against the signed manifest when the context closes.
+    """
+    real = os.path.realpath(dest)
+    counts = {"files": 0, "dirs": 0, "links": 0, "bytes": 0, "from_backups": []}
+    for entry in plan.entries("dir"):
+        _check_name(entry, real)
+        path = _checked_path(entry, real)
+        if entry["path"] != ".":
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        counts["dirs"] += 1
+    for holder, files, size in plan.holders():
+        with open_archive(holder) as stream:
+            _extract_from(plan, holder, stream, real)
+        counts["from_backups"].append({"backup_id": holder, "files": files, "bytes": size})
+    if left := plan.not_done():
+        raise VerificationFailed(
+            "the chain's archives lack files the listing names: "
+            + ", ".join(f"{p!r} (in backup {h})" for p, h in left), _REMEDY, check="chain-content")
+    for entry in plan.entries("file"):
+        _set_attrs(os.path.join(real, entry["path"]), entry)
+        counts["files"] += 1
+        counts["bytes"] += entry["size"]
+    for entry in plan.entries("symlink"):
+        _check_name(entry, real)
+        path = _checked_path(entry, real)
+        os.symlink(entry["link"], path)
+        _set_attrs(path, entry)
+        counts["links"] += 1
+    for entry in plan.entries("dir", reverse=True):  # deepest last-written first, as tar does
+        _set_attrs(os.path.join(real, entry["path"]), entry)
+    return counts
+
+
+def _checked_path(entry: dict, real_dest: str) -> str:
+    parent = os.path.realpath(os.path.join(real_dest, os.path.dirname(entry["path"])))
+    if not _inside(parent, real_dest):
+        raise _refuse(entry["path"], real_dest, f"its directory resolves to {parent}, outside the destination")
+    return os.path.join(parent, os.path.basename(entry["path"]))
+
+
+def _extract_from(plan: ChainPlan, holder: str, stream: BinaryIO, real: str) -> None:
+    """Read one archive front to back; write each wanted member's bytes to every path that wants them."""
+    try:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK_SIZE) as archive:
+            for member in archive:
+                if not member.isreg():
+                    continue
+                wanted = plan.wanted_from(holder, member.name)
+                if not wanted:
+                    continue
+                for entry in wanted:
+                    _check_name(entry, real)
+                src = archive.extractfile(member)
+                _write_copies(src, [(_checked_path(e, real), e) for e in wanted], holder)
+                plan.mark_done(holder, member.name)
+    except tarfile.TarError as exc:
+        raise VerificationFailed(f"cannot read the archive of backup {holder}: {exc}", _REMEDY, check="tar-structure") from None
+    except OSError as exc:
+        raise PermanentError(f"restore into {real} failed writing from backup {holder}: {exc}",
+                             "check free space and permissions at the destination") from None
+
+
+def _write_copies(src: BinaryIO, targets: list[tuple[str, dict]], holder: str) -> None:
+    digest = hashlib.sha256()
+    files = [os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
+             for path, _ in targets]
+    try:
+        while chunk := src.read(CHUNK_SIZE):
+            digest.update(chunk)
+            for fh in files:
+                fh.write(chunk)
+    finally:
+        for fh in files:
+            fh.close()
+    for path, entry in targets:
+        if digest.hexdigest() != entry["sha256"]:
+            raise VerificationFailed(f"content of {entry['path']!r} from backup {holder} does not match its listed sha256",
+                                     _REMEDY, check="file-sha256")
+
+
+def _set_attrs(path: str, entry: dict) -> None:
+    # Owners are recorded (uid, gid) but not applied, like a full restore: the restore host's
+    # users need not be the backed-up host's.
+    if entry["type"] != "symlink":
+        os.chmod(path, entry["mode"])
+    os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]), follow_symlinks=False)

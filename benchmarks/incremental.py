@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Incremental files backups against our full, GNU tar's --listed-incremental and restic's second backup.
+
+Run by hand (minutes; the tree of benchmarks/files.py, generated into --workdir):
+
+    python benchmarks/incremental.py [--files 100000] [--size 1.5G] [--workdir DIR]
+
+To measure a commit while the working tree is being edited, run it against a snapshot
+(``git archive HEAD | tar -x -C /tmp/snap && PYTHONPATH=/tmp/snap python benchmarks/incremental.py``).
+
+In one run it
+
+1. generates the tree, keys and a targets file (the helpers of benchmarks/files.py);
+2. takes the starting points: our full backup, GNU tar level 0 with a snapshot file,
+   restic's first backup (when ``restic`` is on PATH; Debian's package);
+3. changes the tree the same way for everyone: 1% of the files edited (spread over the
+   tree), 200 added, 200 deleted, 50 directories renamed, 500 files chmodded;
+4. measures after that change, each from a warm page cache: our incremental
+   (``backupctl backup --type incremental --wait``, verify included), our full, GNU tar
+   level 1 (``tar --listed-incremental | zstd -3 -T2 | age``) and restic's second backup;
+   wall seconds and peak RSS of our CLI (``/usr/bin/time -v``), stored bytes;
+5. restores the incremental and the full into empty directories and times both;
+6. prints the results and the goals (incremental <= 0.15x our full, >= 3x faster than
+   restic's second backup, worker RSS <= 200 MiB) and writes them as JSON to
+   benchmarks/out/incremental-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import files as fb  # noqa: E402 - the tree generator and helpers of the full-backup benchmark
+
+from backup_tasks.records import keys as keys_mod  # noqa: E402
+
+EDIT_SHARE = 0.01
+ADDED = DELETED = 200
+RENAMED_DIRS = 50
+CHMODDED = 500
+
+
+def backupctl(config: Path, *args: str) -> tuple[dict, float, int | None]:
+    """Run backupctl under /usr/bin/time -v; (JSON result, wall seconds, peak RSS bytes)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")}
+    time_file = config.parent / "time-v.txt"
+    argv = ["/usr/bin/time", "-v", "-o", str(time_file), sys.executable, "-m", "backup_tasks.cli", *args, "--json",
+            "--config", str(config)]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    wall = round(time.monotonic() - started, 3)
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_file.read_text()) if time_file.exists() else None
+    if done.returncode != 0:
+        raise RuntimeError(f"backupctl {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return json.loads(done.stdout), wall, int(m.group(1)) * 1024 if m else None
+
+
+def change(tree: Path, seed: int) -> dict:
+    """The same change for every tool: edits, additions, deletions, directory renames, chmods."""
+    rng = random.Random(seed)
+    files = sorted(p for p in tree.rglob("*") if p.is_file())
+    edited = rng.sample(files, max(1, int(len(files) * EDIT_SHARE)))
+    for path in edited:
+        with open(path, "r+b") as fh:  # an in-place edit of a few bytes somewhere in the file
+            size = path.stat().st_size
+            fh.seek(rng.randrange(max(1, size)))
+            fh.write(os.urandom(16))
+    rest = [p for p in files if p not in set(edited)]
+    for path in rng.sample(rest, DELETED):
+        path.unlink()
+    dirs = sorted({p.parent for p in files})
+    for i in range(ADDED):
+        (rng.choice(dirs) / f"added-{i}.bin").write_bytes(os.urandom(rng.randint(1024, 20 * 1024)))
+    for path in rng.sample([p for p in tree.rglob("*") if p.is_file()], CHMODDED):
+        path.chmod(0o640)
+    renamed = 0
+    for directory in rng.sample([d for d in dirs if d != tree and d.exists()], RENAMED_DIRS):
+        if directory.exists():
+            directory.rename(directory.with_name(directory.name + "-renamed"))
+            renamed += 1
+    return {"edited": len(edited), "added": ADDED, "deleted": DELETED, "renamed_dirs": renamed, "chmodded": CHMODDED}
+
+
+def tar_level(tree: Path, snapshot: Path, out: Path, recipient: str) -> tuple[float, int]:
+    fb.warm(tree)
+    seconds, _ = fb.timed_sh(f"tar -cf - --listed-incremental={fb.q(snapshot)} -C / {fb.q(str(tree).lstrip('/'))} "
+                             f"| zstd -3 -T2 -q | age -r {recipient} > {fb.q(out)}")
+    return seconds, out.stat().st_size
+
+
+def restic(repo: Path, tree: Path) -> float | None:
+    if not shutil.which("restic"):
+        return None
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": "benchmark"}
+    if not repo.exists():
+        subprocess.run(["restic", "init", "-q"], env=env, check=True)
+    fb.warm(tree)
+    started = time.monotonic()
+    subprocess.run(["restic", "backup", "-q", str(tree)], env=env, check=True)
+    return round(time.monotonic() - started, 3)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--size", type=fb.parse_size, default=fb.parse_size("1.5G"))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/backup-tasks-incremental-bench"))
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    work = args.workdir
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tree = work / "tree"
+    tree.mkdir()
+    stats = fb.build_many(tree, args.files, args.size, args.seed)
+    keys_dir = work / "keys"
+    keys_mod.generate(keys_dir)
+    recipient = (keys_dir / keys_mod.RECIPIENT_FILE).read_text().strip()
+    config = fb.write_config(work / "targets.toml", keys_dir, work / "state", {"tree": tree})
+    results: dict = {"tree": stats, "machine": os.uname().nodename, "at": datetime.now(timezone.utc).isoformat()}
+
+    fb.log(f"tree: {stats['files']} files, {fb.human(stats['bytes'])}; starting points")
+    fb.warm(tree)
+    first, wall, rss = backupctl(config, "backup", "tree", "--wait")
+    results["start_full"] = {"wall_seconds": wall, "peak_rss": rss, "stored": first["size_stored"]}
+    snapshot = work / "tar.snar"
+    results["tar_level0"] = dict(zip(("seconds", "stored"), tar_level(tree, snapshot, work / "level0.tar.zst.age", recipient)))
+    results["restic_first"] = restic(work / "restic", tree)
+
+    results["change"] = change(tree, args.seed)
+    fb.sh("sync")
+    fb.log(f"changed: {results['change']}")
+
+    fb.warm(tree)
+    inc, wall, rss = backupctl(config, "backup", "tree", "--type", "incremental", "--wait")
+    results["incremental"] = {"wall_seconds": wall, "peak_rss": rss, "stored": inc["size_stored"], "type": inc["type"],
+                              "status": inc["status"]}
+    shown, _, _ = backupctl(config, "show", inc["id"])
+    results["incremental"]["changes"] = shown["manifest"]["source"].get("changes")
+    results["incremental"]["changed_plain_bytes"] = shown["manifest"]["source"].get("bytes")
+    fb.warm(tree)
+    full, wall, rss = backupctl(config, "backup", "tree", "--wait")
+    results["full"] = {"wall_seconds": wall, "peak_rss": rss, "stored": full["size_stored"]}
+    level1 = work / "level1.snar"
+    shutil.copy(snapshot, level1)
+    results["tar_level1"] = dict(zip(("seconds", "stored"), tar_level(tree, level1, work / "level1.tar.zst.age", recipient)))
+    results["restic_second"] = restic(work / "restic", tree)
+
+    for name, backup_id in (("restore_incremental", inc["id"]), ("restore_full", full["id"])):
+        dest = work / name
+        _, wall, rss = backupctl(config, "restore", backup_id, "--to", str(dest))
+        results[name] = {"wall_seconds": wall, "peak_rss": rss}
+        shutil.rmtree(dest, ignore_errors=True)
+
+    inc_s, full_s = results["incremental"]["wall_seconds"], results["full"]["wall_seconds"]
+    results["goals"] = {
+        "incremental_over_full": round(inc_s / full_s, 3),
+        "incremental_le_0.15x_full": inc_s <= 0.15 * full_s,
+        "restic_second_over_incremental": round(results["restic_second"] / inc_s, 2) if results["restic_second"] else None,
+        "tar_level1_over_full": round(results["tar_level1"]["seconds"] / full_s, 3),
+        "restore_incremental_over_full": round(results["restore_incremental"]["wall_seconds"]
+                                               / results["restore_full"]["wall_seconds"], 2),
+        "peak_rss_le_200MiB": max(r["peak_rss"] or 0 for r in (results["incremental"], results["full"])) <= 200 * fb.MiB,
+    }
+    fb.log(json.dumps(results, indent=1))
+    fb.OUT_DIR.mkdir(exist_ok=True)
+    out = fb.OUT_DIR / f"incremental-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(results, indent=1))
+    fb.log(f"written: {out}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
