@@ -113,6 +113,10 @@ class Target:
     password: str | None = None
     drill: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    #: MySQL/MariaDB: dumps record binlog coordinates and closed binary logs are shipped
+    binlog: bool = False
+    #: point-in-time targets: the watchdog alerts when the newest shipped log is older than this
+    pitr_rpo_minutes: float | None = None
 
     @property
     def queue(self) -> str:
@@ -121,7 +125,7 @@ class Target:
 
     def redacted(self) -> dict[str, Any]:
         """What may be shown anywhere: credential references, never values (we hold none)."""
-        out = {k: v for k, v in self.__dict__.items() if v not in (None, (), {})}
+        out = {k: v for k, v in self.__dict__.items() if v not in (None, (), {}) and not (k == "binlog" and v is False)}
         out["storage"] = list(self.storage)
         for key in ("paths", "include", "exclude"):
             if key in out:

@@ -14,6 +14,7 @@ from backup_tasks import credentials, defaults
 from backup_tasks.config import schedules
 from backup_tasks.config.checks import NAME_RE, named_tables, str_list, unknown_keys
 from backup_tasks.config.drill import drill_spec
+from backup_tasks.config.pitr import binlog_fields
 from backup_tasks.config.model import Settings, Target, Tier
 from backup_tasks.errors import ConfigError
 from backup_tasks.sources.base import Source, source_for
@@ -21,7 +22,7 @@ from backup_tasks.sources.db import dsn
 
 FIELDS = {
     "kind", "host", "schedule", "storage", "retention", "rpo_hours", "paths", "include", "exclude",
-    "path", "dsn", "password", "drill", "options",
+    "path", "dsn", "password", "drill", "options", "binlog", "pitr_rpo_minutes",
 }
 
 
@@ -78,6 +79,7 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
         exclude=tuple(str_list(spec.get("exclude", []), file=file, where=where, field="exclude")),
         path=spec.get("path"), dsn=spec.get("dsn"), password=spec.get("password"),
         drill=dict(drill) if isinstance(drill, dict) else {}, options=dict(spec.get("options", {})),
+        **binlog_fields(spec, kind, file=file, where=where),
     )
     if kind in dsn.SCHEMES:
         _check_database(target, source, file=file)
