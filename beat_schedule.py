@@ -41,7 +41,7 @@ def build(config: Config) -> dict[str, dict]:
         for name, (task, expr, queue) in defaults.GLOBAL_JOBS.items()
     }
     jobs["reverify"]["kwargs"] = {"every_hours": REVERIFY_EVERY.total_seconds() / 3600}
-    return jobs | {
+    return jobs | binlog_jobs(config) | {
         f"backup:{target.name}": {
             "task": "backup.start",
             "schedule": cron(target.schedule, tz),
@@ -50,4 +50,18 @@ def build(config: Config) -> dict[str, dict]:
             "options": {"queue": target.queue},
         }
         for target in config.targets.values()
+    }
+
+
+def binlog_jobs(config: Config) -> dict[str, dict]:
+    """``binlog:<name>`` every minute for each ``binlog = true`` target, on its host's queue."""
+    return {
+        f"binlog:{target.name}": {
+            "task": "backup.binlog_ship",
+            "schedule": cron(defaults.BINLOG_SHIP_SCHEDULE, config.settings.timezone),
+            "args": (target.name,),
+            "kwargs": {},
+            "options": {"queue": target.queue},
+        }
+        for target in config.targets.values() if target.binlog
     }

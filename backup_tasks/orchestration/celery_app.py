@@ -16,7 +16,8 @@ from celery import Celery
 
 from backup_tasks import defaults
 
-app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks"])
+app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks",
+                                     "backup_tasks.orchestration.binlog_tasks"])
 
 BASE_CONF = dict(
     task_serializer="json",

@@ -30,9 +30,13 @@ RPO_BREACH = "rpo.breach"  # no verified backup within the target's rpo_hours
 LOW_SPACE = "storage.low_space"  # a local or external tier is low on free space
 MOUNT_MISSING = "storage.mount_missing"  # an external tier's mount point is not mounted
 SIZE_ANOMALY = "backup.size_anomaly"  # a stored artifact far below or above the target's recent median
+#: point-in-time recovery of binlog targets
+BINLOG_CONFLICT = "binlog.conflict"  # a binlog arrived under a stored one's name with other content; not stored
+BINLOG_GAP = "binlog.gap"  # binlogs were purged on the server before they were shipped: the window has a hole
+BINLOG_LAG = "binlog.lag"  # the newest shipped binlog is older than the target's pitr_rpo_minutes (watchdog)
 RESOLVED = ".resolved"  # suffix: the watchdog condition <kind> has cleared
 #: opened and closed by the watchdog: alerted once per change of state, so not rate-limited
-WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING)
+WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING, BINLOG_LAG)
 VERIFIED = "backup.verified"  # a run's own verification passed (a notice with alert_on_success; not recorded)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.records.catalog.alerts import AlertClaim, Alerts
+from backup_tasks.records.catalog.binlogs import BinlogRow, Binlogs
 from backup_tasks.records.catalog.drills import Drills
 from backup_tasks.records.catalog.history import History
 from backup_tasks.records.catalog.runs import Location, Runs, dumps_row
@@ -22,7 +23,7 @@ from backup_tasks.records.catalog.schema import (DONE, FINAL, QUEUED, UNATTRIBUT
                                                  VerificationRow, create_schema, open_engine)
 
 
-class Catalog(Runs, History, Drills, Alerts):
+class Catalog(Runs, History, Drills, Alerts, Binlogs):
     """Repository over the catalog database; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:
@@ -34,4 +35,4 @@ class Catalog(Runs, History, Drills, Alerts):
 
 __all__ = ["Catalog", "Status", "FINAL", "QUEUED", "DONE", "UNATTRIBUTED", "Location", "BackupRow", "LocationRow",
            "VerificationRow", "EventRow", "AuditRow", "DrillResult", "DrillRow", "AlertSentRow", "AlertConditionRow",
-           "AlertClaim", "dumps_row"]
+           "AlertClaim", "dumps_row", "BinlogRow"]
