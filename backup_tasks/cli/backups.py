@@ -159,7 +159,9 @@ def verify(ctx: Context, backup_id):
 
 
 @click.command("restore")
-@click.argument("backup_id")
+@click.argument("backup_id", required=False)
+@click.option("--target", "target", default=None, help="with --to-time: the target to restore to a moment")
+@click.option("--to-time", "to_time", default=None, help="restore the target as it was at this ISO 8601 time (with a zone)")
 @click.option("--to", "to", type=click.Path(path_type=Path), default=None, help="restore files/config/SQLite to this path")
 @click.option("--to-database", "to_database", default=None, help="restore a database dump into this database")
 @click.option("--dry-run", is_flag=True, help="show what would be written; write nothing")
@@ -173,9 +175,22 @@ def verify(ctx: Context, backup_id):
 @click.option("--globals-to", "globals_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the backup's globals (roles, tablespaces) as SQL to this file, mode 0600 (PostgreSQL)")
 @common
-def restore(ctx: Context, backup_id, to, to_database, dry_run, force, server, server_password, jobs, tables, with_globals, globals_to):
-    """Restore a backup; refuses to overwrite anything without --force."""
+def restore(ctx: Context, backup_id, target, to_time, to, to_database, dry_run, force, server, server_password, jobs, tables,
+            with_globals, globals_to):
+    """Restore a backup, or a target to a moment (--target T --to-time TIME); refuses to overwrite anything without --force."""
     from backup_tasks.ops.restore import extract_globals, restore_backup
+
+    if target or to_time:
+        from backup_tasks.cli.pitr_mysql import mysql_restore_to_time
+
+        if backup_id or not (target and to_time and to_database) or to or globals_to or jobs != 1 or tables or with_globals:
+            raise InputError("a restore to a moment takes --target T --to-time TIME --to-database NAME (and no backup id)",
+                             "backupctl restore --target shop-db --to-time 2026-12-05T07:00:00Z --to-database shop_restored")
+        mysql_restore_to_time(ctx, target, to_time, to_database, force=force, dry_run=dry_run, server=server,
+                              server_password=server_password)
+        return
+    if not backup_id:
+        raise InputError("name the backup to restore", "backupctl restore ID --to PATH (backupctl list shows the ids)")
 
     if sum(map(bool, (to, to_database, globals_to))) != 1:
         raise InputError("give exactly one of --to PATH, --to-database NAME or --globals-to FILE", "backupctl restore ID --to /restore/here")

@@ -26,10 +26,10 @@ def cli(click_ctx: click.Context, config_path, json_mode, verbose):
 
 
 def _register() -> None:
-    from backup_tasks.cli import admin, api, audit, backups, cleanup, delete, drill, metrics, report
+    from backup_tasks.cli import admin, api, audit, backups, cleanup, delete, drill, metrics, pitr_mysql, report
 
     for command in (*backups.COMMANDS, *admin.COMMANDS, *drill.COMMANDS, *cleanup.COMMANDS, *audit.COMMANDS, *report.COMMANDS,
-                    *metrics.COMMANDS, *api.COMMANDS, *delete.COMMANDS):
+                    *metrics.COMMANDS, *api.COMMANDS, *delete.COMMANDS, *pitr_mysql.COMMANDS):
         cli.add_command(command)
 
 
