@@ -185,12 +185,17 @@ def _why_not(w: Window, at: datetime) -> str:
         return f"{when} is not restorable: there is no dump with binlog coordinates yet"
     if at < w.earliest:
         return f"{when} is before the earliest restorable time {iso_utc(w.earliest)}"
-    if at > w.latest:
-        return f"{when} is after the latest restorable time {iso_utc(w.latest)} (the newest shipped binary log ends there)"
     for g in w.gaps:
         if g.start <= at <= g.end:
             return (f"{when} falls in a gap of the shipped binary logs: {', '.join(g.missing)} "
                     f"(between {iso_utc(g.start)} and {iso_utc(g.end)}) were never shipped")
+    past = [g for g in w.gaps if g.end < at and w.latest < at]
+    if past:
+        g = past[-1]
+        return (f"{when} lies past a gap of the shipped binary logs ({', '.join(g.missing)} were never shipped) "
+                f"and no dump was taken after the gap and before it; the latest restorable time is {iso_utc(w.latest)}")
+    if at > w.latest:
+        return f"{when} is after the latest restorable time {iso_utc(w.latest)} (the newest shipped binary log ends there)"
     return f"{when} is not covered by any dump and the binary logs shipped after it"
 
 

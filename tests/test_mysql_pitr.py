@@ -1,0 +1,273 @@
+"""Runbook: point-in-time recovery of a MariaDB target from a dump plus its shipped binary logs.
+
+A private MariaDB with ``--log-bin --binlog-format=ROW`` on a free port (``binlog_mariadb``)
+plays the production server; the shared one on :3306 has no binary log and is used only
+to show that a binlog target refuses such a server. Rows change in batches with their
+times taken from the server between them; the logs are shipped; restores to moments
+between the batches must give exactly the rows as they were then.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pymysql
+import pytest
+
+import beat_schedule
+from backup_tasks import client, config, metrics
+from backup_tasks.errors import PermanentError
+from backup_tasks.ops.binlog_ship import ship
+from backup_tasks.ops.watchdog import run_watchdog
+from backup_tasks.records import events
+from backup_tasks.records.catalog import Status
+from backup_tasks.timefmt import parse
+from conftest import run_cli, write_config
+from databases import ProcessWatch, binlog_mariadb, my, my_names, unique  # noqa: F401
+
+
+def pitr_target(name: str, port: int, database: str, *, user: str = "root", extra: str = "") -> str:
+    return (f'[targets.{name}]\nkind = "mysql"\nhost = "db02"\ndsn = "mysql://{user}@127.0.0.1:{port}/{database}"\n'
+            f"binlog = true\n{extra}")
+
+
+@contextmanager
+def mb(port: int, database: str | None = None):
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database=database, autocommit=True)
+    try:
+        yield conn.cursor()
+    finally:
+        conn.close()
+
+
+def rows(port: int, database: str) -> list[tuple]:
+    with mb(port, database) as cur:
+        cur.execute("SELECT id, name, qty FROM items ORDER BY id")
+        return list(cur.fetchall())
+
+
+def server_now(cur) -> str:
+    """The server's clock, as the ISO time an operator would type (microseconds, Z)."""
+    cur.execute("SELECT UTC_TIMESTAMP(6)")
+    return cur.fetchone()[0].isoformat() + "Z"
+
+
+def make_items(port: int, database: str, n: int = 5) -> None:
+    with mb(port) as cur:
+        cur.execute(f"CREATE DATABASE `{database}`")
+    with mb(port, database) as cur:
+        cur.execute("CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(40), qty INT)")
+        cur.executemany("INSERT INTO items VALUES (%s, %s, %s)", [(i, f"item {i}", i * 10) for i in range(1, n + 1)])
+
+
+def test_a_binlog_target_on_a_server_without_a_binary_log_fails_at_targets_and_at_backup(tmp_path, session_keys, my_names):
+    database = my_names("bt_nobin")
+    with my() as cur:
+        cur.execute(f"CREATE DATABASE `{database}`")
+    cfg = write_config(tmp_path / "targets.toml", session_keys, targets=pitr_target("nobin-db", 3306, database))
+    refused = json.loads(run_cli("targets", "--json", config=cfg, check=2).stdout)["error"]
+    assert "127.0.0.1:3306 writes no binary log (log_bin is OFF)" in refused["message"] and "'nobin-db'" in refused["message"]
+    assert "log_bin" in refused["remedy"] and "binlog_format = ROW" in refused["remedy"]
+    failed = json.loads(run_cli("backup", "nobin-db", "--wait", "--json", config=cfg, check=1).stdout)
+    assert failed["status"] == Status.FAILED and "log_bin is OFF" in failed["error"]
+
+
+def test_restore_to_two_moments_into_databases_of_other_names(binlog_mariadb, tmp_path, session_keys):
+    port = binlog_mariadb
+    source, user, password = unique("shop"), unique("pitr")[:16], "pw-" + unique("s3cr3t")
+    make_items(port, source)
+    with mb(port) as cur:
+        cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
+        cur.execute(f"GRANT ALL ON *.* TO '{user}'@'%'")
+    cfg = write_config(tmp_path / "targets.toml", session_keys,
+                       targets=pitr_target("shop-db", port, source, user=user, extra='password = "env:BT_PITR_PW"\n'))
+    env = {"BT_PITR_PW": password}
+    backup = json.loads(run_cli("backup", "shop-db", "--wait", "--json", config=cfg, env=env, check=0).stdout)
+    src = json.loads(run_cli("show", backup["id"], "--json", config=cfg, env=env, check=0).stdout)["manifest"]["source"]
+    assert src["format"].endswith("--master-data=2 --gtid)")
+    coords = src["binlog"]
+    with mb(port) as cur:
+        cur.execute("SHOW BINARY LOGS")
+        assert coords["file"] in [r[0] for r in cur.fetchall()]
+    assert coords["position"] > 4 and coords["gtid"].startswith("0-1-")
+
+    with mb(port, source) as cur:  # batch 1, then the moment t1
+        cur.execute("INSERT INTO items VALUES (6, 'item 6', 60), (7, 'item 7', 70)")
+        cur.execute("UPDATE items SET qty = qty + 1 WHERE id IN (1, 2)")
+        cur.execute("DELETE FROM items WHERE id = 3")
+        t1 = server_now(cur)
+    at_t1 = rows(port, source)
+    time.sleep(1.1)  # binary log events carry whole seconds: the next batch lands in a later one
+    with mb(port, source) as cur:  # batch 2, in one session with a temporary table, then the moment t2
+        cur.execute("CREATE TEMPORARY TABLE incoming (id INT, name VARCHAR(40), qty INT)")
+        cur.execute("INSERT INTO incoming VALUES (8, 'item 8', 80), (9, 'item 9', 90)")
+        cur.execute("INSERT INTO items SELECT * FROM incoming")
+        cur.execute("UPDATE items SET name = 'renamed' WHERE id = 6")
+        cur.execute("DELETE FROM items WHERE id = 1")
+        t2 = server_now(cur)
+    at_t2 = rows(port, source)
+    time.sleep(1.1)
+    with mb(port, source) as cur:  # batch 3: after every moment restored to
+        cur.execute("DELETE FROM items")
+        cur.execute("INSERT INTO items VALUES (100, 'after t2', 0)")
+
+    with ProcessWatch(("mariadb-binlog",)) as watch:
+        window = json.loads(run_cli("pitr", "shop-db", "--ship", "--json", config=cfg, env=env, check=0).stdout)
+    assert watch.seen_tool and not [c for c in watch.cmdlines if password.encode() in c]
+    assert window["shipped_now"] and window["gaps"] == [] and window["ok"] and not window["broken"]
+    assert parse(window["earliest"]) <= parse(t1) and parse(window["latest"]) >= parse(t2).replace(microsecond=0)
+
+    one, two = unique("shop_t1"), unique("shop_t2")
+    first = json.loads(run_cli("restore", "--target", "shop-db", "--to-time", t1, "--to-database", one, "--json",
+                               config=cfg, env=env, check=0).stdout)
+    assert rows(port, one) == at_t1
+    assert first["base"]["backup_id"] == backup["id"] and first["rewrite_db"] and first["source_database"] == source
+    assert first["last_event"]["gtid"].startswith("0-1-") and parse(first["last_event"]["at"]) <= parse(t1)
+    second = json.loads(run_cli("restore", "--target", "shop-db", "--to-time", t2, "--to-database", two, "--json",
+                                config=cfg, env=env, check=0).stdout)
+    assert rows(port, two) == at_t2
+    assert second["transactions"] > first["transactions"]
+
+    # the same restore again: refused over a database with tables, a dry run says so, --force replaces it
+    refused = json.loads(run_cli("restore", "--target", "shop-db", "--to-time", t1, "--to-database", two, "--json",
+                                 config=cfg, env=env, check=2).stdout)
+    assert refused["error"]["type"] == "RestoreRefused" and rows(port, two) == at_t2
+    dry = json.loads(run_cli("restore", "--target", "shop-db", "--to-time", t1, "--to-database", two, "--dry-run", "--json",
+                             config=cfg, env=env, check=0).stdout)
+    assert dry["needs_force"] and dry["binlogs"] and dry["base"]["file"] == coords["file"]
+    run_cli("restore", "--target", "shop-db", "--to-time", t1, "--to-database", two, "--force", "--json", config=cfg, env=env, check=0)
+    assert rows(port, two) == at_t1
+
+    # times outside the window are bad input, and nothing is created for them
+    before = (datetime.fromisoformat(coords["at"].replace("Z", "+00:00")) - timedelta(minutes=5)).isoformat()
+    outside = json.loads(run_cli("restore", "--target", "shop-db", "--to-time", before, "--to-database", unique("x"), "--json",
+                                 config=cfg, env=env, check=2).stdout)
+    assert "before the earliest restorable time" in outside["error"]["message"]
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    outside = json.loads(run_cli("restore", "--target", "shop-db", "--to-time", later, "--to-database", unique("x"), "--json",
+                                 config=cfg, env=env, check=2).stdout)
+    assert "after the latest restorable time" in outside["error"]["message"]
+    run_cli("restore", "--target", "shop-db", "--to-time", "2026-12-05 07:00", "--to-database", unique("x"), config=cfg, env=env,
+            check=2)
+    with mb(port) as cur:
+        for database in (source, one, two):
+            cur.execute(f"DROP DATABASE `{database}`")
+        cur.execute(f"DROP USER '{user}'@'%'")
+
+
+def test_shipping_is_idempotent_and_a_purged_binlog_is_a_gap_an_alert_and_a_refused_restore(binlog_mariadb, make_config, runtime_for):
+    port = binlog_mariadb
+    source = unique("gap")
+    make_items(port, source)
+    rt = runtime_for(make_config(pitr_target("gap-db", port, source)))
+    assert client.enqueue_backup("gap-db", rt=rt).wait(timeout=120)["status"] == Status.VERIFIED
+
+    first = ship(rt, "gap-db")
+    with mb(port, source) as cur:
+        cur.execute("INSERT INTO items VALUES (49, 'before the gap', 0)")
+        before_gap = server_now(cur)
+    at_before_gap = rows(port, source)
+    time.sleep(1.1)
+    again = ship(rt, "gap-db")  # the second run's rotation closed one more log: only that one is new
+    assert first["shipped"] and len(again["shipped"]) == 1 and again["already_shipped"] >= len(first["shipped"])
+    names = [r.name for r in rt.catalog.binlogs("gap-db")]
+    assert len(names) == len(set(names)) == len(first["shipped"]) + 1
+    stored = sorted(p.name for p in (Path(rt.config.tiers["local"].path) / "_binlogs" / "gap-db").iterdir())
+    assert len(stored) == 2 * len(names)  # each log once, with its signed record
+    with mb(port, source) as cur:
+        cur.execute("SHOW MASTER STATUS")
+        lost = cur.fetchone()[0]
+        cur.execute("INSERT INTO items VALUES (50, 'lost with the purged log', 0)")
+        cur.execute("FLUSH BINARY LOGS")
+        cur.execute("INSERT INTO items VALUES (51, 'also lost', 0)")
+        cur.execute("FLUSH BINARY LOGS")
+        cur.execute("SHOW MASTER STATUS")
+        active = cur.fetchone()[0]
+        # What expire_logs_days does to logs shipping never reached (the server may keep the newest one a while longer).
+        cur.execute(f"PURGE BINARY LOGS TO '{active}'")
+        time.sleep(1.1)
+        cur.execute("INSERT INTO items VALUES (52, 'after the gap', 0)")
+        after_gap = server_now(cur)
+
+    shipped = ship(rt, "gap-db")
+    [gap] = shipped["gaps"]
+    assert gap["after"] == names[-1] and gap["missing"][0] == lost
+    [alert] = rt.catalog.events(kind=events.BINLOG_GAP)
+    assert all(name in alert.message for name in gap["missing"]) and alert.target == "gap-db"
+    ship(rt, "gap-db")
+    assert len(rt.catalog.events(kind=events.BINLOG_GAP)) == 1  # alerted once, not at every run
+
+    shown = run_cli("pitr", "gap-db", "--json", config=rt.config.file, check=1)
+    window = json.loads(shown.stdout)
+    assert window["broken"] and window["gaps"][0]["missing"] == gap["missing"]
+    refused = json.loads(run_cli("restore", "--target", "gap-db", "--to-time", after_gap, "--to-database", unique("x"), "--json",
+                                 config=rt.config.file, check=2).stdout)
+    assert "gap" in refused["error"]["message"] and gap["missing"][0] in refused["error"]["message"]
+    ok = json.loads(run_cli("restore", "--target", "gap-db", "--to-time", before_gap, "--to-database", unique("bt_before"), "--json",
+                            config=rt.config.file, check=0).stdout)
+    assert rows(port, ok["database"]) == at_before_gap
+
+    # the server's log numbering starts again: the same names with other content are refused and alerted
+    with mb(port) as cur:
+        cur.execute("RESET MASTER")
+        cur.execute(f"INSERT INTO `{source}`.items VALUES (60, 'after reset', 0)")
+    with pytest.raises(PermanentError, match="differ from the stored ones"):
+        ship(rt, "gap-db")
+    conflict = rt.catalog.events(kind=events.BINLOG_CONFLICT)
+    assert conflict and "was not stored" in conflict[0].message
+    assert [r.name for r in rt.catalog.binlogs("gap-db")][:len(names)] == names
+    with mb(port) as cur:
+        cur.execute(f"DROP DATABASE `{source}`")
+        cur.execute(f"DROP DATABASE `{ok['database']}`")
+
+
+def test_watchdog_alerts_when_shipping_lags_and_metrics_expose_the_lag(binlog_mariadb, make_config, runtime_for):
+    port = binlog_mariadb
+    source = unique("lag")
+    make_items(port, source, n=1)
+    rt = runtime_for(make_config(pitr_target("lag-db", port, source, extra="pitr_rpo_minutes = 2\n")))
+    key = f"{events.BINLOG_LAG}:lag-db"
+    assert key in run_watchdog(rt)["opened"]  # never shipped
+    text = metrics.exposition(rt).decode()
+    assert 'backup_binlog_shipped{target="lag-db"} 0.0' in text and "backup_binlog_lag_seconds{" not in text
+
+    ship(rt, "lag-db")
+    newest = max(r.last_event_at for r in rt.catalog.binlogs("lag-db"))
+    assert key in run_watchdog(rt, now=newest + timedelta(seconds=30))["resolved"]
+    lag = [ln for ln in metrics.exposition(rt).decode().splitlines() if ln.startswith('backup_binlog_lag_seconds{target="lag-db"}')]
+    assert len(lag) == 1 and float(lag[0].split()[-1]) >= 0
+    later = run_watchdog(rt, now=newest + timedelta(minutes=3))
+    assert key in later["opened"]
+    [alert] = [e for e in rt.catalog.events(kind=events.BINLOG_LAG) if "for 3 min" in e.message]
+    assert "pitr_rpo_minutes of 2" in alert.message
+    with mb(port) as cur:
+        cur.execute(f"DROP DATABASE `{source}`")
+
+
+def test_a_statement_based_binlog_format_is_warned_about_with_the_reason(binlog_mariadb, tmp_path, session_keys):
+    port = binlog_mariadb
+    cfg = write_config(tmp_path / "targets.toml", session_keys, targets=pitr_target("fmt-db", port, "mysql"))
+    with mb(port) as cur:
+        cur.execute("SET GLOBAL binlog_format = 'MIXED'")
+    try:
+        shown = json.loads(run_cli("targets", "--json", config=cfg, check=0).stdout)
+    finally:
+        with mb(port) as cur:
+            cur.execute("SET GLOBAL binlog_format = 'ROW'")
+    state = shown["targets"]["fmt-db"]["binlog_server"]
+    assert state["checked"] and state["binlog_format"] == "MIXED"
+    assert "not ROW" in state["warnings"][0] and "non-deterministic" in state["warnings"][0]
+
+
+def test_beat_ships_every_binlog_target_every_minute_on_its_host_queue(tmp_path, session_keys):
+    cfg = write_config(tmp_path / "targets.toml", session_keys,
+                       targets=pitr_target("a-db", 3306, "a") + "\n" + pitr_target("b-db", 3306, "b").replace("binlog = true", ""))
+    jobs = beat_schedule.build(config.load(cfg))
+    entry = jobs["binlog:a-db"]
+    assert entry["task"] == "backup.binlog_ship" and entry["args"] == ("a-db",) and entry["options"] == {"queue": "host.db02"}
+    assert str(entry["schedule"]).startswith("<crontab: * * * * *")
+    assert "binlog:b-db" not in jobs
