@@ -20,7 +20,7 @@ import pytest
 
 import beat_schedule
 from backup_tasks import client, config, metrics
-from backup_tasks.errors import PermanentError
+from backup_tasks.errors import PermanentError, TierUnavailable
 from backup_tasks.ops.binlog_ship import ship
 from backup_tasks.ops.watchdog import run_watchdog
 from backup_tasks.records import events
@@ -271,3 +271,49 @@ def test_beat_ships_every_binlog_target_every_minute_on_its_host_queue(tmp_path,
     assert entry["task"] == "backup.binlog_ship" and entry["args"] == ("a-db",) and entry["options"] == {"queue": "host.db02"}
     assert str(entry["schedule"]).startswith("<crontab: * * * * *")
     assert "binlog:b-db" not in jobs
+
+
+def test_a_worker_on_the_host_queue_ships_what_beat_publishes(binlog_mariadb, make_config, runtime_for, redis_url, start_worker):
+    port = binlog_mariadb
+    source = unique("beat")
+    make_items(port, source, n=1)
+    cfg = make_config(pitr_target("beat-db", port, source))
+    start_worker(cfg, redis_url, ["host.db02"], name="w1@db02")
+    rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
+    entry = beat_schedule.build(rt.config)["binlog:beat-db"]
+    from backup_tasks.orchestration.celery_app import app
+
+    result = app.send_task(entry["task"], args=entry["args"], kwargs=entry["kwargs"], **entry["options"]).get(timeout=60)
+    assert result["target"] == "beat-db" and result["shipped"]
+    assert [r.name for r in rt.catalog.binlogs("beat-db")] == result["shipped"]
+    with mb(port) as cur:
+        cur.execute(f"DROP DATABASE `{source}`")
+
+
+def test_shipping_that_fails_half_way_through_its_uploads_ships_each_log_once_next_time(binlog_mariadb, tmp_path, make_config,
+                                                                                      runtime_for):
+    from test_storage_external import mount_tmpfs, umount
+
+    port = binlog_mariadb
+    source = unique("half")
+    make_items(port, source, n=1)
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    tiers = (f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "store"}"\n'
+             f'[tiers.usb]\nkind = "external"\npath = "{usb}"\n')
+    rt = runtime_for(make_config(pitr_target("half-db", port, source, extra='storage = ["local", "usb"]\n'), tiers=tiers))
+    with pytest.raises(TierUnavailable):
+        ship(rt, "half-db")  # the local tier took the first log, the unmounted disk refused it
+    assert rt.catalog.binlogs("half-db") == [] and list((tmp_path / "store" / "_binlogs" / "half-db").iterdir())
+    mount_tmpfs(usb, size="16m")
+    try:
+        done = ship(rt, "half-db")
+        names = [r.name for r in rt.catalog.binlogs("half-db")]
+        assert names == done["shipped"] and len(names) == len(set(names)) >= 2
+        for root in (tmp_path / "store", usb):
+            stored = sorted(p.name for p in (root / "_binlogs" / "half-db").iterdir())
+            assert len(stored) == 2 * len(names) and all(any(s.startswith(n + ".") for s in stored) for n in names)
+    finally:
+        umount(usb)
+    with mb(port) as cur:
+        cur.execute(f"DROP DATABASE `{source}`")
