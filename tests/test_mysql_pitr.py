@@ -317,3 +317,37 @@ def test_shipping_that_fails_half_way_through_its_uploads_ships_each_log_once_ne
         umount(usb)
     with mb(port) as cur:
         cur.execute(f"DROP DATABASE `{source}`")
+
+
+def test_cleanup_removes_the_binlogs_no_kept_dump_can_replay_and_nothing_inside_the_window(binlog_mariadb, make_config,
+                                                                                         runtime_for):
+    from backup_tasks.ops.cleanup import run_cleanup
+
+    port = binlog_mariadb
+    source = unique("keep")
+    make_items(port, source, n=2)
+    rt = runtime_for(make_config(pitr_target("keep-db", port, source, extra="retention = { keep_last = 1 }\n")))
+    old = client.enqueue_backup("keep-db", rt=rt).wait(timeout=120)
+    ship(rt, "keep-db")
+    with mb(port, source) as cur:
+        cur.execute("INSERT INTO items VALUES (3, 'between the dumps', 30)")
+    ship(rt, "keep-db")
+    new = client.enqueue_backup("keep-db", rt=rt).wait(timeout=120)
+    ship(rt, "keep-db")
+    start = rt.catalog.get(new["id"]).manifest["source"]["binlog"]["file"]
+    before = [r.name for r in rt.catalog.binlogs("keep-db")]
+    older = [n for n in before if n < start]
+    assert older and start in before
+
+    dry = run_cleanup(rt, "keep-db", dry_run=True)
+    assert [b["binlog"] for b in dry["binlogs_removed"]] == older and [r.name for r in rt.catalog.binlogs("keep-db")] == before
+    done = run_cleanup(rt, "keep-db")
+    assert done["deleted_backups"] == [old["id"]] and [b["binlog"] for b in done["binlogs_removed"]] == older
+    assert [r.name for r in rt.catalog.binlogs("keep-db")] == [n for n in before if n >= start]
+    stored = {p.name.split(".")[0] + "." + p.name.split(".")[1]
+              for p in (Path(rt.config.tiers["local"].path) / "_binlogs" / "keep-db").iterdir()}
+    assert stored == {n for n in before if n >= start}
+    window = json.loads(run_cli("pitr", "keep-db", "--json", config=rt.config.file, check=0).stdout)
+    assert window["ok"] and window["gaps"] == []
+    with mb(port) as cur:
+        cur.execute(f"DROP DATABASE `{source}`")

@@ -56,6 +56,8 @@ def _human(c, d: dict) -> None:
             f"{', '.join(d['deleted_backups'] or d['would_delete_backups']) or 'none'}")
     for item in d["debris"]:
         c.print(f"  debris {verb}: {item.get('key') or item.get('path')} ({item['reason']})", markup=False)
+    for item in d.get("binlogs_removed", []):
+        c.print(f"  binary log {verb}: {item['target']} {item['binlog']} ({item['reason']})", markup=False)
     for item in d["refused"]:
         c.print(f"  [yellow]refused[/] {item['backup_id']} on {item['tier']}: {item['reason']}")
     for item in d["errors"]:

@@ -11,10 +11,12 @@ from backup_tasks.records.catalog import Status
 from backup_tasks.timefmt import parse
 
 
-def bases(rt: Runtime, target: str) -> list[binlog_window.Base]:
-    """Verified dumps of ``target`` that recorded where the binary log stood at their snapshot."""
+def bases(rt: Runtime, target: str, statuses: tuple[str, ...] = (Status.VERIFIED,)) -> list[binlog_window.Base]:
+    """Dumps of ``target`` (verified ones, unless told) that recorded where the binary log stood at their snapshot."""
     out = []
-    for row in rt.catalog.list(target=target, status=Status.VERIFIED):
+    for row in rt.catalog.list(target=target):
+        if row.status not in statuses:
+            continue
         coords = ((row.manifest or {}).get("source") or {}).get("binlog") or {}
         if coords.get("file") and coords.get("position") is not None and coords.get("at"):
             out.append(binlog_window.Base(row.id, parse(coords["at"]), coords["file"], int(coords["position"])))

@@ -226,6 +226,7 @@ def cleanup(self, target: str | None = None, dry_run: bool = False, actor: str =
     return {"target": target, "dry_run": dry_run, "now": report["now"], "kept": report["keep"],
             "removed": [{"backup_id": r["backup_id"], "tier": r["tier"]} for r in report["removed"]],
             "deleted_backups": report["deleted_backups"], "debris": len(report["debris"]),
+            "binlogs_removed": len(report.get("binlogs_removed", [])),
             "refused": len(report["refused"]), "errors": [{k: e.get(k) for k in ("backup_id", "tier", "type", "message")}
                                                           for e in report["errors"]]}
 

@@ -199,6 +199,18 @@ def _why_not(w: Window, at: datetime) -> str:
     return f"{when} is not covered by any dump and the binary logs shipped after it"
 
 
+def prunable(shipped: list[Shipped], kept: list[Base]) -> list[str]:
+    """Shipped logs no kept dump can replay: numbered below the oldest kept dump's coordinates.
+
+    Without a kept dump that has coordinates nothing is prunable: there is no window to
+    measure against, and a log is worth more than the space it takes.
+    """
+    if not kept:
+        return []
+    cutoff = min(seq_of(b.file)[1] for b in kept)
+    return [s.name for s in sorted(shipped, key=lambda s: s.seq) if s.seq < cutoff]
+
+
 def lag_seconds(newest: datetime | None, now: datetime) -> float | None:
     """How far the restorable end trails now; None before anything was shipped."""
     return None if newest is None else max(0.0, (now - newest).total_seconds())

@@ -53,6 +53,13 @@ class Binlogs:
         with self._session() as s:
             return s.scalars(select(BinlogRow).where(BinlogRow.target == target, BinlogRow.name == name)).first()
 
+    def delete_binlog(self, target: str, name: str) -> None:
+        """Forget a shipped binlog (retention removed its objects first)."""
+        with self._session.begin() as s:
+            row = s.scalars(select(BinlogRow).where(BinlogRow.target == target, BinlogRow.name == name)).first()
+            if row is not None:
+                s.delete(row)
+
     def record_binlog(self, **fields) -> BinlogRow:
         """Add a shipped binlog; a row already there for the same (target, name) is returned unchanged."""
         try:
