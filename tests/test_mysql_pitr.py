@@ -351,3 +351,43 @@ def test_cleanup_removes_the_binlogs_no_kept_dump_can_replay_and_nothing_inside_
     assert window["ok"] and window["gaps"] == []
     with mb(port) as cur:
         cur.execute(f"DROP DATABASE `{source}`")
+
+
+def test_a_drill_of_a_binlog_target_restores_to_a_moment_under_writes_and_compares_exact_counts(binlog_mariadb, make_config,
+                                                                                              runtime_for):
+    import threading
+
+    port = binlog_mariadb
+    source = unique("pitrsrc")
+    make_items(port, source, n=3)
+    drill = f'drill = {{ server = "mysql://root@127.0.0.1:{port}/", checks = ["SELECT COUNT(*) >= 3 FROM items"] }}\n'
+    rt = runtime_for(make_config(pitr_target("drill-db", port, source, extra=drill)))
+    assert client.enqueue_backup("drill-db", rt=rt).wait(timeout=120)["status"] == Status.VERIFIED
+    stop, written = threading.Event(), []
+
+    def writer():  # the live database keeps changing while the drill takes its moment
+        with mb(port, source) as cur:
+            n = 1000
+            while not stop.is_set():
+                cur.execute("INSERT INTO items VALUES (%s, 'live', 1)", (n,))
+                cur.execute("UPDATE items SET qty = qty + 1 WHERE id = 1")
+                written.append(n)
+                n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while len(written) < 20:
+            time.sleep(0.01)
+        done = json.loads(run_cli("drill", "drill-db", "--json", config=rt.config.file, check=0).stdout)
+    finally:
+        stop.set()
+        thread.join()
+    assert done["result"] == "passed" and done["temp_database_dropped"]
+    assert done["tables"]["missing"] == [] and done["tables"]["count_mismatches"] == {}
+    assert 3 + 20 <= done["tables"]["rows_restored"] == done["tables"]["rows_manifest"] < 3 + len(written)
+    assert done["moment"]["file"] in done["binlogs"] and done["transactions"] >= 20 and done["checks"][0]["passed"]
+    with mb(port) as cur:
+        cur.execute("SHOW DATABASES LIKE 'drill\\_%'")
+        assert cur.fetchall() == ()
+        cur.execute(f"DROP DATABASE `{source}`")

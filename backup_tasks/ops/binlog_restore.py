@@ -72,7 +72,7 @@ def restore_to_time(rt: Runtime, target_name: str, when: str, database: str, *, 
     workdir = Path(tempfile.mkdtemp(prefix=f"pitr-{target.name}-", dir=rt.staging_root()))
     try:
         # Every log is read back and proven before the database is touched: a damaged one refuses the restore.
-        files = [_fetch(rt, rows[name], workdir) for name in plan.files]
+        files = [fetch(rt, rows[name], workdir) for name in plan.files]
         loaded = restore.restore_to_database(rt, plan.base.backup_id, database, server=server, server_password=server_password,
                                              force=force)
         replayed = binlog_replay.replay(files, start_position=plan.start_position, stop_datetime=plan.stop_datetime,
@@ -83,7 +83,7 @@ def restore_to_time(rt: Runtime, target_name: str, when: str, database: str, *, 
             "restored_to": f"{srv.address}/{database}"}
 
 
-def _fetch(rt: Runtime, row, workdir: Path) -> Path:
+def fetch(rt: Runtime, row, workdir: Path) -> Path:
     """One shipped log as plaintext in ``workdir``, its signed record and both hashes checked; tiers tried in order."""
     notes = []
     for tier in row.detail.get("tiers", []):

@@ -208,7 +208,7 @@ def drill(self, target: str, actor: str = "beat") -> dict:
     an exception. Redelivery after a worker died starts a new drill, whose sweep drops
     the dead one's temporary database.
     """
-    from backup_tasks.ops.drill import run_drill
+    from backup_tasks.ops.binlog_drill import run_drill
 
     return run_drill(_runtime(self), target, actor=actor)
 

@@ -92,8 +92,10 @@ class Plan:
     base: Base
     files: tuple[str, ...]
     start_position: int
-    stop_datetime: str
+    stop_datetime: str | None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: a drill stops at the exact position of its snapshot instead of a time
+    stop_position: int | None = None
 
 
 def seq_of(name: str) -> tuple[str, int]:
@@ -177,6 +179,21 @@ def plan(bases: list[Base], shipped: list[Shipped], at: datetime) -> Plan:
         stamp = stop.strftime("%Y-%m-%d %H:%M:%S")
         return Plan(base, tuple(s.name for s in needed), base.position, stamp)
     raise InputError(_why_not(w, at), "choose a time inside the window that backupctl pitr TARGET shows")
+
+
+def plan_to_position(bases: list[Base], shipped: list[Shipped], file: str, position: int) -> Plan:
+    """The newest base at or before ``file:position`` and the shipped logs from it through ``file``; InputError if unshipped."""
+    seq = seq_of(file)[1]
+    by_seq = {s.seq: s for s in shipped}
+    for base in sorted(bases, key=lambda b: (seq_of(b.file)[1], b.position), reverse=True):
+        start = seq_of(base.file)[1]
+        if (start, base.position) > (seq, position):
+            continue
+        run = [s for s in _run_from(start, by_seq) if s.seq <= seq]
+        if run and run[-1].seq == seq:
+            return Plan(base, tuple(s.name for s in run), base.position, None, stop_position=position)
+    raise InputError(f"{file}:{position} cannot be reached from a verified dump through shipped binary logs",
+                     "ship the binary logs (backupctl pitr TARGET --ship) and check for gaps")
 
 
 def _why_not(w: Window, at: datetime) -> str:

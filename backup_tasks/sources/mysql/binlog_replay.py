@@ -109,16 +109,19 @@ def tracker_done(proc: subprocess.Popen, wait: float = 5.0) -> bool:
         return False
 
 
-def replay(files: list[Path], *, start_position: int, stop_datetime: str, source_database: str, dest: Server,
-           bin_dir: str | None = None, deadline: float | None = None) -> dict:
+def replay(files: list[Path], *, start_position: int, stop_datetime: str | None, source_database: str, dest: Server,
+           bin_dir: str | None = None, deadline: float | None = None, stop_position: int | None = None) -> dict:
     """Apply ``files`` (binlogs in order) to ``dest.database`` from ``start_position`` up to ``stop_datetime`` (UTC).
+
+    With ``stop_position`` instead, replay ends at that position of the last file (a drill
+    stops exactly where its snapshot was taken).
 
     Returns the last transaction applied (file, end position, time, GTID) and how many.
     """
     names = [f.name.split("raw-", 1)[-1] for f in files]
     tracker = _Tracker(names)
-    decode = [binlog_tool(bin_dir), "--no-defaults", f"--start-position={start_position}", f"--stop-datetime={stop_datetime}",
-              f"--database={source_database}"]
+    stop = f"--stop-position={stop_position}" if stop_position is not None else f"--stop-datetime={stop_datetime}"
+    decode = [binlog_tool(bin_dir), "--no-defaults", f"--start-position={start_position}", stop, f"--database={source_database}"]
     if dest.database != source_database:
         decode.append(f"--rewrite-db={source_database}->{dest.database}")
     decode += [str(f) for f in files]

@@ -110,3 +110,33 @@ def fetch(server: Server, name: str, dest_dir: Path, *, target: str, bin_dir: st
                           f"the user needs REPLICATION SLAVE: GRANT REPLICATION SLAVE ON *.* TO '{server.user}'@...")
     out.chmod(0o600)
     return out
+
+
+def snapshot_counts(server: Server, target: str) -> dict:
+    """Row counts of every table in one consistent snapshot, with the binlog position of that same snapshot.
+
+    MariaDB reports ``binlog_snapshot_file``/``binlog_snapshot_position`` inside a
+    ``START TRANSACTION WITH CONSISTENT SNAPSHOT``: the log position at exactly the
+    instant the counts see, so a replay stopped there must give the same counts, under
+    any write load.
+    """
+    from backup_tasks.sources.mysql.client import base_tables, count_rows
+
+    conn = connect(server, what=f"drill snapshot of target '{target}'")
+    try:
+        cur = conn.cursor()
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        status = {str(k).lower(): v for k, v in cur.fetchall()}
+        cur.execute("SELECT UTC_TIMESTAMP(6)")
+        at = cur.fetchone()[0]
+        counts = count_rows(cur, base_tables(cur, server.database))
+        conn.commit()
+    finally:
+        conn.close()
+    if not status.get("binlog_snapshot_file"):
+        raise SourceError(f"the server {server.address} of target '{target}' does not report binlog_snapshot_file",
+                          "use MariaDB 10.0 or later with log_bin on")
+    return {"file": str(status["binlog_snapshot_file"]), "position": int(status["binlog_snapshot_position"]),
+            "at": at, "tables": counts}
