@@ -13,7 +13,9 @@ defaults.SCHEDULE_BY_KIND: databases daily 02:00, files Sunday 03:00, config Sat
 (defaults.GLOBAL_JOBS): cleanup daily 03:00, verification of backups left ``uploaded``
 daily 04:00 (on ``verify``), the rolling re-verification daily 04:30, restore drills on
 Sunday 03:30 (one ``backup.drill`` per target with a ``drill`` table, on ``drill``) and the
-RPO watchdog every 15 minutes. Cron expressions are read in ``[settings] timezone``.
+RPO watchdog every 15 minutes. Each ``binlog = true`` target also gets ``binlog:<name>``:
+``backup.binlog_ship`` every minute on its host queue. Cron expressions are read in
+``[settings] timezone``.
 """
 
 from __future__ import annotations

@@ -206,9 +206,10 @@ def _why_not(w: Window, at: datetime) -> str:
         if g.start <= at <= g.end:
             return (f"{when} falls in a gap of the shipped binary logs: {', '.join(g.missing)} "
                     f"(between {iso_utc(g.start)} and {iso_utc(g.end)}) were never shipped")
-    past = [g for g in w.gaps if g.end < at and w.latest < at]
+    # past a gap: the gap is where the window stops, or TIME is between a gap and the first dump after it
+    past = [g for g in w.gaps if (g.start >= w.latest if at > w.latest else g.end < at)]
     if past:
-        g = past[-1]
+        g = past[0] if at > w.latest else past[-1]
         return (f"{when} lies past a gap of the shipped binary logs ({', '.join(g.missing)} were never shipped) "
                 f"and no dump was taken after the gap and before it; the latest restorable time is {iso_utc(w.latest)}")
     if at > w.latest:

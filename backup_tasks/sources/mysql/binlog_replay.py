@@ -100,7 +100,7 @@ class _Scanned:
         return chunk
 
 
-def tracker_done(proc: subprocess.Popen, wait: float = 5.0) -> bool:
+def _ends_soon(proc: subprocess.Popen, wait: float = 5.0) -> bool:
     """Whether the decoder ends on its own once its output is closed (it normally already has)."""
     try:
         proc.wait(timeout=wait)
@@ -138,17 +138,18 @@ def replay(files: list[Path], *, start_position: int, stop_datetime: str | None,
         raise
     finally:
         decoder.stdout.close()
-        if decoder.poll() is None and not tracker_done(decoder):
+        if decoder.poll() is None and not _ends_soon(decoder):
             decoder.kill()  # the client stopped reading: the decoder would block on a full pipe forever
         rc = decoder.wait()
         errfile.seek(0)
         decode_err = errfile.read().decode("utf-8", "replace")
         errfile.close()
     tracker.finish()
-    if rc != 0:
-        raise SourceError(f"{what} failed: {Path(decode[0]).name}: {pipes.last_lines(decode_err)}",
-                          "check that the stored binary logs are complete (backupctl pitr TARGET)")
+    # The client first: when it stops on a statement, the decoder dies of the closed pipe, which says nothing.
     if outcome.returncode != 0 or not outcome.fed_all:
         raise SourceError(f"{what} failed: {pipes.last_lines(outcome.stderr, secret=dest.password) or 'the client stopped reading'}",
                           "the restored database holds the dump and part of the log; see the message, then restore again with --force")
+    if rc != 0:
+        raise SourceError(f"{what} failed: {Path(decode[0]).name}: {pipes.last_lines(decode_err)}",
+                          "check that the stored binary logs are complete (backupctl pitr TARGET)")
     return {"last_event": tracker.last, "transactions": tracker.transactions, "files": names}

@@ -12,6 +12,10 @@ finished.
 
 The dump names no database (``mysqldump DB``, not ``--databases``), so it restores
 into any database name. The password goes in a 0600 ``--defaults-extra-file``.
+
+With ``binlog = true`` the tool also writes its snapshot's binlog coordinates into the
+dump (``--master-data=2 --gtid``, as comments); they are read from the stream
+(coordinates.py) and recorded in the manifest as where point-in-time replay starts.
 """
 
 from __future__ import annotations
