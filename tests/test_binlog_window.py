@@ -55,3 +55,12 @@ def test_rounding_and_retention_of_logs_before_the_oldest_kept_dump():
     assert stop_second(T0) == T0 and stop_second(T0 + timedelta(microseconds=1)) == T0 + timedelta(seconds=1)
     assert prunable(SHIPPED, [AFTER_GAP]) == ["mysql-bin.000001", "mysql-bin.000002", "mysql-bin.000003", "mysql-bin.000006"]
     assert prunable(SHIPPED, [NIGHTLY, AFTER_GAP]) == [] and prunable(SHIPPED, []) == []
+
+
+def test_a_restore_time_needs_a_zone():
+    from backup_tasks.ops.binlog_restore import parse_time
+
+    assert parse_time("2026-12-05T08:00:00+01:00") == T0 + timedelta(hours=5)
+    for text in ("2026-12-05 07:00", "yesterday"):
+        with pytest.raises(InputError):
+            parse_time(text)
