@@ -10,6 +10,10 @@ between the batches must give exactly the rows as they were then.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -20,7 +24,7 @@ import pytest
 
 import beat_schedule
 from backup_tasks import client, config, metrics
-from backup_tasks.errors import PermanentError, TierUnavailable
+from backup_tasks.errors import PermanentError
 from backup_tasks.ops.binlog_ship import ship
 from backup_tasks.ops.watchdog import run_watchdog
 from backup_tasks.records import events
@@ -284,31 +288,41 @@ def test_a_worker_on_the_host_queue_ships_what_beat_publishes(binlog_mariadb, ma
         cur.execute(f"DROP DATABASE `{source}`")
 
 
-def test_shipping_that_fails_half_way_through_its_uploads_ships_each_log_once_next_time(binlog_mariadb, tmp_path, make_config,
-                                                                                      runtime_for):
-    from test_storage_external import mount_tmpfs, umount
-
+def test_a_shipping_run_killed_mid_upload_is_shipped_by_the_next_run_once(binlog_mariadb, tmp_path, make_config, runtime_for):
     port = binlog_mariadb
-    source = unique("half")
+    source = unique("crash")
+    with mb(port) as cur:  # earlier tests' logs are theirs: this catalog starts from the server's newest
+        cur.execute("FLUSH BINARY LOGS")
+        cur.execute("SHOW MASTER STATUS")
+        cur.execute(f"PURGE BINARY LOGS TO '{cur.fetchone()[0]}'")
     make_items(port, source, n=1)
-    usb = tmp_path / "usb"
-    usb.mkdir()
-    tiers = (f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "store"}"\n'
-             f'[tiers.usb]\nkind = "external"\npath = "{usb}"\n')
-    rt = runtime_for(make_config(pitr_target("half-db", port, source, extra='storage = ["local", "usb"]\n'), tiers=tiers))
-    with pytest.raises(TierUnavailable):
-        ship(rt, "half-db")  # the local tier took the first log, the unmounted disk refused it
-    assert rt.catalog.binlogs("half-db") == [] and list((tmp_path / "store" / "_binlogs" / "half-db").iterdir())
-    mount_tmpfs(usb, size="16m")
+    store = tmp_path / "store"
+    tiers = f'[tiers.local]\nkind = "local"\npath = "{store}"\nbandwidth_limit = "256KiB"\n'
+    rt = runtime_for(make_config(pitr_target("crash-db", port, source), tiers=tiers))
+    ship(rt, "crash-db")
+    with mb(port, source) as cur:  # ~1.5 MB that neither compresses nor uploads fast: several seconds at the limit
+        cur.execute("CREATE TABLE blobs (b BLOB)")
+        cur.execute("INSERT INTO blobs SELECT RANDOM_BYTES(1024) FROM seq_1_to_1500")
+    shipping = subprocess.Popen([sys.executable, "-m", "backup_tasks.cli", "pitr", "crash-db", "--ship", "--config",
+                                 str(rt.config.file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    objects = store / "_binlogs" / "crash-db"
     try:
-        done = ship(rt, "half-db")
-        names = [r.name for r in rt.catalog.binlogs("half-db")]
-        assert names == done["shipped"] and len(names) == len(set(names)) >= 2
-        for root in (tmp_path / "store", usb):
-            stored = sorted(p.name for p in (root / "_binlogs" / "half-db").iterdir())
-            assert len(stored) == 2 * len(names) and all(any(s.startswith(n + ".") for s in stored) for n in names)
+        deadline = time.monotonic() + 60
+        while not [p for p in objects.glob(".*.tmp") if p.stat().st_size > 256 << 10]:
+            assert shipping.poll() is None and time.monotonic() < deadline, "the upload was never seen under way"
+            time.sleep(0.05)
     finally:
-        umount(usb)
+        os.killpg(shipping.pid, signal.SIGKILL)
+        shipping.wait()
+    shipped_before = [r.name for r in rt.catalog.binlogs("crash-db")]
+
+    again = ship(rt, "crash-db")
+    names = [r.name for r in rt.catalog.binlogs("crash-db")]
+    assert again["shipped"] and names == shipped_before + again["shipped"] and len(set(names)) == len(names)
+    big = max(rt.catalog.binlogs("crash-db"), key=lambda r: r.size)
+    assert big.size > 1 << 20 and big.name in again["shipped"]
+    stored = sorted(p.name for p in objects.iterdir() if not p.name.startswith("."))
+    assert len(stored) == 2 * len(names)  # each log once, with its signed record; the killed run's temp file is not an object
     with mb(port) as cur:
         cur.execute(f"DROP DATABASE `{source}`")
 
