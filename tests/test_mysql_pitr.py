@@ -327,8 +327,9 @@ def test_a_shipping_run_killed_mid_upload_is_shipped_by_the_next_run_once(binlog
         cur.execute(f"DROP DATABASE `{source}`")
 
 
-def test_cleanup_removes_the_binlogs_no_kept_dump_can_replay_and_nothing_inside_the_window(binlog_mariadb, make_config,
-                                                                                         runtime_for):
+def test_cleanup_removes_the_binlogs_no_kept_dump_can_replay_and_a_lost_catalog_relearns_the_rest(binlog_mariadb, tmp_path,
+                                                                                                  session_keys, make_config,
+                                                                                                  runtime_for):
     from backup_tasks.ops.cleanup import run_cleanup
 
     port = binlog_mariadb
@@ -357,6 +358,14 @@ def test_cleanup_removes_the_binlogs_no_kept_dump_can_replay_and_nothing_inside_
     assert stored == {n for n in before if n >= start}
     window = json.loads(run_cli("pitr", "keep-db", "--json", config=rt.config.file, check=0).stdout)
     assert window["ok"] and window["gaps"] == []
+
+    # the catalog is lost: a new one, rebuilt from storage alone, knows the same logs and the same window
+    lost = write_config(tmp_path / "rebuilt.toml", session_keys, targets=pitr_target("keep-db", port, source), state=tmp_path / "new",
+                        tiers=f'[tiers.local]\nkind = "local"\npath = "{rt.config.tiers["local"].path}"\n')
+    rebuilt = json.loads(run_cli("catalog", "rebuild", "--json", config=lost, check=0).stdout)
+    assert rebuilt["binlogs"] == len(stored) and rebuilt["skipped"] == []
+    again = json.loads(run_cli("pitr", "keep-db", "--json", config=lost, check=0).stdout)
+    assert (again["earliest"], again["latest"], again["binlogs"]) == (window["earliest"], window["latest"], window["binlogs"])
     with mb(port) as cur:
         cur.execute(f"DROP DATABASE `{source}`")
 

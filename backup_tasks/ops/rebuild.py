@@ -2,6 +2,7 @@
 
 Only manifests whose signature checks are trusted; anything else is reported, not
 indexed. A backup stored on several tiers becomes one entry with several locations.
+Shipped binary logs come back from their signed records (binlog_rebuild.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from backup_tasks.records import manifest
 from backup_tasks.records.catalog import Location
 from backup_tasks.errors import BackupError, ObjectNotFound
 from backup_tasks.ops.backup import AFTER_UPLOAD
+from backup_tasks.ops.binlog_rebuild import rebuild_binlogs
 from backup_tasks.ops.runtime import Runtime
 
 
@@ -45,12 +47,14 @@ def rebuild_catalog(rt: Runtime) -> dict:
                 drilled[backup_id] = marker
     count = rt.catalog.replace_backups(list(found.values()), next_stage=AFTER_UPLOAD)
     drills = rt.catalog.restore_passed_drills(list(drilled.values()))
+    binlogs = rebuild_binlogs(rt)
     return {
         "tiers": list(rt.config.tiers),
         "backups": count,
         "verified": sum(1 for _, _, v in found.values() if v),
         "drills_restored": drills,
-        "skipped": skipped,
+        "binlogs": binlogs["binlogs"],
+        "skipped": skipped + binlogs["skipped"],
     }
 
 
