@@ -18,7 +18,7 @@ def log(n: int, start_min: int, end_min: int) -> Shipped:
 
 # logs 1..3 shipped, 4 and 5 purged before shipping, 6..7 shipped
 SHIPPED = [log(1, 0, 1), log(2, 1, 2), log(3, 2, 3), log(6, 5, 6), log(7, 6, 7)]
-NIGHTLY = Base("db-nightly", T0 + timedelta(seconds=30.5), "mysql-bin.000001", 400)
+NIGHTLY = Base("db-nightly", T0 + timedelta(seconds=30.5, microseconds=123), "mysql-bin.000001", 400)
 AFTER_GAP = Base("db-after-gap", T0 + timedelta(minutes=6, seconds=10), "mysql-bin.000007", 900)
 
 
@@ -37,6 +37,7 @@ def test_the_plan_takes_the_newest_dump_before_the_time_and_the_logs_that_reach_
     p = plan([NIGHTLY, AFTER_GAP], SHIPPED, T0 + timedelta(minutes=1, seconds=30, microseconds=250))
     assert p.base is NIGHTLY and p.files == ("mysql-bin.000001", "mysql-bin.000002") and p.start_position == 400
     assert p.stop_datetime == "2026-12-05 02:01:31"  # whole seconds: the rest of TIME's second is included
+    assert plan([NIGHTLY], SHIPPED, T0 + timedelta(seconds=30.5)).base is NIGHTLY  # the earliest time, as pitr prints it
     p = plan([NIGHTLY, AFTER_GAP], SHIPPED, T0 + timedelta(minutes=6, seconds=40))
     assert p.base is AFTER_GAP and p.files == ("mysql-bin.000007",)
 

@@ -152,6 +152,11 @@ def merge(intervals) -> list[tuple[datetime, datetime]]:
     return [(a, b) for a, b in out]
 
 
+def shown(at: datetime) -> datetime:
+    """A time as printed (milliseconds, truncated), so that a time copied from the output is taken as meant."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
 def stop_second(at: datetime) -> datetime:
     """TIME rounded up to a whole second (see the module docstring)."""
     whole = at.replace(microsecond=0)
@@ -165,7 +170,7 @@ def plan(bases: list[Base], shipped: list[Shipped], at: datetime) -> Plan:
     w = window(bases, shipped)
     by_seq = {s.seq: s for s in shipped}
     for base in sorted(bases, key=lambda b: b.at, reverse=True):
-        if base.at > at:
+        if shown(base.at) > at:  # the earliest time as shown (milliseconds) is accepted as the earliest
             continue
         run = _run_from(seq_of(base.file)[1], by_seq)
         needed = []
@@ -200,7 +205,7 @@ def _why_not(w: Window, at: datetime) -> str:
     when = iso_utc(at)
     if w.earliest is None:
         return f"{when} is not restorable: there is no dump with binlog coordinates yet"
-    if at < w.earliest:
+    if at < shown(w.earliest):
         return f"{when} is before the earliest restorable time {iso_utc(w.earliest)}"
     for g in w.gaps:
         if g.start <= at <= g.end:

@@ -6,7 +6,8 @@ secret is ever written here; manifests hold key ids and credential references on
 
 One ``Catalog`` object serves every table, so callers hold one handle and one connection
 pool; its methods live beside their tables: ``runs`` (backups, locations, verifications),
-``history`` (events, audit), ``drills`` and ``alerts`` (rate limits, open conditions).
+``history`` (events, audit), ``drills``, ``alerts`` (rate limits, open conditions) and
+``binlogs`` (shipped MySQL/MariaDB binary logs).
 """
 
 from __future__ import annotations
