@@ -242,6 +242,12 @@ def test_watchdog_alerts_when_shipping_lags_and_metrics_expose_the_lag(binlog_ma
     assert key in later["opened"]
     [alert] = [e for e in rt.catalog.events(kind=events.BINLOG_LAG) if "for 3 min" in e.message]
     assert "pitr_rpo_minutes of 2" in alert.message
+    from backup_tasks.alerting.messages import from_event
+
+    worded = from_event(kind=alert.kind, severity=alert.severity, message=alert.message, target=alert.target, host=alert.host,
+                        backup_id=None, detail=alert.detail)
+    assert worded.title == "binlog shipping of 'lag-db' lags behind its pitr_rpo_minutes"
+    assert "backupctl pitr lag-db --ship" in worded.next_step
     with mb(port) as cur:
         cur.execute(f"DROP DATABASE `{source}`")
 
