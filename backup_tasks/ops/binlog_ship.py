@@ -59,8 +59,10 @@ def binlog_target(rt: Runtime, name: str):
 
 def work_dir(rt: Runtime, target: str) -> Path:
     """Private scratch space of one target's shipping; its name starts with '.', so the staging sweep leaves it alone."""
-    path = rt.staging_root() / ".binlogs" / target
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    parent = rt.staging_root() / ".binlogs"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    path = parent / target
+    path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
@@ -81,6 +83,9 @@ def _exclusive(path: Path):
 def ship(rt: Runtime, target_name: str) -> dict:
     """Rotate and ship; returns what was shipped, skipped, refused, and the gaps found (names, never data)."""
     target = binlog_target(rt, target_name)
+    if rt.settings.host and rt.settings.host != target.host:
+        raise InputError(f"binary logs of target '{target.name}' are shipped on its host {target.host}, not on {rt.settings.host}",
+                         f"run it there (backupctl pitr {target.name} --ship on {target.host}), or let beat's binlog:{target.name} do it")
     workdir = work_dir(rt, target.name)
     with _exclusive(workdir / "lock") as mine:
         if not mine:
