@@ -79,6 +79,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
     bin_dir = target.options.get("bin_dir")
     server = dsn.for_target(target)
     what = f"dump of target '{target.name}'"
+    pitr = bool(getattr(target, "binlog", False))  # point-in-time recovery from this dump and the shipped binlogs
     tool_path = dump_tool(bin_dir)
     tool_text = subprocess.run([tool_path, "--version"], capture_output=True, text=True, env=dsn.child_env(server)).stdout.strip()
     conn = connect(server, what=what, ref=target.password)
@@ -87,7 +88,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
         cur.execute("SELECT VERSION(), @@log_bin, @@character_set_database, @@collation_database")
         version, log_bin, charset, collation = cur.fetchone()
         pitr_warnings: list[str] = []
-        if getattr(target, "binlog", False):
+        if pitr:
             found = binlog_server.settings_of(cur)
             binlog_server.require_log_bin(found, server, target.name)
             pitr_warnings = found.warnings()
@@ -116,7 +117,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
             with dsn.mysql_defaults_file(server) as cnf:
                 argv = [tool_path, f"--defaults-extra-file={cnf}", "--single-transaction", "--routines", "--triggers",
                         "--events", "--hex-blob", "--no-tablespaces", "--default-character-set=utf8mb4", "--quick",
-                        *(PITR_ARGS if getattr(target, "binlog", False) else ()), server.database]
+                        *(PITR_ARGS if pitr else ()), server.database]
 
                 def on_chunk(chunk: bytes) -> None:
                     watch(chunk)
@@ -130,7 +131,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
             raise classify(outcome.stderr, server, what=what, ref=target.password)
         counts = count_rows(cur, tables)
         conn.commit()
-        if getattr(target, "binlog", False):
+        if pitr:
             position = _replay_start(position, coordinates.result(), target.name)
     finally:
         conn.close()
@@ -141,7 +142,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
         "character_set": charset,
         "collation": collation,
         "format": f"SQL ({Path(tool_path).name} --single-transaction --routines --triggers --events --hex-blob"
-                  f"{' ' + ' '.join(PITR_ARGS) if getattr(target, 'binlog', False) else ''})",
+                  f"{' ' + ' '.join(PITR_ARGS) if pitr else ''})",
         "tables": counts,
         "views": views,
         "binlog": position,
