@@ -18,6 +18,7 @@ answers the questions an alert rule asks (``backupctl metrics serve --port 9814`
     backup_storage_bytes{target,tier}                 bytes stored per tier
     backup_binlog_lag_seconds{target}                 binlog targets: now minus the newest shipped binary log's last event
     backup_binlog_shipped{target}                     binlog targets: binary log files shipped
+    backup_binlog_rpo_seconds{target}                 binlog targets: pitr_rpo_minutes, in seconds
     backup_catalog_up                                 1 if the catalog could be read for this scrape
 
 A series is absent, not zero, when there is nothing to report (no drill yet): an alert
@@ -57,6 +58,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "storage_bytes": ("Bytes stored per storage tier (backups not deleted).", ("tier",)),
     "binlog_lag_seconds": ("Binlog targets: seconds between now and the last event of the newest shipped binary log.", ()),
     "binlog_shipped": ("Binlog targets: binary log files shipped and recorded.", ()),
+    "binlog_rpo_seconds": ("Binlog targets: the target's pitr_rpo_minutes in seconds.", ()),
 }
 CATALOG_UP = PREFIX + "catalog_up"
 
@@ -104,6 +106,7 @@ class CatalogCollector:
                 continue
             count, lag = _binlog_lag(self.rt, target.name, now)
             f["binlog_shipped"].add_metric([target.name], count)
+            f["binlog_rpo_seconds"].add_metric([target.name], target.pitr_rpo_minutes * 60)
             if lag is not None:  # absent, not zero, before the first log is shipped
                 f["binlog_lag_seconds"].add_metric([target.name], lag)
 

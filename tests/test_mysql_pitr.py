@@ -238,6 +238,7 @@ def test_watchdog_alerts_when_shipping_lags_and_metrics_expose_the_lag(binlog_ma
     assert key in run_watchdog(rt, now=newest + timedelta(seconds=30))["resolved"]
     lag = [ln for ln in metrics.exposition(rt).decode().splitlines() if ln.startswith('backup_binlog_lag_seconds{target="lag-db"}')]
     assert len(lag) == 1 and float(lag[0].split()[-1]) >= 0
+    assert 'backup_binlog_rpo_seconds{target="lag-db"} 120.0' in metrics.exposition(rt).decode()
     later = run_watchdog(rt, now=newest + timedelta(minutes=3))
     assert key in later["opened"]
     [alert] = [e for e in rt.catalog.events(kind=events.BINLOG_LAG) if "for 3 min" in e.message]
