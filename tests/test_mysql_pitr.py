@@ -60,6 +60,17 @@ def server_now(cur) -> str:
     return cur.fetchone()[0].isoformat() + "Z"
 
 
+def gtid_seqs(port: int) -> list[int]:
+    """The sequence numbers of every GTID in the server's binary logs, in log order."""
+    out = []
+    with mb(port) as cur:
+        cur.execute("SHOW BINARY LOGS")
+        for (name, *_rest) in cur.fetchall():
+            cur.execute(f"SHOW BINLOG EVENTS IN '{name}'")
+            out += [int(row[5].split("GTID ")[1].split("-")[2].split()[0]) for row in cur.fetchall() if row[2] == "Gtid"]
+    return out
+
+
 def make_items(port: int, database: str, n: int = 5) -> None:
     with mb(port) as cur:
         cur.execute(f"CREATE DATABASE `{database}`")
@@ -135,6 +146,9 @@ def test_restore_to_two_moments_into_databases_of_other_names(binlog_mariadb, tm
                                 config=cfg, env=env, check=0).stdout)
     assert rows(port, two) == at_t2
     assert second["transactions"] > first["transactions"]
+    # the replayed transactions entered this server's binary log under GTIDs of its own, not the source's again
+    seqs = gtid_seqs(port)
+    assert seqs == sorted(set(seqs))
 
     # the same restore again: refused over a database with tables, a dry run says so, --force replaces it
     refused = json.loads(run_cli("restore", "--target", "shop-db", "--to-time", t1, "--to-database", two, "--json",
