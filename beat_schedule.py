@@ -16,7 +16,9 @@ target with ``incremental_schedule`` (or ``differential_schedule``) also gets
 daily 04:00 (on ``verify``), the rolling re-verification daily 04:30, restore drills on
 Sunday 03:30 (one ``backup.drill`` per target with a ``drill`` table, on ``drill``) and the
 RPO watchdog every 15 minutes. Each physical PostgreSQL target also gets ``wal-ship:<name>``,
-shipping its WAL spool every minute on its host queue. Cron expressions are read in ``[settings] timezone``.
+shipping its WAL spool every minute on its host queue, and each ``binlog = true`` target
+``binlog:<name>``: ``backup.binlog_ship`` every minute on its host queue. Cron expressions
+are read in ``[settings] timezone``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def build(config: Config) -> dict[str, dict]:
                 "kwargs": {"actor": "beat"},
                 "options": {"queue": target.queue},
             }
-    return jobs | {
+    return jobs | binlog_jobs(config) | {
         f"wal-ship:{target.name}": {
             "task": "backup.wal_ship",
             "schedule": cron(defaults.LOG_SHIP_SCHEDULE, tz),
@@ -65,4 +67,18 @@ def build(config: Config) -> dict[str, dict]:
             "options": {"queue": target.queue},
         }
         for target in config.targets.values() if target.kind == "postgres" and target.mode == "physical"
+    }
+
+
+def binlog_jobs(config: Config) -> dict[str, dict]:
+    """``binlog:<name>`` every minute for each ``binlog = true`` target, on its host's queue."""
+    return {
+        f"binlog:{target.name}": {
+            "task": "backup.binlog_ship",
+            "schedule": cron(defaults.BINLOG_SHIP_SCHEDULE, config.settings.timezone),
+            "args": (target.name,),
+            "kwargs": {},
+            "options": {"queue": target.queue},
+        }
+        for target in config.targets.values() if target.binlog
     }

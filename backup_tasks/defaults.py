@@ -50,6 +50,11 @@ SCHEDULE_BY_KIND = {
     "config": "0 1 * * 6",
 }
 RPO_HOURS = 26
+#: point-in-time targets: the seed documents promise database logs every 15 minutes
+PITR_RPO_MINUTES = 15
+#: binlog shipping runs this often per binlog target (beat, on the target's host queue):
+#: each run rotates the binary log, so a minute is also roughly the restorable lag
+BINLOG_SHIP_SCHEDULE = "* * * * *"
 
 RETENTION_KEYS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within")
 

@@ -17,6 +17,9 @@ answers the questions an alert rule asks (``backupctl metrics serve --port 9814`
     backup_runs{target,status}                        runs in the catalog by status
     backup_storage_bytes{target,tier}                 bytes stored per tier
     backup_wal_lag_seconds{target}                    physical PostgreSQL: age of the newest stored WAL file
+    backup_binlog_lag_seconds{target}                 binlog targets: now minus the newest shipped binary log's last event
+    backup_binlog_shipped{target}                     binlog targets: binary log files shipped
+    backup_binlog_rpo_seconds{target}                 binlog targets: pitr_rpo_minutes, in seconds
     backup_catalog_up                                 1 if the catalog could be read for this scrape
 
 A series is absent, not zero, when there is nothing to report (no drill yet): an alert
@@ -55,6 +58,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "runs": ("Runs in the catalog by status.", ("status",)),
     "storage_bytes": ("Bytes stored per storage tier (backups not deleted).", ("tier",)),
     "wal_lag_seconds": ("Physical PostgreSQL targets: seconds since the newest stored WAL file was closed.", ()),
+    "binlog_lag_seconds": ("Binlog targets: seconds between now and the last event of the newest shipped binary log.", ()),
+    "binlog_shipped": ("Binlog targets: binary log files shipped and recorded.", ()),
+    "binlog_rpo_seconds": ("Binlog targets: the target's pitr_rpo_minutes in seconds.", ()),
 }
 CATALOG_UP = PREFIX + "catalog_up"
 
@@ -87,6 +93,7 @@ class CatalogCollector:
         for st in states:
             self._add(families, st)
         self._add_wal_lag(families)
+        self._add_binlogs(families)
         yield from families.values()
         yield GaugeMetricFamily(CATALOG_UP, "1 if the catalog could be read for this scrape.", value=1)
         log.debug("metrics: %d targets in %.3fs", len(states), time.monotonic() - started)
@@ -106,6 +113,17 @@ class CatalogCollector:
     @staticmethod
     def _families() -> dict[str, GaugeMetricFamily]:
         return {name: GaugeMetricFamily(PREFIX + name, help_, labels=["target", *extra]) for name, (help_, extra) in METRICS.items()}
+
+    def _add_binlogs(self, f: dict[str, GaugeMetricFamily]) -> None:
+        now = time.time()
+        for target in self.rt.config.targets.values():
+            if not target.binlog:
+                continue
+            count, lag = _binlog_lag(self.rt, target.name, now)
+            f["binlog_shipped"].add_metric([target.name], count)
+            f["binlog_rpo_seconds"].add_metric([target.name], target.pitr_rpo_minutes * 60)
+            if lag is not None:  # absent, not zero, before the first log is shipped
+                f["binlog_lag_seconds"].add_metric([target.name], lag)
 
     @staticmethod
     def _add(f: dict[str, GaugeMetricFamily], st: TargetState) -> None:
@@ -133,6 +151,12 @@ class CatalogCollector:
             f["runs"].add_metric([st.target, status.value], st.runs_by_status.get(status.value, 0))
         for tier, size in sorted(st.storage_by_tier.items()):
             f["storage_bytes"].add_metric([st.target, tier], size)
+
+
+def _binlog_lag(rt, target: str, now: float) -> tuple[int, float | None]:
+    rows = rt.catalog.binlogs(target)
+    newest = max((r.last_event_at.timestamp() for r in rows), default=None)
+    return len(rows), None if newest is None else max(0.0, now - newest)
 
 
 def registry_for(rt) -> CollectorRegistry:

@@ -326,3 +326,47 @@ class ProcessWatch:
                     except OSError:
                         pass
             time.sleep(0.002)
+
+
+# -- a private MariaDB that writes a binary log ----------------------------------------------------
+
+MARIADB_BIN = dict(install="mariadb-install-db", server="mariadbd")
+
+
+@pytest.fixture(scope="session")
+def binlog_mariadb():
+    """A MariaDB 10.11 of this run's own, with --log-bin in ROW format, on a free port; yields its port.
+
+    The shared server on :3306 runs without a binary log and must not be reconfigured, so
+    point-in-time tests get this one. Run as root, mariadbd needs --user=root.
+    """
+    root = Path(tempfile.mkdtemp(prefix="bt-mybin-"))
+    data = root / "data"
+    subprocess.run([shutil.which(MARIADB_BIN["install"]), "--no-defaults", "--user=root", f"--datadir={data}",
+                    "--auth-root-authentication-method=normal", "--skip-test-db"], capture_output=True, check=True)
+    port = free_port()
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen([shutil.which(MARIADB_BIN["server"]), "--no-defaults", "--user=root", f"--datadir={data}",
+                             f"--socket={root / 'sock'}", f"--port={port}", "--bind-address=127.0.0.1", f"--log-bin={data / 'binlog'}",
+                             "--binlog-format=ROW", "--server-id=1", "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
+                             f"--pid-file={root / 'pid'}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            pymysql.connect(host="127.0.0.1", port=port, user="root").close()
+            break
+        except pymysql.err.OperationalError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"private MariaDB did not start:\n{(root / 'server.log').read_text()}")
+            time.sleep(0.2)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)

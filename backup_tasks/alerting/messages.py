@@ -128,6 +128,18 @@ WORDING: dict[str, _Wording] = {
         "backupctl pitr {target}   (where the gap is)\nthen take a new base backup: backupctl backup {target} --wait"),
     events.PITR_GAP + events.RESOLVED: _Wording(
         "success", "resolved: the WAL archive of '{target}' has no gap", "nothing to do"),
+    events.BINLOG_LAG: _Wording(
+        "failure", "binlog shipping of '{target}' lags behind its pitr_rpo_minutes",
+        "backupctl pitr {target} --ship   (on the target's host: ships now, or says why not)\n"
+        "then check the backup.binlog_ship worker on {host}"),
+    events.BINLOG_LAG + events.RESOLVED: _Wording(
+        "success", "resolved: binlog shipping of '{target}' is within its pitr_rpo_minutes again", "nothing to do"),
+    events.BINLOG_GAP: _Wording(
+        "failure", "binary logs of '{target}' were purged before they were shipped",
+        "backupctl backup {target} --wait   (a new dump starts a new restorable window)\nbackupctl pitr {target}"),
+    events.BINLOG_CONFLICT: _Wording(
+        "failure", "a binary log of '{target}' differs from the stored one of the same name",
+        "backupctl backup {target} --wait   (see Remedy: the server's log numbering was reset)"),
     events.VERIFIED: _Wording(
         "success", "backup of '{target}' verified",
         "nothing to do; restore with: backupctl restore {id} --to PATH"),

@@ -14,8 +14,11 @@ from backup_tasks.cli.context import Context, common
 @common
 def targets(ctx: Context):
     """Validated targets and tiers, with credentials shown as references only."""
+    from backup_tasks.ops.binlog_ship import server_checks
+
     rt = ctx.rt
     cfg = rt.config
+    binlog = server_checks(rt)  # a binlog target whose server writes no binary log fails here, naming the setting
     data = {
         "config": cfg.file,
         "mode": "embedded" if cfg.settings.embedded else "distributed",
@@ -24,6 +27,8 @@ def targets(ctx: Context):
                   for name, t in cfg.tiers.items()},
         "targets": {name: t.redacted() for name, t in cfg.targets.items()},
     }
+    for name, state in binlog.items():
+        data["targets"][name]["binlog_server"] = state
 
     def human(c, d):
         c.print(f"config {d['config']} ({d['mode']}); encrypting to key ids: {', '.join(d['encryption']['recipients']) or '[red]none[/]'}")
@@ -32,6 +37,11 @@ def targets(ctx: Context):
             what = ", ".join(t.get("paths", [])) or t.get("path") or t.get("dsn", "")
             table.add_row(name, t["kind"], t["host"], t["schedule"], ",".join(t["storage"]), what)
         c.print(table)
+        for name, t in d["targets"].items():
+            for warning in (t.get("binlog_server") or {}).get("warnings", []):
+                c.print(f"[yellow]warning[/] {name}: {warning}", markup=True)
+            if t.get("binlog_server", {}).get("checked") is False:
+                c.print(f"[yellow]not checked[/] {name}: {t['binlog_server']['reason']}", markup=True)
 
     ctx.out.result(data, human)
 
@@ -96,7 +106,8 @@ def catalog_rebuild(ctx: Context):
         result = rebuild_catalog(ctx.rt)
         entry.detail.update(backups=result["backups"], verified=result["verified"], skipped=len(result["skipped"]))
     ctx.out.result(result, lambda c, d: (
-        c.print(f"catalog rebuilt from {', '.join(d['tiers'])}: {d['backups']} backups ({d['verified']} verified, {d['drills_restored']} drill-proven)"),
+        c.print(f"catalog rebuilt from {', '.join(d['tiers'])}: {d['backups']} backups ({d['verified']} verified, {d['drills_restored']} drill-proven)"
+                + (f", {d['binlogs']} shipped binary logs" if d.get("binlogs") else "")),
         [c.print(f"  [yellow]skipped[/] {s['key']} on {s['tier']}: {s['reason']}") for s in d["skipped"]],
     ))
 

@@ -194,7 +194,7 @@ def verify(ctx: Context, backup_id):
               help="with --to-database: apply the backup's roles and tablespaces first, then keep owners and GRANTs (PostgreSQL)")
 @click.option("--globals-to", "globals_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the backup's globals (roles, tablespaces) as SQL to this file, mode 0600 (PostgreSQL)")
-@click.option("--target", "pitr_target", default=None, help="with --to-time: the physical target to restore to a moment")
+@click.option("--target", "pitr_target", default=None, help="with --to-time: the target (PostgreSQL physical, or MySQL with binlog) to restore to a moment")
 @click.option("--to-time", "to_time", default=None, help="restore to this moment (ISO 8601 with a zone); needs --target")
 @click.option("--to-datadir", "to_datadir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="with --to-time: the new data directory")
@@ -203,10 +203,20 @@ def verify(ctx: Context, backup_id):
 @common
 def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run, force, paths, server, server_password, jobs, tables,
             with_globals, globals_to, pitr_target, to_time, to_datadir, start_server, port):
-    """Restore a backup, or a physical target to a moment; refuses to overwrite anything without --force."""
+    """Restore a backup, or a target to a moment (--target T --to-time TIME); refuses to overwrite anything without --force."""
     from backup_tasks.ops.restore import extract_globals, restore_backup
 
     if to_time or to_datadir or pitr_target:
+        if pitr_target and ctx.rt.target(pitr_target).kind == "mysql":  # a dump plus binary logs replayed into a database
+            from backup_tasks.cli.pitr_mysql import mysql_restore_to_time
+
+            if (backup_id or not (to_time and to_database) or to or to_datadir or globals_to or strip_source_path or paths
+                    or jobs != 1 or tables or with_globals or start_server or port):
+                raise InputError("a restore of a MySQL/MariaDB target to a moment takes --target T --to-time TIME --to-database NAME",
+                                 "backupctl restore --target shop-db --to-time 2026-12-05T07:00:00Z --to-database shop_restored")
+            mysql_restore_to_time(ctx, pitr_target, to_time, to_database, force=force, dry_run=dry_run, server=server,
+                                  server_password=server_password)
+            return
         from backup_tasks.cli.pitr import restore_to_time
 
         if backup_id or to or to_database or globals_to or strip_source_path or paths:
@@ -215,7 +225,7 @@ def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run
         restore_to_time(ctx, pitr_target, to_time, to_datadir, start=start_server, port=port, force=force, dry_run=dry_run)
         return
     if not backup_id:
-        raise InputError("which backup? give its id", "backupctl list shows them; or --target T --to-time TIME --to-datadir DIR")
+        raise InputError("which backup? give its id", "backupctl list shows them; or --target T --to-time TIME")
     if sum(map(bool, (to, to_database, globals_to))) != 1:
         raise InputError("give exactly one of --to PATH, --to-database NAME or --globals-to FILE", "backupctl restore ID --to /restore/here")
     rt = ctx.rt

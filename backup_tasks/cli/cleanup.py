@@ -61,6 +61,8 @@ def _human(c, d: dict) -> None:
     if wal:
         c.print(f"  WAL {verb}: {len(wal)} file(s) of {', '.join(sorted({w['target'] for w in wal}))}, "
                 f"{wal[0]['name']} to {wal[-1]['name']}: {wal[-1]['reason']}", markup=False)
+    for item in d.get("binlogs_removed", []):
+        c.print(f"  binary log {verb}: {item['target']} {item['binlog']} ({item['reason']})", markup=False)
     for item in d["refused"]:
         c.print(f"  [yellow]refused[/] {item['backup_id']} on {item['tier']}: {item['reason']}")
     for item in d["errors"]:

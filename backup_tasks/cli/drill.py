@@ -19,6 +19,7 @@ from backup_tasks.errors import InputError, ServiceUnavailable
 @common
 def drill(ctx: Context, target, timeout, history):
     """Restore the latest verified backup into a temporary database, compare, run health checks, drop it."""
+    from backup_tasks.ops import binlog_drill
     from backup_tasks.ops import drill as drill_mod
 
     rt = ctx.rt
@@ -37,7 +38,7 @@ def drill(ctx: Context, target, timeout, history):
         ctx.out.result(rows, table)
         return
     if rt.settings.embedded:
-        result = drill_mod.run_drill(rt, target, actor=audit.cli_actor())
+        result = binlog_drill.run_drill(rt, target, actor=audit.cli_actor())
     else:
         result = _remote(rt, target, timeout)
     ctx.out.result(result, _human)

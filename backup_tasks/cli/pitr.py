@@ -11,11 +11,19 @@ from backup_tasks.cli.context import Context, common
 
 @click.command("pitr")
 @click.argument("target")
+@click.option("--ship", is_flag=True, help="binlog targets: rotate and ship the closed binary logs now, then show the window")
 @common
-def pitr(ctx: Context, target):
+def pitr(ctx: Context, target, ship):
     """Earliest and latest restorable time, and any gap; exit 1 when a gap breaks the window or nothing is restorable."""
+    from backup_tasks.cli.pitr_mysql import mysql_window
+    from backup_tasks.errors import InputError
     from backup_tasks.ops import pitr as pitr_ops
 
+    if ctx.rt.target(target).kind == "mysql":  # binary logs; PostgreSQL's WAL window is below
+        mysql_window(ctx, target, ship=ship)
+        return
+    if ship:
+        raise InputError("--ship rotates and ships MySQL/MariaDB binary logs", f"for PostgreSQL WAL: backupctl wal ship --target {target}")
     result = pitr_ops.window(ctx.rt, target)
 
     def human(c, d):

@@ -126,6 +126,8 @@ class Target:
     #: cron of incremental (or differential) runs between the full ones; files and config targets only
     incremental_schedule: str | None = None
     differential_schedule: str | None = None
+    #: MySQL/MariaDB: dumps record binlog coordinates and closed binary logs are shipped
+    binlog: bool = False
 
     @property
     def queue(self) -> str:
@@ -134,7 +136,7 @@ class Target:
 
     def redacted(self) -> dict[str, Any]:
         """What may be shown anywhere: credential references, never values (we hold none)."""
-        out = {k: v for k, v in self.__dict__.items() if v not in (None, (), {})}
+        out = {k: v for k, v in self.__dict__.items() if v not in (None, (), {}) and not (k == "binlog" and v is False)}
         out["storage"] = list(self.storage)
         for key in ("paths", "include", "exclude"):
             if key in out:

@@ -14,6 +14,7 @@ from backup_tasks import credentials, defaults, timefmt
 from backup_tasks.config import schedules
 from backup_tasks.config.checks import NAME_RE, named_tables, str_list, unknown_keys
 from backup_tasks.config.drill import drill_spec
+from backup_tasks.config.pitr import binlog_fields
 from backup_tasks.config.model import Settings, Target, Tier
 from backup_tasks.errors import ConfigError
 from backup_tasks.sources.base import Source, source_for
@@ -21,7 +22,8 @@ from backup_tasks.sources.db import dsn
 
 FIELDS = {
     "kind", "host", "schedule", "storage", "retention", "rpo_hours", "paths", "include", "exclude",
-    "path", "dsn", "password", "drill", "options", "mode", "pitr_rpo_minutes", "incremental_schedule", "differential_schedule",
+    "path", "dsn", "password", "drill", "options", "mode", "binlog", "pitr_rpo_minutes", "incremental_schedule",
+    "differential_schedule",
 }
 CHAIN_SCHEDULES = ("incremental_schedule", "differential_schedule")
 
@@ -81,9 +83,6 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
     modes = getattr(source, "modes", ("logical",))
     if mode not in modes:
         raise ConfigError(f"a {kind} target has no mode {mode!r}", f"use one of: {', '.join(modes)}", file=file, where=where, field="mode")
-    pitr_rpo = spec.get("pitr_rpo_minutes")
-    if pitr_rpo is not None and (isinstance(pitr_rpo, bool) or not isinstance(pitr_rpo, (int, float)) or pitr_rpo <= 0):
-        raise ConfigError("must be a positive number of minutes", "e.g. pitr_rpo_minutes = 5", file=file, where=where, field="pitr_rpo_minutes")
     target = Target(
         name=name, kind=kind, host=host, schedule=schedule, storage=storage, retention=dict(retention),
         rpo_hours=rpo, paths=tuple(paths),
@@ -91,7 +90,7 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
         exclude=tuple(str_list(spec.get("exclude", []), file=file, where=where, field="exclude")),
         path=spec.get("path"), dsn=spec.get("dsn"), password=spec.get("password"),
         drill=dict(drill) if isinstance(drill, dict) else {}, options=dict(spec.get("options", {})),
-        mode=mode, pitr_rpo_minutes=pitr_rpo, **chain_schedules,
+        mode=mode, **chain_schedules, **binlog_fields(spec, kind, file=file, where=where),
     )
     if kind in dsn.SCHEMES:
         _check_database(target, source, file=file)

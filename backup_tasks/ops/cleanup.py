@@ -19,6 +19,9 @@ Debris is removed too (older than ``DEBRIS_AGE``, so nothing in flight is touche
 objects under ``<target>/<id>/`` with no manifest beside them (an upload that died
 before its commit marker), staging directories of runs that are no longer running,
 and uploads that were never completed (on a tier with StaleUploads: S3's multipart).
+
+Binlog targets also lose the shipped binary logs that no kept dump can replay
+(``binlog_retention.py``), after the backups' own retention decided which dumps stay.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from backup_tasks.records import audit, events, manifest
 from backup_tasks.policy import retention
 from backup_tasks.records.catalog import DrillResult, Status
 from backup_tasks.errors import BackupError, ConfigError, ObjectLocked, ObjectNotFound, ServiceUnavailable, StorageError
+from backup_tasks.ops import binlog_retention
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.files.tree_listing import NAME as LISTING_NAME
 from backup_tasks.stages.encrypt import SUFFIX as ENCRYPTED_SUFFIX
@@ -62,6 +66,9 @@ def run_cleanup(rt: Runtime, target: str | None = None, *, dry_run: bool = False
     with audit.audited(rt.catalog, "cleanup", actor=actor, target=target, detail={"dry_run": dry_run}) as entry:
         if not dry_run:
             _apply(rt, plan, report, actor)
+        # Applied, the catalog says which dumps are left (a refused removal keeps its dump, and so its logs).
+        report["binlogs_removed"] = binlog_retention.prune(rt, targets, set(plan.removed_entirely()) if dry_run else set(),
+                                                           dry_run=dry_run, report=report)
         report["debris"] = _debris(rt, targets, target is not None, now, dry_run, report)
         report["wal_removed" if not dry_run else "would_remove_wal"] = _prune_wal(rt, targets, plan, dry_run)
         report["deleted_backups"] = sorted(plan.removed_entirely()) if not dry_run else []

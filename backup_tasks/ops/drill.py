@@ -63,15 +63,17 @@ def _started(name: str, target: str) -> datetime | None:
 
 
 
-def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, actor: str = audit.BEAT) -> dict:
+def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, actor: str = audit.BEAT,
+              drill_class: type | None = None) -> dict:
     """Run one drill for ``target_name``; returns the recorded drill.
 
     A failed drill is a result, not an exception: it is recorded, audited and emitted as
-    ``drill.failed`` with its step's remedy. Whatever stopped the drill, the temporary
+    ``drill.failed`` with its step's remedy. ``drill_class`` replaces the steps of a kind
+    of drill (``binlog_drill.PitrDrill``: to a moment, for binlog targets). Whatever stopped the drill, the temporary
     database is dropped and the drill recorded first; a task time limit or a bug (an
     error outside the BackupError tree) is then raised again for the worker to see.
     """
-    drill = _Drill.start(rt, target_name, now or timefmt.now())
+    drill = (drill_class or _Drill).start(rt, target_name, now or timefmt.now())
     failure: DrillFailed | None = None
     unexpected: BaseException | None = None
     try:

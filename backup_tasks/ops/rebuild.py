@@ -2,7 +2,8 @@
 
 Only manifests whose signature checks are trusted; anything else is reported, not
 indexed. A backup stored on several tiers becomes one entry with several locations; a
-re-encrypted backup is indexed at its newest manifest revision.
+re-encrypted backup is indexed at its newest manifest revision. Shipped binary logs come
+back from their signed records (binlog_rebuild.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from backup_tasks.records.catalog import Location
 from backup_tasks.errors import BackupError, ObjectNotFound
 from backup_tasks.ops import readback, reencrypt
 from backup_tasks.ops.backup import AFTER_UPLOAD
+from backup_tasks.ops.binlog_rebuild import rebuild_binlogs
 from backup_tasks.ops.runtime import Runtime
 
 
@@ -64,13 +66,15 @@ def rebuild_catalog(rt: Runtime) -> dict:
     for doc, locations in unfinished:  # so keys status counts the old object and reencrypt picks it up
         reencrypt.record_revision(rt, doc["backup_id"], doc, locations, old_object=reencrypt.PENDING)
     drills = rt.catalog.restore_passed_drills(list(drilled.values()))
+    binlogs = rebuild_binlogs(rt)
     return {
         "tiers": list(rt.config.tiers),
         "backups": count,
         "verified": sum(1 for _, _, v in found if v),
         "drills_restored": drills,
         "unfinished_reencryptions": [doc["backup_id"] for doc, _ in unfinished],
-        "skipped": skipped,
+        "binlogs": binlogs["binlogs"],
+        "skipped": skipped + binlogs["skipped"],
     }
 
 

@@ -11,6 +11,8 @@ embedded default, from cron with ``backupctl watchdog``). It looks for:
 - a **missing external mount**;
 - for point-in-time targets, **WAL that stopped arriving** (newest stored segment older
   than ``pitr_rpo_minutes``) and a **gap** in the WAL archive (pitr_watch.py).
+- **binlog lag**: a ``binlog = true`` target whose newest shipped binary log is older
+  than its ``pitr_rpo_minutes`` (shipping stopped, or the server cannot be reached).
 
 Each finding is a *condition* kept in the catalog: it is alerted once when it opens
 (an event, which alerting sends on) and once more, as "resolved", when it clears (for
@@ -116,10 +118,33 @@ def tier_findings(tier, *, mounted: bool | None, usage: DiskUsage | None, settin
     return out
 
 
+def binlog_lag_finding(target, newest: datetime | None, newest_name: str | None, now: datetime) -> Finding:
+    """Pure: a binlog target whose newest shipped binary log is older than its ``pitr_rpo_minutes``."""
+    from backup_tasks.policy.binlog_window import lag_breached, lag_seconds
+
+    key = f"{events.BINLOG_LAG}:{target.name}"
+    lag = lag_seconds(newest, now)
+    detail = {"pitr_rpo_minutes": target.pitr_rpo_minutes, "newest_binlog": newest_name,
+              "newest_event_at": iso(newest) if newest else "never", "lag_seconds": None if lag is None else round(lag)}
+    if not lag_breached(newest, now, target.pitr_rpo_minutes):
+        return Finding(key, events.BINLOG_LAG, False, target=target.name, detail=detail,
+                       message=f"target '{target.name}' ships binary logs again: the newest ({newest_name}) reaches {iso(newest)}")
+    what = ("has never shipped a binary log" if newest is None else
+            f"has shipped no binary log for {lag / 60:.0f} min (newest {newest_name}, up to {iso(newest)})")
+    return Finding(key, events.BINLOG_LAG, True, target=target.name, detail=detail,
+                   message=f"target '{target.name}' {what}, above its pitr_rpo_minutes of {target.pitr_rpo_minutes:g}: "
+                           "point-in-time restores cannot reach the last minutes (is backup.binlog_ship running on its host?)")
+
+
 def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
     """Every condition as of now; ``open_keys``: the conditions open in the catalog (for low space's margin)."""
     out = [rpo_finding(state) for state in readiness.assess(rt, now)]
     out += pitr_watch.findings(rt, now, Finding)
+    for target in rt.config.targets.values():
+        if target.binlog:
+            rows = rt.catalog.binlogs(target.name)
+            newest = max(rows, key=lambda r: r.last_event_at, default=None)
+            out.append(binlog_lag_finding(target, newest.last_event_at if newest else None, newest.name if newest else None, now))
     for tier in rt.config.tiers.values():
         storage = rt.storage(tier)
         if not isinstance(storage, DiskSpace):

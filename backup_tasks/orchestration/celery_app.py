@@ -22,7 +22,7 @@ from backup_tasks.config import Settings
 from backup_tasks.ops import runtime
 
 app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks",
-                                  "backup_tasks.orchestration.log_tasks"])
+                                  "backup_tasks.orchestration.log_tasks", "backup_tasks.orchestration.binlog_tasks"])
 
 #: Flower's task list shows these columns unless the operator chose others (FLOWER_TASKS_COLUMNS or
 #: --tasks_columns). Its default leaves out args, kwargs and result, which is where each stage shows

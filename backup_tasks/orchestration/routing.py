@@ -26,14 +26,14 @@ def host_queue(host: str) -> str:
 def route(name, args, kwargs, options, task=None, **kw):
     if options.get("queue"):
         return None
-    if name == "backup.start":
+    if name in HOST_TASKS:
         target = (args or [kwargs.get("target")])[0]
         try:  # Flower and beat are long-lived: route by the targets file as it is now
             return {"queue": config_reload.fresh().target(target).queue}
         except (InputError, ConfigError) as exc:
             # No host to send it to (an unknown target, or no valid targets file here): a
             # maintenance worker runs the start task, which records it as a failed run.
-            log.warning("backup.start for target %r goes to the %s queue: %s", target, MAINTENANCE_QUEUE, exc)
+            log.warning("%s for target %r goes to the %s queue: %s", name, target, MAINTENANCE_QUEUE, exc)
             return {"queue": MAINTENANCE_QUEUE}
     if name == "backup.wal_ship":  # the spool is a directory on the target's host
         target = (args or [kwargs.get("target")])[0]
@@ -50,6 +50,9 @@ def route(name, args, kwargs, options, task=None, **kw):
         return {"queue": MAINTENANCE_QUEUE}
     return None
 
+
+#: tasks that run where their target's data is: the backup chain's start, and binlog shipping
+HOST_TASKS = ("backup.start", "backup.binlog_ship")
 
 #: housekeeping that needs no host's staging files and no identities: fan-out planners and
 #: the alerting work's watchdog and report

@@ -27,7 +27,7 @@ from backup_tasks.orchestration.celery_app import app
 from backup_tasks.defaults import STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
 from backup_tasks.ops.cleanup import run_cleanup
-from backup_tasks.ops.drill import run_drill
+from backup_tasks.ops.binlog_drill import run_drill
 from backup_tasks.ops.verify import verify_backup
 from backup_tasks.policy.reverify import pending_verification, plan_reverify
 from backup_tasks.records.catalog import Status
@@ -245,6 +245,7 @@ def cleanup(self, target: str | None = None, dry_run: bool = False, actor: str =
     return {"target": target, "dry_run": dry_run, "now": report["now"], "kept": report["keep"],
             "removed": [{"backup_id": r["backup_id"], "tier": r["tier"]} for r in report["removed"]],
             "deleted_backups": report["deleted_backups"], "debris": len(report["debris"]),
+            "binlogs_removed": len(report.get("binlogs_removed", [])),
             "refused": len(report["refused"]), "errors": [{k: e.get(k) for k in ("backup_id", "tier", "type", "message")}
                                                           for e in report["errors"]]}
 

@@ -35,9 +35,13 @@ LOG_CONFLICT = "pitr.log_conflict"  # a log file offered again with other conten
 SPOOL_FULL = "pitr.spool_full"  # the host's spool of archived logs is over spool_max_bytes (nothing is dropped)
 PITR_LAG = "pitr.lag"  # the newest stored log is older than the target's pitr_rpo_minutes
 PITR_GAP = "pitr.gap"  # a log file is missing from the archive: the restorable window is broken
+#: point-in-time recovery of binlog targets
+BINLOG_CONFLICT = "binlog.conflict"  # a binlog arrived under a stored one's name with other content; not stored
+BINLOG_GAP = "binlog.gap"  # binlogs were purged on the server before they were shipped: the window has a hole
+BINLOG_LAG = "binlog.lag"  # the newest shipped binlog is older than the target's pitr_rpo_minutes (watchdog)
 RESOLVED = ".resolved"  # suffix: the watchdog condition <kind> has cleared
 #: opened and closed by the watchdog: alerted once per change of state, so not rate-limited
-WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING, PITR_LAG, PITR_GAP)
+WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING, PITR_LAG, PITR_GAP, BINLOG_LAG)
 VERIFIED = "backup.verified"  # a run's own verification passed (a notice with alert_on_success; not recorded)
 
 

@@ -6,7 +6,8 @@ secret is ever written here; manifests hold key ids and credential references on
 
 One ``Catalog`` object serves every table, so callers hold one handle and one connection
 pool; its methods live beside their tables: ``runs`` (backups, locations, verifications),
-``history`` (events, audit), ``drills``, ``alerts`` and ``logs`` (archived logs for point-in-time recovery) (rate limits, open conditions).
+``history`` (events, audit), ``drills``, ``alerts`` (rate limits, open conditions), ``logs``
+(archived WAL for point-in-time recovery) and ``binlogs`` (shipped MySQL/MariaDB binary logs).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.records.catalog.alerts import AlertClaim, Alerts
+from backup_tasks.records.catalog.binlogs import BinlogRow, Binlogs
 from backup_tasks.records.catalog.drills import Drills
 from backup_tasks.records.catalog.history import History
 from backup_tasks.records.catalog.logs import Logs
@@ -23,7 +25,7 @@ from backup_tasks.records.catalog.schema import (DONE, FINAL, QUEUED, UNATTRIBUT
                                                  VerificationRow, create_schema, open_engine)
 
 
-class Catalog(Runs, History, Drills, Alerts, Logs):
+class Catalog(Runs, History, Drills, Alerts, Logs, Binlogs):
     """Repository over the catalog database; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:
@@ -35,4 +37,4 @@ class Catalog(Runs, History, Drills, Alerts, Logs):
 
 __all__ = ["Catalog", "Status", "FINAL", "QUEUED", "DONE", "UNATTRIBUTED", "Location", "BackupRow", "LocationRow",
            "VerificationRow", "LogObjectRow", "EventRow", "AuditRow", "DrillResult", "DrillRow", "AlertSentRow", "AlertConditionRow",
-           "AlertClaim", "dumps_row"]
+           "AlertClaim", "dumps_row", "BinlogRow"]

@@ -12,18 +12,26 @@ finished.
 
 The dump names no database (``mysqldump DB``, not ``--databases``), so it restores
 into any database name. The password goes in a 0600 ``--defaults-extra-file``.
+
+With ``binlog = true`` the tool also writes its snapshot's binlog coordinates into the
+dump (``--master-data=2 --gtid``, as comments); they are read from the stream
+(coordinates.py) and recorded in the manifest as where point-in-time replay starts.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from collections.abc import Callable
+from datetime import timezone
 from pathlib import Path
 from typing import BinaryIO
 
 from backup_tasks.redaction import redact
 from backup_tasks.errors import SourceError
 from backup_tasks.sources.db import dsn, pipes
+from backup_tasks.sources.mysql import binlog_server
+from backup_tasks.sources.mysql.coordinates import CoordinateWatch
 from backup_tasks.sources.mysql.client import (
     base_tables,
     classify,
@@ -31,6 +39,12 @@ from backup_tasks.sources.mysql.client import (
     count_rows,
     dump_tool,
 )
+
+log = logging.getLogger(__name__)
+
+#: with ``binlog = true``: the tool writes its snapshot's binlog file, position and GTID
+#: into the dump as comments (``=2``), where the point-in-time restore reads them back
+PITR_ARGS = ("--master-data=2", "--gtid")
 
 #: output of the dump tool that appears only after it opened its consistent snapshot
 _SNAPSHOT_OPEN = (b"-- Table structure for table", b"-- Dumping events for database", b"-- Dumping routines for database",
@@ -66,6 +80,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
     bin_dir = target.options.get("bin_dir")
     server = dsn.for_target(target)
     what = f"dump of target '{target.name}'"
+    pitr = bool(getattr(target, "binlog", False))  # point-in-time recovery from this dump and the shipped binlogs
     tool_path = dump_tool(bin_dir)
     tool_text = subprocess.run([tool_path, "--version"], capture_output=True, text=True, env=dsn.child_env(server)).stdout.strip()
     conn = connect(server, what=what, ref=target.password)
@@ -73,6 +88,13 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
         cur = conn.cursor()
         cur.execute("SELECT VERSION(), @@log_bin, @@character_set_database, @@collation_database")
         version, log_bin, charset, collation = cur.fetchone()
+        pitr_warnings: list[str] = []
+        if pitr:
+            found = binlog_server.settings_of(cur)
+            binlog_server.require_log_bin(found, server, target.name)
+            pitr_warnings = found.warnings()
+            for warning in pitr_warnings:
+                log.warning("target '%s': %s", target.name, warning)
         try:
             cur.execute("FLUSH TABLES WITH READ LOCK")
         except pymysql.err.MySQLError as exc:
@@ -82,25 +104,36 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
                 "so that the manifest's row counts are exact",
             ) from None
         watch = _SnapshotWatch(lambda: cur.execute("UNLOCK TABLES"))
+        coordinates = CoordinateWatch()
         try:
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             position = _binlog_position(cur, log_bin)
+            if position is not None:
+                cur.execute("SELECT UTC_TIMESTAMP(6)")
+                position["at"] = cur.fetchone()[0].replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
             tables = base_tables(cur, server.database)
             cur.execute("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s ORDER BY 1", (server.database,))
             views = [r[0] for r in cur.fetchall()]
             with dsn.mysql_defaults_file(server) as cnf:
                 argv = [tool_path, f"--defaults-extra-file={cnf}", "--single-transaction", "--routines", "--triggers",
                         "--events", "--hex-blob", "--no-tablespaces", "--default-character-set=utf8mb4", "--quick",
-                        server.database]
+                        *(PITR_ARGS if pitr else ()), server.database]
+
+                def on_chunk(chunk: bytes) -> None:
+                    watch(chunk)
+                    coordinates(chunk)
+
                 outcome = pipes.read_from(argv, out, env=dsn.child_env(server), what=f"{Path(tool_path).name} of target '{target.name}'",
-                                          on_chunk=watch)
+                                          on_chunk=on_chunk)
         finally:
             watch.done()
         if outcome.returncode != 0:
             raise classify(outcome.stderr, server, what=what, ref=target.password)
         counts = count_rows(cur, tables)
         conn.commit()
+        if pitr:
+            position = _replay_start(position, coordinates.result(), target.name)
     finally:
         conn.close()
     return {
@@ -109,13 +142,33 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
         "server_version": version,
         "character_set": charset,
         "collation": collation,
-        "format": f"SQL ({Path(tool_path).name} --single-transaction --routines --triggers --events --hex-blob)",
+        "format": f"SQL ({Path(tool_path).name} --single-transaction --routines --triggers --events --hex-blob"
+                  f"{' ' + ' '.join(PITR_ARGS) if pitr else ''})",
         "tables": counts,
         "views": views,
         "binlog": position,
-        "warnings": [redact(ln) for ln in outcome.stderr.splitlines() if ln.strip()][:20],  # the tool's words, not ours
+        "warnings": (pitr_warnings + [redact(ln) for ln in outcome.stderr.splitlines() if ln.strip()])[:20],  # the tool's words, not ours
         "tool_versions": {Path(tool_path).name: tool_text, "mysql_server": version},
     }
+
+
+def _replay_start(ours: dict | None, tools: dict, target: str) -> dict:
+    """The dump's binlog coordinates as the tool wrote them, checked against the ones read under our lock.
+
+    Both snapshots were opened while the global read lock held every writer, so they must
+    name the same position; a difference means the row counts and the replay start would
+    disagree with the data, and the backup is refused rather than recorded.
+    """
+    if not tools["file"] or tools["position"] is None:
+        raise SourceError(f"dump of target '{target}': the dump tool wrote no binary log coordinates",
+                          "use mariadb-dump or mysqldump with --master-data support (MariaDB 10.2+, MySQL 5.7+)")
+    if ours and (ours.get("file"), ours.get("position")) != (tools["file"], tools["position"]):
+        raise SourceError(f"dump of target '{target}': the dump tool's binlog position {tools['file']}:{tools['position']} "
+                          f"differs from the one read under the read lock ({ours.get('file')}:{ours.get('position')})",
+                          "run the backup again; if it repeats, report it with the server version")
+    return {**(ours or {}), "file": tools["file"], "position": tools["position"],
+            "gtid": tools["gtid"] if tools["gtid"] is not None else (ours or {}).get("gtid"),
+            "source": "dump tool (--master-data=2 --gtid)"}
 
 
 def _binlog_position(cur, log_bin) -> dict | None:
