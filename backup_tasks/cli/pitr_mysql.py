@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from backup_tasks.cli.context import Context, common
+from backup_tasks.cli.context import Context
 
 
 def mysql_window(ctx: Context, target: str, *, ship: bool = False) -> None:
