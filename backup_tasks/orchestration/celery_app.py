@@ -15,6 +15,9 @@ import os
 from celery import Celery
 
 from backup_tasks import defaults
+from backup_tasks.orchestration import broker_transport
+
+broker_transport.install()  # a worker with a free slot survives a Redis restart (see there)
 
 app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks"])
 

@@ -170,7 +170,10 @@ def _stage(name: str, work):
             raise PermanentError(f"{name} of run {ref['backup_id']} exceeded its soft time limit of {soft}s",
                                  f"raise stage_soft_time_limits.{name} (and stage_hard_time_limits.{name}) in [settings]") from None
         if name == "upload" and not self.request.is_eager:
-            lock.release(ref["backup_id"])  # stored and committed: the next run of this target may start
+            try:  # stored and committed: the next run of this target may start
+                lock.release(ref["backup_id"])
+            except Exception:  # noqa: BLE001 - Redis away: the committed upload stands; the next start sees this run is over
+                log.warning("could not release the run lock of %s after its upload", ref["target"], exc_info=True)
         return result
 
     run.__name__ = run.__qualname__ = name
