@@ -8,7 +8,8 @@ embedded default, from cron with ``backupctl watchdog``). It looks for:
   quietly stopped running;
 - **low free space** on a local or external tier (``alert_min_free_percent``,
   ``alert_min_free_bytes``, or the tier's own ``min_free_bytes``);
-- a **missing external mount**.
+- a **missing external mount**;
+- a run whose **worker died** mid-stage unseen (abandoned.py): failed, freed and reported.
 
 Each finding is a *condition* kept in the catalog: it is alerted once when it opens
 (an event, which alerting sends on) and once more, as "resolved", when it clears (for
@@ -31,7 +32,7 @@ from datetime import datetime, timezone
 
 from backup_tasks import defaults
 from backup_tasks.records import events
-from backup_tasks.ops import readiness
+from backup_tasks.ops import abandoned, readiness
 from backup_tasks.policy.readiness import TargetState
 from backup_tasks.records.manifest import iso
 from backup_tasks.storage.capabilities import DiskSpace, DiskUsage
@@ -129,10 +130,17 @@ def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
     return out
 
 
-def run_watchdog(rt, now: datetime | None = None) -> dict:
-    """Check everything, open or close conditions, emit one event per change; returns what changed."""
+def run_watchdog(rt, now: datetime | None = None, *, release_lock: abandoned.ReleaseLock | None = None) -> dict:
+    """Check everything, open or close conditions, emit one event per change; returns what changed.
+
+    First it fails the runs whose worker died unseen (abandoned.reap; each is a
+    ``run.abandoned`` event, and ``abandoned`` in the result), so their targets are free
+    and their time counts against the RPO like any failure. ``release_lock(target, run)``
+    frees a reaped run's lock (the caller knows the lock; without it the next start takes it over).
+    """
     now = now or datetime.now(timezone.utc)
     host = socket.gethostname()
+    reaped = abandoned.reap(rt, now, release_lock=release_lock)
     opened, resolved, still_open = [], [], []
     open_rows = rt.catalog.open_conditions()
     current = findings(rt, now, {row.key for row in open_rows})
@@ -162,7 +170,8 @@ def run_watchdog(rt, now: datetime | None = None) -> dict:
     for row in open_rows:
         if row.key not in known and (row.target not in rt.config.targets if row.target else row.tier not in rt.config.tiers):
             rt.catalog.close_condition(row.key)
-    result = {"checked_at": iso(now), "host": host, "opened": opened, "resolved": resolved, "open": still_open + opened}
+    result = {"checked_at": iso(now), "host": host, "opened": opened, "resolved": resolved, "open": still_open + opened,
+              "abandoned": reaped}
     log.info("watchdog: %s", result)
     return result
 

@@ -1,7 +1,7 @@
 """Celery tasks of the monitoring layer, on the ``maintenance`` queue (the app's default queue).
 
-``backup.watchdog`` (beat: every 15 minutes) finds RPO breaches, low free space and
-missing mounts and alerts once per condition; ``backup.report`` (beat: weekly) mails the
+``backup.watchdog`` (beat: every 15 minutes) fails runs whose worker died, finds RPO
+breaches, low free space and missing mounts and alerts once per condition; ``backup.report`` (beat: weekly) mails the
 DR readiness report. Both are thin: they call watchdog.py / report.py and return a small
 JSON summary (no secrets, no report body).
 """
@@ -16,8 +16,10 @@ from backup_tasks.orchestration.celery_app import app
 def watchdog() -> dict:
     """Check RPO, free space and mounts now; idempotent (conditions alert once), so redelivery is harmless."""
     from backup_tasks.ops.watchdog import run_watchdog
+    from backup_tasks.orchestration import run_lock
 
-    return run_watchdog(runtime.current())
+    rt = runtime.current()
+    return run_watchdog(rt, release_lock=run_lock.releaser(rt.settings))
 
 
 @app.task(name="backup.report")

@@ -21,8 +21,8 @@ from celery import Task, chain
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import allow_join_result
 
-from backup_tasks.orchestration import config_reload, redelivery, routing, run_lock, task_progress
-from backup_tasks.ops import backup
+from backup_tasks.orchestration import config_reload, redelivery, routing, run_heartbeat, run_lock, task_progress
+from backup_tasks.ops import abandoned, backup
 from backup_tasks.orchestration.celery_app import app
 from backup_tasks.defaults import STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
@@ -111,10 +111,16 @@ def start(self, target: str, type: str = "full", actor: str = ""):
         _drop_duplicate(dup)
     lock = run_lock.for_target(rt.settings, target)
     holder = lock.acquire(backup_id)
+    if holder is not None and not self.request.is_eager and abandoned.is_over(rt, holder, release_lock=run_lock.releaser(rt.settings)):
+        # the holder ended without freeing the lock, or its worker died: this run takes over
+        holder = lock.take_over(holder, backup_id)
     if holder is not None:
         return run_lock.skip(rt, backup_id, target, type, holder=holder, actor=actor)
     try:
+        if not self.request.is_eager:
+            abandoned.sweep_staging(rt)  # what runs reaped elsewhere left on this host
         ref = backup.start(rt, backup_id, target, type, actor=actor)
+        run_heartbeat.beat(rt, ref, "start", working=False)  # recorded; its first stage waits in the queue
         if not self.request.is_eager:
             lock.hand_over(backup_id)  # the dump may wait in the host's queue behind other targets' chains
             raise self.replace(chain_for(rt, spec, ref))
@@ -161,7 +167,8 @@ def _stage(name: str, work):
         rt = _runtime(self)
         lock = run_lock.for_target(rt.settings, ref["target"])
         try:
-            with redelivery.stage_slot(rt, ref["backup_id"], name), lock.kept_alive(ref["backup_id"]):
+            with redelivery.stage_slot(rt, ref["backup_id"], name), lock.kept_alive(ref["backup_id"]), \
+                    run_heartbeat.beating(rt, ref, name):
                 result = work(rt, ref, progress=task_progress.reporter(self, ref))
         except redelivery.RunAlreadyUnderWay as dup:
             _drop_duplicate(dup)

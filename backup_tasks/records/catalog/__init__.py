@@ -6,7 +6,8 @@ secret is ever written here; manifests hold key ids and credential references on
 
 One ``Catalog`` object serves every table, so callers hold one handle and one connection
 pool; its methods live beside their tables: ``runs`` (backups, locations, verifications),
-``history`` (events, audit), ``drills`` and ``alerts`` (rate limits, open conditions).
+``history`` (events, audit), ``drills``, ``alerts`` (rate limits, open conditions) and
+``heartbeats`` (which worker process works on a running run).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.records.catalog.alerts import AlertClaim, Alerts
 from backup_tasks.records.catalog.drills import Drills
+from backup_tasks.records.catalog.heartbeats import Heartbeats
 from backup_tasks.records.catalog.history import History
 from backup_tasks.records.catalog.runs import Location, Runs, dumps_row
 from backup_tasks.records.catalog.schema import (DONE, FINAL, QUEUED, UNATTRIBUTED, AlertConditionRow, AlertSentRow, AuditRow,
@@ -22,7 +24,7 @@ from backup_tasks.records.catalog.schema import (DONE, FINAL, QUEUED, UNATTRIBUT
                                                  VerificationRow, create_schema, open_engine)
 
 
-class Catalog(Runs, History, Drills, Alerts):
+class Catalog(Runs, History, Drills, Alerts, Heartbeats):
     """Repository over the catalog database; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:
