@@ -1,10 +1,11 @@
-"""Runbook: an upload killed mid-write leaves a temp file; cleanup and delete remove it once it is old.
+"""Runbook: an upload killed mid-write leaves debris in the tier; cleanup and delete remove it once it is old.
 
 A real upload into the local tier is killed (SIGKILL) while it writes: its
 ``.data….tmp`` stays in the tier, invisible to ``list``. Days later cleanup finds it,
 removes it and reports its size; a temp file of an upload that may still be running
 (younger than a day) is left alone. ``delete`` of a backup removes its own old temp files
-together with its copies, so its directory in the tier is gone.
+together with its copies, so its directory in the tier is gone. On S3 the debris is a
+multipart upload never completed: delete aborts its backup's own, cleanup all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from backup_tasks import client
 from backup_tasks.ops.cleanup import run_cleanup
 from backup_tasks.ops.delete import delete_backup
 from distributed import wait_for
+from s3server import s3_tier_toml
 from test_sqlite_backup import make_app_db
 
 # Streams 4 MiB into the tier, then stalls like an upload whose worker is about to be killed.
@@ -72,8 +74,8 @@ def test_temp_files_of_killed_uploads_are_removed_by_cleanup_and_delete(tmp_path
     stale = killed_upload(store, "app/app-20261201T020000Z-0a0b0c/data.sqlite.zst.age", days_old=3)
     fresh = killed_upload(store, "app/app-20261205T020000Z-0d0e0f/data.sqlite.zst.age", days_old=0)
     of_older = killed_upload(store, f"app/{older}/data.sqlite.zst.age", days_old=3)
-    assert [o.key for o in rt.storage("local").list("app/")] == [  # temp files are no objects
-        f"app/{b}/{name}" for b in (older, newer) for name in ("data.sqlite.zst.age", "manifest.json", "verified.json")]
+    assert [o.key for o in rt.storage("local").list("app/")] == sorted(  # temp files are no objects
+        f"app/{b}/{name}" for b in (older, newer) for name in ("data.sqlite.zst.age", "manifest.json", "verified.json"))
 
     dry = run_cleanup(rt, dry_run=True)
     assert stale.exists() and of_older.exists()  # a dry run only says
@@ -96,3 +98,32 @@ def test_temp_files_of_killed_uploads_are_removed_by_cleanup_and_delete(tmp_path
     tomorrow = run_cleanup(rt, now=datetime.now(timezone.utc) + timedelta(days=1, minutes=1))
     assert [d["key"] for d in tomorrow["debris"]] == ["app/app-20261205T020000Z-0d0e0f/data.sqlite.zst.age"]
     assert not fresh.exists()
+
+
+def test_a_killed_multipart_upload_to_s3_is_aborted_by_delete_and_cleanup(tmp_path, make_config, runtime_for, s3_server,
+                                                                          s3_env):
+    make_app_db(tmp_path / "app.db", rows=50)
+    bucket = s3_server.make_bucket()
+    rt = runtime_for(make_config(f'[targets.app]\nkind = "sqlite"\npath = "{tmp_path / "app.db"}"\nstorage = ["offsite"]\n',
+                                 tiers=s3_tier_toml(s3_server, bucket)))
+    older, newer = (client.enqueue_backup("app", rt=rt).wait()["id"] for _ in range(2))
+    s3 = s3_server.client()
+
+    # What a worker killed mid-upload leaves on S3: a multipart upload with a part, never completed.
+    def killed_upload(key: str) -> None:
+        upload = s3.create_multipart_upload(Bucket=bucket, Key=key)
+        s3.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * (5 << 20))
+
+    def incomplete() -> list[str]:
+        return sorted(u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+    killed_upload(f"app/{older}/data.sqlite.zst.age")
+    killed_upload(f"app/{newer}/data.sqlite.zst.age")
+    two_days_on = datetime.now(timezone.utc) + timedelta(days=2)
+
+    result = delete_backup(rt, older, actor="cli:alice", now=two_days_on)
+    assert [(d["kind"], d["key"]) for d in result["debris"]] == [("incomplete-upload", f"app/{older}/data.sqlite.zst.age")]
+    assert incomplete() == [f"app/{newer}/data.sqlite.zst.age"]  # another backup's upload is not this delete's business
+    report = run_cleanup(rt, now=two_days_on)
+    assert [d["key"] for d in report["debris"] if d["kind"] == "incomplete-upload"] == [f"app/{newer}/data.sqlite.zst.age"]
+    assert incomplete() == []

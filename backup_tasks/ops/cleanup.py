@@ -191,13 +191,8 @@ def _debris(rt: Runtime, targets, scoped: bool, now: datetime, dry_run: bool, re
                 report["errors"].append({"tier": tier.name, "type": type(exc).__name__, "message": exc.message,
                                          "remedy": exc.remedy, "during": "debris"})
     for name in sorted(tiers_seen):
-        storage = rt.storage(name)
-        if not isinstance(storage, StaleUploads):
-            continue
         try:
-            for key in storage.abort_stale_uploads(cutoff, dry_run=dry_run):
-                found.append({"kind": "incomplete-upload", "tier": name, "key": key,
-                              "reason": "multipart upload never completed, older than a day"})
+            found += stale_uploads(rt, name, "", cutoff, dry_run)
         except BackupError as exc:
             report["errors"].append({"tier": name, "type": type(exc).__name__, "message": exc.message,
                                      "remedy": exc.remedy, "during": "debris"})
@@ -213,6 +208,16 @@ def partial_writes(rt: Runtime, tier: str, prefix: str, cutoff: datetime, dry_ru
     return [{"kind": "partial-write", "tier": tier, "key": w.key, "path": w.path, "size": w.size,
              "reason": f"temporary file of a write that never finished, untouched since {manifest.iso(w.modified)}"}
             for w in storage.remove_partial_writes(prefix, cutoff, dry_run=dry_run)]
+
+
+def stale_uploads(rt: Runtime, tier: str, prefix: str, cutoff: datetime, dry_run: bool) -> list[dict]:
+    """Uploads under ``prefix`` started before ``cutoff`` and never finished (a tier with StaleUploads), aborted unless ``dry_run``."""
+    storage = rt.storage(tier)
+    if not isinstance(storage, StaleUploads):
+        return []
+    return [{"kind": "incomplete-upload", "tier": tier, "key": key,
+             "reason": "multipart upload never completed, older than a day"}
+            for key in storage.abort_stale_uploads(cutoff, prefix=prefix, dry_run=dry_run)]
 
 
 def _tier_debris(rt: Runtime, tier: str, target: str, running: set[str], cutoff: datetime, dry_run: bool) -> list[dict]:

@@ -71,8 +71,8 @@ class ObjectLock(Protocol):
 
 @runtime_checkable
 class StaleUploads(Protocol):
-    def abort_stale_uploads(self, older_than: datetime, *, dry_run: bool = False) -> list[str]:
-        """Abort uploads started before ``older_than`` and never finished; return their keys.
+    def abort_stale_uploads(self, older_than: datetime, *, prefix: str = "", dry_run: bool = False) -> list[str]:
+        """Abort uploads of keys under ``prefix`` started before ``older_than`` and never finished; return their keys.
 
         With ``dry_run`` nothing is aborted and the keys that would be are returned.
         """

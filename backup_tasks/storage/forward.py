@@ -53,8 +53,8 @@ class ForwardObjectLock:
 class ForwardStaleUploads:
     inner: Any
 
-    def abort_stale_uploads(self, older_than: datetime, *, dry_run: bool = False) -> list[str]:
-        return self.inner.abort_stale_uploads(older_than, dry_run=dry_run)
+    def abort_stale_uploads(self, older_than: datetime, *, prefix: str = "", dry_run: bool = False) -> list[str]:
+        return self.inner.abort_stale_uploads(older_than, prefix=prefix, dry_run=dry_run)
 
 
 class ForwardPartialWrites:
