@@ -18,12 +18,13 @@ import json
 import os
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import redis
 
 from backup_tasks import client
+from backup_tasks.policy.abandoned import abandoned
 from backup_tasks.records import events
 from backup_tasks.records.catalog import Status
 from conftest import run_cli
@@ -121,3 +122,12 @@ def test_a_run_whose_worker_died_is_failed_freed_and_reported(tmp_path, make_con
     assert db.get(lock_key) is None
     print(f"killed mid-dump -> run failed, lock and staging freed by the watchdog after {reclaimed_after:.1f}s "
           f"(run_heartbeat_timeout {TIMEOUT}s)")
+
+
+def test_only_a_working_stage_silent_past_the_timeout_counts_as_abandoned():
+    now = datetime(2026, 12, 5, 2, 0, tzinfo=timezone.utc)
+    beats = [("dumping", True, now - timedelta(seconds=30)),          # beating: alive
+             ("dead", True, now - timedelta(seconds=301)),            # silent mid-stage: its worker is gone
+             ("queued", False, now - timedelta(hours=5)),             # between stages, waiting in a queue: not judged
+             ("at-the-line", True, now - timedelta(seconds=300))]     # exactly the timeout: not yet
+    assert abandoned(beats, now, timeout=timedelta(seconds=300)) == ["dead"]

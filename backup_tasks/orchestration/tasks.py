@@ -7,8 +7,9 @@ chain's error callback: it records the failed run with its reason, removes the r
 staging files, frees the target's run lock and emits an event.
 
 What a running stage adds around its domain function (``_stage``): the target's run
-lock is kept alive (run_lock.py), progress is published as the ``PROGRESS`` state
-(task_progress.py), and a soft time limit becomes a clear failure. Flower shows each
+lock is kept alive (run_lock.py), its process beats in the catalog so that its death is
+noticed (run_heartbeat.py, ops/abandoned.py), progress is published as the ``PROGRESS``
+state (task_progress.py), and a soft time limit becomes a clear failure. Flower shows each
 stage with the target name as its argument and the run id as ``run``.
 """
 
@@ -111,9 +112,9 @@ def start(self, target: str, type: str = "full", actor: str = ""):
         _drop_duplicate(dup)
     lock = run_lock.for_target(rt.settings, target)
     holder = lock.acquire(backup_id)
-    if holder is not None and not self.request.is_eager and abandoned.is_over(rt, holder, release_lock=run_lock.releaser(rt.settings)):
-        # the holder ended without freeing the lock, or its worker died: this run takes over
-        holder = lock.take_over(holder, backup_id)
+    if holder is not None and not self.request.is_eager and \
+            abandoned.is_over(rt, holder, release_lock=run_lock.releaser(rt.settings)):
+        holder = lock.take_over(holder, backup_id)  # the holder ended without freeing it, or its worker died
     if holder is not None:
         return run_lock.skip(rt, backup_id, target, type, holder=holder, actor=actor)
     try:
