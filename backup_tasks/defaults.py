@@ -103,6 +103,13 @@ GLOBAL_JOBS = {
 #: failed. The TTL only matters when a whole chain vanished (its lock then expires).
 RUN_LOCK_TTL = 900
 RUN_LOCK_PREFIX = "backup_tasks:lock:target:"
+#: a running stage's process writes a heartbeat to the catalog every RUN_HEARTBEAT_SECONDS
+#: (or a fifth of the timeout, if shorter); a run whose stage has not beaten for
+#: RUN_HEARTBEAT_TIMEOUT lost its worker: the watchdog, or the target's next start, marks it
+#: failed, frees its lock and removes its staging. Ten missed beats: a catalog hiccup or a
+#: busy disk does not kill a live run. Setting: ``run_heartbeat_timeout``.
+RUN_HEARTBEAT_SECONDS = 30
+RUN_HEARTBEAT_TIMEOUT = 300
 
 #: the chain's stages in the order a run goes through them; the only place that order is written
 STAGES = ("dump", "compress", "encrypt", "upload", "verify")

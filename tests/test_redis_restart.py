@@ -6,6 +6,12 @@ goes down for two seconds and comes back on the same port with its data. Meanwhi
 keeps a small target on a 3-second schedule. Afterwards: the large run is verified and
 really restores; every task beat published became exactly one recorded run; nothing is
 stuck in ``running``; and whatever the catalog calls verified reads back as verified.
+
+The second runbook restarts Redis under a worker that runs a stage *and* has a free pool
+slot, as the deploy files start them (``--concurrency 2``). Its consumer is then blocked
+in BRPOP when Redis goes away, the case in which kombu's own transport made the worker
+exit (broker_transport.py). A one-process worker, as in the first runbook, has no free
+slot during a stage, so it never met that case.
 """
 
 from __future__ import annotations
@@ -92,3 +98,41 @@ def _sha(path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def test_a_worker_with_a_free_slot_rides_out_a_redis_restart_mid_stage(tmp_path, make_config, runtime_for, start_worker,
+                                                                      private_redis):
+    tree = tmp_path / "data"
+    tree.mkdir()
+    block = os.urandom(1 << 20)
+    with open(tree / "big.bin", "wb") as fh:
+        for i in range(40):
+            fh.write(block[: (1 << 19)] + bytes([i % 251]) * (1 << 19))
+    cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',
+                      tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\nbandwidth_limit = "4MiB"\n')
+    broker = private_redis.url
+    worker = start_worker(cfg, broker, ["host.hostA", "verify"], name="w2@hostA", concurrency=2)
+    pid = worker.proc.pid
+    rt = runtime_for(cfg, BACKUP_BROKER_URL=broker)
+
+    run = client.enqueue_backup("bulk", rt=rt)
+
+    def uploading() -> bool:  # one slot busy with the stage, the other waiting for a message
+        report = run.progress() or {}
+        return report.get("stage") == "upload" and 0 < report["bytes_done"] < report["bytes_total"]
+
+    wait_for(uploading, 60, "the run to be mid-upload")
+    private_redis.restart(down_seconds=2)
+
+    info = run.wait(timeout=120)
+    log = worker.log.read_text()
+    assert info["status"] == Status.VERIFIED, log[-3000:]
+    # The very process that lost the broker finished the run: it never exited, and nothing restarted it.
+    assert worker.proc.poll() is None and worker.proc.pid == pid, log[-3000:]
+    assert "Unrecoverable error" not in log
+    assert "Connection to broker lost" in log  # the restart hit the worker ...
+    assert "Restoring 1 unacknowledged message(s)" in log  # ... while it held the running stage's message
+    restored = tmp_path / "restored"
+    run_cli("restore", run.id, "--to", str(restored), config=cfg, env={"BACKUP_BROKER_URL": broker}, check=0)
+    assert _sha(restored / tree.relative_to("/") / "big.bin") == _sha(tree / "big.bin")
+    assert redis.Redis.from_url(broker).hlen("unacked") == 0

@@ -299,7 +299,7 @@ class LockingFlaky(FlakyStorage):
             self._fail()
         return None
 
-    def abort_stale_uploads(self, older_than, *, dry_run=False):
+    def abort_stale_uploads(self, older_than, *, prefix="", dry_run=False):
         if self._should_fail("abort_stale_uploads", "/"):
             self._fail()
         return ["t/b1/data"]
@@ -311,19 +311,22 @@ class LockingFlaky(FlakyStorage):
 
 
 def test_wrappers_claim_exactly_the_capabilities_of_the_tier_inside(local):
-    from backup_tasks.storage.capabilities import DiskSpace, ObjectLock, Probe, StaleUploads
+    from datetime import datetime, timezone
+
+    from backup_tasks.storage.capabilities import DiskSpace, ObjectLock, PartialWrites, Probe, StaleUploads
     from backup_tasks.storage.throttle import ThrottledStorage
 
     for wrapped in (RetryingStorage(local), ThrottledStorage(local, 1 << 30),
                     RetryingStorage(ThrottledStorage(local, 1 << 30))):
-        assert isinstance(wrapped, Probe) and isinstance(wrapped, DiskSpace)
+        assert isinstance(wrapped, Probe) and isinstance(wrapped, DiskSpace) and isinstance(wrapped, PartialWrites)
+        assert wrapped.remove_partial_writes("t/", datetime.now(timezone.utc)) == []
         assert not isinstance(wrapped, ObjectLock) and not isinstance(wrapped, StaleUploads)
         assert wrapped.disk_state().mounted is None and wrapped.disk_state().usage is not None
         assert wrapped.probe(1) == local.probe(1)
     locking = LockingFlaky(local, failures=0)
     for wrapped in (RetryingStorage(locking), RetryingStorage(ThrottledStorage(locking, 1 << 30))):
         assert isinstance(wrapped, ObjectLock) and isinstance(wrapped, StaleUploads) and isinstance(wrapped, Probe)
-        assert not isinstance(wrapped, DiskSpace)
+        assert not isinstance(wrapped, DiskSpace) and not isinstance(wrapped, PartialWrites)
         assert isinstance(wrapped, RetryingStorage)  # still the wrapper it was asked for
 
 

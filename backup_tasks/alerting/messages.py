@@ -74,6 +74,9 @@ WORDING: dict[str, _Wording] = {
     events.CHAIN_FAILED: _Wording(
         "failure", "backup of '{target}' failed on {host}",
         "backupctl show {id}   (the reason and the failed stage)\nafter fixing the cause: backupctl backup {target} --wait"),
+    events.RUN_ABANDONED: _Wording(
+        "failure", "backup of '{target}' was abandoned: its worker on {host} died mid-stage",
+        "find why the worker died (its log; dmesg for the OOM killer), then: backupctl backup {target} --wait"),
     events.VERIFY_FAILED: _Wording(
         "failure", "verification of a backup of '{target}' failed",
         "do not rely on this backup: backupctl show {id}\nthen take a new one: backupctl backup {target} --wait"),

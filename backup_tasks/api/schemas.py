@@ -161,6 +161,8 @@ class DeleteResult(BaseModel):
     target: str
     status: Literal["deleted"]
     removed: list[Removed] = Field(description="copies removed by this call (empty if it was already deleted)")
+    debris: list[dict[str, Any]] = Field(default_factory=list,
+                                         description="temp files of this backup's writes that never finished, removed too")
 
 
 class CleanupRequest(_Request):

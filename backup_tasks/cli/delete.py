@@ -18,7 +18,8 @@ def delete(ctx: Context, backup_id):
 
     result = delete_backup(ctx.rt, backup_id, actor=audit.cli_actor())
     ctx.out.result(result, lambda c, d: c.print(
-        f"deleted {d['backup_id']} ({', '.join(r['tier'] for r in d['removed']) or 'no copies left to remove'})"))
+        f"deleted {d['backup_id']} ({', '.join(r['tier'] for r in d['removed']) or 'no copies left to remove'})"
+        + (f"; removed {len(d['debris'])} temp file(s) of writes that never finished" if d["debris"] else "")))
 
 
 COMMANDS = (delete,)

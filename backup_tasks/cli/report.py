@@ -66,8 +66,9 @@ def _human(c, d: dict) -> None:
 def watchdog(ctx: Context):
     """Check RPOs, free space and mounts now and alert on what changed (beat runs this as backup.watchdog)."""
     from backup_tasks.ops.watchdog import run_watchdog
+    from backup_tasks.orchestration import run_lock
 
-    result = run_watchdog(ctx.rt)
+    result = run_watchdog(ctx.rt, release_lock=run_lock.releaser(ctx.rt.settings))
 
     def human(c, d):
         c.print(f"watchdog at {d['checked_at']} on {d['host']}: {len(d['opened'])} new, {len(d['resolved'])} resolved, "
@@ -78,6 +79,8 @@ def watchdog(ctx: Context):
             c.print(f"  [green]resolved[/] {key}", markup=True)
         for key in sorted(set(d["open"]) - set(d["opened"])):
             c.print(f"  [yellow]still open[/] {key}", markup=True)
+        for run in d["abandoned"]:
+            c.print(f"  [red]abandoned[/] {run['backup_id']}: {run['reason']}", markup=True)
 
     ctx.out.result(result, human)
 

@@ -40,6 +40,8 @@ class Settings:
     #: every stored backup is read back in full at least every this many days
     reverify_days: int = defaults.REVERIFY_DAYS
     run_lock_ttl: int = defaults.RUN_LOCK_TTL
+    #: seconds without a heartbeat after which a running stage's worker counts as gone
+    run_heartbeat_timeout: int = defaults.RUN_HEARTBEAT_TIMEOUT
     #: per stage (dump, compress, encrypt, upload, verify); missing stages use the defaults
     stage_soft_time_limits: dict[str, int] = field(default_factory=dict)
     stage_hard_time_limits: dict[str, int] = field(default_factory=dict)

@@ -40,6 +40,7 @@ FIELDS = {
     "beat_key_prefix": str,
     "reverify_days": int,
     "run_lock_ttl": int,
+    "run_heartbeat_timeout": int,
     "stage_soft_time_limits": dict,
     "stage_hard_time_limits": dict,
     "broker_visibility_timeout": int,
@@ -155,8 +156,8 @@ def _check_distributed(values: dict, file: str) -> None:
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"unknown timezone '{values['timezone']}'", 'use an IANA name such as "UTC" or "Europe/Berlin"',
                           file=file, where=where, field="timezone") from None
-    for key in ("beat_lock_timeout", "beat_max_loop_interval", "reverify_days", "run_lock_ttl", "broker_visibility_timeout",
-                "task_retry_backoff_max", "worker_concurrency"):
+    for key in ("beat_lock_timeout", "beat_max_loop_interval", "reverify_days", "run_lock_ttl", "run_heartbeat_timeout",
+                "broker_visibility_timeout", "task_retry_backoff_max", "worker_concurrency"):
         if key in values and values[key] < 1:
             raise ConfigError(f"must be at least 1, not {values[key]}", file=file, where=where, field=key)
     if values.get("task_max_retries", 0) < 0:

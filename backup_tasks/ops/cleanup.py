@@ -18,7 +18,8 @@ Object-Locked copy that the plan did not know about is refused by the tier
 Debris is removed too (older than ``DEBRIS_AGE``, so nothing in flight is touched):
 objects under ``<target>/<id>/`` with no manifest beside them (an upload that died
 before its commit marker), staging directories of runs that are no longer running,
-and uploads that were never completed (on a tier with StaleUploads: S3's multipart).
+uploads that were never completed (on a tier with StaleUploads: S3's multipart), and
+the temporary files of writes that died (on a tier with PartialWrites: local, external).
 
 Binlog targets also lose the shipped binary logs that no kept dump can replay
 (``binlog_retention.py``), after the backups' own retention decided which dumps stay.
@@ -39,7 +40,7 @@ from backup_tasks.ops import binlog_retention
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.files.tree_listing import NAME as LISTING_NAME
 from backup_tasks.stages.encrypt import SUFFIX as ENCRYPTED_SUFFIX
-from backup_tasks.storage.capabilities import ObjectLock, StaleUploads
+from backup_tasks.storage.capabilities import ObjectLock, PartialWrites, StaleUploads
 
 LISTING_NAMES = (LISTING_NAME, LISTING_NAME + ENCRYPTED_SUFFIX)
 
@@ -206,19 +207,41 @@ def _debris(rt: Runtime, targets, scoped: bool, now: datetime, dry_run: bool, re
                 report["errors"].append({"tier": tier.name, "type": type(exc).__name__, "message": exc.message,
                                          "remedy": exc.remedy, "during": "debris"})
     # Uploads that were never completed (a crash, or an abort that could not reach the endpoint)
+    for target in targets:
+        for tier in rt.config.tiers_of(target):
+            try:
+                found += partial_writes(rt, tier.name, f"{target.name}/", cutoff, dry_run)
+            except BackupError as exc:
+                report["errors"].append({"tier": tier.name, "type": type(exc).__name__, "message": exc.message,
+                                         "remedy": exc.remedy, "during": "debris"})
     for name in sorted(tiers_seen):
-        storage = rt.storage(name)
-        if not isinstance(storage, StaleUploads):
-            continue
         try:
-            for key in storage.abort_stale_uploads(cutoff, dry_run=dry_run):
-                found.append({"kind": "incomplete-upload", "tier": name, "key": key,
-                              "reason": "multipart upload never completed, older than a day"})
+            found += stale_uploads(rt, name, "", cutoff, dry_run)
         except BackupError as exc:
             report["errors"].append({"tier": name, "type": type(exc).__name__, "message": exc.message,
                                      "remedy": exc.remedy, "during": "debris"})
     found += _staging_debris(rt, names if scoped else None, running, cutoff, dry_run)
     return found
+
+
+def partial_writes(rt: Runtime, tier: str, prefix: str, cutoff: datetime, dry_run: bool) -> list[dict]:
+    """Temp files of writes under ``prefix`` that died before ``cutoff`` (a tier with PartialWrites), removed unless ``dry_run``."""
+    storage = rt.storage(tier)
+    if not isinstance(storage, PartialWrites):
+        return []
+    return [{"kind": "partial-write", "tier": tier, "key": w.key, "path": w.path, "size": w.size,
+             "reason": f"temporary file of a write that never finished, untouched since {manifest.iso(w.modified)}"}
+            for w in storage.remove_partial_writes(prefix, cutoff, dry_run=dry_run)]
+
+
+def stale_uploads(rt: Runtime, tier: str, prefix: str, cutoff: datetime, dry_run: bool) -> list[dict]:
+    """Uploads under ``prefix`` started before ``cutoff`` and never finished (a tier with StaleUploads), aborted unless ``dry_run``."""
+    storage = rt.storage(tier)
+    if not isinstance(storage, StaleUploads):
+        return []
+    return [{"kind": "incomplete-upload", "tier": tier, "key": key,
+             "reason": "multipart upload never completed, older than a day"}
+            for key in storage.abort_stale_uploads(cutoff, prefix=prefix, dry_run=dry_run)]
 
 
 def _tier_debris(rt: Runtime, tier: str, target: str, running: set[str], cutoff: datetime, dry_run: bool) -> list[dict]:

@@ -65,5 +65,22 @@ def delete_backup(rt: Runtime, backup_id: str, *, actor: str, now: datetime | No
             removed.append({"tier": loc.tier, "key": loc.key})
         if row.status != Status.DELETED:
             rt.catalog.mark_deleted(backup_id)
+        # A write of this backup that died (a killed upload) left a temp file, or an S3 multipart
+        # upload, that nothing else would remove before cleanup's daily pass.
+        debris = []
+        cutoff = (now or datetime.now(timezone.utc)) - cleanup.DEBRIS_AGE
+        for tier in _tiers_of(rt, row):
+            debris += cleanup.partial_writes(rt, tier, f"{row.target}/{backup_id}/", cutoff, dry_run=False)
+            debris += cleanup.stale_uploads(rt, tier, f"{row.target}/{backup_id}/", cutoff, dry_run=False)
         entry.detail["tiers"] = [r["tier"] for r in removed]
-    return {"backup_id": backup_id, "target": row.target, "status": Status.DELETED.value, "removed": removed}
+        entry.detail["debris"] = len(debris)
+    return {"backup_id": backup_id, "target": row.target, "status": Status.DELETED.value, "removed": removed,
+            "debris": debris}
+
+
+def _tiers_of(rt: Runtime, row) -> list[str]:
+    """The configured tiers the backup may have been written to: its copies' and its target's."""
+    names = {loc.tier for loc in row.locations}
+    if row.target in rt.config.targets:
+        names |= {t.name for t in rt.config.tiers_of(rt.config.targets[row.target])}
+    return sorted(n for n in names if n in rt.config.tiers)

@@ -13,6 +13,7 @@ embedded default, from cron with ``backupctl watchdog``). It looks for:
   than ``pitr_rpo_minutes``) and a **gap** in the WAL archive (pitr_watch.py).
 - **binlog lag**: a ``binlog = true`` target whose newest shipped binary log is older
   than its ``pitr_rpo_minutes`` (shipping stopped, or the server cannot be reached).
+- a run whose **worker died** mid-stage unseen (abandoned.py): failed, freed and reported.
 
 Each finding is a *condition* kept in the catalog: it is alerted once when it opens
 (an event, which alerting sends on) and once more, as "resolved", when it clears (for
@@ -35,7 +36,7 @@ from datetime import datetime, timezone
 
 from backup_tasks import defaults
 from backup_tasks.records import events
-from backup_tasks.ops import pitr_watch, readiness
+from backup_tasks.ops import abandoned, pitr_watch, readiness
 from backup_tasks.policy.readiness import TargetState
 from backup_tasks.timefmt import iso
 from backup_tasks.storage.capabilities import DiskSpace, DiskUsage
@@ -157,10 +158,17 @@ def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
     return out
 
 
-def run_watchdog(rt, now: datetime | None = None) -> dict:
-    """Check everything, open or close conditions, emit one event per change; returns what changed."""
+def run_watchdog(rt, now: datetime | None = None, *, release_lock: abandoned.ReleaseLock | None = None) -> dict:
+    """Check everything, open or close conditions, emit one event per change; returns what changed.
+
+    First it fails the runs whose worker died unseen (abandoned.reap; each is a
+    ``run.abandoned`` event, and ``abandoned`` in the result), so their targets are free
+    and their time counts against the RPO like any failure. ``release_lock(target, run)``
+    frees a reaped run's lock (the caller knows the lock; without it the next start takes it over).
+    """
     now = now or datetime.now(timezone.utc)
     host = socket.gethostname()
+    reaped = abandoned.reap(rt, now, release_lock=release_lock)
     opened, resolved, still_open = [], [], []
     open_rows = rt.catalog.open_conditions()
     current = findings(rt, now, {row.key for row in open_rows})
@@ -190,7 +198,8 @@ def run_watchdog(rt, now: datetime | None = None) -> dict:
     for row in open_rows:
         if row.key not in known and (row.target not in rt.config.targets if row.target else row.tier not in rt.config.tiers):
             rt.catalog.close_condition(row.key)
-    result = {"checked_at": iso(now), "host": host, "opened": opened, "resolved": resolved, "open": still_open + opened}
+    result = {"checked_at": iso(now), "host": host, "opened": opened, "resolved": resolved, "open": still_open + opened,
+              "abandoned": reaped}
     log.info("watchdog: %s", result)
     return result
 

@@ -20,6 +20,9 @@ import beat_schedule
 from backup_tasks import defaults, redaction
 from backup_tasks.config import Settings
 from backup_tasks.ops import runtime
+from backup_tasks.orchestration import broker_transport
+
+broker_transport.install()  # a worker with a free slot survives a Redis restart (see there)
 
 app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks",
                                   "backup_tasks.orchestration.log_tasks", "backup_tasks.orchestration.binlog_tasks"])

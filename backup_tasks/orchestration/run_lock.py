@@ -14,6 +14,8 @@ that, so the start and every finished stage hand the lock over with the longer
 ``broker_visibility_timeout`` as its TTL. It is released once the upload is committed or
 the run failed: verification only reads storage and may overlap the next run. A chain
 that vanished entirely (its messages lost) frees the target when the TTL runs out. A
+start that finds the lock held by a run that is over (its release did not reach Redis) or
+abandoned (its worker died mid-stage: ops/abandoned.py) takes the lock over at once. A
 redelivered start of the same run finds the lock its own and carries on.
 
 In the embedded default the chain runs inside one process, so the lock is an fcntl lock
@@ -87,6 +89,11 @@ class RedisRunLock:
 
     def release(self, run_id: str) -> None:
         self._redis.eval(_RELEASE_IF_OURS, 1, self.key, run_id)
+
+    def take_over(self, holder: str, run_id: str) -> str | None:
+        """Take the lock from ``holder`` (a run that is over); like ``acquire``, None when ``run_id`` holds it now."""
+        self._redis.eval(_RELEASE_IF_OURS, 1, self.key, holder)
+        return self.acquire(run_id)
 
     def holder(self) -> str | None:
         value = self._redis.get(self.key)
@@ -183,6 +190,11 @@ class FileRunLock:
     @contextlib.contextmanager
     def kept_alive(self, run_id: str) -> Iterator[None]:
         yield
+
+
+def releaser(settings):
+    """``release(target, run_id)``: free a target's lock if that run holds it (for ops/abandoned.py)."""
+    return lambda target, run_id: for_target(settings, target).release(run_id)
 
 
 def for_target(settings, target: str) -> RedisRunLock | FileRunLock:

@@ -7,8 +7,9 @@ chain's error callback: it records the failed run with its reason, removes the r
 staging files, frees the target's run lock and emits an event.
 
 What a running stage adds around its domain function (``_stage``): the target's run
-lock is kept alive (run_lock.py), progress is published as the ``PROGRESS`` state
-(task_progress.py), and a soft time limit becomes a clear failure. Flower shows each
+lock is kept alive (run_lock.py), its process beats in the catalog so that its death is
+noticed (run_heartbeat.py, ops/abandoned.py), progress is published as the ``PROGRESS``
+state (task_progress.py), and a soft time limit becomes a clear failure. Flower shows each
 stage with the target name as its argument and the run id as ``run``.
 """
 
@@ -21,8 +22,8 @@ from celery import Task, chain
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.result import allow_join_result
 
-from backup_tasks.orchestration import config_reload, redelivery, routing, run_lock, task_progress
-from backup_tasks.ops import backup, runtime
+from backup_tasks.orchestration import config_reload, redelivery, routing, run_heartbeat, run_lock, task_progress
+from backup_tasks.ops import abandoned, backup, runtime
 from backup_tasks.orchestration.celery_app import app
 from backup_tasks.defaults import STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
@@ -113,10 +114,16 @@ def start(self, target: str, type: str = "full", actor: str = "", rehash: bool =
         _drop_duplicate(dup)
     lock = run_lock.for_target(rt.settings, target)
     holder = lock.acquire(backup_id)
+    if holder is not None and not self.request.is_eager and \
+            abandoned.is_over(rt, holder, release_lock=run_lock.releaser(rt.settings)):
+        holder = lock.take_over(holder, backup_id)  # the holder ended without freeing it, or its worker died
     if holder is not None:
         return run_lock.skip(rt, backup_id, target, type, holder=holder, actor=actor)
     try:
+        if not self.request.is_eager:
+            abandoned.sweep_staging(rt)  # what runs reaped elsewhere left on this host
         ref = backup.start(rt, backup_id, target, type, actor=actor, rehash=rehash)
+        run_heartbeat.beat(rt, ref, "start", working=False)  # recorded; its first stage waits in the queue
         if not self.request.is_eager:
             lock.hand_over(backup_id)  # the dump may wait in the host's queue behind other targets' chains
             raise self.replace(chain_for(rt, spec, ref))
@@ -159,7 +166,8 @@ def _stage(name: str, work):
         rt = _runtime(self)
         lock = run_lock.for_target(rt.settings, ref["target"])
         try:
-            with redelivery.stage_slot(rt, ref["backup_id"], name), lock.kept_alive(ref["backup_id"]):
+            with redelivery.stage_slot(rt, ref["backup_id"], name), lock.kept_alive(ref["backup_id"]), \
+                    run_heartbeat.beating(rt, ref, name):
                 result = work(rt, ref, progress=task_progress.reporter(self, ref))
         except redelivery.RunAlreadyUnderWay as dup:
             _drop_duplicate(dup)
@@ -168,7 +176,10 @@ def _stage(name: str, work):
             raise PermanentError(f"{name} of run {ref['backup_id']} exceeded its soft time limit of {soft}s",
                                  f"raise stage_soft_time_limits.{name} (and stage_hard_time_limits.{name}) in [settings]") from None
         if name == "upload" and not self.request.is_eager:
-            lock.release(ref["backup_id"])  # stored and committed: the next run of this target may start
+            try:  # stored and committed: the next run of this target may start
+                lock.release(ref["backup_id"])
+            except Exception:  # noqa: BLE001 - Redis away: the committed upload stands; the next start sees this run is over
+                log.warning("could not release the run lock of %s after its upload", ref["target"], exc_info=True)
         return result
 
     run.__name__ = run.__qualname__ = name

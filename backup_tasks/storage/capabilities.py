@@ -9,6 +9,7 @@ so the question gets the same answer through them.
     DiskSpace      local and external: mount state and free space (the watchdog)
     ObjectLock     s3 with ``object_lock``: until when a key cannot be deleted
     StaleUploads   s3: abort uploads that were started and never finished
+    PartialWrites  local and external: remove temp files of writes that never finished
     RefusalAlerts  external: tells a callback each time it refuses a write
 """
 
@@ -70,10 +71,33 @@ class ObjectLock(Protocol):
 
 @runtime_checkable
 class StaleUploads(Protocol):
-    def abort_stale_uploads(self, older_than: datetime, *, dry_run: bool = False) -> list[str]:
-        """Abort uploads started before ``older_than`` and never finished; return their keys.
+    def abort_stale_uploads(self, older_than: datetime, *, prefix: str = "", dry_run: bool = False) -> list[str]:
+        """Abort uploads of keys under ``prefix`` started before ``older_than`` and never finished; return their keys.
 
         With ``dry_run`` nothing is aborted and the keys that would be are returned.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class PartialWrite:
+    """A temporary file a write left behind: the key it was writing, its path in the tier, size and age."""
+
+    key: str
+    path: str
+    size: int
+    modified: datetime
+
+
+@runtime_checkable
+class PartialWrites(Protocol):
+    def remove_partial_writes(self, prefix: str, older_than: datetime, *, dry_run: bool = False) -> list[PartialWrite]:
+        """Remove the temporary files of writes under ``prefix`` that never finished, last changed before ``older_than``.
+
+        A put killed mid-write (the worker's process died) leaves its temp file behind;
+        nothing else ever removes it. Returns what was removed, or with ``dry_run``
+        what would be. A temp file younger than ``older_than`` may belong to a put still
+        running and is left alone.
         """
         ...
 
@@ -86,4 +110,4 @@ class RefusalAlerts(Protocol):
 
 
 #: every capability a wrapper may have to forward, in the order ``forward`` names them
-CAPABILITIES: tuple[type, ...] = (Probe, DiskSpace, ObjectLock, StaleUploads, RefusalAlerts)
+CAPABILITIES: tuple[type, ...] = (Probe, DiskSpace, ObjectLock, StaleUploads, PartialWrites, RefusalAlerts)

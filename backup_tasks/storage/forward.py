@@ -21,6 +21,8 @@ from backup_tasks.storage.capabilities import (
     DiskSpace,
     DiskState,
     ObjectLock,
+    PartialWrite,
+    PartialWrites,
     Probe,
     RefusalAlerts,
     StaleUploads,
@@ -51,8 +53,15 @@ class ForwardObjectLock:
 class ForwardStaleUploads:
     inner: Any
 
-    def abort_stale_uploads(self, older_than: datetime, *, dry_run: bool = False) -> list[str]:
-        return self.inner.abort_stale_uploads(older_than, dry_run=dry_run)
+    def abort_stale_uploads(self, older_than: datetime, *, prefix: str = "", dry_run: bool = False) -> list[str]:
+        return self.inner.abort_stale_uploads(older_than, prefix=prefix, dry_run=dry_run)
+
+
+class ForwardPartialWrites:
+    inner: Any
+
+    def remove_partial_writes(self, prefix: str, older_than: datetime, *, dry_run: bool = False) -> list[PartialWrite]:
+        return self.inner.remove_partial_writes(prefix, older_than, dry_run=dry_run)
 
 
 class ForwardRefusalAlerts:
@@ -68,6 +77,7 @@ FORWARDERS: Mapping[type, type] = {
     DiskSpace: ForwardDiskSpace,
     ObjectLock: ForwardObjectLock,
     StaleUploads: ForwardStaleUploads,
+    PartialWrites: ForwardPartialWrites,
     RefusalAlerts: ForwardRefusalAlerts,
 }
 

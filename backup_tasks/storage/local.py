@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import secrets
 import stat as stat_mod
 from datetime import datetime, timezone
@@ -25,10 +26,13 @@ from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import ObjectNotFound, StorageError, TierUnavailable
 from backup_tasks.storage import disk
 from backup_tasks.storage.base import ObjectInfo, require_bytes, validate_key, validate_prefix
-from backup_tasks.storage.capabilities import DiskState
+from backup_tasks.storage.capabilities import DiskState, PartialWrite
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+
+#: the temp file ``put`` writes beside ``<name>``: ``.<name>.<12 hex digits>.tmp`` (group 1: the name)
+_TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")
 
 # A concurrent delete prunes empty directories; a put racing with it recreates them.
 _DIRECTORY_RACE_ATTEMPTS = 5
@@ -147,13 +151,48 @@ class LocalStorage:
             return
         except OSError as exc:
             raise self._os_error("deleting", key, exc) from exc
-        parent = path.parent
+        self._prune(path.parent)
+
+    def _prune(self, parent: Path) -> None:
         while parent != self.root and self.root in parent.parents:
             try:
                 os.rmdir(parent)
             except OSError:
                 break  # not empty (or already gone, or not ours to remove): stop here
             parent = parent.parent
+
+    # -- capability: PartialWrites --------------------------------------------------
+
+    def remove_partial_writes(self, prefix: str, older_than: datetime, *, dry_run: bool = False) -> list[PartialWrite]:
+        """Unlink the temp files of puts that died (``.<name>.<random>.tmp``) whose key starts with ``prefix``.
+
+        Only names that ``put`` itself makes are touched, never a symlink, and only when
+        last modified before ``older_than``: a put still running rewrites its temp file
+        all the time. Directories left empty are pruned as ``delete`` does.
+        """
+        validate_prefix(prefix)
+        head = prefix.rpartition("/")[0]
+        found = []
+        for directory, _dirs, files in os.walk(self.root / head if head else self.root):
+            rel_dir = os.path.relpath(directory, self.root)
+            for name in files:
+                match = _TEMP_NAME.fullmatch(name)
+                if not match:
+                    continue
+                key = match.group(1) if rel_dir == "." else f"{rel_dir}/{match.group(1)}"
+                path = Path(directory) / name
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    continue  # renamed into place or removed meanwhile
+                modified = _utc(st.st_mtime)
+                if not key.startswith(prefix) or not stat_mod.S_ISREG(st.st_mode) or modified >= older_than:
+                    continue
+                if not dry_run:
+                    _unlink_quietly(path)
+                    self._prune(path.parent)
+                found.append(PartialWrite(key=key, path=str(path), size=st.st_size, modified=modified))
+        return found
 
     # -- capabilities: Probe, DiskSpace -----------------------------------------------
 

@@ -49,10 +49,11 @@ class _RetriedStaleUploads:
     inner: Any
     _call: Callable[..., Any]
 
-    def abort_stale_uploads(self, older_than: datetime, *, dry_run: bool = False) -> list[str]:
+    def abort_stale_uploads(self, older_than: datetime, *, prefix: str = "", dry_run: bool = False) -> list[str]:
         # A repeat is safe: an upload the failed attempt already aborted is no longer there
         # (nor among the keys returned).
-        return self._call("abort_stale_uploads", "/", lambda: self.inner.abort_stale_uploads(older_than, dry_run=dry_run))
+        return self._call("abort_stale_uploads", prefix or "/",
+                          lambda: self.inner.abort_stale_uploads(older_than, prefix=prefix, dry_run=dry_run))
 
 
 class RetryingStorage(Wrapper):

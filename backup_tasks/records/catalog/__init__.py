@@ -7,7 +7,8 @@ secret is ever written here; manifests hold key ids and credential references on
 One ``Catalog`` object serves every table, so callers hold one handle and one connection
 pool; its methods live beside their tables: ``runs`` (backups, locations, verifications),
 ``history`` (events, audit), ``drills``, ``alerts`` (rate limits, open conditions), ``logs``
-(archived WAL for point-in-time recovery) and ``binlogs`` (shipped MySQL/MariaDB binary logs).
+(archived WAL for point-in-time recovery), ``binlogs`` (shipped MySQL/MariaDB binary logs) and
+``heartbeats`` (which worker process works on a running run).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import sessionmaker
 from backup_tasks.records.catalog.alerts import AlertClaim, Alerts
 from backup_tasks.records.catalog.binlogs import BinlogRow, Binlogs
 from backup_tasks.records.catalog.drills import Drills
+from backup_tasks.records.catalog.heartbeats import Heartbeats
 from backup_tasks.records.catalog.history import History
 from backup_tasks.records.catalog.logs import Logs
 from backup_tasks.records.catalog.runs import Location, Runs, dumps_row
@@ -25,7 +27,7 @@ from backup_tasks.records.catalog.schema import (DONE, FINAL, QUEUED, UNATTRIBUT
                                                  VerificationRow, create_schema, open_engine)
 
 
-class Catalog(Runs, History, Drills, Alerts, Logs, Binlogs):
+class Catalog(Runs, History, Drills, Alerts, Logs, Binlogs, Heartbeats):
     """Repository over the catalog database; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:

@@ -232,6 +232,22 @@ class LogObjectRow(Base):
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class RunHeartbeatRow(Base):
+    """Proof of life of a running run, written by the worker process that works on it (records/catalog/heartbeats.py)."""
+
+    __tablename__ = "run_heartbeats"
+
+    run_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    target: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(16))
+    #: a stage is executing (its process beats); false while the run's next message waits in a queue
+    working: Mapped[bool] = mapped_column(Boolean)
+    #: the worker process: ``<host name>`` and its pid
+    worker: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 #: columns added to tables after their first release: (table, column, DDL type and default for the rows already there).
 #: ``create_all`` creates missing tables but never alters one, so an existing catalog gets these by ALTER TABLE.
 _ADDED_COLUMNS = (

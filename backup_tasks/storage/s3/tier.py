@@ -145,9 +145,9 @@ class S3Storage(MultipartUploads):
 
     # -- capability: StaleUploads (multipart debris) ---------------------------------
 
-    def incomplete_uploads(self) -> list[dict]:
-        """Multipart uploads under this tier's prefix that were started and never finished."""
-        out, kwargs = [], {"Bucket": self.bucket, "Prefix": self.prefix}
+    def incomplete_uploads(self, prefix: str = "") -> list[dict]:
+        """Multipart uploads of keys under ``prefix`` (in this tier's prefix) that were started and never finished."""
+        out, kwargs = [], {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
         try:
             while True:
                 page = self.client.list_multipart_uploads(**kwargs)
@@ -160,12 +160,12 @@ class S3Storage(MultipartUploads):
         except Exception as exc:
             self._reraise("listing uploads", self.prefix or "/", exc)
 
-    def abort_stale_uploads(self, older_than: datetime, *, dry_run: bool = False) -> list[str]:
-        """Abort multipart uploads started before ``older_than`` (and any this process failed to abort)."""
+    def abort_stale_uploads(self, older_than: datetime, *, prefix: str = "", dry_run: bool = False) -> list[str]:
+        """Abort multipart uploads under ``prefix`` started before ``older_than`` (and any this process failed to abort)."""
         aborted = []
         if not dry_run:
-            aborted += [full[len(self.prefix):] for full, _ in self._abort_orphans()]
-        for up in self.incomplete_uploads():
+            aborted += [key for key in (full[len(self.prefix):] for full, _ in self._abort_orphans()) if key.startswith(prefix)]
+        for up in self.incomplete_uploads(prefix):
             if up["initiated"] < older_than:
                 if not dry_run:
                     self._abort(self._full(up["key"]), up["upload_id"])

@@ -1,0 +1,78 @@
+"""The Redis broker transport, with channels that can still reach Redis after their connection was torn down.
+
+Why it exists: with kombu's own Redis transport, a worker exits ("Unrecoverable error:
+AttributeError: 'NoneType' object has no attribute 'hostname'") when Redis restarts
+while it both runs a stage and waits for its next message. That is any worker with a
+free pool slot (``-c 2`` and up) during a backup, so a broker restart would stop every
+busy backup host. The sequence, inside kombu and Celery:
+
+1. Redis goes away; the consumer's channel is blocked in BRPOP on the free slot's behalf.
+2. Celery's consumer collects the broken connection. Closing the channel first tries to
+   finish the pending BRPOP read, which fails, so that close stops half way; the
+   connection then forgets its parameters (``transport.client = None``).
+3. Celery closes the connection once more. This time the channel does close, and as
+   its last act puts the running stage's unacknowledged message back in the queue,
+   through a new connection pool built from ``transport.client``, which is now None.
+   The AttributeError is no connection error, so Celery treats it as a bug and exits.
+
+The same missing parameters would break the acknowledgement the stage sends when it
+finishes on the old channel. An idle worker (nothing unacknowledged) or one whose every
+slot is busy (no BRPOP pending) is not hit, which is why a one-process worker rides out
+the restart.
+
+The work-around: a channel remembers the connection parameters it built its pools from
+while its connection was alive, and builds any later pool from them. Putting a message
+back or acknowledging it after the teardown then reaches Redis as before, or fails with
+a Redis connection error, which kombu and Celery already handle (the message then stays
+in Redis's ``unacked`` set until the stage acknowledges it or the visibility timeout
+hands it out again; a stage redelivered that way is harmless, see redelivery.py).
+
+``install()`` (run when celery_app is imported: workers, beat, Flower, clients) makes the
+``redis://`` and ``rediss://`` schemes resolve to this transport. It is a subclass that
+changes only the above, so URLs, logs and Flower's broker view still say ``redis://``,
+which selecting it through Celery's ``broker_transport`` setting would not.
+"""
+
+from __future__ import annotations
+
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+#: kombu's Redis transport, which ours extends, and ours
+KOMBU_TRANSPORT = "kombu.transport.redis:Transport"
+TRANSPORT = f"{__name__}:Transport"
+SCHEMES = ("redis", "rediss")
+
+
+class Channel(kombu_redis.Channel):
+    """kombu's Redis channel, but its connection parameters outlive the connection object."""
+
+    def _connparams(self, asynchronous: bool = False) -> dict:
+        remembered = self.__dict__.setdefault("_remembered_connparams", {})
+        transport = self.connection
+        if transport is not None and transport.client is not None:
+            remembered[asynchronous] = params = super()._connparams(asynchronous=asynchronous)
+            return dict(params)
+        if asynchronous in remembered:
+            return dict(remembered[asynchronous])
+        # Never connected and no longer able to: a connection error, which kombu and Celery handle.
+        raise RedisConnectionError("the broker connection of this channel is closed")
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+def install() -> None:
+    """Resolve the Redis URL schemes to :class:`Transport` in this process (idempotent).
+
+    A scheme that someone already pointed elsewhere is left alone.
+    """
+    from kombu import transport as registry
+
+    for scheme in SCHEMES:
+        if registry.TRANSPORT_ALIASES.get(scheme) in (KOMBU_TRANSPORT, TRANSPORT):
+            registry.TRANSPORT_ALIASES[scheme] = TRANSPORT
+            # kombu caches each scheme's class once resolved; a connection made before this
+            # import (none, normally) must not keep the old one for later connections
+            registry._transport_cache.pop(scheme, None)
