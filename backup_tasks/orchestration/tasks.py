@@ -25,6 +25,7 @@ from celery.result import allow_join_result
 from backup_tasks.orchestration import config_reload, redelivery, routing, run_heartbeat, run_lock, task_progress
 from backup_tasks.ops import abandoned, backup, runtime
 from backup_tasks.orchestration.celery_app import app
+from backup_tasks.orchestration.task_boundary import RedactingTask
 from backup_tasks.defaults import STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
 from backup_tasks.ops.cleanup import run_cleanup
@@ -41,7 +42,7 @@ def _runtime(task: Task):
     return runtime.current() if task.request.is_eager else config_reload.fresh()
 
 
-class StageTask(Task):
+class StageTask(RedactingTask):
     """Idempotent stage: safe to redeliver, retried only for transient errors.
 
     Retries: exponential backoff with full jitter (a random delay between 0 and
