@@ -22,7 +22,8 @@ from celery import Task, chain
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.result import allow_join_result
 
-from backup_tasks.orchestration import config_reload, redelivery, routing, run_heartbeat, run_lock, task_progress
+from backup_tasks.orchestration import (config_reload, queued_messages, redelivery, routing, run_heartbeat, run_lock,
+                                        task_progress)
 from backup_tasks.ops import abandoned, backup, runtime
 from backup_tasks.orchestration.celery_app import app
 from backup_tasks.orchestration.task_boundary import RedactingTask
@@ -116,7 +117,7 @@ def start(self, target: str, type: str = "full", actor: str = "", rehash: bool =
     lock = run_lock.for_target(rt.settings, target)
     holder = lock.acquire(backup_id)
     if holder is not None and not self.request.is_eager and \
-            abandoned.is_over(rt, holder, release_lock=run_lock.releaser(rt.settings)):
+            abandoned.is_over(rt, holder, release_lock=run_lock.releaser(rt.settings), has_message=queued_messages.finder(rt)):
         holder = lock.take_over(holder, backup_id)  # the holder ended without freeing it, or its worker died
     if holder is not None:
         return run_lock.skip(rt, backup_id, target, type, holder=holder, actor=actor)
