@@ -38,9 +38,10 @@ SECOND_LOOK_SECONDS = 1.0
 
 
 def finder(rt) -> HasMessage | None:
-    """The check for ``rt``'s broker; None when there is no queue to look in (the embedded default, a non-Redis broker)."""
+    """The check for ``rt``'s broker; None when there is no queue to look in (the embedded default) or it is
+    not a Redis this module can read (RabbitMQ, Sentinel): then waiting runs are never judged."""
     url = rt.settings.broker_url or ""
-    if rt.settings.embedded or not url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
+    if rt.settings.embedded or not url.startswith(("redis://", "rediss://")):
         return None
 
     def has_message(target: str, run_id: str) -> bool:
