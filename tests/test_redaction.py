@@ -170,8 +170,12 @@ def test_an_exception_that_is_not_ours_reaches_the_result_backend_redacted(
         assert "ValueError: no PostgreSQL version in" in stored  # the failure did reach the result backend
         log = worker.log.read_text()
         assert "Traceback" in log and "no PostgreSQL version in" in log  # a bug is logged with its traceback
+        # Embedded (no broker), the same stages run and log in the CLI's own process.
+        embedded = run_cli("backup", "shop-db", config=cfg, env={"BACKUP_BROKER_URL": None})
+        assert embedded.returncode == 1 and "ValueError" in embedded.stdout + embedded.stderr
         for form in encoded_forms(PASSWORD):
-            for place, text in {"run error": info["error"], "worker log": log, "redis": stored}.items():
+            for place, text in {"run error": info["error"], "worker log": log, "redis": stored,
+                                "embedded output": embedded.stdout + embedded.stderr}.items():
                 assert form not in text, f"{form!r} found in the {place}"
     finally:
         with pg() as cur:
