@@ -17,7 +17,8 @@
         │   └── TierUnavailable      a tier refused to write (mount missing, too little free space)
         ├── KeyMissing               no identity for the key ids an artifact was encrypted to
         ├── VerificationFailed       a stored backup is not what its manifest says
-        └── DrillFailed              a restore drill failed at a named step
+        ├── DrillFailed              a restore drill failed at a named step
+        └── UnexpectedError          an exception not ours (a bug, a library's own) at a task's boundary
 
 A message says what failed; ``remedy`` says what to do. Neither ever carries a secret:
 callers pass names and references, never resolved credentials, and both are redacted
@@ -137,6 +138,15 @@ class VerificationFailed(PermanentError):
 
     def __reduce__(self):
         return (_rebuild_check, (self.__class__, self.message, self.remedy, self.check))
+
+
+class UnexpectedError(PermanentError):
+    """Stands in, at a Celery task's boundary, for an exception that is not a BackupError.
+
+    Such an exception was not redacted when it was made, and Celery stores whatever a task
+    raises in the result backend; this one carries its type name and its redacted message
+    instead. Permanent: a bug does not go away by retrying.
+    """
 
 
 class DrillFailed(PermanentError):

@@ -10,6 +10,10 @@ nothing will ever come back for this run. Once its stage has been silent for
    backup of the target then runs and is verified.
 2. Without any watchdog: the target's next start finds the lock held by the dead run,
    fails that run the same way and goes ahead.
+
+And between stages: a run whose dump is done waits for its compress in the host's queue.
+Past the timeout it is left alone while that message is queued, and failed and freed once
+the broker has lost it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 import redis
 
 from backup_tasks import client
-from backup_tasks.policy.abandoned import abandoned
+from backup_tasks.policy.abandoned import abandoned, waiting
 from backup_tasks.records import events
 from backup_tasks.records.catalog import Status
 from conftest import run_cli
@@ -118,10 +122,62 @@ def test_a_run_whose_worker_died_is_failed_freed_and_reported(tmp_path, make_con
     assert rt.catalog.get(second.id).error.startswith("abandoned: its worker")
     assert [e.backup_id for e in rt.catalog.events(kind=events.RUN_ABANDONED)] == [dead.id, second.id]
     assert not rt.catalog.list(status=Status.RUNNING)
-    assert list(staging.iterdir()) == []
+    assert [p for p in staging.iterdir() if not p.name.startswith(".")] == []  # no run's staging (.listings is a cache)
     assert db.get(lock_key) is None
     print(f"killed mid-dump -> run failed, lock and staging freed by the watchdog after {reclaimed_after:.1f}s "
           f"(run_heartbeat_timeout {TIMEOUT}s)")
+
+
+def test_a_run_whose_next_stage_message_is_lost_is_failed_and_freed_but_not_while_it_is_queued(
+        tmp_path, make_config, runtime_for, redis_url, start_worker):
+    tree = tmp_path / "data"
+    tree.mkdir()
+    with open(tree / "big.bin", "wb") as fh:
+        for i in range(64):
+            fh.write(os.urandom(1 << 16) + bytes([i % 251]) * ((1 << 20) - (1 << 16)))
+    staging = tmp_path / "state" / "staging"
+    cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',
+                      settings=f"run_heartbeat_timeout = {TIMEOUT}\n")
+    rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
+    db = redis.Redis.from_url(redis_url)
+    lock_key = "backup_tasks:lock:target:bulk"
+
+    # The worker's main process stops mid-dump (it fetches and acknowledges messages; the dump runs in its
+    # pool child), so when the dump ends its compress stays in the queue. Then the whole worker goes.
+    worker = start_worker(cfg, redis_url, ["host.hostA", "verify"], name="w1@hostA")
+    run = client.enqueue_backup("bulk", rt=rt)
+    wait_for(lambda: any(b.run_id == run.id and b.stage == "dump" and b.working for b in rt.catalog.heartbeats()),
+             60, f"the dump of {run.id} to start", interval=0.005)
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    wait_for(lambda: any(b.run_id == run.id and b.stage == "dump" and not b.working for b in rt.catalog.heartbeats()),
+             60, f"the dump of {run.id} to end")
+    [queued] = wait_for(lambda: db.lrange("host.hostA", 0, -1), 30, "the compress message in the host's queue")
+    assert json.loads(queued)["headers"]["task"] == "backup.compress"
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait()
+    time.sleep(TIMEOUT + 1)  # the run's last beat is older than run_heartbeat_timeout
+
+    # Its message is still queued: a long wait on a busy host, not a lost run.
+    report = json.loads(run_cli("watchdog", "--json", config=cfg, env={"BACKUP_BROKER_URL": redis_url}, check=0).stdout)
+    assert report["abandoned"] == []
+    assert rt.catalog.get(run.id).status == Status.RUNNING and db.get(lock_key) == run.id.encode()
+
+    # The broker loses every message (as a Redis without persistence does when it restarts).
+    db.delete("host.hostA", "unacked", "unacked_index")
+    report = json.loads(run_cli("watchdog", "--json", config=cfg, env={"BACKUP_BROKER_URL": redis_url}, check=0).stdout)
+    [reaped] = report["abandoned"]
+    assert reaped["backup_id"] == run.id and reaped["stage"] == "dump"
+    assert reaped["staging_removed"] == str(staging / run.id) and not (staging / run.id).exists()
+    row = rt.catalog.get(run.id)
+    assert row.status == Status.FAILED
+    assert row.error.startswith("abandoned: the message of its next stage is lost: it has waited since dump ended")
+    assert db.get(lock_key) is None
+    [event] = rt.catalog.events(kind=events.RUN_ABANDONED)
+    assert event.backup_id == run.id and "appendonly" in event.detail["remedy"]
+
+    # The target is free: the next backup runs to the end.
+    start_worker(cfg, redis_url, ["host.hostA", "verify"], name="w2@hostA")
+    assert client.enqueue_backup("bulk", rt=rt).wait(timeout=120)["status"] == Status.VERIFIED
 
 
 def test_only_a_working_stage_silent_past_the_timeout_counts_as_abandoned():
@@ -131,3 +187,6 @@ def test_only_a_working_stage_silent_past_the_timeout_counts_as_abandoned():
              ("queued", False, now - timedelta(hours=5)),             # between stages, waiting in a queue: not judged
              ("at-the-line", True, now - timedelta(seconds=300))]     # exactly the timeout: not yet
     assert abandoned(beats, now, timeout=timedelta(seconds=300)) == ["dead"]
+    # Waiting past the timeout makes a suspect only: the broker says whether its message is gone.
+    assert waiting(beats + [("just-queued", False, now - timedelta(seconds=10))], now,
+                   timeout=timedelta(seconds=300)) == ["queued"]

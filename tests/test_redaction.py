@@ -130,3 +130,54 @@ def test_redact_masks_a_remembered_secret_in_every_encoding_a_tool_or_a_serializ
     assert redaction.redact("postgresql://app:n0t-remembered@db01:5432/shop") == "postgresql://app:***@db01:5432/shop"
     assert redaction.redact("redis://db01:6379/0 and postgresql://app@db01/shop") == "redis://db01:6379/0 and postgresql://app@db01/shop"
     assert redaction.redact(None) is None
+
+
+def test_an_exception_that_is_not_ours_reaches_the_result_backend_redacted(
+        tmp_path, make_config, runtime_for, redis_url, start_worker, pg_names, monkeypatch):
+    """A library's own exception (here the ValueError of a version check quoting the tool's output) is no
+    BackupError, so nothing masked it when it was made: the task boundary stores it redacted, type name kept."""
+    database, role = pg_names("bt_redact"), pg_names("bt_redact_role")
+    with pg() as cur:
+        cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s", (PASSWORD,))
+        cur.execute(f'CREATE DATABASE "{database}" OWNER {role}')
+    monkeypatch.setenv("SHOP_DB_PASSWORD", PASSWORD)
+    try:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        # A pg_dump wrapper whose --version output echoes the DSN it was set up with, no version number in it.
+        (bin_dir / "pg_dump").write_text(
+            "#!/bin/sh\n"
+            f"echo 'wrapper for postgresql://{role}:{quote(PASSWORD, safe='')}@127.0.0.1:5432/{database}'\n"
+            f"echo 'wrapper password={quote(PASSWORD, safe='!')} or {PASSWORD}'\n"
+            "echo 'pg_dump (PostgreSQL) version unknown'\n")
+        (bin_dir / "pg_dump").chmod(stat.S_IRWXU)
+        cfg = make_config(
+            f'[targets.shop-db]\nkind = "postgres"\nhost = "hostR"\n'
+            f'dsn = "postgresql://{role}@127.0.0.1:5432/{database}"\npassword = "env:SHOP_DB_PASSWORD"\n'
+            f'options = {{ bin_dir = "{bin_dir}" }}\n')
+        worker = start_worker(cfg, redis_url, ["host.hostR", "verify"], name="w1@hostR",
+                              extra_env={"SHOP_DB_PASSWORD": PASSWORD})
+        rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
+        run = client.enqueue_backup("shop-db", rt=rt)
+        try:
+            info = run.wait(timeout=120)
+        except client.BackupFailed:
+            info = run.info()
+        assert info["status"] == Status.FAILED
+        # What failed is still said: the exception's type and its words, the secret masked.
+        assert "ValueError: no PostgreSQL version in" in info["error"] and "***" in info["error"]
+        stored = redis_text(redis.Redis.from_url(redis_url))
+        assert "ValueError: no PostgreSQL version in" in stored  # the failure did reach the result backend
+        log = worker.log.read_text()
+        assert "Traceback" in log and "no PostgreSQL version in" in log  # a bug is logged with its traceback
+        # Embedded (no broker), the same stages run and log in the CLI's own process.
+        embedded = run_cli("backup", "shop-db", config=cfg, env={"BACKUP_BROKER_URL": None})
+        assert embedded.returncode == 1 and "ValueError" in embedded.stdout + embedded.stderr
+        for form in encoded_forms(PASSWORD):
+            for place, text in {"run error": info["error"], "worker log": log, "redis": stored,
+                                "embedded output": embedded.stdout + embedded.stderr}.items():
+                assert form not in text, f"{form!r} found in the {place}"
+    finally:
+        with pg() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            cur.execute(f"DROP ROLE IF EXISTS {role}")

@@ -68,6 +68,8 @@ def test_a_start_redelivered_after_the_run_was_verified_changes_nothing(tmp_path
     run = client.enqueue_backup("bulk", rt=rt)
     assert run.wait(timeout=120)["status"] == Status.VERIFIED
     store = tmp_path / "state" / "store" / "bulk" / run.id
+    # The catalog says verified a moment before the verify writes its marker beside the manifest.
+    _wait_for(lambda: (store / "verified.json").exists(), 30, "the verified.json marker")
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in store.iterdir()}
     audit_before = len(rt.catalog.audit())
 

@@ -75,8 +75,8 @@ WORDING: dict[str, _Wording] = {
         "failure", "backup of '{target}' failed on {host}",
         "backupctl show {id}   (the reason and the failed stage)\nafter fixing the cause: backupctl backup {target} --wait"),
     events.RUN_ABANDONED: _Wording(
-        "failure", "backup of '{target}' was abandoned: its worker on {host} died mid-stage",
-        "find why the worker died (its log; dmesg for the OOM killer), then: backupctl backup {target} --wait"),
+        "failure", "backup of '{target}' was abandoned on {host}: its worker died mid-stage, or the broker lost its next stage",
+        "backupctl show {id}   (which of the two, and its remedy)\nafter fixing the cause: backupctl backup {target} --wait"),
     events.VERIFY_FAILED: _Wording(
         "failure", "verification of a backup of '{target}' failed",
         "do not rely on this backup: backupctl show {id}\nthen take a new one: backupctl backup {target} --wait"),

@@ -7,6 +7,7 @@ import sys
 import traceback
 import click
 
+from backup_tasks import redaction
 from backup_tasks.cli.context import Context
 from backup_tasks.cli.output import Output
 from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
@@ -22,6 +23,9 @@ def cli(click_ctx: click.Context, config_path, json_mode, verbose):
     """Backups that end in a proven restore."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # embedded, the stages run and log in this process
+        if not any(isinstance(f, redaction.LogFilter) for f in handler.filters):
+            handler.addFilter(redaction.LogFilter())
     click_ctx.obj = Context(config_path, json_mode)
 
 
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if mapped is not None:
             out.error(mapped)
             return mapped.exit_code
-        traceback.print_exc()
+        sys.stderr.write(redaction.redact(traceback.format_exc()))  # a foreign exception's text is not masked yet
         out.error(BackupError(f"internal error: {type(exc).__name__}: {exc}", "this is a bug; please report it with the traceback above"))
         return 1
 

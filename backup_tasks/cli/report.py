@@ -66,9 +66,9 @@ def _human(c, d: dict) -> None:
 def watchdog(ctx: Context):
     """Check RPOs, free space and mounts now and alert on what changed (beat runs this as backup.watchdog)."""
     from backup_tasks.ops.watchdog import run_watchdog
-    from backup_tasks.orchestration import run_lock
+    from backup_tasks.orchestration import queued_messages, run_lock
 
-    result = run_watchdog(ctx.rt, release_lock=run_lock.releaser(ctx.rt.settings))
+    result = run_watchdog(ctx.rt, release_lock=run_lock.releaser(ctx.rt.settings), has_message=queued_messages.finder(ctx.rt))
 
     def human(c, d):
         c.print(f"watchdog at {d['checked_at']} on {d['host']}: {len(d['opened'])} new, {len(d['resolved'])} resolved, "

@@ -8,6 +8,12 @@ it. The stage's own process beats in the catalog while it works
 (records/catalog/heartbeats.py says why there); a working stage silent for longer than
 ``run_heartbeat_timeout`` has lost its worker (policy/abandoned.py decides).
 
+A run between stages beats no more: its next stage is a message in a queue, where it
+may wait long on a busy host. It is abandoned only when, past the timeout too, the
+broker holds no message for it, neither queued nor delivered to a worker: the caller's
+``has_message`` asks the broker (Celery's business, a layer up; without a broker there
+is no queue and nothing to ask).
+
 ``reap`` then, for each such run: marks it failed with a reason naming the worker,
 stage and last beat (atomically, so two reapers fail it once); emits ``run.abandoned``,
 which alerts; removes its staging directory when that is on this host (otherwise the
@@ -28,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from backup_tasks.errors import InputError
-from backup_tasks.policy.abandoned import abandoned
+from backup_tasks.policy.abandoned import abandoned, waiting
 from backup_tasks.records import events
 from backup_tasks.records.catalog import Status
 from backup_tasks.timefmt import iso
@@ -37,29 +43,34 @@ log = logging.getLogger(__name__)
 
 #: ``release_lock(target, run_id)``: free the target's run lock if that run holds it
 ReleaseLock = Callable[[str, str], None]
+#: ``has_message(target, run_id)``: whether the broker still holds a message for the run (queued or delivered)
+HasMessage = Callable[[str, str], bool]
 
 
 def reap(rt, now: datetime | None = None, *, release_lock: ReleaseLock | None = None,
-         only: str | None = None) -> list[dict]:
-    """Fail every running run (or just ``only``) whose working stage stopped beating; return what was reaped."""
+         has_message: HasMessage | None = None, only: str | None = None) -> list[dict]:
+    """Fail every running run (or just ``only``) whose working stage stopped beating, or whose next
+    stage's message is gone (when ``has_message`` can tell); return what was reaped."""
     now = now or datetime.now(timezone.utc)
     timeout = rt.settings.run_heartbeat_timeout
     beats = {b.run_id: b for b in rt.catalog.heartbeats() if only is None or b.run_id == only}
+    listed = [(b.run_id, b.working, b.beat_at) for b in beats.values()]
+    found = [(run_id, _died_reason) for run_id in abandoned(listed, now, timeout=timedelta(seconds=timeout))]
+    if has_message is not None:
+        found += [(run_id, _lost_reason) for run_id in waiting(listed, now, timeout=timedelta(seconds=timeout))
+                  if _message_lost(rt, beats[run_id], has_message)]
     reaped = []
-    for run_id in abandoned([(b.run_id, b.working, b.beat_at) for b in beats.values()], now,
-                            timeout=timedelta(seconds=timeout)):
+    for run_id, why in found:
         beat = beats[run_id]
         silent = int((now - beat.beat_at).total_seconds())
-        reason = (f"abandoned: its worker {beat.worker} (pid {beat.pid}) stopped during {beat.stage}, no heartbeat since "
-                  f"{iso(beat.beat_at)} ({silent}s, run_heartbeat_timeout is {timeout}s); the worker process died "
-                  "(killed, out of memory, or its host went down)")
+        reason = why(beat, silent, timeout)
         if rt.catalog.fail_run(run_id, reason) != "failed":
             continue  # finished, or failed by another reaper, meanwhile
         host = _host(rt, beat.target)
         events.emit(rt.catalog, events.RUN_ABANDONED, f"run {run_id} of target '{beat.target}' {reason}", target=beat.target,
                     host=host, backup_id=run_id, stage=beat.stage, worker=beat.worker, pid=beat.pid,
                     last_heartbeat=iso(beat.beat_at),
-                    remedy=f"look for why the worker on {host or beat.worker} died (its log, dmesg for the OOM killer); "
+                    remedy=f"{_cause_remedy(why, host or beat.worker)}; "
                            f"the target's next backup runs as scheduled, or now: backupctl backup {beat.target} --wait")
         staging = _remove_staging(rt, run_id)
         if release_lock is not None:
@@ -75,7 +86,38 @@ def reap(rt, now: datetime | None = None, *, release_lock: ReleaseLock | None = 
     return reaped
 
 
-def is_over(rt, run_id: str, *, release_lock: ReleaseLock | None = None) -> bool:
+def _died_reason(beat, silent: int, timeout: int) -> str:
+    return (f"abandoned: its worker {beat.worker} (pid {beat.pid}) stopped during {beat.stage}, no heartbeat since "
+            f"{iso(beat.beat_at)} ({silent}s, run_heartbeat_timeout is {timeout}s); the worker process died "
+            "(killed, out of memory, or its host went down)")
+
+
+def _lost_reason(beat, silent: int, timeout: int) -> str:
+    return (f"abandoned: the message of its next stage is lost: it has waited since {beat.stage} ended at "
+            f"{iso(beat.beat_at)} ({silent}s, run_heartbeat_timeout is {timeout}s) and the broker holds no message "
+            "for it, neither queued nor delivered to a worker (a broker without persistence restarted, "
+            "or the message was deleted)")
+
+
+def _cause_remedy(why, worker: str) -> str:
+    if why is _lost_reason:
+        return "keep the broker's data across restarts (Redis: appendonly yes) and find what deleted the message"
+    return f"look for why the worker on {worker} died (its log, dmesg for the OOM killer)"
+
+
+def _message_lost(rt, beat, has_message: HasMessage) -> bool:
+    """No message for the run in the broker, and the run did not move on while the broker was read."""
+    try:
+        if has_message(beat.target, beat.run_id):
+            return False
+    except Exception:  # noqa: BLE001 - a broker that cannot be read proves nothing: judge the run next time
+        log.warning("could not look for the message of run %s in the broker", beat.run_id, exc_info=True)
+        return False
+    again = [b for b in rt.catalog.heartbeats() if b.run_id == beat.run_id]
+    return bool(again) and not again[0].working and again[0].beat_at == beat.beat_at
+
+
+def is_over(rt, run_id: str, *, release_lock: ReleaseLock | None = None, has_message: HasMessage | None = None) -> bool:
     """Whether ``run_id`` no longer needs its target's lock: it ended, or was abandoned (and is reaped now).
 
     A run the catalog does not know is not over: its start may hold the lock and be
@@ -86,7 +128,7 @@ def is_over(rt, run_id: str, *, release_lock: ReleaseLock | None = None) -> bool
         return False
     if row.status != Status.RUNNING:
         return True
-    return bool(reap(rt, release_lock=release_lock, only=run_id))
+    return bool(reap(rt, release_lock=release_lock, has_message=has_message, only=run_id))
 
 
 def sweep_staging(rt) -> list[str]:

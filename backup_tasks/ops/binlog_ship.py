@@ -28,8 +28,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from backup_tasks import timefmt
-from backup_tasks import defaults
+from backup_tasks import defaults, timefmt
 from backup_tasks.errors import InputError, PermanentError
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import binlog_window

@@ -158,17 +158,19 @@ def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
     return out
 
 
-def run_watchdog(rt, now: datetime | None = None, *, release_lock: abandoned.ReleaseLock | None = None) -> dict:
+def run_watchdog(rt, now: datetime | None = None, *, release_lock: abandoned.ReleaseLock | None = None,
+                 has_message: abandoned.HasMessage | None = None) -> dict:
     """Check everything, open or close conditions, emit one event per change; returns what changed.
 
     First it fails the runs whose worker died unseen (abandoned.reap; each is a
     ``run.abandoned`` event, and ``abandoned`` in the result), so their targets are free
     and their time counts against the RPO like any failure. ``release_lock(target, run)``
-    frees a reaped run's lock (the caller knows the lock; without it the next start takes it over).
+    frees a reaped run's lock (the caller knows the lock; without it the next start takes it over);
+    ``has_message(target, run)`` asks the broker for a waiting run's message (without it only dead stages are found).
     """
     now = now or datetime.now(timezone.utc)
     host = socket.gethostname()
-    reaped = abandoned.reap(rt, now, release_lock=release_lock)
+    reaped = abandoned.reap(rt, now, release_lock=release_lock, has_message=has_message)
     opened, resolved, still_open = [], [], []
     open_rows = rt.catalog.open_conditions()
     current = findings(rt, now, {row.key for row in open_rows})

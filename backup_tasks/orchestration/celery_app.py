@@ -24,8 +24,9 @@ from backup_tasks.orchestration import broker_transport
 
 broker_transport.install()  # a worker with a free slot survives a Redis restart (see there)
 
-app = Celery("backup_tasks", include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks",
-                                  "backup_tasks.orchestration.log_tasks", "backup_tasks.orchestration.binlog_tasks"])
+app = Celery("backup_tasks", task_cls="backup_tasks.orchestration.task_boundary:RedactingTask",
+             include=["backup_tasks.orchestration.tasks", "backup_tasks.orchestration.monitor_tasks",
+                      "backup_tasks.orchestration.log_tasks", "backup_tasks.orchestration.binlog_tasks"])
 
 #: Flower's task list shows these columns unless the operator chose others (FLOWER_TASKS_COLUMNS or
 #: --tasks_columns). Its default leaves out args, kwargs and result, which is where each stage shows

@@ -11,7 +11,7 @@ from __future__ import annotations
 from backup_tasks.ops import runtime
 from backup_tasks.ops.report import mail
 from backup_tasks.ops.watchdog import run_watchdog
-from backup_tasks.orchestration import run_lock
+from backup_tasks.orchestration import queued_messages, run_lock
 from backup_tasks.orchestration.celery_app import app
 
 
@@ -19,7 +19,7 @@ from backup_tasks.orchestration.celery_app import app
 def watchdog() -> dict:
     """Check RPO, free space and mounts now; idempotent (conditions alert once), so redelivery is harmless."""
     rt = runtime.current()
-    return run_watchdog(rt, release_lock=run_lock.releaser(rt.settings))
+    return run_watchdog(rt, release_lock=run_lock.releaser(rt.settings), has_message=queued_messages.finder(rt))
 
 
 @app.task(name="backup.report")

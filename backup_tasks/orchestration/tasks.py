@@ -22,9 +22,11 @@ from celery import Task, chain
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.result import allow_join_result
 
-from backup_tasks.orchestration import config_reload, redelivery, routing, run_heartbeat, run_lock, task_progress
+from backup_tasks.orchestration import (config_reload, queued_messages, redelivery, routing, run_heartbeat, run_lock,
+                                        task_progress)
 from backup_tasks.ops import abandoned, backup, runtime
 from backup_tasks.orchestration.celery_app import app
+from backup_tasks.orchestration.task_boundary import RedactingTask
 from backup_tasks.defaults import STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
 from backup_tasks.ops.cleanup import run_cleanup
@@ -41,7 +43,7 @@ def _runtime(task: Task):
     return runtime.current() if task.request.is_eager else config_reload.fresh()
 
 
-class StageTask(Task):
+class StageTask(RedactingTask):
     """Idempotent stage: safe to redeliver, retried only for transient errors.
 
     Retries: exponential backoff with full jitter (a random delay between 0 and
@@ -115,7 +117,7 @@ def start(self, target: str, type: str = "full", actor: str = "", rehash: bool =
     lock = run_lock.for_target(rt.settings, target)
     holder = lock.acquire(backup_id)
     if holder is not None and not self.request.is_eager and \
-            abandoned.is_over(rt, holder, release_lock=run_lock.releaser(rt.settings)):
+            abandoned.is_over(rt, holder, release_lock=run_lock.releaser(rt.settings), has_message=queued_messages.finder(rt)):
         holder = lock.take_over(holder, backup_id)  # the holder ended without freeing it, or its worker died
     if holder is not None:
         return run_lock.skip(rt, backup_id, target, type, holder=holder, actor=actor)

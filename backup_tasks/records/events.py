@@ -25,7 +25,7 @@ TIER_REFUSED = "storage.tier_refused"  # an external tier refused to write (moun
 CLEANUP_FAILED = "cleanup.failed"  # retention could not remove something it planned to remove
 #: distributed operation
 RUN_SKIPPED = "run.skipped"  # a start found its target already running (per-target lock); nothing was dumped
-RUN_ABANDONED = "run.abandoned"  # a running stage's worker died unseen (no heartbeat); the run was failed and freed
+RUN_ABANDONED = "run.abandoned"  # a running stage's worker died unseen (no heartbeat), or the broker lost its next stage; failed and freed
 #: monitoring: the watchdog's conditions, and the size check after upload
 RPO_BREACH = "rpo.breach"  # no verified backup within the target's rpo_hours
 LOW_SPACE = "storage.low_space"  # a local or external tier is low on free space
