@@ -31,7 +31,7 @@ from backup_tasks.errors import InputError
 from backup_tasks.policy.abandoned import abandoned
 from backup_tasks.records import events
 from backup_tasks.records.catalog import Status
-from backup_tasks.records.manifest import iso
+from backup_tasks.timefmt import iso
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from backup_tasks import timefmt
 from backup_tasks.ops import binlog_window as gather
 from backup_tasks.ops import drill
 from backup_tasks.ops.binlog_restore import fetch
 from backup_tasks.ops.binlog_ship import ship
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import binlog_window
-from backup_tasks.records import audit, manifest
+from backup_tasks.records import audit
 from backup_tasks.sources.db import dsn
 from backup_tasks.sources.mysql import binlog_replay, binlog_server
 
@@ -38,7 +39,7 @@ class PitrDrill(drill._Drill):
     def restore(self) -> None:
         target = self.target
         self.moment = binlog_server.snapshot_counts(dsn.for_target(target), target.name)
-        self.details["moment"] = {"at": manifest.iso(self.moment["at"].replace(tzinfo=manifest.now().tzinfo)),
+        self.details["moment"] = {"at": timefmt.iso(self.moment["at"].replace(tzinfo=timefmt.now().tzinfo)),
                                   "file": self.moment["file"], "position": self.moment["position"]}
         self._until_shipped(self.moment["file"])
         plan = binlog_window.plan_to_position(gather.bases(self.rt, target.name), gather.shipped(self.rt, target.name),

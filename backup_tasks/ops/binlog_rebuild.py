@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from backup_tasks import timefmt
 from backup_tasks.errors import BackupError, ObjectNotFound, VerificationFailed
 from backup_tasks.ops.binlog_ship import PREFIX, RECORD_FORMAT
 from backup_tasks.ops.runtime import Runtime
@@ -51,8 +52,8 @@ def rebuild_binlogs(rt: Runtime) -> dict:
     for (target, name), (record, tiers) in sorted(found.items()):
         rt.catalog.record_binlog(
             target=target, name=name, seq=record["seq"], server_id=record["server_id"], size=record["size"],
-            sha256=record["sha256"], first_event_at=manifest.from_iso(record["first_event_at"]),
-            last_event_at=manifest.from_iso(record["last_event_at"]), shipped_at=manifest.from_iso(record["shipped_at"]),
+            sha256=record["sha256"], first_event_at=timefmt.parse(record["first_event_at"]),
+            last_event_at=timefmt.parse(record["last_event_at"]), shipped_at=timefmt.parse(record["shipped_at"]),
             key=record["stored"]["key"], size_stored=record["stored"]["size"], sha256_stored=record["stored"]["sha256"],
             detail={"tiers": tiers, "compression": record["compression"], "encryption": record["encryption"],
                     "events": record.get("events")})

@@ -28,7 +28,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from backup_tasks import defaults
+from backup_tasks import defaults, timefmt
 from backup_tasks.errors import InputError, PermanentError
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import binlog_window
@@ -129,7 +129,7 @@ def _ship(rt: Runtime, target, workdir: Path) -> dict:
         if gap.before not in before:
             events.emit(rt.catalog, events.BINLOG_GAP,
                         f"target '{target.name}': binary log(s) {', '.join(gap.missing)} were purged on {server.address} "
-                        f"before they were shipped; times between {manifest.iso(gap.start)} and {manifest.iso(gap.end)} "
+                        f"before they were shipped; times between {timefmt.iso(gap.start)} and {timefmt.iso(gap.end)} "
                         "cannot be restored", target=target.name, host=target.host, missing=list(gap.missing),
                         remedy="take a full backup now (it starts a new restorable window), and keep binary logs on the "
                                "server longer than shipping can lag (expire_logs_days / binlog_expire_logs_seconds)")
@@ -180,16 +180,16 @@ def _store(rt: Runtime, target, path: Path, name: str, sha: str, server_id: int)
         record = manifest.sign({
             "format": RECORD_FORMAT, "target": target.name, "host": target.host, "worker": socket.gethostname(), "name": name,
             "seq": seq, "server_id": server_id, "size": path.stat().st_size, "sha256": sha,
-            "first_event_at": manifest.iso(first), "last_event_at": manifest.iso(last), "events": count,
+            "first_event_at": timefmt.iso(first), "last_event_at": timefmt.iso(last), "events": count,
             "stored": {"key": key, "size": size, "sha256": stored_sha},
             "compression": method, "encryption": {"method": "age", "recipients": [key_id(r) for r in settings.recipients]}
-            if encrypted else None, "shipped_at": manifest.iso(manifest.now())}, rt.signer)
+            if encrypted else None, "shipped_at": timefmt.iso(timefmt.now())}, rt.signer)
         body = manifest.dumps(record)
         for tier in tiers:
             rt.storage(tier).put(key + ".json", io.BytesIO(body))
         return rt.catalog.record_binlog(
             target=target.name, name=name, seq=seq, server_id=server_id, size=path.stat().st_size, sha256=sha,
-            first_event_at=first, last_event_at=last, shipped_at=manifest.from_iso(record["shipped_at"]), key=key,
+            first_event_at=first, last_event_at=last, shipped_at=timefmt.parse(record["shipped_at"]), key=key,
             size_stored=size, sha256_stored=stored_sha,
             detail={"tiers": tiers, "compression": method, "encryption": record["encryption"], "events": count})
     finally:

@@ -32,6 +32,7 @@ import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from backup_tasks import timefmt
 from backup_tasks.records import audit, events, manifest
 from backup_tasks.policy import retention
 from backup_tasks.records.catalog import DrillResult, Status
@@ -230,7 +231,7 @@ def partial_writes(rt: Runtime, tier: str, prefix: str, cutoff: datetime, dry_ru
     if not isinstance(storage, PartialWrites):
         return []
     return [{"kind": "partial-write", "tier": tier, "key": w.key, "path": w.path, "size": w.size,
-             "reason": f"temporary file of a write that never finished, untouched since {manifest.iso(w.modified)}"}
+             "reason": f"temporary file of a write that never finished, untouched since {timefmt.iso(w.modified)}"}
             for w in storage.remove_partial_writes(prefix, cutoff, dry_run=dry_run)]
 
 

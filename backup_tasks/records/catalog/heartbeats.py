@@ -19,7 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.records.catalog.schema import BackupRow, RunHeartbeatRow, Status
-from backup_tasks.records.manifest import now
+from backup_tasks.timefmt import now
 
 
 class Heartbeats:
