@@ -2,8 +2,9 @@
 
 A caller asks ``isinstance(storage, ObjectLock)`` and uses what it finds; it never
 compares a tier's kind or unwraps a wrapper to look inside. The retry and throttle
-wrappers have exactly the capabilities of the storage they wrap (``storage.forward``),
-so the question gets the same answer through them.
+wrappers have the capabilities of the storage they wrap (``storage.forward``), so the
+question gets the same answer through them; the one exception is that a bandwidth limit
+withholds ``LinkIn``, whose link would store bytes without them passing the limit.
 
     Probe          every kind: is the tier usable right now (GET /health)
     DiskSpace      local and external: mount state and free space (the watchdog)
