@@ -209,6 +209,9 @@ class LocalStorage:
                 raise StorageError(f"tier '{self.name}': could not create the directory for '{key}' under {self.root}: "
                                    "it kept disappearing",
                                    "another process is deleting under this tier at the same time; retry the upload")
+            if os.stat(tmp, follow_symlinks=False).st_ino != st.st_ino:  # ``path`` was replaced since it was opened
+                raise StorageError(f"tier '{self.name}': {path} changed while it was being stored as '{key}'",
+                                   "nothing else may write the file being stored; run the upload again")
             os.replace(tmp, target)
             tmp = None
             _fsync_dir(target.parent)
