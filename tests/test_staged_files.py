@@ -10,6 +10,7 @@ behind the chain's back fails the run, naming the stage or the hash that caught 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -142,3 +143,26 @@ def test_an_encrypted_file_altered_before_upload_is_refused_by_the_copy_and_by_v
         verify.verify_backup(rt, "docs-altered-link")
     assert caught.value.check == "stored-sha256"
     assert f"does not match the signed manifest's {encrypted['sha256'][:16]}" in caught.value.message
+
+
+def test_two_tiers_on_the_staging_filesystem_hold_two_copies_not_one_file(tmp_path, make_config, runtime_for):
+    tree = _tree(tmp_path)
+    state = tmp_path / "state"
+    rt = runtime_for(make_config(
+        f'[targets.docs]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\nstorage = ["near", "second"]\n',
+        tiers=f'[tiers.near]\nkind = "local"\npath = "{state / "near"}"\n'
+              f'[tiers.second]\nkind = "local"\npath = "{state / "second"}"\n'))
+    _, compressed = _up_to_encrypt(rt, "docs-two-tiers")
+    encrypted = backup.encrypt(rt, compressed)
+    staged_inode = os.stat(encrypted["path"]).st_ino
+    backup.upload(rt, encrypted)
+
+    near, second = (state / tier / "docs" / "docs-two-tiers" / "data.tar.zst.age" for tier in ("near", "second"))
+    assert near.stat().st_ino == staged_inode  # the first tier took the link ...
+    assert second.stat().st_ino != staged_inode  # ... the second a copy of its own
+    assert near.read_bytes() == second.read_bytes()
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (near, second)} == {0o600}
+    assert verify.verify_backup(rt, "docs-two-tiers")["status"] == "verified"  # both copies read back
+    with open(near, "r+b") as fh:  # damage to one copy stays in that copy
+        fh.write(b"\0" * 64)
+    assert hashlib.sha256(second.read_bytes()).hexdigest() == encrypted["sha256"] != hashlib.sha256(near.read_bytes()).hexdigest()
