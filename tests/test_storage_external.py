@@ -80,6 +80,11 @@ def test_missing_mount_refuses_writes_alerts_and_writes_nothing(tmp_path):
     assert list(path.iterdir()) == []
     assert len(alerts) == 1 and alerts[0][2]["reason"] == "not-mounted" and alerts[0][2]["tier"] == "usb"
     assert list(tier.list()) == []  # reading a missing mount is simply empty
+    staged = tmp_path / "staged.age"
+    staged.write_bytes(b"x" * 1000)
+    with pytest.raises(TierUnavailable):  # a link is a write like any other: refused the same way
+        tier.link_in("db/b1/data", str(staged))
+    assert list(path.iterdir()) == [] and len(alerts) == 2
 
 
 def test_free_space_threshold(mounted):

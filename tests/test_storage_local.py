@@ -277,6 +277,40 @@ def test_text_mode_source_is_refused(storage):
     assert files_under(storage.root) == []
 
 
+# -- link_in: storing a staged file without copying it ------------------------------------
+
+
+def test_link_in_replaces_the_object_atomically_with_a_private_link_and_declines_another_filesystem(
+        tmp_path, umask, tmpfs):
+    umask(0o022)
+    tier = LocalStorage("local", tmp_path / "tier")
+    tier.put("db/b1/data", io.BytesIO(b"old object"))
+    staged = tmp_path / "staged.age"
+    staged.write_bytes(b"s" * 5000)
+    staged.chmod(0o644)
+
+    info = tier.link_in("db/b1/data", str(staged))
+    obj = tmp_path / "tier" / "db" / "b1" / "data"
+    assert info.key == "db/b1/data" and info.size == 5000 and info.sha256 is None  # nothing was read
+    assert obj.stat().st_ino == staged.stat().st_ino and mode(obj) == 0o600
+    assert read_all(tier, "db/b1/data") == b"s" * 5000
+    assert files_under(tmp_path / "tier") == ["db/b1/data"]  # no temp link left beside it
+    staged.unlink()  # staging is removed after the upload; the object stays
+    assert read_all(tier, "db/b1/data") == b"s" * 5000
+
+    far = tmpfs("size=1m") / "staged.age"  # another filesystem: no link, the caller copies
+    far.write_bytes(b"f" * 100)
+    assert tier.link_in("db/b2/data", str(far)) is None
+    assert files_under(tmp_path / "tier") == ["db/b1/data"]
+
+
+def test_the_link_capability_passes_the_retry_wrapper_but_not_a_bandwidth_limit(tmp_path):
+    from backup_tasks.storage.capabilities import LinkIn
+
+    assert isinstance(open_tier(tier_config(path=str(tmp_path / "a"))), LinkIn)
+    assert not isinstance(open_tier(tier_config(path=str(tmp_path / "b"), bandwidth_limit="100MiB")), LinkIn)
+
+
 # -- open_tier ------------------------------------------------------------------------
 
 

@@ -5,6 +5,12 @@ distributed worker run the very same code. Stages hand each other a small JSON
 reference to a file in the run's staging directory; each writes to a temporary name,
 renames it into place, and then writes its ``<stage>.json`` reference. A redelivered stage
 that finds its reference returns it instead of redoing the work.
+
+Each representation is hashed once, by the stage that writes it: the plaintext by dump,
+the stored object by encrypt (by compress, or dump, when that one is the last); an
+intermediate is only counted (``stages/digest.py``). Staged files are not fsynced: the
+tier write and the manifest are the durable steps, and why the redelivery story above
+stays true without the fsync is told in ``_write_output``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from backup_tasks import timefmt
 from backup_tasks.defaults import STAGES
@@ -32,7 +38,8 @@ from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.base import plaintext_suffix, source_for
 from backup_tasks.stages import compress as compress_stage
 from backup_tasks.stages import encrypt as encrypt_stage
-from backup_tasks.stages.digest import HashingWriter
+from backup_tasks.stages.digest import HashingWriter, SizingWriter
+from backup_tasks.storage.capabilities import LinkIn
 
 BACKUP_TYPES = ("full", "incremental", "differential")
 #: the stage a committed upload hands its run to, in the chain's order (``defaults.STAGES``)
@@ -83,16 +90,44 @@ def _commit_ref(run_dir: Path, stage: str, ref: dict) -> dict:
     return ref
 
 
-def _write_output(final: Path, produce: Callable[[HashingWriter], None]) -> tuple[int, str, float]:
-    """Run ``produce`` into a private temp file, fsync, rename into place; return size, sha256, seconds."""
+def _write_output(final: Path, produce: Callable[[BinaryIO], None], *, seal: bool = True) -> tuple[int, str | None, float]:
+    """Run ``produce`` into a private temp file and rename it into place; return size, sha256, seconds.
+
+    ``seal``: hash what is written (the plaintext, the stored object); otherwise the
+    sha256 returned is None and only the size is counted (an intermediate).
+
+    No fsync, and here is why the redelivery story holds without one. A stage commits
+    in three steps: write the temp file, rename it to its final name, write the
+    ``<stage>.json`` reference (temp name and rename too). A redelivered stage that finds
+    its reference returns it without looking at the file. If the worker process dies
+    (SIGKILL, out of memory, a time limit), every write it made is in the kernel's page
+    cache and survives it: a reference exists only after the whole file was written and
+    renamed, so a reference always points at a complete file, fsync or not. Only a crash
+    of the host (power loss, kernel panic) can leave a renamed file, or its reference,
+    whose data never reached the disk: the file comes back short, empty, or (on some
+    filesystems) the right length with zeros inside. What catches each case:
+
+    - short or empty: the next stage compares the file's size with the reference before
+      it reads (``_open_staged``) and fails naming the stage and both sizes; upload
+      compares the size the tier stored, too;
+    - right length, wrong bytes, in an intermediate or the plaintext: the stored object
+      is then the encryption of wrong bytes, so its own hash matches, but verify
+      decompresses it back and compares against the plaintext sha256 that dump sealed
+      (and zstd's frame checksum fails first): the run fails at verify, never good;
+    - right length, wrong bytes, in the stored object: upload's copy hashes what it
+      stores and compares with encrypt's seal; a hard-linked object is read back by
+      verify against the same seal.
+
+    So nothing damaged is ever recorded as good; a host crash costs a failed run (the
+    next one starts from scratch) instead of an fsync of every staged file on every run.
+    """
     started = time.monotonic()
     tmp = final.with_name(f".{final.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb", buffering=0) as raw:
-            writer = HashingWriter(raw)
+            writer = HashingWriter(raw) if seal else SizingWriter(raw)
             produce(writer)
-            os.fsync(raw.fileno())
         os.replace(tmp, final)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -100,6 +135,26 @@ def _write_output(final: Path, produce: Callable[[HashingWriter], None]) -> tupl
             raise _staging_full(final) from None
         raise
     return writer.size, writer.sha256, round(time.monotonic() - started, 3)
+
+
+def _open_staged(ref: dict, stage: str) -> BinaryIO:
+    """The previous stage's file, refused if its size is not what that stage's reference says.
+
+    Costs one fstat. A staged file that is shorter (a host crash lost its unwritten
+    data, see ``_write_output``) or longer than its reference was changed after the
+    stage that wrote it committed; reading on would only store something that verify
+    must reject later.
+    """
+    fh = open(ref["path"], "rb")
+    size = os.fstat(fh.fileno()).st_size
+    if size != ref["size"]:
+        fh.close()
+        raise PermanentError(
+            f"{stage}: the staged file {Path(ref['path']).name} of run {ref['backup_id']} is {size} bytes, but the "
+            f"stage before sealed it at {ref['size']} bytes: it changed after it was written (a host crash, or something "
+            "else writing in the staging directory)",
+            "run the backup again; if it happens again, check the disk holding staging_dir and what else writes there")
+    return fh
 
 
 def _out_of_space(exc: BaseException | None) -> bool:
@@ -173,10 +228,11 @@ def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = No
     if method == "none":
         return _commit_ref(run_dir, "compress", {**ref, "stage": "compress", "seconds": 0.0, "compression": "none", "level": None})
     final = Path(ref["path"] + compress_stage.SUFFIX[method])
-    with open(ref["path"], "rb") as fh:
+    stored = not settings.recipients  # then nothing encrypts it after: this file is the stored object, seal it
+    with _open_staged(ref, "compress") as fh:
         src = progress_mod.reading(fh, progress, "compress", ref["size"])
         size, sha, seconds = _write_output(final, lambda out: compress_stage.compress(
-            src, out, method, level=settings.compression_level, threads=settings.compression_threads))
+            src, out, method, level=settings.compression_level, threads=settings.compression_threads), seal=stored)
     done = _commit_ref(run_dir, "compress", {**_carry(ref), "stage": "compress", "path": str(final), "size": size, "sha256": sha,
                                               "seconds": seconds, "compression": method, "level": settings.compression_level})
     _drop_input(ref, final)
@@ -197,7 +253,7 @@ def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = Non
         return _commit_ref(run_dir, "encrypt", {**ref, "stage": "encrypt", "seconds": 0.0, "encrypted": False})
     rt.catalog.set_stage(ref["backup_id"], "encrypt")
     final = Path(ref["path"] + encrypt_stage.SUFFIX)
-    with open(ref["path"], "rb") as fh:
+    with _open_staged(ref, "encrypt") as fh:
         src = progress_mod.reading(fh, progress, "encrypt", ref["size"])
         size, sha, seconds = _write_output(final, lambda out: encrypt_stage.encrypt(src, out, rt.recipients))
     done = _commit_ref(run_dir, "encrypt", {**_carry(ref), "stage": "encrypt", "path": str(final), "size": size, "sha256": sha,
@@ -234,17 +290,31 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
     failures: list[BaseException] = []
     etags: dict[str, str | None] = {}  # what each tier said it stored; verify compares without a full read
     tiers = rt.config.tiers_of(target)
+    linked = False
     for n, tier in enumerate(tiers):
         try:
             storage = rt.storage(tier)
-            with open(ref["path"], "rb") as fh:  # progress counts every tier's copy: n copies of size bytes
-                stream = progress_mod.reading(fh, progress, "upload", ref["size"] * len(tiers), offset=ref["size"] * n)
-                info = storage.put(key, stream, size_hint=ref["size"])
+            info = None
+            # One tier at most takes the staged file by hard link: two tiers sharing one
+            # inode would be one copy, not two. A tier on another filesystem, or behind a
+            # bandwidth limit, has no link (None, or no LinkIn) and is copied to.
+            if not linked and isinstance(storage, LinkIn):
+                info = storage.link_in(key, ref["path"])
+                linked = info is not None
+                if linked and progress is not None:
+                    progress("upload", ref["size"] * (n + 1), ref["size"] * len(tiers))
+            if info is None:
+                with _open_staged(ref, "upload") as fh:  # progress counts every tier's copy: n copies of size bytes
+                    stream = progress_mod.reading(fh, progress, "upload", ref["size"] * len(tiers), offset=ref["size"] * n)
+                    info = storage.put(key, stream, size_hint=ref["size"])
             if info.size != ref["size"] or (info.sha256 and info.sha256 != ref["sha256"]):
                 storage.delete(key)
                 raise StorageError(
-                    f"upload of {backup_id} to tier '{tier.name}' stored {info.size} bytes, expected {ref['size']}",
-                    "check the tier's free space and health, then run the backup again",
+                    f"upload of {backup_id} to tier '{tier.name}' stored {info.size} bytes with sha256 "
+                    f"{(info.sha256 or 'not computed')[:16]}…, but {name} was sealed at {ref['size']} bytes with sha256 "
+                    f"{(ref['sha256'] or '')[:16]}… when it was written: it changed in staging since",
+                    "check the tier's free space and health, and that nothing else writes in staging_dir, "
+                    "then run the backup again",
                 )
         except (StorageError, TransientError) as exc:
             # One tier down must not cost the copies on the others: carry on, commit

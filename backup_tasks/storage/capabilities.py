@@ -2,8 +2,9 @@
 
 A caller asks ``isinstance(storage, ObjectLock)`` and uses what it finds; it never
 compares a tier's kind or unwraps a wrapper to look inside. The retry and throttle
-wrappers have exactly the capabilities of the storage they wrap (``storage.forward``),
-so the question gets the same answer through them.
+wrappers have the capabilities of the storage they wrap (``storage.forward``), so the
+question gets the same answer through them; the one exception is that a bandwidth limit
+withholds ``LinkIn``, whose link would store bytes without them passing the limit.
 
     Probe          every kind: is the tier usable right now (GET /health)
     DiskSpace      local and external: mount state and free space (the watchdog)
@@ -11,6 +12,7 @@ so the question gets the same answer through them.
     StaleUploads   s3: abort uploads that were started and never finished
     PartialWrites  local and external: remove temp files of writes that never finished
     RefusalAlerts  external: tells a callback each time it refuses a write
+    LinkIn         local and external: store a file already on the tier's filesystem without copying it
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Protocol, runtime_checkable
+
+from backup_tasks.storage.base import ObjectInfo
 
 #: ``alert(message, remedy, detail)``: how a tier tells a higher layer that it refused a
 #: write; ``detail`` holds at least ``tier``, ``path``, ``key`` and ``reason``.
@@ -109,5 +113,22 @@ class RefusalAlerts(Protocol):
         ...
 
 
+@runtime_checkable
+class LinkIn(Protocol):
+    def link_in(self, key: str, path: str) -> ObjectInfo | None:
+        """Make the file at ``path`` the object ``key`` without copying its bytes, or return None.
+
+        None means it cannot be done here (the file is on another filesystem, or that
+        filesystem has no hard links) and the caller copies with ``put`` instead. When it
+        is done, the object is in place atomically, private (0600) and durable, exactly
+        as after a ``put``, and shares its data with ``path``: the caller must never
+        write into ``path`` again, only unlink it. Nothing is read, so the returned
+        ``sha256`` is None; the caller already knows the file's hash and size and
+        checks the size returned. A wrapper that must see every byte of a write (a
+        bandwidth limit) does not have this capability, so the caller copies through it.
+        """
+        ...
+
+
 #: every capability a wrapper may have to forward, in the order ``forward`` names them
-CAPABILITIES: tuple[type, ...] = (Probe, DiskSpace, ObjectLock, StaleUploads, PartialWrites, RefusalAlerts)
+CAPABILITIES: tuple[type, ...] = (Probe, DiskSpace, ObjectLock, StaleUploads, PartialWrites, RefusalAlerts, LinkIn)

@@ -51,6 +51,12 @@ class ExternalStorage(LocalStorage):
         self.check_writable(key, size_hint or 0)
         return super().put(key, source, size_hint=size_hint)
 
+    def link_in(self, key: str, path: str) -> ObjectInfo | None:
+        """The same mount and free-space checks as ``put``, then a link (which takes no new space)."""
+        validate_key(key)
+        self.check_writable(key, 0)
+        return super().link_in(key, path)
+
     # -- capabilities: Probe, DiskSpace, RefusalAlerts ---------------------------------
 
     def probe(self, timeout: float) -> str:

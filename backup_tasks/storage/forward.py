@@ -6,7 +6,9 @@ hide an S3 tier's locks. So ``Wrapper(inner, ...)`` makes an instance of the wra
 class extended, for each capability ``inner`` has, by a small mixin that implements it
 on top of ``self.inner``; ``isinstance(wrapper, ObjectLock)`` is then the same answer
 as ``isinstance(inner, ObjectLock)``. A wrapper changes how a capability is passed on
-(the retry wrapper retries some) by naming its own mixin in ``forwarders``.
+(the retry wrapper retries some) by naming its own mixin in ``forwarders``, and withholds
+one it must not pass on by naming None (the throttle wrapper withholds ``LinkIn``,
+because a link would store the bytes without them passing through its limit).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar, Mapping
 
+from backup_tasks.storage.base import ObjectInfo
 from backup_tasks.storage.capabilities import (
     CAPABILITIES,
     Alert,
     DiskSpace,
     DiskState,
+    LinkIn,
     ObjectLock,
     PartialWrite,
     PartialWrites,
@@ -71,14 +75,22 @@ class ForwardRefusalAlerts:
         self.inner.alert_refusals_to(alert)
 
 
-#: capability -> the mixin that passes it on unchanged
-FORWARDERS: Mapping[type, type] = {
+class ForwardLinkIn:
+    inner: Any
+
+    def link_in(self, key: str, path: str) -> ObjectInfo | None:
+        return self.inner.link_in(key, path)
+
+
+#: capability -> the mixin that passes it on unchanged (None: the wrapper does not have it)
+FORWARDERS: Mapping[type, type | None] = {
     Probe: ForwardProbe,
     DiskSpace: ForwardDiskSpace,
     ObjectLock: ForwardObjectLock,
     StaleUploads: ForwardStaleUploads,
     PartialWrites: ForwardPartialWrites,
     RefusalAlerts: ForwardRefusalAlerts,
+    LinkIn: ForwardLinkIn,
 }
 
 
@@ -90,16 +102,20 @@ class Wrapper:
     """
 
     #: how each capability is passed on; a wrapper overrides entries to change that
-    forwarders: ClassVar[Mapping[type, type]] = FORWARDERS
+    forwarders: ClassVar[Mapping[type, type | None]] = FORWARDERS
 
     def __new__(cls, inner: object, *args: object, **kwargs: object):
-        present = tuple(cap for cap in CAPABILITIES if isinstance(inner, cap))
+        present = tuple(cap for cap in CAPABILITIES if isinstance(inner, cap) and cls.forwarders.get(cap) is not None)
         return super().__new__(_with_capabilities(getattr(cls, "_plain", cls), present))
 
 
 @lru_cache(maxsize=None)
 def _with_capabilities(plain: type, present: tuple[type, ...]) -> type:
-    """``plain`` itself when ``present`` is empty, else one subclass per set, made once."""
+    """``plain`` itself when ``present`` is empty, else one subclass per set, made once.
+
+    ``present`` holds only capabilities the wrapper passes on (``Wrapper.__new__`` drops
+    the ones it withholds).
+    """
     if not present:
         return plain
     mixins = tuple(plain.forwarders[cap] for cap in present)

@@ -28,6 +28,10 @@ from backup_tasks.storage import disk
 from backup_tasks.storage.base import ObjectInfo, require_bytes, validate_key, validate_prefix
 from backup_tasks.storage.capabilities import DiskState, PartialWrite
 
+#: link errors that mean "not possible here" (another filesystem, no hard links there, too
+#: many links already), so the caller copies instead
+_CANNOT_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
+
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
@@ -160,6 +164,71 @@ class LocalStorage:
             except OSError:
                 break  # not empty (or already gone, or not ours to remove): stop here
             parent = parent.parent
+
+    # -- capability: LinkIn ----------------------------------------------------------
+
+    def link_in(self, key: str, path: str) -> ObjectInfo | None:
+        """Hard-link the file at ``path`` into place as ``key``; None if it is on another filesystem.
+
+        The same steps as ``put`` without the copy: the file is made 0600, its data
+        fsynced (whoever wrote it did not need to: this is the durable step), linked to a
+        dot-named temp name beside the target and renamed over it, then the directory is
+        fsynced. A reader sees the old object or the whole new one. ``modified`` is set
+        to now, as a copy's would be. The temp name is the one ``put`` uses, so a link
+        whose process died before the rename is removed like any killed write.
+        """
+        target = self._path(validate_key(key))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._os_error("linking", key, exc) from exc
+        tmp: Path | None = None
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise StorageError(f"tier '{self.name}': {path} is not a regular file; cannot store it as '{key}'",
+                                   "pass the staged file itself")
+            self._make_dirs(target.parent)  # a copy would create them too
+            if os.stat(target.parent).st_dev != st.st_dev:
+                return None  # another filesystem: find out before paying for the fsync
+            os.fchmod(fd, _FILE_MODE)
+            os.fsync(fd)
+            os.utime(fd)
+            for _ in range(_DIRECTORY_RACE_ATTEMPTS):
+                self._make_dirs(target.parent)
+                tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+                try:
+                    os.link(path, tmp, follow_symlinks=False)
+                    break
+                except FileNotFoundError:
+                    tmp = None
+                    if not os.path.exists(path):
+                        raise
+                    continue  # a concurrent delete pruned the directory just now; recreate it
+            else:
+                raise StorageError(f"tier '{self.name}': could not create the directory for '{key}' under {self.root}: "
+                                   "it kept disappearing",
+                                   "another process is deleting under this tier at the same time; retry the upload")
+            if os.stat(tmp, follow_symlinks=False).st_ino != st.st_ino:  # ``path`` was replaced since it was opened
+                raise StorageError(f"tier '{self.name}': {path} changed while it was being stored as '{key}'",
+                                   "nothing else may write the file being stored; run the upload again")
+            os.replace(tmp, target)
+            tmp = None
+            _fsync_dir(target.parent)
+            modified = os.fstat(fd).st_mtime
+        except OSError as exc:
+            if tmp is not None:
+                _unlink_quietly(tmp)
+            if exc.errno in _CANNOT_LINK:
+                return None
+            raise self._os_error("linking", key, exc) from exc
+        except BaseException:
+            if tmp is not None:
+                _unlink_quietly(tmp)
+            raise
+        finally:
+            os.close(fd)
+        return ObjectInfo(key=key, size=st.st_size, modified=_utc(modified))
 
     # -- capability: PartialWrites --------------------------------------------------
 

@@ -6,7 +6,8 @@ own reader (and its parallel part uploads) can never send faster than the limit 
 average, while reads, listings and deletes pass untouched. The bucket holds one
 second's worth of tokens, so short bursts are allowed but the long-run rate is the limit.
 The wrapper has the capabilities of the tier it wraps, passed on unchanged
-(``storage.forward``).
+(``storage.forward``), except ``LinkIn``: a hard link stores a file without its bytes
+passing through the bucket, so a limited tier is always written by copying.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import BinaryIO, Callable, Iterator
 
 from backup_tasks.errors import ConfigError
 from backup_tasks.storage.base import ObjectInfo, Storage
-from backup_tasks.storage.forward import Wrapper
+from backup_tasks.storage.capabilities import LinkIn
+from backup_tasks.storage.forward import FORWARDERS, Wrapper
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
@@ -95,6 +97,9 @@ class _ThrottledReader(io.RawIOBase):
 
 class ThrottledStorage(Wrapper):
     """``inner`` with puts limited to ``rate`` bytes per second (shared by all puts of this tier)."""
+
+    #: withheld: a link would bypass the limit (and a limit is set to spare the disk or link, whatever the filesystem)
+    forwarders = {**FORWARDERS, LinkIn: None}
 
     def __init__(self, inner: Storage, rate: int, **bucket_kw) -> None:
         self.inner = inner

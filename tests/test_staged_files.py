@@ -1,0 +1,168 @@
+"""Runbook: the chain hashes each representation once, fsyncs only what is stored, and links instead of copying.
+
+The stages are run one by one, as a worker runs them, so the test can look at (and
+break) the staged files between two stages: the plaintext and the stored object are
+sealed with a sha256, the compressed intermediate only with its size; a local tier on the
+staging filesystem takes the stored object by hard link (private, in place, restorable),
+except behind a bandwidth limit, which every byte must pass. A staged file changed
+behind the chain's back fails the run, naming the stage or the hash that caught it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from celery import states
+
+from backup_tasks.errors import VerificationFailed
+from backup_tasks.ops import backup, verify
+from backup_tasks.orchestration import tasks
+from backup_tasks.records.catalog import Status
+from backup_tasks.storage.capabilities import LinkIn
+from conftest import run_cli
+from test_files_source import assert_same_tree, snapshot
+
+
+def _tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "data"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "notes.txt").write_text("a line of notes\n" * 5000)
+    (tree / "sub" / "random.bin").write_bytes(os.urandom(3 << 20))
+    (tree / "sub" / "secret.env").write_text("TOKEN=not-a-real-one\n")
+    return tree
+
+
+def _config(tmp_path: Path, make_config, tree: Path, bandwidth: str | None = None) -> Path:
+    store = tmp_path / "state" / "store"
+    limit = f'bandwidth_limit = "{bandwidth}"\n' if bandwidth else ""
+    return make_config(f'[targets.docs]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',
+                       tiers=f'[tiers.local]\nkind = "local"\npath = "{store}"\n{limit}')
+
+
+def _up_to_encrypt(rt, backup_id: str) -> tuple[dict, dict]:
+    ref = backup.start(rt, backup_id, "docs", "full")
+    dumped = backup.dump(rt, ref)
+    compressed = backup.compress(rt, dumped)
+    return dumped, compressed
+
+
+@pytest.mark.parametrize("bandwidth", [None, "1GiB"], ids=["same-filesystem", "bandwidth-limit"])
+def test_the_stored_object_is_linked_from_staging_unless_a_bandwidth_limit_must_see_it(
+        tmp_path, make_config, runtime_for, bandwidth):
+    tree = _tree(tmp_path)
+    cfg = _config(tmp_path, make_config, tree, bandwidth)
+    rt = runtime_for(cfg)
+    assert isinstance(rt.storage("local"), LinkIn) is (bandwidth is None)  # the throttle withholds the link
+
+    backup_id = f"docs-linked-{'copy' if bandwidth else 'link'}"
+    dumped, compressed = _up_to_encrypt(rt, backup_id)
+    assert len(dumped["sha256"]) == 64  # the plaintext is sealed: verify compares against it
+    assert compressed["sha256"] is None and compressed["size"] > 0  # the intermediate only counted
+    encrypted = backup.encrypt(rt, compressed)
+    assert len(encrypted["sha256"]) == 64  # the stored object is sealed once, while it is written
+    staged_inode = os.stat(encrypted["path"]).st_ino
+    uploaded = backup.upload(rt, encrypted)
+
+    stored = tmp_path / "state" / "store" / "docs" / backup_id / "data.tar.zst.age"
+    st = stored.stat()
+    assert (st.st_ino == staged_inode) is (bandwidth is None)  # linked, or copied through the limit
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_nlink == 1  # private, and staging let go of it
+    assert st.st_size == encrypted["size"] == uploaded["size"]
+    assert not [p for p in stored.parent.iterdir() if p.name.startswith(".")]  # no temp link left behind
+    assert not (tmp_path / "state" / "staging" / backup_id).exists()
+    doc = json.loads((stored.parent / "manifest.json").read_text())
+    assert doc["stored"]["sha256"] == encrypted["sha256"] and doc["plaintext"]["sha256"] == dumped["sha256"]
+
+    assert verify.verify_backup(rt, backup_id)["status"] == "verified"  # read back from the tier against both seals
+    dest = tmp_path / "restored"
+    run_cli("restore", backup_id, "--to", str(dest), "--json", config=cfg, check=0)
+    assert_same_tree(snapshot(tree), snapshot(dest / str(tree).lstrip("/")))
+
+
+def test_a_compressed_file_altered_before_encrypt_fails_verify_on_the_plaintext_and_a_truncated_one_fails_encrypt(
+        tmp_path, make_config, runtime_for):
+    tree = _tree(tmp_path)
+    rt = runtime_for(_config(tmp_path, make_config, tree))
+
+    # Same length, other bytes (what a host crash can leave on some filesystems): nothing
+    # hashes the intermediate, so it is stored; verify decompresses it and refuses it.
+    _, compressed = _up_to_encrypt(rt, "docs-altered-zst")
+    with open(compressed["path"], "r+b") as fh:
+        fh.seek(compressed["size"] // 2)
+        fh.write(b"\0" * 4096)
+    backup.upload(rt, backup.encrypt(rt, compressed))
+    with pytest.raises(VerificationFailed) as caught:
+        verify.verify_backup(rt, "docs-altered-zst")
+    assert caught.value.check == "decompress" and "Data corruption detected" in caught.value.message  # zstd finds the damage
+    assert rt.catalog.get("docs-altered-zst").status != Status.VERIFIED
+    assert not rt.catalog.verifications("docs-altered-zst")[-1].ok
+
+    # Shorter than its reference (the other thing a host crash leaves): encrypt refuses to read it.
+    _, compressed = _up_to_encrypt(rt, "docs-short-zst")
+    os.truncate(compressed["path"], compressed["size"] - 100)
+    result = tasks.encrypt.apply(args=(compressed,))
+    assert result.state == states.FAILURE
+    row = rt.catalog.get("docs-short-zst")
+    assert row.status == Status.FAILED
+    assert row.error.startswith("encrypt failed: encrypt: the staged file data.tar.zst")
+    assert f"sealed it at {compressed['size']} bytes" in row.error
+    assert not list(rt.storage("local").list("docs/docs-short-zst/"))  # nothing stored
+
+
+def test_an_encrypted_file_altered_before_upload_is_refused_by_the_copy_and_by_verify_after_a_link(
+        tmp_path, make_config, runtime_for):
+    tree = _tree(tmp_path)
+
+    # Copied (a bandwidth limit): the tier hashes what it stores and the seal does not match.
+    rt = runtime_for(_config(tmp_path, make_config, tree, bandwidth="1GiB"))
+    _, compressed = _up_to_encrypt(rt, "docs-altered-copy")
+    encrypted = backup.encrypt(rt, compressed)
+    with open(encrypted["path"], "r+b") as fh:
+        fh.seek(encrypted["size"] - 20)
+        fh.write(b"\xff" * 10)
+    assert tasks.upload.apply(args=(encrypted,)).state == states.FAILURE
+    row = rt.catalog.get("docs-altered-copy")
+    assert row.status == Status.FAILED and row.error.startswith("upload failed: upload of docs-altered-copy")
+    assert f"sealed at {encrypted['size']} bytes with sha256 {encrypted['sha256'][:16]}" in row.error
+    assert not list(rt.storage("local").list("docs/docs-altered-copy/"))  # the bad copy was removed, no manifest
+
+    # Linked (nothing read on the way): verify reads it back against the seal in the manifest.
+    rt = runtime_for(_config(tmp_path, make_config, tree))
+    _, compressed = _up_to_encrypt(rt, "docs-altered-link")
+    encrypted = backup.encrypt(rt, compressed)
+    with open(encrypted["path"], "r+b") as fh:
+        fh.seek(encrypted["size"] - 20)
+        fh.write(b"\xff" * 10)
+    backup.upload(rt, encrypted)
+    with pytest.raises(VerificationFailed) as caught:
+        verify.verify_backup(rt, "docs-altered-link")
+    assert caught.value.check == "stored-sha256"
+    assert f"does not match the signed manifest's {encrypted['sha256'][:16]}" in caught.value.message
+
+
+def test_two_tiers_on_the_staging_filesystem_hold_two_copies_not_one_file(tmp_path, make_config, runtime_for):
+    tree = _tree(tmp_path)
+    state = tmp_path / "state"
+    rt = runtime_for(make_config(
+        f'[targets.docs]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\nstorage = ["near", "second"]\n',
+        tiers=f'[tiers.near]\nkind = "local"\npath = "{state / "near"}"\n'
+              f'[tiers.second]\nkind = "local"\npath = "{state / "second"}"\n'))
+    _, compressed = _up_to_encrypt(rt, "docs-two-tiers")
+    encrypted = backup.encrypt(rt, compressed)
+    staged_inode = os.stat(encrypted["path"]).st_ino
+    backup.upload(rt, encrypted)
+
+    near, second = (state / tier / "docs" / "docs-two-tiers" / "data.tar.zst.age" for tier in ("near", "second"))
+    assert near.stat().st_ino == staged_inode  # the first tier took the link ...
+    assert second.stat().st_ino != staged_inode  # ... the second a copy of its own
+    assert near.read_bytes() == second.read_bytes()
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (near, second)} == {0o600}
+    assert verify.verify_backup(rt, "docs-two-tiers")["status"] == "verified"  # both copies read back
+    with open(near, "r+b") as fh:  # damage to one copy stays in that copy
+        fh.write(b"\0" * 64)
+    assert hashlib.sha256(second.read_bytes()).hexdigest() == encrypted["sha256"] != hashlib.sha256(near.read_bytes()).hexdigest()
