@@ -131,6 +131,9 @@ SIZE_ANOMALY_HISTORY = 7
 SIZE_ANOMALY_MIN_HISTORY = 3
 #: the DR report's window for success rates and plots
 REPORT_DAYS = 30
+#: the watchdog reminds to rotate when the current encryption key has been current longer than this
+#: (the monthly rotation of the seed documents); 0 turns the reminder off
+KEY_MAX_AGE_DAYS = 30
 #: HTTP API (backupctl api serve): loopback unless told otherwise; put TLS in front of it
 API_HOST = "127.0.0.1"
 API_PORT = 8080

@@ -10,7 +10,10 @@ embedded default, from cron with ``backupctl watchdog``). It looks for:
   ``alert_min_free_bytes``, or the tier's own ``min_free_bytes``);
 - a **missing external mount**;
 - for point-in-time targets, **WAL that stopped arriving** (newest stored segment older
-  than ``pitr_rpo_minutes``) and a **gap** in the WAL archive (pitr_watch.py).
+  than ``pitr_rpo_minutes``) and a **gap** in the WAL archive (pitr_watch.py);
+- a **key due for rotation**: a current encryption key in use for longer than
+  ``key_max_age_days`` (key_age.py says from when a key counts as current); it resolves
+  once the key has been rotated out of the recipients.
 
 Each finding is a *condition* kept in the catalog: it is alerted once when it opens
 (an event, which alerting sends on) and once more, as "resolved", when it clears (for
@@ -33,7 +36,7 @@ from datetime import datetime, timezone
 
 from backup_tasks import defaults
 from backup_tasks.records import events
-from backup_tasks.ops import pitr_watch, readiness
+from backup_tasks.ops import key_age, pitr_watch, readiness
 from backup_tasks.policy.readiness import TargetState
 from backup_tasks.timefmt import iso
 from backup_tasks.storage.capabilities import DiskSpace, DiskUsage
@@ -120,6 +123,7 @@ def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
     """Every condition as of now; ``open_keys``: the conditions open in the catalog (for low space's margin)."""
     out = [rpo_finding(state) for state in readiness.assess(rt, now)]
     out += pitr_watch.findings(rt, now, Finding)
+    out += key_age.findings(rt, now, open_keys, Finding)
     for tier in rt.config.tiers.values():
         storage = rt.storage(tier)
         if not isinstance(storage, DiskSpace):
@@ -143,7 +147,7 @@ def run_watchdog(rt, now: datetime | None = None) -> dict:
     for f in current:
         detail = {**f.detail, "checked_on": host}
         if f.active:
-            severity = "warning" if f.kind == events.LOW_SPACE else "error"
+            severity = "warning" if f.kind in (events.LOW_SPACE, events.KEY_MAX_AGE) else "error"
             if rt.catalog.open_condition(f.key, kind=f.kind, target=f.target, tier=f.tier, detail=detail, now=now):
                 delivery = events.emit(rt.catalog, f.kind, f.message, severity=severity, target=f.target,
                                        host=_host(rt, f, host), backup_id=f.backup_id, **detail)

@@ -35,9 +35,11 @@ LOG_CONFLICT = "pitr.log_conflict"  # a log file offered again with other conten
 SPOOL_FULL = "pitr.spool_full"  # the host's spool of archived logs is over spool_max_bytes (nothing is dropped)
 PITR_LAG = "pitr.lag"  # the newest stored log is older than the target's pitr_rpo_minutes
 PITR_GAP = "pitr.gap"  # a log file is missing from the archive: the restorable window is broken
+#: keys
+KEY_MAX_AGE = "keys.max_age"  # a current encryption key has been current longer than key_max_age_days: rotate it
 RESOLVED = ".resolved"  # suffix: the watchdog condition <kind> has cleared
 #: opened and closed by the watchdog: alerted once per change of state, so not rate-limited
-WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING, PITR_LAG, PITR_GAP)
+WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING, PITR_LAG, PITR_GAP, KEY_MAX_AGE)
 VERIFIED = "backup.verified"  # a run's own verification passed (a notice with alert_on_success; not recorded)
 
 
