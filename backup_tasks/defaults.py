@@ -89,6 +89,7 @@ GLOBAL_JOBS = {
     "verify-pending": ("backup.verify_pending", "0 4 * * *", "verify"),       # backups left unverified
     "reverify": ("backup.reverify", "30 4 * * *", "maintenance"),             # rolling full re-reads
     "drills": ("backup.drill_due", "30 3 * * 0", "maintenance"),              # Sunday: one drill per target with [drill]
+    "reencrypt-after-lock": ("backup.reencrypt_unlocked", "45 4 * * *", "maintenance"),  # re-encryptions an Object Lock held back
     "rpo-watchdog": ("backup.watchdog", "*/15 * * * *", "maintenance"),       # no verified backup within rpo_hours
     "dr-report": ("backup.report", "0 7 * * 1", "maintenance"),               # Monday: the DR report to report_recipients
 }

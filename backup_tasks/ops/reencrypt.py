@@ -41,6 +41,8 @@ from backup_tasks.storage.capabilities import ObjectLock
 log = logging.getLogger(__name__)
 
 STAGE = "reencrypt"
+#: the audit action of one backup's re-encryption (its outcome: ok, failed, or deferred by an Object Lock)
+AUDIT_ACTION = "backup.reencrypt"
 #: what the catalog's copy of a revision says about the object it replaced
 PENDING, DELETED = "present", "deleted"
 
@@ -93,7 +95,7 @@ def plan(row: BackupRow, rt: Runtime) -> dict:
     """What a run would do with ``row``, without touching storage beyond Object Lock queries (``--dry-run``)."""
     out = {**_outcome(row, PLANNED), "to_key_ids": current_key_ids(rt)}
     if locked := _locked_copies(rt, row.target, row.manifest, [loc.tier for loc in row.locations]):
-        return {**out, "outcome": SKIPPED, "reason": locked}
+        return {**out, "outcome": SKIPPED, **locked}
     return out
 
 
@@ -118,10 +120,14 @@ def reencrypt_backup(rt: Runtime, backup_id: str, *, from_key: str | None = None
     except BackupError as exc:
         log.warning("re-encryption of %s failed: %s", backup_id, exc)
         result = {**_outcome(row, FAILED), "reason": exc.message, "remedy": exc.remedy}
-    if result["outcome"] in (REENCRYPTED, FAILED):
-        audit.record(rt.catalog, "backup.reencrypt", actor=actor, outcome=audit.OK if result["outcome"] == REENCRYPTED else audit.FAILED,
-                     target=row.target, backup_id=backup_id,
-                     detail={k: result[k] for k in ("from_key_ids", "to_key_ids", "revision", "reason") if result.get(k) is not None})
+    # A skip for an Object Lock is audited as deferred, with the lock's end: the daily
+    # retry (reencrypt_retry.py) finds it there and runs it again once the lock is over.
+    deferred = result["outcome"] == SKIPPED and result.get("locked_until")
+    if result["outcome"] in (REENCRYPTED, FAILED) or deferred:
+        outcome = {REENCRYPTED: audit.OK, FAILED: audit.FAILED}.get(result["outcome"], audit.DEFERRED)
+        audit.record(rt.catalog, AUDIT_ACTION, actor=actor, outcome=outcome, target=row.target, backup_id=backup_id,
+                     detail={**{k: result[k] for k in ("from_key_ids", "to_key_ids", "revision", "reason", "locked_until")
+                                if result.get(k) is not None}, **({"from_key": from_key} if from_key else {})})
     return result
 
 
@@ -133,9 +139,9 @@ def _run(rt: Runtime, row: BackupRow, from_key: str | None, progress) -> dict:
     newest = max((c.doc for c in copies), key=revision)
     finished = False
     if _has_leftovers(rt, newest, copies):
-        reason = _finish(rt, row, newest, copies, progress)
-        if reason:
-            return {**_outcome(row, SKIPPED, newest), "reason": reason}
+        held = _finish(rt, row, newest, copies, progress)
+        if held:
+            return {**_outcome(row, SKIPPED, newest), **held}
         finished = True
         copies = [_Copy(c.tier, newest) for c in copies]
     ids = key_ids(newest)
@@ -149,10 +155,10 @@ def _run(rt: Runtime, row: BackupRow, from_key: str | None, progress) -> dict:
         return {**_outcome(row, SKIPPED, newest), "reason": f"not encrypted to key {from_key}"}
     tiers = [loc["tier"] for loc in newest["locations"]]
     if locked := _locked_copies(rt, row.target, newest, tiers):
-        return {**_outcome(row, SKIPPED, newest), "reason": locked}
+        return {**_outcome(row, SKIPPED, newest), **locked}
     doc = _rewrite(rt, row, newest, current, progress)
-    reason = _finish(rt, row, doc, copies, progress)
-    return {**_outcome(row, REENCRYPTED, doc, before=newest), **({"reason": reason} if reason else {})}
+    held = _finish(rt, row, doc, copies, progress)
+    return {**_outcome(row, REENCRYPTED, doc, before=newest), **(held or {})}
 
 
 def _outcome(row: BackupRow, outcome: str, doc: dict | None = None, *, before: dict | None = None) -> dict:
@@ -205,19 +211,26 @@ def _exists(rt: Runtime, tier: str, key: str) -> bool:
         return False
 
 
-def _locked_copies(rt: Runtime, target: str, doc: dict, tiers: list[str]) -> str | None:
-    """Why the old object could not be deleted now (Object Lock), or None.
+def _locked_copies(rt: Runtime, target: str, doc: dict, tiers: list[str]) -> dict | None:
+    """Why the old object could not be deleted now (Object Lock) and when it can, or None.
 
     Such a backup is left as it is, whole, rather than moved on some tiers and not on
-    others: one manifest describes all its copies. A later run retries it.
+    others: one manifest describes all its copies. Returns ``reason`` and ``locked_until``
+    (the latest lock's end among the tiers, when the whole backup can move); the daily
+    retry runs it again after that.
     """
     key = f"{manifest.prefix(target, doc['backup_id'])}/{doc['stored']['name']}"
+    locks = {}
     for tier in tiers:
         storage = rt.storage(tier)
         if isinstance(storage, ObjectLock) and (until := storage.locked_until(key)) is not None:
-            return (f"the copy on tier '{tier}' is Object-Locked until {timefmt.iso(until)}: its old object cannot be deleted "
-                    "before then; run backupctl reencrypt again after that")
-    return None
+            locks[tier] = until
+    if not locks:
+        return None
+    tier, until = max(locks.items(), key=lambda item: item[1])
+    return {"reason": f"the copy on tier '{tier}' is Object-Locked until {timefmt.iso(until)}: its old object cannot be "
+                      "deleted before then; it is retried after that (or run backupctl reencrypt again then)",
+            "locked_until": timefmt.iso(until)}
 
 
 def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progress) -> dict:
@@ -284,10 +297,11 @@ def _copy(rt: Runtime, src: str, dst: str, key: str, sha256: str) -> str | None:
     return info.etag
 
 
-def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progress) -> str | None:
+def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progress) -> dict | None:
     """Steps 2-5 for revision ``doc``: copies complete and proven, manifest everywhere, verified, old objects gone.
 
-    Returns why an old object is still stored (Object Lock), else None.
+    Returns why an old object is still stored (Object Lock: ``reason`` and, when the tier
+    tells it, ``locked_until``), else None.
     """
     prefix = manifest.prefix(row.target, row.id)
     tiers = [loc["tier"] for loc in doc["locations"]]
@@ -320,7 +334,11 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
         try:
             rt.storage(tier).delete(old_key)
         except ObjectLocked as exc:
-            return f"the old object on tier '{tier}' is Object-Locked ({exc.message}); run backupctl reencrypt again after its lock ends"
+            storage = rt.storage(tier)
+            until = storage.locked_until(old_key) if isinstance(storage, ObjectLock) else None
+            return {"reason": f"the old object on tier '{tier}' is Object-Locked ({exc.message}); it is retried after its lock "
+                              "ends (or run backupctl reencrypt again then)",
+                    **({"locked_until": timefmt.iso(until)} if until else {})}
     record_revision(rt, row.id, doc, locations, old_object=DELETED)
     return None
 
