@@ -450,3 +450,46 @@ def test_a_reencryption_held_back_by_an_object_lock_is_retried_by_the_daily_job_
     assert newest.outcome == "ok" and newest.actor == "beat"
     assert {k["key_id"]: k["role"] for k in key_status(rt)["keys"]}[site.old_id] == "retired"
     assert tasks.reencrypt_unlocked.apply().get() == {"enqueued": []}  # done once
+
+
+def test_a_reencrypt_task_shows_its_progress_and_its_upload_keeps_to_the_tiers_bandwidth_limit(tmp_path, runtime_for, redis_url,
+                                                                                                start_worker, s3_server, s3_env):
+    from celery.result import AsyncResult
+
+    from backup_tasks.orchestration import tasks
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "random.bin").write_bytes(os.urandom(12 << 20))  # incompressible: 12 MiB to re-encrypt and upload
+    bucket = s3_server.make_bucket()
+    # the S3 tier first: the re-encrypted stream is uploaded straight to it, through its 3 MiB/s limit
+    site = Site(tmp_path, f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["offsite", "local"]\n',
+                tiers=s3_tier_toml(s3_server, bucket, bandwidth_limit="3MiB")
+                + f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n')
+    rt = runtime_for(site.config)
+    run = client.enqueue_backup("t", rt=rt).wait()
+    site.apply(rotate(tmp_path / "keys-b", signing=False, settings=rt.settings))
+    start_worker(site.config, redis_url, ["verify"], name="verifier@localhost")
+    rt = runtime_for(site.config, BACKUP_BROKER_URL=redis_url)
+
+    sent = tasks.reencrypt.apply_async(args=(run["id"], None, "test"), queue="verify")
+    seen: list[tuple[float, dict]] = []  # what Flower's /api/task/result shows of the task while it runs
+    deadline = time.monotonic() + 120
+    while not sent.ready() and time.monotonic() < deadline:
+        result = AsyncResult(sent.id)
+        if result.state == "PROGRESS":
+            seen.append((time.monotonic(), result.info))
+        time.sleep(0.1)
+    assert sent.get(timeout=5)["outcome"] == "reencrypted"
+
+    moving = [(at, p) for at, p in seen if p["stage"] == "reencrypt"]
+    assert moving and all(p["backup_id"] == run["id"] and p["target"] == "t" for _, p in moving)
+    stored = rt.catalog.get(run["id"])
+    total = moving[0][1]["bytes_total"]
+    assert total > 12 << 20 and all(0 <= p["bytes_done"] <= total for _, p in moving)
+    assert len({p["bytes_done"] for _, p in moving}) >= 2  # it moved while we watched
+    assert {p["stage"] for _, p in seen} >= {"reencrypt", "verify"}  # then the full verification, also shown
+    # 12 MiB through 3 MiB/s (one second of burst) before verify starts: at least three seconds (unthrottled: well under one)
+    verify_started = next(at for at, p in seen if p["stage"] == "verify")
+    assert verify_started - moving[0][0] >= 2.5, verify_started - moving[0][0]
+    assert stored.manifest["revision"] == 2 and stored.size_stored > 12 << 20
