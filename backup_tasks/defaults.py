@@ -152,3 +152,6 @@ API_ANONYMOUS_AUDIT_EVERY_SECONDS = 2.0
 #: re-encryption after a key rotation is background work: its tasks go to the verify queue at the lowest
 #: Redis priority (0 is the highest, 9 the lowest), so verifying tonight's backups is never kept waiting
 REENCRYPT_PRIORITY = 9
+#: objects from this size up are re-encrypted by two child processes (decrypt, encrypt) instead of
+#: two threads that pyrage's hold on the GIL serializes; below it, starting them costs more than it saves
+REENCRYPT_PROCESSES_MIN_BYTES = 8 << 20

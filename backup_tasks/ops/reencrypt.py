@@ -6,11 +6,13 @@ order of the steps is what makes a kill at any point harmless:
 
 1. the new object is written under a new name (``<name>.r<revision>.age``) on one tier,
    then copied to the backup's other tiers;
-2. every new copy is read back and decrypted in full with the new identity, and must
-   decrypt to the same bytes as the old object did;
+2. every new copy is read back in full and must be, byte for byte (sha256), what the
+   encryption produced; the old object's bytes were checked against its signed manifest
+   on the way in, so nothing forged is ever re-signed;
 3. a new signed manifest revision replaces the old one on every tier: it records the
    key change and names the revision it replaces (the commit point);
-4. the backup is verified in full through the restore path (``verify_backup``);
+4. the backup is verified in full through the restore path (``verify_backup``): the new
+   object decrypts with the new identity to the plaintext the manifest signs;
 5. only then are the old objects deleted.
 
 Before 3 the old manifest and the old object stand, and the new object is unreferenced
@@ -27,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 from backup_tasks import timefmt
+from backup_tasks.defaults import REENCRYPT_PROCESSES_MIN_BYTES
 from backup_tasks.errors import BackupError, InputError, ObjectLocked, ObjectNotFound, StorageError, VerificationFailed
 from backup_tasks.ops import readback
 from backup_tasks.ops.runtime import Runtime
@@ -36,6 +39,7 @@ from backup_tasks.records.catalog import BackupRow, Location, Status
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.stages.digest import HashingReader
 from backup_tasks.stages.encrypt import SUFFIX, DecryptingReader, EncryptingReader
+from backup_tasks.stages.reencrypt_pipe import ReencryptingReader
 from backup_tasks.storage.capabilities import ObjectLock
 
 log = logging.getLogger(__name__)
@@ -245,15 +249,21 @@ def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progres
     source = rt.storage(tiers[0])
     with source.get(old_key) as raw:
         old = HashingReader(progress_mod.reading(raw, progress, STAGE, doc["stored"]["size"]))
-        decrypted = DecryptingReader(old, old_identities, what=f"backup {row.id}")
-        inner = HashingReader(decrypted)
-        encrypted = EncryptingReader(inner, rt.recipients)
-        new = HashingReader(encrypted)
+        if doc["stored"]["size"] >= REENCRYPT_PROCESSES_MIN_BYTES:  # decrypt and encrypt each on a core of its own
+            piped = ReencryptingReader(old, old_identities, rt.recipients, what=f"backup {row.id}")
+            streams, new = [piped], HashingReader(piped)
+            decrypted_sha256 = lambda: piped.plain_sha256  # noqa: E731 - known once the stream has ended
+        else:  # a small object: two threads, sparing the start of two processes
+            decrypted = DecryptingReader(old, old_identities, what=f"backup {row.id}")
+            inner = HashingReader(decrypted)
+            encrypted = EncryptingReader(inner, rt.recipients)
+            streams, new = [encrypted, decrypted], HashingReader(encrypted)
+            decrypted_sha256 = lambda: inner.sha256  # noqa: E731
         try:
             info = source.put(new_key, new, size_hint=doc["stored"]["size"])
         finally:
-            encrypted.close()
-            decrypted.close()
+            for stream in streams:
+                stream.close()
         old.drain()
     if old.sha256 != doc["stored"]["sha256"] or old.size != doc["stored"]["size"]:
         _delete_quietly(rt, tiers[0], new_key)
@@ -275,7 +285,7 @@ def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progres
         encryption={"method": "age", "recipients": current},
         stored={"name": name, "size": new.size, "sha256": new.sha256},
         # what the object decrypts to (the compressed stream): unchanged by re-encryption, and checked on every new copy
-        decrypted_sha256=inner.sha256,
+        decrypted_sha256=decrypted_sha256(),
         locations=[{"tier": t, "key": new_key, **({"etag": etags[t]} if etags.get(t) else {})} for t in tiers],
     )
     if doc.get("attachments"):
@@ -306,7 +316,7 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
     prefix = manifest.prefix(row.target, row.id)
     tiers = [loc["tier"] for loc in doc["locations"]]
     new_key = f"{prefix}/{doc['stored']['name']}"
-    identities = keys.identities_for(rt.settings.identities_file, key_ids(doc))
+    keys.identities_for(rt.settings.identities_file, key_ids(doc))  # KeyMissing before anything is committed: verify needs it
     holders = [t for t in tiers if _matches(rt, t, new_key, doc)]
     if not holders:
         raise VerificationFailed(f"backup {row.id}: no tier holds the object of manifest revision {revision(doc)}",
@@ -315,7 +325,7 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
     for tier in tiers:
         if tier not in holders:
             _copy(rt, holders[0], tier, new_key, doc["stored"]["sha256"])
-        _read_back(rt, tier, new_key, doc, identities)
+        _read_back(rt, tier, new_key, doc)
     behind = [c.tier for c in copies if revision(c.doc) < revision(doc)]
     if "signature" not in doc:  # a revision made in this run: sign it and write it on every tier (the commit point)
         doc = markers.write(manifest.MANIFEST_NAME, {k: v for k, v in doc.items() if k not in ("format", "backup_id")},
@@ -358,16 +368,18 @@ def _matches(rt: Runtime, tier: str, key: str, doc: dict) -> bool:
         return False
 
 
-def _read_back(rt: Runtime, tier: str, key: str, doc: dict, identities) -> None:
-    """Read the new object in full from ``tier``: its sha256 and that it decrypts, to the old object's bytes."""
+def _read_back(rt: Runtime, tier: str, key: str, doc: dict) -> None:
+    """Read the new object in full from ``tier``: its bytes must be exactly the ones the revision signs.
+
+    Its sha256 is enough here: those bytes are what age encryption to the current
+    recipients produced (hashed as they were written), and the full verification after
+    the commit decrypts and checks them through the restore path. Decrypting here as well
+    would read and decrypt the object a second time for nothing.
+    """
     with rt.storage(tier).get(key) as raw:
         stored = HashingReader(raw)
-        with DecryptingReader(stored, identities, what=f"backup {doc['backup_id']} on tier '{tier}'") as decrypted:
-            inner = HashingReader(decrypted)
-            inner.drain()
         stored.drain()
-    expected_inner = doc.get("decrypted_sha256")
-    if stored.sha256 != doc["stored"]["sha256"] or (expected_inner and inner.sha256 != expected_inner):
+    if stored.sha256 != doc["stored"]["sha256"]:
         raise VerificationFailed(f"backup {doc['backup_id']}: the re-encrypted object on tier '{tier}' does not read back as written",
                                  "the old object is kept; check the tier and run backupctl reencrypt again", check="stored-sha256")
 
