@@ -252,13 +252,10 @@ def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progres
         if doc["stored"]["size"] >= REENCRYPT_PROCESSES_MIN_BYTES:  # decrypt and encrypt each on a core of its own
             piped = ReencryptingReader(old, old_identities, rt.recipients, what=f"backup {row.id}")
             streams, new = [piped], HashingReader(piped)
-            decrypted_sha256 = lambda: piped.plain_sha256  # noqa: E731 - known once the stream has ended
         else:  # a small object: two threads, sparing the start of two processes
             decrypted = DecryptingReader(old, old_identities, what=f"backup {row.id}")
-            inner = HashingReader(decrypted)
-            encrypted = EncryptingReader(inner, rt.recipients)
+            encrypted = EncryptingReader(decrypted, rt.recipients)
             streams, new = [encrypted, decrypted], HashingReader(encrypted)
-            decrypted_sha256 = lambda: inner.sha256  # noqa: E731
         try:
             info = source.put(new_key, new, size_hint=doc["stored"]["size"])
         finally:
@@ -284,8 +281,6 @@ def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progres
         reencrypted_at=timefmt.iso(timefmt.now()),
         encryption={"method": "age", "recipients": current},
         stored={"name": name, "size": new.size, "sha256": new.sha256},
-        # what the object decrypts to (the compressed stream): unchanged by re-encryption, and checked on every new copy
-        decrypted_sha256=decrypted_sha256(),
         locations=[{"tier": t, "key": new_key, **({"etag": etags[t]} if etags.get(t) else {})} for t in tiers],
     )
     if doc.get("attachments"):

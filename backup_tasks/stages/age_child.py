@@ -4,15 +4,12 @@ pyrage holds the GIL while it works, so age decryption and encryption in two thr
 one process take turns instead of running side by side. In two processes (reencrypt_pipe.py
 starts them, stdout of one into stdin of the other) each has a core. The keys come through
 the inherited pipe ``FD``, one per line, never argv or the environment, where ``ps`` and
-``/proc`` would show them. Data passes on stdin and stdout; at the end ``decrypt`` writes
-the plaintext's size and sha256 as one JSON line on stderr. A failure is one line on stderr
-(pyrage's message, which never holds key material) and exit status 1.
+``/proc`` would show them. Data passes on stdin and stdout. A failure is one line on
+stderr (pyrage's message, which never holds key material) and exit status 1.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 
@@ -21,17 +18,10 @@ from pyrage import x25519
 
 
 class _Out:
-    """stdout as pyrage's writer: straight os.write calls (no buffer), counting and hashing when asked."""
-
-    def __init__(self, digest: bool) -> None:
-        self.hash = hashlib.sha256() if digest else None
-        self.size = 0
+    """stdout as pyrage's writer: straight os.write calls, no buffer to copy through."""
 
     def write(self, data) -> int:
         view = memoryview(data)
-        if self.hash is not None:
-            self.hash.update(view)
-        self.size += len(view)
         while view:
             view = view[os.write(1, view):]
         return len(data)
@@ -45,7 +35,7 @@ def main(argv: list[str]) -> int:
     with os.fdopen(keys_fd, "rb") as fh:
         keys = fh.read().decode().split()
     source = os.fdopen(0, "rb", buffering=1 << 20)
-    out = _Out(digest=mode == "decrypt")
+    out = _Out()
     try:
         if mode == "decrypt":
             pyrage.decrypt_io(source, out, [x25519.Identity.from_str(k) for k in keys])
@@ -59,8 +49,6 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises a typed error
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
         return 1
-    if out.hash is not None:
-        sys.stderr.write(json.dumps({"size": out.size, "sha256": out.hash.hexdigest()}) + "\n")
     return 0
 
 

@@ -10,7 +10,6 @@ half the time of two threads, which pyrage serializes on the GIL (encrypt.py's r
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -42,17 +41,14 @@ def _spawn(mode: str, keys: list[str], stdin, stdout) -> subprocess.Popen:
 class ReencryptingReader:
     """A readable stream of ``src`` (age, to ``identities``) re-encrypted to ``recipients``.
 
-    After the end has been read, ``plain_size`` and ``plain_sha256`` describe what the
-    object decrypted to. A wrong identity or a damaged object raises VerificationFailed
-    from ``read``; ``close`` stops both children whatever state they are in.
+    A wrong identity or a damaged object raises VerificationFailed from ``read`` at the
+    end; ``close`` stops both children whatever state they are in.
     """
 
     def __init__(self, src: BinaryIO, identities, recipients, *, what: str) -> None:
         self._what = what
         self._src = src
         self._error: BaseException | None = None
-        self.plain_size: int | None = None
-        self.plain_sha256: str | None = None
         self._decrypt = _spawn("decrypt", [str(i) for i in identities], subprocess.PIPE, subprocess.PIPE)
         try:
             self._encrypt = _spawn("encrypt", [str(r) for r in recipients], self._decrypt.stdout, subprocess.PIPE)
@@ -111,9 +107,6 @@ class ReencryptingReader:
         if encrypted != 0:
             raise PermanentError(f"{self._what}: age encryption failed ({encrypt_err or f'exit {encrypted}'})",
                                  "check the recipients in [settings] and that the worker can start Python processes")
-        if self.plain_sha256 is None:
-            digest = json.loads(decrypt_err.splitlines()[-1])
-            self.plain_size, self.plain_sha256 = digest["size"], digest["sha256"]
 
     def close(self) -> None:
         for child in (self._decrypt, self._encrypt):
