@@ -42,7 +42,7 @@ MiB = 1024 * 1024
 
 CHILD = r'''
 import json, resource, sys, time
-from backup_tasks import config, defaults
+from backup_tasks import config
 from backup_tasks.ops import reencrypt, runtime
 cfg, backup_id, mode = sys.argv[1:4]
 if mode == "threads":
