@@ -11,7 +11,9 @@ then, per repetition, interleaved:
    read-back) and *verify* (the full verification through the restore path, then the
    old object's deletion). The ratio compares the rewrite with the age pipe, which does
    the same work minus the hashing; the whole task is given too;
-3. with ``--threads``, also **threads**: the same with the older two-thread pipeline
+3. **the stream alone**: old object → decrypt → encrypt → nowhere, hashing the old and the
+   new bytes as the product does, with two child processes and with two threads;
+4. with ``--threads``, also **threads**: the whole task with the older two-thread pipeline
    (pyrage holds the GIL, so its decrypt and encrypt take turns).
 
 Before each repetition the object is re-backed up on key A, so every case starts from
@@ -39,6 +41,32 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 MiB = 1024 * 1024
+
+PIPE_CHILD = r'''
+import resource, sys, time, json
+from pyrage import x25519
+from backup_tasks.stages.digest import HashingReader
+from backup_tasks.stages.encrypt import DecryptingReader, EncryptingReader
+from backup_tasks.stages.reencrypt_pipe import ReencryptingReader
+obj, identity_file, recipient, mode = sys.argv[1:5]
+identity = x25519.Identity.from_str([l for l in open(identity_file) if l.startswith("AGE-SECRET-KEY-")][0].strip())
+to = [x25519.Recipient.from_str(recipient)]
+started = time.perf_counter()
+with open(obj, "rb") as src:
+    old = HashingReader(src)  # as the product does: the old object is checked against its manifest
+    if mode == "processes":
+        streams = [ReencryptingReader(old, [identity], to, what="bench")]
+    else:
+        decrypted = DecryptingReader(old, [identity], what="bench")
+        streams = [EncryptingReader(decrypted, to), decrypted]
+    new = HashingReader(streams[0])  # as the tier's put does
+    buf = bytearray(1 << 20)
+    while new.readinto(buf):
+        pass
+    for s in streams:
+        s.close()
+print(json.dumps({"seconds": time.perf_counter() - started}))
+'''
 
 CHILD = r'''
 import json, resource, sys, time
@@ -126,6 +154,12 @@ def main() -> None:
                 os.close(fd)
                 baseline_fsync = time.perf_counter() - started
                 out.unlink()
+                pipes = {}
+                for how in ("processes", "threads"):  # the decrypt → encrypt stream alone, hashes included, no disk
+                    cat(obj)
+                    piped = subprocess.run([sys.executable, "-c", PIPE_CHILD, str(obj), str(a.directory / keys.IDENTITY_FILE),
+                                            b.recipient, how], env=env, capture_output=True, text=True, check=True)
+                    pipes[how] = json.loads(piped.stdout.strip().splitlines()[-1])["seconds"]
                 cat(obj)
                 done = subprocess.run([sys.executable, "-c", CHILD, str(cfg_b), backup["id"], mode], env=env,
                                       capture_output=True, text=True, check=True)
@@ -133,6 +167,7 @@ def main() -> None:
                 size = obj.stat().st_size if obj.exists() else backup["size_stored"]
                 run = {"rep": rep, "mode": mode, "load_1min": round(load, 2), "object_bytes": size,
                        "baseline_seconds": round(baseline, 3), "baseline_fsync_seconds": round(baseline_fsync, 3),
+                       "stream_processes_seconds": round(pipes["processes"], 3), "stream_threads_seconds": round(pipes["threads"], 3),
                        **{k: round(v, 3) for k, v in ours.items()},
                        "ratio_rewrite": round(baseline / ours["rewrite_seconds"], 3),
                        "ratio_whole_task": round(baseline / ours["seconds"], 3)}
@@ -143,9 +178,14 @@ def main() -> None:
         for mode in modes:
             mine = [r for r in runs if r["mode"] == mode]
             summary[mode] = {k: statistics.median(r[k] for r in mine) for k in (
-                "baseline_seconds", "baseline_fsync_seconds", "rewrite_seconds", "verify_seconds", "seconds", "ratio_rewrite", "ratio_whole_task",
+                "baseline_seconds", "baseline_fsync_seconds", "stream_processes_seconds", "stream_threads_seconds", "rewrite_seconds", "verify_seconds", "seconds", "ratio_rewrite", "ratio_whole_task",
                 "peak_rss_mib", "peak_rss_children_mib", "load_1min")}
         print("\nmedians:")
+        both = {k: statistics.median(r[k] for r in runs) for k in ("baseline_seconds", "stream_processes_seconds",
+                                                                    "stream_threads_seconds")}
+        print(f"  stream alone: age pipe {both['baseline_seconds']:.2f} s | two processes {both['stream_processes_seconds']:.2f} s "
+              f"({both['baseline_seconds'] / both['stream_processes_seconds']:.2f}x) | two threads "
+              f"{both['stream_threads_seconds']:.2f} s ({both['baseline_seconds'] / both['stream_threads_seconds']:.2f}x)")
         for mode, s in summary.items():
             print(f"  {mode:8} age pipe {s['baseline_seconds']:.2f} s (+fsync {s['baseline_fsync_seconds']:.2f} s) | rewrite {s['rewrite_seconds']:.2f} s "
                   f"({s['ratio_rewrite']:.2f}x) | whole task {s['seconds']:.2f} s ({s['ratio_whole_task']:.2f}x, verify "
