@@ -125,11 +125,12 @@ def reencrypt_backup(rt: Runtime, backup_id: str, *, from_key: str | None = None
     except BackupError as exc:
         log.warning("re-encryption of %s failed: %s", backup_id, exc)
         result = {**_outcome(row, FAILED), "reason": exc.message, "remedy": exc.remedy}
-    # A skip for an Object Lock is audited as deferred, with the lock's end: the daily
+    # Work an Object Lock held back (a skip, or an old object whose deletion was refused after
+    # the new revision was committed) is audited as deferred, with the lock's end: the daily
     # retry (reencrypt_retry.py) finds it there and runs it again once the lock is over.
-    deferred = result["outcome"] == SKIPPED and result.get("locked_until")
+    deferred = bool(result.get("locked_until"))
     if result["outcome"] in (REENCRYPTED, FAILED) or deferred:
-        outcome = {REENCRYPTED: audit.OK, FAILED: audit.FAILED}.get(result["outcome"], audit.DEFERRED)
+        outcome = audit.DEFERRED if deferred else audit.OK if result["outcome"] == REENCRYPTED else audit.FAILED
         audit.record(rt.catalog, AUDIT_ACTION, actor=actor, outcome=outcome, target=row.target, backup_id=backup_id,
                      detail={**{k: result[k] for k in ("from_key_ids", "to_key_ids", "revision", "reason", "locked_until")
                                 if result.get(k) is not None}, **({"from_key": from_key} if from_key else {})})
