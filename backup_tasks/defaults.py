@@ -94,6 +94,7 @@ GLOBAL_JOBS = {
     "verify-pending": ("backup.verify_pending", "0 4 * * *", "verify"),       # backups left unverified
     "reverify": ("backup.reverify", "30 4 * * *", "maintenance"),             # rolling full re-reads
     "drills": ("backup.drill_due", "30 3 * * 0", "maintenance"),              # Sunday: one drill per target with [drill]
+    "reencrypt-after-lock": ("backup.reencrypt_unlocked", "45 4 * * *", "maintenance"),  # re-encryptions an Object Lock held back
     "rpo-watchdog": ("backup.watchdog", "*/15 * * * *", "maintenance"),       # no verified backup within rpo_hours
     "dr-report": ("backup.report", "0 7 * * 1", "maintenance"),               # Monday: the DR report to report_recipients
 }
@@ -143,6 +144,9 @@ SIZE_ANOMALY_HISTORY = 7
 SIZE_ANOMALY_MIN_HISTORY = 3
 #: the DR report's window for success rates and plots
 REPORT_DAYS = 30
+#: the watchdog reminds to rotate when the current encryption key has been current longer than this
+#: (the monthly rotation of the seed documents); 0 turns the reminder off
+KEY_MAX_AGE_DAYS = 30
 #: HTTP API (backupctl api serve): loopback unless told otherwise; put TLS in front of it
 API_HOST = "127.0.0.1"
 API_PORT = 8080
@@ -160,3 +164,6 @@ API_ANONYMOUS_AUDIT_EVERY_SECONDS = 2.0
 #: re-encryption after a key rotation is background work: its tasks go to the verify queue at the lowest
 #: Redis priority (0 is the highest, 9 the lowest), so verifying tonight's backups is never kept waiting
 REENCRYPT_PRIORITY = 9
+#: objects from this size up are re-encrypted by two child processes (decrypt, encrypt) instead of
+#: two threads that pyrage's hold on the GIL serializes; below it, starting them costs more than it saves
+REENCRYPT_PROCESSES_MIN_BYTES = 8 << 20

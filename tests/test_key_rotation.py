@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -402,3 +403,92 @@ def test_sealed_postgres_globals_move_to_the_new_key_too(tmp_path, runtime_for, 
     site.identities.write_text((tmp_path / "keys-b" / keys.IDENTITY_FILE).read_text())
     checked = verify_backup(runtime_for(site.config), run["id"])
     assert checked["status"] == "verified" and checked["attachments_checked"] == ["globals.sql"]
+
+
+def test_a_reencryption_held_back_by_an_object_lock_is_retried_by_the_daily_job_once_the_lock_ends(tmp_path, runtime_for,
+                                                                                                  s3_server, s3_env):
+    from backup_tasks.orchestration import tasks
+
+    bucket = s3_server.make_bucket(object_lock=True)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("kept under a short lock\n" * 100)
+    local = f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n'
+    site = Site(tmp_path, f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["local", "offsite"]\n',
+                tiers=local + s3_tier_toml(s3_server, bucket))
+    rt = runtime_for(site.config)
+    run = client.enqueue_backup("t", rt=rt).wait()
+    # The stored copy is put under a COMPLIANCE lock that ends in a few seconds (a tier's own locks last whole days),
+    # and the tier is then configured as the locking tier it is.
+    key = rt.catalog.get(run["id"]).locations[-1].key
+    lock_ends = datetime.now(timezone.utc) + timedelta(seconds=5)
+    s3_server.client().put_object_retention(Bucket=bucket, Key=key, Retention={"Mode": "COMPLIANCE", "RetainUntilDate": lock_ends})
+    site.tiers = local + s3_tier_toml(s3_server, bucket, max_age_days=1, object_lock="compliance")
+    site.apply(cli_json("keys", "rotate", "--out", str(tmp_path / "keys-b"), config=site.config))
+
+    [skipped] = cli_json("reencrypt", config=site.config)["backups"]
+    assert skipped["outcome"] == "skipped" and "Object-Locked until" in skipped["reason"]
+    until = datetime.fromisoformat(skipped["locked_until"].replace("Z", "+00:00"))
+    assert abs((until - lock_ends).total_seconds()) < 1.5
+    rt = runtime_for(site.config)
+    [deferred] = rt.catalog.audit(action="backup.reencrypt")
+    assert deferred.outcome == "deferred" and deferred.backup_id == run["id"]
+    assert deferred.detail["locked_until"] == skipped["locked_until"]
+
+    # Beat's daily job, before the lock ends: nothing is due, nothing changes.
+    assert tasks.reencrypt_unlocked.apply().get() == {"enqueued": []}
+    assert site.data_objects("store", "t", run["id"]) == ["data.tar.zst.age"]
+
+    time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()) + 1.0)
+    # After it: the job sends the re-encryption again, and this time the backup moves on both tiers.
+    assert tasks.reencrypt_unlocked.apply().get() == {"enqueued": [run["id"]]}
+    rt = runtime_for(site.config, BACKUP_VERIFY_ALL_LOCATIONS="true")
+    assert site.data_objects("store", "t", run["id"]) == ["data.tar.zst.r2.age"]
+    assert [o.key.rsplit("/", 1)[1] for o in rt.storage("offsite").list(f"t/{run['id']}/data.")] == ["data.tar.zst.r2.age"]
+    assert verify_backup(rt, run["id"])["status"] == "verified"
+    newest = rt.catalog.audit(action="backup.reencrypt")[0]
+    assert newest.outcome == "ok" and newest.actor == "beat"
+    assert {k["key_id"]: k["role"] for k in key_status(rt)["keys"]}[site.old_id] == "retired"
+    assert tasks.reencrypt_unlocked.apply().get() == {"enqueued": []}  # done once
+
+
+def test_a_reencrypt_task_shows_its_progress_and_its_upload_keeps_to_the_tiers_bandwidth_limit(tmp_path, runtime_for, redis_url,
+                                                                                                start_worker, s3_server, s3_env):
+    from celery.result import AsyncResult
+
+    from backup_tasks.orchestration import tasks
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "random.bin").write_bytes(os.urandom(12 << 20))  # incompressible: 12 MiB to re-encrypt and upload
+    bucket = s3_server.make_bucket()
+    # the S3 tier first: the re-encrypted stream is uploaded straight to it, through its 3 MiB/s limit
+    site = Site(tmp_path, f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["offsite", "local"]\n',
+                tiers=s3_tier_toml(s3_server, bucket, bandwidth_limit="3MiB")
+                + f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\n')
+    rt = runtime_for(site.config)
+    run = client.enqueue_backup("t", rt=rt).wait()
+    site.apply(rotate(tmp_path / "keys-b", signing=False, settings=rt.settings))
+    start_worker(site.config, redis_url, ["verify"], name="verifier@localhost")
+    rt = runtime_for(site.config, BACKUP_BROKER_URL=redis_url)
+
+    sent = tasks.reencrypt.apply_async(args=(run["id"], None, "test"), queue="verify")
+    seen: list[tuple[float, dict]] = []  # what Flower's /api/task/result shows of the task while it runs
+    deadline = time.monotonic() + 120
+    while not sent.ready() and time.monotonic() < deadline:
+        result = AsyncResult(sent.id)
+        if result.state == "PROGRESS":
+            seen.append((time.monotonic(), result.info))
+        time.sleep(0.1)
+    ended = time.monotonic()
+    assert sent.get(timeout=5)["outcome"] == "reencrypted"
+
+    moving = [(at, p) for at, p in seen if p["stage"] == "reencrypt"]
+    assert moving and all(p["backup_id"] == run["id"] and p["target"] == "t" for _, p in moving)
+    stored = rt.catalog.get(run["id"])
+    total = moving[0][1]["bytes_total"]
+    assert total > 12 << 20 and all(0 <= p["bytes_done"] <= total for _, p in moving)
+    assert len({p["bytes_done"] for _, p in moving}) >= 2  # it moved while we watched
+    # 12 MiB through 3 MiB/s (one second of burst): at least three seconds from the first report (unthrottled: about one)
+    assert ended - moving[0][0] >= 2.5, ended - moving[0][0]
+    assert stored.manifest["revision"] == 2 and stored.size_stored > 12 << 20

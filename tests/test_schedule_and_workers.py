@@ -29,7 +29,8 @@ def _load(tmp_path, session_keys, *, targets=TARGETS, settings="", keys=True):
 def test_beat_publishes_each_target_at_its_cron_on_its_host_queue(tmp_path, session_keys):
     entries = beat_schedule.build(_load(tmp_path, session_keys))
     assert set(entries) == {"backup:db", "backup:uploads", "backup:etc", "backup:often",
-                            "cleanup", "verify-pending", "reverify", "drills", "rpo-watchdog", "dr-report"}
+                            "cleanup", "verify-pending", "reverify", "drills", "rpo-watchdog", "dr-report",
+                            "reencrypt-after-lock"}
     db = entries["backup:db"]
     assert db["task"] == "backup.start" and db["args"] == ("db", "full") and db["options"] == {"queue": "host.db01"}
     assert db["kwargs"] == {"actor": "beat"}
@@ -55,6 +56,7 @@ def test_the_global_jobs_run_at_their_times_on_their_queues(tmp_path, session_ke
     assert at("drills") == ("backup.drill_due", {30}, {3}, {0}, "maintenance")
     assert at("rpo-watchdog") == ("backup.watchdog", {0, 15, 30, 45}, set(range(24)), every_day, "maintenance")
     assert at("dr-report") == ("backup.report", {0}, {7}, {1}, "maintenance")
+    assert at("reencrypt-after-lock") == ("backup.reencrypt_unlocked", {45}, {4}, every_day, "maintenance")
     assert entries["reverify"]["kwargs"] == {"every_hours": 24.0}
     assert str(entries["cleanup"]["schedule"].tz) == "Europe/Berlin"
     # The publishing side routes the same way when a task is sent without an explicit queue.

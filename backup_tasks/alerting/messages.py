@@ -143,6 +143,11 @@ WORDING: dict[str, _Wording] = {
     events.BINLOG_CONFLICT: _Wording(
         "failure", "a binary log of '{target}' differs from the stored one of the same name",
         "backupctl backup {target} --wait   (see Remedy: the server's log numbering was reset)"),
+    events.KEY_MAX_AGE: _Wording(
+        "warning", "encryption key {key_id} is due for rotation",
+        "backupctl keys rotate --out NEW-KEY-DIR   (then make the printed change)\nthen: backupctl reencrypt --wait"),
+    events.KEY_MAX_AGE + events.RESOLVED: _Wording(
+        "success", "resolved: encryption key {key_id} is no longer due for rotation", "nothing to do"),
     events.VERIFIED: _Wording(
         "success", "backup of '{target}' verified",
         "nothing to do; restore with: backupctl restore {id} --to PATH"),
@@ -170,7 +175,7 @@ def from_event(*, kind: str, severity: str, message: str, target: str | None, ho
     host = host or detail.get("checked_on") or socket.gethostname()
     values = _Values(target=target or "TARGET", host=host, id=backup_id or "ID",
                      tier=tier or "-", path=detail.get("path", "-"), rpo=_number(detail.get("rpo_hours")),
-                     percent=detail.get("percent", "?"))
+                     percent=detail.get("percent", "?"), key_id=detail.get("key_id", "?"))
     facts: list[tuple[str, str]] = []
     for key, label in (("tier", "Tier"), ("path", "Path"), ("stage", "Stage"), ("check", "Check"), ("step", "Step")):
         if detail.get(key):
@@ -178,7 +183,7 @@ def from_event(*, kind: str, severity: str, message: str, target: str | None, ho
     if detail.get("affected_targets"):
         facts.append(("Targets", ", ".join(detail["affected_targets"]) or "none"))
     for key, label in (("last_verified_at", "Last good"), ("last_run", "Last run"), ("median_bytes", "Median"),
-                       ("size_bytes", "This one"), ("free_bytes", "Free")):
+                       ("size_bytes", "This one"), ("free_bytes", "Free"), ("current_since", "Current since")):
         if detail.get(key) not in (None, ""):
             facts.append((label, _fmt(key, detail[key])))
     return Alert(

@@ -44,7 +44,8 @@ def audit(ctx: Context, since, action, target, limit):
     def human(c, data):
         # One line per entry rather than a table: an audit line is never cut to fit a column.
         for r in data:
-            colour = {"ok": "green", "verified": "green", "passed": "green", "failed": "red", "refused": "yellow"}.get(r["outcome"], "white")
+            colour = {"ok": "green", "verified": "green", "passed": "green", "failed": "red", "refused": "yellow",
+                      "deferred": "yellow"}.get(r["outcome"], "white")
             detail = ", ".join(f"{k}={v}" for k, v in (r["detail"] or {}).items() if v not in (None, "", [], {}))
             c.print(f"{r['at'][:19]}  {escape(r['actor'])}  {r['action']} [{colour}]{r['outcome']}[/]"
                     f"  {r['target'] or '-'} {r['backup_id'] or ''}  {escape(detail)}")

@@ -59,6 +59,14 @@ def _human(c, d: dict) -> None:
     c.print(t)
     for cond in d["open_conditions"]:
         c.print(f"[yellow]open:[/] {cond['kind']} {cond['target'] or cond['tier']} since {cond['since']}", markup=True)
+    keys = d["encryption_keys"]
+    for k in keys["keys"]:
+        age = "age unknown" if k["age_days"] is None else f"{k['age_days']:.0f} days old"
+        due = " [red]due for rotation[/]" if k["due"] else ""
+        c.print(f"key {k['key_id']} ({k['role']}): {age}, {k['objects']} objects{due}", markup=True)
+    if keys["objects_on_old_keys"]:
+        c.print(f"[yellow]{keys['objects_on_old_keys']} objects ({keys['backups_on_old_keys']} backups) still on old keys:[/] "
+                "backupctl reencrypt --wait", markup=True)
 
 
 @click.command("watchdog")

@@ -67,6 +67,8 @@ class Settings:
     report_recipients: tuple[str, ...] = ()
     #: the report's window for success rates and plots
     report_days: int = defaults.REPORT_DAYS
+    #: the watchdog reminds to rotate once the current encryption key is older than this (0: never)
+    key_max_age_days: int = defaults.KEY_MAX_AGE_DAYS
     #: where ``wal push`` makes each archived log durable before the shipping task uploads it (one 0700 directory per target)
     spool_dir: Path = Path(defaults.SPOOL_DIR)
     #: above this many spooled bytes the shipping task alerts loudly; nothing is ever dropped

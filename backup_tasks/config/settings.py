@@ -57,6 +57,7 @@ FIELDS = {
     "size_anomaly_history": int,
     "report_recipients": list,
     "report_days": int,
+    "key_max_age_days": int,
     # point-in-time recovery: the host's spool of archived logs, and how PostgreSQL calls backupctl
     "spool_dir": str,
     "spool_max_bytes": int,
@@ -160,6 +161,9 @@ def _check_distributed(values: dict, file: str) -> None:
                 "broker_visibility_timeout", "task_retry_backoff_max", "worker_concurrency"):
         if key in values and values[key] < 1:
             raise ConfigError(f"must be at least 1, not {values[key]}", file=file, where=where, field=key)
+    if values.get("key_max_age_days", 0) < 0:
+        raise ConfigError(f"must be 0 (no reminder) or more, not {values['key_max_age_days']}", file=file, where=where,
+                          field="key_max_age_days")
     if values.get("task_max_retries", 0) < 0:
         raise ConfigError("must be 0 or more", file=file, where=where, field="task_max_retries")
     lock = values.get("beat_lock_timeout", defaults.BEAT_LOCK_TIMEOUT)

@@ -55,7 +55,7 @@ def key_status(rt: Runtime) -> dict:
                     used.objects[loc.tier] = used.objects.get(loc.tier, 0) + 1
                     used.backups_per_tier[loc.tier] = used.backups_per_tier.get(loc.tier, 0) + 1
     here, warnings = _identities_here(rt)
-    made, previous = _made_keys(rt)
+    made, previous = made_keys(rt)
     fresh = [k for k in made if k not in previous and k not in usage]
     decided = decide(current, usage, [*here, *previous], fresh)
     for k in decided:
@@ -86,7 +86,7 @@ def _identities_here(rt: Runtime) -> tuple[set[str], list[str]]:
         return set(), [str(exc)]
 
 
-def _made_keys(rt: Runtime) -> tuple[dict[str, str], set[str]]:
+def made_keys(rt: Runtime) -> tuple[dict[str, str], set[str]]:
     """From the audit log: key ids that ``keys generate`` or ``keys rotate`` made, with when,
     and the key ids that were current when a rotation was made (so were current once)."""
     made: dict[str, str] = {}

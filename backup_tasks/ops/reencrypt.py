@@ -6,11 +6,13 @@ order of the steps is what makes a kill at any point harmless:
 
 1. the new object is written under a new name (``<name>.r<revision>.age``) on one tier,
    then copied to the backup's other tiers;
-2. every new copy is read back and decrypted in full with the new identity, and must
-   decrypt to the same bytes as the old object did;
+2. every new copy is read back in full and must be, byte for byte (sha256), what the
+   encryption produced; the old object's bytes were checked against its signed manifest
+   on the way in, so nothing forged is ever re-signed;
 3. a new signed manifest revision replaces the old one on every tier: it records the
    key change and names the revision it replaces (the commit point);
-4. the backup is verified in full through the restore path (``verify_backup``);
+4. the backup is verified in full through the restore path (``verify_backup``): the new
+   object decrypts with the new identity to the plaintext the manifest signs;
 5. only then are the old objects deleted.
 
 Before 3 the old manifest and the old object stand, and the new object is unreferenced
@@ -27,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 from backup_tasks import timefmt
+from backup_tasks.defaults import REENCRYPT_PROCESSES_MIN_BYTES
 from backup_tasks.errors import BackupError, InputError, ObjectLocked, ObjectNotFound, StorageError, VerificationFailed
 from backup_tasks.ops import readback
 from backup_tasks.ops.runtime import Runtime
@@ -34,13 +37,17 @@ from backup_tasks.ops.verify import verify_backup
 from backup_tasks.records import attachments, audit, keys, manifest, markers
 from backup_tasks.records.catalog import BackupRow, Location, Status
 from backup_tasks.stages import counting as progress_mod
+from backup_tasks.stages.counting import CountingReader
 from backup_tasks.stages.digest import HashingReader
 from backup_tasks.stages.encrypt import SUFFIX, DecryptingReader, EncryptingReader
+from backup_tasks.stages.reencrypt_pipe import ReencryptingReader
 from backup_tasks.storage.capabilities import ObjectLock
 
 log = logging.getLogger(__name__)
 
 STAGE = "reencrypt"
+#: the audit action of one backup's re-encryption (its outcome: ok, failed, or deferred by an Object Lock)
+AUDIT_ACTION = "backup.reencrypt"
 #: what the catalog's copy of a revision says about the object it replaced
 PENDING, DELETED = "present", "deleted"
 
@@ -93,7 +100,7 @@ def plan(row: BackupRow, rt: Runtime) -> dict:
     """What a run would do with ``row``, without touching storage beyond Object Lock queries (``--dry-run``)."""
     out = {**_outcome(row, PLANNED), "to_key_ids": current_key_ids(rt)}
     if locked := _locked_copies(rt, row.target, row.manifest, [loc.tier for loc in row.locations]):
-        return {**out, "outcome": SKIPPED, "reason": locked}
+        return {**out, "outcome": SKIPPED, **locked}
     return out
 
 
@@ -118,10 +125,15 @@ def reencrypt_backup(rt: Runtime, backup_id: str, *, from_key: str | None = None
     except BackupError as exc:
         log.warning("re-encryption of %s failed: %s", backup_id, exc)
         result = {**_outcome(row, FAILED), "reason": exc.message, "remedy": exc.remedy}
-    if result["outcome"] in (REENCRYPTED, FAILED):
-        audit.record(rt.catalog, "backup.reencrypt", actor=actor, outcome=audit.OK if result["outcome"] == REENCRYPTED else audit.FAILED,
-                     target=row.target, backup_id=backup_id,
-                     detail={k: result[k] for k in ("from_key_ids", "to_key_ids", "revision", "reason") if result.get(k) is not None})
+    # Work an Object Lock held back (a skip, or an old object whose deletion was refused after
+    # the new revision was committed) is audited as deferred, with the lock's end: the daily
+    # retry (reencrypt_retry.py) finds it there and runs it again once the lock is over.
+    deferred = bool(result.get("locked_until"))
+    if result["outcome"] in (REENCRYPTED, FAILED) or deferred:
+        outcome = audit.DEFERRED if deferred else audit.OK if result["outcome"] == REENCRYPTED else audit.FAILED
+        audit.record(rt.catalog, AUDIT_ACTION, actor=actor, outcome=outcome, target=row.target, backup_id=backup_id,
+                     detail={**{k: result[k] for k in ("from_key_ids", "to_key_ids", "revision", "reason", "locked_until")
+                                if result.get(k) is not None}, **({"from_key": from_key} if from_key else {})})
     return result
 
 
@@ -133,9 +145,9 @@ def _run(rt: Runtime, row: BackupRow, from_key: str | None, progress) -> dict:
     newest = max((c.doc for c in copies), key=revision)
     finished = False
     if _has_leftovers(rt, newest, copies):
-        reason = _finish(rt, row, newest, copies, progress)
-        if reason:
-            return {**_outcome(row, SKIPPED, newest), "reason": reason}
+        held = _finish(rt, row, newest, copies, progress)
+        if held:
+            return {**_outcome(row, SKIPPED, newest), **held}
         finished = True
         copies = [_Copy(c.tier, newest) for c in copies]
     ids = key_ids(newest)
@@ -149,10 +161,10 @@ def _run(rt: Runtime, row: BackupRow, from_key: str | None, progress) -> dict:
         return {**_outcome(row, SKIPPED, newest), "reason": f"not encrypted to key {from_key}"}
     tiers = [loc["tier"] for loc in newest["locations"]]
     if locked := _locked_copies(rt, row.target, newest, tiers):
-        return {**_outcome(row, SKIPPED, newest), "reason": locked}
+        return {**_outcome(row, SKIPPED, newest), **locked}
     doc = _rewrite(rt, row, newest, current, progress)
-    reason = _finish(rt, row, doc, copies, progress)
-    return {**_outcome(row, REENCRYPTED, doc, before=newest), **({"reason": reason} if reason else {})}
+    held = _finish(rt, row, doc, copies, progress)
+    return {**_outcome(row, REENCRYPTED, doc, before=newest), **(held or {})}
 
 
 def _outcome(row: BackupRow, outcome: str, doc: dict | None = None, *, before: dict | None = None) -> dict:
@@ -205,19 +217,26 @@ def _exists(rt: Runtime, tier: str, key: str) -> bool:
         return False
 
 
-def _locked_copies(rt: Runtime, target: str, doc: dict, tiers: list[str]) -> str | None:
-    """Why the old object could not be deleted now (Object Lock), or None.
+def _locked_copies(rt: Runtime, target: str, doc: dict, tiers: list[str]) -> dict | None:
+    """Why the old object could not be deleted now (Object Lock) and when it can, or None.
 
     Such a backup is left as it is, whole, rather than moved on some tiers and not on
-    others: one manifest describes all its copies. A later run retries it.
+    others: one manifest describes all its copies. Returns ``reason`` and ``locked_until``
+    (the latest lock's end among the tiers, when the whole backup can move); the daily
+    retry runs it again after that.
     """
     key = f"{manifest.prefix(target, doc['backup_id'])}/{doc['stored']['name']}"
+    locks = {}
     for tier in tiers:
         storage = rt.storage(tier)
         if isinstance(storage, ObjectLock) and (until := storage.locked_until(key)) is not None:
-            return (f"the copy on tier '{tier}' is Object-Locked until {timefmt.iso(until)}: its old object cannot be deleted "
-                    "before then; run backupctl reencrypt again after that")
-    return None
+            locks[tier] = until
+    if not locks:
+        return None
+    tier, until = max(locks.items(), key=lambda item: item[1])
+    return {"reason": f"the copy on tier '{tier}' is Object-Locked until {timefmt.iso(until)}: its old object cannot be "
+                      "deleted before then; it is retried after that (or run backupctl reencrypt again then)",
+            "locked_until": timefmt.iso(until)}
 
 
 def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progress) -> dict:
@@ -232,27 +251,33 @@ def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progres
     source = rt.storage(tiers[0])
     with source.get(old_key) as raw:
         old = HashingReader(progress_mod.reading(raw, progress, STAGE, doc["stored"]["size"]))
-        decrypted = DecryptingReader(old, old_identities, what=f"backup {row.id}")
-        inner = HashingReader(decrypted)
-        encrypted = EncryptingReader(inner, rt.recipients)
-        new = HashingReader(encrypted)
+        if doc["stored"]["size"] >= REENCRYPT_PROCESSES_MIN_BYTES:  # decrypt and encrypt each on a core of its own
+            piped = ReencryptingReader(old, old_identities, rt.recipients, what=f"backup {row.id}")
+            streams, new = [piped], CountingReader(piped, _ignore)
+        else:  # a small object: two threads, sparing the start of two processes
+            decrypted = DecryptingReader(old, old_identities, what=f"backup {row.id}")
+            encrypted = EncryptingReader(decrypted, rt.recipients)
+            streams, new = [encrypted, decrypted], CountingReader(encrypted, _ignore)
         try:
             info = source.put(new_key, new, size_hint=doc["stored"]["size"])
         finally:
-            encrypted.close()
-            decrypted.close()
+            for stream in streams:
+                stream.close()
         old.drain()
     if old.sha256 != doc["stored"]["sha256"] or old.size != doc["stored"]["size"]:
         _delete_quietly(rt, tiers[0], new_key)
         raise VerificationFailed(f"backup {row.id}: the stored object on tier '{tiers[0]}' does not match its signed manifest",
                                  "it was not re-encrypted; verify it (backupctl verify ID) and restore from another copy",
                                  check="stored-sha256")
-    if info.size != new.size:
-        raise VerificationFailed(f"backup {row.id}: tier '{tiers[0]}' stored {info.size} bytes of the re-encrypted {new.size}",
+    # The tier hashed the new object while it passed (every put does): hashing it here too would be a
+    # second pass over the same bytes in the same thread, on the path that bounds re-encryption speed.
+    new_sha256 = info.sha256
+    if info.size != new.count or not new_sha256:
+        raise VerificationFailed(f"backup {row.id}: tier '{tiers[0]}' stored {info.size} bytes of the re-encrypted {new.count}",
                                  "check the tier's health and run backupctl reencrypt again", check="stored-size")
     etags = {tiers[0]: info.etag}
     for tier in tiers[1:]:
-        etags[tier] = _copy(rt, tiers[0], tier, new_key, new.sha256)
+        etags[tier] = _copy(rt, tiers[0], tier, new_key, new_sha256)
     fields = {k: v for k, v in doc.items() if k not in ("format", "backup_id", "signature")}
     fields.update(
         revision=rev,
@@ -260,9 +285,7 @@ def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progres
                   "signed_by": (doc.get("signature") or {}).get("key_id"), "key_ids": key_ids(doc), "stored": doc["stored"]},
         reencrypted_at=timefmt.iso(timefmt.now()),
         encryption={"method": "age", "recipients": current},
-        stored={"name": name, "size": new.size, "sha256": new.sha256},
-        # what the object decrypts to (the compressed stream): unchanged by re-encryption, and checked on every new copy
-        decrypted_sha256=inner.sha256,
+        stored={"name": name, "size": new.count, "sha256": new_sha256},
         locations=[{"tier": t, "key": new_key, **({"etag": etags[t]} if etags.get(t) else {})} for t in tiers],
     )
     if doc.get("attachments"):
@@ -284,15 +307,16 @@ def _copy(rt: Runtime, src: str, dst: str, key: str, sha256: str) -> str | None:
     return info.etag
 
 
-def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progress) -> str | None:
+def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progress) -> dict | None:
     """Steps 2-5 for revision ``doc``: copies complete and proven, manifest everywhere, verified, old objects gone.
 
-    Returns why an old object is still stored (Object Lock), else None.
+    Returns why an old object is still stored (Object Lock: ``reason`` and, when the tier
+    tells it, ``locked_until``), else None.
     """
     prefix = manifest.prefix(row.target, row.id)
     tiers = [loc["tier"] for loc in doc["locations"]]
     new_key = f"{prefix}/{doc['stored']['name']}"
-    identities = keys.identities_for(rt.settings.identities_file, key_ids(doc))
+    keys.identities_for(rt.settings.identities_file, key_ids(doc))  # KeyMissing before anything is committed: verify needs it
     holders = [t for t in tiers if _matches(rt, t, new_key, doc)]
     if not holders:
         raise VerificationFailed(f"backup {row.id}: no tier holds the object of manifest revision {revision(doc)}",
@@ -301,7 +325,7 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
     for tier in tiers:
         if tier not in holders:
             _copy(rt, holders[0], tier, new_key, doc["stored"]["sha256"])
-        _read_back(rt, tier, new_key, doc, identities)
+        _read_back(rt, tier, new_key, doc)
     behind = [c.tier for c in copies if revision(c.doc) < revision(doc)]
     if "signature" not in doc:  # a revision made in this run: sign it and write it on every tier (the commit point)
         doc = markers.write(manifest.MANIFEST_NAME, {k: v for k, v in doc.items() if k not in ("format", "backup_id")},
@@ -320,7 +344,11 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
         try:
             rt.storage(tier).delete(old_key)
         except ObjectLocked as exc:
-            return f"the old object on tier '{tier}' is Object-Locked ({exc.message}); run backupctl reencrypt again after its lock ends"
+            storage = rt.storage(tier)
+            until = storage.locked_until(old_key) if isinstance(storage, ObjectLock) else None
+            return {"reason": f"the old object on tier '{tier}' is Object-Locked ({exc.message}); it is retried after its lock "
+                              "ends (or run backupctl reencrypt again then)",
+                    **({"locked_until": timefmt.iso(until)} if until else {})}
     record_revision(rt, row.id, doc, locations, old_object=DELETED)
     return None
 
@@ -340,18 +368,24 @@ def _matches(rt: Runtime, tier: str, key: str, doc: dict) -> bool:
         return False
 
 
-def _read_back(rt: Runtime, tier: str, key: str, doc: dict, identities) -> None:
-    """Read the new object in full from ``tier``: its sha256 and that it decrypts, to the old object's bytes."""
+def _read_back(rt: Runtime, tier: str, key: str, doc: dict) -> None:
+    """Read the new object in full from ``tier``: its bytes must be exactly the ones the revision signs.
+
+    Its sha256 is enough here: those bytes are what age encryption to the current
+    recipients produced (hashed as they were written), and the full verification after
+    the commit decrypts and checks them through the restore path. Decrypting here as well
+    would read and decrypt the object a second time for nothing.
+    """
     with rt.storage(tier).get(key) as raw:
         stored = HashingReader(raw)
-        with DecryptingReader(stored, identities, what=f"backup {doc['backup_id']} on tier '{tier}'") as decrypted:
-            inner = HashingReader(decrypted)
-            inner.drain()
         stored.drain()
-    expected_inner = doc.get("decrypted_sha256")
-    if stored.sha256 != doc["stored"]["sha256"] or (expected_inner and inner.sha256 != expected_inner):
+    if stored.sha256 != doc["stored"]["sha256"]:
         raise VerificationFailed(f"backup {doc['backup_id']}: the re-encrypted object on tier '{tier}' does not read back as written",
                                  "the old object is kept; check the tier and run backupctl reencrypt again", check="stored-sha256")
+
+
+def _ignore(count: int) -> None:
+    """A CountingReader's callback when only its final count matters."""
 
 
 def _delete_quietly(rt: Runtime, tier: str, key: str) -> None:

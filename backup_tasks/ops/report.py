@@ -3,6 +3,8 @@
 Per target: the last backup, the last verification, the last restore drill with its
 measured restore time (RTO evidence), RPO compliance, the success rate over the window
 (``report_days``, 30) and the storage used per tier, plus a verdict with its reasons.
+Per encryption key: its role, its age (a current key older than ``key_max_age_days`` is
+due for rotation) and the backups and objects still on keys that are no longer current.
 ``build`` returns plain data (the ``--json`` document); ``render_html`` adds plots drawn
 with matplotlib's Agg backend (no display needed) and embedded as base64 PNG, so the
 page is one self-contained file that a mail can carry. ``mail`` sends it through the
@@ -20,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from backup_tasks import alerting
-from backup_tasks.ops import readiness
+from backup_tasks.ops import key_age, readiness
 from backup_tasks.policy.readiness import TargetState
 from backup_tasks.timefmt import iso, parse
 from backup_tasks.units import human_size
@@ -45,6 +47,7 @@ def build(rt, now: datetime | None = None, days: int | None = None) -> dict:
                     "at_risk": [t["target"] for t in targets if not t["ready"]]},
         "targets": targets,
         "open_conditions": [{"kind": c.kind, "target": c.target, "tier": c.tier, "since": iso(c.opened_at)} for c in conditions],
+        "encryption_keys": key_age.report(rt, now),
     }
 
 

@@ -13,7 +13,10 @@ embedded default, from cron with ``backupctl watchdog``). It looks for:
   than ``pitr_rpo_minutes``) and a **gap** in the WAL archive (pitr_watch.py).
 - **binlog lag**: a ``binlog = true`` target whose newest shipped binary log is older
   than its ``pitr_rpo_minutes`` (shipping stopped, or the server cannot be reached).
-- a run whose **worker died** mid-stage unseen (abandoned.py): failed, freed and reported.
+- a run whose **worker died** mid-stage unseen (abandoned.py): failed, freed and reported;
+- a **key due for rotation**: a current encryption key in use for longer than
+  ``key_max_age_days`` (key_age.py says from when a key counts as current); it resolves
+  once the key has been rotated out of the recipients.
 
 Each finding is a *condition* kept in the catalog: it is alerted once when it opens
 (an event, which alerting sends on) and once more, as "resolved", when it clears (for
@@ -36,7 +39,7 @@ from datetime import datetime, timezone
 
 from backup_tasks import defaults
 from backup_tasks.records import events
-from backup_tasks.ops import abandoned, pitr_watch, readiness
+from backup_tasks.ops import abandoned, key_age, pitr_watch, readiness
 from backup_tasks.policy.readiness import TargetState
 from backup_tasks.timefmt import iso
 from backup_tasks.storage.capabilities import DiskSpace, DiskUsage
@@ -146,6 +149,7 @@ def findings(rt, now: datetime, open_keys: set[str]) -> list[Finding]:
             rows = rt.catalog.binlogs(target.name)
             newest = max(rows, key=lambda r: r.last_event_at, default=None)
             out.append(binlog_lag_finding(target, newest.last_event_at if newest else None, newest.name if newest else None, now))
+    out += key_age.findings(rt, now, open_keys, Finding)
     for tier in rt.config.tiers.values():
         storage = rt.storage(tier)
         if not isinstance(storage, DiskSpace):
@@ -178,7 +182,7 @@ def run_watchdog(rt, now: datetime | None = None, *, release_lock: abandoned.Rel
     for f in current:
         detail = {**f.detail, "checked_on": host}
         if f.active:
-            severity = "warning" if f.kind == events.LOW_SPACE else "error"
+            severity = "warning" if f.kind in (events.LOW_SPACE, events.KEY_MAX_AGE) else "error"
             if rt.catalog.open_condition(f.key, kind=f.kind, target=f.target, tier=f.tier, detail=detail, now=now):
                 delivery = events.emit(rt.catalog, f.kind, f.message, severity=severity, target=f.target,
                                        host=_host(rt, f, host), backup_id=f.backup_id, **detail)

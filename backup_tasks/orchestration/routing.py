@@ -56,4 +56,5 @@ HOST_TASKS = ("backup.start", "backup.binlog_ship")
 
 #: housekeeping that needs no host's staging files and no identities: fan-out planners and
 #: the alerting work's watchdog and report
-MAINTENANCE_TASKS = ("backup.cleanup", "backup.reverify", "backup.drill_due", "backup.watchdog", "backup.report")
+MAINTENANCE_TASKS = ("backup.cleanup", "backup.reverify", "backup.drill_due", "backup.watchdog", "backup.report",
+                     "backup.reencrypt_unlocked")

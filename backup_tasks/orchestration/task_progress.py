@@ -28,15 +28,21 @@ PROGRESS = "PROGRESS"
 def reporter(task, ref: dict, *, for_run: bool = True) -> counting.Throttled:
     """The ``progress`` callback for one run of a stage task (``for_run``: also on the run id)."""
     run_id = ref["backup_id"]
+    # Taken now, in the task's own thread: Celery's request is thread-local, and a stream
+    # filter may report from a thread of its own (re-encryption counts the bytes that its
+    # age decryption thread reads), where ``task.request`` is empty.
+    request = task.request
+    task_id, eager, hostname = request.id, request.is_eager, request.hostname
 
     def publish(report: dict) -> None:
         counting.notify_local(report)
-        if task.request.is_eager or not task.request.id:
+        if eager or not task_id:
             return
-        task.update_state(state=PROGRESS, meta=report)
-        if for_run and task.request.id != run_id:
+        task.backend.store_result(task_id, report, PROGRESS, request=request)
+        if for_run and task_id != run_id:
             task.backend.store_result(run_id, report, PROGRESS)
-        task.send_event("task-progress", retry=False, result=readable(report), **report)
+        with task.app.events.default_dispatcher(hostname=hostname) as events:  # Task.send_event, for this task id
+            events.send("task-progress", uuid=task_id, retry=False, result=readable(report), **report)
 
     return counting.Throttled(publish, backup_id=run_id, target=ref["target"])
 

@@ -24,10 +24,11 @@ from celery.result import allow_join_result
 
 from backup_tasks.orchestration import (config_reload, queued_messages, redelivery, routing, run_heartbeat, run_lock,
                                         task_progress)
-from backup_tasks.ops import abandoned, backup, runtime
+from backup_tasks.ops import abandoned, backup, reencrypt_retry, runtime
 from backup_tasks.orchestration.celery_app import app
 from backup_tasks.orchestration.task_boundary import RedactingTask
-from backup_tasks.defaults import STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX, VERIFY_PENDING_GRACE_SECONDS
+from backup_tasks.defaults import (REENCRYPT_PRIORITY, STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX,
+                                   VERIFY_PENDING_GRACE_SECONDS)
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
 from backup_tasks.ops.cleanup import run_cleanup
 from backup_tasks.ops.binlog_drill import run_drill
@@ -287,6 +288,17 @@ def reverify(self, every_hours: float = 24.0) -> dict:
     for backup_id in ids:
         verify.apply_async(args=(backup_id,), queue=routing.VERIFY_QUEUE)
     return {"enqueued": ids, "stored": len(rows), "reverify_days": rt.settings.reverify_days}
+
+
+@app.task(bind=True, name="backup.reencrypt_unlocked", acks_late=True, reject_on_worker_lost=True)
+def reencrypt_unlocked(self) -> dict:
+    """Daily: send ``backup.reencrypt`` again for each backup an Object Lock held back whose lock has ended (reencrypt_retry.py)."""
+    rt = _runtime(self)
+    retries = reencrypt_retry.due(rt, _now())
+    for retry in retries:
+        reencrypt.apply_async(args=(retry["backup_id"], retry["from_key"], "beat"), queue=routing.VERIFY_QUEUE,
+                              priority=REENCRYPT_PRIORITY)
+    return {"enqueued": [r["backup_id"] for r in retries]}
 
 
 @app.task(bind=True, name="backup.drill_due", acks_late=True, reject_on_worker_lost=True)

@@ -26,6 +26,7 @@ BEAT = "beat"
 OK = "ok"
 FAILED = "failed"
 REFUSED = "refused"  # bad input or a safety refusal: nothing was changed
+DEFERRED = "deferred"  # nothing was changed yet, and the work is due again later (e.g. after an Object Lock ends)
 
 
 def cli_actor() -> str:

@@ -40,9 +40,11 @@ PITR_GAP = "pitr.gap"  # a log file is missing from the archive: the restorable 
 BINLOG_CONFLICT = "binlog.conflict"  # a binlog arrived under a stored one's name with other content; not stored
 BINLOG_GAP = "binlog.gap"  # binlogs were purged on the server before they were shipped: the window has a hole
 BINLOG_LAG = "binlog.lag"  # the newest shipped binlog is older than the target's pitr_rpo_minutes (watchdog)
+#: keys
+KEY_MAX_AGE = "keys.max_age"  # a current encryption key has been current longer than key_max_age_days: rotate it
 RESOLVED = ".resolved"  # suffix: the watchdog condition <kind> has cleared
 #: opened and closed by the watchdog: alerted once per change of state, so not rate-limited
-WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING, PITR_LAG, PITR_GAP, BINLOG_LAG)
+WATCHDOG_CONDITIONS = (RPO_BREACH, LOW_SPACE, MOUNT_MISSING, PITR_LAG, PITR_GAP, BINLOG_LAG, KEY_MAX_AGE)
 VERIFIED = "backup.verified"  # a run's own verification passed (a notice with alert_on_success; not recorded)
 
 

@@ -44,7 +44,7 @@ class _PipeWriter:
 PIPE_BYTES = 1 << 20
 
 
-def _widen(fd: int) -> None:
+def widen_pipe(fd: int) -> None:
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (OSError, AttributeError):  # another OS, or a lower limit: the default pipe works, only slower
@@ -61,7 +61,7 @@ class _PumpedReader:
 
     def __init__(self, push, src: BinaryIO, keys, *, name: str) -> None:
         read_fd, write_fd = os.pipe()
-        _widen(write_fd)
+        widen_pipe(write_fd)
         self._file = os.fdopen(read_fd, "rb", buffering=0)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._pump, args=(push, src, keys, write_fd), daemon=True, name=name)

@@ -1,0 +1,205 @@
+"""Re-encryption benchmark, run by hand:  python benchmarks/reencrypt.py [--size-mib 256] [--repeat 3]
+
+One files target holding SIZE of incompressible data is backed up to a local tier on key A;
+then, per repetition, interleaved:
+
+1. **baseline**: ``age -d -i A OBJECT | age -r B > OUT`` on the very stored object (and,
+   apart, the same with OUT fsynced, as our local tier does with every object);
+2. **ours**: ``reencrypt_backup`` of that backup to key B, in a child process (its peak
+   RSS is its own; the two age children it starts are reported apart). Its time is split
+   by the progress reports into *rewrite* (decrypt → encrypt → store, and the sha256
+   read-back) and *verify* (the full verification through the restore path, then the
+   old object's deletion). The ratio compares the rewrite with the age pipe, which does
+   the same work minus the hashing; the whole task is given too;
+3. **the stream alone**: old object → decrypt → encrypt → nowhere, hashing the old and the
+   new bytes as the product does, with two child processes and with two threads;
+4. with ``--threads``, also **threads**: the whole task with the older two-thread pipeline
+   (pyrage holds the GIL, so its decrypt and encrypt take turns).
+
+Before each repetition the object is re-backed up on key A, so every case starts from
+the same state, and the stored object is cat-ed so the page cache starts the same.
+Targets: rewrite >= 0.8x the age pipe's throughput; peak RSS <= 150 MiB.
+Results go to stdout and benchmarks/out/reencrypt-<time>.json. The load average before
+each run is recorded: other work on the machine moves wall times a lot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+MiB = 1024 * 1024
+
+PIPE_CHILD = r'''
+import resource, sys, time, json
+from pyrage import x25519
+from backup_tasks.stages.digest import HashingReader
+from backup_tasks.stages.encrypt import DecryptingReader, EncryptingReader
+from backup_tasks.stages.reencrypt_pipe import ReencryptingReader
+obj, identity_file, recipient, mode = sys.argv[1:5]
+identity = x25519.Identity.from_str([l for l in open(identity_file) if l.startswith("AGE-SECRET-KEY-")][0].strip())
+to = [x25519.Recipient.from_str(recipient)]
+started = time.perf_counter()
+with open(obj, "rb") as src:
+    old = HashingReader(src)  # as the product does: the old object is checked against its manifest
+    if mode == "processes":
+        streams = [ReencryptingReader(old, [identity], to, what="bench")]
+    else:
+        decrypted = DecryptingReader(old, [identity], what="bench")
+        streams = [EncryptingReader(decrypted, to), decrypted]
+    new = HashingReader(streams[0])  # as the tier's put does
+    buf = bytearray(1 << 20)
+    while new.readinto(buf):
+        pass
+    for s in streams:
+        s.close()
+print(json.dumps({"seconds": time.perf_counter() - started}))
+'''
+
+CHILD = r'''
+import json, resource, sys, time
+from backup_tasks import config
+from backup_tasks.ops import reencrypt, runtime
+cfg, backup_id, mode = sys.argv[1:4]
+if mode == "threads":
+    reencrypt.REENCRYPT_PROCESSES_MIN_BYTES = 1 << 62
+rt = runtime.install(runtime.Runtime(config.load(cfg)))
+marks = {}
+def progress(stage, done, total):
+    marks.setdefault(stage, time.perf_counter())
+started = time.perf_counter()
+result = reencrypt.reencrypt_backup(rt, backup_id, actor="bench", progress=progress)
+ended = time.perf_counter()
+assert result["outcome"] == "reencrypted", result
+print(json.dumps({"seconds": ended - started, "rewrite_seconds": marks.get("verify", ended) - started,
+                  "verify_seconds": ended - marks.get("verify", ended),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+'''
+
+
+def write_config(path: Path, work: Path, recipient_file: Path, identities: Path, signing: Path, tree: Path) -> Path:
+    path.write_text(
+        "[settings]\n"
+        f'staging_dir = "{work / "staging"}"\ncatalog_url = "sqlite:///{work / "catalog.db"}"\n'
+        f'recipients_file = "{recipient_file}"\nidentities_file = "{identities}"\nsigning_key_file = "{signing}"\n'
+        f'[tiers.local]\nkind = "local"\npath = "{work / "store"}"\n'
+        f'[targets.bulk]\nkind = "files"\nhost = "bench"\npaths = ["{tree}"]\nstorage = ["local"]\n')
+    return path
+
+
+def cat(path: Path) -> None:
+    with open(path, "rb") as fh:
+        while fh.read(8 * MiB):
+            pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", action="store_true", help="also measure the two-thread pipeline")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    for tool in ("age",):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed on PATH (apt-get install age)")
+    from backup_tasks import client, config
+    from backup_tasks.ops import runtime
+    from backup_tasks.records import keys
+
+    work = Path(tempfile.mkdtemp(prefix="bench-reencrypt-", dir=args.workdir))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    try:
+        tree = work / "tree"
+        tree.mkdir()
+        with open(tree / "data.bin", "wb") as fh:
+            for _ in range(args.size_mib):
+                fh.write(os.urandom(MiB))
+        a, b = keys.generate(work / "keys-a"), keys.generate(work / "keys-b", signing=False)
+        identities = work / "identities.txt"
+        identities.write_text((a.directory / keys.IDENTITY_FILE).read_text() + (b.directory / keys.IDENTITY_FILE).read_text())
+        os.chmod(identities, 0o600)
+        signing = a.directory / keys.SIGNING_KEY_FILE
+        cfg_a = write_config(work / "a.toml", work, a.directory / keys.RECIPIENT_FILE, identities, signing, tree)
+        cfg_b = write_config(work / "b.toml", work, b.directory / keys.RECIPIENT_FILE, identities, signing, tree)
+        modes = ["ours", *(["threads"] if args.threads else [])]
+        runs: list[dict] = []
+        for rep in range(args.repeat):
+            for mode in modes:
+                rt = runtime.install(runtime.Runtime(config.load(cfg_a)))
+                backup = client.enqueue_backup("bulk", rt=rt).wait(timeout=600)
+                obj = work / "store" / "bulk" / backup["id"] / rt.catalog.get(backup["id"]).manifest["stored"]["name"]
+                load = os.getloadavg()[0]
+                cat(obj)
+                out = work / "baseline.age"
+                started = time.perf_counter()
+                subprocess.run(f"age -d -i {a.directory / keys.IDENTITY_FILE} {obj} | age -r {b.recipient} > {out}",
+                               shell=True, check=True)
+                baseline = time.perf_counter() - started
+                fd = os.open(out, os.O_RDONLY)  # our local tier makes the new object durable; the pipe alone does not
+                os.fsync(fd)
+                os.close(fd)
+                baseline_fsync = time.perf_counter() - started
+                out.unlink()
+                pipes = {}
+                for how in ("processes", "threads"):  # the decrypt → encrypt stream alone, hashes included, no disk
+                    cat(obj)
+                    piped = subprocess.run([sys.executable, "-c", PIPE_CHILD, str(obj), str(a.directory / keys.IDENTITY_FILE),
+                                            b.recipient, how], env=env, capture_output=True, text=True, check=True)
+                    pipes[how] = json.loads(piped.stdout.strip().splitlines()[-1])["seconds"]
+                cat(obj)
+                done = subprocess.run([sys.executable, "-c", CHILD, str(cfg_b), backup["id"], mode], env=env,
+                                      capture_output=True, text=True, check=True)
+                ours = json.loads(done.stdout.strip().splitlines()[-1])
+                size = obj.stat().st_size if obj.exists() else backup["size_stored"]
+                run = {"rep": rep, "mode": mode, "load_1min": round(load, 2), "object_bytes": size,
+                       "baseline_seconds": round(baseline, 3), "baseline_fsync_seconds": round(baseline_fsync, 3),
+                       "stream_processes_seconds": round(pipes["processes"], 3), "stream_threads_seconds": round(pipes["threads"], 3),
+                       **{k: round(v, 3) for k, v in ours.items()},
+                       "ratio_rewrite": round(baseline / ours["rewrite_seconds"], 3),
+                       "ratio_whole_task": round(baseline / ours["seconds"], 3)}
+                runs.append(run)
+                print(json.dumps(run), flush=True)
+                shutil.rmtree(work / "store" / "bulk" / backup["id"], ignore_errors=True)
+        summary = {}
+        for mode in modes:
+            mine = [r for r in runs if r["mode"] == mode]
+            summary[mode] = {k: statistics.median(r[k] for r in mine) for k in (
+                "baseline_seconds", "baseline_fsync_seconds", "stream_processes_seconds", "stream_threads_seconds", "rewrite_seconds", "verify_seconds", "seconds", "ratio_rewrite", "ratio_whole_task",
+                "peak_rss_mib", "peak_rss_children_mib", "load_1min")}
+        print("\nmedians:")
+        both = {k: statistics.median(r[k] for r in runs) for k in ("baseline_seconds", "stream_processes_seconds",
+                                                                    "stream_threads_seconds")}
+        print(f"  stream alone: age pipe {both['baseline_seconds']:.2f} s | two processes {both['stream_processes_seconds']:.2f} s "
+              f"({both['baseline_seconds'] / both['stream_processes_seconds']:.2f}x) | two threads "
+              f"{both['stream_threads_seconds']:.2f} s ({both['baseline_seconds'] / both['stream_threads_seconds']:.2f}x)")
+        for mode, s in summary.items():
+            print(f"  {mode:8} age pipe {s['baseline_seconds']:.2f} s (+fsync {s['baseline_fsync_seconds']:.2f} s) | rewrite {s['rewrite_seconds']:.2f} s "
+                  f"({s['ratio_rewrite']:.2f}x) | whole task {s['seconds']:.2f} s ({s['ratio_whole_task']:.2f}x, verify "
+                  f"{s['verify_seconds']:.2f} s) | peak RSS {s['peak_rss_mib']:.0f} MiB (age children "
+                  f"{s['peak_rss_children_mib']:.0f} MiB) | load {s['load_1min']:.1f}")
+        outdir = HERE / "out"
+        outdir.mkdir(exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        (outdir / f"reencrypt-{stamp}.json").write_text(json.dumps({"size_mib": args.size_mib, "runs": runs,
+                                                                    "medians": summary}, indent=2))
+        print(f"written: benchmarks/out/reencrypt-{stamp}.json")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
