@@ -46,8 +46,10 @@ def verify_backup(rt: Runtime, backup_id: str, progress: progress_mod.Callback |
     duration = time.monotonic() - started
     at = timefmt.now()
     result["duration_seconds"] = round(duration, 3)
-    rt.catalog.record_verification(backup_id, ok=True, check=None, detail=result, duration=duration, at=at)
+    # The marker first: whoever sees "verified" in the catalog (backup --wait, a test, a
+    # rebuild comparing storage with the catalog) then also finds verified.json in storage.
     _write_marker(rt, row, result, at)
+    rt.catalog.record_verification(backup_id, ok=True, check=None, detail=result, duration=duration, at=at)
     if row.status == "uploaded":  # the run's own verify: success notice if asked for (never raises)
         alerting.notify_verified(rt, backup_id)
     return {"backup_id": backup_id, "target": row.target, "status": "verified", "verified_at": timefmt.iso(at), **result}
