@@ -28,48 +28,29 @@ in Redis's ``unacked`` set until the stage acknowledges it or the visibility tim
 hands it out again; a stage redelivered that way is harmless, see redelivery.py).
 
 ``install()`` (run when celery_app is imported: workers, beat, Flower, clients) makes the
-``redis://`` and ``rediss://`` schemes resolve to this transport. It is a subclass that
+``redis://`` and ``rediss://`` schemes resolve to this transport (redis_channel.py), by
+name: kombu imports it, and the redis client with it, only when a Redis connection is
+made, so a process that never talks to Redis (PostgreSQL's archive_command running
+``backupctl wal push``) needs neither. It is a subclass that
 changes only the above, so URLs, logs and Flower's broker view still say ``redis://``,
 which selecting it through Celery's ``broker_transport`` setting would not.
 """
 
 from __future__ import annotations
 
-from kombu.transport import redis as kombu_redis
-from redis.exceptions import ConnectionError as RedisConnectionError
+from kombu import transport as registry
 
 #: kombu's Redis transport, which ours extends, and ours
 KOMBU_TRANSPORT = "kombu.transport.redis:Transport"
-TRANSPORT = f"{__name__}:Transport"
+TRANSPORT = "backup_tasks.orchestration.redis_channel:Transport"
 SCHEMES = ("redis", "rediss")
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel, but its connection parameters outlive the connection object."""
-
-    def _connparams(self, asynchronous: bool = False) -> dict:
-        remembered = self.__dict__.setdefault("_remembered_connparams", {})
-        transport = self.connection
-        if transport is not None and transport.client is not None:
-            remembered[asynchronous] = params = super()._connparams(asynchronous=asynchronous)
-            return dict(params)
-        if asynchronous in remembered:
-            return dict(remembered[asynchronous])
-        # Never connected and no longer able to: a connection error, which kombu and Celery handle.
-        raise RedisConnectionError("the broker connection of this channel is closed")
-
-
-class Transport(kombu_redis.Transport):
-    Channel = Channel
-
-
 def install() -> None:
-    """Resolve the Redis URL schemes to :class:`Transport` in this process (idempotent).
+    """Resolve the Redis URL schemes to ``redis_channel.Transport`` in this process (idempotent).
 
     A scheme that someone already pointed elsewhere is left alone.
     """
-    from kombu import transport as registry
-
     for scheme in SCHEMES:
         if registry.TRANSPORT_ALIASES.get(scheme) in (KOMBU_TRANSPORT, TRANSPORT):
             registry.TRANSPORT_ALIASES[scheme] = TRANSPORT
