@@ -282,7 +282,8 @@ def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progres
     fields.update(
         revision=rev,
         replaces={"revision": revision(doc), "manifest_sha256": hashlib.sha256(manifest.dumps(doc)).hexdigest(),
-                  "signed_by": (doc.get("signature") or {}).get("key_id"), "key_ids": key_ids(doc), "stored": doc["stored"]},
+                  "signed_by": (doc.get("signature") or {}).get("key_id"), "key_ids": key_ids(doc), "stored": doc["stored"],
+                  **({"listing": doc["listing"]} if doc.get("listing") else {})},
         reencrypted_at=timefmt.iso(timefmt.now()),
         encryption={"method": "age", "recipients": current},
         stored={"name": name, "size": new.count, "sha256": new_sha256},
@@ -291,7 +292,63 @@ def _rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progres
     if doc.get("attachments"):
         fields["attachments"] = {n: attachments.seal(attachments.unseal(doc, n, old_identities), rt.recipients)
                                  for n in sorted(doc["attachments"])}
+    if (doc.get("listing") or {}).get("encrypted"):
+        fields["listing"] = _rewrite_listing(rt, row, doc, rev, tiers, old_identities)
     return {"format": manifest.FORMAT, "backup_id": row.id, **fields}
+
+
+def _rewrite_listing(rt: Runtime, row: BackupRow, doc: dict, rev: int, tiers: list[str], old_identities) -> dict:
+    """A files backup's tree listing moves to the new key with its artifact: it names every path, so it is encrypted too.
+
+    Written under a new name like the artifact, so the old revision stays whole until the
+    new one is committed; its plaintext (and so the plaintext sha256 the host cache checks)
+    does not change.
+    """
+    prefix = manifest.prefix(row.target, row.id)
+    info = doc["listing"]
+    name = revision_name(info["name"], rev)
+    with rt.storage(tiers[0]).get(f"{prefix}/{info['name']}") as raw:
+        old = HashingReader(raw)
+        decrypted = DecryptingReader(old, old_identities, what=f"listing of backup {row.id}")
+        encrypted = EncryptingReader(decrypted, rt.recipients)
+        new = CountingReader(encrypted, _ignore)
+        try:
+            stored = rt.storage(tiers[0]).put(f"{prefix}/{name}", new)
+        finally:
+            encrypted.close()
+            decrypted.close()
+        old.drain()
+    if old.sha256 != info["sha256"]:
+        _delete_quietly(rt, tiers[0], f"{prefix}/{name}")
+        raise VerificationFailed(f"backup {row.id}: the stored tree listing on tier '{tiers[0]}' does not match its signed manifest",
+                                 "it was not re-encrypted; verify it (backupctl verify ID) and restore from another copy",
+                                 check="listing-sha256")
+    for tier in tiers[1:]:
+        _copy(rt, tiers[0], tier, f"{prefix}/{name}", stored.sha256)
+    return {**info, "name": name, "size": new.count, "sha256": stored.sha256}
+
+
+def _finish_listing(rt: Runtime, row: BackupRow, doc: dict, tiers: list[str]) -> None:
+    """Before the commit: the revision's listing is on every tier (a rerun after a kill copies what is missing)."""
+    info = doc.get("listing") or {}
+    if revision(doc) < 2 or not info.get("encrypted"):
+        return
+    key = f"{manifest.prefix(row.target, row.id)}/{info['name']}"
+    holders = [t for t in tiers if _has_size(rt, t, key, info["size"])]
+    if not holders:
+        raise VerificationFailed(f"backup {row.id}: no tier holds the tree listing of manifest revision {revision(doc)}",
+                                 "run backupctl reencrypt again: it rewrites the revision from the old one",
+                                 check="listing")
+    for tier in tiers:
+        if tier not in holders:
+            _copy(rt, holders[0], tier, key, info["sha256"])
+
+
+def _has_size(rt: Runtime, tier: str, key: str, size: int) -> bool:
+    try:
+        return rt.storage(tier).stat(key).size == size
+    except (ObjectNotFound, StorageError):
+        return False
 
 
 def _copy(rt: Runtime, src: str, dst: str, key: str, sha256: str) -> str | None:
@@ -326,6 +383,7 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
         if tier not in holders:
             _copy(rt, holders[0], tier, new_key, doc["stored"]["sha256"])
         _read_back(rt, tier, new_key, doc)
+    _finish_listing(rt, row, doc, tiers)
     behind = [c.tier for c in copies if revision(c.doc) < revision(doc)]
     if "signature" not in doc:  # a revision made in this run: sign it and write it on every tier (the commit point)
         doc = markers.write(manifest.MANIFEST_NAME, {k: v for k, v in doc.items() if k not in ("format", "backup_id")},
@@ -349,6 +407,10 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
             return {"reason": f"the old object on tier '{tier}' is Object-Locked ({exc.message}); it is retried after its lock "
                               "ends (or run backupctl reencrypt again then)",
                     **({"locked_until": timefmt.iso(until)} if until else {})}
+    replaced_listing = (doc["replaces"].get("listing") or {}).get("name")
+    if replaced_listing and replaced_listing != (doc.get("listing") or {}).get("name"):
+        for tier in tiers:
+            _delete_quietly(rt, tier, f"{prefix}/{replaced_listing}")
     record_revision(rt, row.id, doc, locations, old_object=DELETED)
     return None
 
