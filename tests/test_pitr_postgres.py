@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 
 import pytest
 
 from notify_servers import webhook_server  # noqa: F401  (fixture)
 from databases import free_port
-from pitr_cluster import PitrCluster
+from pitr_cluster import PitrCluster, as_postgres
 
 from backup_tasks.sources.postgres import walnames
 
@@ -100,6 +101,45 @@ def test_restore_to_two_moments_between_batches(cluster, based):
     refused = cluster.cli("restore", "--target", cluster.target, "--to-time", "2020-01-01T00:00:00Z",
                           "--to-datadir", str(cluster.root / "never"), "--json", check=2)
     assert "outside the window" in refused.stdout and not (cluster.root / "never").exists()
+
+
+def test_drill_replays_to_a_counted_point_while_the_cluster_is_written_and_leaves_nothing(cluster, based):
+    """The drill's counts compare exactly although rows keep arriving in many small transactions meanwhile."""
+    stop, written = threading.Event(), []
+
+    def writer():
+        conn = cluster.connect()
+        try:
+            while not stop.is_set():
+                conn.cursor().execute("INSERT INTO orders (batch) VALUES ('busy')")
+                written.append(1)
+        finally:
+            conn.close()
+
+    busy = threading.Thread(target=writer)
+    busy.start()
+    try:
+        time.sleep(0.5)
+        drill = cluster.json("drill", cluster.target)
+    finally:
+        stop.set()
+        busy.join()
+    assert drill["result"] == "passed", drill
+    assert drill["backup_id"] == based["id"] and drill["restore_seconds"] > 0
+    tables = drill["tables"]
+    assert tables["count_mismatches"] == {} and tables["missing"] == [] and tables["extra"] == []
+    counted = tables["rows_manifest"]  # rows of orders at the point, counted in the live cluster
+    assert counted == tables["rows_restored"] and counted >= 150
+    # writes went on before and after the point: the comparison was made under load, not at rest
+    assert cluster.sql("SELECT count(*) FROM orders")[0][0] > counted and len(written) > 0
+    assert [c["passed"] for c in drill["checks"]] == [True, True]
+    assert walnames.parse_lsn(drill["reached_lsn"]) <= walnames.parse_lsn(drill["point"]["lsn"])
+    # the copy is stopped and its data directory gone
+    assert drill["temp_datadir_removed"] and not list(cluster.root.rglob("drill-orders-*"))
+    assert f"port={drill['port']}" not in as_postgres("ps", "-eo", "args").stdout
+    history = cluster.json("drill", cluster.target, "--history")
+    assert history[0]["drill_id"] == drill["drill_id"] and history[0]["result"] == "passed"
+    assert history[0]["restore_seconds"] == drill["restore_seconds"]
 
 
 def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_keeps_the_first(cluster, based, webhook_server):

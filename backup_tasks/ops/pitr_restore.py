@@ -40,7 +40,13 @@ def restore_command(rt: Runtime, target: str) -> str:
 
 
 def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *, start: bool = False, port: int | None = None,
-                    force: bool = False, dry_run: bool = False, timeout: float = defaults.PITR_RECOVERY_TIMEOUT_SECONDS) -> dict:
+                    force: bool = False, dry_run: bool = False, timeout: float = defaults.PITR_RECOVERY_TIMEOUT_SECONDS,
+                    target_lsn: str | None = None) -> dict:
+    """Restore to ``when``; with ``target_lsn`` (a drill's counted point) ``when`` picks the base and replay stops at the LSN.
+
+    An LSN target must be reached: replay that ends before it is a failure, never "all
+    stored WAL", because the caller compares the copy with the state at that LSN.
+    """
     if when.tzinfo is None:
         raise InputError(f"{when.isoformat()} has no time zone", "write the time with its zone, e.g. 2026-12-05T07:00:00Z")
     if start and not port:
@@ -55,7 +61,7 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
                          "pick a time inside the window (backupctl pitr TARGET shows it)")
     occupied = datadir.prepare(dest, force=force, dry_run=True)
     command = restore_command(rt, target.name)
-    plan = {"target": target.name, "base_id": base.id, "target_time": iso(when), "to_datadir": str(dest),
+    plan = {"target": target.name, "base_id": base.id, "target_time": iso(when), "target_lsn": target_lsn, "to_datadir": str(dest),
             "base_ended_at": iso(base.ready_at), "window": {"earliest": iso(win.earliest), "latest": iso(win.latest)},
             "restore_command": command}
     if dry_run:
@@ -69,7 +75,7 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
         plain.drain()
     readback.check_digests(found.doc, stored, plain)
     stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-    datadir.write_recovery(dest, restore_command=command, target_time=stamp)
+    datadir.write_recovery(dest, restore_command=command, target_time=None if target_lsn else stamp, target_lsn=target_lsn)
     server.hand_over(dest, CLUSTER_OS_USER)
     result = {**plan, "dry_run": False, "files": extracted["files"], "started": False, "port": None,
               "reached_time": None, "reached_lsn": None, "notes": found.notes}
@@ -83,6 +89,8 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
     try:
         reached = server.wait_for_promotion(conn, dest, log, bin_dir=bin_dir, os_user=CLUSTER_OS_USER, timeout=timeout)
     except server.TargetNotReached:
+        if target_lsn:
+            raise
         # No commit after TIME is stored (TIME is at the window's end, or the server was idle):
         # all of the stored WAL happened before TIME, so replaying all of it *is* the state at TIME.
         datadir.write_recovery(dest, restore_command=command, target_time=None)
