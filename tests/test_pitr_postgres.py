@@ -215,6 +215,10 @@ def test_drill_replays_to_a_counted_point_while_the_cluster_is_written_and_leave
         finally:
             conn.close()
 
+    # a worker killed mid-drill last week left its copy's directory behind
+    stale = cluster.root / "staging" / "drill-orders-killed"
+    as_postgres("mkdir", "-p", "-m", "700", str(stale / "data"))
+    as_postgres("touch", "-d", "8 days ago", str(stale))
     busy = threading.Thread(target=writer)
     busy.start()
     try:
@@ -236,6 +240,7 @@ def test_drill_replays_to_a_counted_point_while_the_cluster_is_written_and_leave
     assert walnames.parse_lsn(drill["reached_lsn"]) <= walnames.parse_lsn(drill["point"]["lsn"])
     # the copy is stopped and its data directory gone
     assert drill["temp_datadir_removed"] and not list(cluster.root.rglob("drill-orders-*"))
+    assert drill["swept"] == [str(stale)]
     assert f"port={drill['port']}" not in as_postgres("ps", "-eo", "args").stdout
     history = cluster.json("drill", cluster.target, "--history")
     assert history[0]["drill_id"] == drill["drill_id"] and history[0]["result"] == "passed"

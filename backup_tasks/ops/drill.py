@@ -263,7 +263,6 @@ class _PhysicalDrill(_Drill):
 
     point: dict | None = None
     scratch: Path | None = None
-    copy_started: bool = False
 
     @classmethod
     def start(cls, rt: Runtime, target_name: str, now: datetime) -> _PhysicalDrill:
@@ -285,7 +284,12 @@ class _PhysicalDrill(_Drill):
             action()
 
     def take_point(self) -> None:
-        """Row counts in the live cluster and the WAL position they hold at (see pitr_drill)."""
+        """Row counts in the live cluster and the WAL position they hold at (see pitr_drill).
+
+        First the copies killed drills left behind are stopped and removed, as a logical
+        drill drops their temporary databases.
+        """
+        self.details["swept"] = pitr_drill.sweep(self.rt, self.target, self.spec["timeout_seconds"] + 600)
         self.point = pitr_drill.take_point(self.target, self.spec["database"])
         self.details["point"] = {"lsn": self.point["lsn"], "at": timefmt.iso(self.point["at"]),
                                  "lock_tries": self.point["lock_tries"], "wal_switched": self.point["switched"]}
@@ -302,7 +306,6 @@ class _PhysicalDrill(_Drill):
         self.temp = str(datadir)
         self.details["temp_datadir"] = self.temp
         restore_started = time.monotonic()
-        self.copy_started = True
         done, copy = pitr_drill.restore_copy(self.rt, self.target, self.point, datadir, self.deadline)
         self.server = copy.on(self.spec["database"])
         self.backup_id = done["base_id"]

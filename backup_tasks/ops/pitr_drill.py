@@ -66,6 +66,11 @@ def wait_for_wal(rt: Runtime, target, lsn: str, deadline: float, segment_size: i
         time.sleep(WAL_POLL_SECONDS)
 
 
+def _scratch_roots(rt: Runtime, target_name: str) -> list[tuple[Path, str]]:
+    """Where scratch_dir makes a drill's directory: under the staging root, or (as root) the system's temporary directory."""
+    return [(rt.staging_root(), f"drill-{target_name}-"), (Path(tempfile.gettempdir()), f"backup-tasks-drill-{target_name}-")]
+
+
 def scratch_dir(rt: Runtime, target_name: str) -> Path:
     """A private directory for the copy's data directory, that the cluster's OS user can enter.
 
@@ -73,9 +78,10 @@ def scratch_dir(rt: Runtime, target_name: str) -> Path:
     staging root the cluster's user cannot enter, in the system's temporary directory,
     handed to that user and kept 0700.
     """
+    (staging, mine), (system, as_root) = _scratch_roots(rt, target_name)
     if os.geteuid() != 0:
-        return Path(tempfile.mkdtemp(prefix=f"drill-{target_name}-", dir=rt.staging_root()))
-    path = Path(tempfile.mkdtemp(prefix=f"backup-tasks-drill-{target_name}-"))
+        return Path(tempfile.mkdtemp(prefix=mine, dir=staging))
+    path = Path(tempfile.mkdtemp(prefix=as_root, dir=system))
     entry = pwd.getpwnam(pitr_restore.CLUSTER_OS_USER)
     os.chown(path, entry.pw_uid, entry.pw_gid)
     os.chmod(path, 0o700)
@@ -106,3 +112,15 @@ def remove_copy(rt: Runtime, target, datadir: Path, scratch: Path) -> None:
         bin_dir = server.bin_dir_for(version, target.options.get("bin_dir"))
         server.stop(datadir, bin_dir=bin_dir, os_user=pitr_restore.CLUSTER_OS_USER, mode="immediate")
     shutil.rmtree(scratch)
+
+
+def sweep(rt: Runtime, target, older_than_seconds: float) -> list[str]:
+    """Stop and remove the copies of this target's drills that a killed worker left (older than the drill's time limit)."""
+    swept = []
+    cutoff = time.time() - older_than_seconds
+    for root, prefix in _scratch_roots(rt, target.name):
+        for path in sorted(root.glob(prefix + "*")) if root.is_dir() else []:
+            if path.is_dir() and path.stat().st_mtime < cutoff:
+                remove_copy(rt, target, path / "data", path)
+                swept.append(str(path))
+    return swept
