@@ -145,11 +145,14 @@ def restores(c: PitrCluster, moment: str, baseline_dir: Path, local_wal: Path) -
     c.stop_datadir(ours_dir)
     theirs_dir, theirs_port = c.root / "restored-baseline", free_port()
 
+    split: dict = {}
+
     def baseline():
         as_postgres("mkdir", "-m", "700", str(theirs_dir))
         as_postgres("mkdir", "-m", "700", str(theirs_dir / "pg_wal"))
         as_postgres("tar", "-xf", str(baseline_dir / "base.tar"), "-C", str(theirs_dir))
         as_postgres("tar", "-xf", str(baseline_dir / "pg_wal.tar"), "-C", str(theirs_dir / "pg_wal"))
+        split["extract"] = round(time.monotonic() - t0, 2)
         stamp = moment.replace("T", " ").replace("Z", "+00")  # the form the server's settings parser takes
         conf = (f"\nrestore_command = 'cp {local_wal}/%f %p'\nrecovery_target_time = '{stamp}'\n"
                 "recovery_target_action = 'promote'\narchive_mode = 'off'\n")
@@ -168,10 +171,13 @@ def restores(c: PitrCluster, moment: str, baseline_dir: Path, local_wal: Path) -
                 pass
             time.sleep(0.5)
 
+    t0 = time.monotonic()
     theirs, _ = timed(baseline)
     reached = c.sql("SELECT pg_last_xact_replay_timestamp()", port=theirs_port)[0][0]
     c.stop_datadir(theirs_dir)
     return {"load_before": before, "ours_seconds": ours, "baseline_seconds": theirs, "ratio": round(ours / theirs, 2),
+            "ours_extract_seconds": done.get("extract_seconds"), "ours_recovery_seconds": done.get("recovery_seconds"),
+            "baseline_extract_seconds": split.get("extract"), "baseline_recovery_seconds": round(theirs - split.get("extract", 0), 2),
             "moment": moment, "ours_reached": done.get("reached_time"), "baseline_reached": str(reached),
             "base_id": done.get("base_id")}
 
@@ -222,6 +228,8 @@ def main() -> None:
     print(f"| WAL shipping lag, {s['segments']} segments | p50 {s['lag_p50']} s, p99 {s['lag_p99']} s, max {s['lag_max']} s | - | - | p99 <= 90 s |")
     print(f"| restore to a moment ({s['load_seconds']} s of pgbench WAL) | {r['ours_seconds']} s | {r['baseline_seconds']} s"
           f" | {r['ratio']}x | <= 1.3x |")
+    print(f"  restore split, extract + replay: ours {r['ours_extract_seconds']} + {r['ours_recovery_seconds']} s, "
+          f"baseline {r['baseline_extract_seconds']} + {r['baseline_recovery_seconds']} s")
     print(f"load average before each: {b['load_before']}, {s['load_before']}, {r['load_before']}; written {out}")
 
 

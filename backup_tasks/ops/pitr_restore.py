@@ -11,6 +11,7 @@ server promoted at the target), then reports the time and LSN it actually reache
 from __future__ import annotations
 
 import shlex
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
         return {**plan, "dry_run": True, "replaces_existing": occupied, "would_start_on_port": port if start else None,
                 "reached_time": None}
     datadir.prepare(dest, force=force, dry_run=False)
+    started = time.monotonic()
     row = rt.catalog.get(base.id)
     found = readback.locate(rt, row)
     with readback.plaintext(rt, found) as (stream, stored, plain):
@@ -77,7 +79,9 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
     stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
     datadir.write_recovery(dest, restore_command=command, target_time=None if target_lsn else stamp, target_lsn=target_lsn)
     server.hand_over(dest, CLUSTER_OS_USER)
-    result = {**plan, "dry_run": False, "files": extracted["files"], "started": False, "port": None,
+    # where the time of a restore goes: reading the base back and extracting it, then PostgreSQL's replay
+    result = {**plan, "dry_run": False, "files": extracted["files"], "extract_seconds": round(time.monotonic() - started, 2),
+              "started": False, "port": None,
               "reached_time": None, "reached_lsn": None, "notes": found.notes}
     if not start:
         return {**result, "next_step": f"pg_ctl -D {dest} -o '-p PORT' start (as the cluster's OS user)"}
@@ -98,5 +102,6 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
         log = server.start(dest, port, bin_dir=bin_dir, os_user=CLUSTER_OS_USER)
         reached = server.wait_for_promotion(conn, dest, log, bin_dir=bin_dir, os_user=CLUSTER_OS_USER, timeout=timeout)
         result["notes"] = [*result["notes"], "no commit after the target time is stored: all stored WAL was replayed"]
+    result["recovery_seconds"] = round(time.monotonic() - started - result["extract_seconds"], 2)
     return {**result, "started": True, "port": port, "reached_time": iso(reached["reached_time"]),
             "reached_lsn": reached["reached_lsn"], "timeline": reached["timeline"], "log": str(log)}
