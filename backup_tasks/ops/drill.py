@@ -296,8 +296,7 @@ class _PhysicalDrill(_Drill):
 
     def wait_for_wal(self) -> None:
         doc = self.rt.catalog.get(self.backup_id).manifest or {}
-        size = (doc.get("source") or {}).get("wal_segment_size") or pitr_drill.walnames.DEFAULT_SEGMENT_SIZE
-        self.details.update(pitr_drill.wait_for_wal(self.rt, self.target, self.point["lsn"], self.deadline, size))
+        self.details.update(pitr_drill.wait_for_wal(self.rt, self.target, self.point["lsn"], self.deadline, doc))
 
     def restore(self) -> None:
         """Base + WAL replayed to the point into a temporary data directory, started; timed as RTO evidence."""

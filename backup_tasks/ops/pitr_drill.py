@@ -44,12 +44,13 @@ def take_point(target, database: str) -> dict:
     return point
 
 
-def wait_for_wal(rt: Runtime, target, lsn: str, deadline: float, segment_size: int) -> dict:
+def wait_for_wal(rt: Runtime, target, lsn: str, deadline: float, base_manifest: dict) -> dict:
     """Wait until the segment holding ``lsn`` is stored and recorded; ship the local spool meanwhile if this host has it.
 
     On the database host (the spool is here) the drill ships what waits rather than
     wait for the minute's shipping task; elsewhere it waits for that task.
     """
+    segment_size = (base_manifest.get("source") or {}).get("wal_segment_size") or walnames.DEFAULT_SEGMENT_SIZE
     needed = walnames.segno_of_lsn(walnames.parse_lsn(lsn), segment_size)
     spool = spool_for(rt, target.name)
     started, shipped = time.monotonic(), 0
