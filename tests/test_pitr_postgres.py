@@ -247,12 +247,27 @@ def test_drill_replays_to_a_counted_point_while_the_cluster_is_written_and_leave
     assert history[0]["restore_seconds"] == drill["restore_seconds"]
 
 
+def test_a_drill_whose_check_fails_is_recorded_failed_and_still_removes_its_copy(cluster):
+    config = cluster.config.read_text()
+    cluster.config.write_text(config.replace('"select count(*) > 0 from orders"', '"select count(*) > 100000000 from orders"'))
+    try:
+        done = cluster.cli("drill", cluster.target, "--json", check=1)
+    finally:
+        cluster.config.write_text(config)
+    drill = json.loads(done.stdout)
+    assert drill["result"] == "failed" and drill["failed_step"] == "checks"
+    assert drill["tables"]["count_mismatches"] == {}  # the data itself compared fine
+    assert drill["temp_datadir_removed"] and not list(cluster.root.rglob("drill-orders-*"))
+    assert f"port={drill['port']}" not in as_postgres("ps", "-eo", "args").stdout
+
+
 def test_a_lost_catalog_is_rebuilt_with_its_wal_and_the_window_is_the_same(cluster):
     before = cluster.json("pitr", cluster.target)
     assert before["ok"] and before["segments_stored"] > 0
     (cluster.root / "catalog.db").unlink()  # the catalog is lost; the tiers are all there is
     rebuilt = cluster.json("catalog", "rebuild")
     assert rebuilt["log_files"] >= before["segments_stored"] and rebuilt["skipped"] == []
+    assert rebuilt["drills_restored"] == 1  # the passed drill's signed drilled.json
     after = cluster.json("pitr", cluster.target)
     for field in ("earliest", "latest", "spans", "gaps", "segments_stored", "timeline", "ok"):
         assert after[field] == before[field], field
