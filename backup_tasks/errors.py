@@ -150,7 +150,7 @@ class UnexpectedError(PermanentError):
 
 
 class DrillFailed(PermanentError):
-    """A restore drill failed at ``step`` (select, connect, restore, compare, checks, timeout, cleanup).
+    """A restore drill failed at ``step`` (select, connect or point and wal, restore, compare, checks, timeout, cleanup).
 
     The drill records it and emits it as an event; it is a result of the drill, so
     ``run_drill`` returns rather than raises it.

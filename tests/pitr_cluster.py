@@ -61,6 +61,7 @@ class PitrCluster:
             f'[targets.{target}]\nkind = "postgres"\nmode = "physical"\nhost = "db01"\n'
             f'dsn = "postgresql://postgres@127.0.0.1:{self.port}/postgres"\npitr_rpo_minutes = 5\n'
             'retention = { keep_last = 1 }\n'
+            'drill = { checks = ["select count(*) > 0 from orders", "select not pg_is_in_recovery()"] }\n'
             f'options = {{ bin_dir = "{PG_BIN}" }}\n')
         self._chown_all()
         as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8")

@@ -84,6 +84,8 @@ password = "file:{shop_pass}"
         ('[targets.x]\nkind = "files"\npaths = ["/a"]\n[targets.x]\nkind = "files"\npaths = ["/b"]\n', "", "duplicate name"),
         ('[targets.x]\nkind = "files"\npahts = ["/a"]\n', "pahts", "did you mean 'paths'"),
         ('[targets.x]\nkind = "files"\npaths = ["relative/dir"]\n', "paths", "not an absolute path"),
+        ('[targets.x]\nkind = "postgres"\nmode = "physical"\ndsn = "postgresql://postgres@127.0.0.1:5432/postgres"\n'
+         'drill = { server = "postgresql://drill@drill01:5432/postgres" }\n', "drill", "temporary data directory"),
     ],
 )
 def test_each_config_error_names_file_target_and_field(tmp_path, session_keys, targets, field, words):

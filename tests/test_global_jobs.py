@@ -3,7 +3,8 @@
 The jobs are sent the way beat sends them (their beat entry: task, queue, kwargs) to a
 real worker. ``backup.verify_pending`` verifies a backup whose chain never got its
 verify; ``backup.reverify`` re-reads the backups verified longest ago; ``backup.drill_due``
-puts one ``backup.drill`` per target with a ``drill`` table on the ``drill`` queue.
+puts one ``backup.drill`` per target with a ``drill`` table on the ``drill`` queue, physical
+PostgreSQL targets included.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def test_the_global_jobs_verify_reread_and_call_drills(tmp_path, make_config, ru
     cfg = make_config(f'[targets.app-sqlite]\nkind = "sqlite"\nhost = "hostA"\npath = "{db}"\n'
                       '[targets.school-db]\nkind = "postgres"\nhost = "db01"\ndsn = "postgresql://backup@127.0.0.1:5432/school"\n'
                       'drill = { server = "postgresql://postgres@127.0.0.1:5432/postgres" }\n'
-                      '[targets.shop-db]\nkind = "postgres"\nhost = "db01"\ndsn = "postgresql://backup@127.0.0.1:5432/shop"\n',
+                      '[targets.shop-db]\nkind = "postgres"\nhost = "db01"\ndsn = "postgresql://backup@127.0.0.1:5432/shop"\n'
+                      # a physical target's drill restores into a temporary data directory: its table names no server
+                      '[targets.orders-cluster]\nkind = "postgres"\nmode = "physical"\nhost = "db01"\n'
+                      'dsn = "postgresql://replicator@127.0.0.1:5432/postgres"\ndrill = { checks = ["select true"] }\n',
                       settings="reverify_days = 3\n")
     rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
     entries = beat_schedule.build(rt.config)
@@ -73,9 +77,10 @@ def test_the_global_jobs_verify_reread_and_call_drills(tmp_path, make_config, ru
     assert [v.ok for v in rt.catalog.verifications(runs[0].id)] == [True, True]
 
     # Weekly drills: one backup.drill per target with a drill table, on the drill queue (no drill host runs here).
-    assert _send(entries, "drills").get(timeout=30) == {"enqueued": ["school-db"]}
+    assert _send(entries, "drills").get(timeout=30) == {"enqueued": ["orders-cluster", "school-db"]}
     queued = [json.loads(m) for m in broker.lrange("drill", 0, -1)]
-    assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in queued] == [("backup.drill", "('school-db',)")]
+    assert sorted((m["headers"]["task"], m["headers"]["argsrepr"]) for m in queued) == [
+        ("backup.drill", "('orders-cluster',)"), ("backup.drill", "('school-db',)")]
     assert "backup.verify_pending" in worker.log.read_text() and "backup.drill_due" in worker.log.read_text()
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 
 import pytest
 
 from notify_servers import webhook_server  # noqa: F401  (fixture)
 from databases import free_port
-from pitr_cluster import PitrCluster
+from pitr_cluster import PitrCluster, as_postgres
 
 from backup_tasks.sources.postgres import walnames
 
@@ -162,7 +163,7 @@ def test_a_missing_segment_is_a_gap_that_pitr_restore_and_the_watchdog_all_see(c
         cluster.switch_and_wait_archived()
     cluster.json("wal", "ship", "--target", cluster.target)
     assert cluster.json("pitr", cluster.target)["ok"]
-    stored = sorted((cluster.root / "store" / "_logs" / cluster.target / "wal").glob("0000000100000000000000*"))
+    stored = sorted((cluster.root / "store" / "_logs" / cluster.target / "wal").glob("0000000100000000000000*.zst.age"))
     lost = stored[-2]
     lost.unlink()  # a segment vanishes from the tier behind the catalog's back
 
@@ -199,3 +200,82 @@ def test_a_new_base_after_a_gap_restores_the_window_and_cleanup_removes_what_onl
     window = cluster.json("pitr", cluster.target)  # the gap went with the WAL only the old base needed
     assert window["ok"] and window["spans"][0]["bases"] == [newer["id"]] and window["gaps"] == []
 
+
+
+def test_drill_replays_to_a_counted_point_while_the_cluster_is_written_and_leaves_nothing(cluster):
+    """The drill's counts compare exactly although rows keep arriving in many small transactions meanwhile."""
+    stop, written = threading.Event(), []
+
+    def writer():
+        conn = cluster.connect()
+        try:
+            while not stop.is_set():
+                conn.cursor().execute("INSERT INTO orders (batch) VALUES ('busy')")
+                written.append(1)
+        finally:
+            conn.close()
+
+    # a worker killed mid-drill last week left its copy's directory behind
+    stale = cluster.root / "staging" / "drill-orders-killed"
+    as_postgres("mkdir", "-p", "-m", "700", str(stale / "data"))
+    as_postgres("touch", "-d", "8 days ago", str(stale))
+    busy = threading.Thread(target=writer)
+    busy.start()
+    try:
+        time.sleep(0.5)
+        drill = cluster.json("drill", cluster.target)
+    finally:
+        stop.set()
+        busy.join()
+    assert drill["result"] == "passed", drill
+    newest_base = cluster.json("pitr", cluster.target)["spans"][-1]["bases"][-1]
+    assert drill["backup_id"] == newest_base and drill["restore_seconds"] > 0
+    tables = drill["tables"]
+    assert tables["count_mismatches"] == {} and tables["missing"] == [] and tables["extra"] == []
+    counted = tables["rows_manifest"]  # rows of orders at the point, counted in the live cluster
+    assert counted == tables["rows_restored"] and counted >= 150
+    # writes went on before and after the point: the comparison was made under load, not at rest
+    assert cluster.sql("SELECT count(*) FROM orders")[0][0] > counted and len(written) > 0
+    assert [c["passed"] for c in drill["checks"]] == [True, True]
+    assert walnames.parse_lsn(drill["reached_lsn"]) <= walnames.parse_lsn(drill["point"]["lsn"])
+    # the copy is stopped and its data directory gone
+    assert drill["temp_datadir_removed"] and not list(cluster.root.rglob("drill-orders-*"))
+    assert drill["swept"] == [str(stale)]
+    assert f"port={drill['port']}" not in as_postgres("ps", "-eo", "args").stdout
+    history = cluster.json("drill", cluster.target, "--history")
+    assert history[0]["drill_id"] == drill["drill_id"] and history[0]["result"] == "passed"
+    assert history[0]["restore_seconds"] == drill["restore_seconds"]
+
+
+def test_a_drill_whose_check_fails_is_recorded_failed_and_still_removes_its_copy(cluster):
+    config = cluster.config.read_text()
+    cluster.config.write_text(config.replace('"select count(*) > 0 from orders"', '"select count(*) > 100000000 from orders"'))
+    try:
+        done = cluster.cli("drill", cluster.target, "--json", check=1)
+    finally:
+        cluster.config.write_text(config)
+    drill = json.loads(done.stdout)
+    assert drill["result"] == "failed" and drill["failed_step"] == "checks"
+    assert drill["tables"]["count_mismatches"] == {}  # the data itself compared fine
+    assert drill["temp_datadir_removed"] and not list(cluster.root.rglob("drill-orders-*"))
+    assert f"port={drill['port']}" not in as_postgres("ps", "-eo", "args").stdout
+
+
+def test_a_lost_catalog_is_rebuilt_with_its_wal_and_the_window_is_the_same(cluster):
+    before = cluster.json("pitr", cluster.target)
+    assert before["ok"] and before["segments_stored"] > 0
+    (cluster.root / "catalog.db").unlink()  # the catalog is lost; the tiers are all there is
+    rebuilt = cluster.json("catalog", "rebuild")
+    assert rebuilt["log_files"] >= before["segments_stored"] and rebuilt["skipped"] == []
+    assert rebuilt["drills_restored"] == 1  # the passed drill's signed drilled.json
+    after = cluster.json("pitr", cluster.target)
+    for field in ("earliest", "latest", "spans", "gaps", "segments_stored", "timeline", "ok"):
+        assert after[field] == before[field], field
+    # a record that does not belong to its object is not trusted
+    wal_dir = cluster.root / "store" / "_logs" / cluster.target / "wal"
+    [first, second] = sorted(wal_dir.glob("*.meta.json"))[:2]
+    first.write_bytes(second.read_bytes())
+    (cluster.root / "catalog.db").unlink()
+    again = cluster.json("catalog", "rebuild")
+    assert [s["key"].split("/")[-1] for s in again["skipped"]] == [first.name]
+    assert "describes" in again["skipped"][0]["reason"]

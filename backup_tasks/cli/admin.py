@@ -106,8 +106,8 @@ def catalog_rebuild(ctx: Context):
         result = rebuild_catalog(ctx.rt)
         entry.detail.update(backups=result["backups"], verified=result["verified"], skipped=len(result["skipped"]))
     ctx.out.result(result, lambda c, d: (
-        c.print(f"catalog rebuilt from {', '.join(d['tiers'])}: {d['backups']} backups ({d['verified']} verified, {d['drills_restored']} drill-proven)"
-                + (f", {d['binlogs']} shipped binary logs" if d.get("binlogs") else "")),
+        c.print(f"catalog rebuilt from {', '.join(d['tiers'])}: {d['backups']} backups ({d['verified']} verified, {d['drills_restored']} drill-proven), "
+                f"{d['log_files']} shipped log files" + (f", {d['binlogs']} shipped binary logs" if d.get("binlogs") else "")),
         [c.print(f"  [yellow]skipped[/] {s['key']} on {s['tier']}: {s['reason']}") for s in d["skipped"]],
     ))
 

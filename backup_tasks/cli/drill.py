@@ -18,7 +18,10 @@ from backup_tasks.errors import InputError, ServiceUnavailable
 @click.option("--history", is_flag=True, help="list the target's past drills instead of running one")
 @common
 def drill(ctx: Context, target, timeout, history):
-    """Restore the latest verified backup into a temporary database, compare, run health checks, drop it."""
+    """Restore the latest verified backup into a temporary database, compare, run health checks, drop it.
+
+    A physical PostgreSQL target: base + WAL replayed to a recent counted point in a temporary data directory.
+    """
     from backup_tasks.ops import binlog_drill
     from backup_tasks.ops import drill as drill_mod
 
@@ -70,9 +73,14 @@ def _human(c, d: dict) -> None:
     colour = "green" if d["result"] == "passed" else "red"
     c.print(f"drill of [bold]{d['target']}[/]: [{colour}]{d['result']}[/]" + (f" ({d.get('failed_step')}: {d.get('error')})" if d.get("error") else ""),
             markup=True)
-    c.print(f"  backup {d.get('backup_id') or '-'} restored into {d['temp_database']} on {d['server']}"
-            f"{' in %.1fs' % d['restore_seconds'] if d.get('restore_seconds') is not None else ''} (dropped: {d.get('temp_database_dropped')})",
-            markup=False)
+    took = ' in %.1fs' % d['restore_seconds'] if d.get('restore_seconds') is not None else ''
+    if "temp_database" in d:
+        c.print(f"  backup {d.get('backup_id') or '-'} restored into {d['temp_database']} on {d['server']}"
+                f"{took} (dropped: {d.get('temp_database_dropped')})", markup=False)
+    else:  # a physical target: base + WAL replayed to a counted point in a temporary data directory
+        point = d.get("point") or {}
+        c.print(f"  base {d.get('backup_id') or '-'} + WAL replayed to {point.get('lsn', '-')} ({point.get('at', '-')}) "
+                f"in {d.get('temp_datadir') or '-'}{took} (removed: {d.get('temp_datadir_removed')})", markup=False)
     tables = d.get("tables")
     if tables:
         c.print(f"  tables {tables['restored']}/{tables['manifest']}, rows {tables['rows_restored']}/{tables['rows_manifest']}", markup=False)

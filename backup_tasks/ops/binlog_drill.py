@@ -84,6 +84,6 @@ class PitrDrill(drill._Drill):
 
 
 def run_drill(rt: Runtime, target_name: str, *, actor: str = audit.BEAT) -> dict:
-    """A drill of ``target_name``: to a moment for a binlog target, of its newest dump otherwise."""
+    """A drill of ``target_name``: to a moment for a binlog target, else the kind ``drill.run_drill`` picks."""
     target = rt.target(target_name)
-    return drill.run_drill(rt, target_name, actor=actor, drill_class=PitrDrill if target.binlog else drill._Drill)
+    return drill.run_drill(rt, target_name, actor=actor, drill_class=PitrDrill if target.binlog else None)

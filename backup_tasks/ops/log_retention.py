@@ -15,6 +15,7 @@ from backup_tasks.ops import pitr
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.ops.wal import FAMILY
 from backup_tasks.policy import pitr as policy
+from backup_tasks.records import log_markers
 from backup_tasks.records.catalog import Status
 from backup_tasks.sources.postgres import walnames
 
@@ -40,10 +41,11 @@ def prune(rt: Runtime, target, *, removed_backups: set[str], dry_run: bool) -> l
         if not dry_run:
             try:
                 for tier in row.tiers:
-                    try:
-                        rt.storage(tier).delete(row.key)
-                    except ObjectNotFound:
-                        pass
+                    for key in (row.key, log_markers.key_of(row.key)):
+                        try:
+                            rt.storage(tier).delete(key)
+                        except ObjectNotFound:
+                            pass
                 rt.catalog.forget_log(target.name, FAMILY, name)
             except BackupError as exc:
                 entry["error"] = exc.message

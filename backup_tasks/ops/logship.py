@@ -23,11 +23,12 @@ from typing import Callable
 from backup_tasks.errors import StorageError, TransientError
 from backup_tasks.ops.logspool import Spool, Spooled
 from backup_tasks.ops.runtime import Runtime
-from backup_tasks.records import events
+from backup_tasks.records import events, log_markers
 from backup_tasks.records.keys import key_id
 from backup_tasks.stages import compress as compress_stage
 from backup_tasks.stages import encrypt as encrypt_stage
 from backup_tasks.stages.digest import HashingReader, HashingWriter
+from backup_tasks.timefmt import iso
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,15 @@ def _ship_one(rt: Runtime, target, family: str, item: Spooled, what) -> None:
                 raise StorageError(f"{item.name} of target '{target.name}' reached tier '{tier.name}' incomplete",
                                    "check the tier; the file stays in the spool and the next run ships it again")
             tiers.append(tier.name)
-        rt.catalog.record_log(target=target.name, family=family, name=item.name, kind=kind, timeline=timeline, seq=seq,
-                              size_plain=plain.size, sha256_plain=plain.sha256, size_stored=stored.size,
-                              sha256_stored=stored.sha256, key=key, tiers=tiers, compression=method,
-                              key_ids=[key_id(r) for r in settings.recipients] if encrypted else [],
-                              closed_at=item.closed_at, uploaded_at=datetime.now(timezone.utc), detail=detail)
+        record = dict(target=target.name, family=family, name=item.name, kind=kind, timeline=timeline, seq=seq,
+                      size_plain=plain.size, sha256_plain=plain.sha256, size_stored=stored.size,
+                      sha256_stored=stored.sha256, compression=method,
+                      key_ids=[key_id(r) for r in settings.recipients] if encrypted else [],
+                      closed_at=item.closed_at, uploaded_at=datetime.now(timezone.utc), detail=detail)
+        # the signed record goes beside the object before the catalog learns of it: a lost catalog is rebuilt from it
+        log_markers.write({**record, "closed_at": iso(item.closed_at), "uploaded_at": iso(record["uploaded_at"])},
+                          object_key=key, tiers=tiers, signer=rt.signer, storage=rt.storage)
+        rt.catalog.record_log(**record, key=key, tiers=tiers)
         Spool(settings.spool_dir, target.name).mark_shipped(item, plain.sha256)
     except (StorageError, TransientError) as exc:
         log.warning("shipping %s of target %s failed; it stays spooled: %s", item.name, target.name, exc)

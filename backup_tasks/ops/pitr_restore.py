@@ -11,6 +11,7 @@ server promoted at the target), then reports the time and LSN it actually reache
 from __future__ import annotations
 
 import shlex
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,7 +41,13 @@ def restore_command(rt: Runtime, target: str) -> str:
 
 
 def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *, start: bool = False, port: int | None = None,
-                    force: bool = False, dry_run: bool = False, timeout: float = defaults.PITR_RECOVERY_TIMEOUT_SECONDS) -> dict:
+                    force: bool = False, dry_run: bool = False, timeout: float = defaults.PITR_RECOVERY_TIMEOUT_SECONDS,
+                    target_lsn: str | None = None) -> dict:
+    """Restore to ``when``; with ``target_lsn`` (a drill's counted point) ``when`` picks the base and replay stops at the LSN.
+
+    An LSN target must be reached: replay that ends before it is a failure, never "all
+    stored WAL", because the caller compares the copy with the state at that LSN.
+    """
     if when.tzinfo is None:
         raise InputError(f"{when.isoformat()} has no time zone", "write the time with its zone, e.g. 2026-12-05T07:00:00Z")
     if start and not port:
@@ -55,13 +62,14 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
                          "pick a time inside the window (backupctl pitr TARGET shows it)")
     occupied = datadir.prepare(dest, force=force, dry_run=True)
     command = restore_command(rt, target.name)
-    plan = {"target": target.name, "base_id": base.id, "target_time": iso(when), "to_datadir": str(dest),
+    plan = {"target": target.name, "base_id": base.id, "target_time": iso(when), "target_lsn": target_lsn, "to_datadir": str(dest),
             "base_ended_at": iso(base.ready_at), "window": {"earliest": iso(win.earliest), "latest": iso(win.latest)},
             "restore_command": command}
     if dry_run:
         return {**plan, "dry_run": True, "replaces_existing": occupied, "would_start_on_port": port if start else None,
                 "reached_time": None}
     datadir.prepare(dest, force=force, dry_run=False)
+    started = time.monotonic()
     row = rt.catalog.get(base.id)
     found = readback.locate(rt, row)
     with readback.plaintext(rt, found) as (stream, stored, plain):
@@ -69,9 +77,11 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
         plain.drain()
     readback.check_digests(found.doc, stored, plain)
     stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-    datadir.write_recovery(dest, restore_command=command, target_time=stamp)
+    datadir.write_recovery(dest, restore_command=command, target_time=None if target_lsn else stamp, target_lsn=target_lsn)
     server.hand_over(dest, CLUSTER_OS_USER)
-    result = {**plan, "dry_run": False, "files": extracted["files"], "started": False, "port": None,
+    # where the time of a restore goes: reading the base back and extracting it, then PostgreSQL's replay
+    result = {**plan, "dry_run": False, "files": extracted["files"], "extract_seconds": round(time.monotonic() - started, 2),
+              "started": False, "port": None,
               "reached_time": None, "reached_lsn": None, "notes": found.notes}
     if not start:
         return {**result, "next_step": f"pg_ctl -D {dest} -o '-p PORT' start (as the cluster's OS user)"}
@@ -83,6 +93,8 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
     try:
         reached = server.wait_for_promotion(conn, dest, log, bin_dir=bin_dir, os_user=CLUSTER_OS_USER, timeout=timeout)
     except server.TargetNotReached:
+        if target_lsn:
+            raise
         # No commit after TIME is stored (TIME is at the window's end, or the server was idle):
         # all of the stored WAL happened before TIME, so replaying all of it *is* the state at TIME.
         datadir.write_recovery(dest, restore_command=command, target_time=None)
@@ -90,5 +102,6 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
         log = server.start(dest, port, bin_dir=bin_dir, os_user=CLUSTER_OS_USER)
         reached = server.wait_for_promotion(conn, dest, log, bin_dir=bin_dir, os_user=CLUSTER_OS_USER, timeout=timeout)
         result["notes"] = [*result["notes"], "no commit after the target time is stored: all stored WAL was replayed"]
+    result["recovery_seconds"] = round(time.monotonic() - started - result["extract_seconds"], 2)
     return {**result, "started": True, "port": port, "reached_time": iso(reached["reached_time"]),
             "reached_lsn": reached["reached_lsn"], "timeline": reached["timeline"], "log": str(log)}

@@ -2,28 +2,34 @@
 
 Only manifests whose signature checks are trusted; anything else is reported, not
 indexed. A backup stored on several tiers becomes one entry with several locations; a
-re-encrypted backup is indexed at its newest manifest revision. Shipped binary logs come
-back from their signed records (binlog_rebuild.py).
+re-encrypted backup is indexed at its newest manifest revision. Shipped log files (WAL)
+are relearnt from the signed record beside each (records/log_markers.py), so the
+restorable window survives a lost catalog; shipped binary logs likewise (binlog_rebuild.py).
 """
 
 from __future__ import annotations
 
-from backup_tasks.records import manifest
+from backup_tasks.records import log_markers, manifest
 from backup_tasks.records.catalog import Location
 from backup_tasks.errors import BackupError, ObjectNotFound
-from backup_tasks.ops import readback, reencrypt
+from backup_tasks.ops import logship, readback, reencrypt
 from backup_tasks.ops.backup import AFTER_UPLOAD
 from backup_tasks.ops.binlog_rebuild import rebuild_binlogs
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.timefmt import parse
 
 
 def rebuild_catalog(rt: Runtime) -> dict:
     stored: dict[str, list[tuple[str, object, dict, int]]] = {}  # backup id -> (tier, storage, manifest, artifact size)
     drilled: dict[str, dict] = {}
     skipped: list[dict] = []
+    logs: dict[tuple[str, str, str], tuple[dict, list[str]]] = {}  # (target, family, name) -> (record, tiers)
     for tier in rt.config.tiers.values():
         storage = rt.storage(tier)
         for info in storage.list(""):
+            if info.key.startswith(logship.PREFIX + "/") and info.key.endswith(log_markers.SUFFIX):
+                _log_record(rt, tier.name, storage, info.key, logs, skipped)
+                continue
             if not info.key.endswith("/" + manifest.MANIFEST_NAME):
                 continue
             backup_id = info.key.split("/")[-2]
@@ -67,15 +73,42 @@ def rebuild_catalog(rt: Runtime) -> dict:
         reencrypt.record_revision(rt, doc["backup_id"], doc, locations, old_object=reencrypt.PENDING)
     drills = rt.catalog.restore_passed_drills(list(drilled.values()))
     binlogs = rebuild_binlogs(rt)
+    for record, tiers in logs.values():
+        rt.catalog.record_log(**record, tiers=tiers)
     return {
         "tiers": list(rt.config.tiers),
         "backups": count,
         "verified": sum(1 for _, _, v in found if v),
         "drills_restored": drills,
+        "log_files": len(logs),
         "unfinished_reencryptions": [doc["backup_id"] for doc, _ in unfinished],
         "binlogs": binlogs["binlogs"],
         "skipped": skipped + binlogs["skipped"],
     }
+
+
+_LOG_FIELDS = ("target", "family", "name", "kind", "timeline", "seq", "size_plain", "sha256_plain", "size_stored",
+               "sha256_stored", "key", "compression", "key_ids", "detail")
+
+
+def _log_record(rt: Runtime, tier: str, storage, marker_key: str, logs: dict, skipped: list[dict]) -> None:
+    """Collect one shipped log file from its signed record, if genuine and its object is there whole."""
+    try:
+        with storage.get(marker_key) as fh:
+            doc = log_markers.read(fh.read(), rt.verifier, marker_key=marker_key)
+        stat = storage.stat(doc["key"])
+        if stat.size != doc["size_stored"]:
+            raise BackupError(f"log object holds {stat.size} bytes, its record says {doc['size_stored']}")
+    except ObjectNotFound:
+        skipped.append({"tier": tier, "key": marker_key, "reason": "log record without its object"})
+        return
+    except (BackupError, KeyError) as exc:
+        skipped.append({"tier": tier, "key": marker_key, "reason": str(exc)})
+        return
+    ident = (doc["target"], doc["family"], doc["name"])
+    record = {k: doc.get(k) for k in _LOG_FIELDS}
+    record.update(closed_at=parse(doc["closed_at"]), uploaded_at=parse(doc["uploaded_at"]))
+    logs.setdefault(ident, (record, []))[1].append(tier)
 
 
 def _marker(rt: Runtime, storage, doc: dict, key_for) -> dict | None:

@@ -80,8 +80,13 @@ def _refuse_unsafe(m: tarfile.TarInfo, archive: str) -> None:
                                  "the stored archive is not what pg_basebackup writes; do not use it", check="unsafe-member")
 
 
-def write_recovery(dest: Path, *, restore_command: str, target_time: str | None) -> None:
-    """recovery.signal plus the settings that make this copy replay, stop at the target, promote and never archive."""
+def write_recovery(dest: Path, *, restore_command: str, target_time: str | None, target_lsn: str | None = None) -> None:
+    """recovery.signal plus the settings that make this copy replay, stop at the target, promote and never archive.
+
+    A ``target_lsn`` stops replay just *before* the first record at or after it: the state
+    of every commit written before that position, which is what a drill's counted point
+    describes (counted_point.py).
+    """
     lines = [RECOVERY_MARK,
              f"restore_command = '{_quote(restore_command)}'",
              "recovery_target_timeline = 'latest'",
@@ -90,6 +95,9 @@ def write_recovery(dest: Path, *, restore_command: str, target_time: str | None)
     if target_time:
         lines += [f"recovery_target_time = '{_quote(target_time)}'",
                   "recovery_target_inclusive = 'true'"]
+    elif target_lsn:
+        lines += [f"recovery_target_lsn = '{_quote(target_lsn)}'",
+                  "recovery_target_inclusive = 'false'"]
     lines.append("recovery_target_action = 'promote'")
     auto = dest / "postgresql.auto.conf"
     text = auto.read_text() if auto.exists() else ""

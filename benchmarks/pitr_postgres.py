@@ -1,0 +1,237 @@
+#!/usr/bin/env python
+"""Point-in-time recovery benchmark: base backup, WAL shipping lag, restore to a moment, each against PostgreSQL's own tools.
+
+Run by hand, as root (the private cluster runs as the ``postgres`` OS user, like the tests'):
+
+    python benchmarks/pitr_postgres.py [--size 1.0] [--load-seconds 300] [--rate 150] [--keep]
+
+In one run it
+
+1. starts a private PostgreSQL 15 cluster (tests/pitr_cluster.py: archive_command =
+   ``backupctl wal push``, ``archive_timeout = 60``; the archive_command also copies each
+   segment into a local directory, for the baseline's replay), and fills it with about
+   ``--size`` GB: pgbench's tables plus a table of md5 text, so the data compresses about
+   2x, not pgbench's filler alone (which compresses 100x and flatters a compressing chain);
+2. base backup: ``pg_basebackup -Ft -X stream -c fast`` into a local directory (baseline)
+   against ``backupctl backup T --wait`` (dump -> compress -> encrypt -> upload -> verify);
+   the ratio is given for the whole chain and for the chain without verify;
+3. WAL shipping under a steady pgbench write load (``-R --rate`` transactions/s for
+   ``--load-seconds``), with ``backupctl wal ship`` every 60 s as beat runs it: the lag of a
+   segment is from its arrival in the spool (archive_command done) to its upload being
+   recorded in the catalog; p50, p99 and max over the segments of the run;
+4. restore to a moment 5 s before the load ended: ``backupctl restore --to-time --start``
+   (newest base before it, read back from the tier, + WAL through ``wal get``) against
+   ``tar -x`` of the baseline's base.tar and pg_wal.tar plus PostgreSQL's own replay from
+   the local WAL directory (``restore_command = 'cp ...'``), both waited for until promoted;
+5. prints the figures and ratios, and writes JSON to benchmarks/out/pitr_postgres-<time>.json.
+
+Everything is under one temporary directory, removed at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from pitr_cluster import PG_BIN, PitrCluster, as_postgres  # noqa: E402
+from databases import free_port  # noqa: E402
+
+OUT_DIR = REPO / "benchmarks" / "out"
+
+
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def timed(fn, *args, **kw):
+    started = time.monotonic()
+    result = fn(*args, **kw)
+    return round(time.monotonic() - started, 2), result
+
+
+def fill(c: PitrCluster, size_gb: float) -> dict:
+    """pgbench tables (a fifth of the size) plus md5 text rows for the rest."""
+    scale = max(1, int(size_gb * 1024 * 0.2 / 15))
+    pgbench = [str(PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(c.port), "-U", "postgres"]
+    subprocess.run([*pgbench, "-i", "-q", "-s", str(scale), "postgres"], check=True, capture_output=True)
+    c.sql("CREATE TABLE notes (id bigint PRIMARY KEY, account int, body text, extra text)")
+    rows = int(size_gb * 1024 ** 3 * 0.8 / 190)
+    step = 500_000
+    for first in range(1, rows + 1, step):
+        last = min(rows, first + step - 1)
+        c.sql(f"INSERT INTO notes SELECT g, g % 100000, md5(g::text) || ' ' || md5((g * 7)::text) || ' order note ' || (g % 977), "
+              f"md5((g * 13)::text) || md5((g * 17)::text) FROM generate_series({first}, {last}) g")
+    c.sql("CHECKPOINT")
+    size = c.sql("SELECT sum(pg_database_size(oid)) FROM pg_database")[0][0]
+    return {"pgbench_scale": scale, "notes_rows": rows, "cluster_bytes": int(size)}
+
+
+def base_backups(c: PitrCluster) -> dict:
+    out = c.root / "pg_basebackup"
+    as_postgres("mkdir", "-m", "700", str(out))
+    before = loadavg()
+    baseline, _ = timed(as_postgres, str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(c.port), "-U", "postgres",
+                        "-D", str(out), "-Ft", "-X", "stream", "-c", "fast")
+    chain, info = timed(c.json, "backup", c.target, "--wait")
+    timings = c.json("show", info["id"])["manifest"].get("timings", {})
+    to_upload = round(sum(v for k, v in timings.items() if k in ("dump", "compress", "encrypt", "upload")), 2)
+    return {"load_before": before, "baseline_seconds": baseline, "chain_seconds": chain, "chain_to_upload_seconds": to_upload,
+            "timings": timings, "stored_bytes": info.get("size_stored") or info.get("stored_size"), "backup_id": info["id"],
+            "ratio": round(chain / baseline, 2), "ratio_without_verify": round(to_upload / baseline, 2) if to_upload else None,
+            "baseline_dir": str(out)}
+
+
+def shipping_lag(c: PitrCluster, seconds: int, rate: int) -> dict:
+    """pgbench at a steady rate; ``wal ship`` every 60 s; per segment: recorded upload minus arrival in the spool."""
+    pgbench = [str(PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(c.port), "-U", "postgres", "-c", "2", "-j", "1",
+               "-R", str(rate), "-T", str(seconds), "-n", "postgres"]
+    started = datetime.now(timezone.utc)
+    before = loadavg()
+    load = subprocess.Popen(pgbench, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(60 - time.time() % 60):  # on the minute, as beat's crontab runs wal-ship
+            c.cli("wal", "ship", "--target", c.target, check=None)
+
+    shipper = threading.Thread(target=beat)
+    shipper.start()
+    out, _ = load.communicate()
+    load_end = datetime.now(timezone.utc)
+    moment = c.sql("SELECT to_char((clock_timestamp() - interval '5 seconds') AT TIME ZONE 'UTC', "
+                   "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")[0][0]
+    c.switch_and_wait_archived()
+    time.sleep(60 - time.time() % 60 + 2)  # one more beat tick ships the last one
+    stop.set()
+    shipper.join()
+    c.cli("wal", "ship", "--target", c.target)
+    db = sqlite3.connect(c.root / "catalog.db")
+    rows = db.execute("SELECT name, closed_at, uploaded_at FROM log_objects WHERE kind = 'segment'").fetchall()
+    db.close()
+    lags = sorted((_dt(u) - _dt(cl)).total_seconds() for _n, cl, u in rows if _dt(cl) >= started)
+    tps = next((line for line in out.splitlines() if line.startswith("tps")), "")
+    return {"load_before": before, "load_seconds": seconds, "rate": rate, "pgbench_tps": tps, "segments": len(lags),
+            "lag_p50": _pct(lags, 0.5), "lag_p99": _pct(lags, 0.99), "lag_max": round(lags[-1], 1) if lags else None,
+            "load_ended": load_end.isoformat(), "moment": moment}
+
+
+def _dt(text: str) -> datetime:
+    value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+
+def restores(c: PitrCluster, moment: str, baseline_dir: Path, local_wal: Path) -> dict:
+    ours_dir, ours_port = c.root / "restored-ours", free_port()
+    before = loadavg()
+    ours, done = timed(c.json, "restore", "--target", c.target, "--to-time", moment, "--to-datadir", str(ours_dir),
+                       "--start", "--port", str(ours_port))
+    c.stop_datadir(ours_dir)
+    theirs_dir, theirs_port = c.root / "restored-baseline", free_port()
+
+    split: dict = {}
+
+    def baseline():
+        as_postgres("mkdir", "-m", "700", str(theirs_dir))
+        as_postgres("mkdir", "-m", "700", str(theirs_dir / "pg_wal"))
+        as_postgres("tar", "-xf", str(baseline_dir / "base.tar"), "-C", str(theirs_dir))
+        as_postgres("tar", "-xf", str(baseline_dir / "pg_wal.tar"), "-C", str(theirs_dir / "pg_wal"))
+        split["extract"] = round(time.monotonic() - t0, 2)
+        stamp = moment.replace("T", " ").replace("Z", "+00")  # the form the server's settings parser takes
+        conf = (f"\nrestore_command = 'cp {local_wal}/%f %p'\nrecovery_target_time = '{stamp}'\n"
+                "recovery_target_action = 'promote'\narchive_mode = 'off'\n")
+        as_postgres("sh", "-c", f"cat >> {theirs_dir}/postgresql.auto.conf && touch {theirs_dir}/recovery.signal", input=conf)
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(theirs_dir), "-W", "-l", str(c.root / "baseline-restore.log"), "-o",
+                    f"-c port={theirs_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''", "start")
+        while True:  # the same 0.5 s poll as backupctl's wait for the end of recovery
+            if as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(theirs_dir), "status", check=False).returncode != 0:
+                time.sleep(1)  # pg_ctl -W returns before the pid file exists
+                if as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(theirs_dir), "status", check=False).returncode != 0:
+                    raise RuntimeError(f"the baseline restore stopped: {(c.root / 'baseline-restore.log').read_text()[-1500:]}")
+            try:
+                if not c.sql("SELECT pg_is_in_recovery()", port=theirs_port)[0][0]:
+                    return
+            except Exception:  # noqa: BLE001 - not accepting connections yet
+                pass
+            time.sleep(0.5)
+
+    t0 = time.monotonic()
+    theirs, _ = timed(baseline)
+    reached = c.sql("SELECT pg_last_xact_replay_timestamp()", port=theirs_port)[0][0]
+    c.stop_datadir(theirs_dir)
+    return {"load_before": before, "ours_seconds": ours, "baseline_seconds": theirs, "ratio": round(ours / theirs, 2),
+            "ours_extract_seconds": done.get("extract_seconds"), "ours_recovery_seconds": done.get("recovery_seconds"),
+            "baseline_extract_seconds": split.get("extract"), "baseline_recovery_seconds": round(theirs - split.get("extract", 0), 2),
+            "moment": moment, "ours_reached": done.get("reached_time"), "baseline_reached": str(reached),
+            "base_id": done.get("base_id")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=float, default=1.0, help="cluster size in GB")
+    ap.add_argument("--load-seconds", type=int, default=300, help="pgbench steady load (the WAL restored is this long)")
+    ap.add_argument("--rate", type=int, default=150, help="pgbench transactions per second")
+    ap.add_argument("--keep", action="store_true", help="keep the cluster's directory")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: the private cluster runs as the postgres OS user")
+    c = PitrCluster("bench")
+    result: dict = {"started": datetime.now(timezone.utc).isoformat(), "host": os.uname().nodename, "cpus": os.cpu_count(),
+                    "args": vars(args)}
+    try:
+        local_wal = c.root / "local-wal"
+        as_postgres("mkdir", "-m", "700", str(local_wal))
+        archive = c.sql("SHOW archive_command")[0][0]
+        c.sql(f"ALTER SYSTEM SET archive_command = 'cp %p {local_wal}/%f && {archive.replace(chr(39), chr(39) * 2)}'")
+        c.sql("ALTER SYSTEM SET archive_timeout = 60")
+        c.sql("SELECT pg_reload_conf()")
+        fill_seconds, result["data"] = timed(fill, c, args.size)
+        result["data"]["fill_seconds"] = fill_seconds
+        print(f"data: {result['data']}", flush=True)
+        c.cli("wal", "ship", "--target", c.target)  # the fill's WAL, so the measured runs start with an empty spool
+        result["base_backup"] = base_backups(c)
+        print(f"base backup: {result['base_backup']}", flush=True)
+        c.cli("wal", "ship", "--target", c.target)
+        result["shipping"] = shipping_lag(c, args.load_seconds, args.rate)
+        print(f"shipping: {result['shipping']}", flush=True)
+        result["restore"] = restores(c, result["shipping"]["moment"], Path(result["base_backup"]["baseline_dir"]), local_wal)
+        print(f"restore: {result['restore']}", flush=True)
+    finally:
+        if args.keep:
+            print(f"kept: {c.root}")
+            c.stop_datadir(c.data)
+        else:
+            c.close()
+    OUT_DIR.mkdir(exist_ok=True)
+    out = OUT_DIR / f"pitr_postgres-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(result, indent=1, default=str))
+    b, s, r = result["base_backup"], result["shipping"], result["restore"]
+    print("\n| measure | ours | baseline | ratio | goal |\n|---|---|---|---|---|")
+    print(f"| base backup ({result['data']['cluster_bytes'] / 1e9:.2f} GB) | {b['chain_seconds']} s (to upload {b['chain_to_upload_seconds']} s)"
+          f" | {b['baseline_seconds']} s | {b['ratio']}x ({b['ratio_without_verify']}x without verify) | <= 1.5x |")
+    print(f"| WAL shipping lag, {s['segments']} segments | p50 {s['lag_p50']} s, p99 {s['lag_p99']} s, max {s['lag_max']} s | - | - | p99 <= 90 s |")
+    print(f"| restore to a moment ({s['load_seconds']} s of pgbench WAL) | {r['ours_seconds']} s | {r['baseline_seconds']} s"
+          f" | {r['ratio']}x | <= 1.3x |")
+    print(f"  restore split, extract + replay: ours {r['ours_extract_seconds']} + {r['ours_recovery_seconds']} s, "
+          f"baseline {r['baseline_extract_seconds']} + {r['baseline_recovery_seconds']} s")
+    print(f"load average before each: {b['load_before']}, {s['load_before']}, {r['load_before']}; written {out}")
+
+
+if __name__ == "__main__":
+    main()
