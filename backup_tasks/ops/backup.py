@@ -10,35 +10,31 @@ Each representation is hashed once, by the stage that writes it: the plaintext b
 the stored object by encrypt (by compress, or dump, when that one is the last); an
 intermediate is only counted (``stages/digest.py``). Staged files are not fsynced: the
 tier write and the manifest are the durable steps, and why the redelivery story above
-stays true without the fsync is told in ``_write_output``.
+stays true without the fsync is told in ``staging.write_output``.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import secrets
 import shutil
 import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 from backup_tasks import timefmt
 from backup_tasks.defaults import STAGES
-from backup_tasks.ops import chain, listing_store, size_check
+from backup_tasks.ops import chain, listing_store, size_check, staging
 from backup_tasks.records import attachments, events, keys, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
-from backup_tasks.errors import InputError, PermanentError, StagingFull, StorageError, TransientError
-from backup_tasks.units import human_size
+from backup_tasks.errors import InputError, PermanentError, StorageError, TransientError
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.base import plaintext_suffix, source_for
 from backup_tasks.stages import compress as compress_stage
 from backup_tasks.stages import encrypt as encrypt_stage
-from backup_tasks.stages.digest import HashingWriter, SizingWriter
+from backup_tasks.stages.digest import HashingWriter
 from backup_tasks.storage.capabilities import LinkIn
 
 BACKUP_TYPES = ("full", "incremental", "differential")
@@ -74,116 +70,10 @@ def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str 
     return {**ref, "rehash": True} if rehash else ref
 
 
-def _ref(run_dir: Path, stage: str) -> dict | None:
-    path = run_dir / f"{stage}.json"
-    if path.exists():
-        ref = json.loads(path.read_text())
-        if Path(ref["path"]).exists():
-            return ref
-    return None
-
-
-def _commit_ref(run_dir: Path, stage: str, ref: dict) -> dict:
-    tmp = run_dir / f".{stage}.json.tmp"
-    tmp.write_text(json.dumps(ref))
-    os.replace(tmp, run_dir / f"{stage}.json")
-    return ref
-
-
-def _write_output(final: Path, produce: Callable[[BinaryIO], None], *, seal: bool = True) -> tuple[int, str | None, float]:
-    """Run ``produce`` into a private temp file and rename it into place; return size, sha256, seconds.
-
-    ``seal``: hash what is written (the plaintext, the stored object); otherwise the
-    sha256 returned is None and only the size is counted (an intermediate).
-
-    No fsync, and here is why the redelivery story holds without one. A stage commits
-    in three steps: write the temp file, rename it to its final name, write the
-    ``<stage>.json`` reference (temp name and rename too). A redelivered stage that finds
-    its reference returns it without looking at the file. If the worker process dies
-    (SIGKILL, out of memory, a time limit), every write it made is in the kernel's page
-    cache and survives it: a reference exists only after the whole file was written and
-    renamed, so a reference always points at a complete file, fsync or not. Only a crash
-    of the host (power loss, kernel panic) can leave a renamed file, or its reference,
-    whose data never reached the disk: the file comes back short, empty, or (on some
-    filesystems) the right length with zeros inside. What catches each case:
-
-    - short or empty: the next stage compares the file's size with the reference before
-      it reads (``_open_staged``) and fails naming the stage and both sizes; upload
-      compares the size the tier stored, too;
-    - right length, wrong bytes, in an intermediate or the plaintext: the stored object
-      is then the encryption of wrong bytes, so its own hash matches, but verify
-      decompresses it back and compares against the plaintext sha256 that dump sealed
-      (and zstd's frame checksum fails first): the run fails at verify, never good;
-    - right length, wrong bytes, in the stored object: upload's copy hashes what it
-      stores and compares with encrypt's seal; a hard-linked object is read back by
-      verify against the same seal.
-
-    So nothing damaged is ever recorded as good; a host crash costs a failed run (the
-    next one starts from scratch) instead of an fsync of every staged file on every run.
-    """
-    started = time.monotonic()
-    tmp = final.with_name(f".{final.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb", buffering=0) as raw:
-            writer = HashingWriter(raw) if seal else SizingWriter(raw)
-            produce(writer)
-        os.replace(tmp, final)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if _out_of_space(exc):
-            raise _staging_full(final) from None
-        raise
-    return writer.size, writer.sha256, round(time.monotonic() - started, 3)
-
-
-def _open_staged(ref: dict, stage: str) -> BinaryIO:
-    """The previous stage's file, refused if its size is not what that stage's reference says.
-
-    Costs one fstat. A staged file that is shorter (a host crash lost its unwritten
-    data, see ``_write_output``) or longer than its reference was changed after the
-    stage that wrote it committed; reading on would only store something that verify
-    must reject later.
-    """
-    fh = open(ref["path"], "rb")
-    size = os.fstat(fh.fileno()).st_size
-    if size != ref["size"]:
-        fh.close()
-        raise PermanentError(
-            f"{stage}: the staged file {Path(ref['path']).name} of run {ref['backup_id']} is {size} bytes, but the "
-            f"stage before sealed it at {ref['size']} bytes: it changed after it was written (a host crash, or something "
-            "else writing in the staging directory)",
-            "run the backup again; if it happens again, check the disk holding staging_dir and what else writes there")
-    return fh
-
-
-def _out_of_space(exc: BaseException | None) -> bool:
-    """ENOSPC or EDQUOT, also when a filter wrapped it (its cause or context)."""
-    seen = 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
-
-
-def _staging_full(final: Path) -> StagingFull:
-    """Name the directory and how much room is left (after the partial file was removed), not just '[Errno 28]'."""
-    run_dir = final.parent
-    try:
-        free = human_size(shutil.disk_usage(run_dir).free)
-    except OSError:
-        free = "unknown"
-    return StagingFull(f"no space left in the staging directory {run_dir.parent} while writing {final.name} "
-                       f"of run {run_dir.name} ({free} free there now that the partial file is removed)",
-                       "free space on that filesystem, or point staging_dir in [settings] (BACKUP_STAGING_DIR) at a "
-                       "disk with room for about twice the target's size, then run the backup again")
-
-
 def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
     backup_id = ref["backup_id"]
     run_dir = rt.run_dir(backup_id)
-    if done := _ref(run_dir, "dump"):
+    if done := staging.find_ref(run_dir, "dump"):
         return done
     target = rt.target(ref["target"])
     source = source_for(target.kind)
@@ -203,7 +93,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     def produce(out: HashingWriter) -> None:
         report.update(source.dump(target, progress_mod.writing(out, progress, "dump"), workdir, **kwargs))
 
-    size, sha, seconds = _write_output(final, produce)
+    size, sha, seconds = staging.write_output(final, produce)
     try:
         sealed = attachments.collect(workdir, rt.recipients if rt.settings.recipients else [], target=target.name)
     finally:
@@ -211,7 +101,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     if sealed:
         (run_dir / "attachments.json").write_text(json.dumps(sealed))
     (run_dir / "source.json").write_text(json.dumps(report))
-    return _commit_ref(run_dir, "dump", {
+    return staging.commit_ref(run_dir, "dump", {
         "backup_id": backup_id, "target": target.name, **plan, "stage": "dump",
         "path": str(final), "size": size, "sha256": sha, "seconds": seconds,
         "created_at": ref.get("created_at") or timefmt.iso(started),
@@ -220,28 +110,28 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
 
 def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
     run_dir = rt.run_dir(ref["backup_id"])
-    if done := _ref(run_dir, "compress"):
+    if done := staging.find_ref(run_dir, "compress"):
         return done
     rt.catalog.set_stage(ref["backup_id"], "compress")
     settings = rt.settings
     method = settings.compression
     if method == "none":
-        return _commit_ref(run_dir, "compress", {**ref, "stage": "compress", "seconds": 0.0, "compression": "none", "level": None})
+        return staging.commit_ref(run_dir, "compress", {**ref, "stage": "compress", "seconds": 0.0, "compression": "none", "level": None})
     final = Path(ref["path"] + compress_stage.SUFFIX[method])
     stored = not settings.recipients  # then nothing encrypts it after: this file is the stored object, seal it
-    with _open_staged(ref, "compress") as fh:
+    with staging.open_staged(ref, "compress") as fh:
         src = progress_mod.reading(fh, progress, "compress", ref["size"])
-        size, sha, seconds = _write_output(final, lambda out: compress_stage.compress(
+        size, sha, seconds = staging.write_output(final, lambda out: compress_stage.compress(
             src, out, method, level=settings.compression_level, threads=settings.compression_threads), seal=stored)
-    done = _commit_ref(run_dir, "compress", {**_carry(ref), "stage": "compress", "path": str(final), "size": size, "sha256": sha,
+    done = staging.commit_ref(run_dir, "compress", {**staging.carry(ref), "stage": "compress", "path": str(final), "size": size, "sha256": sha,
                                               "seconds": seconds, "compression": method, "level": settings.compression_level})
-    _drop_input(ref, final)
+    staging.drop_input(ref, final)
     return done
 
 
 def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
     run_dir = rt.run_dir(ref["backup_id"])
-    if done := _ref(run_dir, "encrypt"):
+    if done := staging.find_ref(run_dir, "encrypt"):
         return done
     target = rt.target(ref["target"])
     if not rt.settings.recipients:
@@ -250,26 +140,16 @@ def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = Non
                 f"target '{target.name}' (kind {target.kind}) must be encrypted but no recipients are configured",
                 "set recipients in [settings]; backupctl keys generate makes a key pair",
             )
-        return _commit_ref(run_dir, "encrypt", {**ref, "stage": "encrypt", "seconds": 0.0, "encrypted": False})
+        return staging.commit_ref(run_dir, "encrypt", {**ref, "stage": "encrypt", "seconds": 0.0, "encrypted": False})
     rt.catalog.set_stage(ref["backup_id"], "encrypt")
     final = Path(ref["path"] + encrypt_stage.SUFFIX)
-    with _open_staged(ref, "encrypt") as fh:
+    with staging.open_staged(ref, "encrypt") as fh:
         src = progress_mod.reading(fh, progress, "encrypt", ref["size"])
-        size, sha, seconds = _write_output(final, lambda out: encrypt_stage.encrypt(src, out, rt.recipients))
-    done = _commit_ref(run_dir, "encrypt", {**_carry(ref), "stage": "encrypt", "path": str(final), "size": size, "sha256": sha,
+        size, sha, seconds = staging.write_output(final, lambda out: encrypt_stage.encrypt(src, out, rt.recipients))
+    done = staging.commit_ref(run_dir, "encrypt", {**staging.carry(ref), "stage": "encrypt", "path": str(final), "size": size, "sha256": sha,
                                              "seconds": seconds, "compression": ref["compression"], "level": ref.get("level"), "encrypted": True})
-    _drop_input(ref, final)
+    staging.drop_input(ref, final)
     return done
-
-
-def _carry(ref: dict) -> dict:
-    return {k: ref[k] for k in ("backup_id", "target", "type") if k in ref}
-
-
-def _drop_input(ref: dict, output: Path) -> None:
-    """The previous stage's file is no longer needed once this stage's output is committed."""
-    if Path(ref["path"]) != output:
-        Path(ref["path"]).unlink(missing_ok=True)
 
 
 def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
@@ -304,7 +184,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
                 if linked and progress is not None:
                     progress("upload", ref["size"] * (n + 1), ref["size"] * len(tiers))
             if info is None:
-                with _open_staged(ref, "upload") as fh:  # progress counts every tier's copy: n copies of size bytes
+                with staging.open_staged(ref, "upload") as fh:  # progress counts every tier's copy: n copies of size bytes
                     stream = progress_mod.reading(fh, progress, "upload", ref["size"] * len(tiers), offset=ref["size"] * n)
                     info = storage.put(key, stream, size_hint=ref["size"])
             if info.size != ref["size"] or (info.sha256 and info.sha256 != ref["sha256"]):
