@@ -8,6 +8,9 @@ temporary database and replays the shipped logs up to exactly that position; the
 the counts must be equal, the health checks true, and the temporary database is
 dropped. Everything else (selection, sweeping, timing, recording, alerting, cleanup)
 is the ordinary drill's.
+
+Its ``run_drill`` is where the CLI and the task start every drill: it picks the kind
+the target needs (this one, the physical one, or the ordinary logical one).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from backup_tasks import timefmt
 from backup_tasks.ops import binlog_window as gather
-from backup_tasks.ops import drill
+from backup_tasks.ops import drill, drill_physical
 from backup_tasks.ops.binlog_restore import fetch
 from backup_tasks.ops.binlog_ship import ship
 from backup_tasks.ops.runtime import Runtime
@@ -84,6 +87,8 @@ class PitrDrill(drill._Drill):
 
 
 def run_drill(rt: Runtime, target_name: str, *, actor: str = audit.BEAT) -> dict:
-    """A drill of ``target_name``: to a moment for a binlog target, else the kind ``drill.run_drill`` picks."""
+    """A drill of ``target_name`` of the kind it needs: to a moment for a binlog target, base + WAL for a
+    physical one, else a logical one (``drill.run_drill``'s own)."""
     target = rt.target(target_name)
-    return drill.run_drill(rt, target_name, actor=actor, drill_class=PitrDrill if target.binlog else None)
+    kind = PitrDrill if target.binlog else drill_physical.PhysicalDrill if target.mode == "physical" else None
+    return drill.run_drill(rt, target_name, actor=actor, drill_class=kind)

@@ -18,10 +18,8 @@ The restore uses the same source primitives as ``backupctl restore --to-database
 and the same read-back path as verify: stored sha256, decryption, decompression and
 plaintext sha256 are all checked, so a tampered artifact fails the drill.
 
-A physical PostgreSQL target is drilled the way it is restored: base backup plus WAL
-replayed into a temporary data directory, started on a free port, compared with row
-counts taken in the live cluster at the very WAL position replay stops at
-(ops/pitr_drill.py), then stopped and removed.
+A physical PostgreSQL target is drilled the way it is restored, by the subclass in
+ops/drill_physical.py; a binlog target to a moment, by the one in ops/binlog_drill.py.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from backup_tasks import timefmt
 from backup_tasks.records import audit, events, manifest, markers
 from backup_tasks.config import Target
 from backup_tasks.sources.db import dsn
-from backup_tasks.ops import pitr_drill, readback
+from backup_tasks.ops import readback
 from backup_tasks.records.catalog import DrillResult, Status
 from backup_tasks.errors import BackupError, DeadlineExceeded, DrillFailed
 from backup_tasks.ops.runtime import Runtime
@@ -74,11 +72,14 @@ def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, act
 
     A failed drill is a result, not an exception: it is recorded, audited and emitted as
     ``drill.failed`` with its step's remedy. ``drill_class`` replaces the steps of a kind
-    of drill (``binlog_drill.PitrDrill``: to a moment, for binlog targets). Whatever stopped the drill, the temporary
+    of drill (``binlog_drill.PitrDrill``: to a moment, for binlog targets;
+    ``drill_physical.PhysicalDrill``: base + WAL, for physical targets); without it the
+    drill is a logical one, and ``binlog_drill.run_drill`` is what picks the kind for a
+    target. Whatever stopped the drill, the temporary
     database is dropped and the drill recorded first; a task time limit or a bug (an
     error outside the BackupError tree) is then raised again for the worker to see.
     """
-    kind = drill_class or (_PhysicalDrill if rt.target(target_name).mode == "physical" else _Drill)
+    kind = drill_class or _Drill
     drill = kind.start(rt, target_name, now or timefmt.now())
     failure: DrillFailed | None = None
     unexpected: BaseException | None = None
@@ -253,88 +254,6 @@ class _Drill:
                         drill_id=self.drill_id, remedy=failure.remedy)
         return {"drill_id": self.drill_id, "target": name, "backup_id": self.backup_id, "result": str(result),
                 "restore_seconds": self.restore_seconds, **details}
-
-
-@dataclass
-class _PhysicalDrill(_Drill):
-    """A drill of a physical target: counted point in the live cluster, base + WAL to it, compare, checks, remove.
-
-    ``server`` is the live cluster until the copy runs, then the copy; ``temp`` is the
-    copy's data directory.
-    """
-
-    point: dict | None = None
-    scratch: Path | None = None
-
-    @classmethod
-    def start(cls, rt: Runtime, target_name: str, now: datetime) -> _PhysicalDrill:
-        target = rt.target(target_name)
-        spec = drill_spec(target)
-        latest = rt.catalog.list(target=target.name, status=Status.VERIFIED, limit=1)
-        backup_id = latest[0].id if latest else None
-        server = dsn.parse_target(target).on(spec["database"])
-        details: dict = {"backup_id": backup_id, "database": spec["database"], "checks": [],
-                         "timeout_seconds": spec["timeout_seconds"]}
-        drill_id = rt.catalog.start_drill(target.name, backup_id, details=details)
-        return cls(rt=rt, target=target, spec=spec, source=source_for(target.kind), server=server, temp="", now=now,
-                   backup_id=backup_id, drill_id=drill_id, details=details, started=time.monotonic())
-
-    def run(self) -> None:
-        for step, action in (("select", self.select), ("point", self.take_point), ("wal", self.wait_for_wal),
-                             ("restore", self.restore), ("compare", self.compare), ("checks", self.checks)):
-            self.step = step
-            action()
-
-    def take_point(self) -> None:
-        """Row counts in the live cluster and the WAL position they hold at (see pitr_drill).
-
-        First the copies killed drills left behind are stopped and removed, as a logical
-        drill drops their temporary databases.
-        """
-        self.details["swept"] = pitr_drill.sweep(self.rt, self.target, self.spec["timeout_seconds"] + 600)
-        self.point = pitr_drill.take_point(self.target, self.spec["database"])
-        self.details["point"] = {"lsn": self.point["lsn"], "at": timefmt.iso(self.point["at"]),
-                                 "lock_tries": self.point["lock_tries"], "wal_switched": self.point["switched"]}
-
-    def wait_for_wal(self) -> None:
-        doc = self.rt.catalog.get(self.backup_id).manifest or {}
-        self.details.update(pitr_drill.wait_for_wal(self.rt, self.target, self.point["lsn"], self.deadline, doc))
-
-    def restore(self) -> None:
-        """Base + WAL replayed to the point into a temporary data directory, started; timed as RTO evidence."""
-        self.scratch = pitr_drill.scratch_dir(self.rt, self.target.name)
-        datadir = self.scratch / "data"
-        self.temp = str(datadir)
-        self.details["temp_datadir"] = self.temp
-        restore_started = time.monotonic()
-        done, copy = pitr_drill.restore_copy(self.rt, self.target, self.point, datadir, self.deadline)
-        self.server = copy.on(self.spec["database"])
-        self.backup_id = done["base_id"]
-        self.restore_seconds = round(time.monotonic() - restore_started, 3)
-        self.details.update({"backup_id": done["base_id"], "port": done["port"], "reached_lsn": done["reached_lsn"],
-                             "timeline": done["timeline"], "restore_seconds": self.restore_seconds})
-
-    def compare(self) -> None:
-        _compare(self.details, self.point["tables"], self.source.table_counts(self.server))
-
-    def checked_server(self) -> dsn.Server:
-        """The started copy, in the drill's database."""
-        return self.server
-
-    def clean_up(self, failure: DrillFailed | None) -> DrillFailed | None:
-        """Stop the copy and remove its directory, whatever happened before; one left behind fails the drill ('cleanup')."""
-        if self.scratch is None:
-            self.details["temp_datadir_removed"] = True
-            return failure
-        try:
-            pitr_drill.remove_copy(self.rt, self.target, Path(self.temp), self.scratch)
-            self.details["temp_datadir_removed"] = True
-        except Exception as exc:  # noqa: BLE001 - logged, and the drill's record must still be written
-            self.details["temp_datadir_removed"] = False
-            log.exception("drill of %s: could not stop or remove %s", self.target.name, self.scratch)
-            if failure is None:
-                failure = _failed("cleanup", f"the temporary data directory {self.scratch} could not be removed: {exc}")
-        return failure
 
 
 def _write_marker(rt: Runtime, target: str, backup_id: str, details: dict, restore_seconds: float | None) -> None:
