@@ -71,10 +71,10 @@ print(json.dumps({"seconds": time.perf_counter() - started}))
 CHILD = r'''
 import json, resource, sys, time
 from backup_tasks import config
-from backup_tasks.ops import reencrypt, runtime
+from backup_tasks.ops import reencrypt, reencrypt_rewrite, runtime
 cfg, backup_id, mode = sys.argv[1:4]
 if mode == "threads":
-    reencrypt.REENCRYPT_PROCESSES_MIN_BYTES = 1 << 62
+    reencrypt_rewrite.REENCRYPT_PROCESSES_MIN_BYTES = 1 << 62
 rt = runtime.install(runtime.Runtime(config.load(cfg)))
 marks = {}
 def progress(stage, done, total):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from backup_tasks.records import log_markers, manifest
 from backup_tasks.records.catalog import Location
 from backup_tasks.errors import BackupError, ObjectNotFound
-from backup_tasks.ops import logship, readback, reencrypt
+from backup_tasks.ops import logship, readback, reencrypt, reencrypt_rewrite
 from backup_tasks.ops.backup import AFTER_UPLOAD
 from backup_tasks.ops.binlog_rebuild import rebuild_binlogs
 from backup_tasks.ops.runtime import Runtime
@@ -54,13 +54,13 @@ def rebuild_catalog(rt: Runtime) -> dict:
     for backup_id, copies in stored.items():
         # Tiers can disagree only while a re-encryption is interrupted: the newest revision
         # is the backup; an older one on another tier is reported for reencrypt to finish.
-        newest = max(copies, key=lambda c: reencrypt.revision(c[2]))[2]
+        newest = max(copies, key=lambda c: reencrypt_rewrite.revision(c[2]))[2]
         locations, verified = [], None
         for tier, storage, doc, size in copies:
-            if reencrypt.revision(doc) < reencrypt.revision(newest):
+            if reencrypt_rewrite.revision(doc) < reencrypt_rewrite.revision(newest):
                 skipped.append({"tier": tier, "key": manifest.manifest_key(doc["target"], backup_id),
-                                "reason": f"manifest revision {reencrypt.revision(doc)} is older than revision "
-                                          f"{reencrypt.revision(newest)} on another tier: an interrupted re-encryption "
+                                "reason": f"manifest revision {reencrypt_rewrite.revision(doc)} is older than revision "
+                                          f"{reencrypt_rewrite.revision(newest)} on another tier: an interrupted re-encryption "
                                           "(backupctl reencrypt finishes it)"})
                 continue
             locations.append(Location(tier=tier, key=readback.object_key(doc), size=size))
