@@ -7,7 +7,8 @@ so a reader (or a crash) sees the old object or the whole new one, never a part.
 names are never valid keys, which is how ``list`` knows to skip files in flight.
 
 Backups hold secrets, so directories are created 0700 and files 0600 whatever the
-process umask is.
+process umask is. The file-level pieces (temp names and their sweep, modes, directory
+fsync, what to do about each OS error) are in storage/local_files.py.
 """
 
 from __future__ import annotations
@@ -15,32 +16,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import secrets
 import stat as stat_mod
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import ObjectNotFound, StorageError, TierUnavailable
-from backup_tasks.storage import disk
+from backup_tasks.storage import disk, local_files
 from backup_tasks.storage.base import ObjectInfo, require_bytes, validate_key, validate_prefix
 from backup_tasks.storage.capabilities import DiskState, PartialWrite
-
-#: link errors that mean "not possible here" (another filesystem, no hard links there, too
-#: many links already), so the caller copies instead
-_CANNOT_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
-
-_DIR_MODE = 0o700
-_FILE_MODE = 0o600
-
-#: the temp file ``put`` writes beside ``<name>``: ``.<name>.<12 hex digits>.tmp`` (group 1: the name)
-_TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")
-
-# A concurrent delete prunes empty directories; a put racing with it recreates them.
-_DIRECTORY_RACE_ATTEMPTS = 5
-
 
 class LocalStorage:
     """A tier rooted at ``path`` (made absolute now, so a later chdir changes nothing).
@@ -80,7 +66,7 @@ class LocalStorage:
                 digest.update(chunk)
                 size += len(chunk)
                 try:
-                    _write_all(fd, chunk)
+                    local_files.write_all(fd, chunk)
                 except OSError as exc:
                     raise self._os_error("writing", key, exc) from exc
             try:
@@ -89,15 +75,15 @@ class LocalStorage:
                 os.close(fd)
                 fd = -1
                 os.replace(tmp, target)
-                _fsync_dir(target.parent)  # makes the rename itself survive a crash
+                local_files.fsync_dir(target.parent)  # makes the rename itself survive a crash
             except OSError as exc:
                 raise self._os_error("writing", key, exc) from exc
         except BaseException:
             if fd >= 0:
                 os.close(fd)
-            _unlink_quietly(tmp)
+            local_files.unlink_quietly(tmp)
             raise
-        return ObjectInfo(key=key, size=size, modified=_utc(modified), sha256=digest.hexdigest())
+        return ObjectInfo(key=key, size=size, modified=local_files.utc(modified), sha256=digest.hexdigest())
 
     def get(self, key: str) -> BinaryIO:
         """Open the object for reading; the returned file is its own context manager."""
@@ -130,7 +116,7 @@ class LocalStorage:
             raise self._os_error("reading", key, exc) from exc
         if not stat_mod.S_ISREG(st.st_mode):
             raise self._not_found(key)  # a directory is a key prefix, not an object
-        return ObjectInfo(key=key, size=st.st_size, modified=_utc(st.st_mtime))
+        return ObjectInfo(key=key, size=st.st_size, modified=local_files.utc(st.st_mtime))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Walk the tree lazily, in key order, skipping temp files and symlinks.
@@ -191,10 +177,10 @@ class LocalStorage:
             self._make_dirs(target.parent)  # a copy would create them too
             if os.stat(target.parent).st_dev != st.st_dev:
                 return None  # another filesystem: find out before paying for the fsync
-            os.fchmod(fd, _FILE_MODE)
+            os.fchmod(fd, local_files.FILE_MODE)
             os.fsync(fd)
             os.utime(fd)
-            for _ in range(_DIRECTORY_RACE_ATTEMPTS):
+            for _ in range(local_files.DIRECTORY_RACE_ATTEMPTS):
                 self._make_dirs(target.parent)
                 tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
                 try:
@@ -214,21 +200,21 @@ class LocalStorage:
                                    "nothing else may write the file being stored; run the upload again")
             os.replace(tmp, target)
             tmp = None
-            _fsync_dir(target.parent)
+            local_files.fsync_dir(target.parent)
             modified = os.fstat(fd).st_mtime
         except OSError as exc:
             if tmp is not None:
-                _unlink_quietly(tmp)
-            if exc.errno in _CANNOT_LINK:
+                local_files.unlink_quietly(tmp)
+            if exc.errno in local_files.CANNOT_LINK:
                 return None
             raise self._os_error("linking", key, exc) from exc
         except BaseException:
             if tmp is not None:
-                _unlink_quietly(tmp)
+                local_files.unlink_quietly(tmp)
             raise
         finally:
             os.close(fd)
-        return ObjectInfo(key=key, size=st.st_size, modified=_utc(modified))
+        return ObjectInfo(key=key, size=st.st_size, modified=local_files.utc(modified))
 
     # -- capability: PartialWrites --------------------------------------------------
 
@@ -239,29 +225,7 @@ class LocalStorage:
         last modified before ``older_than``: a put still running rewrites its temp file
         all the time. Directories left empty are pruned as ``delete`` does.
         """
-        validate_prefix(prefix)
-        head = prefix.rpartition("/")[0]
-        found = []
-        for directory, _dirs, files in os.walk(self.root / head if head else self.root):
-            rel_dir = os.path.relpath(directory, self.root)
-            for name in files:
-                match = _TEMP_NAME.fullmatch(name)
-                if not match:
-                    continue
-                key = match.group(1) if rel_dir == "." else f"{rel_dir}/{match.group(1)}"
-                path = Path(directory) / name
-                try:
-                    st = path.lstat()
-                except FileNotFoundError:
-                    continue  # renamed into place or removed meanwhile
-                modified = _utc(st.st_mtime)
-                if not key.startswith(prefix) or not stat_mod.S_ISREG(st.st_mode) or modified >= older_than:
-                    continue
-                if not dry_run:
-                    _unlink_quietly(path)
-                    self._prune(path.parent)
-                found.append(PartialWrite(key=key, path=str(path), size=st.st_size, modified=modified))
-        return found
+        return local_files.remove_partial_writes(self.root, prefix, older_than, self._prune, dry_run=dry_run)
 
     # -- capabilities: Probe, DiskSpace -----------------------------------------------
 
@@ -296,20 +260,20 @@ class LocalStorage:
 
     def _create_temp(self, key: str, target: Path) -> tuple[int, Path]:
         """Create the parent directories and an exclusive 0600 temp file beside ``target``."""
-        for _ in range(_DIRECTORY_RACE_ATTEMPTS):
+        for _ in range(local_files.DIRECTORY_RACE_ATTEMPTS):
             try:
                 self._make_dirs(target.parent)
                 tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, local_files.FILE_MODE)
             except FileNotFoundError:
                 continue  # a concurrent delete pruned the directory just now; recreate it
             except OSError as exc:
                 raise self._os_error("writing", key, exc) from exc
             try:
-                os.fchmod(fd, _FILE_MODE)  # the umask may have taken bits away
+                os.fchmod(fd, local_files.FILE_MODE)  # the umask may have taken bits away
             except OSError as exc:
                 os.close(fd)
-                _unlink_quietly(tmp)
+                local_files.unlink_quietly(tmp)
                 raise self._os_error("writing", key, exc) from exc
             return fd, tmp
         raise StorageError(
@@ -328,12 +292,12 @@ class LocalStorage:
             directory = directory.parent
         for d in reversed(missing):
             try:
-                os.mkdir(d, _DIR_MODE)
+                os.mkdir(d, local_files.DIR_MODE)
             except FileExistsError:
                 if d.is_dir():
                     continue  # created concurrently by another put
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(d)) from None
-            os.chmod(d, _DIR_MODE)
+            os.chmod(d, local_files.DIR_MODE)
 
     def _walk(self, directory: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
         try:
@@ -365,7 +329,7 @@ class LocalStorage:
                     continue  # deleted since the directory was read
                 except OSError as exc:
                     raise self._os_error("listing", key, exc) from exc
-                yield ObjectInfo(key=key, size=st.st_size, modified=_utc(st.st_mtime))
+                yield ObjectInfo(key=key, size=st.st_size, modified=local_files.utc(st.st_mtime))
 
     def _check_free_space(self, key: str, size_hint: int) -> None:
         usage = disk.usage(self.root)
@@ -395,49 +359,4 @@ class LocalStorage:
         )
 
     def _remedy(self, err: int | None) -> str:
-        root, tier = self.root, self.name
-        if err == errno.ENOSPC:
-            return f"free space on the filesystem holding {root} or point tier '{tier}' at a larger one; nothing was left under the key"
-        if err == errno.EDQUOT:
-            return f"raise the disk quota of uid {os.geteuid()} on {root} or remove old backups"
-        if err == errno.EIO:
-            return f"the disk under {root} reported an I/O error: check the kernel log (dmesg) and the disk's health before trusting it"
-        if err == errno.EROFS:
-            return f"{root} is on a read-only filesystem: remount it read-write or choose another path for tier '{tier}'"
-        if err in (errno.EACCES, errno.EPERM):
-            return f"make {root} writable by the worker's user (uid {os.geteuid()}) or choose another path for tier '{tier}'"
-        if err in (errno.ENOTDIR, errno.EEXIST):
-            return f"a component of the path is a regular file, not a directory: fix the path of tier '{tier}' or move the file"
-        if err == errno.EISDIR:
-            return "the key is a prefix of other keys (a directory); store the object under another key"
-        if err == errno.EFBIG:
-            return "the file size limit was reached: raise `ulimit -f` for the worker or use a filesystem that allows larger files"
-        return f"check that {root} exists, is a directory and is writable by uid {os.geteuid()}"
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    # Best effort while another error is on its way up; that error is the one to report,
-    # and a leftover dot-named temp file is invisible to list() anyway.
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+        return local_files.remedy(err, self.root, self.name)
