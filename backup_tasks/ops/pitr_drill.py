@@ -1,4 +1,4 @@
-"""The steps of a restore drill of a physical PostgreSQL target (the drill itself is ops/drill.py).
+"""The steps of a restore drill of a physical PostgreSQL target (the drill itself is ops/drill_physical.py).
 
 A logical drill compares a restored dump with the counts its manifest signed. A base
 backup carries no counts worth comparing: the copy is replayed past it, to a recent
