@@ -19,8 +19,6 @@ host's staging directory, and all of a target's shipping runs on its host.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import io
 import os
@@ -30,6 +28,7 @@ from pathlib import Path
 
 from backup_tasks import defaults, timefmt
 from backup_tasks.errors import InputError, PermanentError
+from backup_tasks.ops import host_lock
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import binlog_window
 from backup_tasks.records import events, manifest
@@ -66,20 +65,6 @@ def work_dir(rt: Runtime, target: str) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
 def ship(rt: Runtime, target_name: str) -> dict:
     """Rotate and ship; returns what was shipped, skipped, refused, and the gaps found (names, never data)."""
     target = binlog_target(rt, target_name)
@@ -87,7 +72,7 @@ def ship(rt: Runtime, target_name: str) -> dict:
         raise InputError(f"binary logs of target '{target.name}' are shipped on its host {target.host}, not on {rt.settings.host}",
                          f"run it there (backupctl pitr {target.name} --ship on {target.host}), or let beat's binlog:{target.name} do it")
     workdir = work_dir(rt, target.name)
-    with _exclusive(workdir / "lock") as mine:
+    with host_lock.exclusive(workdir / "lock") as mine:
         if not mine:
             return {"target": target.name, "skipped": "another shipping run of this target is under way"}
         return _ship(rt, target, workdir)

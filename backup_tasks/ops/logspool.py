@@ -18,7 +18,6 @@ alerted, never trimmed.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from backup_tasks import defaults
+from backup_tasks.ops import host_lock
 from backup_tasks.errors import PermanentError
 
 SHIPPED = "shipped"
@@ -170,13 +170,5 @@ class Spool:
     def exclusive(self) -> Iterator[bool]:
         """Hold the spool's shipping lock if nobody else does; yields whether this caller got it."""
         self._ensure()
-        fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+        with host_lock.exclusive(self.dir / LOCK) as mine:
+            yield mine
