@@ -202,7 +202,7 @@ def test_a_new_base_after_a_gap_restores_the_window_and_cleanup_removes_what_onl
 
 
 
-def test_drill_replays_to_a_counted_point_while_the_cluster_is_written_and_leaves_nothing(cluster):
+def test_drill_replays_to_a_counted_point_while_the_cluster_is_written_and_leaves_nothing(cluster, based):
     """The drill's counts compare exactly although rows keep arriving in many small transactions meanwhile."""
     stop, written = threading.Event(), []
 
@@ -247,7 +247,7 @@ def test_drill_replays_to_a_counted_point_while_the_cluster_is_written_and_leave
     assert history[0]["restore_seconds"] == drill["restore_seconds"]
 
 
-def test_a_drill_whose_check_fails_is_recorded_failed_and_still_removes_its_copy(cluster):
+def test_a_drill_whose_check_fails_is_recorded_failed_and_still_removes_its_copy(cluster, based):
     config = cluster.config.read_text()
     cluster.config.write_text(config.replace('"select count(*) > 0 from orders"', '"select count(*) > 100000000 from orders"'))
     try:
