@@ -77,19 +77,8 @@ def test_a_url_encoded_password_in_a_tools_stderr_is_masked_everywhere_the_error
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
         (bin_dir / "pg_dump").write_text(FAILING_PG_DUMP)
-        (bin_dir / "pg_dump").chmod(stat.S_IRWXU)
-        cfg = make_config(
-            f'[targets.shop-db]\nkind = "postgres"\nhost = "hostR"\n'
-            f'dsn = "postgresql://{role}@127.0.0.1:5432/{database}"\npassword = "env:SHOP_DB_PASSWORD"\n'
-            f'options = {{ bin_dir = "{bin_dir}" }}\n')
-        worker = start_worker(cfg, redis_url, ["host.hostR", "verify"], name="w1@hostR",
-                              extra_env={"SHOP_DB_PASSWORD": PASSWORD})
-        rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
-        run = client.enqueue_backup("shop-db", rt=rt)
-        try:
-            info = run.wait(timeout=120)
-        except client.BackupFailed:
-            info = run.info()
+        cfg, worker, rt, run, info = _run_with_failing_pg_dump(bin_dir, role, database, make_config, runtime_for, redis_url,
+                                                               start_worker)
         assert info["status"] == Status.FAILED
         # The error still says what happened: the tool's words, with the password masked.
         assert "remaining connection slots are reserved" in info["error"] and "***" in info["error"]
@@ -150,19 +139,8 @@ def test_an_exception_that_is_not_ours_reaches_the_result_backend_redacted(
             f"echo 'wrapper for postgresql://{role}:{quote(PASSWORD, safe='')}@127.0.0.1:5432/{database}'\n"
             f"echo 'wrapper password={quote(PASSWORD, safe='!')} or {PASSWORD}'\n"
             "echo 'pg_dump (PostgreSQL) version unknown'\n")
-        (bin_dir / "pg_dump").chmod(stat.S_IRWXU)
-        cfg = make_config(
-            f'[targets.shop-db]\nkind = "postgres"\nhost = "hostR"\n'
-            f'dsn = "postgresql://{role}@127.0.0.1:5432/{database}"\npassword = "env:SHOP_DB_PASSWORD"\n'
-            f'options = {{ bin_dir = "{bin_dir}" }}\n')
-        worker = start_worker(cfg, redis_url, ["host.hostR", "verify"], name="w1@hostR",
-                              extra_env={"SHOP_DB_PASSWORD": PASSWORD})
-        rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
-        run = client.enqueue_backup("shop-db", rt=rt)
-        try:
-            info = run.wait(timeout=120)
-        except client.BackupFailed:
-            info = run.info()
+        cfg, worker, rt, run, info = _run_with_failing_pg_dump(bin_dir, role, database, make_config, runtime_for, redis_url,
+                                                               start_worker)
         assert info["status"] == Status.FAILED
         # What failed is still said: the exception's type and its words, the secret masked.
         assert "ValueError: no PostgreSQL version in" in info["error"] and "***" in info["error"]
@@ -181,3 +159,21 @@ def test_an_exception_that_is_not_ours_reaches_the_result_backend_redacted(
         with pg() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             cur.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def _run_with_failing_pg_dump(bin_dir, role, database, make_config, runtime_for, redis_url, start_worker):
+    """A backup of the shop database on a real worker, whose pg_dump is the wrapper in ``bin_dir``; its final info."""
+    (bin_dir / "pg_dump").chmod(stat.S_IRWXU)
+    cfg = make_config(
+        f'[targets.shop-db]\nkind = "postgres"\nhost = "hostR"\n'
+        f'dsn = "postgresql://{role}@127.0.0.1:5432/{database}"\npassword = "env:SHOP_DB_PASSWORD"\n'
+        f'options = {{ bin_dir = "{bin_dir}" }}\n')
+    worker = start_worker(cfg, redis_url, ["host.hostR", "verify"], name="w1@hostR",
+                          extra_env={"SHOP_DB_PASSWORD": PASSWORD})
+    rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
+    run = client.enqueue_backup("shop-db", rt=rt)
+    try:
+        info = run.wait(timeout=120)
+    except client.BackupFailed:
+        info = run.info()
+    return cfg, worker, rt, run, info

@@ -19,7 +19,6 @@ host's staging directory, and all of a target's shipping runs on its host.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -37,7 +36,7 @@ from backup_tasks.sources.db import dsn
 from backup_tasks.sources.mysql import binlog_events, binlog_server
 from backup_tasks.stages import compress as compress_stage
 from backup_tasks.stages import encrypt as encrypt_stage
-from backup_tasks.stages.digest import HashingWriter
+from backup_tasks.stages.digest import HashingWriter, file_digest
 
 #: storage prefix of shipped logs; target names start with a letter or digit, so no backup's prefix is ever this
 PREFIX = "_binlogs"
@@ -94,7 +93,7 @@ def _ship(rt: Runtime, target, workdir: Path) -> dict:
             continue
         path = binlog_server.fetch(server, name, workdir, target=target.name, bin_dir=bin_dir)
         try:
-            sha = _sha256(path)
+            sha = file_digest(path)[1]
             if row is not None and row.sha256 != sha:
                 conflicts.append(name)
                 events.emit(rt.catalog, events.BINLOG_CONFLICT,
@@ -131,14 +130,6 @@ def _shipped(rows) -> list[binlog_window.Shipped]:
     return [binlog_window.Shipped(r.name, r.seq, r.first_event_at, r.last_event_at) for r in rows]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(defaults.CHUNK_SIZE):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _store(rt: Runtime, target, path: Path, name: str, sha: str, server_id: int):
     """Compress → encrypt → every tier, then the signed record, then the catalog row (the last word)."""
     first, last, count = binlog_events.span(path)
@@ -156,7 +147,7 @@ def _store(rt: Runtime, target, path: Path, name: str, sha: str, server_id: int)
                 size, stored_sha = _write(packed, lambda out: encrypt_stage.encrypt(src, out, rt.recipients))
         else:
             os.replace(squeezed, packed)
-            size, stored_sha = packed.stat().st_size, _sha256(packed)
+            size, stored_sha = file_digest(packed)
         tiers = [t.name for t in rt.config.tiers_of(target)]
         for tier in tiers:
             with open(packed, "rb") as fh:

@@ -21,7 +21,7 @@ from backup_tasks.records import keys, manifest
 from backup_tasks.records.catalog import Status
 from backup_tasks.sources.files.tree_listing import NAME as LISTING_NAME
 from backup_tasks.stages import encrypt as encrypt_stage
-from backup_tasks.stages.digest import HashingReader
+from backup_tasks.stages.digest import HashingReader, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,9 @@ def parent_listing(rt: Runtime, target: str, parent_id: str, dest: Path) -> None
     doc = readback.locate(rt, row)
     cached = _cache_dir(rt, target) / f"{parent_id}.jsonl.zst"
     want = doc.doc["listing"].get("plaintext_sha256")
-    if cached.exists() and want:
-        with open(cached, "rb") as fh:
-            reader = HashingReader(fh)
-            reader.drain()
-        if reader.sha256 == want:
-            shutil.copyfile(cached, dest)
-            return
+    if cached.exists() and want and file_digest(cached)[1] == want:
+        shutil.copyfile(cached, dest)
+        return
     fetch_listing(rt, doc.doc, doc.tier, dest)
 
 
@@ -99,10 +95,8 @@ def seal_listing(rt: Runtime, run_dir: Path, encrypted: bool) -> dict | None:
 
 
 def _digest(path: Path, size_key: str, sha_key: str) -> dict:
-    with open(path, "rb") as fh:
-        reader = HashingReader(fh)
-        reader.drain()
-    return {size_key: reader.size, sha_key: reader.sha256}
+    size, sha256 = file_digest(path)
+    return {size_key: size, sha_key: sha256}
 
 
 def fetch_listing(rt: Runtime, doc: dict, tier: str, dest: Path) -> Path:

@@ -18,7 +18,6 @@ alerted, never trimmed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,8 @@ from typing import Iterator
 from backup_tasks import defaults
 from backup_tasks.ops import host_lock
 from backup_tasks.errors import PermanentError
+from backup_tasks.stages.digest import HashingWriter, file_digest
+from backup_tasks.storage.local_files import fsync_dir
 
 SHIPPED = "shipped"
 CONFLICTS = "conflicts"
@@ -48,22 +49,6 @@ class Spooled:
     size: int
     #: when the server handed the file over (its durable copy's mtime)
     closed_at: datetime
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(defaults.CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Spool:
@@ -90,31 +75,33 @@ class Spool:
         if "/" in name or name.startswith("."):
             raise PermanentError(f"'{name}' is not a log file name", "pass the file PostgreSQL names in %p")
         self._ensure()
-        sha = _sha256(source)
-        final = self.dir / name
-        earlier = _sha256(final) if final.exists() else self.shipped_sha256(name)
-        if earlier is not None:
-            if earlier == sha:
-                return "duplicate"
-            self.record_conflict(name, earlier, sha)
-            raise LogConflict(f"{name} of target '{self.target}' was already archived with sha256 {earlier[:16]}…, "
-                              f"now offered with {sha[:16]}…; the archive keeps the first and refuses this one",
-                              "two servers archive into one target, or a restored copy archives into the live archive: "
-                              "stop the second one, then delete the conflicts/ entry in the spool once resolved")
+        # One read of the segment: copied into a private temp file while hashed, so the hash
+        # is of exactly the bytes the spool keeps; only then compared with what came before.
         tmp = self.dir / f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            with os.fdopen(fd, "wb") as raw, open(source, "rb") as src:
+                out = HashingWriter(raw)
                 shutil.copyfileobj(src, out, defaults.CHUNK_SIZE)
-                out.flush()
-                os.fsync(out.fileno())
-            if _sha256(tmp) != sha:
-                raise PermanentError(f"{name} changed while it was being copied into the spool", "PostgreSQL retries the archive command")
+                raw.flush()
+                os.fsync(raw.fileno())
+            sha = out.sha256
+            final = self.dir / name
+            earlier = file_digest(final)[1] if final.exists() else self.shipped_sha256(name)
+            if earlier is not None:
+                if earlier == sha:
+                    tmp.unlink()
+                    return "duplicate"
+                self.record_conflict(name, earlier, sha)
+                raise LogConflict(f"{name} of target '{self.target}' was already archived with sha256 {earlier[:16]}…, "
+                                  f"now offered with {sha[:16]}…; the archive keeps the first and refuses this one",
+                                  "two servers archive into one target, or a restored copy archives into the live archive: "
+                                  "stop the second one, then delete the conflicts/ entry in the spool once resolved")
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return "spooled"
 
     def record_conflict(self, name: str, first: str, second: str) -> None:
@@ -154,7 +141,7 @@ class Spool:
         tmp.write_text(sha256 + "\n")
         os.replace(tmp, entry)
         item.path.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def forget_shipped(self, older_than: datetime) -> int:
         """Drop ledger entries written before ``older_than``; the catalog stays the check for older names."""

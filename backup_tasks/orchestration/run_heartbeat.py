@@ -15,9 +15,9 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 from typing import Iterator
 
+from backup_tasks.orchestration.ticking import ticking
 from backup_tasks.defaults import RUN_HEARTBEAT_SECONDS
 
 log = logging.getLogger(__name__)
@@ -38,19 +38,8 @@ def beat(rt, ref: dict, stage: str, *, working: bool) -> None:
 
 @contextlib.contextmanager
 def beating(rt, ref: dict, stage: str) -> Iterator[None]:
-    stop = threading.Event()
-    every = interval(rt.settings)
-
-    def loop() -> None:
-        while not stop.wait(every):
-            beat(rt, ref, stage, working=True)
-
-    beat(rt, ref, stage, working=True)
-    thread = threading.Thread(target=loop, name=f"heartbeat-{ref['backup_id']}", daemon=True)
-    thread.start()
     try:
-        yield
+        with ticking(interval(rt.settings), lambda: beat(rt, ref, stage, working=True), name=f"heartbeat-{ref['backup_id']}"):
+            yield
     finally:
-        stop.set()
-        thread.join(timeout=5)
         beat(rt, ref, stage, working=False)

@@ -29,10 +29,10 @@ import contextlib
 import fcntl
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Iterator
 
+from backup_tasks.orchestration.ticking import ticking
 from backup_tasks import defaults
 from backup_tasks.errors import ServiceUnavailable
 from backup_tasks.ops import backup
@@ -112,27 +112,17 @@ class RedisRunLock:
     @contextlib.contextmanager
     def kept_alive(self, run_id: str) -> Iterator[None]:
         """Refresh the lock every third of its TTL while the block (a stage) runs."""
-        stop = threading.Event()
-        every = max(1.0, self.ttl_ms / 3000)
 
-        def beat() -> None:
-            while not stop.wait(every):
-                try:
-                    self.refresh(run_id)
-                except Exception:  # noqa: BLE001 - a missed refresh is not worth failing the stage for
-                    log.warning("could not refresh the lock of target %s", self.target, exc_info=True)
+        def refresh() -> None:
+            try:
+                self.refresh(run_id)
+            except Exception:  # noqa: BLE001 - a missed refresh is not worth failing the stage for; the next one tries again
+                log.warning("could not refresh the lock of target %s", self.target, exc_info=True)
 
         try:
-            self.refresh(run_id)
-        except Exception:  # noqa: BLE001 - same: the stage goes on, the next beat tries again
-            log.warning("could not refresh the lock of target %s", self.target, exc_info=True)
-        thread = threading.Thread(target=beat, name=f"run-lock-{self.target}", daemon=True)
-        thread.start()
-        try:
-            yield
+            with ticking(max(1.0, self.ttl_ms / 3000), refresh, name=f"run-lock-{self.target}"):
+                yield
         finally:
-            stop.set()
-            thread.join(timeout=5)
             try:
                 self.hand_over(run_id)
             except Exception:  # noqa: BLE001 - the stage's own outcome matters more; the TTL still holds

@@ -10,6 +10,7 @@ prove nothing that the plaintext hash at the far end of the read-back does not.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import BinaryIO
 
 
@@ -94,3 +95,11 @@ class HashingReader:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> tuple[int, str]:
+    """(size, sha256) of a file already on disk, read once in chunks (memory stays flat)."""
+    with open(path, "rb") as fh:
+        reader = HashingReader(fh)
+        reader.drain(chunk)
+    return reader.size, reader.sha256
