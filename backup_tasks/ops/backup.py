@@ -1,16 +1,16 @@
 """The backup chain's stages as plain functions: dump → compress → encrypt → upload.
 
-Celery tasks (tasks.py) are thin wrappers around these, so the embedded default and a
-distributed worker run the very same code. Stages hand each other a small JSON
-reference to a file in the run's staging directory; each writes to a temporary name,
-renames it into place, and then writes its ``<stage>.json`` reference. A redelivered stage
-that finds its reference returns it instead of redoing the work.
+Celery tasks (orchestration/tasks.py) are thin wrappers around these, so the embedded
+default and a distributed worker run the very same code. A stage writes one file in the
+run's staging directory and seals it with a ``<stage>.json`` reference (size, sha256);
+the next stage reads it while it is written, and finishes only at that seal
+(ops/staging.py says how, ops/following.py how the reader waits). ``forward``, given by
+a distributed worker, sends the next stage as soon as this one's output has started, so
+the stages overlap like a shell pipeline; without it (the embedded default) they run one
+after another. A stage that finds its own seal returns it instead of redoing the work.
 
-Each representation is hashed once, by the stage that writes it: the plaintext by dump,
-the stored object by encrypt (by compress, or dump, when that one is the last); an
-intermediate is only counted (``stages/digest.py``). Staged files are not fsynced: the
-tier write and the manifest are the durable steps, and why the redelivery story above
-stays true without the fsync is told in ``staging.write_output``.
+Staged files are not fsynced: the tier write and the manifest are the durable steps;
+``staging.Producing`` tells why nothing damaged is recorded as good without the fsync.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from backup_tasks import timefmt
 from backup_tasks.defaults import STAGES
-from backup_tasks.ops import chain, listing_store, size_check, staging
+from backup_tasks.ops import chain, following, listing_store, size_check, staging
 from backup_tasks.records import attachments, events, keys, manifest, markers
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.records.catalog import Location, Status
@@ -70,7 +70,8 @@ def start(rt: Runtime, backup_id: str, target_name: str, type_: str, actor: str 
     return {**ref, "rehash": True} if rehash else ref
 
 
-def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
+def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None,
+         forward: staging.Forward | None = None) -> dict:
     backup_id = ref["backup_id"]
     run_dir = rt.run_dir(backup_id)
     if done := staging.find_ref(run_dir, "dump"):
@@ -93,43 +94,46 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) 
     def produce(out: HashingWriter) -> None:
         report.update(source.dump(target, progress_mod.writing(out, progress, "dump"), workdir, **kwargs))
 
-    size, sha, seconds = staging.write_output(final, produce)
-    try:
-        sealed = attachments.collect(workdir, rt.recipients if rt.settings.recipients else [], target=target.name)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)  # plaintext attachments never outlive the stage
-    if sealed:
-        (run_dir / "attachments.json").write_text(json.dumps(sealed))
-    (run_dir / "source.json").write_text(json.dumps(report))
-    return staging.commit_ref(run_dir, "dump", {
-        "backup_id": backup_id, "target": target.name, **plan, "stage": "dump",
-        "path": str(final), "size": size, "sha256": sha, "seconds": seconds,
-        "created_at": ref.get("created_at") or timefmt.iso(started),
-    })
+    head = {"backup_id": backup_id, "target": target.name, **plan,
+            "created_at": ref.get("created_at") or timefmt.iso(started)}
+    with staging.Producing(run_dir, "dump", final, head, forward) as out:
+        try:
+            out.write(produce)
+            sealed = attachments.collect(workdir, rt.recipients if rt.settings.recipients else [], target=target.name)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)  # plaintext attachments never outlive the stage
+        if sealed:
+            (run_dir / "attachments.json").write_text(json.dumps(sealed))
+        (run_dir / "source.json").write_text(json.dumps(report))
+        return out.seal()
 
 
-def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
+def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None,
+             forward: staging.Forward | None = None) -> dict:
+    """Compress the dump as it is written (``following``), or pass it on untouched when compression is off."""
     run_dir = rt.run_dir(ref["backup_id"])
     if done := staging.find_ref(run_dir, "compress"):
         return done
-    rt.catalog.set_stage(ref["backup_id"], "compress")
     settings = rt.settings
     method = settings.compression
     if method == "none":
-        return staging.commit_ref(run_dir, "compress", {**ref, "stage": "compress", "seconds": 0.0, "compression": "none", "level": None})
-    final = Path(ref["path"] + compress_stage.SUFFIX[method])
-    stored = not settings.recipients  # then nothing encrypts it after: this file is the stored object, seal it
-    with staging.open_staged(ref, "compress") as fh:
-        src = progress_mod.reading(fh, progress, "compress", ref["size"])
-        size, sha, seconds = staging.write_output(final, lambda out: compress_stage.compress(
-            src, out, method, level=settings.compression_level, threads=settings.compression_threads), seal=stored)
-    done = staging.commit_ref(run_dir, "compress", {**staging.carry(ref), "stage": "compress", "path": str(final), "size": size, "sha256": sha,
-                                              "seconds": seconds, "compression": method, "level": settings.compression_level})
-    staging.drop_input(ref, final)
+        return _pass_on(ref, forward, compression="none", level=None)
+    rt.catalog.set_stage(ref["backup_id"], "compress")
+    final = run_dir / (staging.name_of(ref) + compress_stage.SUFFIX[method])
+    head = {**staging.carry(ref), "compression": method, "level": settings.compression_level}
+    with staging.Producing(run_dir, "compress", final, head, forward) as out, \
+            following.follow(run_dir, ref, "compress") as src:
+        counted = progress_mod.reading(src, progress, "compress", ref.get("size"))
+        out.write(lambda w: compress_stage.compress(counted, w, method, level=settings.compression_level,
+                                                    threads=settings.compression_threads))
+        done = out.seal()
+    staging.drop_input(following.merged(ref, src.seal), final)
     return done
 
 
-def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
+def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None,
+            forward: staging.Forward | None = None) -> dict:
+    """Encrypt the compressed file as it is written (``following``), or pass it on when the target may stay plain."""
     run_dir = rt.run_dir(ref["backup_id"])
     if done := staging.find_ref(run_dir, "encrypt"):
         return done
@@ -140,16 +144,25 @@ def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = Non
                 f"target '{target.name}' (kind {target.kind}) must be encrypted but no recipients are configured",
                 "set recipients in [settings]; backupctl keys generate makes a key pair",
             )
-        return staging.commit_ref(run_dir, "encrypt", {**ref, "stage": "encrypt", "seconds": 0.0, "encrypted": False})
+        return _pass_on(ref, forward, encrypted=False)
     rt.catalog.set_stage(ref["backup_id"], "encrypt")
-    final = Path(ref["path"] + encrypt_stage.SUFFIX)
-    with staging.open_staged(ref, "encrypt") as fh:
-        src = progress_mod.reading(fh, progress, "encrypt", ref["size"])
-        size, sha, seconds = staging.write_output(final, lambda out: encrypt_stage.encrypt(src, out, rt.recipients))
-    done = staging.commit_ref(run_dir, "encrypt", {**staging.carry(ref), "stage": "encrypt", "path": str(final), "size": size, "sha256": sha,
-                                             "seconds": seconds, "compression": ref["compression"], "level": ref.get("level"), "encrypted": True})
-    staging.drop_input(ref, final)
+    final = run_dir / (staging.name_of(ref) + encrypt_stage.SUFFIX)
+    head = {**staging.carry(ref), "compression": ref["compression"], "level": ref.get("level"), "encrypted": True}
+    with staging.Producing(run_dir, "encrypt", final, head, forward) as out, \
+            following.follow(run_dir, ref, "encrypt") as src:
+        counted = progress_mod.reading(src, progress, "encrypt", ref.get("size"))
+        out.write(lambda w: encrypt_stage.encrypt(counted, w, rt.recipients))
+        done = out.seal()
+    staging.drop_input(following.merged(ref, src.seal), final)
     return done
+
+
+def _pass_on(ref: dict, forward: staging.Forward | None, **facts) -> dict:
+    """A stage with nothing to do (no compression, no encryption) hands its input on, with what it decided."""
+    passed = {**ref, **facts}
+    if forward is not None:
+        forward(passed)
+    return passed
 
 
 def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None) -> dict:
@@ -162,52 +175,54 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
     rt.catalog.set_stage(backup_id, "upload")
     upload_started = time.monotonic()
     run_dir = rt.run_dir(backup_id)
-    dumped = json.loads((run_dir / "dump.json").read_text())
-    report = json.loads((run_dir / "source.json").read_text())
-    name = Path(ref["path"]).name
+    name = staging.name_of(ref)
     key = f"{manifest.prefix(target.name, backup_id)}/{name}"
     locations: list[Location] = []
     failures: list[BaseException] = []
     etags: dict[str, str | None] = {}  # what each tier said it stored; verify compares without a full read
     tiers = rt.config.tiers_of(target)
     linked = False
-    for n, tier in enumerate(tiers):
-        try:
-            storage = rt.storage(tier)
-            info = None
-            # One tier at most takes the staged file by hard link: two tiers sharing one
-            # inode would be one copy, not two. A tier on another filesystem, or behind a
-            # bandwidth limit, has no link (None, or no LinkIn) and is copied to.
-            if not linked and isinstance(storage, LinkIn):
-                info = storage.link_in(key, ref["path"])
-                linked = info is not None
-                if linked and progress is not None:
-                    progress("upload", ref["size"] * (n + 1), ref["size"] * len(tiers))
-            if info is None:
-                with staging.open_staged(ref, "upload") as fh:  # progress counts every tier's copy: n copies of size bytes
-                    stream = progress_mod.reading(fh, progress, "upload", ref["size"] * len(tiers), offset=ref["size"] * n)
-                    info = storage.put(key, stream, size_hint=ref["size"])
-            if info.size != ref["size"] or (info.sha256 and info.sha256 != ref["sha256"]):
-                storage.delete(key)
-                raise StorageError(
-                    f"upload of {backup_id} to tier '{tier.name}' stored {info.size} bytes with sha256 "
-                    f"{(info.sha256 or 'not computed')[:16]}…, but {name} was sealed at {ref['size']} bytes with sha256 "
-                    f"{(ref['sha256'] or '')[:16]}… when it was written: it changed in staging since",
-                    "check the tier's free space and health, and that nothing else writes in staging_dir, "
-                    "then run the backup again",
-                )
-        except (StorageError, TransientError) as exc:
-            # One tier down must not cost the copies on the others: carry on, commit
-            # what was stored, then fail the run so the missing copy is alerted and retried.
-            failures.append(exc)
-            events.emit(rt.catalog, events.UPLOAD_TIER_FAILED, f"upload of {backup_id} to tier '{tier.name}' failed: {exc}",
-                        target=target.name, host=target.host, backup_id=backup_id, tier=tier.name,
-                        error_type=type(exc).__name__, remedy=getattr(exc, "remedy", ""))
-            continue
-        locations.append(Location(tier=tier.name, key=key, size=info.size))
-        etags[tier.name] = info.etag
+    with following.follow(run_dir, ref, "upload") as src:
+        for n, tier in enumerate(tiers):
+            try:
+                storage = rt.storage(tier)
+                info = None
+                # One tier at most takes the staged file by hard link, once it is sealed: two tiers
+                # sharing one inode would be one copy, not two. A tier on another filesystem, or
+                # behind a bandwidth limit, has no link (None, or no LinkIn) and is copied to.
+                if not linked and isinstance(storage, LinkIn):
+                    sealed = src.seal or src.wait_sealed()
+                    info = storage.link_in(key, sealed["path"])
+                    linked = info is not None
+                    if linked and progress is not None:
+                        progress("upload", sealed["size"] * (n + 1), sealed["size"] * len(tiers))
+                if info is None:
+                    info = _copy_to(storage, key, src, ref, n, len(tiers), progress)
+                sealed = src.seal
+                if info.size != sealed["size"] or (info.sha256 and info.sha256 != sealed["sha256"]):
+                    storage.delete(key)
+                    raise StorageError(
+                        f"upload of {backup_id} to tier '{tier.name}' stored {info.size} bytes with sha256 "
+                        f"{(info.sha256 or 'not computed')[:16]}…, but {name} was sealed at {sealed['size']} bytes with "
+                        f"sha256 {(sealed['sha256'] or '')[:16]}… when it was written: it changed in staging since",
+                        "check the tier's free space and health, and that nothing else writes in staging_dir, "
+                        "then run the backup again",
+                    )
+            except (StorageError, TransientError) as exc:
+                # One tier down must not cost the copies on the others: carry on, commit
+                # what was stored, then fail the run so the missing copy is alerted and retried.
+                failures.append(exc)
+                events.emit(rt.catalog, events.UPLOAD_TIER_FAILED, f"upload of {backup_id} to tier '{tier.name}' failed: {exc}",
+                            target=target.name, host=target.host, backup_id=backup_id, tier=tier.name,
+                            error_type=type(exc).__name__, remedy=getattr(exc, "remedy", ""))
+                continue
+            locations.append(Location(tier=tier.name, key=key, size=info.size))
+            etags[tier.name] = info.etag
     if not locations:
         raise failures[0]
+    ref = following.merged(ref, src.seal)  # a stored copy means the input was read, or linked, to its seal
+    dumped = json.loads((run_dir / "dump.json").read_text())
+    report = json.loads((run_dir / "source.json").read_text())
     listing = _upload_listing(rt, run_dir, target, backup_id, locations, bool(ref.get("encrypted")))
     # Only beside a complete artifact: the manifest is the commit marker.
     doc = markers.write(manifest.MANIFEST_NAME, {
@@ -243,6 +258,21 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         listing_store.cache_listing(rt, target.name, backup_id, run_dir / listing_store.LISTING_NAME)
     cleanup_staging(rt, backup_id)
     return _upload_result(doc)
+
+
+def _copy_to(storage, key: str, src: following.Following, ref: dict, n: int, tiers: int,
+             progress: progress_mod.Callback | None):
+    """Copy the staged file to one tier: the first copy follows it as it is written, later ones read the sealed file."""
+    if src.seal is None:  # not read to its end yet: follow it, from the start if a failed tier read part of it
+        if src.size:
+            src.seek(0)
+        total = ref.get("size")
+        stream = progress_mod.reading(src, progress, "upload", total * tiers if total else None)
+        return storage.put(key, stream, size_hint=total)
+    sealed = src.seal
+    with staging.open_sealed(sealed, "upload") as fh:  # progress counts every tier's copy: n copies of size bytes
+        stream = progress_mod.reading(fh, progress, "upload", sealed["size"] * tiers, offset=sealed["size"] * n)
+        return storage.put(key, stream, size_hint=sealed["size"])
 
 
 def _upload_listing(rt: Runtime, run_dir: Path, target, backup_id: str, locations: list[Location],

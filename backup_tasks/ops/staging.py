@@ -1,110 +1,142 @@
-"""Staged files: how a backup stage writes its output and hands it to the next stage.
+"""Staged files: how a backup stage writes its output, seals it, and hands it to the next stage.
 
-Every stage of the chain (ops/backup.py) writes one file in the run's staging directory
-and a small ``<stage>.json`` reference to it; the next stage opens that file only if its
-size is what the reference sealed. Kept apart from the stages themselves because the
-write-then-rename-then-reference protocol, and why it needs no fsync, is one argument
-that every stage relies on.
+Every stage of the chain (ops/backup.py) writes one file in the run's staging directory.
+The next stage need not wait for it to be finished: it is sent as soon as the output has
+started and follows the growing file (ops/following.py). What makes that safe is the
+protocol kept here, one argument that every stage relies on:
+
+- An *attempt* of a stage claims its output: it takes an exclusive flock on
+  ``<stage>.attempt``, writes its attempt id there, removes what earlier attempts left,
+  and writes into ``.<name>.<attempt>.part``. The flock is held until the attempt ends,
+  however it ends, and the kernel drops it if the process dies: a follower that finds
+  it free while no seal exists knows its producer is gone.
+- The attempt *seals* its output by renaming the part to its final name and committing
+  ``<stage>.json`` (temp name and rename): the reference carrying the size, the sha256
+  and the attempt id. A follower finishes only after that seal, and only if what it read
+  has that size and hashes to that sha256.
+- A redelivered stage starts a new attempt from the beginning; followers of the old
+  one see another attempt id in ``<stage>.attempt`` and stop without sealing.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from backup_tasks.errors import PermanentError, StagingFull
-from backup_tasks.stages.digest import HashingWriter, SizingWriter
+from backup_tasks.stages.digest import HashingWriter
 from backup_tasks.units import human_size
+
+#: ``forward(ref)``: send the next stage now, following the output this reference names
+Forward = Callable[[dict], None]
+
+
+def seal_path(run_dir: Path, stage: str) -> Path:
+    return run_dir / f"{stage}.json"
+
+
+def attempt_path(run_dir: Path, stage: str) -> Path:
+    return run_dir / f"{stage}.attempt"
 
 
 def find_ref(run_dir: Path, stage: str) -> dict | None:
-    """The stage's committed reference if it and its file exist: a redelivered stage returns it."""
-    path = run_dir / f"{stage}.json"
-    if path.exists():
-        ref = json.loads(path.read_text())
-        if Path(ref["path"]).exists():
-            return ref
-    return None
+    """The stage's seal (its committed reference), or None: a stage that finds its own seal is done."""
+    try:
+        return json.loads(seal_path(run_dir, stage).read_text())
+    except FileNotFoundError:
+        return None
 
 
 def commit_ref(run_dir: Path, stage: str, ref: dict) -> dict:
     """Write the stage's reference under a temp name and rename it: the stage is done once it exists."""
     tmp = run_dir / f".{stage}.json.tmp"
     tmp.write_text(json.dumps(ref))
-    os.replace(tmp, run_dir / f"{stage}.json")
+    os.replace(tmp, seal_path(run_dir, stage))
     return ref
 
 
-def write_output(final: Path, produce: Callable[[BinaryIO], None], *, seal: bool = True) -> tuple[int, str | None, float]:
-    """Run ``produce`` into a private temp file and rename it into place; return size, sha256, seconds.
+class Producing:
+    """One attempt at a stage's output: claim, write, seal (see the module docstring).
 
-    ``seal``: hash what is written (the plaintext, the stored object); otherwise the
-    sha256 returned is None and only the size is counted (an intermediate).
+    Used as a context manager around the whole stage, so the claim (and the flock that
+    tells followers this attempt is alive) lasts until the seal is committed; leaving
+    without a seal removes the attempt's file, whatever was written.
 
-    No fsync, and here is why the redelivery story holds without one. A stage commits
-    in three steps: write the temp file, rename it to its final name, write the
-    ``<stage>.json`` reference (temp name and rename too). A redelivered stage that finds
-    its reference returns it without looking at the file. If the worker process dies
-    (SIGKILL, out of memory, a time limit), every write it made is in the kernel's page
-    cache and survives it: a reference exists only after the whole file was written and
-    renamed, so a reference always points at a complete file, fsync or not. Only a crash
-    of the host (power loss, kernel panic) can leave a renamed file, or its reference,
-    whose data never reached the disk: the file comes back short, empty, or (on some
-    filesystems) the right length with zeros inside. What catches each case:
-
-    - short or empty: the next stage compares the file's size with the reference before
-      it reads (``open_staged``) and fails naming the stage and both sizes; upload
-      compares the size the tier stored, too;
-    - right length, wrong bytes, in an intermediate or the plaintext: the stored object
-      is then the encryption of wrong bytes, so its own hash matches, but verify
-      decompresses it back and compares against the plaintext sha256 that dump sealed
-      (and zstd's frame checksum fails first): the run fails at verify, never good;
-    - right length, wrong bytes, in the stored object: upload's copy hashes what it
-      stores and compares with encrypt's seal; a hard-linked object is read back by
-      verify against the same seal.
-
-    So nothing damaged is ever recorded as good; a host crash costs a failed run (the
-    next one starts from scratch) instead of an fsync of every staged file on every run.
+    No fsync, and here is why the redelivery story holds without one. A reference
+    exists only after the whole file was written and renamed, so if the worker process
+    dies every write it made is in the kernel's page cache and survives it. Only a crash
+    of the host (power loss, kernel panic) can leave a sealed file whose data never
+    reached the disk: short, empty, or the right length with zeros inside. What catches
+    each case: the next stage hashes what it reads and compares with the seal (size and
+    sha256) before it seals its own output; upload's copy hashes what it stores; a
+    hard-linked object is read back by verify against the same seal; and verify
+    decompresses the stored object and compares the plaintext with dump's seal. So
+    nothing damaged is ever recorded as good; a host crash costs a failed run instead
+    of an fsync of every staged file on every run.
     """
-    started = time.monotonic()
-    tmp = final.with_name(f".{final.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb", buffering=0) as raw:
-            writer = HashingWriter(raw) if seal else SizingWriter(raw)
-            produce(writer)
-        os.replace(tmp, final)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if _out_of_space(exc):
-            raise _staging_full(final) from None
-        raise
-    return writer.size, writer.sha256, round(time.monotonic() - started, 3)
 
+    def __init__(self, run_dir: Path, stage: str, final: Path, head: dict, forward: Forward | None = None) -> None:
+        self.run_dir, self.stage, self.final, self.head, self.forward = run_dir, stage, final, head, forward
+        self.attempt = secrets.token_hex(6)
+        self.part = final.with_name(f".{final.name}.{self.attempt}.part")
+        self.size, self.sha256, self.seconds = 0, None, 0.0
+        self._claim: int | None = None
+        self._sealed = False
 
-def open_staged(ref: dict, stage: str) -> BinaryIO:
-    """The previous stage's file, refused if its size is not what that stage's reference says.
+    def __enter__(self) -> "Producing":
+        self._claim = os.open(attempt_path(self.run_dir, self.stage), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._claim, fcntl.LOCK_EX)  # an earlier attempt of this stage is over by now (the stage slot)
+        os.ftruncate(self._claim, 0)
+        os.pwrite(self._claim, self.attempt.encode(), 0)
+        for stale in self.run_dir.glob(f".{self.final.name}.*.part"):
+            stale.unlink(missing_ok=True)  # a dead attempt's output: its followers stop on the new attempt id
+        return self
 
-    Costs one fstat. A staged file that is shorter (a host crash lost its unwritten
-    data, see ``write_output``) or longer than its reference was changed after the
-    stage that wrote it committed; reading on would only store something that verify
-    must reject later.
-    """
-    fh = open(ref["path"], "rb")
-    size = os.fstat(fh.fileno()).st_size
-    if size != ref["size"]:
-        fh.close()
-        raise PermanentError(
-            f"{stage}: the staged file {Path(ref['path']).name} of run {ref['backup_id']} is {size} bytes, but the "
-            f"stage before sealed it at {ref['size']} bytes: it changed after it was written (a host crash, or something "
-            "else writing in the staging directory)",
-            "run the backup again; if it happens again, check the disk holding staging_dir and what else writes there")
-    return fh
+    def write(self, produce: Callable[[BinaryIO], None]) -> None:
+        """Run ``produce`` into the attempt's file, announcing it to the next stage once it exists; rename it into place."""
+        started = time.monotonic()
+        fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as raw:
+                writer = HashingWriter(raw)
+                if self.forward is not None:
+                    self.forward(self.following_ref())
+                produce(writer)
+            os.replace(self.part, self.final)
+        except BaseException as exc:
+            self.part.unlink(missing_ok=True)
+            if _out_of_space(exc):
+                raise _staging_full(self.final) from None
+            raise
+        self.size, self.sha256, self.seconds = writer.size, writer.sha256, round(time.monotonic() - started, 3)
+
+    def following_ref(self) -> dict:
+        """What the next stage needs to follow this attempt's output before it is sealed."""
+        return {**self.head, "stage": self.stage, "path": str(self.part), "name": self.final.name,
+                "attempt": self.attempt, "sealed": False}
+
+    def seal(self, extra: dict | None = None) -> dict:
+        """Commit the stage's reference: the final path, size, sha256 and this attempt's id."""
+        ref = commit_ref(self.run_dir, self.stage, {
+            **self.head, **(extra or {}), "stage": self.stage, "path": str(self.final), "name": self.final.name,
+            "size": self.size, "sha256": self.sha256, "seconds": self.seconds, "attempt": self.attempt, "sealed": True})
+        self._sealed = True
+        return ref
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if not self._sealed:
+                self.part.unlink(missing_ok=True)
+                self.final.unlink(missing_ok=True)
+        finally:
+            os.close(self._claim)  # releases the flock: followers now see a seal, or a producer gone
 
 
 def _out_of_space(exc: BaseException | None) -> bool:
@@ -128,6 +160,29 @@ def _staging_full(final: Path) -> StagingFull:
                        f"of run {run_dir.name} ({free} free there now that the partial file is removed)",
                        "free space on that filesystem, or point staging_dir in [settings] (BACKUP_STAGING_DIR) at a "
                        "disk with room for about twice the target's size, then run the backup again")
+
+
+def name_of(ref: dict) -> str:
+    """The staged file's final name (a reference sent before the seal names the attempt's part file in ``path``)."""
+    return ref.get("name") or Path(ref["path"]).name
+
+
+def open_sealed(ref: dict, stage: str) -> BinaryIO:
+    """A sealed staged file, refused if its size is not what the seal says (one fstat).
+
+    For a later copy of a file already read and checked once: the tier that stores it
+    hashes it again and compares with the seal.
+    """
+    fh = open(ref["path"], "rb")
+    size = os.fstat(fh.fileno()).st_size
+    if size != ref["size"]:
+        fh.close()
+        raise PermanentError(
+            f"{stage}: the staged file {name_of(ref)} of run {ref['backup_id']} is {size} bytes, but the "
+            f"stage before sealed it at {ref['size']} bytes: it changed after it was written (a host crash, or something "
+            "else writing in the staging directory)",
+            "run the backup again; if it happens again, check the disk holding staging_dir and what else writes there")
+    return fh
 
 
 def carry(ref: dict) -> dict:

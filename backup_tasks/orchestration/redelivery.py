@@ -7,13 +7,15 @@ hands that stage to a second worker. Left alone, the copy would race the origina
 same staging files, or, arriving after the run finished, dump again and overwrite the
 stored, verified backup under the same id.
 
-So a run's catalog row decides: a start for a run that is already under way or over
-sends nothing, and a stage runs only while its run is ``running`` and has not gone past
-that stage, one copy at a time (an flock in the run's staging directory; a copy in step
-with the original then finds its output and passes it on). A copy that arrives too late
-stops its chain quietly: the original recorded the run's outcome, or will. One
-exception: an upload redelivered after it committed (the worker died between the
-catalog's ``uploaded`` and the ack) must go on, to hand the committed manifest to verify.
+So a run's catalog row and its staging directory decide: a start for a run that is
+already under way or over sends nothing, and a stage runs only while its run is
+``running`` and its own output is not sealed yet, one copy at a time (an flock in the
+run's staging directory). A copy that finds the seal, or the run over, stops quietly: the
+original sent the next stage when its output started, and recorded the run's outcome, or
+will. The row's stage does not decide, because stages overlap: the dump may be
+redelivered while its follower already set the row to ``compress``. One exception: an
+upload redelivered after it committed (the worker died between the catalog's
+``uploaded`` and the ack) must go on, to hand the committed manifest to verify.
 """
 
 from __future__ import annotations
@@ -24,14 +26,11 @@ import logging
 import os
 from typing import Iterator
 
-from backup_tasks.defaults import STAGES
+from backup_tasks.ops import staging
 from backup_tasks.ops.backup import cleanup_staging
 from backup_tasks.records.catalog import QUEUED, Status
 
 log = logging.getLogger(__name__)
-
-#: the order a run's row goes through its stages: recorded, then the chain's
-ORDER = (QUEUED, *STAGES)
 
 
 class RunAlreadyUnderWay(Exception):
@@ -77,10 +76,10 @@ def stage_slot(rt, backup_id: str, stage: str) -> Iterator[None]:
 
 def _require_current(rt, backup_id: str, stage: str) -> None:
     row = rt.catalog.find(backup_id)
-    if row is None:  # a catalog rebuilt meanwhile: nothing says this is a copy
-        return
-    if stage == "upload" and row.status == Status.UPLOADED:
-        return  # upload finds its committed manifest and passes it on (see the module docstring)
-    reached = ORDER.index(row.stage) if row.stage in ORDER else 0
-    if row.status != Status.RUNNING or reached > ORDER.index(stage):
-        raise RunAlreadyUnderWay(backup_id, row.status, row.stage)
+    if row is not None:  # None: a catalog rebuilt meanwhile, nothing says this is a copy
+        if stage == "upload" and row.status == Status.UPLOADED:
+            return  # upload finds its committed manifest and passes it on (see the module docstring)
+        if row.status != Status.RUNNING:
+            raise RunAlreadyUnderWay(backup_id, row.status, row.stage)
+    if stage != "upload" and staging.find_ref(rt.run_dir(backup_id), stage) is not None:
+        raise RunAlreadyUnderWay(backup_id, Status.RUNNING, f"{stage} sealed")

@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta, timezone
 
-from celery import Task, chain
+from celery import Task, chain, signature
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.result import allow_join_result
 
 from backup_tasks.orchestration import (config_reload, queued_messages, redelivery, routing, run_heartbeat, run_lock,
                                         task_progress)
-from backup_tasks.ops import abandoned, backup, reencrypt_retry, runtime
+from backup_tasks.ops import abandoned, backup, following, reencrypt_retry, runtime
 from backup_tasks.orchestration.celery_app import app
 from backup_tasks.orchestration.task_boundary import RedactingTask
 from backup_tasks.defaults import (REENCRYPT_PRIORITY, STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX,
@@ -162,22 +162,60 @@ def _is_replace(exc: BaseException) -> bool:
     return isinstance(exc, Ignore)  # replace() raises Ignore once the chain is sent: the run goes on
 
 
+class _Forward:
+    """Send the next stage of the chain now, with a reference to this stage's output as it is written.
+
+    Celery would send it when this stage returns; sending it as soon as the output has
+    started lets the stages overlap, each still its own task. It is only ever sent by a
+    stage that is running, so no worker slot waits for a stage that has not started; with
+    one slot it simply runs after this one. The rest of the chain travels with it, and
+    this stage's own ``request.chain`` is cleared once it returns (``settle``), so Celery
+    does not send the next stage a second time. A retry of this stage keeps the chain and
+    sends a follower of its own new attempt.
+    """
+
+    def __init__(self, task: Task) -> None:
+        self.task, self.sent = task, False
+
+    def __call__(self, ref: dict) -> None:
+        rest = list(self.task.request.chain or ())
+        if not rest:
+            return
+        following = signature(rest.pop(), app=app)
+        following.apply_async((ref,), chain=rest, parent_id=self.task.request.id, root_id=self.task.request.root_id)
+        self.sent = True
+
+    def settle(self) -> None:
+        if self.sent:
+            self.task.request.chain = None
+
+
 def _stage(name: str, work):
     """A chain stage task: a reference in, the domain function, a reference out."""
+    overlaps = name in OVERLAPPING
 
     def run(self, ref: dict) -> dict:
         rt = _runtime(self)
         lock = run_lock.for_target(rt.settings, ref["target"])
+        forward = _Forward(self) if overlaps and not self.request.is_eager and self.request.chain else None
         try:
             with redelivery.stage_slot(rt, ref["backup_id"], name), lock.kept_alive(ref["backup_id"]), \
                     run_heartbeat.beating(rt, ref, name):
-                result = work(rt, ref, progress=task_progress.reporter(self, ref))
+                result = work(rt, ref, progress=task_progress.reporter(self, ref),
+                              **({"forward": forward} if overlaps else {}))
         except redelivery.RunAlreadyUnderWay as dup:
             _drop_duplicate(dup)
+        except following.ProducerGone as gone:
+            # The input will never be sealed: a new attempt of the producer sends its own
+            # follower, or the producer failed and failed the run. Nothing to record here.
+            log.info("%s", gone)
+            raise Ignore() from None
         except SoftTimeLimitExceeded:
             soft, _ = rt.settings.time_limits(name)
             raise PermanentError(f"{name} of run {ref['backup_id']} exceeded its soft time limit of {soft}s",
                                  f"raise stage_soft_time_limits.{name} (and stage_hard_time_limits.{name}) in [settings]") from None
+        if forward is not None:
+            forward.settle()
         if name == "upload" and not self.request.is_eager:
             try:  # stored and committed: the next run of this target may start
                 lock.release(ref["backup_id"])
@@ -189,6 +227,9 @@ def _stage(name: str, work):
     run.__doc__ = work.__doc__
     return app.task(bind=True, base=StageTask, name=f"backup.{name}")(run)
 
+
+#: the stages whose output the next stage follows while it is written (upload's successor, verify, reads the tier)
+OVERLAPPING = STAGES[:STAGES.index("upload")]
 
 dump = _stage("dump", backup.dump)
 compress = _stage("compress", backup.compress)

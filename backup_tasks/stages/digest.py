@@ -1,10 +1,8 @@
 """Size and sha256 computed while bytes pass, so no stage re-reads what it just wrote.
 
-A chain hashes each representation that anyone checks exactly once: the plaintext (the
-manifest carries it, and verify compares what it decompresses against it) and the stored
-object (verify reads it back from the tier). An intermediate (the compressed file an
-encryption stage reads next) is only counted (``SizingWriter``): hashing it would
-prove nothing that the plaintext hash at the far end of the read-back does not.
+A stage hashes its output while writing it (the seal), and the next stage hashes what it
+reads while reading it, to compare with that seal: no file is read a second time for
+its hash.
 """
 
 from __future__ import annotations
@@ -37,30 +35,6 @@ class HashingWriter:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
-
-
-class SizingWriter:
-    """A write-only file object that counts what is written through it and hashes nothing.
-
-    ``sha256`` is None, so a reference built from it says plainly that nobody hashed it.
-    """
-
-    sha256 = None
-
-    def __init__(self, inner: BinaryIO) -> None:
-        self._inner = inner
-        self.size = 0
-
-    def write(self, data) -> int:
-        self.size += len(data)
-        self._inner.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._inner.flush()
-
-    def writable(self) -> bool:
-        return True
 
 
 class HashingReader:

@@ -19,7 +19,43 @@ SUFFIX = ".age"
 
 
 def encrypt(src: BinaryIO, dst: BinaryIO, recipients: list[x25519.Recipient]) -> None:
-    pyrage.encrypt_io(src, dst, recipients)
+    """Encrypt ``src`` into ``dst``; an error of ``src`` itself comes out as raised, not as pyrage's EncryptError.
+
+    pyrage turns whatever the source raises into a string inside its own error, which
+    would hide a typed error of the reader (a staged file that fails its seal, or whose
+    producer is gone) behind "unexpected".
+    """
+    reader = _Remembering(src)
+    try:
+        pyrage.encrypt_io(reader, dst, recipients)
+    except Exception:
+        if reader.error is not None:
+            raise reader.error from None
+        raise
+
+
+class _Remembering:
+    """A reader that keeps the exception its source raised."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner, self.error = inner, None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._inner.read(n)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def readinto(self, buf) -> int:
+        try:
+            return self._inner.readinto(buf)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def readable(self) -> bool:
+        return True
 
 
 class _PipeWriter:
