@@ -123,7 +123,7 @@ def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = No
     head = {**staging.carry(ref), "compression": method, "level": settings.compression_level}
     with staging.Producing(run_dir, "compress", final, head, forward) as out, \
             following.follow(run_dir, ref, "compress") as src:
-        counted = progress_mod.reading(src, progress, "compress", ref.get("size"))
+        counted = progress_mod.reading(src, progress, "compress", src.expected_size)
         out.write(lambda w: compress_stage.compress(counted, w, method, level=settings.compression_level,
                                                     threads=settings.compression_threads))
         done = out.seal()
@@ -150,7 +150,7 @@ def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = Non
     head = {**staging.carry(ref), "compression": ref["compression"], "level": ref.get("level"), "encrypted": True}
     with staging.Producing(run_dir, "encrypt", final, head, forward) as out, \
             following.follow(run_dir, ref, "encrypt") as src:
-        counted = progress_mod.reading(src, progress, "encrypt", ref.get("size"))
+        counted = progress_mod.reading(src, progress, "encrypt", src.expected_size)
         out.write(lambda w: encrypt_stage.encrypt(counted, w, rt.recipients))
         done = out.seal()
     staging.drop_input(following.merged(ref, src.seal), final)
@@ -266,7 +266,7 @@ def _copy_to(storage, key: str, src: following.Following, ref: dict, n: int, tie
     if src.seal is None:  # not read to its end yet: follow it, from the start if a failed tier read part of it
         if src.size:
             src.seek(0)
-        total = ref.get("size")
+        total = src.expected_size
         stream = progress_mod.reading(src, progress, "upload", total * tiers if total else None)
         return storage.put(key, stream, size_hint=total)
     sealed = src.seal

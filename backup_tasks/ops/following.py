@@ -49,6 +49,9 @@ class Following:
         self.seal: dict | None = None
         self._fh = self._open()
         self._hash, self.size = hashlib.sha256(), 0
+        sealed = staging.find_ref(run_dir, self.producer)
+        #: the input's size if known now (it was sealed before this stage began), for progress reports
+        self.expected_size: int | None = ref.get("size") or (sealed or {}).get("size")
 
     # -- file object ---------------------------------------------------------------
 
@@ -148,32 +151,10 @@ class Following:
         return False
 
     def _mine_sealed(self) -> dict | None:
-        seal = staging.find_ref(self.run_dir, self.producer)
-        if seal is None:
-            return None
-        if self.ref.get("attempt") and seal.get("attempt") != self.ref["attempt"]:
-            raise self._gone(f"another attempt of {self.producer} sealed its output")
-        return seal
+        return sealed_input(self.run_dir, self.ref, self.reader)
 
     def _producer_alive(self) -> bool:
-        """The attempt still holds its claim; ProducerGone if another attempt took it."""
-        path = staging.attempt_path(self.run_dir, self.producer)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise self._gone("the run's staging directory is gone (the run failed or was reaped)") from None
-        try:
-            current = os.pread(fd, 64, 0).decode()
-            if current and self.ref.get("attempt") and current != self.ref["attempt"]:
-                raise self._gone(f"a new attempt of {self.producer} started")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        finally:
-            os.close(fd)
+        return producer_alive(self.run_dir, self.ref, self.reader)
 
     def _check_seal(self) -> None:
         seal = self.seal
@@ -187,6 +168,49 @@ class Following:
 
     def _gone(self, why: str) -> ProducerGone:
         return ProducerGone(self.reader, self.ref["backup_id"], why)
+
+
+def sealed_input(run_dir: Path, ref: dict, reader: str) -> dict | None:
+    """The producer's seal if its attempt named in ``ref`` sealed; ProducerGone if another attempt did."""
+    seal = staging.find_ref(run_dir, ref["stage"])
+    if seal is None:
+        return None
+    if ref.get("attempt") and seal.get("attempt") != ref["attempt"]:
+        raise ProducerGone(reader, ref["backup_id"], f"another attempt of {ref['stage']} sealed its output")
+    return seal
+
+
+def producer_alive(run_dir: Path, ref: dict, reader: str) -> bool:
+    """Whether the attempt named in ``ref`` still holds its claim; ProducerGone if another attempt took it."""
+    producer = ref["stage"]
+    try:
+        fd = os.open(staging.attempt_path(run_dir, producer), os.O_RDONLY)
+    except FileNotFoundError:
+        raise ProducerGone(reader, ref["backup_id"], "the run's staging directory is gone (the run failed or was reaped)") from None
+    try:
+        current = os.pread(fd, 64, 0).decode()
+        if current and ref.get("attempt") and current != ref["attempt"]:
+            raise ProducerGone(reader, ref["backup_id"], f"a new attempt of {producer} started")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def check_producer(run_dir: Path, ref: dict, reader: str) -> None:
+    """ProducerGone now if the input will never be sealed, before the stage takes its run's lock or beats for it.
+
+    A follower of a producer whose process died must not look alive itself: its beats
+    and its refresh of the target's lock would keep the dead run from being reaped when
+    the next start of the target finds it.
+    """
+    if sealed_input(run_dir, ref, reader) is None and not producer_alive(run_dir, ref, reader):
+        if sealed_input(run_dir, ref, reader) is None:  # it may have sealed between the two looks
+            raise ProducerGone(reader, ref["backup_id"], f"the {ref['stage']} attempt it follows ended without sealing its output")
 
 
 def follow(run_dir: Path, ref: dict, reader: str) -> Following:

@@ -53,8 +53,8 @@ def check_start(rt, backup_id: str) -> None:
 
 
 @contextlib.contextmanager
-def stage_slot(rt, backup_id: str, stage: str) -> Iterator[None]:
-    """Hold the run's ``stage`` exclusively while it works; RunAlreadyUnderWay for a late copy.
+def stage_slot(rt, backup_id: str, stage: str) -> Iterator:
+    """Hold the run's ``stage`` exclusively while it works (giving the run's row); RunAlreadyUnderWay for a late copy.
 
     The row is read once the lock is held: the original may have moved on while this
     copy waited. (One catalog read per stage; the fan-out benchmark counts it.)
@@ -64,22 +64,24 @@ def stage_slot(rt, backup_id: str, stage: str) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
         try:
-            _require_current(rt, backup_id, stage)
+            row = _require_current(rt, backup_id, stage)
         except RunAlreadyUnderWay as dup:
             if dup.status != Status.RUNNING:  # never while the original still works in this directory
                 cleanup_staging(rt, backup_id)  # what this copy's run_dir() may have recreated
             raise
-        yield
+        yield row
     finally:
         os.close(fd)
 
 
-def _require_current(rt, backup_id: str, stage: str) -> None:
+def _require_current(rt, backup_id: str, stage: str):
+    """The run's catalog row (None if the catalog does not know it), if this delivery may run the stage."""
     row = rt.catalog.find(backup_id)
     if row is not None:  # None: a catalog rebuilt meanwhile, nothing says this is a copy
         if stage == "upload" and row.status == Status.UPLOADED:
-            return  # upload finds its committed manifest and passes it on (see the module docstring)
+            return row  # upload finds its committed manifest and passes it on (see the module docstring)
         if row.status != Status.RUNNING:
             raise RunAlreadyUnderWay(backup_id, row.status, row.stage)
     if stage != "upload" and staging.find_ref(rt.run_dir(backup_id), stage) is not None:
         raise RunAlreadyUnderWay(backup_id, Status.RUNNING, f"{stage} sealed")
+    return row

@@ -199,10 +199,12 @@ def _stage(name: str, work):
         lock = run_lock.for_target(rt.settings, ref["target"])
         forward = _Forward(self) if overlaps and not self.request.is_eager and self.request.chain else None
         try:
-            with redelivery.stage_slot(rt, ref["backup_id"], name), lock.kept_alive(ref["backup_id"]), \
-                    run_heartbeat.beating(rt, ref, name):
-                result = work(rt, ref, progress=task_progress.reporter(self, ref),
-                              **({"forward": forward} if overlaps else {}))
+            with redelivery.stage_slot(rt, ref["backup_id"], name) as row:
+                if name != STAGES[0] and not (row is not None and row.status == Status.UPLOADED):
+                    following.check_producer(rt.run_dir(ref["backup_id"]), ref, name)
+                with lock.kept_alive(ref["backup_id"]), run_heartbeat.beating(rt, ref, name):
+                    result = work(rt, ref, progress=task_progress.reporter(self, ref),
+                                  **({"forward": forward} if overlaps else {}))
         except redelivery.RunAlreadyUnderWay as dup:
             _drop_duplicate(dup)
         except following.ProducerGone as gone:
