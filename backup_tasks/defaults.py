@@ -114,6 +114,9 @@ RUN_HEARTBEAT_TIMEOUT = 300
 
 #: the chain's stages in the order a run goes through them; the only place that order is written
 STAGES = ("dump", "compress", "encrypt", "upload", "verify")
+#: worker slots one chain needs for its stages to overlap (dump, compress, encrypt and upload
+#: at once); the default concurrency of a host's worker, unless the host has more cores
+PIPELINE_SLOTS = 4
 #: stage time limits in seconds. The soft limit raises inside the stage (the run fails
 #: with a message naming the limit); the hard limit kills the worker process. Every hard
 #: limit must stay below BROKER_VISIBILITY_TIMEOUT. Settings: ``stage_soft_time_limits``

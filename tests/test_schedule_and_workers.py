@@ -151,4 +151,4 @@ def test_worker_concurrency_comes_from_the_flag_then_settings_then_the_cores(tmp
 
     assert concurrency_for(_load(tmp_path, session_keys, settings="worker_concurrency = 3\n"), 5) == 5
     assert concurrency_for(_load(tmp_path, session_keys, settings="worker_concurrency = 3\n")) == 3
-    assert concurrency_for(_load(tmp_path, session_keys)) == max(1, (os.cpu_count() or 2) // 2)
+    assert concurrency_for(_load(tmp_path, session_keys)) == max(4, (os.cpu_count() or 2) // 2)  # a chain's four stages at once

@@ -8,9 +8,10 @@ only when asked (``--drill``: a drill host reaches the drill servers and holds
 identities), and ``maintenance`` for housekeeping unless ``--no-maintenance``. A task for
 host A never lands on host B because B never subscribes to ``host.A``.
 
-Concurrency (``-c``): ``--concurrency``, else ``[settings] worker_concurrency``, else half
-the cores (at least 1), because a stage is already parallel inside (zstd uses 2
-threads). The pool is prefork, the one that enforces hard time limits, and each process
+Concurrency (``-c``): ``--concurrency``, else ``[settings] worker_concurrency``, else four
+or half the cores, whichever is more. Four slots let one chain's dump, compress, encrypt
+and upload run at once, each following the one before it like a shell pipeline; with
+``-c 1`` the same chain runs one stage after another. The pool is prefork, the one that enforces hard time limits, and each process
 takes one message at a time (prefetch 1, ``-O fair``), so a long dump never holds short
 tasks hostage behind it. Children are recycled after ``MAX_TASKS_PER_CHILD`` tasks to
 bound the memory a long-lived process accumulates.
@@ -24,6 +25,7 @@ import socket
 import sys
 
 from backup_tasks import config as config_mod
+from backup_tasks.defaults import PIPELINE_SLOTS
 from backup_tasks.errors import BackupError, InputError
 from backup_tasks.orchestration.routing import DRILL_QUEUE, MAINTENANCE_QUEUE, VERIFY_QUEUE, host_queue
 
@@ -48,7 +50,7 @@ def concurrency_for(cfg: config_mod.Config, requested: int | None = None) -> int
         return requested
     if cfg.settings.worker_concurrency:
         return cfg.settings.worker_concurrency
-    return max(1, (os.cpu_count() or 2) // 2)
+    return max(PIPELINE_SLOTS, (os.cpu_count() or 2) // 2)
 
 
 def argv_for(cfg: config_mod.Config, host: str, concurrency: int, *, drill: bool = False, maintenance: bool = True) -> list[str]:
@@ -64,7 +66,7 @@ def argv_for(cfg: config_mod.Config, host: str, concurrency: int, *, drill: bool
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("BACKUP_HOST") or socket.gethostname().split(".")[0])
-    parser.add_argument("--concurrency", type=int, default=None, help="worker processes (default: worker_concurrency, else cores/2)")
+    parser.add_argument("--concurrency", type=int, default=None, help="worker processes (default: worker_concurrency, else 4 or cores/2, whichever is more)")
     parser.add_argument("--drill", action="store_true", help="also run restore drills (queue 'drill'); needs identities")
     parser.add_argument("--no-maintenance", dest="maintenance", action="store_false", help="do not take housekeeping tasks")
     parser.add_argument("--print", action="store_true", help="print the celery command instead of running it")
