@@ -500,13 +500,43 @@ class RedisDB:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class Worker:
-    """``celery worker -P prefork -c 1 -Q host.bench,verify`` in its own process group."""
+_DONE_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\] Task (backup\.\w+)\[[^\]]+\] "
+                        r"succeeded in ([\d.]+)s")
 
-    def __init__(self, config: Path, broker: str, logfile: Path) -> None:
+
+def stage_spans(logfile: Path, since: float) -> dict[str, list[float]]:
+    """Each stage's start and end, in seconds after ``since`` (a wall-clock time), from the worker log.
+
+    Celery logs the end of a task with its run time, so start = end - run time: a stage
+    whose start is before the previous stage's end overlapped it.
+    """
+    spans: dict[str, list[float]] = {}
+    for line in logfile.read_text(errors="replace").splitlines():
+        m = _DONE_LINE.match(line)
+        if not m or m.group(2) == "backup.start":
+            continue
+        end = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - since  # the worker logs local time
+        spans[m.group(2).removeprefix("backup.")] = [round(end - float(m.group(3)), 2), round(end, 2)]
+    return spans
+
+
+def print_spans(spans: dict[str, list[float]]) -> None:
+    for stage, (start, end) in spans.items():
+        log(f"      {stage:<9} {start:7.2f} → {end:7.2f} s after the command started")
+
+
+#: worker slots: 4 lets one chain's dump, compress, encrypt and upload overlap (1: one stage after another)
+CONCURRENCY = 4
+
+
+class Worker:
+    """``celery worker -P prefork -c CONCURRENCY -Q host.bench,verify`` in its own process group."""
+
+    def __init__(self, config: Path, broker: str, logfile: Path, concurrency: int | None = None) -> None:
         self.log = logfile
         env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker}
-        argv = [PY, "-m", "celery", "-A", "backup_tasks.orchestration.celery_app", "worker", "-P", "prefork", "-c", "1",
+        argv = [PY, "-m", "celery", "-A", "backup_tasks.orchestration.celery_app", "worker", "-P", "prefork",
+                "-c", str(concurrency or CONCURRENCY),
                 "-Q", f"host.{HOST},verify", "-n", f"bench-{os.getpid()}@{HOST}", "-l", "INFO",
                 "--without-gossip", "--without-mingle", "--without-heartbeat"]
         self.proc = subprocess.Popen(argv, env=env, cwd=config.parent, stdout=open(logfile, "wb"),
@@ -652,10 +682,11 @@ def chain_redis(target: str, config: Path, tree: Path, db: RedisDB, logdir: Path
         time.sleep(1.0)  # a few idle samples first
         idle_pool = poller.max_children_of(worker.proc.pid)
         idle_tree = poller.max_tree
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         done = cli("backup", target, "--wait", "--json", "--timeout", "7200", config=config, env=env)
         wall = round(time.monotonic() - started, 3)
         poller.stop()
+        time.sleep(0.5)  # the worker logs the last stage's end just after the run is recorded
     finally:
         worker.stop()
     result = parse_json(done, "backupctl backup (redis)")
@@ -664,6 +695,7 @@ def chain_redis(target: str, config: Path, tree: Path, db: RedisDB, logdir: Path
            "peak_rss_pool_child": poller.max_children_of(worker.proc.pid), "peak_rss_worker_main": poller.max_by_pid.get(worker.proc.pid, 0),
            "peak_rss_worker_tree": poller.max_tree, "rss_samples": poller.samples,
            "peak_rss_by_stage": peaks_by_stage(logfile, poller.timeline),
+           "concurrency": CONCURRENCY, "stage_spans": stage_spans(logfile, started_at),
            "cpu_seconds_pool_child": poller.cpu_of_children_of(worker.proc.pid),
            "cpu_seconds_worker_main": round(poller.cpu_last.get(worker.proc.pid, 0) - poller.cpu_first.get(worker.proc.pid, 0), 2),
            "poller_cpu_seconds": round(poller.own_cpu_seconds, 2)}
@@ -737,6 +769,9 @@ def print_stages(label: str, r: dict) -> None:
             + (f"   pool child peak {human(peak['pool_child'])}" if peak else ""))
     if r.get("stored_manifest_bytes"):
         log(f"      stored manifest {human(r['stored_manifest_bytes'])}")
+    if r.get("stage_spans"):
+        log(f"      stage timeline (worker -c {r.get('concurrency')}):")
+        print_spans(r["stage_spans"])
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -782,7 +817,11 @@ def main() -> int:
     ap.add_argument("--skip-4g", action="store_true", help="skip the 4 GiB memory-flatness case")
     ap.add_argument("--seed", type=int, default=20240501, help="seed of the data generator (same seed: same layout, sizes and text; random files differ)")
     ap.add_argument("--repeat", type=int, default=1, help="measure each case N times and report the median (default 1)")
+    ap.add_argument("--concurrency", type=int, default=4,
+                    help="worker slots of the Redis runs (default 4: the stages overlap; 1: one after another)")
     args = ap.parse_args()
+    global CONCURRENCY
+    CONCURRENCY = args.concurrency
 
     def on_term(signum, frame):
         raise SystemExit(128 + signum)

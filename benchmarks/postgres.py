@@ -13,7 +13,9 @@ In one run it
 2. measures, one after the other on a warm cache:
    a. ``pg_dump -Fc -Z0 -f`` (the dump floor) and ``pg_dump -Fc -f`` (default compression),
    b. our chain ``backupctl backup bench-pg --wait --json`` (embedded: dump -> compress ->
-      encrypt -> upload to a local tier -> verify), with per-stage seconds,
+      encrypt -> upload to a local tier -> verify, one stage after another), with per-stage
+      seconds, and the same through a private Redis and a real ``celery worker -c 4``
+      (``--concurrency``), where the stages overlap: each stage's start and end are printed,
    c. ``pg_restore -j N -d`` of the -Z0 file against ``backupctl restore --to-database --jobs N``,
       and the single-job pair (``pg_restore -d`` of the file vs our streamed restore);
 3. does the same for MariaDB with ``--mariadb-size`` GB: ``mariadb-dump`` to a file,
@@ -41,6 +43,9 @@ import psycopg2
 import pymysql
 
 from backup_tasks.records import keys as keys_mod
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from files import RedisDB, Worker, print_spans, stage_spans  # noqa: E402 - the files benchmark's worker harness
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "benchmarks" / "out"
@@ -195,7 +200,31 @@ def stage_table(doc: dict, verify_seconds: float | None) -> dict:
     return stages
 
 
-def bench_pg(work: Path, config: Path, jobs: int) -> dict:
+def chain_on_worker(target: str, work: Path, config: Path, concurrency: int) -> dict:
+    """The chain through a private Redis and a real worker: wall time and each stage's start and end."""
+    db = RedisDB()
+    logfile = work / f"worker-{target}.log"
+    try:
+        worker = Worker(config, db.url, logfile, concurrency=concurrency)
+        try:
+            env = {**os.environ, "BACKUP_BROKER_URL": db.url}
+            started, started_at = time.monotonic(), time.time()
+            done = subprocess.run([sys.executable, "-m", "backup_tasks.cli", "--config", str(config), "--json",
+                                   "backup", target, "--wait"], capture_output=True, text=True, env=env)
+            wall = time.monotonic() - started
+            time.sleep(0.5)  # the worker logs the last stage's end just after the run is recorded
+        finally:
+            worker.stop()
+        if done.returncode != 0:
+            raise SystemExit(f"backup through the worker failed:\n{done.stdout}\n{done.stderr[-3000:]}\n"
+                             f"{logfile.read_text()[-5000:]}")
+        return {"seconds": wall, "concurrency": concurrency, "stage_spans": stage_spans(logfile, started_at),
+                "id": json.loads(done.stdout)["id"]}
+    finally:
+        db.release()
+
+
+def bench_pg(work: Path, config: Path, jobs: int, concurrency: int = 4) -> dict:
     r: dict = {"database_bytes": pg_size(PG_DB)}
     floor = work / "floor.pgdump"
     r["pg_dump_Z0_seconds"] = sh(["pg_dump", "-Fc", "-Z0", "-f", str(floor), PG_DB], env=PG_ENV)
@@ -211,6 +240,7 @@ def bench_pg(work: Path, config: Path, jobs: int) -> dict:
     r["chain_seconds"] = wall
     r["chain_stages"] = stage_table(doc, (info.get("verification") or {}).get("duration_seconds"))
     r["chain_stored_bytes"] = info["size_stored"]
+    r["worker_chain"] = chain_on_worker("bench-pg", work, config, concurrency)
 
     for n in sorted({1, jobs}):
         raw_db, ours_db = f"bench_pg_raw_{n}", f"bench_pg_ours_{n}"
@@ -226,7 +256,7 @@ def bench_pg(work: Path, config: Path, jobs: int) -> dict:
     return r
 
 
-def bench_my(work: Path, config: Path) -> dict:
+def bench_my(work: Path, config: Path, concurrency: int = 4) -> dict:
     r: dict = {}
     dump = work / "dump.sql"
     with open(dump, "wb") as fh:
@@ -239,6 +269,7 @@ def bench_my(work: Path, config: Path) -> dict:
     r["chain_seconds"] = wall
     r["chain_stages"] = stage_table(doc, (info.get("verification") or {}).get("duration_seconds"))
     r["chain_stored_bytes"] = info["size_stored"]
+    r["worker_chain"] = chain_on_worker("bench-my", work, config, concurrency)
     drop_my("bench_my_raw")
     drop_my("bench_my_ours")
     conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
@@ -267,6 +298,7 @@ def report(pg: dict, my: dict | None) -> None:
         print(f"  {name:28} {secs:7.1f} s  {secs / f:5.2f}x floor  {size / 1e6:8.0f} MB  {mb / secs:6.0f} MB/s of database")
     stages = pg["chain_stages"]
     print("  chain stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + f"; dominant: {max(stages, key=stages.get)}")
+    _print_worker_chain(pg["worker_chain"], f)
     for key in sorted(k for k in pg if k.startswith("pg_restore_j")):
         n = key.split("_j")[1].split("_")[0]
         raw, ours = pg[key], pg[f"ours_restore_j{n}_seconds"]
@@ -280,8 +312,14 @@ def report(pg: dict, my: dict | None) -> None:
         print(f"  our chain (dump..verify)   {my['chain_seconds']:7.1f} s  {my['chain_seconds'] / d:5.2f}x  stored {my['chain_stored_bytes'] / 1e6:.0f} MB")
         st = my["chain_stages"]
         print("  chain stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in st.items()) + f"; dominant: {max(st, key=st.get)}")
+        _print_worker_chain(my["worker_chain"], d)
         print(f"  restore: mariadb < dump.sql {my['mariadb_restore_seconds']:.1f} s, ours {my['ours_restore_seconds']:.1f} s "
               f"({my['ours_restore_seconds'] / my['mariadb_restore_seconds']:.2f}x)")
+
+
+def _print_worker_chain(w: dict, floor: float) -> None:
+    print(f"  our chain on a worker -c {w['concurrency']} (stages overlap): {w['seconds']:.1f} s, {w['seconds'] / floor:.2f}x the dump")
+    print_spans(w["stage_spans"])
 
 
 def main() -> None:
@@ -289,6 +327,7 @@ def main() -> None:
     parser.add_argument("--size", type=float, default=1.0, help="PostgreSQL database size in GB")
     parser.add_argument("--mariadb-size", type=float, default=0.25, help="MariaDB table size in GB (0 to skip)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4, help="worker slots for the chain through Redis (1: no overlap)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated source databases for the next run")
     args = parser.parse_args()
@@ -304,16 +343,16 @@ def main() -> None:
             f'recipients_file = "{work / "keys" / keys_mod.RECIPIENT_FILE}"\nidentities_file = "{work / "keys" / keys_mod.IDENTITY_FILE}"\n'
             f'signing_key_file = "{work / "keys" / keys_mod.SIGNING_KEY_FILE}"\n'
             f'[tiers.local]\nkind = "local"\npath = "{state / "store"}"\n'
-            f'[targets.bench-pg]\nkind = "postgres"\ndsn = "postgresql://postgres@127.0.0.1:5432/{PG_DB}"\n'
-            f'[targets.bench-my]\nkind = "mysql"\ndsn = "mysql://root@127.0.0.1:3306/{MY_DB}"\n')
+            f'[targets.bench-pg]\nkind = "postgres"\nhost = "bench"\ndsn = "postgresql://postgres@127.0.0.1:5432/{PG_DB}"\n'
+            f'[targets.bench-my]\nkind = "mysql"\nhost = "bench"\ndsn = "mysql://root@127.0.0.1:3306/{MY_DB}"\n')
         print(f"generating ~{args.size} GB in PostgreSQL database {PG_DB}", flush=True)
         make_pg(args.size)
-        pg = bench_pg(work, config, args.jobs)
+        pg = bench_pg(work, config, args.jobs, args.concurrency)
         my = None
         if args.mariadb_size > 0:
             print(f"generating ~{args.mariadb_size} GB in MariaDB database {MY_DB}", flush=True)
             make_my(args.mariadb_size)
-            my = bench_my(work, config)
+            my = bench_my(work, config, args.concurrency)
         report(pg, my)
         OUT_DIR.mkdir(parents=True, exist_ok=True)
         out = OUT_DIR / f"postgres-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
