@@ -18,6 +18,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -150,4 +152,27 @@ def test_a_one_slot_worker_runs_the_same_chain_one_stage_after_another_to_the_sa
 
     dest = tmp_path / "restored"
     run_cli("restore", docs[1]["backup_id"], "--to", str(dest), "--json", config=cfg, check=0)
+    assert_same_tree(snapshot(tree), snapshot(dest / str(tree).lstrip("/")))
+
+
+def test_the_embedded_default_overlaps_its_stages_in_threads_and_restores_the_same_tree(tmp_path, make_config):
+    tree = _tree(tmp_path)
+    cfg = _config(tmp_path, make_config, tree)
+    staging = tmp_path / "state" / "staging"
+    env = {k: v for k, v in os.environ.items() if k != "BACKUP_BROKER_URL"}  # no broker: the embedded default
+    proc = subprocess.Popen([sys.executable, "-m", "backup_tasks.cli", "--config", str(cfg), "backup", "bulk", "--wait",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen_together = False
+    while proc.poll() is None and not seen_together:
+        runs = [d for d in staging.iterdir() if not d.name.startswith(".")] if staging.is_dir() else []
+        seen_together = any(_parts(d, COMPRESSED_PART) and _parts(d, ENCRYPTED_PART) for d in runs)
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert seen_together  # encrypt wrote while compress was still writing: one process, stages at once
+    info = json.loads(out)
+    assert info["status"] == Status.VERIFIED
+
+    dest = tmp_path / "restored"
+    run_cli("restore", info["id"], "--to", str(dest), "--json", config=cfg, check=0)
     assert_same_tree(snapshot(tree), snapshot(dest / str(tree).lstrip("/")))

@@ -22,8 +22,8 @@ from celery import Task, chain, signature
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.result import allow_join_result
 
-from backup_tasks.orchestration import (config_reload, queued_messages, redelivery, routing, run_heartbeat, run_lock,
-                                        task_progress)
+from backup_tasks.orchestration import (config_reload, embedded_pipeline, queued_messages, redelivery, routing,
+                                        run_heartbeat, run_lock, task_progress)
 from backup_tasks.ops import abandoned, backup, following, reencrypt_retry, runtime
 from backup_tasks.orchestration.celery_app import app
 from backup_tasks.orchestration.task_boundary import RedactingTask
@@ -134,17 +134,19 @@ def start(self, target: str, type: str = "full", actor: str = "", rehash: bool =
         if not _is_replace(exc):
             lock.release(backup_id)
         raise
-    # Embedded default: the very same tasks, run in order in this process, under the file lock.
-    # Celery denies joins inside an eager task (and its own eager replace() trips on that), hence
-    # the guard. The failing stage already retried and recorded the failure; letting its error out
-    # here would autoretry *this* task, re-running the whole chain max_retries more times.
-    # (chain.apply() raises when a middle stage failed, and returns a failed result when the last did.)
+    # Embedded default: the very same tasks, in this process under the file lock, overlapping
+    # in threads (embedded_pipeline.py). Celery denies joins inside an eager task (and an eager
+    # retry joins), hence the guard. The failing stage already retried and recorded the failure;
+    # letting its error out here would autoretry *this* task, re-running the whole chain
+    # max_retries more times.
     try:
         with allow_join_result():
-            result = chain_for(rt, spec, ref).apply()
-            if not result.failed():
-                return result.get()
-            error = result.result
+            pipeline = embedded_pipeline.Pipeline(list(chain_for(rt, spec, ref).tasks))
+            result = pipeline.run(ref)
+        if pipeline.error is None and result is not None:
+            return result
+        error = pipeline.error or PermanentError(f"the chain of run {backup_id} stopped without a result",
+                                                 "see the run's events (backupctl show) and the log")
     except Exception as exc:  # noqa: BLE001 - recorded by the stage's on_failure
         error = exc
     finally:
@@ -197,7 +199,12 @@ def _stage(name: str, work):
     def run(self, ref: dict) -> dict:
         rt = _runtime(self)
         lock = run_lock.for_target(rt.settings, ref["target"])
-        forward = _Forward(self) if overlaps and not self.request.is_eager and self.request.chain else None
+        if not overlaps:
+            forward = None
+        elif self.request.is_eager:
+            forward = embedded_pipeline.forwarder()  # None when a stage is applied on its own
+        else:
+            forward = _Forward(self) if self.request.chain else None
         try:
             with redelivery.stage_slot(rt, ref["backup_id"], name) as row:
                 if name != STAGES[0] and not (row is not None and row.status == Status.UPLOADED):
@@ -216,7 +223,7 @@ def _stage(name: str, work):
             soft, _ = rt.settings.time_limits(name)
             raise PermanentError(f"{name} of run {ref['backup_id']} exceeded its soft time limit of {soft}s",
                                  f"raise stage_soft_time_limits.{name} (and stage_hard_time_limits.{name}) in [settings]") from None
-        if forward is not None:
+        if isinstance(forward, _Forward):
             forward.settle()
         if name == "upload" and not self.request.is_eager:
             try:  # stored and committed: the next run of this target may start
