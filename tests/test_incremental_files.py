@@ -298,9 +298,9 @@ def test_an_incremental_killed_mid_dump_leaves_the_chain_valid_and_the_next_buil
     victim = subprocess.Popen([sys.executable, "-m", "backup_tasks.cli", "backup", "files", "--type", "incremental",
                                "--json", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(staging.glob("*/.data.tar.tmp")):
+    while time.monotonic() < deadline and not list(staging.glob("*/.data.tar.*.part")):
         time.sleep(0.005)
-    assert list(staging.glob("*/.data.tar.tmp")), "the dump was never caught running"
+    assert list(staging.glob("*/.data.tar.*.part")), "the dump was never caught running"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed = json.loads(run_cli("list", "--json", config=cfg, check=0).stdout)[0]

@@ -25,7 +25,7 @@ from backup_tasks.errors import PermanentError
 from backup_tasks.ops import staging
 
 #: how long the follower sleeps at the end of a growing file, first and at most (seconds)
-FIRST_WAIT, MOST_WAIT = 0.002, 0.05
+FIRST_WAIT, MOST_WAIT = 0.002, 0.02
 
 
 class ProducerGone(Exception):
