@@ -104,13 +104,16 @@ print(json.dumps({"seconds": ended - started, "cpu_seconds": cpu_seconds, "rewri
 '''
 
 
-def write_config(path: Path, work: Path, recipient_file: Path, identities: Path, signing: Path, tree: Path) -> Path:
+def write_config(path: Path, work: Path, recipient_file: Path, identities: Path, signing: Path, tree: Path,
+                 tier: str | None = None) -> Path:
+    """The benchmark's targets file: one files target on one tier, a local directory unless ``tier`` (TOML of a tier named "bench")."""
+    tier = tier or f'[tiers.bench]\nkind = "local"\npath = "{work / "store"}"\n'
     path.write_text(
         "[settings]\n"
         f'staging_dir = "{work / "staging"}"\ncatalog_url = "sqlite:///{work / "catalog.db"}"\n'
         f'recipients_file = "{recipient_file}"\nidentities_file = "{identities}"\nsigning_key_file = "{signing}"\n'
-        f'[tiers.local]\nkind = "local"\npath = "{work / "store"}"\n'
-        f'[targets.bulk]\nkind = "files"\nhost = "bench"\npaths = ["{tree}"]\nstorage = ["local"]\n')
+        f'{tier}'
+        f'[targets.bulk]\nkind = "files"\nhost = "bench"\npaths = ["{tree}"]\nstorage = ["bench"]\n')
     return path
 
 
@@ -132,6 +135,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", action="store_true", help="also measure the two-thread pipeline")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--s3", action="store_true",
+                    help="store on an S3 tier (a SeaweedFS `weed mini` of its own, as the tests run) instead of a local one; "
+                         "the age pipe then works on a downloaded copy of the same object")
     ap.add_argument("--before", type=Path, default=None,
                     help="another checkout (e.g. the main branch): its whole task is measured too, interleaved, as mode 'before'")
     args = ap.parse_args()
@@ -143,6 +149,15 @@ def main() -> None:
     from backup_tasks.records import keys
 
     work = Path(tempfile.mkdtemp(prefix="bench-reencrypt-", dir=args.workdir))
+    server = tier = None
+    if args.s3:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from s3server import SeaweedServer, s3_tier_toml
+
+        server = SeaweedServer(work / "weed", work / "weed.log").start()
+        bucket = server.make_bucket()
+        os.environ.update(server.env())
+        tier = s3_tier_toml(server, bucket, name="bench")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     try:
         tree = work / "tree"
@@ -155,8 +170,8 @@ def main() -> None:
         identities.write_text((a.directory / keys.IDENTITY_FILE).read_text() + (b.directory / keys.IDENTITY_FILE).read_text())
         os.chmod(identities, 0o600)
         signing = a.directory / keys.SIGNING_KEY_FILE
-        cfg_a = write_config(work / "a.toml", work, a.directory / keys.RECIPIENT_FILE, identities, signing, tree)
-        cfg_b = write_config(work / "b.toml", work, b.directory / keys.RECIPIENT_FILE, identities, signing, tree)
+        cfg_a = write_config(work / "a.toml", work, a.directory / keys.RECIPIENT_FILE, identities, signing, tree, tier)
+        cfg_b = write_config(work / "b.toml", work, b.directory / keys.RECIPIENT_FILE, identities, signing, tree, tier)
         modes = ["ours", *(["threads"] if args.threads else []), *(["before"] if args.before else [])]
         env_of = {m: env for m in modes}
         if args.before:
@@ -167,6 +182,9 @@ def main() -> None:
                 rt = runtime.install(runtime.Runtime(config.load(cfg_a)))
                 backup = client.enqueue_backup("bulk", rt=rt).wait(timeout=600)
                 obj = work / "store" / "bulk" / backup["id"] / rt.catalog.get(backup["id"]).manifest["stored"]["name"]
+                if server is not None:  # the age pipe's input: the very stored bytes, fetched once
+                    obj = work / "s3-copy.age"
+                    server.client().download_file(bucket, rt.catalog.get(backup["id"]).locations[0].key, str(obj))
                 load = os.getloadavg()[0]
                 cat(obj)
                 out = work / "baseline.age"
@@ -201,6 +219,8 @@ def main() -> None:
                 runs.append(run)
                 print(json.dumps(run), flush=True)
                 shutil.rmtree(work / "store" / "bulk" / backup["id"], ignore_errors=True)
+                if server is not None:
+                    obj.unlink()
         summary = {}
         for mode in modes:
             mine = [r for r in runs if r["mode"] == mode]
@@ -222,10 +242,13 @@ def main() -> None:
         outdir = HERE / "out"
         outdir.mkdir(exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        (outdir / f"reencrypt-{stamp}.json").write_text(json.dumps({"size_mib": args.size_mib, "runs": runs,
+        (outdir / f"reencrypt-{stamp}.json").write_text(json.dumps({"size_mib": args.size_mib, "tier": "s3" if args.s3 else "local",
+                                                                    "runs": runs,
                                                                     "medians": summary}, indent=2))
         print(f"written: benchmarks/out/reencrypt-{stamp}.json")
     finally:
+        if server is not None:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
