@@ -99,7 +99,8 @@ def report(rt: Runtime, now: datetime) -> dict:
                        "objects": sum(t["objects"] for t in k["tiers"].values())})
     old = [k for k in listed if k["role"] == "old"]
     return {"max_age_days": limit, "keys": listed,
-            "backups_on_old_keys": sum(k["backups"] for k in old), "objects_on_old_keys": sum(k["objects"] for k in old)}
+            "backups_on_old_keys": sum(k["backups"] for k in old), "objects_on_old_keys": sum(k["objects"] for k in old),
+            "logs_on_old_keys": sum(k["wal_files"] + k["binlogs"] for k in old)}
 
 
 def _days(value: float | None) -> float | None:
