@@ -59,6 +59,8 @@ def test_keys_status_counts_wal_and_binlogs_and_never_retires_a_key_they_depend_
         assert (old["role"], old["deletable"], old["backups"]) == ("old", False, 0)
         assert (old["wal_files"], old["binlogs"]) == (1, on_old)
         assert old["tiers"] == {t: {"backups": 0, "objects": 1 + on_old, "wal_files": 1, "binlogs": on_old} for t in TIERS}
+        table = run_cli("keys", "status", config=site.config, env={"COLUMNS": "200"}, check=0).stdout
+        assert "WAL files" in table and "binlogs" in table and site.old_id in table
         current = status[new_id]
         assert (current["role"], current["wal_files"], current["binlogs"]) == ("current", 1, on_new)
         # without the old identity here, the logs on the old key are named as what could not be restored
