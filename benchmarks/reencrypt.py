@@ -6,15 +6,22 @@ then, per repetition, interleaved:
 1. **baseline**: ``age -d -i A OBJECT | age -r B > OUT`` on the very stored object (and,
    apart, the same with OUT fsynced, as our local tier does with every object);
 2. **ours**: ``reencrypt_backup`` of that backup to key B, in a child process (its peak
-   RSS is its own; the two age children it starts are reported apart). Its time is split
-   by the progress reports into *rewrite* (decrypt → encrypt → store, and the sha256
-   read-back) and *verify* (the full verification through the restore path, then the
-   old object's deletion). The ratio compares the rewrite with the age pipe, which does
-   the same work minus the hashing; the whole task is given too;
-3. **the stream alone**: old object → decrypt → encrypt → nowhere, hashing the old and the
-   new bytes as the product does, with two child processes and with two threads;
+   RSS is its own; the age children it starts are reported apart), with its CPU seconds
+   (its own and its age children's). Its time is split by the progress reports into
+   *rewrite* (decrypt → encrypt → store, the copies to other tiers) and *verify* (the
+   read-back of every copy, one of them decrypted, the manifest commit, then the old
+   object's deletion; a checkout from before the read-back decrypted did the sha256
+   read-back in *rewrite* and a full verification through the restore path in *verify*).
+   The ratio compares the rewrite with the age pipe, which does the same work minus the
+   hashing; the whole task is given too, in wall time and in CPU time (the CPU ratio
+   hardly moves with the machine's load, the wall ratio does);
+3. **the stream alone**: old object → decrypt → encrypt → nowhere, hashing the old
+   object, the plaintext and the new bytes as the product does, with two child processes
+   (which read the file themselves and hash in their own processes) and with two threads;
 4. with ``--threads``, also **threads**: the whole task with the older two-thread pipeline
-   (pyrage holds the GIL, so its decrypt and encrypt take turns).
+   (pyrage holds the GIL, so its decrypt and encrypt take turns);
+5. with ``--before DIR``, also **before**: the whole task with the code of another
+   checkout (e.g. ``--before /path/to/main``), for a before/after in one run.
 
 Before each repetition the object is re-backed up on key A, so every case starts from
 the same state, and the stored object is cat-ed so the page cache starts the same.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -53,12 +61,13 @@ identity = x25519.Identity.from_str([l for l in open(identity_file) if l.startsw
 to = [x25519.Recipient.from_str(recipient)]
 started = time.perf_counter()
 with open(obj, "rb") as src:
-    old = HashingReader(src)  # as the product does: the old object is checked against its manifest
-    if mode == "processes":
-        streams = [ReencryptingReader(old, [identity], to, what="bench")]
+    # as the product does: the old object's and the plaintext's digests are taken on the way
+    if mode == "processes":  # the children read the file themselves and hash in their own processes
+        streams = [ReencryptingReader(src, [identity], to, what="bench", digests=True)]
     else:
+        old = HashingReader(src)
         decrypted = DecryptingReader(old, [identity], what="bench")
-        streams = [EncryptingReader(decrypted, to), decrypted]
+        streams = [EncryptingReader(HashingReader(decrypted), to), decrypted]
     new = HashingReader(streams[0])  # as the tier's put does
     buf = bytearray(1 << 20)
     while new.readinto(buf):
@@ -79,25 +88,39 @@ rt = runtime.install(runtime.Runtime(config.load(cfg)))
 marks = {}
 def progress(stage, done, total):
     marks.setdefault(stage, time.perf_counter())
+def cpu():  # this process's and its finished children's (the age children's) CPU seconds
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+cpu_before = cpu()
 started = time.perf_counter()
 result = reencrypt.reencrypt_backup(rt, backup_id, actor="bench", progress=progress)
 ended = time.perf_counter()
+cpu_seconds = cpu() - cpu_before
 assert result["outcome"] == "reencrypted", result
-print(json.dumps({"seconds": ended - started, "rewrite_seconds": marks.get("verify", ended) - started,
+print(json.dumps({"seconds": ended - started, "cpu_seconds": cpu_seconds, "rewrite_seconds": marks.get("verify", ended) - started,
                   "verify_seconds": ended - marks.get("verify", ended),
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "peak_rss_children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 '''
 
 
-def write_config(path: Path, work: Path, recipient_file: Path, identities: Path, signing: Path, tree: Path) -> Path:
+def write_config(path: Path, work: Path, recipient_file: Path, identities: Path, signing: Path, tree: Path,
+                 tier: str | None = None) -> Path:
+    """The benchmark's targets file: one files target on one tier, a local directory unless ``tier`` (TOML of a tier named "bench")."""
+    tier = tier or f'[tiers.bench]\nkind = "local"\npath = "{work / "store"}"\n'
     path.write_text(
         "[settings]\n"
         f'staging_dir = "{work / "staging"}"\ncatalog_url = "sqlite:///{work / "catalog.db"}"\n'
         f'recipients_file = "{recipient_file}"\nidentities_file = "{identities}"\nsigning_key_file = "{signing}"\n'
-        f'[tiers.local]\nkind = "local"\npath = "{work / "store"}"\n'
-        f'[targets.bulk]\nkind = "files"\nhost = "bench"\npaths = ["{tree}"]\nstorage = ["local"]\n')
+        f'{tier}'
+        f'[targets.bulk]\nkind = "files"\nhost = "bench"\npaths = ["{tree}"]\nstorage = ["bench"]\n')
     return path
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every finished child process and its own children so far."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def cat(path: Path) -> None:
@@ -112,6 +135,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", action="store_true", help="also measure the two-thread pipeline")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--s3", action="store_true",
+                    help="store on an S3 tier (a SeaweedFS `weed mini` of its own, as the tests run) instead of a local one; "
+                         "the age pipe then works on a downloaded copy of the same object")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="another checkout (e.g. the main branch): its whole task is measured too, interleaved, as mode 'before'")
     args = ap.parse_args()
     for tool in ("age",):
         if not shutil.which(tool):
@@ -121,6 +149,15 @@ def main() -> None:
     from backup_tasks.records import keys
 
     work = Path(tempfile.mkdtemp(prefix="bench-reencrypt-", dir=args.workdir))
+    server = tier = None
+    if args.s3:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from s3server import SeaweedServer, s3_tier_toml
+
+        server = SeaweedServer(work / "weed", work / "weed.log").start()
+        bucket = server.make_bucket()
+        os.environ.update(server.env())
+        tier = s3_tier_toml(server, bucket, name="bench")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     try:
         tree = work / "tree"
@@ -133,22 +170,28 @@ def main() -> None:
         identities.write_text((a.directory / keys.IDENTITY_FILE).read_text() + (b.directory / keys.IDENTITY_FILE).read_text())
         os.chmod(identities, 0o600)
         signing = a.directory / keys.SIGNING_KEY_FILE
-        cfg_a = write_config(work / "a.toml", work, a.directory / keys.RECIPIENT_FILE, identities, signing, tree)
-        cfg_b = write_config(work / "b.toml", work, b.directory / keys.RECIPIENT_FILE, identities, signing, tree)
-        modes = ["ours", *(["threads"] if args.threads else [])]
+        cfg_a = write_config(work / "a.toml", work, a.directory / keys.RECIPIENT_FILE, identities, signing, tree, tier)
+        cfg_b = write_config(work / "b.toml", work, b.directory / keys.RECIPIENT_FILE, identities, signing, tree, tier)
+        modes = ["ours", *(["threads"] if args.threads else []), *(["before"] if args.before else [])]
+        env_of = {m: env for m in modes}
+        if args.before:
+            env_of["before"] = {**os.environ, "PYTHONPATH": str(args.before.resolve())}
         runs: list[dict] = []
         for rep in range(args.repeat):
             for mode in modes:
                 rt = runtime.install(runtime.Runtime(config.load(cfg_a)))
                 backup = client.enqueue_backup("bulk", rt=rt).wait(timeout=600)
                 obj = work / "store" / "bulk" / backup["id"] / rt.catalog.get(backup["id"]).manifest["stored"]["name"]
+                if server is not None:  # the age pipe's input: the very stored bytes, fetched once
+                    obj = work / "s3-copy.age"
+                    server.client().download_file(bucket, rt.catalog.get(backup["id"]).locations[0].key, str(obj))
                 load = os.getloadavg()[0]
                 cat(obj)
                 out = work / "baseline.age"
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), children_cpu()
                 subprocess.run(f"age -d -i {a.directory / keys.IDENTITY_FILE} {obj} | age -r {b.recipient} > {out}",
                                shell=True, check=True)
-                baseline = time.perf_counter() - started
+                baseline, baseline_cpu = time.perf_counter() - started, children_cpu() - cpu
                 fd = os.open(out, os.O_RDONLY)  # our local tier makes the new object durable; the pipe alone does not
                 os.fsync(fd)
                 os.close(fd)
@@ -161,7 +204,7 @@ def main() -> None:
                                             b.recipient, how], env=env, capture_output=True, text=True, check=True)
                     pipes[how] = json.loads(piped.stdout.strip().splitlines()[-1])["seconds"]
                 cat(obj)
-                done = subprocess.run([sys.executable, "-c", CHILD, str(cfg_b), backup["id"], mode], env=env,
+                done = subprocess.run([sys.executable, "-c", CHILD, str(cfg_b), backup["id"], mode], env=env_of[mode],
                                       capture_output=True, text=True, check=True)
                 ours = json.loads(done.stdout.strip().splitlines()[-1])
                 size = obj.stat().st_size if obj.exists() else backup["size_stored"]
@@ -170,16 +213,20 @@ def main() -> None:
                        "stream_processes_seconds": round(pipes["processes"], 3), "stream_threads_seconds": round(pipes["threads"], 3),
                        **{k: round(v, 3) for k, v in ours.items()},
                        "ratio_rewrite": round(baseline / ours["rewrite_seconds"], 3),
-                       "ratio_whole_task": round(baseline / ours["seconds"], 3)}
+                       "ratio_whole_task": round(baseline / ours["seconds"], 3),
+                       "baseline_cpu_seconds": round(baseline_cpu, 3),
+                       "ratio_cpu_whole_task": round(baseline_cpu / ours["cpu_seconds"], 3)}
                 runs.append(run)
                 print(json.dumps(run), flush=True)
                 shutil.rmtree(work / "store" / "bulk" / backup["id"], ignore_errors=True)
+                if server is not None:
+                    obj.unlink()
         summary = {}
         for mode in modes:
             mine = [r for r in runs if r["mode"] == mode]
             summary[mode] = {k: statistics.median(r[k] for r in mine) for k in (
                 "baseline_seconds", "baseline_fsync_seconds", "stream_processes_seconds", "stream_threads_seconds", "rewrite_seconds", "verify_seconds", "seconds", "ratio_rewrite", "ratio_whole_task",
-                "peak_rss_mib", "peak_rss_children_mib", "load_1min")}
+                "baseline_cpu_seconds", "cpu_seconds", "ratio_cpu_whole_task", "peak_rss_mib", "peak_rss_children_mib", "load_1min")}
         print("\nmedians:")
         both = {k: statistics.median(r[k] for r in runs) for k in ("baseline_seconds", "stream_processes_seconds",
                                                                     "stream_threads_seconds")}
@@ -189,15 +236,19 @@ def main() -> None:
         for mode, s in summary.items():
             print(f"  {mode:8} age pipe {s['baseline_seconds']:.2f} s (+fsync {s['baseline_fsync_seconds']:.2f} s) | rewrite {s['rewrite_seconds']:.2f} s "
                   f"({s['ratio_rewrite']:.2f}x) | whole task {s['seconds']:.2f} s ({s['ratio_whole_task']:.2f}x, verify "
-                  f"{s['verify_seconds']:.2f} s) | peak RSS {s['peak_rss_mib']:.0f} MiB (age children "
+                  f"{s['verify_seconds']:.2f} s) | CPU {s['cpu_seconds']:.2f} s against the pipe's {s['baseline_cpu_seconds']:.2f} s "
+                  f"({s['ratio_cpu_whole_task']:.2f}x) | peak RSS {s['peak_rss_mib']:.0f} MiB (age children "
                   f"{s['peak_rss_children_mib']:.0f} MiB) | load {s['load_1min']:.1f}")
         outdir = HERE / "out"
         outdir.mkdir(exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        (outdir / f"reencrypt-{stamp}.json").write_text(json.dumps({"size_mib": args.size_mib, "runs": runs,
+        (outdir / f"reencrypt-{stamp}.json").write_text(json.dumps({"size_mib": args.size_mib, "tier": "s3" if args.s3 else "local",
+                                                                    "runs": runs,
                                                                     "medians": summary}, indent=2))
         print(f"written: benchmarks/out/reencrypt-{stamp}.json")
     finally:
+        if server is not None:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -180,7 +180,7 @@ def test_rotate_reencrypt_and_retire_the_old_key(site, runtime_for, tmp_path):
     assert all(listed[b["id"]]["key_ids"] == [new_id] for b in after)
     status = {k["key_id"]: k for k in key_status(rt)["keys"]}
     assert status[site.old_id]["role"] == "old" and not status[site.old_id]["deletable"]
-    assert status[site.old_id]["tiers"] == {"local": {"backups": 2, "objects": 2}, "offsite": {"backups": 2, "objects": 2}}
+    assert status[site.old_id]["tiers"] == {t: {"backups": 2, "objects": 2, "wal_files": 0, "binlogs": 0} for t in ("local", "offsite")}
     assert status[new_id]["role"] == "current" and status[new_id]["backups"] == 2
 
     planned = cli_json("reencrypt", "--dry-run", config=site.config)
@@ -197,6 +197,9 @@ def test_rotate_reencrypt_and_retire_the_old_key(site, runtime_for, tmp_path):
         assert doc["revision"] == 2 and doc["encryption"]["recipients"] == [new_id]
         assert doc["replaces"]["revision"] == 1 and doc["replaces"]["key_ids"] == [site.old_id]
         assert doc["replaces"]["signed_by"] == site.old_signing_id and doc["signature"]["key_id"] == rotation["signing_key_id"]
+        # verified backups: the read-back that decrypted the new object before the commit is the recorded verification
+        marker = json.loads((site.state / "offsite" / b["target"] / b["id"] / "verified.json").read_text())
+        assert marker["stored_sha256"] == doc["stored"]["sha256"] and "read-back" in marker["checks"]["method"]
     assert reencrypt.select(runtime_for(site.config)) == []  # nothing left on the old key
 
     # the old identity deleted: every backup still verifies and restores
@@ -324,8 +327,8 @@ def test_s3_copies_are_reencrypted_and_an_object_locked_one_is_skipped_with_its_
     assert [o.key.rsplit("/", 1)[1] for o in rt.storage("offsite").list(f"t/{run['id']}/data.")] == ["data.tar.zst.age"]
     assert verify_backup(rt, run["id"])["status"] == "verified"
     status = {k["key_id"]: k for k in key_status(rt)["keys"]}
-    assert status[site.old_id]["role"] == "old" and status[site.old_id]["tiers"] == {"local": {"backups": 1, "objects": 1},
-                                                                                    "offsite": {"backups": 1, "objects": 1}}
+    assert status[site.old_id]["role"] == "old" and status[site.old_id]["tiers"] == {
+        t: {"backups": 1, "objects": 1, "wal_files": 0, "binlogs": 0} for t in ("local", "offsite")}
 
 
 def test_reencrypt_wait_runs_the_tasks_on_a_real_verify_worker(site, runtime_for, redis_url, start_worker):

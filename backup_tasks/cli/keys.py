@@ -54,16 +54,18 @@ def _print_rotation(c, d: dict) -> None:
 @keys_group.command("status")
 @common
 def keys_status(ctx: Context):
-    """Per key id: current, old or retired, and how many backups and stored objects depend on it, per tier."""
+    """Per key id: current, old or retired, and how many backups, WAL files, binlogs and stored objects depend on it, per tier."""
     from backup_tasks.ops.key_status import key_status
 
     data = key_status(ctx.rt)
 
     def human(c, d):
-        table = Table("key id", "role", "first used", "backups", "objects per tier", "identity here", "deletable")
+        table = Table("key id", "role", "first used", "backups", "WAL files", "binlogs", "objects per tier", "identity here",
+                      "deletable")
         for k in d["keys"]:
             tiers = ", ".join(f"{t}: {n['objects']}" for t, n in k["tiers"].items()) or "-"
-            table.add_row(k["key_id"], k["role"], k["first_used"] or "-", str(k["backups"]), tiers,
+            table.add_row(k["key_id"], k["role"], k["first_used"] or "-", str(k["backups"]), str(k["wal_files"]),
+                          str(k["binlogs"]), tiers,
                           "yes" if k["identity_here"] else "no", "yes" if k["deletable"] else "no")
         c.print(table)
         for warning in d["warnings"]:

@@ -65,8 +65,10 @@ def _human(c, d: dict) -> None:
         due = " [red]due for rotation[/]" if k["due"] else ""
         c.print(f"key {k['key_id']} ({k['role']}): {age}, {k['objects']} objects{due}", markup=True)
     if keys["objects_on_old_keys"]:
-        c.print(f"[yellow]{keys['objects_on_old_keys']} objects ({keys['backups_on_old_keys']} backups) still on old keys:[/] "
-                "backupctl reencrypt --wait", markup=True)
+        logs = keys.get("logs_on_old_keys") or 0
+        c.print(f"[yellow]{keys['objects_on_old_keys']} objects ({keys['backups_on_old_keys']} backups, {logs} WAL files and "
+                "binlogs) still on old keys:[/] backupctl reencrypt --wait moves the backups; the logs stay until retention "
+                "drops them", markup=True)
 
 
 @click.command("watchdog")

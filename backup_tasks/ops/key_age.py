@@ -95,10 +95,12 @@ def report(rt: Runtime, now: datetime) -> dict:
         listed.append({"key_id": k["key_id"], "role": k["role"], "since": timefmt.iso(start) if start else None,
                        "age_days": _days(key_age.age_days(start, now)),
                        "due": k["role"] == "current" and key_age.due(start, now, limit),
-                       "backups": k["backups"], "objects": sum(t["objects"] for t in k["tiers"].values())})
+                       "backups": k["backups"], "wal_files": k["wal_files"], "binlogs": k["binlogs"],
+                       "objects": sum(t["objects"] for t in k["tiers"].values())})
     old = [k for k in listed if k["role"] == "old"]
     return {"max_age_days": limit, "keys": listed,
-            "backups_on_old_keys": sum(k["backups"] for k in old), "objects_on_old_keys": sum(k["objects"] for k in old)}
+            "backups_on_old_keys": sum(k["backups"] for k in old), "objects_on_old_keys": sum(k["objects"] for k in old),
+            "logs_on_old_keys": sum(k["wal_files"] + k["binlogs"] for k in old)}
 
 
 def _days(value: float | None) -> float | None:

@@ -1,7 +1,10 @@
 """Gather what depends on each encryption key, for ``keys status`` (the roles are decided in policy/key_roles.py).
 
 The catalog indexes every stored backup's manifest, and a manifest names the key ids its
-object is encrypted to, so the counts come from the catalog without reading storage.
+object is encrypted to; every archived WAL file and binlog is recorded with its key ids
+too. So the counts come from the catalog without reading storage. Log files count like
+backups: a key that one WAL segment or binlog still needs is never retired, since the
+point-in-time window through it would be lost with its identity.
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ from backup_tasks import timefmt
 from backup_tasks.errors import BackupError
 from backup_tasks.ops.reencrypt import pending
 from backup_tasks.ops.runtime import Runtime
+from backup_tasks.ops.wal import FAMILY as WAL_FAMILY
 from backup_tasks.policy.key_roles import Usage, decide
 from backup_tasks.records import keys
 from backup_tasks.records.catalog import Status
+from backup_tasks.records.catalog.binlogs import FAMILY as BINLOG_FAMILY
 
 log = logging.getLogger(__name__)
+
+WAL, BINLOG = WAL_FAMILY, BINLOG_FAMILY
+_FAMILY_WORDS = {WAL: "WAL files", BINLOG: "binlogs"}
 
 #: audited actions whose detail names a key id this system made
 _KEY_ACTIONS = ("keys.generate", "keys.rotate")
@@ -54,13 +62,14 @@ def key_status(rt: Runtime) -> dict:
                 for loc in row.locations:
                     used.objects[loc.tier] = used.objects.get(loc.tier, 0) + 1
                     used.backups_per_tier[loc.tier] = used.backups_per_tier.get(loc.tier, 0) + 1
+    _count_logs(rt, usage)
     here, warnings = _identities_here(rt)
     made, previous = made_keys(rt)
     fresh = [k for k in made if k not in previous and k not in usage]
     decided = decide(current, usage, [*here, *previous], fresh)
     for k in decided:
-        if k.role != "retired" and k.usage.backups and rt.settings.identities_file and k.key_id not in here:
-            warnings.append(f"{k.usage.backups} backups depend on key {k.key_id}, whose identity is not in "
+        if k.role != "retired" and k.usage.in_use and rt.settings.identities_file and k.key_id not in here:
+            warnings.append(f"{_what_depends(k.usage)} depend on key {k.key_id}, whose identity is not in "
                             f"{rt.settings.identities_file}: they cannot be verified or restored on this host")
     return {
         "current": current,
@@ -70,13 +79,39 @@ def key_status(rt: Runtime) -> dict:
             "first_used": timefmt.iso(k.usage.first_used),
             "made_at": made.get(k.key_id),
             "backups": k.usage.backups,
-            "tiers": {t: {"backups": k.usage.backups_per_tier.get(t, 0), "objects": n} for t, n in sorted(k.usage.objects.items())},
+            "wal_files": k.usage.logs.get(WAL, 0),
+            "binlogs": k.usage.logs.get(BINLOG, 0),
+            "tiers": {t: {"backups": k.usage.backups_per_tier.get(t, 0), "objects": n,
+                          "wal_files": k.usage.logs_per_tier.get(WAL, {}).get(t, 0),
+                          "binlogs": k.usage.logs_per_tier.get(BINLOG, {}).get(t, 0)}
+                      for t, n in sorted(k.usage.objects.items())},
             "identity_here": k.key_id in here,
             "deletable": k.deletable,
         } for k in decided],
         "unencrypted_backups": unencrypted,
         "warnings": warnings,
     }
+
+
+def _count_logs(rt: Runtime, usage: dict[str, Usage]) -> None:
+    """Add every stored WAL file and binlog to the keys it is encrypted to (a log stored unencrypted needs none)."""
+    for use in [*rt.catalog.log_key_uses(), *rt.catalog.binlog_key_uses()]:
+        for kid in use.key_ids:
+            used = usage.setdefault(kid, Usage())
+            used.logs[use.family] = used.logs.get(use.family, 0) + use.count
+            per_tier = used.logs_per_tier.setdefault(use.family, {})
+            for tier in use.tiers:
+                per_tier[tier] = per_tier.get(tier, 0) + use.count
+                used.objects[tier] = used.objects.get(tier, 0) + use.count
+            if use.first_at is not None:
+                used.first_used = min(used.first_used, use.first_at) if used.first_used else use.first_at
+
+
+def _what_depends(used: Usage) -> str:
+    parts = [f"{used.backups} backups"] if used.backups else []
+    families = [*_FAMILY_WORDS, *sorted(set(used.logs) - set(_FAMILY_WORDS))]
+    parts += [f"{used.logs[f]} {_FAMILY_WORDS.get(f, f + ' files')}" for f in families if used.logs.get(f)]
+    return " and ".join(parts) or "stored objects"
 
 
 def _identities_here(rt: Runtime) -> tuple[set[str], list[str]]:

@@ -7,12 +7,15 @@ order of the steps is what makes a kill at any point harmless:
 1. the new object is written under a new name (``<name>.r<revision>.age``) on one tier,
    then copied to the backup's other tiers;
 2. every new copy is read back in full and must be, byte for byte (sha256), what the
-   encryption produced; the old object's bytes were checked against its signed manifest
-   on the way in, so nothing forged is ever re-signed;
+   encryption produced, and one copy is decrypted on the way with the new identity and
+   must give exactly the plaintext that was encrypted; the old object's bytes were
+   checked against its signed manifest on the way in, so nothing forged is ever re-signed;
 3. a new signed manifest revision replaces the old one on every tier: it records the
    key change and names the revision it replaces (the commit point);
-4. the backup is verified in full through the restore path (``verify_backup``): the new
-   object decrypts with the new identity to the plaintext the manifest signs;
+4. the backup is verified: the new manifest reads back and verifies, and for a backup
+   verified before, step 2 proved its new object decrypts to that verified plaintext
+   (ops/reencrypt_verify.py); any other (a backup never verified, or a rerun finishing
+   an interrupted revision) is verified in full through the restore path (``verify_backup``);
 5. only then are the old objects deleted.
 
 Before 3 the old manifest and the old object stand, and the new object is unreferenced
@@ -27,18 +30,19 @@ decides what to do with a backup and commits, verifies and cleans up.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from backup_tasks import timefmt
 from backup_tasks.errors import BackupError, InputError, ObjectLocked, ObjectNotFound, StorageError, VerificationFailed
-from backup_tasks.ops import readback, reencrypt_rewrite
+from backup_tasks.ops import readback, reencrypt_rewrite, reencrypt_verify
 from backup_tasks.ops.reencrypt_rewrite import key_ids, revision
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.ops.verify import verify_backup
 from backup_tasks.records import audit, keys, manifest, markers
 from backup_tasks.records.catalog import BackupRow, Location, Status
 from backup_tasks.stages import counting as progress_mod
-from backup_tasks.stages.digest import HashingReader
+from backup_tasks.stages.reencrypt_pipe import Digest
 from backup_tasks.storage.capabilities import ObjectLock
 
 log = logging.getLogger(__name__)
@@ -144,8 +148,8 @@ def _run(rt: Runtime, row: BackupRow, from_key: str | None, progress) -> dict:
     tiers = [loc["tier"] for loc in newest["locations"]]
     if locked := _locked_copies(rt, row.target, newest, tiers):
         return {**_outcome(row, SKIPPED, newest), **locked}
-    doc = reencrypt_rewrite.rewrite(rt, row, newest, current, progress)
-    held = _finish(rt, row, doc, copies, progress)
+    doc, plain = reencrypt_rewrite.rewrite(rt, row, newest, current, progress)
+    held = _finish(rt, row, doc, copies, progress, plain=plain)
     return {**_outcome(row, REENCRYPTED, doc, before=newest), **(held or {})}
 
 
@@ -244,12 +248,16 @@ def _has_size(rt: Runtime, tier: str, key: str, size: int) -> bool:
         return False
 
 
-def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progress) -> dict | None:
+def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progress, *, plain: Digest | None = None) -> dict | None:
     """Steps 2-5 for revision ``doc``: copies complete and proven, manifest everywhere, verified, old objects gone.
 
-    Returns why an old object is still stored (Object Lock: ``reason`` and, when the tier
-    tells it, ``locked_until``), else None.
+    ``plain`` is the plaintext's digest when this run made the revision: then the
+    read-back decrypts one copy too (reencrypt_verify.py), and that is the verification
+    of a backup verified before. A rerun finishing an interrupted revision has no such
+    digest and verifies in full after the commit. Returns why an old object is still
+    stored (Object Lock: ``reason`` and, when the tier tells it, ``locked_until``), else None.
     """
+    started = time.monotonic()
     prefix = manifest.prefix(row.target, row.id)
     tiers = [loc["tier"] for loc in doc["locations"]]
     new_key = f"{prefix}/{doc['stored']['name']}"
@@ -262,8 +270,13 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
     for tier in tiers:
         if tier not in holders:
             reencrypt_rewrite.copy_object(rt, holders[0], tier, new_key, doc["stored"]["sha256"])
-        _read_back(rt, tier, new_key, doc)
+        if plain is not None and tier == tiers[0]:
+            reencrypt_verify.read_back_decrypting(rt, tier, new_key, doc, plain, progress)
+        else:
+            reencrypt_verify.read_back(rt, tier, new_key, doc)
     _finish_listing(rt, row, doc, tiers)
+    proven = plain is not None and reencrypt_verify.carries_verification(row)
+    summary = reencrypt_verify.check_side_files(rt, doc, tiers[0]) if proven else {}
     behind = [c.tier for c in copies if revision(c.doc) < revision(doc)]
     if "signature" not in doc:  # a revision made in this run: sign it and write it on every tier (the commit point)
         doc = markers.write(manifest.MANIFEST_NAME, {k: v for k, v in doc.items() if k not in ("format", "backup_id")},
@@ -274,7 +287,10 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
                             storage=rt.storage)
     locations = [Location(tier=t, key=new_key, size=doc["stored"]["size"]) for t in tiers]
     record_revision(rt, row.id, doc, locations, old_object=PENDING)
-    verify_backup(rt, row.id, progress=progress)
+    if proven:
+        reencrypt_verify.record(rt, row.id, doc, summary, started)
+    else:
+        verify_backup(rt, row.id, progress=progress)
     old_key = f"{prefix}/{doc['replaces']['stored']['name']}"
     if old_key == new_key:
         return None
@@ -308,19 +324,3 @@ def _matches(rt: Runtime, tier: str, key: str, doc: dict) -> bool:
         return rt.storage(tier).stat(key).size == doc["stored"]["size"]
     except (ObjectNotFound, StorageError):
         return False
-
-
-def _read_back(rt: Runtime, tier: str, key: str, doc: dict) -> None:
-    """Read the new object in full from ``tier``: its bytes must be exactly the ones the revision signs.
-
-    Its sha256 is enough here: those bytes are what age encryption to the current
-    recipients produced (hashed as they were written), and the full verification after
-    the commit decrypts and checks them through the restore path. Decrypting here as well
-    would read and decrypt the object a second time for nothing.
-    """
-    with rt.storage(tier).get(key) as raw:
-        stored = HashingReader(raw)
-        stored.drain()
-    if stored.sha256 != doc["stored"]["sha256"]:
-        raise VerificationFailed(f"backup {doc['backup_id']}: the re-encrypted object on tier '{tier}' does not read back as written",
-                                 "the old object is kept; check the tier and run backupctl reencrypt again", check="stored-sha256")

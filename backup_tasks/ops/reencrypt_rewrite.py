@@ -21,11 +21,10 @@ from backup_tasks.errors import BackupError, VerificationFailed
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records import attachments, keys, manifest
 from backup_tasks.records.catalog import BackupRow
-from backup_tasks.stages import counting as progress_mod
 from backup_tasks.stages.counting import CountingReader
 from backup_tasks.stages.digest import HashingReader
 from backup_tasks.stages.encrypt import SUFFIX, DecryptingReader, EncryptingReader
-from backup_tasks.stages.reencrypt_pipe import ReencryptingReader
+from backup_tasks.stages.reencrypt_pipe import Digest, ReencryptingReader
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,12 @@ def revision_name(name: str, rev: int) -> str:
     return f"{re.sub(r'[.]r[0-9]+$', '', stem)}.r{rev}{SUFFIX}"
 
 
-def rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progress) -> dict:
-    """Steps 1-2: the new object on every tier, read back with the new identity. Returns the new revision's fields."""
+def rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progress) -> tuple[dict, Digest]:
+    """Steps 1-2: the new object on every tier. Returns the new revision's fields and the plaintext's (size, sha256).
+
+    The plaintext digest is of the bytes between decryption and encryption: the read-back
+    that follows proves the new object decrypts to exactly those.
+    """
     prefix = manifest.prefix(row.target, row.id)
     rev = revision(doc) + 1
     name = revision_name(doc["stored"]["name"], rev)
@@ -58,22 +61,33 @@ def rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progress
     keys.identities_for(rt.settings.identities_file, current)  # the new object must be verifiable before it is trusted
     tiers = [loc["tier"] for loc in doc["locations"]]
     source = rt.storage(tiers[0])
+    size = doc["stored"]["size"]
+    if progress:
+        progress(STAGE, 0, size)
     with source.get(old_key) as raw:
-        old = HashingReader(progress_mod.reading(raw, progress, STAGE, doc["stored"]["size"]))
-        if doc["stored"]["size"] >= REENCRYPT_PROCESSES_MIN_BYTES:  # decrypt and encrypt each on a core of its own
-            piped = ReencryptingReader(old, old_identities, rt.recipients, what=f"backup {row.id}")
-            streams, new = [piped], CountingReader(piped, _ignore)
-        else:  # a small object: two threads, sparing the start of two processes
+        if size >= REENCRYPT_PROCESSES_MIN_BYTES:  # decrypt and encrypt each on a core of its own, hashing there too
+            piped = ReencryptingReader(raw, old_identities, rt.recipients, what=f"backup {row.id}", digests=True)
+            streams, out = [piped], piped
+        else:  # a small object: two threads, sparing the start of two processes; hashed here
+            old = HashingReader(raw)
             decrypted = DecryptingReader(old, old_identities, what=f"backup {row.id}")
-            encrypted = EncryptingReader(decrypted, rt.recipients)
-            streams, new = [encrypted, decrypted], CountingReader(encrypted, _ignore)
+            plain = HashingReader(decrypted)
+            encrypted = EncryptingReader(plain, rt.recipients)
+            streams, out = [encrypted, decrypted], encrypted
+        # Progress counts the new bytes as they reach the tier (about as many as the old ones):
+        # a child may be reading the old object straight from the disk, out of this process's sight.
+        new = CountingReader(out, (lambda n: progress(STAGE, min(n, size), size)) if progress else _ignore)
         try:
-            info = source.put(new_key, new, size_hint=doc["stored"]["size"])
+            info = source.put(new_key, new, size_hint=size)
         finally:
             for stream in streams:
                 stream.close()
-        old.drain()
-    if old.sha256 != doc["stored"]["sha256"] or old.size != doc["stored"]["size"]:
+        if size >= REENCRYPT_PROCESSES_MIN_BYTES:
+            source_digest, plain_digest = piped.source_digest, piped.plain_digest
+        else:
+            old.drain()
+            source_digest, plain_digest = (old.size, old.sha256), (plain.size, plain.sha256)
+    if source_digest != (doc["stored"]["size"], doc["stored"]["sha256"]):
         delete_quietly(rt, tiers[0], new_key)
         raise VerificationFailed(f"backup {row.id}: the stored object on tier '{tiers[0]}' does not match its signed manifest",
                                  "it was not re-encrypted; verify it (backupctl verify ID) and restore from another copy",
@@ -103,7 +117,7 @@ def rewrite(rt: Runtime, row: BackupRow, doc: dict, current: list[str], progress
                                  for n in sorted(doc["attachments"])}
     if (doc.get("listing") or {}).get("encrypted"):
         fields["listing"] = _rewrite_listing(rt, row, doc, rev, tiers, old_identities)
-    return {"format": manifest.FORMAT, "backup_id": row.id, **fields}
+    return {"format": manifest.FORMAT, "backup_id": row.id, **fields}, plain_digest
 
 
 def _rewrite_listing(rt: Runtime, row: BackupRow, doc: dict, rev: int, tiers: list[str], old_identities) -> dict:

@@ -43,16 +43,25 @@ def verify_backup(rt: Runtime, backup_id: str, progress: progress_mod.Callback |
         events.emit(rt.catalog, events.VERIFY_FAILED, f"verification of {backup_id} failed: {exc.check}: {exc.message}",
                     target=row.target, host=row.host, backup_id=backup_id, check=exc.check, remedy=exc.remedy)
         raise
+    return record_verified(rt, row, result, started)
+
+
+def record_verified(rt: Runtime, row, result: dict, started: float) -> dict:
+    """Record checks that passed (``started``: their ``time.monotonic()`` start): a signed marker, then the catalog.
+
+    Re-encryption uses it too, when its own read-back already proved the new object
+    decrypts to the very bytes of a verified revision.
+    """
     duration = time.monotonic() - started
     at = timefmt.now()
     result["duration_seconds"] = round(duration, 3)
     # The marker first: whoever sees "verified" in the catalog (backup --wait, a test, a
     # rebuild comparing storage with the catalog) then also finds verified.json in storage.
     _write_marker(rt, row, result, at)
-    rt.catalog.record_verification(backup_id, ok=True, check=None, detail=result, duration=duration, at=at)
+    rt.catalog.record_verification(row.id, ok=True, check=None, detail=result, duration=duration, at=at)
     if row.status == "uploaded":  # the run's own verify: success notice if asked for (never raises)
-        alerting.notify_verified(rt, backup_id)
-    return {"backup_id": backup_id, "target": row.target, "status": "verified", "verified_at": timefmt.iso(at), **result}
+        alerting.notify_verified(rt, row.id)
+    return {"backup_id": row.id, "target": row.target, "status": "verified", "verified_at": timefmt.iso(at), **result}
 
 
 def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> dict:
@@ -89,13 +98,13 @@ def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> 
             summary.update(chain.check_listing(rt, found, workdir))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    sealed = _check_attachments(rt, doc)
+    sealed = check_attachments(rt, doc)
     return {"location": found.tier, "locations_checked": len(row.locations), "stored_bytes": stored.size,
             "stored_sha256": doc["stored"]["sha256"],
             "plaintext_bytes": plain.size, "notes": found.notes, **summary, **({"attachments_checked": sealed} if sealed else {})}
 
 
-def _check_attachments(rt: Runtime, doc: dict) -> list[str]:
+def check_attachments(rt: Runtime, doc: dict) -> list[str]:
     """Every sealed side file decrypts and matches its signed sha256 (attachments.py)."""
     names = sorted(doc.get("attachments") or {})
     if names:

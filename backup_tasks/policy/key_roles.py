@@ -21,12 +21,23 @@ class Role(StrEnum):
 
 @dataclass
 class Usage:
-    """What depends on one key id: backups, and stored objects per tier."""
+    """What depends on one key id: backups, archived log files (per family), and stored objects per tier.
+
+    ``objects`` counts every stored object per tier, log files included: each one is
+    unreadable without the key, whatever it belongs to.
+    """
 
     backups: int = 0
     objects: dict[str, int] = field(default_factory=dict)
     backups_per_tier: dict[str, int] = field(default_factory=dict)
+    #: family ("wal", "binlog") → stored log files, and the same per tier
+    logs: dict[str, int] = field(default_factory=dict)
+    logs_per_tier: dict[str, dict[str, int]] = field(default_factory=dict)
     first_used: datetime | None = None
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.backups or any(self.logs.values()) or any(self.objects.values()))
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,7 @@ def decide(current: list[str], usage: dict[str, Usage], known: list[str], fresh:
         used = usage.get(kid, Usage())
         if kid in current:
             role = Role.CURRENT
-        elif used.backups or any(used.objects.values()):
+        elif used.in_use:
             role = Role.OLD
         else:
             role = Role.NEW if kid in fresh else Role.RETIRED

@@ -14,7 +14,11 @@ from sqlalchemy import JSON, Integer, String, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
+from backup_tasks.records.catalog.logs import LogKeyUse
 from backup_tasks.records.catalog.schema import Base, UTCDateTime
+
+#: the log family binlogs are counted under, beside the ``log_objects`` table's families (PostgreSQL's "wal")
+FAMILY = "binlog"
 
 
 class BinlogRow(Base):
@@ -48,6 +52,22 @@ class Binlogs:
         """Every shipped binlog of ``target``, oldest (lowest number) first."""
         with self._session() as s:
             return list(s.scalars(select(BinlogRow).where(BinlogRow.target == target).order_by(BinlogRow.seq, BinlogRow.id)))
+
+    def binlog_key_uses(self) -> list[LogKeyUse]:
+        """Shipped binlogs counted by key ids and tiers (both kept in ``detail``), for ``keys status``.
+
+        The rows are streamed, so memory stays flat however many logs are kept.
+        """
+        counts: dict[tuple, list] = {}
+        with self._session() as s:
+            for detail, shipped_at in s.execute(select(BinlogRow.detail, BinlogRow.shipped_at)
+                                                .execution_options(yield_per=1000)):
+                detail = detail or {}
+                group = (tuple((detail.get("encryption") or {}).get("recipients") or []), tuple(detail.get("tiers") or []))
+                seen = counts.setdefault(group, [0, shipped_at])
+                seen[0] += 1
+                seen[1] = min(seen[1], shipped_at)
+        return [LogKeyUse(FAMILY, ids, tiers, n, first) for (ids, tiers), (n, first) in counts.items()]
 
     def binlog(self, target: str, name: str) -> BinlogRow | None:
         with self._session() as s:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import String, cast, delete, func, select
 from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.records.catalog.schema import LogObjectRow
+
+
+@dataclass(frozen=True)
+class LogKeyUse:
+    """How many stored log files of one family are encrypted to ``key_ids`` and held by ``tiers``."""
+
+    family: str
+    key_ids: tuple[str, ...]
+    tiers: tuple[str, ...]
+    count: int
+    first_at: datetime | None
 
 
 class Logs:
@@ -48,6 +61,20 @@ class Logs:
         with self._session() as s:
             return s.scalar(select(func.max(LogObjectRow.closed_at)).where(LogObjectRow.target == target,
                                                                            LogObjectRow.family == family))
+
+    def log_key_uses(self) -> list[LogKeyUse]:
+        """Stored log files counted by family, key ids and tiers: what ``keys status`` needs, without a row per file.
+
+        Grouped in the database (a PITR target stores a file a minute or more, so the table
+        is the catalog's largest); the JSON columns are grouped by their text, which both
+        SQLite and PostgreSQL can compare.
+        """
+        ids, tiers = cast(LogObjectRow.key_ids, String), cast(LogObjectRow.tiers, String)
+        with self._session() as s:
+            rows = s.execute(select(LogObjectRow.family, ids, tiers, func.count(), func.min(LogObjectRow.uploaded_at))
+                             .group_by(LogObjectRow.family, ids, tiers)).all()
+        return [LogKeyUse(family, tuple(json.loads(k or "[]")), tuple(json.loads(t or "[]")), n, first)
+                for family, k, t, n, first in rows]
 
     def forget_log(self, target: str, family: str, name: str) -> None:
         with self._session.begin() as s:
