@@ -5,11 +5,13 @@ archive holds each file's bytes. The restore therefore writes exactly the listed
 files deleted since the full are absent because they are not listed, a renamed file is
 written under its new name from the member it was stored as, and modes, mtimes (ns)
 and symlinks come from the listing, not from whichever archive
-carried the bytes.
+carried the bytes. Paths that were one file (same device, inode and sha256, with
+``nlink`` above one) come back as hard links: the first is written, the others are
+linked to it, whichever backups' archives their bytes were stored in.
 
 Order, so nothing is ever written through a link: directories first (private 0700
 until the end), then each holder's archive read once, front to back, writing the
-members wanted from it, then symlinks, then the directories' own modes and mtimes,
+members wanted from it, then the hard links, then symlinks, then the directories' own modes and mtimes,
 deepest first. Every file's bytes are hashed as they are written and must match the
 listing's sha256. What is wanted from each archive lives in an SQLite index in the
 work directory, not in memory, so a tree of any size restores with flat memory.
@@ -18,7 +20,6 @@ work directory, not in memory, so a tree of any size restores with flat memory.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import tarfile
@@ -28,7 +29,7 @@ from typing import BinaryIO, Callable, ContextManager, Iterable
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, VerificationFailed
 from backup_tasks.sources.files.extract import _inside, _refuse, _unsafe_name
-from backup_tasks.sources.files.tree_listing import key, read_listing
+from backup_tasks.sources.files.tree_listing import decode, encode, key, read_listing
 
 _REMEDY = "do not trust this backup; restore from another copy; the destination may hold a partial restore, delete it"
 
@@ -53,13 +54,17 @@ class ChainPlan:
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
         # Paths and member names as their original bytes: names need not be UTF-8, SQLite text must be.
+        # lead: for the second and later names of one file, the seq of the first, which they link to
         self.db.execute("CREATE TABLE e (seq INTEGER PRIMARY KEY, path BLOB, type TEXT, holder TEXT, member BLOB,"
-                        " done INT DEFAULT 0, body TEXT)")
+                        " done INT DEFAULT 0, body TEXT, grp TEXT, lead INT)")
         rows = ((key(e["path"]), e["type"], e.get("in"), key(e.get("member", e["path"])) if e["type"] == "file" else None,
-                 json.dumps(e, separators=(",", ":"), ensure_ascii=True))
+                 encode(e).decode("utf-8"), _link_group(e))
                 for e in read_listing(listing) if selected(e["path"], paths))
-        self.db.executemany("INSERT INTO e (path, type, holder, member, body) VALUES (?, ?, ?, ?, ?)", rows)
+        self.db.executemany("INSERT INTO e (path, type, holder, member, body, grp) VALUES (?, ?, ?, ?, ?, ?)", rows)
         self.db.execute("CREATE INDEX by_member ON e (holder, member)")
+        self.db.execute("CREATE INDEX by_group ON e (grp) WHERE grp IS NOT NULL")
+        self.db.execute("UPDATE e SET lead = (SELECT min(f.seq) FROM e AS f WHERE f.grp = e.grp) WHERE grp IS NOT NULL")
+        self.db.execute("UPDATE e SET lead = NULL WHERE lead = seq")
         self.db.commit()
         # '0' follows '/' in byte order: [p + "/", p + "0") is everything below p
         self.missing_paths = [p for p in paths if not self.db.execute(
@@ -68,27 +73,41 @@ class ChainPlan:
 
     def holders(self) -> list[tuple[str, int, int]]:
         """(backup id, files, bytes) for every backup whose archive holds wanted bytes, oldest id first."""
-        q = "SELECT holder, count(*), sum(json_extract(body, '$.size')) FROM e WHERE type = 'file' GROUP BY holder ORDER BY holder"
+        q = ("SELECT holder, count(*), sum(json_extract(body, '$.size')) FROM e WHERE type = 'file' AND lead IS NULL"
+             " GROUP BY holder ORDER BY holder")
         return [(h, n, int(b or 0)) for h, n, b in self.db.execute(q)]
 
     def entries(self, kind: str | None = None, *, reverse: bool = False) -> Iterable[dict]:
         q = "SELECT body FROM e" + (" WHERE type = ?" if kind else "") + (" ORDER BY seq DESC" if reverse else " ORDER BY seq")
         for (body,) in self.db.execute(q, (kind,) if kind else ()):
-            yield json.loads(body)
+            yield decode(body)
 
     def wanted_from(self, holder: str, member: str) -> list[dict]:
-        return [json.loads(b) for (b,) in self.db.execute(
-            "SELECT body FROM e WHERE holder = ? AND member = ? AND type = 'file'", (holder, key(member)))]
+        return [decode(b) for (b,) in self.db.execute(
+            "SELECT body FROM e WHERE holder = ? AND member = ? AND type = 'file' AND lead IS NULL", (holder, key(member)))]
+
+    def links(self) -> Iterable[tuple[dict, str]]:
+        """(entry, path of the first name) for every later name of a file with several."""
+        q = "SELECT e.body, f.path FROM e JOIN e AS f ON f.seq = e.lead WHERE e.lead IS NOT NULL ORDER BY e.seq"
+        for body, first in self.db.execute(q):
+            yield decode(body), first.decode("utf-8", "surrogateescape")
 
     def mark_done(self, holder: str, member: str) -> None:
         self.db.execute("UPDATE e SET done = 1 WHERE holder = ? AND member = ?", (holder, key(member)))
 
     def not_done(self, limit: int = 5) -> list[tuple[str, str]]:
-        rows = self.db.execute("SELECT path, holder FROM e WHERE type = 'file' AND done = 0 LIMIT ?", (limit,))
+        rows = self.db.execute("SELECT path, holder FROM e WHERE type = 'file' AND done = 0 AND lead IS NULL LIMIT ?", (limit,))
         return [(p.decode("utf-8", "surrogateescape"), h) for p, h in rows]
 
     def close(self) -> None:
         self.db.close()
+
+
+def _link_group(entry: dict) -> str | None:
+    """What the names of one file share; the sha256 too, so two files that only shared an inode number stay two."""
+    if entry["type"] != "file" or entry.get("nlink", 1) < 2:
+        return None
+    return f"{entry.get('dev')}:{entry.get('ino')}:{entry.get('sha256')}"
 
 
 def dry_run(plan: ChainPlan, dest: Path) -> dict:
@@ -136,6 +155,9 @@ def restore(plan: ChainPlan, dest: Path, open_archive: Callable[[str], ContextMa
         raise VerificationFailed(
             "the chain's archives lack files the listing names: "
             + ", ".join(f"{p!r} (in backup {h})" for p, h in left), _REMEDY, check="chain-content")
+    for entry, first in plan.links():
+        _check_name(entry, real)
+        os.link(_checked_path({"path": first}, real), _checked_path(entry, real), follow_symlinks=False)
     for entry in plan.entries("file"):
         _set_attrs(os.path.join(real, entry["path"]), entry)
         counts["files"] += 1
