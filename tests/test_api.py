@@ -195,6 +195,10 @@ def test_an_incremental_over_http_restores_selected_paths_through_its_chain_and_
     nothing = admin.post(f"/backups/{inc}/restore", json={"destination": str(dest) + "-none", "paths": [str(tree / "nope")]})
     assert nothing.status_code == 400 and "holds nothing at" in nothing.json()["error"]["message"]
 
+    stripped = admin.post(f"/backups/{full}/restore", json={"destination": str(dest) + "-stripped", "strip_source_path": True})
+    assert stripped.status_code == 200, stripped.text
+    assert (Path(str(dest) + "-stripped") / "docs" / "a.txt").read_text() == "in the full\n"
+
 
 def test_delete_refuses_the_newest_verified_backup_and_removes_an_older_one(api):
     operator, admin, viewer = api.client("operator"), api.client("admin"), api.client("viewer")
