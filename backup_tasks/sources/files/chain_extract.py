@@ -28,7 +28,7 @@ from typing import BinaryIO, Callable, ContextManager, Iterable
 
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, VerificationFailed
-from backup_tasks.sources.files.extract import _inside, _refuse, _unsafe_name
+from backup_tasks.sources.files.extract import TAR_BUFFER, _inside, _refuse, _unsafe_name
 from backup_tasks.sources.files.tree_listing import decode, encode, key, read_listing
 
 _REMEDY = "do not trust this backup; restore from another copy; the destination may hold a partial restore, delete it"
@@ -82,9 +82,9 @@ class ChainPlan:
         for (body,) in self.db.execute(q, (kind,) if kind else ()):
             yield decode(body)
 
-    def wanted_from(self, holder: str, member: str) -> list[dict]:
-        return [decode(b) for (b,) in self.db.execute(
-            "SELECT body FROM e WHERE holder = ? AND member = ? AND type = 'file' AND lead IS NULL", (holder, key(member)))]
+    def wanted_from(self, holder: str, member: str) -> list[tuple[int, dict]]:
+        return [(seq, decode(b)) for seq, b in self.db.execute(
+            "SELECT seq, body FROM e WHERE holder = ? AND member = ? AND type = 'file' AND lead IS NULL", (holder, key(member)))]
 
     def links(self) -> Iterable[tuple[dict, str]]:
         """(entry, path of the first name) for every later name of a file with several."""
@@ -92,8 +92,8 @@ class ChainPlan:
         for body, first in self.db.execute(q):
             yield decode(body), first.decode("utf-8", "surrogateescape")
 
-    def mark_done(self, holder: str, member: str) -> None:
-        self.db.execute("UPDATE e SET done = 1 WHERE holder = ? AND member = ?", (holder, key(member)))
+    def mark_done(self, seqs: list[int]) -> None:
+        self.db.executemany("UPDATE e SET done = 1 WHERE seq = ?", ((s,) for s in seqs))
 
     def not_done(self, limit: int = 5) -> list[tuple[str, str]]:
         rows = self.db.execute("SELECT path, holder FROM e WHERE type = 'file' AND done = 0 AND lead IS NULL LIMIT ?", (limit,))
@@ -173,28 +173,46 @@ def restore(plan: ChainPlan, dest: Path, open_archive: Callable[[str], ContextMa
     return counts
 
 
-def _checked_path(entry: dict, real_dest: str) -> str:
-    parent = os.path.realpath(os.path.join(real_dest, os.path.dirname(entry["path"])))
+def _checked_path(entry: dict, real_dest: str, resolved: dict | None = None) -> str:
+    """Where ``entry`` goes: its directory resolved, and refused if that leads outside ``real_dest``.
+
+    ``resolved``: the last directory resolved, reused while the archives are written. Then
+    no symlink exists yet below the destination (they come last) and nothing but files is
+    created, so a directory resolves the same way twice; an archive's members come
+    directory by directory, so this spares most of the realpath calls (one lstat a component).
+    """
+    directory = os.path.join(real_dest, os.path.dirname(entry["path"]))
+    if resolved is not None and resolved.get("dir") == directory:
+        return os.path.join(resolved["real"], os.path.basename(entry["path"]))
+    parent = os.path.realpath(directory)
     if not _inside(parent, real_dest):
         raise _refuse(entry["path"], real_dest, f"its directory resolves to {parent}, outside the destination")
+    if resolved is not None:
+        resolved.update(dir=directory, real=parent)
     return os.path.join(parent, os.path.basename(entry["path"]))
 
 
 def _extract_from(plan: ChainPlan, holder: str, stream: BinaryIO, real: str) -> None:
     """Read one archive front to back; write each wanted member's bytes to every path that wants them."""
+    resolved: dict = {}
+    done: list[int] = []
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK_SIZE) as archive:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFFER) as archive:
             for member in archive:
                 if not member.isreg():
                     continue
                 wanted = plan.wanted_from(holder, member.name)
                 if not wanted:
                     continue
-                for entry in wanted:
+                for _, entry in wanted:
                     _check_name(entry, real)
                 src = archive.extractfile(member)
-                _write_copies(src, [(_checked_path(e, real), e) for e in wanted], holder)
-                plan.mark_done(holder, member.name)
+                _write_copies(src, [(_checked_path(e, real, resolved), e) for _, e in wanted], holder)
+                done.extend(seq for seq, _ in wanted)
+                if len(done) >= 1000:  # one statement a thousand files, not one a file
+                    plan.mark_done(done)
+                    done.clear()
+            plan.mark_done(done)
     except tarfile.TarError as exc:
         raise VerificationFailed(f"cannot read the archive of backup {holder}: {exc}", _REMEDY, check="tar-structure") from None
     except OSError as exc:
