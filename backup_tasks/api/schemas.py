@@ -142,8 +142,9 @@ class RestoreRequest(_Request):
                              description="absolute path below one of the server's [api] restore_roots")
     dry_run: bool = False
     force: bool = Field(False, description="replace what is at the destination")
+    # at most 10: eleven paths of 4096 bytes still fit the default body limit, so a longer list is a 422, not a 413
     paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
-        default_factory=list, max_length=1000,
+        default_factory=list, max_length=10,
         description="files/config: restore only these paths (as backed up) and what is below them, through a chain too")
     strip_source_path: bool = Field(False, description="files/config: restore relative to the backed-up paths' common "
                                                        "directory instead of nesting the full path")
