@@ -20,8 +20,12 @@ In one run it
    level 1 (``tar --listed-incremental | zstd -3 -T2 | age``) and restic's second backup;
    wall seconds and peak RSS of our CLI (``/usr/bin/time -v``), stored bytes;
 5. restores the incremental and the full into empty directories and times both;
-6. prints the results and the goals (incremental <= 0.15x our full, >= 3x faster than
-   restic's second backup, worker RSS <= 200 MiB) and writes them as JSON to
+6. builds a 7-link chain on the full of step 4 (six more changes, each followed by an
+   incremental), takes a full of the final tree, and restores the chain's last point
+   and that full, timing both;
+7. prints the results and the goals (incremental <= 0.15x our full, >= 3x faster than
+   restic's second backup, worker RSS <= 200 MiB, restore of a 7-link chain's last
+   point <= 1.3x the restore of a full) and writes them as JSON to
    benchmarks/out/incremental-<timestamp>.json.
 """
 
@@ -48,6 +52,7 @@ EDIT_SHARE = 0.01
 ADDED = DELETED = 200
 RENAMED_DIRS = 50
 CHMODDED = 500
+CHAIN_LINKS = 7  # a full and six incrementals
 
 
 def backupctl(config: Path, *args: str) -> tuple[dict, float, int | None]:
@@ -110,6 +115,12 @@ def restic(repo: Path, tree: Path) -> float | None:
     return round(time.monotonic() - started, 3)
 
 
+def restore(config: Path, dest: Path, backup_id: str) -> dict:
+    _, wall, rss = backupctl(config, "restore", backup_id, "--to", str(dest))
+    shutil.rmtree(dest, ignore_errors=True)
+    return {"wall_seconds": wall, "peak_rss": rss}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000)
@@ -128,7 +139,8 @@ def main() -> int:
     keys_mod.generate(keys_dir)
     recipient = (keys_dir / keys_mod.RECIPIENT_FILE).read_text().strip()
     config = fb.write_config(work / "targets.toml", keys_dir, work / "state", {"tree": tree})
-    results: dict = {"tree": stats, "machine": os.uname().nodename, "at": datetime.now(timezone.utc).isoformat()}
+    results: dict = {"tree": stats, "machine": os.uname().nodename, "at": datetime.now(timezone.utc).isoformat(),
+                     "load_average_start": os.getloadavg()}
 
     fb.log(f"tree: {stats['files']} files, {fb.human(stats['bytes'])}; starting points")
     fb.warm(tree)
@@ -158,10 +170,22 @@ def main() -> int:
     results["restic_second"] = restic(work / "restic", tree)
 
     for name, backup_id in (("restore_incremental", inc["id"]), ("restore_full", full["id"])):
-        dest = work / name
-        _, wall, rss = backupctl(config, "restore", backup_id, "--to", str(dest))
-        results[name] = {"wall_seconds": wall, "peak_rss": rss}
-        shutil.rmtree(dest, ignore_errors=True)
+        results[name] = restore(config, work / name, backup_id)
+
+    # A 7-link chain on the full above: six more changes, an incremental after each.
+    chain = [full["id"]]
+    for link in range(1, CHAIN_LINKS):
+        change(tree, args.seed + link)
+        fb.sh("sync")
+        fb.warm(tree)
+        point, wall, _ = backupctl(config, "backup", "tree", "--type", "incremental", "--wait")
+        assert point["parent"] == chain[-1], (point, chain)
+        chain.append(point["id"])
+        results.setdefault("chain_incrementals_seconds", []).append(wall)
+    fb.warm(tree)
+    same_tree_full, _, _ = backupctl(config, "backup", "tree", "--wait")
+    results["restore_chain_last"] = {**restore(config, work / "chain-last", chain[-1]), "links": len(chain)}
+    results["restore_full_same_tree"] = restore(config, work / "full-same-tree", same_tree_full["id"])
 
     inc_s, full_s = results["incremental"]["wall_seconds"], results["full"]["wall_seconds"]
     results["goals"] = {
@@ -172,7 +196,12 @@ def main() -> int:
         "restore_incremental_over_full": round(results["restore_incremental"]["wall_seconds"]
                                                / results["restore_full"]["wall_seconds"], 2),
         "peak_rss_le_200MiB": max(r["peak_rss"] or 0 for r in (results["incremental"], results["full"])) <= 200 * fb.MiB,
+        "restore_chain_last_over_full": round(results["restore_chain_last"]["wall_seconds"]
+                                              / results["restore_full_same_tree"]["wall_seconds"], 2),
     }
+    results["goals"]["restic_second_ge_3x_incremental"] = (results["goals"]["restic_second_over_incremental"] or 0) >= 3
+    results["goals"]["restore_chain_last_le_1.3x_full"] = results["goals"]["restore_chain_last_over_full"] <= 1.3
+    results["load_average"] = os.getloadavg()
     fb.log(json.dumps(results, indent=1))
     fb.OUT_DIR.mkdir(exist_ok=True)
     out = fb.OUT_DIR / f"incremental-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"

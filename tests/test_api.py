@@ -32,11 +32,15 @@ def api(tmp_path_factory, session_keys):
     tree = base / "uploads"
     (tree / "docs").mkdir(parents=True)
     (tree / "docs" / "a.txt").write_text("first file\n")
+    chained = base / "chained"
+    (chained / "docs").mkdir(parents=True)
+    (chained / "docs" / "a.txt").write_text("in the full\n")
     (base / "restore").mkdir()
     tokens = make_tokens()
     targets = (
         f'[targets.app-sqlite]\nkind = "sqlite"\npath = "{base / "app.db"}"\n'
         f'[targets.uploads]\nkind = "files"\npaths = ["{tree}"]\n'
+        f'[targets.chained]\nkind = "files"\npaths = ["{chained}"]\n'
         f'[targets.pruned]\nkind = "sqlite"\npath = "{base / "pruned.db"}"\nretention = {{ keep_last = 1 }}\n'
         f'[targets.guarded]\nkind = "sqlite"\npath = "{base / "guarded.db"}"\npassword = "env:API_TEST_DB_PASSWORD"\n'
         + api_table(tokens, restore_roots=[base / "restore"])
@@ -157,6 +161,45 @@ def test_a_path_component_too_long_for_the_filesystem_is_a_400_and_the_connectio
     assert into.json()["restored_to"] == str(root / "into-new-dir" / "app.db")
 
 
+def test_an_incremental_over_http_restores_selected_paths_through_its_chain_and_shows_its_files(api):
+    operator, admin, viewer = api.client("operator"), api.client("admin"), api.client("viewer")
+    tree = api.base / "chained"
+    prefix = str(tree).lstrip("/")
+    full = back_up(operator, "chained")
+    (tree / "docs" / "b.txt").write_text("in the incremental\n")
+    (tree / "other").mkdir()
+    (tree / "other" / "c.txt").write_text("not asked for\n")
+    accepted = operator.post("/backups", json={"target": "chained", "type": "incremental", "rehash": True})
+    assert accepted.status_code == 202, accepted.text
+    inc = accepted.json()["id"]
+
+    shown = viewer.get(f"/backups/{inc}", params={"files": True})
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["parent_id"] == full and shown.json()["status"] == "verified"
+    assert sorted(e["path"] for e in shown.json()["manifest"]["source"]["files"]) == [
+        f"{prefix}/docs/b.txt", f"{prefix}/other/c.txt"]  # the incremental holds only what changed
+
+    dest = api.base / "restore" / "selected"
+    body = {"destination": str(dest), "paths": [str(tree / "docs")]}
+    dry = admin.post(f"/backups/{inc}/restore", json={**body, "dry_run": True})
+    assert dry.status_code == 200, dry.text
+    assert {f["path"]: f["from"] for f in dry.json()["files_from"]} == {f"{prefix}/docs/a.txt": full,
+                                                                      f"{prefix}/docs/b.txt": inc}
+    done = admin.post(f"/backups/{inc}/restore", json=body)
+    assert done.status_code == 200, done.text
+    restored = dest / prefix
+    assert sorted(str(p.relative_to(restored)) for p in restored.rglob("*")) == ["docs", "docs/a.txt", "docs/b.txt"]
+    assert (restored / "docs" / "a.txt").read_text() == "in the full\n"
+    assert (restored / "docs" / "b.txt").read_text() == "in the incremental\n"
+
+    nothing = admin.post(f"/backups/{inc}/restore", json={"destination": str(dest) + "-none", "paths": [str(tree / "nope")]})
+    assert nothing.status_code == 400 and "holds nothing at" in nothing.json()["error"]["message"]
+
+    stripped = admin.post(f"/backups/{full}/restore", json={"destination": str(dest) + "-stripped", "strip_source_path": True})
+    assert stripped.status_code == 200, stripped.text
+    assert (Path(str(dest) + "-stripped") / "docs" / "a.txt").read_text() == "in the full\n"
+
+
 def test_delete_refuses_the_newest_verified_backup_and_removes_an_older_one(api):
     operator, admin, viewer = api.client("operator"), api.client("admin"), api.client("viewer")
     older, newest = back_up(operator, "uploads"), back_up(operator, "uploads")
@@ -202,7 +245,7 @@ def test_targets_show_credential_references_never_values(api):
     response = api.client("viewer").get("/targets")
     assert response.status_code == 200
     targets = {t["name"]: t for t in response.json()}
-    assert set(targets) == {"app-sqlite", "uploads", "pruned", "guarded"}
+    assert set(targets) == {"app-sqlite", "uploads", "chained", "pruned", "guarded"}
     assert targets["guarded"]["password"] == "env:API_TEST_DB_PASSWORD"
     assert DB_SECRET not in response.text
 

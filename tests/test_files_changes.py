@@ -3,8 +3,10 @@
 The pipeline tests (test_incremental_files.py) run whole chains through storage; these
 pin the rules of change detection one by one: a chmod is metadata and is not re-read,
 a same-size edit with its mtime put back is only caught with rehash, a device number
-that moved (a snapshot mount) changes nothing, and a restore from the listing
-reproduces a tree with hard links, long names and names that are not UTF-8.
+that moved (a snapshot mount) changes nothing, renames are found whichever side of
+their old name they sort, a parent listing out of tree order gives the same answer, a
+restore from the listing reproduces a tree with hard links, long names and names that
+are not UTF-8, and hard links stay hard links through a chain.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from backup_tasks.sources.base import source_for
 from backup_tasks.sources.files import chain_extract
 from backup_tasks.sources.files.changes import Chain
 from backup_tasks.sources.files.tree_listing import ListingWriter, read_listing
-from test_files_source import restored_root, snapshot, target, tree  # noqa: F401 - tree is a fixture
+from test_files_source import restored_root, snapshot, target, tree, write  # noqa: F401 - tree is a fixture
 
 
 def dump(tmp_path: Path, tree: Path, name: str, parent: Path | None = None, rehash: bool = False) -> tuple[bytes, dict, Path]:
@@ -87,10 +89,11 @@ def test_restore_from_a_full_listing_reproduces_hard_links_long_and_non_utf8_nam
     plan.close()
     want = {k: v for k, v in snapshot(tree).items() if not (k.endswith(".tmp") or k.startswith("web/node_modules"))}
     got = snapshot(restored_root(dest, tree))
-    # A hard link comes back as a second file with the same bytes and metadata (nlink is the one difference).
-    assert {k: {**v, "nlink": 1} if "nlink" in v else v for k, v in want.items()} == got
-    assert counts["from_backups"] == [{"backup_id": "full", "files": report["file_count"] + 1,
-                                       "bytes": report["bytes"] + len(b"#!/bin/sh\nexec app\n")}]
+    # A hard link comes back as a hard link: the same inode under both names, its bytes read once.
+    assert want == got
+    root = restored_root(dest, tree)
+    assert (root / "bin" / "run.sh").stat().st_ino == (root / "bin" / "start.sh").stat().st_ino
+    assert counts["from_backups"] == [{"backup_id": "full", "files": report["file_count"], "bytes": report["bytes"]}]
 
     # --path: one directory and the directories leading to it.
     work2 = tmp_path / "plan2"
@@ -101,3 +104,76 @@ def test_restore_from_a_full_listing_reproduces_hard_links_long_and_non_utf8_nam
     chain_extract.restore(plan, dest2, open_archive)
     plan.close()
     assert sorted(snapshot(restored_root(dest2, tree))) == ["config", "config/ünïcødé 設定.conf"]
+
+
+def restore_point(tmp_path: Path, listing: Path, archives: dict[str, bytes], name: str) -> Path:
+    @contextlib.contextmanager
+    def open_archive(backup_id):
+        yield io.BytesIO(archives[backup_id])
+
+    work = tmp_path / f"plan-{name}"
+    work.mkdir()
+    plan = chain_extract.ChainPlan(listing, work)
+    dest = tmp_path / f"restore-{name}"
+    dest.mkdir(mode=0o700)
+    try:
+        chain_extract.restore(plan, dest, open_archive)
+    finally:
+        plan.close()
+    return dest
+
+
+def test_renames_on_either_side_of_their_old_name_and_a_parent_out_of_order(tree, tmp_path):
+    prefix = str(tree).lstrip("/")
+    full_data, _, l0 = dump(tmp_path, tree, "full")
+    (tree / "0-first").mkdir()
+    os.rename(tree / "data" / "stamp", tree / "0-first" / "stamp")  # sorts before its old name
+    (tree / "zz").mkdir()
+    os.rename(tree / "config" / "ünïcødé 設定.conf", tree / "zz" / "moved.conf")  # and after
+    (tree / "secret.key").unlink()
+    write(tree / "new.txt", b"new\n")
+    inc_data, inc, l1 = dump(tmp_path, tree, "inc", parent=l0)
+    assert [e["path"] for e in inc["files"]] == [f"{prefix}/new.txt"]
+    entries = by_path(l1)
+    for new, old in (("0-first/stamp", "data/stamp"), ("zz/moved.conf", "config/ünïcødé 設定.conf")):
+        moved = entries[f"{prefix}/{new}"]
+        assert (moved["change"], moved["in"], moved["member"]) == ("renamed", "full", f"{prefix}/{old}")
+        assert f"{prefix}/{old}" not in entries
+    assert f"{prefix}/secret.key" not in entries and entries[f"{prefix}/new.txt"]["in"] == "inc"
+    assert inc["changes"]["renamed"] == 2 and inc["changes"]["deleted"] == 3
+    assert list(entries) == sorted(entries, key=lambda p: p.replace("/", "\0"))  # the next join needs tree order
+
+    # A parent listing out of tree order (an older one, roots not in order) is sorted first: same answer.
+    shuffled = tmp_path / "shuffled.jsonl.zst"
+    writer = ListingWriter(shuffled)
+    for entry in reversed(list(read_listing(l0))):
+        writer.write(entry)
+    writer.close()
+    _, again, l2 = dump(tmp_path, tree, "again", parent=shuffled)
+    assert again["changes"] == {**inc["changes"]} and again["files"] == inc["files"]
+    assert {p: (e["change"], e.get("member")) for p, e in by_path(l2).items()} == {
+        p: (e["change"], e.get("member")) for p, e in entries.items()}
+
+    got = snapshot(restored_root(restore_point(tmp_path, l1, {"full": full_data, "inc": inc_data}, "inc"), tree))
+    want = {k: v for k, v in snapshot(tree).items() if not (k.endswith(".tmp") or k.startswith("web/node_modules"))}
+    assert got == want
+
+
+def test_hard_links_are_tar_links_and_come_back_linked_through_a_chain(tree, tmp_path):
+    prefix = str(tree).lstrip("/")
+    full_data, full, l0 = dump(tmp_path, tree, "full")
+    assert {e["path"]: e["type"] for e in full["files"]}[f"{prefix}/bin/start.sh"] == "hardlink"
+    os.link(tree / "bin" / "run.sh", tree / "bin" / "again.sh")  # a new name for a file the full holds
+    write(tree / "pair" / "a", b"two names\n")
+    os.link(tree / "pair" / "a", tree / "pair" / "b")
+    inc_data, inc, l1 = dump(tmp_path, tree, "inc", parent=l0)
+    # In the incremental's archive the second name of a new file is a tar hard link to the first.
+    assert {e["path"].removeprefix(prefix): (e["type"], e.get("link", "").removeprefix(prefix)) for e in inc["files"]} == {
+        "/bin/again.sh": ("file", ""), "/pair/a": ("file", ""), "/pair/b": ("hardlink", "/pair/a")}
+    assert by_path(l1)[f"{prefix}/bin/run.sh"]["in"] == "full"  # only its link count moved
+
+    root = restored_root(restore_point(tmp_path, l1, {"full": full_data, "inc": inc_data}, "inc"), tree)
+    want = {k: v for k, v in snapshot(tree).items() if not (k.endswith(".tmp") or k.startswith("web/node_modules"))}
+    assert snapshot(root) == want  # nlink included
+    assert len({(root / "bin" / n).stat().st_ino for n in ("run.sh", "start.sh", "again.sh")}) == 1
+    assert (root / "pair" / "a").stat().st_ino == (root / "pair" / "b").stat().st_ino

@@ -8,7 +8,7 @@ Response models mirror the CLI's ``--json`` documents (README: Exit codes and JS
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +47,7 @@ class ErrorResponse(BaseModel):
 class BackupRequest(_Request):
     target: str = Field(pattern=NAME_PATTERN, description="a target name from GET /targets", examples=["app-sqlite"])
     type: BackupType = "full"
+    rehash: bool = Field(False, description="incremental/differential: read every file and compare hashes, not metadata")
 
 
 class RunAccepted(_Response):
@@ -141,6 +142,12 @@ class RestoreRequest(_Request):
                              description="absolute path below one of the server's [api] restore_roots")
     dry_run: bool = False
     force: bool = Field(False, description="replace what is at the destination")
+    # at most 10: eleven paths of 4096 bytes still fit the default body limit, so a longer list is a 422, not a 413
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list, max_length=10,
+        description="files/config: restore only these paths (as backed up) and what is below them, through a chain too")
+    strip_source_path: bool = Field(False, description="files/config: restore relative to the backed-up paths' common "
+                                                       "directory instead of nesting the full path")
 
 
 class RestoreResult(_Response):

@@ -19,6 +19,7 @@ from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.api.routes import lookup
 from backup_tasks.records.catalog import Status, dumps_row
 from backup_tasks.errors import InputError
+from backup_tasks.ops import readback
 from backup_tasks.ops.delete import delete_backup as delete
 from backup_tasks.ops.runtime import Runtime
 
@@ -34,7 +35,7 @@ def create_backup(body: schemas.BackupRequest, request: Request, rt: Runtime = D
     already ended when the 202 arrives.
     """
     lookup.target(rt, body.target)
-    run = client.enqueue_backup(body.target, body.type, actor=deps.actor_of(request), rt=rt)
+    run = client.enqueue_backup(body.target, body.type, actor=deps.actor_of(request), rt=rt, rehash=body.rehash)
     info = run.info()
     status_url = str(request.url_for("get_run", run_id=run.id).path)
     return JSONResponse(status_code=202, headers={"Location": status_url}, content={
@@ -61,10 +62,12 @@ def list_backups(request: Request, rt: Runtime = Depends(deps.runtime),
 
 
 @router.get("/backups/{backup_id}", response_model=schemas.BackupDetail, **requires("viewer"))
-def get_backup(backup_id: BackupId, rt: Runtime = Depends(deps.runtime)):
+def get_backup(backup_id: BackupId, rt: Runtime = Depends(deps.runtime),
+               files: Annotated[bool, Query(description="the stored manifest, with its full file list (backupctl show --files)")] = False):
     """One backup with its manifest summary and verification history (backupctl show)."""
-    row = lookup.backup(rt, backup_id)
-    return {**dumps_row(row), "stage": row.stage, "parent_id": row.parent_id, "manifest": row.manifest,
+    row = lookup.stored_backup(rt, backup_id, "show") if files else lookup.backup(rt, backup_id)
+    manifest = readback.locate(rt, row).doc if files else row.manifest
+    return {**dumps_row(row), "stage": row.stage, "parent_id": row.parent_id, "manifest": manifest,
             "verifications": [{"at": v.at.isoformat(), "ok": v.ok, "check": v.check, "detail": v.detail}
                               for v in rt.catalog.verifications(backup_id)]}
 

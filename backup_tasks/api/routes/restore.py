@@ -24,9 +24,13 @@ router = APIRouter(tags=["backups"], responses=ERROR_RESPONSES)
 
 @router.post("/backups/{backup_id}/restore", response_model=schemas.RestoreResult, **requires("admin"))
 def restore_backup(backup_id: BackupId, body: schemas.RestoreRequest, request: Request, rt: Runtime = Depends(deps.runtime)):
-    """Restore (or with ``dry_run`` list what would be written); 409 if the destination is not empty without ``force``."""
+    """Restore (or with ``dry_run`` list what would be written); 409 if the destination is not empty without ``force``.
+
+    ``paths`` selects files of a files or config backup, as ``backupctl restore --path`` does.
+    """
     row = lookup.backup(rt, backup_id)
-    detail = {"to": body.destination, "dry_run": body.dry_run, "force": body.force}
+    detail = {"to": body.destination, "dry_run": body.dry_run, "force": body.force, "paths": body.paths,
+              "strip_source_path": body.strip_source_path}
     with audit.audited(rt.catalog, "restore", actor=deps.actor_of(request), target=row.target, backup_id=backup_id,
                        detail={k: v for k, v in detail.items() if v}) as entry:
         dest = destinations.check(body.destination, rt.config.api.restore_roots)
@@ -34,4 +38,5 @@ def restore_backup(backup_id: BackupId, body: schemas.RestoreRequest, request: R
         if body.dry_run:
             entry.outcome = "dry-run"
         into = f"{dest}/" if body.destination.endswith("/") else dest  # "into this directory", as on the command line
-        return restore(rt, backup_id, into, force=body.force, dry_run=body.dry_run)
+        return restore(rt, backup_id, into, force=body.force, dry_run=body.dry_run, paths=tuple(body.paths),
+                       strip_source_path=body.strip_source_path)

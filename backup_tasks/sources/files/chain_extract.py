@@ -5,11 +5,13 @@ archive holds each file's bytes. The restore therefore writes exactly the listed
 files deleted since the full are absent because they are not listed, a renamed file is
 written under its new name from the member it was stored as, and modes, mtimes (ns)
 and symlinks come from the listing, not from whichever archive
-carried the bytes.
+carried the bytes. Paths that were one file (same device, inode and sha256, with
+``nlink`` above one) come back as hard links: the first is written, the others are
+linked to it, whichever backups' archives their bytes were stored in.
 
 Order, so nothing is ever written through a link: directories first (private 0700
 until the end), then each holder's archive read once, front to back, writing the
-members wanted from it, then symlinks, then the directories' own modes and mtimes,
+members wanted from it, then the hard links, then symlinks, then the directories' own modes and mtimes,
 deepest first. Every file's bytes are hashed as they are written and must match the
 listing's sha256. What is wanted from each archive lives in an SQLite index in the
 work directory, not in memory, so a tree of any size restores with flat memory.
@@ -18,7 +20,6 @@ work directory, not in memory, so a tree of any size restores with flat memory.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import tarfile
@@ -27,8 +28,8 @@ from typing import BinaryIO, Callable, ContextManager, Iterable
 
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, VerificationFailed
-from backup_tasks.sources.files.extract import _inside, _refuse, _unsafe_name
-from backup_tasks.sources.files.tree_listing import key, read_listing
+from backup_tasks.sources.files.extract import TAR_BUFFER, _inside, _refuse, _unsafe_name
+from backup_tasks.sources.files.tree_listing import decode, encode, key, read_listing
 
 _REMEDY = "do not trust this backup; restore from another copy; the destination may hold a partial restore, delete it"
 
@@ -53,13 +54,17 @@ class ChainPlan:
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
         # Paths and member names as their original bytes: names need not be UTF-8, SQLite text must be.
+        # lead: for the second and later names of one file, the seq of the first, which they link to
         self.db.execute("CREATE TABLE e (seq INTEGER PRIMARY KEY, path BLOB, type TEXT, holder TEXT, member BLOB,"
-                        " done INT DEFAULT 0, body TEXT)")
+                        " done INT DEFAULT 0, body TEXT, grp TEXT, lead INT)")
         rows = ((key(e["path"]), e["type"], e.get("in"), key(e.get("member", e["path"])) if e["type"] == "file" else None,
-                 json.dumps(e, separators=(",", ":"), ensure_ascii=True))
+                 encode(e).decode("utf-8"), _link_group(e))
                 for e in read_listing(listing) if selected(e["path"], paths))
-        self.db.executemany("INSERT INTO e (path, type, holder, member, body) VALUES (?, ?, ?, ?, ?)", rows)
+        self.db.executemany("INSERT INTO e (path, type, holder, member, body, grp) VALUES (?, ?, ?, ?, ?, ?)", rows)
         self.db.execute("CREATE INDEX by_member ON e (holder, member)")
+        self.db.execute("CREATE INDEX by_group ON e (grp) WHERE grp IS NOT NULL")
+        self.db.execute("UPDATE e SET lead = (SELECT min(f.seq) FROM e AS f WHERE f.grp = e.grp) WHERE grp IS NOT NULL")
+        self.db.execute("UPDATE e SET lead = NULL WHERE lead = seq")
         self.db.commit()
         # '0' follows '/' in byte order: [p + "/", p + "0") is everything below p
         self.missing_paths = [p for p in paths if not self.db.execute(
@@ -68,27 +73,41 @@ class ChainPlan:
 
     def holders(self) -> list[tuple[str, int, int]]:
         """(backup id, files, bytes) for every backup whose archive holds wanted bytes, oldest id first."""
-        q = "SELECT holder, count(*), sum(json_extract(body, '$.size')) FROM e WHERE type = 'file' GROUP BY holder ORDER BY holder"
+        q = ("SELECT holder, count(*), sum(json_extract(body, '$.size')) FROM e WHERE type = 'file' AND lead IS NULL"
+             " GROUP BY holder ORDER BY holder")
         return [(h, n, int(b or 0)) for h, n, b in self.db.execute(q)]
 
     def entries(self, kind: str | None = None, *, reverse: bool = False) -> Iterable[dict]:
         q = "SELECT body FROM e" + (" WHERE type = ?" if kind else "") + (" ORDER BY seq DESC" if reverse else " ORDER BY seq")
         for (body,) in self.db.execute(q, (kind,) if kind else ()):
-            yield json.loads(body)
+            yield decode(body)
 
-    def wanted_from(self, holder: str, member: str) -> list[dict]:
-        return [json.loads(b) for (b,) in self.db.execute(
-            "SELECT body FROM e WHERE holder = ? AND member = ? AND type = 'file'", (holder, key(member)))]
+    def wanted_from(self, holder: str, member: str) -> list[tuple[int, dict]]:
+        return [(seq, decode(b)) for seq, b in self.db.execute(
+            "SELECT seq, body FROM e WHERE holder = ? AND member = ? AND type = 'file' AND lead IS NULL", (holder, key(member)))]
 
-    def mark_done(self, holder: str, member: str) -> None:
-        self.db.execute("UPDATE e SET done = 1 WHERE holder = ? AND member = ?", (holder, key(member)))
+    def links(self) -> Iterable[tuple[dict, str]]:
+        """(entry, path of the first name) for every later name of a file with several."""
+        q = "SELECT e.body, f.path FROM e JOIN e AS f ON f.seq = e.lead WHERE e.lead IS NOT NULL ORDER BY e.seq"
+        for body, first in self.db.execute(q):
+            yield decode(body), first.decode("utf-8", "surrogateescape")
+
+    def mark_done(self, seqs: list[int]) -> None:
+        self.db.executemany("UPDATE e SET done = 1 WHERE seq = ?", ((s,) for s in seqs))
 
     def not_done(self, limit: int = 5) -> list[tuple[str, str]]:
-        rows = self.db.execute("SELECT path, holder FROM e WHERE type = 'file' AND done = 0 LIMIT ?", (limit,))
+        rows = self.db.execute("SELECT path, holder FROM e WHERE type = 'file' AND done = 0 AND lead IS NULL LIMIT ?", (limit,))
         return [(p.decode("utf-8", "surrogateescape"), h) for p, h in rows]
 
     def close(self) -> None:
         self.db.close()
+
+
+def _link_group(entry: dict) -> str | None:
+    """What the names of one file share; the sha256 too, so two files that only shared an inode number stay two."""
+    if entry["type"] != "file" or entry.get("nlink", 1) < 2:
+        return None
+    return f"{entry.get('dev')}:{entry.get('ino')}:{entry.get('sha256')}"
 
 
 def dry_run(plan: ChainPlan, dest: Path) -> dict:
@@ -136,6 +155,9 @@ def restore(plan: ChainPlan, dest: Path, open_archive: Callable[[str], ContextMa
         raise VerificationFailed(
             "the chain's archives lack files the listing names: "
             + ", ".join(f"{p!r} (in backup {h})" for p, h in left), _REMEDY, check="chain-content")
+    for entry, first in plan.links():
+        _check_name(entry, real)
+        os.link(_checked_path({"path": first}, real), _checked_path(entry, real), follow_symlinks=False)
     for entry in plan.entries("file"):
         _set_attrs(os.path.join(real, entry["path"]), entry)
         counts["files"] += 1
@@ -151,28 +173,46 @@ def restore(plan: ChainPlan, dest: Path, open_archive: Callable[[str], ContextMa
     return counts
 
 
-def _checked_path(entry: dict, real_dest: str) -> str:
-    parent = os.path.realpath(os.path.join(real_dest, os.path.dirname(entry["path"])))
+def _checked_path(entry: dict, real_dest: str, resolved: dict | None = None) -> str:
+    """Where ``entry`` goes: its directory resolved, and refused if that leads outside ``real_dest``.
+
+    ``resolved``: the last directory resolved, reused while the archives are written. Then
+    no symlink exists yet below the destination (they come last) and nothing but files is
+    created, so a directory resolves the same way twice; an archive's members come
+    directory by directory, so this spares most of the realpath calls (one lstat a component).
+    """
+    directory = os.path.join(real_dest, os.path.dirname(entry["path"]))
+    if resolved is not None and resolved.get("dir") == directory:
+        return os.path.join(resolved["real"], os.path.basename(entry["path"]))
+    parent = os.path.realpath(directory)
     if not _inside(parent, real_dest):
         raise _refuse(entry["path"], real_dest, f"its directory resolves to {parent}, outside the destination")
+    if resolved is not None:
+        resolved.update(dir=directory, real=parent)
     return os.path.join(parent, os.path.basename(entry["path"]))
 
 
 def _extract_from(plan: ChainPlan, holder: str, stream: BinaryIO, real: str) -> None:
     """Read one archive front to back; write each wanted member's bytes to every path that wants them."""
+    resolved: dict = {}
+    done: list[int] = []
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK_SIZE) as archive:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFFER) as archive:
             for member in archive:
                 if not member.isreg():
                     continue
                 wanted = plan.wanted_from(holder, member.name)
                 if not wanted:
                     continue
-                for entry in wanted:
+                for _, entry in wanted:
                     _check_name(entry, real)
                 src = archive.extractfile(member)
-                _write_copies(src, [(_checked_path(e, real), e) for e in wanted], holder)
-                plan.mark_done(holder, member.name)
+                _write_copies(src, [(_checked_path(e, real, resolved), e) for _, e in wanted], holder)
+                done.extend(seq for seq, _ in wanted)
+                if len(done) >= 1000:  # one statement a thousand files, not one a file
+                    plan.mark_done(done)
+                    done.clear()
+            plan.mark_done(done)
     except tarfile.TarError as exc:
         raise VerificationFailed(f"cannot read the archive of backup {holder}: {exc}", _REMEDY, check="tar-structure") from None
     except OSError as exc:

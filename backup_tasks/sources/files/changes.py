@@ -9,8 +9,19 @@ not, and comparing it would turn every such backup into a full. With ``rehash`` 
 file is read and its sha256 compared instead, for filesystems whose metadata cannot be
 trusted.
 
-A path absent from the parent whose (inode, size, mtime) matches a parent file is a
-rename: it is recorded as a reference to the bytes the parent chain already holds.
+Why a merge join: the walk and the parent's listing are both in tree order
+(``tree_key``), so the two are read side by side, each path meeting its parent entry
+without a lookup, and an unchanged file's line is the parent's with its device number
+and ``change`` updated. Looking every path up in an index of the parent cost some
+50 µs a path; this costs a few (a 100k-file tree: about 1 s instead of 4). A listing
+that is not in tree order (written before listings were sorted, with roots not in
+order) is sorted once on disk first.
+
+A path absent from the parent whose (inode, size, mtime) matches a parent file that is
+gone from its own path is a rename: it is recorded as a reference to the bytes the
+parent chain already holds. Both sides are only known once the join is done, so new
+files wait in a side file until then; only gone and new paths are indexed, so the cost
+follows the change, not the tree.
 
 Two passes keep memory flat. The first stats every path and writes a draft line per
 path to a file in the work directory, while the paths whose content must be archived
@@ -21,15 +32,19 @@ listing, adding the sha256 the tar scan measured for each archived file.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from backup_tasks.sources.files.tree_listing import ListingWriter, ParentIndex, encode
+from backup_tasks.sources.files.tree_listing import ListingWriter, decode, encode, key, listing_lines, tree_key
 
 CHANGES = ("new", "modified", "metadata", "renamed", "unchanged")
+
+_DRAFT, _PENDING, _RENAMES = "draft.jsonl", "pending-new.jsonl", "renames.sqlite"
+_BUFFER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -52,8 +67,8 @@ def member_name(path: str) -> str:
     return path.lstrip("/") or "."
 
 
-def _metadata(path: str, st: os.stat_result) -> dict:
-    entry = {"path": member_name(path), "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
+def _metadata(name: str, path: str, st: os.stat_result) -> dict:
+    entry = {"path": name, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
              "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev,
              # the same mtime as text: jq reads numbers as doubles, which lose the nanoseconds
              "mtime": f"{st.st_mtime_ns // 10**9}.{st.st_mtime_ns % 10**9:09d}"}
@@ -63,6 +78,8 @@ def _metadata(path: str, st: os.stat_result) -> dict:
         entry.update(type="symlink", size=0, link=os.readlink(path))
     else:
         entry.update(type="file", size=st.st_size)
+        if st.st_nlink > 1:  # one file under several names: restored as hard links
+            entry["nlink"] = st.st_nlink
     return entry
 
 
@@ -85,12 +102,11 @@ def _carry(entry: dict, holder: dict, change: str) -> dict:
     return entry
 
 
-def classify(entry: dict, parent: ParentIndex | None, path: str, rehash: bool) -> bool:
-    """Fill ``entry['change']`` (and the content reference when carried); True if its content must be archived."""
-    if parent is None:
-        entry["change"] = "new"
-        return entry["type"] == "file"
-    before = parent.get(entry["path"])
+def classify(entry: dict, before: dict | None, path: str, rehash: bool) -> bool:
+    """Fill ``entry['change']`` (and the content reference when carried); True if its content must be archived.
+
+    ``before``: the parent's entry at the same path, if any.
+    """
     if entry["type"] != "file":
         if before is None:
             entry["change"] = "new"
@@ -108,13 +124,6 @@ def classify(entry: dict, parent: ParentIndex | None, path: str, rehash: bool) -
             _carry(entry, before, "unchanged" if before.get("ctime_ns") == entry["ctime_ns"] and not _meta_moved(before, entry)
                    else "metadata")
             return False
-        entry["change"] = "modified"
-        return True
-    if before is None and not rehash:
-        renamed = parent.same_content(entry["ino"], entry["size"], entry["mtime_ns"])
-        if renamed is not None and renamed["path"] != entry["path"]:
-            _carry(entry, renamed, "renamed")
-            return False
     entry["change"] = "new" if before is None else "modified"
     return True
 
@@ -123,39 +132,177 @@ def _meta_moved(before: dict, entry: dict) -> bool:
     return any(before.get(k) != entry[k] for k in ("mode", "uid", "gid"))
 
 
+class _Unsorted(Exception):
+    """The parent listing is not in tree order; the join starts again from a sorted copy."""
+
+
+def _in_order(listing: Path) -> Iterator[tuple[str, dict]]:
+    last = None
+    for line in listing_lines(listing):
+        entry = decode(line)
+        k = tree_key(entry["path"])
+        if last is not None and k <= last:
+            raise _Unsorted
+        last = k
+        yield k, entry
+
+
+def _sorted(listing: Path, workdir: Path) -> Iterator[tuple[str, dict]]:
+    """The parent's entries sorted on disk: UTF-32 big-endian bytes sort as Python compares the strings."""
+    db = sqlite3.connect(str(workdir / "parent-sorted.sqlite"))
+    try:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("DROP TABLE IF EXISTS p")
+        db.execute("CREATE TABLE p (k BLOB, line BLOB)")
+        db.executemany("INSERT INTO p VALUES (?, ?)",
+                       ((tree_key(decode(line)["path"]).encode("utf-32-be", "surrogatepass"), line)
+                        for line in listing_lines(listing)))
+        for (line,) in db.execute("SELECT line FROM p ORDER BY k"):
+            entry = decode(line)
+            yield tree_key(entry["path"]), entry
+    finally:
+        db.close()
+
+
+class _Renames:
+    """Parent files gone from their path (where a new path's bytes may be), then the renames found."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.path = workdir / _RENAMES
+        self.path.unlink(missing_ok=True)
+        self.db: sqlite3.Connection | None = None
+        self.gone = 0
+        self._indexed = False
+
+    def _open(self) -> sqlite3.Connection:
+        if self.db is None:
+            self.db = sqlite3.connect(str(self.path))
+            self.db.execute("PRAGMA journal_mode=OFF")
+            self.db.execute("CREATE TABLE gone (ino INT, size INT, mtime_ns INT, line BLOB)")
+            self.db.execute("CREATE TABLE renamed (path BLOB PRIMARY KEY, line BLOB)")
+        return self.db
+
+    def add_gone(self, entry: dict) -> None:
+        self.gone += 1
+        if entry["type"] == "file" and entry.get("sha256"):
+            self._open().execute("INSERT INTO gone VALUES (?, ?, ?, ?)",
+                                 (entry["ino"], entry["size"], entry["mtime_ns"], encode(entry)))
+
+    def resolve(self, pending: dict) -> bool:
+        """Record ``pending`` (path, ino, size, mtime_ns of a new file) as renamed if a gone file matches."""
+        if self.db is None:
+            return False
+        if not self._indexed:  # built once every gone file is in: cheaper than keeping it up to date
+            self.db.execute("CREATE INDEX by_content ON gone (ino, size, mtime_ns)")
+            self._indexed = True
+        row = self.db.execute("SELECT line FROM gone WHERE ino = ? AND size = ? AND mtime_ns = ? LIMIT 1",
+                              (pending["ino"], pending["size"], pending["mtime_ns"])).fetchone()
+        if row is None:
+            return False
+        carried = _carry({"path": pending["path"]}, decode(row[0]), "renamed")
+        self.db.execute("INSERT OR REPLACE INTO renamed VALUES (?, ?)", (key(pending["path"]), encode(carried)))
+        return True
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.commit()
+            self.db.close()
+
+
 def first_pass(paths: list[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool) -> dict:
     """Stat every path; write the draft listing and tar's member list; return counts.
 
     A full archives every path (as it always has, so standard tools restore it alone);
     an incremental archives only the regular files whose content is new or changed.
+    ``paths`` is sorted in place into tree order, the order of the listing.
     """
-    parent = ParentIndex(chain.parent_listing, workdir) if chain.parent_listing else None
-    counts = dict.fromkeys(CHANGES, 0)
-    seen_in_parent = 0
+    paths.sort(key=lambda p: tree_key(member_name(p)))
+    workdir = Path(workdir)
+    if chain.parent_listing is None:
+        return _join(paths, iter(()), chain, workdir, member_list, full=full, has_parent=False)
     try:
-        with open(workdir / "draft.jsonl", "w", encoding="utf-8") as draft, open(member_list, "wb") as members:
+        return _join(paths, _in_order(chain.parent_listing), chain, workdir, member_list, full=full, has_parent=True)
+    except _Unsorted:
+        return _join(paths, _sorted(chain.parent_listing, workdir), chain, workdir, member_list, full=full, has_parent=True)
+
+
+def _join(paths: list[str], parent: Iterator[tuple[str, dict]], chain: Chain, workdir: Path, member_list: Path, *,
+          full: bool, has_parent: bool) -> dict:
+    counts = dict.fromkeys(CHANGES, 0)
+    renames = _Renames(workdir)
+    rehash, backup_id = chain.rehash, chain.backup_id
+    lstat, S_ISREG, S_IMODE = os.lstat, stat.S_ISREG, stat.S_IMODE
+    pk, before = next(parent, (None, None))
+    try:
+        with open(workdir / _DRAFT, "wb", buffering=_BUFFER) as draft, \
+             open(member_list, "wb", buffering=_BUFFER) as members, \
+             open(workdir / _PENDING, "wb", buffering=_BUFFER) as pending:
             for path in paths:
+                name = path.lstrip("/") or "."
+                k = tree_key(name)
+                while pk is not None and pk < k:
+                    renames.add_gone(before)
+                    pk, before = next(parent, (None, None))
+                same = None
+                if pk == k:
+                    same = before
+                    pk, before = next(parent, (None, None))
                 try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    continue  # vanished since the walk: it is not part of this backup
-                entry = _metadata(path, st)
-                archive = classify(entry, parent, path, chain.rehash)
-                if parent is not None and entry["change"] not in ("new", "renamed"):
-                    seen_in_parent += 1
+                    st = lstat(path)
+                except FileNotFoundError:  # vanished since the walk: it is not part of this backup
+                    if same is not None:
+                        renames.add_gone(same)
+                    continue
+                if (same is not None and not rehash and S_ISREG(st.st_mode) and same["type"] == "file"
+                        and same.get("sha256") and same["ino"] == st.st_ino and same["size"] == st.st_size
+                        and same["mtime_ns"] == st.st_mtime_ns and same.get("ctime_ns") == st.st_ctime_ns
+                        and same.get("mode") == S_IMODE(st.st_mode) and same.get("uid") == st.st_uid
+                        and same.get("gid") == st.st_gid):
+                    # The common case, kept short: the parent's line is this one, but for two fields.
+                    same["dev"], same["change"] = st.st_dev, "unchanged"
+                    counts["unchanged"] += 1
+                    draft.write(b"+" + encode(same) + b"\n")
+                    if full:
+                        members.write(os.fsencode(name) + b"\0")
+                    continue
+                entry = _metadata(name, path, st)
+                if same is None and has_parent and not rehash and entry["type"] == "file":
+                    # new here: maybe a rename, known once the join has seen every gone path
+                    pending.write(encode({k_: entry[k_] for k_ in ("path", "ino", "size", "mtime_ns")}) + b"\n")
+                    draft.write(b"N" + encode(entry) + b"\n")
+                    continue
+                archive = classify(entry, same, path, rehash)
                 counts[entry["change"]] += 1
                 if archive:
-                    entry["in"] = chain.backup_id
+                    entry["in"] = backup_id
                 if archive or full:
-                    members.write(os.fsencode(member_name(path)) + b"\0")
+                    members.write(os.fsencode(name) + b"\0")
                 # "?": waits for the sha256 the tar scan measures; "+": final as it is
-                draft.write(("?" if archive else "+") + encode(entry) + "\n")
-        if parent is not None:
-            counts["deleted"] = parent.count - seen_in_parent
+                draft.write((b"?" if archive else b"+") + encode(entry) + b"\n")
+            while pk is not None:
+                renames.add_gone(before)
+                pk, before = next(parent, (None, None))
+            pending.close()
+            for line in _lines(workdir / _PENDING):
+                new = decode(line)
+                if renames.resolve(new):
+                    counts["renamed"] += 1
+                else:
+                    counts["new"] += 1
+                    members.write(os.fsencode(new["path"]) + b"\0")
     finally:
-        if parent is not None:
-            parent.close()
+        renames.close()
+        close = getattr(parent, "close", None)
+        if close:
+            close()
+    if has_parent:
+        counts["deleted"] = renames.gone  # a renamed file's old path too: it no longer exists
     return counts
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb", buffering=_BUFFER) as fh:
+        yield from fh
 
 
 def second_pass(workdir: Path, archived: dict[str, dict], chain: Chain) -> int:
@@ -163,29 +310,50 @@ def second_pass(workdir: Path, archived: dict[str, dict], chain: Chain) -> int:
 
     ``archived``: member name -> scan entry, for the members that carry or link content.
     A file tar no longer found (deleted between the walk and tar's read) is left out:
-    it does not exist in this backup. A hard link in a full points at the member that
-    carries the bytes, so a restore can find them under that name.
+    it does not exist in this backup. A hard link points at the member that carries the
+    bytes, so a restore can find them under that name.
     """
+    workdir = Path(workdir)
+    renames = sqlite3.connect(str(workdir / _RENAMES)) if (workdir / _RENAMES).exists() else None
     writer = ListingWriter(chain.listing_out)
     try:
-        with open(workdir / "draft.jsonl", encoding="utf-8") as draft:
+        with open(workdir / _DRAFT, "rb", buffering=_BUFFER) as draft:
             for line in draft:
-                if line[0] == "+":  # nothing to add: copied without decoding
+                if line[:1] == b"+":  # nothing to add: copied without decoding
                     writer.write_line(line[1:])
                     continue
-                entry = json.loads(line[1:])
-                if entry["type"] == "file":
-                    scanned = archived.get(entry["path"])
-                    if scanned is None:
+                entry = decode(line[1:])
+                if line[:1] == b"N":
+                    row = renames.execute("SELECT line FROM renamed WHERE path = ?", (key(entry["path"]),)).fetchone() \
+                        if renames is not None else None
+                    if row is not None:
+                        carried = decode(row[0])
+                        del carried["path"]
+                        entry.update(carried)
+                        writer.write(entry)
                         continue
-                    if scanned["type"] == "hardlink":
-                        target = archived.get(scanned["link"])
-                        if target is None or "sha256" not in target:
-                            continue
-                        entry["member"] = scanned["link"]
-                        scanned = target
-                    entry["size"], entry["sha256"] = scanned["size"], scanned["sha256"]
-                writer.write(entry)
+                    entry["change"], entry["in"] = "new", chain.backup_id
+                if _with_scanned(entry, archived):
+                    writer.write(entry)
     finally:
         count = writer.close()
+        if renames is not None:
+            renames.close()
     return count
+
+
+def _with_scanned(entry: dict, archived: dict[str, dict]) -> bool:
+    """Add the size and sha256 tar's scan measured; False when tar did not archive the file after all."""
+    if entry["type"] != "file":
+        return True
+    scanned = archived.get(entry["path"])
+    if scanned is None:
+        return False
+    if scanned["type"] == "hardlink":
+        target = archived.get(scanned["link"])
+        if target is None or "sha256" not in target:
+            return False
+        entry["member"] = scanned["link"]
+        scanned = target
+    entry["size"], entry["sha256"] = scanned["size"], scanned["sha256"]
+    return True

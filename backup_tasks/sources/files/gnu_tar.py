@@ -47,14 +47,14 @@ def gnu_tar_version() -> str:
     return "GNU tar " + line.split()[-1]
 
 
-def _tar_argv(list_file: Path, extra: tuple[str, ...] = ()) -> list[str]:
+def _tar_argv(list_file: Path) -> list[str]:
     # --verbatim-files-from: names in the list are never read as options or unquoted.
     # --numeric-owner: owner names differ between hosts; numbers are what the restore
     # host can act on. Member names are absolute paths minus the leading '/', so -C /.
     return [
         "tar", "-c", "-f", "-", "--format=pax", "--numeric-owner",
         "--pax-option=delete=atime,delete=ctime",
-        *extra, "-C", "/", "--no-recursion", "--null", "--verbatim-files-from", "-T", str(list_file),
+        "-C", "/", "--no-recursion", "--null", "--verbatim-files-from", "-T", str(list_file),
     ]  # fmt: skip
 
 
@@ -68,12 +68,8 @@ def _classify_stderr(stderr: str) -> tuple[list[str], list[str]]:
     return warnings, errors
 
 
-def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str,
-            extra: tuple[str, ...] = ()) -> tuple[list[dict], list[str]]:
+def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str) -> tuple[list[dict], list[str]]:
     """Run GNU tar on the member list; copy its output to ``out`` while scanning it.
-
-    ``extra``: more options, e.g. ``--hard-dereference`` for an incremental, whose
-    members must each carry their own bytes (a hard link's target may not be in it).
 
     Returns (archive listing, warnings). Exit 1 ("file changed as we read it") and
     files that vanished before tar reached them are warnings; anything else tar
@@ -85,7 +81,7 @@ def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str,
         # stderr goes to a file, not a pipe: we only read stdout, and a chatty tar
         # must not block on a full stderr pipe.
         proc = subprocess.Popen(
-            _tar_argv(list_file, extra),
+            _tar_argv(list_file),
             stdout=subprocess.PIPE,
             stderr=stderr,
             env=tool_env(LC_ALL="C.UTF-8"),  # English messages we can classify

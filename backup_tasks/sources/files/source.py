@@ -54,8 +54,9 @@ class FilesSource:
             full = chain.parent_listing is None
             changes = first_pass(paths, chain, workdir, list_file, full=full)
             del paths  # the draft on disk holds the tree from here on
-            # An incremental's members must carry their own bytes: a hard link's target may live in a parent.
-            entries, tar_warnings = run_tar(list_file, out, workdir, target.name, () if full else ("--hard-dereference",))
+            # Hard links stay tar hard links, in an incremental too: tar links only to a member it
+            # archived in this run, so a name whose first one is in a parent carries its own bytes.
+            entries, tar_warnings = run_tar(list_file, out, workdir, target.name)
             archived = {e["path"]: e for e in entries if e["type"] in ("file", "hardlink")}
             extra = {"listing_entries": second_pass(workdir, archived, chain), "changes": changes}
         files = [e for e in entries if e["type"] == "file"]
