@@ -158,22 +158,32 @@ def first_pass(paths: list[str], chain: Chain, workdir: Path, member_list: Path,
     return counts
 
 
-def second_pass(workdir: Path, archived: dict[str, dict], chain: Chain) -> int:
+def second_pass(workdir: Path, archived: dict[str, dict], chain: Chain, *, full: bool = False) -> int:
     """Write the final listing: archived files get the size and sha256 the tar scan measured.
 
-    ``archived``: member name -> scan entry, for the members that carry or link content.
-    A file tar no longer found (deleted between the walk and tar's read) is left out:
-    it does not exist in this backup. A hard link in a full points at the member that
-    carries the bytes, so a restore can find them under that name.
+    ``archived``: member name -> scan entry, for the members that carry or link content,
+    and in a ``full`` for every member. A path tar no longer found (deleted between the
+    walk and tar's read) is left out: it does not exist in this backup. So a full's
+    listing names exactly its archive's members, which is what verify and restore
+    compare the archive with. A hard link in a full points at the member that carries
+    the bytes, so a restore can find them under that name.
     """
     writer = ListingWriter(chain.listing_out)
     try:
         with open(workdir / "draft.jsonl", encoding="utf-8") as draft:
             for line in draft:
-                if line[0] == "+":  # nothing to add: copied without decoding
+                if line[0] == "+" and not full:  # nothing to add: copied without decoding
                     writer.write_line(line[1:])
                     continue
                 entry = json.loads(line[1:])
+                if entry["type"] != "file":
+                    scanned = archived.get(entry["path"]) if full else entry
+                    if scanned is None:
+                        continue
+                    if scanned.get("link") is not None:  # the link tar stored, should it have moved since the walk
+                        entry["link"] = scanned["link"]
+                    writer.write(entry)
+                    continue
                 if entry["type"] == "file":
                     scanned = archived.get(entry["path"])
                     if scanned is None:
