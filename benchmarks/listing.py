@@ -80,7 +80,8 @@ def timed(code: Path, cfg: Path, *args: str) -> dict:
     argv = ["/usr/bin/time", "-v", "-o", str(out), PY, "-m", "backup_tasks.cli", *args, "--json", "--config", str(cfg)]
     load = os.getloadavg()[0]
     started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=7200)
+    # cwd away from any checkout: python -m puts the working directory before PYTHONPATH
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=7200, cwd=cfg.parent)
     wall = time.monotonic() - started
     text = out.read_text()
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) * 1024
@@ -126,7 +127,7 @@ def main() -> int:
         results["revisions"] = {"baseline": snapshot(args.baseline, codes["baseline"]), "ours": snapshot("HEAD", codes["ours"])}
         keys = root / "keys"
         subprocess.run([PY, "-c", f"from backup_tasks.records import keys; keys.generate(__import__('pathlib').Path({str(keys)!r}))"],
-                       check=True, env={**os.environ, "PYTHONPATH": str(codes["ours"])})
+                       check=True, env={**os.environ, "PYTHONPATH": str(codes["ours"])}, cwd=root)
         for n in (int(x) for x in args.files.split(",")):
             tree = root / f"tree-{n}" / "srv"
             started = time.monotonic()
