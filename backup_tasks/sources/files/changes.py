@@ -26,6 +26,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from backup_tasks.sources.files.tree_listing import ListingWriter, ParentIndex, encode
 
@@ -158,43 +159,89 @@ def first_pass(paths: list[str], chain: Chain, workdir: Path, member_list: Path,
     return counts
 
 
-def second_pass(workdir: Path, archived: dict[str, dict], chain: Chain, *, full: bool = False) -> int:
+class ArchiveSpool:
+    """The archive's members as tar's output is scanned: one JSON line each in the work directory, and counts.
+
+    The second pass reads it back in step with the draft, so neither the dump nor the
+    pass holds the archive's listing in memory. Hard links are the exception that needs
+    a lookup (their bytes are under an earlier member's name), so the names they link to
+    are kept: as many as there are hard-linked files, not files.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._out = open(path, "w", encoding="utf-8")
+        self.entries = self.files = self.bytes = 0
+        self.link_targets: set[str] = set()
+
+    def add(self, entry: dict) -> None:
+        self._out.write(encode(entry) + "\n")
+        self.entries += 1
+        if entry["type"] == "file":
+            self.files += 1
+            self.bytes += entry["size"]
+        elif entry["type"] == "hardlink":
+            self.link_targets.add(entry["link"])
+
+    def close(self) -> None:
+        self._out.close()
+
+    def __iter__(self) -> Iterator[dict]:
+        with open(self.path, encoding="utf-8") as spooled:
+            for line in spooled:
+                yield json.loads(line)
+
+
+def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: bool = False) -> int:
     """Write the final listing: archived files get the size and sha256 the tar scan measured.
 
-    ``archived``: member name -> scan entry, for the members that carry or link content,
-    and in a ``full`` for every member. A path tar no longer found (deleted between the
-    walk and tar's read) is left out: it does not exist in this backup. So a full's
-    listing names exactly its archive's members, which is what verify and restore
+    ``archive``: the members tar wrote, in the member list's order, which is the draft's:
+    the two are read side by side. In a ``full`` every path is a member; in an
+    incremental only the files whose content is archived ("?" lines). A path whose member
+    is not where the draft expects it is one tar no longer found (deleted between the
+    walk and tar's read): it is left out, it does not exist in this backup. So the
+    listing names exactly the archive's members, which is what verify and restore
     compare the archive with. A hard link in a full points at the member that carries
     the bytes, so a restore can find them under that name.
     """
+    members = iter(archive)
+    current = next(members, None)
+    targets: dict[str, dict] = {}  # hard links' targets seen so far: name -> scan entry
+
+    def member(path: str) -> dict | None:
+        nonlocal current
+        if current is None or current["path"] != path:
+            return None
+        found, current = current, next(members, None)
+        if path in archive.link_targets:
+            targets[path] = found
+        return found
+
     writer = ListingWriter(chain.listing_out)
     try:
         with open(workdir / "draft.jsonl", encoding="utf-8") as draft:
             for line in draft:
-                if line[0] == "+" and not full:  # nothing to add: copied without decoding
+                if line[0] == "+" and not full:  # not in the archive, nothing to add: copied without decoding
                     writer.write_line(line[1:])
                     continue
                 entry = json.loads(line[1:])
+                scanned = member(entry["path"])
+                if scanned is None:
+                    continue
                 if entry["type"] != "file":
-                    scanned = archived.get(entry["path"]) if full else entry
-                    if scanned is None:
-                        continue
                     if scanned.get("link") is not None:  # the link tar stored, should it have moved since the walk
                         entry["link"] = scanned["link"]
                     writer.write(entry)
                     continue
-                if entry["type"] == "file":
-                    scanned = archived.get(entry["path"])
-                    if scanned is None:
+                if scanned["type"] == "hardlink":
+                    target = targets.get(scanned["link"])
+                    if target is None or "sha256" not in target:
                         continue
-                    if scanned["type"] == "hardlink":
-                        target = archived.get(scanned["link"])
-                        if target is None or "sha256" not in target:
-                            continue
-                        entry["member"] = scanned["link"]
-                        scanned = target
-                    entry["size"], entry["sha256"] = scanned["size"], scanned["sha256"]
+                    entry["member"] = scanned["link"]
+                    scanned = target
+                elif scanned["type"] != "file":
+                    continue
+                entry["size"], entry["sha256"] = scanned["size"], scanned["sha256"]
                 writer.write(entry)
     finally:
         count = writer.close()

@@ -156,6 +156,9 @@ def extract(plaintext: BinaryIO, dest: str, *, strip_prefix: str = "",
                 safe = _admit(member, dest) if member is not None else None
                 checked += 1
                 release(checked)
+                # tarfile keeps every member it has read in ``members``; a stream only moves
+                # forward (a hard link is made with os.link from its path), so let them go
+                archive.members.clear()
                 if member is None:
                     continue
                 archive.extract(safe, dest, set_attrs=not safe.isdir(), filter="fully_trusted")

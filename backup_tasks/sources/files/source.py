@@ -24,7 +24,7 @@ from backup_tasks.sources.files.extract import (
     plan_restore,
     refuse_unless_empty,
 )
-from backup_tasks.sources.files.changes import Chain, first_pass, second_pass
+from backup_tasks.sources.files.changes import ArchiveSpool, Chain, first_pass, second_pass
 from backup_tasks.sources.files.gnu_tar import gnu_tar_version, run_tar
 from backup_tasks.sources.files.listing import ListingMatch, archive_entries
 from backup_tasks.sources.files.members import select_members, write_member_list
@@ -51,28 +51,30 @@ class FilesSource:
         paths, warnings = select_members(target)
         workdir = Path(workdir)
         list_file = workdir / "members.nul"
-        extra: dict = {}
         if chain is None:
             write_member_list(paths, list_file)
             entries, tar_warnings = run_tar(list_file, out, workdir, target.name)
+            files = [e for e in entries if e["type"] == "file"]
+            counts = {"file_count": len(files), "entry_count": len(entries), "bytes": sum(e["size"] for e in files),
+                      "files": entries}
         else:
             full = chain.parent_listing is None
             changes = first_pass(paths, chain, workdir, list_file, full=full)
             del paths  # the draft on disk holds the tree from here on
-            # An incremental's members must carry their own bytes: a hard link's target may live in a parent.
-            entries, tar_warnings = run_tar(list_file, out, workdir, target.name, () if full else ("--hard-dereference",))
-            archived = {e["path"]: e for e in entries if full or e["type"] in ("file", "hardlink")}
-            extra = {"listing_entries": second_pass(workdir, archived, chain, full=full), "changes": changes}
-        files = [e for e in entries if e["type"] == "file"]
+            spool = ArchiveSpool(workdir / "archive.jsonl")
+            try:
+                # An incremental's members must carry their own bytes: a hard link's target may live in a parent.
+                _, tar_warnings = run_tar(list_file, out, workdir, target.name, () if full else ("--hard-dereference",),
+                                          on_entry=spool.add)
+            finally:
+                spool.close()
+            counts = {"file_count": spool.files, "entry_count": spool.entries, "bytes": spool.bytes,
+                      "listing_entries": second_pass(workdir, spool, chain, full=full), "changes": changes}
         return {
-            **extra,
             "format": "pax",
             "tool": tool,
             "roots": [os.path.normpath(p) for p in target.paths],
-            "file_count": len(files),
-            "entry_count": len(entries),
-            "bytes": sum(e["size"] for e in files),
-            **({} if chain is not None else {"files": entries}),
+            **counts,
             "warnings": warnings + tar_warnings,
         }
 
