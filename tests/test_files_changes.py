@@ -14,12 +14,15 @@ import io
 import os
 from pathlib import Path
 
+import pytest
+
+from backup_tasks.errors import VerificationFailed
 from backup_tasks.sources.base import source_for
 from backup_tasks.sources.files import chain_extract
 from backup_tasks.sources.files.changes import Chain
 from backup_tasks.sources.files.tarstream import scan_stream
 from backup_tasks.sources.files.tree_listing import ListingWriter, read_listing
-from test_files_source import restored_root, snapshot, target, tree  # noqa: F401 - tree is a fixture
+from test_files_source import assert_same_tree, restored_root, snapshot, target, tree  # noqa: F401 - tree is a fixture
 
 
 def dump(tmp_path: Path, tree: Path, name: str, parent: Path | None = None, rehash: bool = False) -> tuple[bytes, dict, Path]:
@@ -102,3 +105,50 @@ def test_restore_from_a_full_listing_reproduces_hard_links_long_and_non_utf8_nam
     chain_extract.restore(plan, dest2, open_archive)
     plan.close()
     assert sorted(snapshot(restored_root(dest2, tree))) == ["config", "config/ünïcødé 設定.conf"]
+
+
+def rewritten(listing: Path, out: Path, change) -> Path:
+    """A copy of ``listing`` with ``change(entry)`` applied to each entry (None drops it)."""
+    writer = ListingWriter(out)
+    for entry in read_listing(listing):
+        if (entry := change(entry)) is not None:
+            writer.write(entry)
+    writer.close()
+    return out
+
+
+def test_check_and_restore_compare_the_archive_with_the_listing_and_catch_a_listing_that_differs(tree, tmp_path):
+    source = source_for("files")
+    data, report, listing = dump(tmp_path, tree, "full")
+    assert "files" not in report and report["entry_count"] == report["listing_entries"]
+    manifest = {"backup_id": "full", "parent": None, "source": report}
+    checked = source.check(io.BytesIO(data), manifest, tmp_path, listing=listing)
+    assert (checked["files_checked"], checked["entries_checked"]) == (report["file_count"], report["entry_count"])
+    result = source.restore(io.BytesIO(data), manifest, tmp_path / "dest", force=False, dry_run=False, listing=listing)
+    assert result["files"] == report["file_count"]
+    excluded = ("cache.tmp", "web/node_modules", "data/deeper/upload.part.tmp")  # by the target's exclude globs
+    original = {k: v for k, v in snapshot(tree).items() if not k.startswith(excluded)}
+    assert_same_tree(original, snapshot(restored_root(tmp_path / "dest", tree)))
+
+    prefix = str(tree).lstrip("/")
+    other = rewritten(listing, tmp_path / "other-sha.jsonl.zst",
+                      lambda e: {**e, "sha256": "0" * 64} if e["path"] == f"{prefix}/secret.key" else e)
+    missing = rewritten(listing, tmp_path / "missing.jsonl.zst", lambda e: None if e["path"] == f"{prefix}/bin/run.sh" else e)
+    for bad, check in ((other, "file-sha256"), (missing, "tar-listing")):
+        with pytest.raises(VerificationFailed) as err:
+            source.check(io.BytesIO(data), manifest, tmp_path, listing=bad)
+        assert err.value.check == check
+        with pytest.raises(VerificationFailed) as err:
+            source.restore(io.BytesIO(data), manifest, tmp_path / f"dest-{check}", force=False, dry_run=False, listing=bad)
+        assert err.value.check == check
+
+    # An incremental's archive holds only the files the listing says it holds.
+    (tree / "bin" / "run.sh").write_text("#!/bin/sh\necho changed\n")
+    inc_data, inc_report, inc_listing = dump(tmp_path, tree, "inc", parent=listing)
+    inc = {"backup_id": "inc", "parent": "full", "source": inc_report}
+    held = [e["path"] for e in read_listing(inc_listing) if e.get("in") == "inc"]
+    assert f"{prefix}/bin/run.sh" in held and len(held) < report["file_count"]
+    assert source.check(io.BytesIO(inc_data), inc, tmp_path, listing=inc_listing)["files_checked"] == len(held)
+    with pytest.raises(VerificationFailed) as err:  # the full's archive is not this backup's
+        source.check(io.BytesIO(data), inc, tmp_path, listing=inc_listing)
+    assert err.value.check == "tar-listing"

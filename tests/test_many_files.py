@@ -45,6 +45,7 @@ def build(root: Path) -> None:
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_a_hundred_thousand_files_back_up_verify_and_restore_with_a_small_manifest(fast_dir, make_config, runtime_for):
     tree = fast_dir / "srv"
     build(tree)
