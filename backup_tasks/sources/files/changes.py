@@ -26,7 +26,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from backup_tasks.sources.files.tree_listing import ListingWriter, ParentIndex, encode
 
@@ -124,7 +124,7 @@ def _meta_moved(before: dict, entry: dict) -> bool:
     return any(before.get(k) != entry[k] for k in ("mode", "uid", "gid"))
 
 
-def first_pass(paths: list[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool) -> dict:
+def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool) -> dict:
     """Stat every path; write the draft listing and tar's member list; return counts.
 
     A full archives every path (as it always has, so standard tools restore it alone);

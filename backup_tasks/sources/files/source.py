@@ -60,7 +60,7 @@ class FilesSource:
         else:
             full = chain.parent_listing is None
             changes = first_pass(paths, chain, workdir, list_file, full=full)
-            del paths  # the draft on disk holds the tree from here on
+            del paths  # a gathered list (include patterns): the draft on disk holds the tree from here on
             spool = ArchiveSpool(workdir / "archive.jsonl")
             try:
                 # An incremental's members must carry their own bytes: a hard link's target may live in a parent.
