@@ -4,7 +4,7 @@
 Run by hand; a baseline commit and this checkout, in the same run, on the same trees:
 
     python benchmarks/listing.py [--files 20000,100000] [--baseline main] [--size-max 64] [--workdir DIR]
-                                 [--versions baseline,ours]
+                                 [--versions baseline,ours] [--steps backup,verify,restore]
 
 The 1M-file case: ``--files 1000000 --size-max 0 --versions ours --workdir /dev/shm``
 (creating a million files on this machine's disk takes about 1 ms each, on tmpfs 35 µs;
@@ -97,7 +97,10 @@ def timed(code: Path, cfg: Path, *args: str) -> dict:
             "answer": json.loads(done.stdout)}
 
 
-def run_case(code: Path, work: Path, keys: Path, tree: Path) -> dict:
+STEPS = ("backup", "verify", "restore")
+
+
+def run_case(code: Path, work: Path, keys: Path, tree: Path, steps: tuple[str, ...] = STEPS) -> dict:
     cfg = write_config(work, keys, tree)
     backup = timed(code, cfg, "backup", "many", "--wait", "--timeout", "7200")
     backup_id = backup["answer"]["id"]
@@ -105,13 +108,16 @@ def run_case(code: Path, work: Path, keys: Path, tree: Path) -> dict:
     folder = work / "store" / "many" / backup_id
     sizes = {"manifest_bytes": (folder / "manifest.json").stat().st_size,
              "listing_bytes": sum(p.stat().st_size for p in folder.glob("listing.jsonl.zst*"))}
-    verify = timed(code, cfg, "verify", backup_id)
-    dest = work / "restored"
-    restore = timed(code, cfg, "restore", backup_id, "--to", str(dest))
-    restored = sum(len(files) for _, _, files in os.walk(dest))
-    for step in (backup, verify, restore):
-        step.pop("answer")
-    return {**sizes, "restored_files": restored, "backup": backup, "verify": verify, "restore": restore}
+    out = {**sizes, "backup": backup}
+    if "verify" in steps:
+        out["verify"] = timed(code, cfg, "verify", backup_id)
+    if "restore" in steps:
+        dest = work / "restored"
+        out["restore"] = timed(code, cfg, "restore", backup_id, "--to", str(dest))
+        out["restored_files"] = sum(len(files) for _, _, files in os.walk(dest))
+    for step in STEPS:
+        out.get(step, {}).pop("answer", None)
+    return out
 
 
 def mib(n: int) -> str:
@@ -125,6 +131,7 @@ def main() -> int:
     parser.add_argument("--size-max", type=int, default=64)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--versions", default="baseline,ours")
+    parser.add_argument("--steps", default=",".join(STEPS), help="backup always runs; verify and restore may be left out")
     args = parser.parse_args()
     versions = args.versions.split(",")
     root = Path(tempfile.mkdtemp(prefix="bench-listing-", dir=args.workdir))
@@ -143,14 +150,14 @@ def main() -> int:
             print(f"== {n} files (tree built in {time.monotonic() - started:.1f} s)", flush=True)
             case = {}
             for name, code in codes.items():
-                case[name] = run_case(code, root / f"state-{n}-{name}", keys, tree)
+                case[name] = run_case(code, root / f"state-{n}-{name}", keys, tree, tuple(args.steps.split(",")))
                 shutil.rmtree(root / f"state-{n}-{name}")
                 r = case[name]
                 print(f"   {name:8} manifest {mib(r['manifest_bytes']):>10}  listing {mib(r['listing_bytes']):>9}  "
                       + "  ".join(f"{step} {r[step]['wall_seconds']:6.1f} s {mib(r[step]['peak_rss']):>10} "
-                                  f"(load {r[step]['loadavg_1m_before']:.1f})" for step in ("backup", "verify", "restore")),
+                                  f"(load {r[step]['loadavg_1m_before']:.1f})" for step in STEPS if step in r),
                       flush=True)
-                assert r["restored_files"] == n, r["restored_files"]
+                assert r.get("restored_files", n) == n, r["restored_files"]
             results["cases"][n] = case
             shutil.rmtree(tree.parent)
             if len(case) < 2:
@@ -158,7 +165,7 @@ def main() -> int:
             b, o = case["baseline"], case["ours"]
             print(f"   ratio    manifest {o['manifest_bytes'] / b['manifest_bytes']:.3f}  "
                   + "  ".join(f"{step} wall {o[step]['wall_seconds'] / b[step]['wall_seconds']:.2f} "
-                              f"rss {o[step]['peak_rss'] / b[step]['peak_rss']:.2f}" for step in ("backup", "verify", "restore")),
+                              f"rss {o[step]['peak_rss'] / b[step]['peak_rss']:.2f}" for step in STEPS if step in o),
                   flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
