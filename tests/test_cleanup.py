@@ -44,8 +44,8 @@ def simulate_night(rt, seed: dict, when: datetime, *, verified: bool = True) -> 
     tiers = [loc["tier"] for loc in seed["doc"]["locations"]]
     for tier in tiers:
         rt.storage(tier).put(key, io.BytesIO(seed["artifact"]))
-    # Without the seed's tree listing, whose entries name the seed as the holder of their bytes: a
-    # copy is a full as backups were before listings, which verify and restore still accept.
+    # Without the seed's tree listing (see seed_backup): a copy is a full as backups were before
+    # listings, which verify and restore still accept.
     doc = manifest.sign({**{k: v for k, v in seed["doc"].items() if k not in ("signature", "listing")}, "backup_id": backup_id,
                          "created_at": timefmt.iso(when), "finished_at": timefmt.iso(when + timedelta(minutes=2)),
                          "locations": [{"tier": t, "key": key} for t in tiers]}, rt.signer)
@@ -71,6 +71,14 @@ def seed_backup(rt) -> dict:
         doc = json.loads(fh.read())
     with storage.get(info["locations"][0]["key"]) as fh:
         artifact = fh.read()
+    # Copies go without the listing (its entries name the seed as their holder), so they carry the
+    # archive's file list in the manifest instead, as backups did before listings were objects.
+    from backup_tasks.ops import listing_store, readback
+    from backup_tasks.sources.files.listing import archive_entries
+
+    found = readback.locate(rt, rt.catalog.get(info["id"]))
+    with listing_store.archive_listing(rt, found) as listing:
+        doc["source"]["files"] = list(archive_entries(doc, listing))
     # the real run is the seed, not part of the simulated history
     from backup_tasks.ops.cleanup import remove_copy
 

@@ -16,11 +16,15 @@ import io
 import os
 from pathlib import Path
 
+import pytest
+
+from backup_tasks.errors import VerificationFailed
 from backup_tasks.sources.base import source_for
 from backup_tasks.sources.files import chain_extract
 from backup_tasks.sources.files.changes import Chain
+from backup_tasks.sources.files.tarstream import scan_stream
 from backup_tasks.sources.files.tree_listing import ListingWriter, read_listing
-from test_files_source import restored_root, snapshot, target, tree, write  # noqa: F401 - tree is a fixture
+from test_files_source import assert_same_tree, restored_root, snapshot, target, tree, write  # noqa: F401 - tree is a fixture
 
 
 def dump(tmp_path: Path, tree: Path, name: str, parent: Path | None = None, rehash: bool = False) -> tuple[bytes, dict, Path]:
@@ -48,8 +52,8 @@ def test_a_chmod_is_metadata_a_hidden_edit_needs_rehash_and_a_new_device_number_
     for entry in read_listing(l0):
         writer.write({**entry, "dev": entry["dev"] + 7})
     writer.close()
-    _, same, _ = dump(tmp_path, tree, "remounted", parent=moved)
-    assert same["files"] == [] and same["changes"]["modified"] == same["changes"]["new"] == 0
+    archive, same, _ = dump(tmp_path, tree, "remounted", parent=moved)
+    assert scan_stream(io.BytesIO(archive)) == [] and same["changes"]["modified"] == same["changes"]["new"] == 0
 
     # chmod: ctime moves, content does not; the new mode is recorded, the bytes are not read again.
     (tree / "bin" / "run.sh").chmod(0o700)
@@ -60,15 +64,15 @@ def test_a_chmod_is_metadata_a_hidden_edit_needs_rehash_and_a_new_device_number_
     key.write_bytes(b"-----BEGIN KEX-----\n")
     key.chmod(0o400)
     os.utime(key, ns=(before.st_atime_ns, before.st_mtime_ns))
-    _, inc, l1 = dump(tmp_path, tree, "inc", parent=l0)
-    assert inc["files"] == []
+    archive, inc, l1 = dump(tmp_path, tree, "inc", parent=l0)
+    assert scan_stream(io.BytesIO(archive)) == [] and "files" not in inc  # counts only: the listing is the record
     entries = by_path(l1)
     run = entries[f"{prefix}/bin/run.sh"]
     assert (run["change"], run["mode"], run["in"]) == ("metadata", 0o700, "full")
     assert entries[f"{prefix}/secret.key"]["change"] == "metadata"  # missed, as metadata-based detection must
 
-    _, rehashed, l2 = dump(tmp_path, tree, "rehash", parent=l0, rehash=True)
-    assert [e["path"] for e in rehashed["files"]] == [f"{prefix}/secret.key"]
+    archive, rehashed, l2 = dump(tmp_path, tree, "rehash", parent=l0, rehash=True)
+    assert [e["path"] for e in scan_stream(io.BytesIO(archive))] == [f"{prefix}/secret.key"]
     assert by_path(l2)[f"{prefix}/secret.key"]["change"] == "modified"
 
 
@@ -133,7 +137,7 @@ def test_renames_on_either_side_of_their_old_name_and_a_parent_out_of_order(tree
     (tree / "secret.key").unlink()
     write(tree / "new.txt", b"new\n")
     inc_data, inc, l1 = dump(tmp_path, tree, "inc", parent=l0)
-    assert [e["path"] for e in inc["files"]] == [f"{prefix}/new.txt"]
+    assert [e["path"] for e in scan_stream(io.BytesIO(inc_data))] == [f"{prefix}/new.txt"]
     entries = by_path(l1)
     for new, old in (("0-first/stamp", "data/stamp"), ("zz/moved.conf", "config/ünïcødé 設定.conf")):
         moved = entries[f"{prefix}/{new}"]
@@ -149,8 +153,9 @@ def test_renames_on_either_side_of_their_old_name_and_a_parent_out_of_order(tree
     for entry in reversed(list(read_listing(l0))):
         writer.write(entry)
     writer.close()
-    _, again, l2 = dump(tmp_path, tree, "again", parent=shuffled)
-    assert again["changes"] == {**inc["changes"]} and again["files"] == inc["files"]
+    again_data, again, l2 = dump(tmp_path, tree, "again", parent=shuffled)
+    assert again["changes"] == {**inc["changes"]}
+    assert scan_stream(io.BytesIO(again_data)) == scan_stream(io.BytesIO(inc_data))
     assert {p: (e["change"], e.get("member")) for p, e in by_path(l2).items()} == {
         p: (e["change"], e.get("member")) for p, e in entries.items()}
 
@@ -162,13 +167,13 @@ def test_renames_on_either_side_of_their_old_name_and_a_parent_out_of_order(tree
 def test_hard_links_are_tar_links_and_come_back_linked_through_a_chain(tree, tmp_path):
     prefix = str(tree).lstrip("/")
     full_data, full, l0 = dump(tmp_path, tree, "full")
-    assert {e["path"]: e["type"] for e in full["files"]}[f"{prefix}/bin/start.sh"] == "hardlink"
+    assert {e["path"]: e["type"] for e in scan_stream(io.BytesIO(full_data))}[f"{prefix}/bin/start.sh"] == "hardlink"
     os.link(tree / "bin" / "run.sh", tree / "bin" / "again.sh")  # a new name for a file the full holds
     write(tree / "pair" / "a", b"two names\n")
     os.link(tree / "pair" / "a", tree / "pair" / "b")
     inc_data, inc, l1 = dump(tmp_path, tree, "inc", parent=l0)
     # In the incremental's archive the second name of a new file is a tar hard link to the first.
-    assert {e["path"].removeprefix(prefix): (e["type"], e.get("link", "").removeprefix(prefix)) for e in inc["files"]} == {
+    assert {e["path"].removeprefix(prefix): (e["type"], e.get("link", "").removeprefix(prefix)) for e in scan_stream(io.BytesIO(inc_data))} == {
         "/bin/again.sh": ("file", ""), "/pair/a": ("file", ""), "/pair/b": ("hardlink", "/pair/a")}
     assert by_path(l1)[f"{prefix}/bin/run.sh"]["in"] == "full"  # only its link count moved
 
@@ -177,3 +182,51 @@ def test_hard_links_are_tar_links_and_come_back_linked_through_a_chain(tree, tmp
     assert snapshot(root) == want  # nlink included
     assert len({(root / "bin" / n).stat().st_ino for n in ("run.sh", "start.sh", "again.sh")}) == 1
     assert (root / "pair" / "a").stat().st_ino == (root / "pair" / "b").stat().st_ino
+
+
+def rewritten(listing: Path, out: Path, change) -> Path:
+    """A copy of ``listing`` with ``change(entry)`` applied to each entry (None drops it)."""
+    writer = ListingWriter(out)
+    for entry in read_listing(listing):
+        if (entry := change(entry)) is not None:
+            writer.write(entry)
+    writer.close()
+    return out
+
+
+def test_check_and_restore_compare_the_archive_with_the_listing_and_catch_a_listing_that_differs(tree, tmp_path):
+    source = source_for("files")
+    data, report, listing = dump(tmp_path, tree, "full")
+    assert "files" not in report and report["entry_count"] == report["listing_entries"]
+    manifest = {"backup_id": "full", "parent": None, "source": report}
+    checked = source.check(io.BytesIO(data), manifest, tmp_path, listing=listing)
+    assert (checked["files_checked"], checked["entries_checked"]) == (report["file_count"], report["entry_count"])
+    result = source.restore(io.BytesIO(data), manifest, tmp_path / "dest", force=False, dry_run=False, listing=listing)
+    assert result["files"] == report["file_count"]
+    excluded = ("cache.tmp", "web/node_modules", "data/deeper/upload.part.tmp")  # by the target's exclude globs
+    original = {k: v for k, v in snapshot(tree).items() if not k.startswith(excluded)}
+    assert_same_tree(original, snapshot(restored_root(tmp_path / "dest", tree)))
+
+    prefix = str(tree).lstrip("/")
+    other = rewritten(listing, tmp_path / "other-sha.jsonl.zst",
+                      lambda e: {**e, "sha256": "0" * 64} if e["path"] == f"{prefix}/secret.key" else e)
+    missing = rewritten(listing, tmp_path / "missing.jsonl.zst", lambda e: None if e["path"] == f"{prefix}/bin/run.sh" else e)
+    for bad, check in ((other, "file-sha256"), (missing, "tar-listing")):
+        with pytest.raises(VerificationFailed) as err:
+            source.check(io.BytesIO(data), manifest, tmp_path, listing=bad)
+        assert err.value.check == check
+        with pytest.raises(VerificationFailed) as err:
+            source.restore(io.BytesIO(data), manifest, tmp_path / f"dest-{check}", force=False, dry_run=False, listing=bad)
+        assert err.value.check == check
+
+    # An incremental's archive holds only the files the listing says it holds.
+    (tree / "bin" / "run.sh").write_text("#!/bin/sh\necho changed\n")
+    inc_data, inc_report, inc_listing = dump(tmp_path, tree, "inc", parent=listing)
+    inc = {"backup_id": "inc", "parent": "full", "source": inc_report}
+    held = [e["path"] for e in read_listing(inc_listing) if e.get("in") == "inc"]
+    assert f"{prefix}/bin/run.sh" in held and len(held) < report["file_count"]
+    # (run.sh and start.sh are one file under two names: the second is a tar hard link, an entry but not a file)
+    assert source.check(io.BytesIO(inc_data), inc, tmp_path, listing=inc_listing)["entries_checked"] == len(held)
+    with pytest.raises(VerificationFailed) as err:  # the full's archive is not this backup's
+        source.check(io.BytesIO(data), inc, tmp_path, listing=inc_listing)
+    assert err.value.check == "tar-listing"

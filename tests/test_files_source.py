@@ -21,6 +21,7 @@ import pytest
 from backup_tasks.errors import RestoreRefused, SourceError, VerificationFailed
 from backup_tasks.sources.base import source_for
 from backup_tasks.sources.files.gnu_tar import run_tar
+from backup_tasks.sources.files.tarstream import scan_stream
 from backup_tasks.sources.files.source import ConfigSource, FilesSource
 
 SUBSECOND_NS = 1_690_000_000_123_456_789
@@ -359,12 +360,15 @@ def test_a_crafted_archive_is_refused_and_nothing_lands_outside_dest(tmp_path, m
                for n, k, p in members]
     data = crafted(members)
     dest = tmp_path / "dest"
-    innocent = {"source": {"files": []}}  # the manifest is signed; the attacker could only swap the tar
+    # The record matches the archive (as if the attacker could sign it): the safety checks alone must refuse.
+    innocent = {"source": {"files": scan_stream(io.BytesIO(data))}}
     with pytest.raises(VerificationFailed) as err:
         source_for("files").restore(io.BytesIO(data), innocent, dest, force=False, dry_run=False)
     assert err.value.check == "tar-safety"
     assert "refusing to restore member" in err.value.message
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "outside"]
+    # refused from the record before dest exists (a bad name), or while extracting (through a link)
+    assert {p.name for p in tmp_path.iterdir()} <= {"dest", "outside"}
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"] and (outside / "victim").read_bytes() == b"untouched"
     assert sorted(p.name for p in outside.iterdir()) == ["victim"]
     assert (outside / "victim").read_bytes() == b"untouched"
 

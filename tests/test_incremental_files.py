@@ -91,9 +91,12 @@ def test_full_incrementals_and_differential_each_restore_exactly_their_tree(tmp_
     assert inc1["status"] == Status.VERIFIED and (inc1["type"], inc1["parent"]) == ("incremental", full["id"])
     points[inc1["id"]] = snapshot(tree)
     # The artifact holds only new and changed content: one edited file and one new one.
-    doc = json.loads(run_cli("show", inc1["id"], "--files", "--json", config=cfg, check=0).stdout)["manifest"]
+    shown = json.loads(run_cli("show", inc1["id"], "--files", "--json", config=cfg, check=0).stdout)
+    doc = shown["manifest"]
     prefix = str(tree).lstrip("/")
-    assert sorted(e["path"] for e in doc["source"]["files"]) == [f"{prefix}/docs/note-01.txt", f"{prefix}/new-file.txt"]
+    assert sorted(e["path"] for e in shown["files"] if e.get("in") == inc1["id"]) == [
+        f"{prefix}/docs/note-01.txt", f"{prefix}/new-file.txt"]
+    assert "files" not in doc["source"] and doc["source"]["file_count"] == 2  # counts only: the listing is the record
     # metadata: the chmod, and the two directories whose entries changed (their mtime moved)
     assert doc["source"]["changes"] == {"new": 2, "modified": 1, "metadata": 3, "renamed": 1, "unchanged": 18,
                                         "deleted": 2}
@@ -114,9 +117,9 @@ def test_full_incrementals_and_differential_each_restore_exactly_their_tree(tmp_
     diff = backup(cfg, "differential")
     assert (diff["type"], diff["parent"]) == ("differential", full["id"])
     points[diff["id"]] = snapshot(tree)
-    doc = json.loads(run_cli("show", diff["id"], "--files", "--json", config=cfg, check=0).stdout)["manifest"]
+    shown = json.loads(run_cli("show", diff["id"], "--files", "--json", config=cfg, check=0).stdout)
     # Everything changed since the full, not since the last incremental.
-    assert sorted(e["path"].removeprefix(prefix) for e in doc["source"]["files"]) == [
+    assert sorted(e["path"].removeprefix(prefix) for e in shown["files"] if e.get("in") == diff["id"]) == [
         "/docs/note-01.txt", "/docs/note-02.txt", "/photos/added.bin"]
 
     listed = json.loads(run_cli("list", "--target", "files", "--json", config=cfg, check=0).stdout)
@@ -311,3 +314,22 @@ def test_an_incremental_killed_mid_dump_leaves_the_chain_valid_and_the_next_buil
     dest = tmp_path / "restored"
     run_cli("restore", nxt["id"], "--to", str(dest), "--json", config=cfg, check=0)
     assert_same_tree(snapshot(tree), snapshot(restored_root(dest, tree)))
+
+
+def test_two_roots_named_out_of_order_stream_in_tree_order_and_an_incremental_restores_both(tmp_path, make_config):
+    first, second = tmp_path / "srv" / "b-app", tmp_path / "srv" / "a-etc"
+    build(first)
+    (second / "conf.d").mkdir(parents=True)
+    (second / "conf.d" / "site.conf").write_text("listen 80\n")
+    # "b-app" is named before "a-etc": the walk goes through the roots in tree order all the same
+    cfg = make_config(f'[targets.files]\nkind = "files"\npaths = ["{first}", "{second}"]\n')
+    full = backup(cfg, "full")
+    change_1(first)
+    (second / "conf.d" / "site.conf").write_text("listen 443\n")
+    inc = backup(cfg, "incremental")
+    assert (full["status"], inc["status"], inc["type"], inc["parent"]) == (Status.VERIFIED, Status.VERIFIED, "incremental", full["id"])
+
+    dest = tmp_path / "restored"
+    run_cli("restore", inc["id"], "--to", str(dest), "--json", config=cfg, check=0)
+    for root in (first, second):
+        assert_same_tree(snapshot(root), snapshot(restored_root(dest, root)))

@@ -131,7 +131,7 @@ def list_(ctx: Context, target, status, limit):
 
 @click.command("show")
 @click.argument("backup_id")
-@click.option("--files", is_flag=True, help="include the stored manifest's full file list")
+@click.option("--files", is_flag=True, help="include the stored manifest and the backup's per-file list (files and config)")
 @common
 def show(ctx: Context, backup_id, files):
     """One backup with its manifest and verification history."""
@@ -141,9 +141,11 @@ def show(ctx: Context, backup_id, files):
     data["stage"] = row.stage
     data["manifest"] = row.manifest
     if files:
-        from backup_tasks.ops import readback
+        from backup_tasks.ops import listing_store, readback
 
-        data["manifest"] = readback.locate(rt, row).doc
+        found = readback.locate(rt, row)
+        data["manifest"] = found.doc
+        data["files"] = listing_store.file_list(rt, found)
     data["verifications"] = [{"at": v.at.isoformat(), "ok": v.ok, "check": v.check, "detail": v.detail}
                              for v in rt.catalog.verifications(backup_id)]
     ctx.out.result(data, lambda c, d: c.print_json(data=d, default=str))

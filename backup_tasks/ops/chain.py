@@ -114,19 +114,22 @@ def parent_chain(rt: Runtime, doc: dict) -> list[tuple[str, readback.Located]]:
     return chain
 
 
-def check_listing(rt: Runtime, found: readback.Located, workdir: Path) -> dict:
+def check_listing(rt: Runtime, found: readback.Located, listing: Path) -> dict:
     """Verify's part for a backup with a tree listing, and for one in a chain its parents.
 
-    The listing must match its signed sha256, every file it says this backup holds must
-    be in the archive with the same sha256 (the archive itself was checked against the
-    manifest just before), and every other holder it names must be a parent in the
-    chain, each present in the catalog, verified and readable in storage.
+    ``listing``: the backup's listing, already fetched and proven against its signed
+    sha256. Every other holder it names must be a parent in the chain, each present in
+    the catalog, verified and readable in storage. Every file it says this backup holds
+    must be in the archive with the same sha256: for a backup whose archive was checked
+    against this same listing that is proven already; one whose manifest still carries
+    the archive's file list is compared with that list here.
     """
     doc = found.doc
     parents = [pid for pid, _ in parent_chain(rt, doc)]
-    archived = {e["path"]: e.get("sha256") for e in (doc.get("source") or {}).get("files", []) if e["type"] == "file"}
+    inside = (doc.get("source") or {}).get("files")
+    archived = {e["path"]: e.get("sha256") for e in inside if e["type"] == "file"} if inside is not None else None
     entries = own = 0
-    for entry in read_listing(listing_store.fetch_listing(rt, doc, found.tier, workdir / "listing.jsonl.zst")):
+    for entry in read_listing(listing):
         entries += 1
         if entry["type"] != "file":
             continue
@@ -134,7 +137,7 @@ def check_listing(rt: Runtime, found: readback.Located, workdir: Path) -> dict:
         if holder == doc["backup_id"]:
             own += 1
             member = entry.get("member", entry["path"])
-            if archived.get(member) != entry.get("sha256"):
+            if archived is not None and archived.get(member) != entry.get("sha256"):
                 raise VerificationFailed(
                     f"backup {doc['backup_id']}: its listing says the archive holds {member!r} with another sha256, or not at all",
                     "do not trust this backup; run a new full backup", check="listing")

@@ -9,17 +9,21 @@ proves it is the one written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from backup_tasks.errors import InputError, ObjectNotFound, VerificationFailed
 from backup_tasks.ops import readback
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records import keys, manifest
 from backup_tasks.records.catalog import Status
-from backup_tasks.sources.files.tree_listing import NAME as LISTING_NAME
+from backup_tasks.sources.files.listing import has_listing_inside
+from backup_tasks.sources.files.tree_listing import NAME as LISTING_NAME, read_listing
 from backup_tasks.stages import encrypt as encrypt_stage
 from backup_tasks.stages.digest import HashingReader, file_digest
 
@@ -131,3 +135,34 @@ def fetch_listing(rt: Runtime, doc: dict, tier: str, dest: Path) -> Path:
             f"backup {doc['backup_id']}: the stored tree listing does not match the signed manifest's sha256",
             "the listing was altered or truncated; restore from another location or backup", check="listing-sha256")
     return dest
+
+
+@contextlib.contextmanager
+def archive_listing(rt: Runtime, found: readback.Located) -> Iterator[Path | None]:
+    """The listing a files backup's archive is compared with as it restores, fetched and proven; removed after.
+
+    None for a backup that needs none: not a files backup, or one whose manifest still
+    carries the archive's file list.
+    """
+    doc = found.doc
+    if not doc.get("listing") or has_listing_inside(doc):
+        yield None
+        return
+    workdir = Path(tempfile.mkdtemp(prefix=f"listing-{doc['backup_id']}-", dir=rt.staging_root()))
+    try:
+        yield fetch_listing(rt, doc, found.tier, workdir / LISTING_NAME)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def file_list(rt: Runtime, found: readback.Located) -> list[dict] | None:
+    """What ``show --files`` lists: the tree listing's entries, or for a backup stored before
+    listings existed the archive's file list inside its manifest; None for other kinds."""
+    doc = found.doc
+    if not doc.get("listing"):
+        return (doc.get("source") or {}).get("files")
+    workdir = Path(tempfile.mkdtemp(prefix=f"listing-{doc['backup_id']}-", dir=rt.staging_root()))
+    try:
+        return list(read_listing(fetch_listing(rt, doc, found.tier, workdir / LISTING_NAME)))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backup_tasks import credentials
 from backup_tasks.records import attachments, keys
-from backup_tasks.ops import chain_restore, readback
+from backup_tasks.ops import chain_restore, listing_store, readback
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.errors import InputError, RestoreRefused
 from backup_tasks.ops.runtime import Runtime
@@ -62,31 +62,34 @@ def restore_backup(rt: Runtime, backup_id: str, dest: Path | str, *, force: bool
             raise InputError("--strip-source-path cannot yet be combined with --path or with an incremental or differential backup",
                              "restore without --strip-source-path, then move the restored tree up")
         return _restore_from_listing(rt, found, dest, base, occupied, paths=tuple(paths), force=force, dry_run=dry_run)
-    if dry_run:
-        summary = source.restore(None, doc, dest, force=True, dry_run=True, **options)
-        return {**base, "dry_run": True, "destination_not_empty": occupied, "needs_force": occupied and not force, **summary}
-    if occupied and not force:
-        raise RestoreRefused(
-            f"{dest} exists and is not empty; refusing to overwrite it",
-            "restore into an empty or new path, or pass --force to replace what is there",
-        )
-    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Cut the name: the destination's own name may already be as long as the filesystem allows.
-    staging = dest.parent / f".{dest.name[:64]}.restoring-{secrets.token_hex(4)}"
-    if source.suffix == "tar":
-        staging.mkdir(mode=0o700)
-    try:
-        with readback.plaintext(rt, found) as (stream, stored, plain):
-            stream = progress_mod.reading(stream, progress, "restore", doc["plaintext"]["size"])
-            summary = source.restore(stream, doc, staging, force=False, dry_run=False, **options)
-            plain.drain()
-        readback.check_digests(doc, stored, plain)
-        _commit(staging, dest)
-    finally:
-        _remove(staging)
-    if "next_step" in summary:  # the source named the private sibling it wrote; people need the final path
-        summary["next_step"] = summary["next_step"].replace(str(staging), str(dest))
-    return {**base, "dry_run": False, **summary, "restored_to": str(dest)}
+    with listing_store.archive_listing(rt, found) as listing:  # files: what the archive is compared with
+        if listing is not None:
+            options["listing"] = listing
+        if dry_run:
+            summary = source.restore(None, doc, dest, force=True, dry_run=True, **options)
+            return {**base, "dry_run": True, "destination_not_empty": occupied, "needs_force": occupied and not force, **summary}
+        if occupied and not force:
+            raise RestoreRefused(
+                f"{dest} exists and is not empty; refusing to overwrite it",
+                "restore into an empty or new path, or pass --force to replace what is there",
+            )
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Cut the name: the destination's own name may already be as long as the filesystem allows.
+        staging = dest.parent / f".{dest.name[:64]}.restoring-{secrets.token_hex(4)}"
+        if source.suffix == "tar":
+            staging.mkdir(mode=0o700)
+        try:
+            with readback.plaintext(rt, found) as (stream, stored, plain):
+                stream = progress_mod.reading(stream, progress, "restore", doc["plaintext"]["size"])
+                summary = source.restore(stream, doc, staging, force=False, dry_run=False, **options)
+                plain.drain()
+            readback.check_digests(doc, stored, plain)
+            _commit(staging, dest)
+        finally:
+            _remove(staging)
+        if "next_step" in summary:  # the source named the private sibling it wrote; people need the final path
+            summary["next_step"] = summary["next_step"].replace(str(staging), str(dest))
+        return {**base, "dry_run": False, **summary, "restored_to": str(dest)}
 
 
 def _restore_from_listing(rt: Runtime, found, dest: Path, base: dict, occupied: bool, *, paths: tuple[str, ...],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from backup_tasks import alerting, timefmt
 from backup_tasks.records import attachments, events, keys, manifest, markers
-from backup_tasks.ops import chain, readback
+from backup_tasks.ops import chain, listing_store, readback
 from backup_tasks.stages import counting as progress_mod
 from backup_tasks.errors import BackupError, ConfigError, VerificationFailed
 from backup_tasks.ops.runtime import Runtime
@@ -76,28 +76,29 @@ def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> 
     failure: VerificationFailed | None = None
     summary: dict = {}
     try:
-        with readback.plaintext(rt, found) as (stream, stored, plain):
-            try:
-                summary = source.check(progress_mod.reading(stream, progress, "verify", doc["plaintext"]["size"]), doc, workdir)
-                plain.drain()
-            except VerificationFailed as exc:
-                failure = exc
-    except VerificationFailed as exc:
-        failure = exc
+        # files and config: the tree listing, fetched once and proven against the signed
+        # manifest, is what the archive is compared with (and, for a chain, its parents)
+        listing = listing_store.fetch_listing(rt, doc, found.tier, workdir / "listing.jsonl.zst") if doc.get("listing") else None
+        try:
+            with readback.plaintext(rt, found) as (stream, stored, plain):
+                try:
+                    summary = source.check(progress_mod.reading(stream, progress, "verify", doc["plaintext"]["size"]), doc,
+                                           workdir, **({"listing": listing} if listing else {}))
+                    plain.drain()
+                except VerificationFailed as exc:
+                    failure = exc
+        except VerificationFailed as exc:
+            failure = exc
+        # A replaced artifact may still decrypt and even parse; its hash is the decisive evidence.
+        if stored is not None and stored.size:
+            readback.check_digests(doc, stored, None)
+        if failure is not None:
+            raise failure
+        readback.check_digests(doc, stored, plain)
+        if listing is not None:
+            summary.update(chain.check_listing(rt, found, listing))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    # A replaced artifact may still decrypt and even parse; its hash is the decisive evidence.
-    if stored is not None and stored.size:
-        readback.check_digests(doc, stored, None)
-    if failure is not None:
-        raise failure
-    readback.check_digests(doc, stored, plain)
-    if doc.get("listing"):  # files and config: the tree listing, and for an incremental its parents
-        workdir = Path(tempfile.mkdtemp(prefix=f"verify-{row.id}-", dir=rt.staging_root()))
-        try:
-            summary.update(chain.check_listing(rt, found, workdir))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
     sealed = check_attachments(rt, doc)
     return {"location": found.tier, "locations_checked": len(row.locations), "stored_bytes": stored.size,
             "stored_sha256": doc["stored"]["sha256"],

@@ -23,28 +23,31 @@ parent chain already holds. Both sides are only known once the join is done, so 
 files wait in a side file until then; only gone and new paths are indexed, so the cost
 follows the change, not the tree.
 
-Two passes keep memory flat. The first stats every path and writes a draft line per
-path to a file in the work directory, while the paths whose content must be archived
-go to tar's member list. The second, after tar, rewrites the draft into the final
-listing, adding the sha256 the tar scan measured for each archived file.
+Two passes keep memory flat. The first (here) stats every path and writes a draft line
+per path to a file in the work directory, while the paths whose content must be
+archived go to tar's member list. The second, after tar (final_listing.py), rewrites
+the draft into the final listing, adding the sha256 the tar scan measured for each
+archived file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from backup_tasks.sources.files.tree_listing import ListingWriter, decode, encode, key, listing_lines, tree_key
+from backup_tasks.errors import SourceError
+from backup_tasks.sources.files.tree_listing import decode, encode, key, listing_lines, tree_key
 
 CHANGES = ("new", "modified", "metadata", "renamed", "unchanged")
 
-_DRAFT, _PENDING, _RENAMES = "draft.jsonl", "pending-new.jsonl", "renames.sqlite"
-_BUFFER = 1 << 20
+DRAFT, _PENDING, RENAMES, _NEW_MEMBERS = "draft.jsonl", "pending-new.jsonl", "renames.sqlite", "new-members.nul"
+BUFFER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ class _Renames:
     """Parent files gone from their path (where a new path's bytes may be), then the renames found."""
 
     def __init__(self, workdir: Path) -> None:
-        self.path = workdir / _RENAMES
+        self.path = workdir / RENAMES
         self.path.unlink(missing_ok=True)
         self.db: sqlite3.Connection | None = None
         self.gone = 0
@@ -209,37 +212,58 @@ class _Renames:
             self.db.close()
 
 
-def first_pass(paths: list[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool) -> dict:
+def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool) -> dict:
     """Stat every path; write the draft listing and tar's member list; return counts.
 
     A full archives every path (as it always has, so standard tools restore it alone);
     an incremental archives only the regular files whose content is new or changed.
-    ``paths`` is sorted in place into tree order, the order of the listing.
+    ``paths`` must come in tree order, the order of the listing: a gathered list (include
+    patterns, overlapping roots) is sorted here in place; the walk's stream is in that
+    order already (the join checks it), so a million paths are never held in memory.
     """
-    paths.sort(key=lambda p: tree_key(member_name(p)))
+    if isinstance(paths, list):
+        paths.sort(key=lambda p: tree_key(member_name(p)))
     workdir = Path(workdir)
     if chain.parent_listing is None:
         return _join(paths, iter(()), chain, workdir, member_list, full=full, has_parent=False)
+    if not isinstance(paths, list):  # a stream cannot start again: find out first whether the parent needs sorting
+        parent = _in_order(chain.parent_listing) if _is_in_order(chain.parent_listing) else \
+            _sorted(chain.parent_listing, workdir)
+        return _join(paths, parent, chain, workdir, member_list, full=full, has_parent=True)
     try:
         return _join(paths, _in_order(chain.parent_listing), chain, workdir, member_list, full=full, has_parent=True)
     except _Unsorted:
         return _join(paths, _sorted(chain.parent_listing, workdir), chain, workdir, member_list, full=full, has_parent=True)
 
 
-def _join(paths: list[str], parent: Iterator[tuple[str, dict]], chain: Chain, workdir: Path, member_list: Path, *,
+def _is_in_order(listing: Path) -> bool:
+    try:
+        for _ in _in_order(listing):
+            pass
+    except _Unsorted:
+        return False
+    return True
+
+
+def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain, workdir: Path, member_list: Path, *,
           full: bool, has_parent: bool) -> dict:
     counts = dict.fromkeys(CHANGES, 0)
     renames = _Renames(workdir)
     rehash, backup_id = chain.rehash, chain.backup_id
     lstat, S_ISREG, S_IMODE = os.lstat, stat.S_ISREG, stat.S_IMODE
     pk, before = next(parent, (None, None))
+    last = None
     try:
-        with open(workdir / _DRAFT, "wb", buffering=_BUFFER) as draft, \
-             open(member_list, "wb", buffering=_BUFFER) as members, \
-             open(workdir / _PENDING, "wb", buffering=_BUFFER) as pending:
+        with open(workdir / DRAFT, "wb", buffering=BUFFER) as draft, \
+             open(member_list, "wb", buffering=BUFFER) as members, \
+             open(workdir / _PENDING, "wb", buffering=BUFFER) as pending:
             for path in paths:
                 name = path.lstrip("/") or "."
                 k = tree_key(name)
+                if last is not None and k <= last:
+                    raise SourceError(f"the walk gave {path!r} out of tree order (after {last.replace(chr(0), '/')!r})",
+                                      "this is a bug in backup-tasks; report it with the target's paths")
+                last = k
                 while pk is not None and pk < k:
                     renames.add_gone(before)
                     pk, before = next(parent, (None, None))
@@ -283,13 +307,16 @@ def _join(paths: list[str], parent: Iterator[tuple[str, dict]], chain: Chain, wo
                 renames.add_gone(before)
                 pk, before = next(parent, (None, None))
             pending.close()
-            for line in _lines(workdir / _PENDING):
-                new = decode(line)
-                if renames.resolve(new):
-                    counts["renamed"] += 1
-                else:
-                    counts["new"] += 1
-                    members.write(os.fsencode(new["path"]) + b"\0")
+            added = 0
+            with open(workdir / _NEW_MEMBERS, "wb", buffering=BUFFER) as new_members:
+                for line in lines(workdir / _PENDING):
+                    new = decode(line)
+                    if renames.resolve(new):
+                        counts["renamed"] += 1
+                    else:
+                        counts["new"] += 1
+                        added += 1
+                        new_members.write(os.fsencode(new["path"]) + b"\0")
     finally:
         renames.close()
         close = getattr(parent, "close", None)
@@ -297,63 +324,33 @@ def _join(paths: list[str], parent: Iterator[tuple[str, dict]], chain: Chain, wo
             close()
     if has_parent:
         counts["deleted"] = renames.gone  # a renamed file's old path too: it no longer exists
+        if added:
+            _merge_members(member_list, workdir / _NEW_MEMBERS)
     return counts
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb", buffering=_BUFFER) as fh:
-        yield from fh
+def _names(path: Path) -> Iterator[bytes]:
+    with open(path, "rb", buffering=BUFFER) as fh:
+        pending = b""
+        while chunk := fh.read(BUFFER):
+            *whole, pending = (pending + chunk).split(b"\0")
+            yield from whole
 
 
-def second_pass(workdir: Path, archived: dict[str, dict], chain: Chain) -> int:
-    """Write the final listing: archived files get the size and sha256 the tar scan measured.
+def _merge_members(member_list: Path, new_members: Path) -> None:
+    """Put the new files (known once renames were resolved) into the member list at their place in tree order.
 
-    ``archived``: member name -> scan entry, for the members that carry or link content.
-    A file tar no longer found (deleted between the walk and tar's read) is left out:
-    it does not exist in this backup. A hard link points at the member that carries the
-    bytes, so a restore can find them under that name.
+    tar then writes the archive in the listing's order, which is what lets verify and
+    restore compare the two member by member, one entry of each at a time.
     """
-    workdir = Path(workdir)
-    renames = sqlite3.connect(str(workdir / _RENAMES)) if (workdir / _RENAMES).exists() else None
-    writer = ListingWriter(chain.listing_out)
-    try:
-        with open(workdir / _DRAFT, "rb", buffering=_BUFFER) as draft:
-            for line in draft:
-                if line[:1] == b"+":  # nothing to add: copied without decoding
-                    writer.write_line(line[1:])
-                    continue
-                entry = decode(line[1:])
-                if line[:1] == b"N":
-                    row = renames.execute("SELECT line FROM renamed WHERE path = ?", (key(entry["path"]),)).fetchone() \
-                        if renames is not None else None
-                    if row is not None:
-                        carried = decode(row[0])
-                        del carried["path"]
-                        entry.update(carried)
-                        writer.write(entry)
-                        continue
-                    entry["change"], entry["in"] = "new", chain.backup_id
-                if _with_scanned(entry, archived):
-                    writer.write(entry)
-    finally:
-        count = writer.close()
-        if renames is not None:
-            renames.close()
-    return count
+    merged = member_list.with_name(member_list.name + ".merged")
+    order = lambda name: tree_key(os.fsdecode(name))  # noqa: E731
+    with open(merged, "wb", buffering=BUFFER) as out:
+        for name in heapq.merge(_names(member_list), _names(new_members), key=order):
+            out.write(name + b"\0")
+    os.replace(merged, member_list)
 
 
-def _with_scanned(entry: dict, archived: dict[str, dict]) -> bool:
-    """Add the size and sha256 tar's scan measured; False when tar did not archive the file after all."""
-    if entry["type"] != "file":
-        return True
-    scanned = archived.get(entry["path"])
-    if scanned is None:
-        return False
-    if scanned["type"] == "hardlink":
-        target = archived.get(scanned["link"])
-        if target is None or "sha256" not in target:
-            return False
-        entry["member"] = scanned["link"]
-        scanned = target
-    entry["size"], entry["sha256"] = scanned["size"], scanned["sha256"]
-    return True
+def lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb", buffering=BUFFER) as fh:
+        yield from fh

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections import deque
 from decimal import Decimal
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Iterable
 
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, RestoreRefused, VerificationFailed
@@ -124,17 +125,32 @@ def _stripped(member: tarfile.TarInfo, prefix: str, dest: str) -> tarfile.TarInf
     return member.replace(name=name, deep=False)
 
 
-def extract(plaintext: BinaryIO, dest: str, *, strip_prefix: str = "") -> tuple[dict, list[dict]]:
+def extract(plaintext: BinaryIO, dest: str, *, strip_prefix: str = "",
+            on_entry: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
     """Extract every member into ``dest``; return (counts, archive listing).
 
     With ``strip_prefix`` (an archive path), members land relative to it and members
     outside it are skipped; the listing keeps the archive's own names, so it is still
-    compared with the manifest as stored.
+    compared with the manifest as stored. With ``on_entry`` each member's scanned entry
+    goes there as it passes (and the listing returned is empty): a mismatch then stops
+    the restore at that member.
     """
     counts = {"files": 0, "dirs": 0, "links": 0, "bytes": 0, "symlinks_leaving_dest": []}
     dirs: list[tarfile.TarInfo] = []
-    tee = _Tee(plaintext, TarScanner())
+    # The scanner reads ahead of tarfile; a member's entry goes to ``on_entry`` only once
+    # that member passed the safety checks, so a hostile archive is refused as unsafe
+    # (what it is) rather than as one that differs from the record.
+    scanned: deque[dict] = deque()
+    tee = _Tee(plaintext, TarScanner(scanned.append if on_entry else None))
     name = "(archive start)"
+    checked = released = 0
+
+    def release(upto: float) -> None:
+        nonlocal released
+        while on_entry and scanned and released < upto:
+            on_entry(scanned.popleft())
+            released += 1
+
     try:
         with tarfile.open(fileobj=tee, mode="r|", bufsize=TAR_BUFFER) as archive:
             for member in archive:
@@ -142,15 +158,21 @@ def extract(plaintext: BinaryIO, dest: str, *, strip_prefix: str = "") -> tuple[
                 if reason := _unsafe_name(name):  # refused before stripping could hide it
                     raise _refuse(name, dest, reason)
                 member = _stripped(member, strip_prefix, dest) if strip_prefix else member
+                safe = _admit(member, dest) if member is not None else None
+                checked += 1
+                release(checked)
+                # tarfile keeps every member it has read in ``members``; a stream only moves
+                # forward (a hard link is made with os.link from its path), so let them go
+                archive.members.clear()
                 if member is None:
                     continue
-                safe = _admit(member, dest)
                 archive.extract(safe, dest, set_attrs=not safe.isdir(), filter="fully_trusted")
                 if safe.isreg() or safe.islnk():
                     _set_mtime(os.path.join(dest, safe.name), safe)
                 _count(safe, dest, counts, dirs)
         tee.drain()
         listing = tee.scanner.close()
+        release(float("inf"))
     except (tarfile.TarError, TarStreamError) as exc:
         raise VerificationFailed(f"cannot read the archive at member {name!r}: {exc}",
                                  "the backup is truncated or corrupt; restore from another copy; "
@@ -195,8 +217,12 @@ def _set_dir_attrs(dirs: list[tarfile.TarInfo], dest: str) -> None:
         os.chmod(path, member.mode)
 
 
-def plan_restore(entries: list[dict], dest: Path, *, strip_prefix: str = "") -> dict:
-    """What a restore of ``entries`` into ``dest`` writes; pure, refuses unsafe names early."""
+def plan_restore(entries: Iterable[dict], dest: Path, *, strip_prefix: str = "", list_paths: bool = True) -> dict:
+    """What a restore of ``entries`` into ``dest`` writes; pure, refuses unsafe names early.
+
+    ``list_paths=False`` leaves ``would_write`` empty: a real restore only wants the
+    refusal, and a list of every path would grow with the tree.
+    """
     plan = {"files": 0, "dirs": 0, "links": 0, "bytes": 0, "would_write": []}
     for entry in entries:
         if reason := _unsafe_name(entry["path"]) or (
@@ -208,7 +234,8 @@ def plan_restore(entries: list[dict], dest: Path, *, strip_prefix: str = "") -> 
         name = strip_member(entry["path"], strip_prefix)
         if name is None:
             continue
-        plan["would_write"].append(str(dest / name))
+        if list_paths:
+            plan["would_write"].append(str(dest / name))
         key = {"file": "files", "dir": "dirs"}.get(entry["type"], "links")
         plan[key] += 1
         plan["bytes"] += entry["size"] if entry["type"] == "file" else 0

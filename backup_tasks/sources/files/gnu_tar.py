@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import subprocess
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import SourceError
@@ -68,15 +68,19 @@ def _classify_stderr(stderr: str) -> tuple[list[str], list[str]]:
     return warnings, errors
 
 
-def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str) -> tuple[list[dict], list[str]]:
+def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str,
+             on_entry: Callable[[dict], None] | None = None) -> tuple[list[dict], list[str]]:
     """Run GNU tar on the member list; copy its output to ``out`` while scanning it.
+
+    ``on_entry``: hear each member as it passes instead of getting the listing back
+    (then empty), so memory does not grow with the number of members.
 
     Returns (archive listing, warnings). Exit 1 ("file changed as we read it") and
     files that vanished before tar reached them are warnings; anything else tar
     reports as an error is a SourceError carrying tar's own words.
     """
     stderr_path = workdir / "tar.stderr"
-    scanner = TarScanner()
+    scanner = TarScanner(on_entry)
     with open(stderr_path, "w+b") as stderr:
         # stderr goes to a file, not a pipe: we only read stdout, and a chatty tar
         # must not block on a full stderr pipe.

@@ -1,51 +1,105 @@
-"""Whether an archive's listing (paths, types, link targets, sizes, sha256) is the one the manifest recorded.
+"""Whether an archive's members (paths, types, link targets, sizes, sha256) are the ones the backup recorded.
 
-``check`` compares a scan of the stored archive with the manifest; a restore compares the
-scan of what it extracted. Either way a difference means the backup is not what was
-dumped, and it is reported with the first few paths that differ.
+``check`` compares a scan of the stored archive with the record; a restore compares the
+scan of what it extracts. Either way a difference means the backup is not what was
+dumped, and it is reported with the paths that differ.
+
+The record comes in two forms, and ``archive_entries`` reads both. Backups taken before
+the tree listing became the only per-file record carry the archive's listing inside
+the signed manifest (``source.files``). Newer ones carry only the tree listing object
+(tree_listing.py), from which the archive's members follow: in a full every path is a
+member; in an incremental or differential the files whose ``in`` names this backup.
+
+Both forms list members in archive order, so the comparison walks the two side by side
+and holds one entry of each, however many files the tree has.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Iterable, Iterator
+
 from backup_tasks.errors import VerificationFailed
+from backup_tasks.sources.files.tree_listing import read_listing
 
 SHOWN = 5  # how many paths an error message names before "and N more"
 
+_REMEDY = "do not trust this backup; restore from another copy and run a new backup"
 
-def _some(paths: list[str]) -> str:
+
+def _some(paths: list[str], more: int = 0) -> str:
     shown = ", ".join(repr(p) for p in paths[:SHOWN])
-    return shown + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
+    more += max(0, len(paths) - SHOWN)
+    return shown + (f" and {more} more" if more else "")
 
 
-def compare_listing(expected: list[dict], actual: list[dict]) -> None:
-    """Raise VerificationFailed unless ``actual`` (from the archive) matches the manifest."""
-    remedy = "do not trust this backup; restore from another copy and run a new backup"
-    by_path = {e["path"]: e for e in actual}
-    if len(by_path) != len(actual):
-        seen: set[str] = set()
-        dup = [e["path"] for e in actual if e["path"] in seen or seen.add(e["path"])]
-        raise VerificationFailed(f"archive holds {_some(dup)} more than once", remedy, check="tar-listing")
-    wanted = {e["path"]: e for e in expected}
-    missing = [p for p in wanted if p not in by_path]
-    extra = [p for p in by_path if p not in wanted]
-    if missing or extra:
-        parts = ([f"missing {_some(missing)}"] if missing else []) + ([f"unexpected {_some(extra)}"] if extra else [])
-        raise VerificationFailed(f"archive listing differs from the manifest: {'; '.join(parts)}",
-                                 remedy, check="tar-listing")
-    for entry in actual:
-        want = wanted[entry["path"]]
+def has_listing_inside(manifest: dict) -> bool:
+    """True for a backup whose manifest still carries the archive's listing (``source.files``)."""
+    return "files" in (manifest.get("source") or {})
+
+
+def archive_entries(manifest: dict, listing: Path | None = None) -> Iterator[dict]:
+    """The archive's members in archive order, from the manifest's old field or from the tree listing at ``listing``."""
+    if has_listing_inside(manifest):
+        yield from manifest["source"]["files"]
+        return
+    if listing is None:
+        raise VerificationFailed("the backup's tree listing was not given and its manifest has no file list",
+                                 "the manifest is not from a files or config backup, or the listing was not fetched",
+                                 check="tar-listing")
+    own, whole = manifest.get("backup_id"), not manifest.get("parent")
+    for entry in read_listing(listing):
+        if entry["type"] == "file":
+            if entry.get("in") != own:
+                continue  # its bytes live in a parent's archive
+            member = entry.get("member")
+            if member and member != entry["path"]:  # a hard link: the member names the one holding the bytes
+                yield {"path": entry["path"], "type": "hardlink", "size": 0, "link": member}
+            else:
+                yield {"path": entry["path"], "type": "file", "size": entry["size"], "sha256": entry.get("sha256")}
+        elif whole:  # an incremental archives file contents only
+            out = {"path": entry["path"], "type": entry["type"], "size": 0}
+            if "link" in entry:
+                out["link"] = entry["link"]
+            yield out
+
+
+class ListingMatch:
+    """Compare the archive's members, fed one at a time in archive order, with the expected ones."""
+
+    def __init__(self, expected: Iterable[dict]) -> None:
+        self._expected = iter(expected)
+        self.count = 0
+
+    def __call__(self, entry: dict) -> None:
+        want = next(self._expected, None)
+        self.count += 1
+        if want is None:
+            raise VerificationFailed(f"archive listing differs from the manifest: unexpected {_some([entry['path']])}",
+                                     _REMEDY, check="tar-listing")
+        if want["path"] != entry["path"]:
+            raise VerificationFailed(
+                f"archive listing differs from the manifest at member {self.count}: the archive holds "
+                f"{entry['path']!r} where the backup's record has {want['path']!r} (missing, unexpected or repeated)",
+                _REMEDY, check="tar-listing")
         if entry["type"] != want["type"] or entry.get("link") != want.get("link"):
             raise VerificationFailed(
                 f"{entry['path']!r} is a {entry['type']} -> {entry.get('link')!r} in the archive but a "
-                f"{want['type']} -> {want.get('link')!r} in the manifest", remedy, check="tar-listing")
+                f"{want['type']} -> {want.get('link')!r} in the manifest", _REMEDY, check="tar-listing")
         if entry["size"] != want["size"] or entry.get("sha256") != want.get("sha256"):
             raise VerificationFailed(f"content of {entry['path']!r} differs from the manifest (size or sha256)",
-                                     remedy, check="file-sha256")
+                                     _REMEDY, check="file-sha256")
 
+    def close(self) -> None:
+        """The archive ended: every expected member must have been seen."""
+        missing: list[str] = []
+        more = 0
+        for want in self._expected:
+            if len(missing) < SHOWN:
+                missing.append(want["path"])
+            else:
+                more += 1
+        if missing:
+            raise VerificationFailed(f"archive listing differs from the manifest: missing {_some(missing, more)}",
+                                     _REMEDY, check="tar-listing")
 
-def manifest_files(manifest: dict) -> list[dict]:
-    files = (manifest.get("source") or {}).get("files")
-    if files is None:
-        raise VerificationFailed("manifest has no file list (source.files)",
-                                 "the manifest is not from a files or config backup", check="tar-listing")
-    return files

@@ -10,11 +10,12 @@ roots are archived once.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from backup_tasks.errors import SourceError
+from backup_tasks.sources.files.tree_listing import tree_key
 
 
 def _matches(patterns: tuple[str, ...], rel: str, is_dir: bool) -> bool:
@@ -84,26 +85,47 @@ def _keep_picked(members: list[tuple[str, bool, bool]], roots: set[str]) -> list
     return [path for path, _, _ in members if path in needed]
 
 
-def select_members(target) -> tuple[list[str], list[str]]:
+def select_members(target) -> tuple[Iterable[str], list[str]]:
     """The absolute paths to archive for ``target`` and the warnings the walk raised.
 
     A root itself is always archived (naming it in ``paths`` is an explicit choice);
-    include/exclude apply below directory roots.
+    include/exclude apply below directory roots. The warnings list fills as the paths
+    are read. Without include patterns and with roots that do not overlap (the usual
+    target) the paths come as the walk finds them, so a tree of a million files is never
+    held in memory; otherwise they are gathered first, to keep the directories leading
+    to included paths and to archive each path once.
     """
     warnings: list[str] = []
-    members: list[tuple[str, bool, bool]] = []
     roots = [_checked_root(p, target.name) for p in target.paths]
+    if not target.include and not _overlapping(roots):
+        # roots in tree order, so the stream is in the listing's order (a directory's walk already is)
+        ordered = sorted(roots, key=lambda root: tree_key(root.lstrip("/") or "."))
+        return _members(ordered, target, warnings), warnings
+    members = list(_members_with_picks(roots, target, warnings))
+    paths = _keep_picked(members, set(roots)) if target.include else [m[0] for m in members]
+    return list(dict.fromkeys(paths)), warnings  # overlapping roots: archive each path once
+
+
+def _overlapping(roots: list[str]) -> bool:
+    return len(set(roots)) < len(roots) or any(
+        other != root and other.startswith(root.rstrip("/") + "/") for root in roots for other in roots)
+
+
+def _members(roots: list[str], target, warnings: list[str]) -> Iterator[str]:
+    for path, _, _ in _members_with_picks(roots, target, warnings):
+        yield path
+
+
+def _members_with_picks(roots: list[str], target, warnings: list[str]) -> Iterator[tuple[str, bool, bool]]:
     for root in roots:
         if not (os.path.islink(root) or os.path.isdir(root) or os.path.isfile(root)):
             warnings.append(f"{root}: skipped, not a regular file, directory or symlink")
             continue
-        members.append((root, os.path.isdir(root), True))
+        yield root, os.path.isdir(root), True
         if os.path.islink(root):
             warnings.append(f"{root}: is a symlink; the link is archived, not what it points to")
         elif os.path.isdir(root):
-            members.extend(_walk(root, tuple(target.include), tuple(target.exclude), warnings))
-    paths = _keep_picked(members, set(roots)) if target.include else [m[0] for m in members]
-    return list(dict.fromkeys(paths)), warnings  # overlapping roots: archive each path once
+            yield from _walk(root, tuple(target.include), tuple(target.exclude), warnings)
 
 
 def _checked_root(path: str, target_name: str) -> str:
@@ -117,7 +139,7 @@ def _checked_root(path: str, target_name: str) -> str:
     return path
 
 
-def write_member_list(paths: list[str], list_file: Path) -> None:
+def write_member_list(paths: Iterable[str], list_file: Path) -> None:
     with open(list_file, "wb") as f:
         for path in paths:
             # fsencode restores the original bytes of names that are not UTF-8.

@@ -3,14 +3,19 @@
 The class is what the pipeline, verify and restore call (``sources.base.Source``); the
 work is in the modules beside it: members.py chooses what goes in, gnu_tar.py writes
 the archive, tarstream.py lists it with every file's sha256 as the bytes pass,
-listing.py compares that listing with the manifest, and extract.py restores safely.
+listing.py compares that listing with the backup's record, and extract.py restores safely.
+
+A dump with a ``chain`` (every backup the pipeline runs) writes the tree listing, the
+one per-file record, stored as its own object: the report keeps counts only, so the
+signed manifest stays small whatever the number of files. Without a chain there is no
+listing, and the report carries the archive's listing as manifests did before.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from backup_tasks.errors import VerificationFailed
 from backup_tasks.sources.base import register
@@ -19,9 +24,10 @@ from backup_tasks.sources.files.extract import (
     plan_restore,
     refuse_unless_empty,
 )
-from backup_tasks.sources.files.changes import Chain, first_pass, second_pass
+from backup_tasks.sources.files.changes import Chain, first_pass
+from backup_tasks.sources.files.final_listing import ArchiveSpool, second_pass
 from backup_tasks.sources.files.gnu_tar import gnu_tar_version, run_tar
-from backup_tasks.sources.files.listing import compare_listing, manifest_files
+from backup_tasks.sources.files.listing import ListingMatch, archive_entries
 from backup_tasks.sources.files.members import select_members, write_member_list
 from backup_tasks.sources.files.tarstream import TarStreamError, scan_stream
 
@@ -46,59 +52,71 @@ class FilesSource:
         paths, warnings = select_members(target)
         workdir = Path(workdir)
         list_file = workdir / "members.nul"
-        extra: dict = {}
         if chain is None:
             write_member_list(paths, list_file)
             entries, tar_warnings = run_tar(list_file, out, workdir, target.name)
+            files = [e for e in entries if e["type"] == "file"]
+            counts = {"file_count": len(files), "entry_count": len(entries), "bytes": sum(e["size"] for e in files),
+                      "files": entries}
         else:
             full = chain.parent_listing is None
             changes = first_pass(paths, chain, workdir, list_file, full=full)
-            del paths  # the draft on disk holds the tree from here on
-            # Hard links stay tar hard links, in an incremental too: tar links only to a member it
-            # archived in this run, so a name whose first one is in a parent carries its own bytes.
-            entries, tar_warnings = run_tar(list_file, out, workdir, target.name)
-            archived = {e["path"]: e for e in entries if e["type"] in ("file", "hardlink")}
-            extra = {"listing_entries": second_pass(workdir, archived, chain), "changes": changes}
-        files = [e for e in entries if e["type"] == "file"]
+            del paths  # a gathered list (include patterns): the draft on disk holds the tree from here on
+            spool = ArchiveSpool(workdir / "archive.jsonl")
+            try:
+                # Hard links stay tar hard links, in an incremental too: tar links only to a member it
+                # archived in this run, so a name whose first one is in a parent carries its own bytes.
+                _, tar_warnings = run_tar(list_file, out, workdir, target.name, on_entry=spool.add)
+            finally:
+                spool.close()
+            counts = {"file_count": spool.files, "entry_count": spool.entries, "bytes": spool.bytes,
+                      "listing_entries": second_pass(workdir, spool, chain, full=full), "changes": changes}
         return {
-            **extra,
             "format": "pax",
             "tool": tool,
             "roots": [os.path.normpath(p) for p in target.paths],
-            "file_count": len(files),
-            "entry_count": len(entries),
-            "bytes": sum(e["size"] for e in files),
-            "files": entries,
+            **counts,
             "warnings": warnings + tar_warnings,
         }
 
-    def check(self, plaintext: BinaryIO, manifest: dict, workdir: Path) -> dict:
-        """Scan the whole archive; its listing and every file's sha256 must match the manifest."""
-        expected = manifest_files(manifest)
+    def check(self, plaintext: BinaryIO, manifest: dict, workdir: Path, listing: Path | None = None) -> dict:
+        """Scan the whole archive; its members and every file's sha256 must match the record, in order.
+
+        ``listing``: the backup's tree listing, fetched and checked against the signed
+        manifest; not needed for a backup whose manifest carries the file list.
+        """
+        match = ListingMatch(archive_entries(manifest, listing))
+        counts = {"files_checked": 0, "entries_checked": 0, "bytes_checked": 0}
+
+        def seen(entry: dict) -> None:
+            match(entry)
+            counts["entries_checked"] += 1
+            if entry["type"] == "file":
+                counts["files_checked"] += 1
+                counts["bytes_checked"] += entry["size"]
+
         try:
-            actual = scan_stream(plaintext)
+            scan_stream(plaintext, on_entry=seen)
         except TarStreamError as exc:
             raise VerificationFailed(exc.message, exc.remedy, check="tar-structure") from None
-        compare_listing(expected, actual)
-        files = [e for e in actual if e["type"] == "file"]
-        return {"files_checked": len(files), "entries_checked": len(actual),
-                "bytes_checked": sum(e["size"] for e in files)}
+        match.close()
+        return counts
 
     def restore(self, plaintext: BinaryIO, manifest: dict, dest: Path, *, force: bool, dry_run: bool,
-                strip_source_path: bool = False) -> dict:
+                strip_source_path: bool = False, listing: Path | None = None) -> dict:
         """Extract under ``dest`` (members keep their full original paths below it).
 
         With ``strip_source_path`` they land relative to the roots' common directory
         instead (see ``source_prefix``), and the summary names that directory.
         Refuses a non-empty ``dest`` without ``force`` (also in a dry run, which answers
         "what would this command do"). After extracting, the archive's listing and
-        hashes must match the manifest, or the restore fails with VerificationFailed.
+        hashes must match the record, member by member as they pass, or the restore fails
+        with VerificationFailed. ``listing``: as for ``check``.
         """
         dest = Path(os.path.abspath(dest))
-        expected = manifest_files(manifest)
-        prefix = source_prefix(manifest) if strip_source_path else ""
+        prefix = source_prefix(manifest, listing) if strip_source_path else ""
         stripped = {"strip_source_path": "/" + prefix} if strip_source_path else {}
-        plan = plan_restore(expected, dest, strip_prefix=prefix)
+        plan = plan_restore(archive_entries(manifest, listing), dest, strip_prefix=prefix, list_paths=dry_run)
         refuse_unless_empty(dest, force)
         if dry_run:
             return {"restored_to": str(dest), "dry_run": True, **plan, **stripped}
@@ -106,12 +124,13 @@ class FilesSource:
             dest.mkdir(mode=0o700, parents=True)
             dest.chmod(0o700)  # mkdir's mode is filtered by the umask; be exact
         real = os.path.realpath(dest)
-        counts, listing = extract(plaintext, real, strip_prefix=prefix)
-        compare_listing(expected, listing)
+        match = ListingMatch(archive_entries(manifest, listing))
+        counts, _ = extract(plaintext, real, strip_prefix=prefix, on_entry=match)
+        match.close()
         return {"restored_to": str(dest), **counts, **stripped}
 
 
-def source_prefix(manifest: dict) -> str:
+def source_prefix(manifest: dict, listing: Path | None = None) -> str:
     """The archive path that ``strip_source_path`` removes: the deepest directory holding every root.
 
     ``paths = ["/srv/app/uploads"]`` gives ``srv/app/uploads`` (its contents land in the
@@ -120,10 +139,13 @@ def source_prefix(manifest: dict) -> str:
     """
     roots = manifest["source"].get("roots") or ["/"]
     prefix = os.path.commonpath(roots).lstrip("/")
-    types = {e["path"]: e["type"] for e in manifest_files(manifest)}
-    if prefix and types.get(prefix, "dir") != "dir":
+    if prefix and _type_of(archive_entries(manifest, listing), prefix) not in ("dir", None):
         prefix = os.path.dirname(prefix)
     return prefix
+
+
+def _type_of(entries: Iterator[dict], path: str) -> str | None:
+    return next((e["type"] for e in entries if e["path"] == path), None)
 
 
 class ConfigSource(FilesSource):

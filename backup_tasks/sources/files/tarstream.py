@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, Callable, NamedTuple
 
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError
@@ -170,10 +170,15 @@ class TarScanner:
 
     Raises TarStreamError as soon as a header is invalid, and from ``close()`` when the
     stream stopped early or lacks the two zero blocks that end an archive.
+
+    With ``on_entry``, each member's entry (its sha256 included) goes to that callback as
+    soon as its content has passed, and none is kept: a caller that compares as it reads
+    then holds one entry, whatever the number of members.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_entry: Callable[[dict], None] | None = None) -> None:
         self.entries: list[dict] = []
+        self._on_entry = on_entry
         self.bytes_fed = 0
         self._header = bytearray()  # a header block split across chunks
         self._left = 0  # content bytes of the current member still to come
@@ -275,7 +280,8 @@ class TarScanner:
         }
         if kind in ("symlink", "hardlink"):
             entry["link"] = pending.get("linkpath") or pending.get("gnu.longlink") or info.linkname
-        self.entries.append(entry)
+        if self._on_entry is None:
+            self.entries.append(entry)
         self._member = entry
         self._hash = hashlib.sha256() if kind == "file" else None
         self._expect(entry["size"])
@@ -292,9 +298,12 @@ class TarScanner:
         if self._meta is not None:
             meta, self._meta = bytes(self._meta), None
             self._apply_meta(self._meta_type, meta)
-        elif self._hash is not None:
-            self._member["sha256"] = self._hash.hexdigest()
-            self._hash = None
+        else:
+            if self._hash is not None:
+                self._member["sha256"] = self._hash.hexdigest()
+                self._hash = None
+            if self._on_entry is not None:
+                self._on_entry(self._member)
         self._member = None
 
     def _apply_meta(self, meta_type: bytes, data: bytes) -> None:
@@ -334,9 +343,9 @@ class TarScanner:
         raise TarStreamError(f"tar stream ends without the end-of-archive blocks after {self.bytes_fed} bytes")
 
 
-def scan_stream(stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> list[dict]:
-    """Read ``stream`` to its end in ``chunk_size`` pieces and return its tar listing."""
-    scanner = TarScanner()
+def scan_stream(stream: BinaryIO, chunk_size: int = CHUNK_SIZE, on_entry: Callable[[dict], None] | None = None) -> list[dict]:
+    """Read ``stream`` to its end in ``chunk_size`` pieces and return its tar listing (empty with ``on_entry``)."""
+    scanner = TarScanner(on_entry)
     while chunk := stream.read(chunk_size):
         scanner.feed(chunk)
     return scanner.close()
