@@ -176,8 +176,10 @@ def test_an_incremental_over_http_restores_selected_paths_through_its_chain_and_
     shown = viewer.get(f"/backups/{inc}", params={"files": True})
     assert shown.status_code == 200, shown.text
     assert shown.json()["parent_id"] == full and shown.json()["status"] == "verified"
-    assert sorted(e["path"] for e in shown.json()["manifest"]["source"]["files"]) == [
+    listed = {e["path"]: e for e in shown.json()["files"]}  # the tree listing: the whole tree at that moment
+    assert sorted(p for p, e in listed.items() if e.get("in") == inc) == [
         f"{prefix}/docs/b.txt", f"{prefix}/other/c.txt"]  # the incremental holds only what changed
+    assert listed[f"{prefix}/docs/a.txt"]["in"] == full and "files" not in shown.json()["manifest"]["source"]
 
     dest = api.base / "restore" / "selected"
     body = {"destination": str(dest), "paths": [str(tree / "docs")]}

@@ -98,6 +98,8 @@ class BackupDetail(BackupEntry):
     stage: str
     parent_id: str | None = None
     manifest: dict[str, Any] | None = Field(None, description="the manifest summary recorded in the catalog")
+    files: list[dict[str, Any]] | None = Field(None, description="with ?files=true: the tree listing's entries (or, for a "
+                                                                   "backup stored before listings, the manifest's file list)")
     verifications: list[Verification]
 
 

@@ -19,7 +19,7 @@ from backup_tasks.api.errors import ERROR_RESPONSES
 from backup_tasks.api.routes import lookup
 from backup_tasks.records.catalog import Status, dumps_row
 from backup_tasks.errors import InputError
-from backup_tasks.ops import readback
+from backup_tasks.ops import listing_store, readback
 from backup_tasks.ops.delete import delete_backup as delete
 from backup_tasks.ops.runtime import Runtime
 
@@ -63,11 +63,15 @@ def list_backups(request: Request, rt: Runtime = Depends(deps.runtime),
 
 @router.get("/backups/{backup_id}", response_model=schemas.BackupDetail, **requires("viewer"))
 def get_backup(backup_id: BackupId, rt: Runtime = Depends(deps.runtime),
-               files: Annotated[bool, Query(description="the stored manifest, with its full file list (backupctl show --files)")] = False):
+               files: Annotated[bool, Query(description="the stored manifest and the file list (backupctl show --files)")] = False):
     """One backup with its manifest summary and verification history (backupctl show)."""
     row = lookup.stored_backup(rt, backup_id, "show") if files else lookup.backup(rt, backup_id)
-    manifest = readback.locate(rt, row).doc if files else row.manifest
-    return {**dumps_row(row), "stage": row.stage, "parent_id": row.parent_id, "manifest": manifest,
+    listed: dict = {}
+    manifest = row.manifest
+    if files:
+        found = readback.locate(rt, row)
+        manifest, listed = found.doc, {"files": listing_store.file_list(rt, found)}
+    return {**dumps_row(row), "stage": row.stage, "parent_id": row.parent_id, "manifest": manifest, **listed,
             "verifications": [{"at": v.at.isoformat(), "ok": v.ok, "check": v.check, "detail": v.detail}
                               for v in rt.catalog.verifications(backup_id)]}
 
