@@ -53,6 +53,20 @@ class Context:
         audit.record(catalog, action, actor=audit.cli_actor(), outcome=audit.OK, detail=detail)
 
 
+def configure_logging(verbose: int = 0) -> None:
+    """Log to stderr, every handler behind the secret mask (embedded, the stages run and log in this process)."""
+    import logging
+    import sys
+
+    from backup_tasks import redaction
+
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, redaction.LogFilter) for f in handler.filters):
+            handler.addFilter(redaction.LogFilter())
+
+
 def common(fn):
     """--config and --json on every command (they may also come before the command name)."""
 

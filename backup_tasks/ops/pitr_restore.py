@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backup_tasks import defaults
 from backup_tasks.errors import InputError
-from backup_tasks.ops import pitr, readback
+from backup_tasks.ops import pitr, readback, wal_prefetch
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import pitr as policy
 from backup_tasks.sources.db import dsn
@@ -102,6 +102,7 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
         log = server.start(dest, port, bin_dir=bin_dir, os_user=CLUSTER_OS_USER)
         reached = server.wait_for_promotion(conn, dest, log, bin_dir=bin_dir, os_user=CLUSTER_OS_USER, timeout=timeout)
         result["notes"] = [*result["notes"], "no commit after the target time is stored: all stored WAL was replayed"]
+    wal_prefetch.remove(dest)  # segments read ahead past the target: recovery is over, nothing will take them
     result["recovery_seconds"] = round(time.monotonic() - started - result["extract_seconds"], 2)
     return {**result, "started": True, "port": port, "reached_time": iso(reached["reached_time"]),
             "reached_lsn": reached["reached_lsn"], "timeline": reached["timeline"], "log": str(log)}
