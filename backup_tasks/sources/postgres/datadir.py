@@ -57,7 +57,9 @@ def extract(plaintext: BinaryIO, dest: Path) -> dict:
                                          "the stored archive is not one backup-tasks wrote; use another backup", check="physical-layout")
             into = dest if member.name == BASE else dest / "pg_wal"
             into.mkdir(mode=0o700, exist_ok=True)
-            with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
+            # tarfile's defaults (10 KiB reads, 16 KiB copies) made extraction several times slower than tar -x
+            with tarfile.open(fileobj=outer.extractfile(member), mode="r|", bufsize=defaults.CHUNK_SIZE) as inner:
+                inner.copybufsize = defaults.CHUNK_SIZE
                 for m in inner:
                     _refuse_unsafe(m, member.name)
                     if _HAS_FILTER:
