@@ -52,7 +52,6 @@ def run_get(ctx: Context, target: str, name: str, path: Path) -> int:
 
     try:
         result = wal_ops.get(ctx.rt, target, name, path)
-        result["read_ahead_started"] = wal_prefetch.start(ctx.rt, target, name, path)
     except wal_ops.SegmentMissing as exc:
         # recovery asks past the end of the archive (and for history files that never were) as a matter of
         # course: PostgreSQL only needs the status, and a line per probe would bury real errors in its log
@@ -66,6 +65,11 @@ def run_get(ctx: Context, target: str, name: str, path: Path) -> int:
         logging.getLogger(__name__).exception("wal get %s failed", name)
         ctx.out.error(BackupError(f"internal error: {type(exc).__name__}: {exc}", "this is a bug; please report it"))
         return FATAL_FOR_POSTGRES
+    try:
+        result["read_ahead_started"] = wal_prefetch.start(ctx.rt, target, name, path)
+    except Exception:  # noqa: BLE001 - the segment is in place; without a read-ahead the next ones are only slower
+        logging.getLogger(__name__).warning("no WAL read-ahead after %s", name, exc_info=True)
+        result["read_ahead_started"] = False
     ctx.out.result(result, lambda c, d: c.print(f"{d['name']}: from tier {d['tier']}", markup=False))
     return 0
 
