@@ -21,13 +21,19 @@ class Context:
 
     @cached_property
     def rt(self):
-        from backup_tasks import config
-        from backup_tasks.ops import runtime
         from backup_tasks.orchestration.celery_app import configure
 
-        rt = runtime.install(runtime.Runtime(config.load(self.config_path)))
+        rt = self.local_rt
         configure(rt.settings)
         return rt
+
+    @cached_property
+    def local_rt(self):
+        """The runtime without Celery set up, for commands that never enqueue (PostgreSQL waits on ``wal get``)."""
+        from backup_tasks import config
+        from backup_tasks.ops import runtime
+
+        return runtime.install(runtime.Runtime(config.load(self.config_path)))
 
     def audited(self, action: str, *, target: str | None = None, backup_id: str | None = None, detail: dict | None = None):
         """Audit what this command does, as ``cli:<user>`` (see audit.py)."""

@@ -51,7 +51,7 @@ def run_get(ctx: Context, target: str, name: str, path: Path) -> int:
     from backup_tasks.ops import wal_prefetch
 
     try:
-        result = wal_ops.get(ctx.rt, target, name, path)
+        result = wal_ops.get(ctx.local_rt, target, name, path)
     except wal_ops.SegmentMissing as exc:
         # recovery asks past the end of the archive (and for history files that never were) as a matter of
         # course: PostgreSQL only needs the status, and a line per probe would bury real errors in its log
@@ -66,7 +66,7 @@ def run_get(ctx: Context, target: str, name: str, path: Path) -> int:
         ctx.out.error(BackupError(f"internal error: {type(exc).__name__}: {exc}", "this is a bug; please report it"))
         return FATAL_FOR_POSTGRES
     try:
-        result["read_ahead_started"] = wal_prefetch.start(ctx.rt, target, name, path)
+        result["read_ahead_started"] = wal_prefetch.start(ctx.local_rt, target, name, path)
     except Exception:  # noqa: BLE001 - the segment is in place; without a read-ahead the next ones are only slower
         logging.getLogger(__name__).warning("no WAL read-ahead after %s", name, exc_info=True)
         result["read_ahead_started"] = False
@@ -84,7 +84,7 @@ def prefetch(ctx: Context, target, after, into, lock_fd):
     """A restore's WAL read-ahead (started by wal get, detached): keeps the next segments ready in INTO."""
     from backup_tasks.ops import wal_prefetch
 
-    result = wal_prefetch.run(ctx.rt, target, after, into, lock_fd)
+    result = wal_prefetch.run(ctx.local_rt, target, after, into, lock_fd)
     ctx.out.result(result, lambda c, d: c.print(f"fetched {d['fetched']} segment(s); stopped: {d['stopped']}", markup=False))
 
 
