@@ -10,6 +10,7 @@ server promoted at the target), then reports the time and LSN it actually reache
 
 from __future__ import annotations
 
+import logging
 import shlex
 import time
 from datetime import datetime, timezone
@@ -86,6 +87,10 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
     if not start:
         return {**result, "next_step": f"pg_ctl -D {dest} -o '-p PORT' start (as the cluster's OS user)"}
     bin_dir = server.bin_dir_for(found.doc["source"]["server_version"], target.options.get("bin_dir"))
+    try:  # fetching while the server starts up: replay's first wal get then finds its segment ready
+        wal_prefetch.start_at(rt, target.name, found.doc["source"]["start_segment"], dest)
+    except Exception:  # noqa: BLE001 - without it, wal get starts one itself; the restore is only slower
+        logging.getLogger(__name__).warning("no early WAL read-ahead for %s", target.name, exc_info=True)
     log = server.start(dest, port, bin_dir=bin_dir, os_user=CLUSTER_OS_USER)
     conn = dsn.for_target(target)
     conn = dsn.Server(engine=conn.engine, host="127.0.0.1", port=port, user=conn.user, database=conn.database,

@@ -6,15 +6,17 @@ fetching, decrypting and checking the next ones in the background turns most
 restore_command calls into a local rename (ops/wal_handover.py).
 
 The read-ahead is a detached ``backupctl wal prefetch`` started by the first ``wal get``
-that had to fetch a segment itself. It holds the directory's lock (one per restore),
-keeps at most ``WINDOW`` segments ready, fetches ``WORKERS`` at a time, each through the
-same checked fetch as ``wal get`` (ops/wal.py: both sha256 against the catalog's
-record before the file gets its name), and stops when:
-- the archive holds no further segment of the timeline, or the next one is missing
-  (``wal get`` then answers "no such file" for it, as recovery expects);
-- nothing has been taken for ``IDLE_SECONDS`` (recovery reached its target, stopped, or
-  moved to another timeline): it then removes what it fetched, so no stale copy waits
-  in ``pg_wal``;
+that had to fetch a segment itself (or by the restore, just before it starts the
+server). It holds the directory's lock (one per restore), keeps at most ``WINDOW``
+segments ready, fetches ``WORKERS`` at a time, each through the same checked fetch as
+``wal get`` (ops/wal.py: both sha256 against the catalog's record before the file gets
+its name), and stops when:
+- the archive holds nothing more on the timeline (or the next segment is missing: ``wal
+  get`` then answers "no such file" for it, as recovery expects) and all it fetched has
+  been taken;
+- a fetched segment waited ``IDLE_SECONDS`` without being taken (recovery reached its
+  target, stopped, or moved to another timeline): it then removes what it fetched, so no
+  stale copy stays in ``pg_wal``;
 - the directory is removed (the restore cleaned up after promotion), or a fetch fails
   (that segment's ``wal get`` then fetches it itself and reports the error).
 Correctness never depends on it: any segment it has not delivered is fetched by
@@ -44,6 +46,18 @@ WINDOW = defaults.WAL_PREFETCH_SEGMENTS
 WORKERS = defaults.WAL_PREFETCH_WORKERS
 IDLE_SECONDS = 30.0
 TICK_SECONDS = 0.05
+
+
+def start_at(rt: Runtime, target: str, first: str, datadir: Path) -> bool:
+    """Before a restored server starts: read ahead from ``first`` (the base's start segment, the first one replay asks for).
+
+    Only for a data directory this process's user will run: the copies must belong to the
+    server's user, and a restore run by root hands the directory over afterwards.
+    """
+    if os.geteuid() == 0:
+        return False
+    timeline, seq = walnames.parse_segment(first)
+    return start(rt, target, walnames.segment_name(timeline, max(seq - 1, 0)), Path(datadir) / "pg_wal" / "RECOVERYXLOG")
 
 
 def start(rt: Runtime, target: str, name: str, dest: Path) -> bool:
@@ -123,9 +137,9 @@ def _loop(rt: Runtime, target: str, after: str, into: Path) -> dict:
                 if plan != written:
                     wal_handover.write_plan(into, plan)
                     written = plan
-                if not pending and not queue and end_of_archive:
+                if not pending and not queue and end_of_archive and not delivered:
                     return _stopped(target, fetched, "no further segment is stored", pending)
-                if time.monotonic() - last_taken > IDLE_SECONDS:
+                if delivered and time.monotonic() - last_taken > IDLE_SECONDS:
                     _remove_unclaimed(into, delivered)
                     return _stopped(target, fetched, "nothing was taken for a while", pending)
                 done, _ = wait(pending, timeout=TICK_SECONDS, return_when=FIRST_COMPLETED) if pending else (set(), None)
@@ -134,6 +148,8 @@ def _loop(rt: Runtime, target: str, after: str, into: Path) -> dict:
                 for future in done:
                     name = pending.pop(future)
                     future.result()  # a failed fetch ends the read-ahead; wal get fetches that one itself
+                    if not delivered:
+                        last_taken = time.monotonic()  # idle counts from when something waits to be taken
                     delivered.add(name)
                     fetched += 1
         except Exception:

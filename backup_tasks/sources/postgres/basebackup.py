@@ -17,6 +17,7 @@ import hashlib
 import json
 import subprocess
 import tarfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -69,7 +70,9 @@ def dump(target, out: BinaryIO, workdir: Path, *, bin_dir: str | None = None) ->
     with tarfile.open(into / WAL) as wal:
         sizes = [m.size for m in wal.getmembers() if m.isfile() and walnames.kind_of(Path(m.name).name) == "segment"]
     segment_size = sizes[0] if sizes else walnames.DEFAULT_SEGMENT_SIZE
+    archived = time.monotonic()
     outer_tar.write(out, [(name, into / name) for name in MEMBERS])
+    archived = time.monotonic() - archived
     start_lsn, stop_lsn = walnames.parse_lsn(wal_range["Start-LSN"]), walnames.parse_lsn(wal_range["End-LSN"])
     timeline = int(wal_range["Timeline"])
     return {
@@ -86,6 +89,8 @@ def dump(target, out: BinaryIO, workdir: Path, *, bin_dir: str | None = None) ->
         "started_at": _iso(started),
         # pg_basebackup has returned: every commit before this instant is in the base or after its stop LSN
         "end_time": _iso(ended),
+        # where the dump stage's time goes: pg_basebackup into the work directory, then the one tar the chain reads
+        "dump_seconds": {"pg_basebackup": round((ended - started).total_seconds(), 3), "archive": round(archived, 3)},
         "cluster_files": len(manifest.get("Files", [])),
         "format": FORMAT,
         "tables": {},
