@@ -122,16 +122,18 @@ def test_wal_get_reads_ahead_into_a_private_directory_and_hands_over_only_checke
         cluster.cli("wal", "get", "--target", cluster.target, name, str(plain))
         return plain.read_bytes()
 
-    def read_ahead_done():
+    def ready():
+        return sorted(p.name for p in ahead.iterdir() if not p.name.startswith("."))
+
+    def wait_until(condition):
         deadline = time.monotonic() + 60
-        while wal_handover.running(ahead) and time.monotonic() < deadline:
+        while not condition() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not wal_handover.running(ahead)
+        assert condition()
 
     cluster.cli("wal", "get", "--target", cluster.target, names[0], str(asked))
     assert asked.read_bytes() == stored_bytes(names[0])
-    read_ahead_done()
-    assert sorted(p.name for p in ahead.iterdir() if not p.name.startswith(".")) == names[1:]
+    wait_until(lambda: ready() == names[1:])
     assert stat.S_IMODE(ahead.stat().st_mode) == 0o700 and ahead.stat().st_uid == cluster.pw.pw_uid
     assert not [p for p in ahead.iterdir() if p.name.endswith(".tmp")]
     # the next call only renames the checked copy into place
@@ -142,12 +144,13 @@ def test_wal_get_reads_ahead_into_a_private_directory_and_hands_over_only_checke
     # a stored segment that no longer matches its record is never read ahead; asked for, it stops recovery (126)
     for leftover in names[2:]:
         (ahead / leftover).unlink()
+    wait_until(lambda: not wal_handover.running(ahead))  # all it fetched was taken and the archive ends: it stops
     [damaged] = (cluster.root / "store" / "_logs" / cluster.target / "wal").glob(f"{names[3]}.zst.age")
     original = damaged.read_bytes()
     damaged.write_bytes(original[:-100])
     try:
         cluster.cli("wal", "get", "--target", cluster.target, names[1], str(asked))
-        read_ahead_done()
+        wait_until(lambda: not wal_handover.running(ahead))  # a fetch that fails the check stops it
         assert (ahead / names[2]).exists() and not (ahead / names[3]).exists()
         assert not [p for p in ahead.iterdir() if p.name.endswith(".tmp")]
         cluster.cli("wal", "get", "--target", cluster.target, names[3], str(asked), check=126)
@@ -162,6 +165,7 @@ def test_wal_get_reads_ahead_into_a_private_directory_and_hands_over_only_checke
 
 
 def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_keeps_the_first(cluster, based, webhook_server):
+    cluster.sql("INSERT INTO orders (batch) VALUES ('conflict')")  # something to switch away from, whatever ran before
     cluster.switch_and_wait_archived()
     first = cluster.json("wal", "ship", "--target", cluster.target)["shipped"][0]
     original = cluster.root / "original"

@@ -4,7 +4,9 @@ PostgreSQL starts restore_command once per segment and waits for it; importing t
 command line (click, the catalog's SQLAlchemy, every command) costs more than replaying a
 segment. This path needs only the standard library: it recognises exactly
 ``[--config C] wal get [--config C] --target T NAME PATH``, renames a ready segment
-from the read-ahead directory (ops/wal_handover.py) into PATH and exits 0. A segment
+from the read-ahead directory (ops/wal_handover.py) into PATH and exits 0, and answers
+a timeline history file from the restore's copies (exit 1 for one the archive did not
+hold when the restore began). A segment
 that is not ready, or a history file, is fetched by the command's own code (cli/wal.py
 ``run_get``) without building the rest of the CLI: it answers a missing file with exit 1
 and a failure with 126, and starts the read-ahead. Anything else goes to the full CLI.
@@ -16,6 +18,7 @@ import re
 from pathlib import Path
 
 SEGMENT = re.compile(r"[0-9A-F]{24}")
+HISTORY = re.compile(r"[0-9A-F]{8}\.history")
 
 
 def parse(argv: list[str]) -> tuple[str | None, str, str, str] | None:
@@ -52,12 +55,15 @@ def serve(argv: list[str]) -> int | None:
     if call is None:
         return None
     config, target, name, path = call
-    if SEGMENT.fullmatch(name):
+    if SEGMENT.fullmatch(name) or HISTORY.fullmatch(name):
         from backup_tasks.ops import wal_handover
 
         try:
-            if wal_handover.take(Path(path), target, name):
-                return 0
+            if SEGMENT.fullmatch(name):
+                if wal_handover.take(Path(path), target, name):
+                    return 0
+            elif (answer := wal_handover.history(Path(path), target, name)) is not None:
+                return answer
         except OSError:
             pass  # fetched below, which says what is wrong if it is more than a missing read-ahead
     from backup_tasks.cli.context import Context, configure_logging

@@ -38,6 +38,8 @@ LOCK = ".lock"
 PLAN = ".plan"
 #: where the read-ahead's own errors go (it runs detached; PostgreSQL's log never sees them)
 LOG = ".prefetch.log"
+#: the timeline history files the archive held when the restore began, one name a line (their copies lie beside it)
+HISTORIES = ".histories"
 #: the longest a caller waits on one segment the read-ahead is fetching before fetching it itself
 WAIT_SECONDS = 300.0
 POLL_SECONDS = 0.02
@@ -123,6 +125,42 @@ def planned(path: Path, name: str) -> bool:
         return name in (path / PLAN).read_text().split()
     except OSError:
         return False
+
+
+def write_histories(path: Path, names: list[str]) -> None:
+    tmp = path / f"{HISTORIES}.tmp"
+    tmp.write_text("".join(f"{n}\n" for n in names))
+    os.replace(tmp, path / HISTORIES)
+
+
+def history(dest: Path, target: str, name: str) -> int | None:
+    """A timeline history file from the restore's copies: 0 copied to ``dest``, 1 the archive had none, None: ask the archive.
+
+    Recovery asks for history files that do not exist as a matter of course (the next
+    timeline, at start and again when it promotes, and the parent's when it writes its
+    own): each such probe answered by a whole ``backupctl`` cost most of a second. The
+    restore lists what the archive held when it began and copies those files here
+    (checked like segments); the answer is that of the archive as the restore planned
+    against. A history file may be asked for more than once, so it is copied, not moved.
+    """
+    path = prefetch_dir(dest, target)
+    if path is None or not is_private(path):
+        return None
+    try:
+        listed = (path / HISTORIES).read_text().split()
+    except OSError:
+        return None
+    if name not in listed:
+        return 1
+    tmp = Path(dest).with_name(f".{Path(dest).name}.backup-tasks.tmp")
+    try:
+        with open(path / name, "rb") as src, open(tmp, "wb") as out:
+            out.write(src.read())
+        os.replace(tmp, dest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return None
+    return 0
 
 
 def take(dest: Path, target: str, name: str, *, wait: float = WAIT_SECONDS) -> bool:

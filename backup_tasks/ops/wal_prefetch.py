@@ -42,22 +42,47 @@ from backup_tasks.sources.postgres import walnames
 
 log = logging.getLogger(__name__)
 
+DIR_NAME = wal_handover.DIR_NAME
 WINDOW = defaults.WAL_PREFETCH_SEGMENTS
 WORKERS = defaults.WAL_PREFETCH_WORKERS
 IDLE_SECONDS = 30.0
+#: segments the restore fetches itself before the server starts
+EARLY = 2
 TICK_SECONDS = 0.05
 
 
-def start_at(rt: Runtime, target: str, first: str, datadir: Path) -> bool:
-    """Before a restored server starts: read ahead from ``first`` (the base's start segment, the first one replay asks for).
+def prepare(rt: Runtime, target: str, datadir: Path, first: str) -> str:
+    """Before a restored server starts: what replay asks for first, checked and ready beside its pg_wal.
+
+    The archive's timeline history files (wal_handover.history) and the base's first
+    ``EARLY`` segments, fetched by the restore itself: a read-ahead process takes most of
+    a second to start, and replay's first requests would wait on it. Returns the segment
+    the read-ahead goes on after.
+    """
+    into = wal_handover.prefetch_dir(Path(datadir) / "pg_wal" / "RECOVERYXLOG", target)
+    wal_handover.make(into)
+    histories = [row for row in rt.catalog.logs(target, wal.FAMILY) if row.kind == "history"]
+    for row in histories:
+        wal.fetch(rt, row, into / row.name)
+    wal_handover.write_histories(into, [row.name for row in histories])
+    timeline, seq = walnames.parse_segment(first)
+    last = walnames.segment_name(timeline, max(seq - 1, 0))
+    for row in _next_contiguous(rt, target, timeline, max(seq - 1, 0), EARLY):
+        wal.fetch(rt, row, into / row.name)
+        last = row.name
+    return last
+
+
+def start_at(rt: Runtime, target: str, after: str, datadir: Path) -> bool:
+    """Start the read-ahead of a restored server's WAL after segment ``after`` (what ``prepare`` fetched).
 
     Only for a data directory this process's user will run: the copies must belong to the
-    server's user, and a restore run by root hands the directory over afterwards.
+    server's user, and a restore run by root hands the directory over before the server
+    starts (the first ``wal get`` then starts the read-ahead as that user).
     """
     if os.geteuid() == 0:
         return False
-    timeline, seq = walnames.parse_segment(first)
-    return start(rt, target, walnames.segment_name(timeline, max(seq - 1, 0)), Path(datadir) / "pg_wal" / "RECOVERYXLOG")
+    return start(rt, target, after, Path(datadir) / "pg_wal" / "RECOVERYXLOG")
 
 
 def start(rt: Runtime, target: str, name: str, dest: Path) -> bool:
