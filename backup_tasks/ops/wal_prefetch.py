@@ -157,6 +157,8 @@ def _loop(rt: Runtime, target: str, after: str, into: Path) -> dict:
                         end_of_archive = True
                 while queue and len(delivered) + len(pending) < WINDOW:
                     row = queue.popleft()
+                    for tier in row.tiers:  # opened here, once: a tier's client is not built safely from two threads
+                        rt.storage(tier)
                     pending[pool.submit(wal.fetch, rt, row, into / row.name)] = row.name
                 plan = [*pending.values(), *(r.name for r in queue)]
                 if plan != written:
