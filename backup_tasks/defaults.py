@@ -25,6 +25,9 @@ BACKUPCTL_COMMAND = "backupctl"
 LOG_SHIP_SCHEDULE = "* * * * *"
 #: a restore to a moment waits this long for the server to finish replaying
 PITR_RECOVERY_TIMEOUT_SECONDS = 3600
+#: a restore's WAL read-ahead: segments kept ready beside pg_wal (8 x 16 MiB, as pgBackRest's default queue) and fetched at once
+WAL_PREFETCH_SEGMENTS = 8
+WAL_PREFETCH_WORKERS = 2
 
 TIMEZONE = "UTC"
 COMPRESSION = "zstd"

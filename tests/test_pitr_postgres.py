@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import threading
 import time
 
@@ -19,6 +20,7 @@ from notify_servers import webhook_server  # noqa: F401  (fixture)
 from databases import free_port
 from pitr_cluster import PitrCluster, as_postgres
 
+from backup_tasks.ops import wal_handover
 from backup_tasks.sources.postgres import walnames
 
 
@@ -47,6 +49,7 @@ def test_physical_base_backup_records_its_wal_range_and_verifies(cluster, based)
     assert src["start_lsn"] <= src["stop_lsn"] or len(src["start_lsn"]) != len(src["stop_lsn"])
     assert manifest["plaintext"]["format"] == "tar" and manifest["stored"]["name"].endswith(".tar.zst.age")
     assert based["verification"]["detail"]["files_checked"] > 900  # every file of the cluster against its SHA-256
+    assert set(src["dump_seconds"]) == {"pg_basebackup", "archive"} and src["dump_seconds"]["pg_basebackup"] > 0
 
 
 def utc_now(cluster) -> str:
@@ -103,7 +106,66 @@ def test_restore_to_two_moments_between_batches(cluster, based):
     assert "outside the window" in refused.stdout and not (cluster.root / "never").exists()
 
 
+def test_wal_get_reads_ahead_into_a_private_directory_and_hands_over_only_checked_segments(cluster, based):
+    names = []
+    for _ in range(4):
+        cluster.sql("INSERT INTO orders (batch) SELECT 'ahead' FROM generate_series(1, 10)")
+        names.append(cluster.switch_and_wait_archived())
+    cluster.json("wal", "ship", "--target", cluster.target)
+    pg_wal = cluster.root / "ahead" / "pg_wal"  # restore_command's %p is pg_wal/RECOVERYXLOG in the data directory
+    as_postgres("mkdir", "-p", "-m", "700", str(pg_wal))
+    ahead = pg_wal / wal_handover.DIR_NAME / cluster.target
+    asked = pg_wal / "RECOVERYXLOG"
+
+    def stored_bytes(name):  # the same segment fetched without any read-ahead (not into a pg_wal)
+        plain = cluster.root / f"plain-{name}"
+        cluster.cli("wal", "get", "--target", cluster.target, name, str(plain))
+        return plain.read_bytes()
+
+    def ready():
+        return sorted(p.name for p in ahead.iterdir() if not p.name.startswith("."))
+
+    def wait_until(condition):
+        deadline = time.monotonic() + 60
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert condition()
+
+    cluster.cli("wal", "get", "--target", cluster.target, names[0], str(asked))
+    assert asked.read_bytes() == stored_bytes(names[0])
+    wait_until(lambda: ready() == names[1:])
+    assert stat.S_IMODE(ahead.stat().st_mode) == 0o700 and ahead.stat().st_uid == cluster.pw.pw_uid
+    assert not [p for p in ahead.iterdir() if p.name.endswith(".tmp")]
+    # the next call only renames the checked copy into place
+    expected = stored_bytes(names[1])
+    cluster.cli("wal", "get", "--target", cluster.target, names[1], str(asked))
+    assert asked.read_bytes() == expected and not (ahead / names[1]).exists()
+
+    # a stored segment that no longer matches its record is never read ahead; asked for, it stops recovery (126)
+    for leftover in names[2:]:
+        (ahead / leftover).unlink()
+    wait_until(lambda: not wal_handover.running(ahead))  # all it fetched was taken and the archive ends: it stops
+    [damaged] = (cluster.root / "store" / "_logs" / cluster.target / "wal").glob(f"{names[3]}.zst.age")
+    original = damaged.read_bytes()
+    damaged.write_bytes(original[:-100])
+    try:
+        cluster.cli("wal", "get", "--target", cluster.target, names[1], str(asked))
+        wait_until(lambda: not wal_handover.running(ahead))  # a fetch that fails the check stops it
+        assert (ahead / names[2]).exists() and not (ahead / names[3]).exists()
+        assert not [p for p in ahead.iterdir() if p.name.endswith(".tmp")]
+        cluster.cli("wal", "get", "--target", cluster.target, names[3], str(asked), check=126)
+    finally:
+        damaged.write_bytes(original)
+    # past the end of the archive: "no such file" (1), quietly, as recovery asks for it as a matter of course
+    _, last = walnames.parse_segment(names[3])
+    beyond = walnames.segment_name(1, last + 50)
+    missing = cluster.cli("wal", "get", "--target", cluster.target, beyond, str(asked), check=1)
+    assert missing.stderr == "" and missing.stdout == ""
+    shutil.rmtree(cluster.root / "ahead")
+
+
 def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_keeps_the_first(cluster, based, webhook_server):
+    cluster.sql("INSERT INTO orders (batch) VALUES ('conflict')")  # something to switch away from, whatever ran before
     cluster.switch_and_wait_archived()
     first = cluster.json("wal", "ship", "--target", cluster.target)["shipped"][0]
     original = cluster.root / "original"

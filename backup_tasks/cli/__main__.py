@@ -2,6 +2,6 @@
 
 import sys
 
-from backup_tasks.cli.main import main
+from backup_tasks.cli.entry import main
 
 sys.exit(main())

@@ -21,13 +21,19 @@ class Context:
 
     @cached_property
     def rt(self):
-        from backup_tasks import config
-        from backup_tasks.ops import runtime
         from backup_tasks.orchestration.celery_app import configure
 
-        rt = runtime.install(runtime.Runtime(config.load(self.config_path)))
+        rt = self.local_rt
         configure(rt.settings)
         return rt
+
+    @cached_property
+    def local_rt(self):
+        """The runtime without Celery set up, for commands that never enqueue (PostgreSQL waits on ``wal get``)."""
+        from backup_tasks import config
+        from backup_tasks.ops import runtime
+
+        return runtime.install(runtime.Runtime(config.load(self.config_path)))
 
     def audited(self, action: str, *, target: str | None = None, backup_id: str | None = None, detail: dict | None = None):
         """Audit what this command does, as ``cli:<user>`` (see audit.py)."""
@@ -51,6 +57,20 @@ class Context:
             logging.getLogger("backup_tasks.records.audit").log(level, "%s %s not audited in a catalog: %s", action, detail, exc.message)
             return
         audit.record(catalog, action, actor=audit.cli_actor(), outcome=audit.OK, detail=detail)
+
+
+def configure_logging(verbose: int = 0) -> None:
+    """Log to stderr, every handler behind the secret mask (embedded, the stages run and log in this process)."""
+    import logging
+    import sys
+
+    from backup_tasks import redaction
+
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, redaction.LogFilter) for f in handler.filters):
+            handler.addFilter(redaction.LogFilter())
 
 
 def common(fn):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import traceback
 import click
 
 from backup_tasks import redaction
-from backup_tasks.cli.context import Context
+from backup_tasks.cli.context import Context, configure_logging
 from backup_tasks.cli.output import Output
 from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
 
@@ -21,11 +20,7 @@ from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
 @click.pass_context
 def cli(click_ctx: click.Context, config_path, json_mode, verbose):
     """Backups that end in a proven restore."""
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:  # embedded, the stages run and log in this process
-        if not any(isinstance(f, redaction.LogFilter) for f in handler.filters):
-            handler.addFilter(redaction.LogFilter())
+    configure_logging(verbose)
     click_ctx.obj = Context(config_path, json_mode)
 
 
@@ -44,6 +39,11 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from backup_tasks.cli import fast_wal  # a script installed before cli/entry.py existed still calls this main
+
+    served = fast_wal.serve(argv)
+    if served is not None:
+        return served
     out = Output("--json" in argv)
     try:
         cli.main(args=argv, prog_name="backupctl", standalone_mode=False)

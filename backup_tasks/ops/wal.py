@@ -82,6 +82,12 @@ def get(rt: Runtime, target_name: str, name: str, dest: Path) -> dict:
     row = rt.catalog.find_log(target.name, FAMILY, name)
     if row is None:
         raise SegmentMissing(f"{name} is not in the archive of target '{target.name}'", "recovery ends at the last stored WAL")
+    return fetch(rt, row, dest)
+
+
+def fetch(rt: Runtime, row, dest: Path) -> dict:
+    """One recorded WAL file to ``dest``: renamed into place only once both of its sha256 match the catalog's record."""
+    name = row.name
     identities = keys.identities_for(rt.settings.identities_file, row.key_ids) if row.key_ids else None
     errors = []
     for tier in row.tiers:
@@ -106,12 +112,12 @@ def get(rt: Runtime, target_name: str, name: str, dest: Path) -> dict:
                 raise PermanentError(f"WAL {name} on tier '{tier}' does not match the sha256 the catalog recorded",
                                      "the stored object was altered; restore from another tier")
             os.replace(tmp, dest)
-            return {"target": target.name, "name": name, "tier": tier, "size": plain.size}
+            return {"target": row.target, "name": name, "tier": tier, "size": plain.size}
         except ObjectNotFound as exc:
             errors.append(f"tier '{tier}': {exc.message}")
         except BackupError as exc:
             errors.append(f"tier '{tier}': {exc.message}")
         finally:
             tmp.unlink(missing_ok=True)
-    raise PermanentError(f"WAL {name} of target '{target.name}' is recorded but no tier returned it intact: {'; '.join(errors)}",
+    raise PermanentError(f"WAL {name} of target '{row.target}' is recorded but no tier returned it intact: {'; '.join(errors)}",
                          "check the tiers; recovery stops here rather than ending early")

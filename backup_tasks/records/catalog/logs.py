@@ -56,6 +56,13 @@ class Logs:
             return list(s.scalars(select(LogObjectRow).where(LogObjectRow.target == target, LogObjectRow.family == family)
                                   .order_by(LogObjectRow.name)))
 
+    def segments_after(self, target: str, family: str, timeline: int, seq: int, limit: int) -> list[LogObjectRow]:
+        """The next stored segments of one timeline after position ``seq``, in order (a restore's read-ahead)."""
+        with self._session() as s:
+            return list(s.scalars(select(LogObjectRow).where(
+                LogObjectRow.target == target, LogObjectRow.family == family, LogObjectRow.kind == "segment",
+                LogObjectRow.timeline == timeline, LogObjectRow.seq > seq).order_by(LogObjectRow.seq).limit(limit)))
+
     def newest_log_at(self, target: str, family: str) -> datetime | None:
         """When the newest stored log file of the target was closed (None: nothing stored yet)."""
         with self._session() as s:

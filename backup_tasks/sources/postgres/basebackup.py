@@ -17,6 +17,7 @@ import hashlib
 import json
 import subprocess
 import tarfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -24,7 +25,7 @@ from typing import BinaryIO
 from backup_tasks import defaults
 from backup_tasks.errors import SourceError, VerificationFailed
 from backup_tasks.sources.db import dsn
-from backup_tasks.sources.postgres import walnames
+from backup_tasks.sources.postgres import outer_tar, tar_reader, walnames
 from backup_tasks.sources.postgres.client import classify, tool, tool_version
 
 MANIFEST = "backup_manifest"
@@ -69,14 +70,9 @@ def dump(target, out: BinaryIO, workdir: Path, *, bin_dir: str | None = None) ->
     with tarfile.open(into / WAL) as wal:
         sizes = [m.size for m in wal.getmembers() if m.isfile() and walnames.kind_of(Path(m.name).name) == "segment"]
     segment_size = sizes[0] if sizes else walnames.DEFAULT_SEGMENT_SIZE
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=defaults.CHUNK_SIZE) as tar:
-        for name in MEMBERS:
-            path = into / name
-            info = tar.gettarinfo(str(path), arcname=name)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            with open(path, "rb") as fh:
-                tar.addfile(info, fh)
+    archived = time.monotonic()
+    outer_tar.write(out, [(name, into / name) for name in MEMBERS])
+    archived = time.monotonic() - archived
     start_lsn, stop_lsn = walnames.parse_lsn(wal_range["Start-LSN"]), walnames.parse_lsn(wal_range["End-LSN"])
     timeline = int(wal_range["Timeline"])
     return {
@@ -93,6 +89,8 @@ def dump(target, out: BinaryIO, workdir: Path, *, bin_dir: str | None = None) ->
         "started_at": _iso(started),
         # pg_basebackup has returned: every commit before this instant is in the base or after its stop LSN
         "end_time": _iso(ended),
+        # where the dump stage's time goes: pg_basebackup into the work directory, then the one tar the chain reads
+        "dump_seconds": {"pg_basebackup": round((ended - started).total_seconds(), 3), "archive": round(archived, 3)},
         "cluster_files": len(manifest.get("Files", [])),
         "format": FORMAT,
         "tables": {},
@@ -114,10 +112,9 @@ def check(plaintext: BinaryIO, manifest: dict, workdir: Path) -> dict:
     checked = 0
     wal_names: set[str] = set()
     label = b""
-    with tarfile.open(fileobj=plaintext, mode="r|", bufsize=defaults.CHUNK_SIZE) as outer:
-        for member in outer:
+    try:
+        for member, stream in tar_reader.members(plaintext):
             seen.append(member.name)
-            stream = outer.extractfile(member)
             if member.name == MANIFEST:
                 files = {f["Path"]: f for f in json.loads(stream.read()).get("Files", [])}
             elif member.name == BASE:
@@ -125,10 +122,9 @@ def check(plaintext: BinaryIO, manifest: dict, workdir: Path) -> dict:
                     raise _fail("base.tar comes before backup_manifest in the stored archive", "physical-layout")
                 checked, label = _check_base(stream, files)
             elif member.name == WAL:
-                with tarfile.open(fileobj=stream, mode="r|") as wal:
-                    for m in wal:
-                        if m.isfile():
-                            wal_names.add(Path(m.name).name)
+                wal_names.update(Path(m.name).name for m, _ in tar_reader.members(stream) if m.isfile())
+    except tar_reader.TarError as exc:
+        raise _fail(f"the stored archive is not a readable tar: {exc}", "physical-layout") from None
     if seen != list(MEMBERS):
         raise _fail(f"the stored archive holds {seen}, expected {list(MEMBERS)}", "physical-layout")
     start = f"START WAL LOCATION: {report['start_lsn']} "
@@ -146,26 +142,24 @@ def check(plaintext: BinaryIO, manifest: dict, workdir: Path) -> dict:
 
 def _check_base(stream: BinaryIO, files: dict[str, dict]) -> tuple[int, bytes]:
     checked, label = 0, b""
-    with tarfile.open(fileobj=stream, mode="r|") as base:
-        for m in base:
-            if not m.isfile():
-                continue
-            data = base.extractfile(m)
-            digest, size = hashlib.sha256(), 0
-            while chunk := data.read(defaults.CHUNK_SIZE):
-                digest.update(chunk)
-                size += len(chunk)
-                if m.name == "backup_label":
-                    label += chunk
-            entry = files.get(m.name)
-            if entry is None:
-                continue  # files PostgreSQL leaves out of its manifest (backup_label, tablespace_map)
-            if entry.get("Checksum-Algorithm") == "SHA256" and digest.hexdigest() != entry["Checksum"]:
-                raise _fail(f"{m.name} in base.tar does not match its SHA-256 in backup_manifest", "base-file-sha256")
-            if size != entry["Size"]:
-                raise _fail(f"{m.name} in base.tar holds {size} bytes, backup_manifest says {entry['Size']}", "base-file-size")
-            checked += 1
-            files[m.name] = {**entry, "_seen": True}
+    for m, data in tar_reader.members(stream):
+        if not m.isfile():
+            continue
+        digest, size = hashlib.sha256(), 0
+        while chunk := data.read(defaults.CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+            if m.name == "backup_label":
+                label += chunk
+        entry = files.get(m.name)
+        if entry is None:
+            continue  # files PostgreSQL leaves out of its manifest (backup_label, tablespace_map)
+        if entry.get("Checksum-Algorithm") == "SHA256" and digest.hexdigest() != entry["Checksum"]:
+            raise _fail(f"{m.name} in base.tar does not match its SHA-256 in backup_manifest", "base-file-sha256")
+        if size != entry["Size"]:
+            raise _fail(f"{m.name} in base.tar holds {size} bytes, backup_manifest says {entry['Size']}", "base-file-size")
+        checked += 1
+        files[m.name] = {**entry, "_seen": True}
     unseen = [p for p, e in files.items() if not e.get("_seen")]
     if unseen:
         raise _fail(f"base.tar lacks {len(unseen)} file(s) backup_manifest lists, e.g. {unseen[0]}", "base-file-missing")

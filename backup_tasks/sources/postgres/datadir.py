@@ -1,8 +1,10 @@
 """A new data directory from a stored base backup, set up to replay WAL to a moment.
 
 Extraction streams the outer tar (basebackup.py): ``base.tar`` into the directory,
-``pg_wal.tar`` into its ``pg_wal``, with tarfile's ``data`` filter, so a crafted archive
-cannot write outside the directory, create devices or link out of the tree.
+``pg_wal.tar`` into its ``pg_wal`` (tar_reader.py). Only plain files and directories
+inside the tree are written, with no set-id bits and nothing writable by others (what
+tarfile's ``data`` filter allows), so a crafted archive cannot write outside the
+directory, create devices or link out of the tree.
 
 The recovery settings go into ``postgresql.auto.conf``, which PostgreSQL reads last, so
 they win over whatever the base's own ``postgresql.conf`` says. ``archive_mode = off``
@@ -14,12 +16,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
 from backup_tasks import defaults
 from backup_tasks.errors import RestoreRefused, VerificationFailed
+from backup_tasks.sources.postgres import tar_reader
 from backup_tasks.sources.postgres.basebackup import BASE, MANIFEST, WAL
 
 RECOVERY_MARK = "# backup-tasks: recovery to a point in time"
@@ -47,32 +49,44 @@ def prepare(dest: Path, *, force: bool, dry_run: bool) -> bool:
 def extract(plaintext: BinaryIO, dest: Path) -> dict:
     """Unpack base.tar into ``dest`` and pg_wal.tar into ``dest/pg_wal``; returns what was written."""
     counts = {BASE: 0, WAL: 0}
-    with tarfile.open(fileobj=plaintext, mode="r|", bufsize=defaults.CHUNK_SIZE) as outer:
-        for member in outer:
+    try:
+        for member, data in tar_reader.members(plaintext):
             if member.name == MANIFEST:
-                (dest / MANIFEST).write_bytes(outer.extractfile(member).read())
+                (dest / MANIFEST).write_bytes(data.read())
                 continue
             if member.name not in counts:
                 raise VerificationFailed(f"unexpected member {member.name!r} in a physical base backup",
                                          "the stored archive is not one backup-tasks wrote; use another backup", check="physical-layout")
             into = dest if member.name == BASE else dest / "pg_wal"
             into.mkdir(mode=0o700, exist_ok=True)
-            with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
-                for m in inner:
-                    _refuse_unsafe(m, member.name)
-                    if _HAS_FILTER:
-                        inner.extract(m, into, filter="data")
-                    else:  # Python before 3.11.4: the checks above are the whole filter
-                        inner.extract(m, into)
-                    counts[member.name] += 1
+            for m, content in tar_reader.members(data):
+                _refuse_unsafe(m, member.name)
+                _write(m, content, into)
+                counts[member.name] += 1
+    except tar_reader.TarError as exc:
+        raise VerificationFailed(f"the stored base backup is not a readable tar: {exc}",
+                                 "the stored object is damaged; use another backup", check="physical-layout") from None
     return {"files": counts[BASE], "wal_files_in_base": counts[WAL]}
 
 
-#: tarfile's extraction filters exist from Python 3.11.4 on
-_HAS_FILTER = hasattr(tarfile, "data_filter")
+def _write(m: tar_reader.Member, content: tar_reader.MemberReader, into: Path) -> None:
+    """One checked member: what tarfile's "data" filter allows (no set-id bits, nothing writable by others)."""
+    path = into / m.name
+    if m.isdir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, (m.mode & 0o755) | 0o700)
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # O_NOFOLLOW: nothing in the archive makes a link, and nothing outside the tree is ever written through one
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := content.read(defaults.CHUNK_SIZE):
+            out.write(chunk)
+        os.fchmod(out.fileno(), (m.mode & 0o755) | 0o600)
+    os.utime(path, (m.mtime, m.mtime))
 
 
-def _refuse_unsafe(m: tarfile.TarInfo, archive: str) -> None:
+def _refuse_unsafe(m: tar_reader.Member, archive: str) -> None:
     """Only plain files and directories inside the tree: a data directory holds nothing else (tablespace links are refused at backup)."""
     parts = Path(m.name).parts
     if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
