@@ -52,7 +52,7 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path, make_config, runtime_fo
 
     def uploading() -> bool:  # mid-stage, bytes moving: not in the instant one stage hands over to the next
         report = run.progress() or {}
-        return report.get("stage") == "upload" and 0 < report["bytes_done"] < report["bytes_total"]
+        return report.get("stage") == "upload" and 0 < report["bytes_done"] < (report["bytes_total"] or float("inf"))
 
     wait_for(uploading, 60, "the large run to be mid-upload")
     private_redis.restart(down_seconds=2)
@@ -119,7 +119,7 @@ def test_a_worker_with_a_free_slot_rides_out_a_redis_restart_mid_stage(tmp_path,
 
     def uploading() -> bool:  # one slot busy with the stage, the other waiting for a message
         report = run.progress() or {}
-        return report.get("stage") == "upload" and 0 < report["bytes_done"] < report["bytes_total"]
+        return report.get("stage") == "upload" and 0 < report["bytes_done"] < (report["bytes_total"] or float("inf"))
 
     wait_for(uploading, 60, "the run to be mid-upload")
     private_redis.restart(down_seconds=2)

@@ -134,7 +134,7 @@ class Following:
                         f"{self.reader}: the staged file {seal['name']} of run {self.ref['backup_id']} is missing, "
                         f"though the {self.producer} stage sealed it (a host crash, or something else deleting in the "
                         "staging directory)", "run the backup again; check what else writes in staging_dir") from None
-            if not self._producer_alive():
+            if not self._producer_alive() and self._mine_sealed() is None:  # it may have sealed between the two looks
                 raise self._gone("its input was never written")
             time.sleep(wait)
             wait = min(wait * 2, MOST_WAIT)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from backup_tasks.defaults import REENCRYPT_PROCESSES_MIN_BYTES
 from backup_tasks.errors import VerificationFailed
-from backup_tasks.ops import chain, readback
+from backup_tasks.ops import chain, listing_store, readback
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.ops.verify import check_attachments, record_verified
 from backup_tasks.records import keys
@@ -83,7 +83,8 @@ def check_side_files(rt: Runtime, doc: dict, tier: str) -> dict:
         workdir = Path(tempfile.mkdtemp(prefix=f"reencrypt-{doc['backup_id']}-", dir=rt.staging_root()))
         try:
             found = readback.Located(doc=doc, tier=tier, key=readback.object_key(doc))
-            summary.update(chain.check_listing(rt, found, workdir))
+            listing = listing_store.fetch_listing(rt, doc, tier, workdir / listing_store.LISTING_NAME)
+            summary.update(chain.check_listing(rt, found, listing))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     if sealed := check_attachments(rt, doc):

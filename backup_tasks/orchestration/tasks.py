@@ -145,8 +145,11 @@ def start(self, target: str, type: str = "full", actor: str = "", rehash: bool =
             result = pipeline.run(ref)
         if pipeline.error is None and result is not None:
             return result
-        error = pipeline.error or PermanentError(f"the chain of run {backup_id} stopped without a result",
-                                                 "see the run's events (backupctl show) and the log")
+        error = pipeline.error
+        if error is None:  # every stage stopped quietly and none failed: say so, never leave the run "running"
+            error = PermanentError(f"the chain of run {backup_id} stopped without a result",
+                                   "see the worker's log (a stage's input was never sealed), then run the backup again")
+            backup.fail(rt, backup_id, target, "chain", error)
     except Exception as exc:  # noqa: BLE001 - recorded by the stage's on_failure
         error = exc
     finally:
