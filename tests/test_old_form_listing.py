@@ -8,15 +8,14 @@ object. Nothing here writes that form: the bytes are the ones the old code store
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
+from fixtures.old_form_listing.make import snapshot as tree_of  # the shape the fixture's snapshots were taken in
 
 FIXTURE = Path(__file__).parent / "fixtures" / "old_form_listing"
 POINTS = json.loads((FIXTURE / "snapshots.json").read_text())
@@ -48,22 +47,6 @@ def old_store(tmp_path) -> Path:
 
 def cli(*args: str, config: Path) -> dict:
     return json.loads(run_cli(*args, "--json", config=config, check=0).stdout)
-
-
-def tree_of(root: Path) -> dict:
-    """The same shape as the fixture's snapshots: type, link target, content sha256."""
-    result = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                result[rel] = {"type": "symlink", "link": os.readlink(path)}
-            elif path.is_dir():
-                result[rel] = {"type": "dir"}
-            else:
-                result[rel] = {"type": "file", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return result
 
 
 def test_an_old_form_full_and_incremental_rebuild_verify_list_and_restore(old_store, tmp_path):
