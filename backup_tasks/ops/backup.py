@@ -111,7 +111,7 @@ def dump(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None,
 def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None,
              forward: staging.Forward | None = None) -> dict:
     """Compress the dump as it is written (``following``), or pass it on untouched when compression is off."""
-    run_dir = rt.run_dir(ref["backup_id"])
+    run_dir = rt.run_dir(ref["backup_id"], create=False)
     if done := staging.find_ref(run_dir, "compress"):
         return done
     settings = rt.settings
@@ -121,8 +121,8 @@ def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = No
     rt.catalog.set_stage(ref["backup_id"], "compress")
     final = run_dir / (staging.name_of(ref) + compress_stage.SUFFIX[method])
     head = {**staging.carry(ref), "compression": method, "level": settings.compression_level}
-    with staging.Producing(run_dir, "compress", final, head, forward) as out, \
-            following.follow(run_dir, ref, "compress") as src:
+    with following.follow(run_dir, ref, "compress") as src, \
+            staging.Producing(run_dir, "compress", final, head, forward) as out:
         counted = progress_mod.reading(src, progress, "compress", src.expected_size)
         out.write(lambda w: compress_stage.compress(counted, w, method, level=settings.compression_level,
                                                     threads=settings.compression_threads))
@@ -134,7 +134,7 @@ def compress(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = No
 def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None,
             forward: staging.Forward | None = None) -> dict:
     """Encrypt the compressed file as it is written (``following``), or pass it on when the target may stay plain."""
-    run_dir = rt.run_dir(ref["backup_id"])
+    run_dir = rt.run_dir(ref["backup_id"], create=False)
     if done := staging.find_ref(run_dir, "encrypt"):
         return done
     target = rt.target(ref["target"])
@@ -148,8 +148,8 @@ def encrypt(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = Non
     rt.catalog.set_stage(ref["backup_id"], "encrypt")
     final = run_dir / (staging.name_of(ref) + encrypt_stage.SUFFIX)
     head = {**staging.carry(ref), "compression": ref["compression"], "level": ref.get("level"), "encrypted": True}
-    with staging.Producing(run_dir, "encrypt", final, head, forward) as out, \
-            following.follow(run_dir, ref, "encrypt") as src:
+    with following.follow(run_dir, ref, "encrypt") as src, \
+            staging.Producing(run_dir, "encrypt", final, head, forward) as out:
         counted = progress_mod.reading(src, progress, "encrypt", src.expected_size)
         out.write(lambda w: encrypt_stage.encrypt(counted, w, rt.recipients))
         done = out.seal()
@@ -174,7 +174,7 @@ def upload(rt: Runtime, ref: dict, progress: progress_mod.Callback | None = None
         return _upload_result(existing)
     rt.catalog.set_stage(backup_id, "upload")
     upload_started = time.monotonic()
-    run_dir = rt.run_dir(backup_id)
+    run_dir = rt.run_dir(backup_id, create=False)
     name = staging.name_of(ref)
     key = f"{manifest.prefix(target.name, backup_id)}/{name}"
     locations: list[Location] = []

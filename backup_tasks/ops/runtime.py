@@ -81,10 +81,15 @@ class Runtime:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         return root
 
-    def run_dir(self, backup_id: str) -> Path:
-        """Private staging directory of one run (0700): plaintext may pass through it."""
+    def run_dir(self, backup_id: str, *, create: bool = True) -> Path:
+        """Private staging directory of one run (0700): plaintext may pass through it.
+
+        ``create=False`` for a stage that follows another's output: the directory exists
+        while the run does, and a run that failed meanwhile must not get it back.
+        """
         path = self.staging_root() / backup_id
-        path.mkdir(mode=0o700, exist_ok=True)
+        if create:
+            path.mkdir(mode=0o700, exist_ok=True)
         return path
 
 

@@ -93,8 +93,14 @@ class Producing:
     def __enter__(self) -> "Producing":
         self._claim = os.open(attempt_path(self.run_dir, self.stage), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._claim, fcntl.LOCK_EX)  # an earlier attempt of this stage is over by now (the stage slot)
-        os.ftruncate(self._claim, 0)
-        os.pwrite(self._claim, self.attempt.encode(), 0)
+        try:
+            os.ftruncate(self._claim, 0)
+            os.pwrite(self._claim, self.attempt.encode(), 0)
+        except OSError as exc:
+            os.close(self._claim)
+            if _out_of_space(exc):
+                raise _staging_full(self.final) from None
+            raise
         for stale in self.run_dir.glob(f".{self.final.name}.*.part"):
             stale.unlink(missing_ok=True)  # a dead attempt's output: its followers stop on the new attempt id
         return self
@@ -110,10 +116,8 @@ class Producing:
                     self.forward(self.following_ref())
                 produce(writer)
             os.replace(self.part, self.final)
-        except BaseException as exc:
+        except BaseException:
             self.part.unlink(missing_ok=True)
-            if _out_of_space(exc):
-                raise _staging_full(self.final) from None
             raise
         self.size, self.sha256, self.seconds = writer.size, writer.sha256, round(time.monotonic() - started, 3)
 
@@ -130,13 +134,17 @@ class Producing:
         self._sealed = True
         return ref
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if not self._sealed:
                 self.part.unlink(missing_ok=True)
                 self.final.unlink(missing_ok=True)
         finally:
             os.close(self._claim)  # releases the flock: followers now see a seal, or a producer gone
+        # A full staging disk may strike any write of the attempt (its output, its seal, a
+        # neighbour stage's output first): name the directory and the remedy, not "[Errno 28]".
+        if exc is not None and not isinstance(exc, StagingFull) and _out_of_space(exc):
+            raise _staging_full(self.final) from None
 
 
 def _out_of_space(exc: BaseException | None) -> bool:

@@ -19,26 +19,40 @@ SUFFIX = ".age"
 
 
 def encrypt(src: BinaryIO, dst: BinaryIO, recipients: list[x25519.Recipient]) -> None:
-    """Encrypt ``src`` into ``dst``; an error of ``src`` itself comes out as raised, not as pyrage's EncryptError.
+    """Encrypt ``src`` into ``dst``; an error of either stream comes out as raised, not as pyrage's EncryptError.
 
-    pyrage turns whatever the source raises into a string inside its own error, which
+    pyrage turns whatever the streams raise into a string inside its own error, which
     would hide a typed error of the reader (a staged file that fails its seal, or whose
-    producer is gone) behind "unexpected".
+    producer is gone) or the writer's ENOSPC behind "unexpected".
     """
-    reader = _Remembering(src)
+    reader, writer = _Remembering(src), _Remembering(dst)
     try:
-        pyrage.encrypt_io(reader, dst, recipients)
+        pyrage.encrypt_io(reader, writer, recipients)
     except Exception:
-        if reader.error is not None:
-            raise reader.error from None
+        for side in (reader, writer):  # a full disk under the output must still read as ENOSPC
+            if side.error is not None:
+                raise side.error from None
         raise
 
 
 class _Remembering:
-    """A reader that keeps the exception its source raised."""
+    """A file object that keeps the exception its inner stream raised."""
 
     def __init__(self, inner: BinaryIO) -> None:
         self._inner, self.error = inner, None
+
+    def write(self, data) -> int:
+        try:
+            return self._inner.write(data)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def writable(self) -> bool:
+        return True
 
     def read(self, n: int = -1) -> bytes:
         try:
