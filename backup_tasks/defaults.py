@@ -156,8 +156,10 @@ KEY_MAX_AGE_DAYS = 30
 #: HTTP API (backupctl api serve): loopback unless told otherwise; put TLS in front of it
 API_HOST = "127.0.0.1"
 API_PORT = 8080
-#: request bodies are small JSON documents; anything larger is refused with 413 before parsing
-API_MAX_BODY_BYTES = 64 * 1024
+#: request bodies are small JSON documents; anything larger is refused with 413 before parsing. 1 MiB
+#: holds the largest valid one (a restore: destination and 10 paths of 4096 characters, each
+#: character up to 12 bytes as a JSON escape), so a valid request never gets 413
+API_MAX_BODY_BYTES = 1 << 20
 #: GET /backups page size, and the largest a client may ask for
 API_PAGE_SIZE = 50
 API_MAX_PAGE_SIZE = 500

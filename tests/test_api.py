@@ -271,7 +271,7 @@ def test_bad_input_gets_a_specific_error(api):
     assert incremental.status_code == 400  # a well-formed request, but a database target has no incrementals
     assert "point-in-time recovery" in incremental.json()["error"]["remedy"]
 
-    limit = 64 * 1024
+    limit = 1 << 20
     big = {"target": "app-sqlite", "pad": "x" * limit}
     assert operator.post("/backups", json=big).status_code == 413
     streamed = operator.post("/backups", content=iter([b'{"target": "app-sqlite", "pad": "', b"x" * limit, b'"}']),

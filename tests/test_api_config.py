@@ -33,7 +33,7 @@ def test_a_made_token_pasted_as_printed_lets_in_that_token_only(tmp_path, sessio
     token = cfg.api.tokens["billing-app"]
     assert (token.role, token.hash.startswith("sha256:")) == ("operator", True)
     assert cfg.api.restore_roots == ((tmp_path / "restore").resolve(),)  # relative to the config file, like other paths
-    assert cfg.api.max_body_bytes == 64 * 1024
+    assert cfg.api.max_body_bytes == 1 << 20
     assert authenticate(cfg.api.tokens, f"Bearer {made['token']}") == token
     assert authenticate(cfg.api.tokens, f"bearer {made['token']}") == token
     for wrong in (None, "", made["token"], f"Bearer {made['token']}x", f"Basic {made['token']}", f"Bearer {token.hash}"):

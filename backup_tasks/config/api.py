@@ -2,7 +2,7 @@
 
     [api]
     restore_roots = ["/srv/restore"]      # restore destinations must resolve inside one of these
-    max_body_bytes = 65536                # a larger request body gets 413
+    max_body_bytes = 1048576              # a larger request body gets 413
     [api.tokens]
     deploy-bot = { hash = "sha256:<64 hex>", role = "operator" }
 
