@@ -41,34 +41,29 @@ class _Remembering:
     def __init__(self, inner: BinaryIO) -> None:
         self._inner, self.error = inner, None
 
-    def write(self, data) -> int:
+    def _keeping(self, call, *args):
         try:
-            return self._inner.write(data)
+            return call(*args)
         except Exception as exc:
             self.error = exc
             raise
+
+    def read(self, n: int = -1) -> bytes:
+        return self._keeping(self._inner.read, n)
+
+    def readinto(self, buf) -> int:
+        return self._keeping(self._inner.readinto, buf)
+
+    def write(self, data) -> int:
+        return self._keeping(self._inner.write, data)
 
     def flush(self) -> None:
         self._inner.flush()
 
-    def writable(self) -> bool:
+    def readable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self._inner.read(n)
-        except Exception as exc:
-            self.error = exc
-            raise
-
-    def readinto(self, buf) -> int:
-        try:
-            return self._inner.readinto(buf)
-        except Exception as exc:
-            self.error = exc
-            raise
-
-    def readable(self) -> bool:
+    def writable(self) -> bool:
         return True
 
 
