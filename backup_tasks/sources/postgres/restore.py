@@ -4,28 +4,26 @@ Restore into a database goes through a staging database (``<name>_restoring_<hex
 pg_restore reads the plaintext stream from a pipe (``--single-transaction``); only after
 the stored and plaintext sha256 matched the signed manifest is the staging database
 renamed to the requested name, replacing an existing one only with ``force``. A parallel
-restore (``jobs > 1``) needs a seekable file: the plaintext is then written to a private
-temporary file in the staging directory first, and its hashes are checked before
-pg_restore starts. Objects are restored owned by the restoring user, without GRANTs
-(``--no-owner --no-acl``), so a restore works on a server that lacks the source's roles;
-with the backup's globals applied first (cluster_globals.py), owners and GRANTs are kept.
+restore (``jobs > 1``) loads the data from the pipe while teeing the plaintext into a
+private temporary file, checks the hashes at the stream's end, then builds indexes and
+constraints from that file with parallel jobs (overlapped.py). Objects are restored
+owned by the restoring user, without GRANTs (``--no-owner --no-acl``), so a restore works
+on a server that lacks the source's roles; with the backup's globals applied first
+(cluster_globals.py), owners and GRANTs are kept.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import re
 import secrets
-import shutil
-import subprocess
-import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from backup_tasks import defaults
 from backup_tasks.errors import InputError, RestoreRefused, SourceError
 from backup_tasks.sources.db import dsn, health, pipes
 from backup_tasks.sources.db.dsn import Server
+from backup_tasks.sources.postgres import overlapped
 from backup_tasks.sources.postgres.archive import list_objects
 from backup_tasks.sources.postgres.client import (
     MAINTENANCE_DB,
@@ -117,9 +115,10 @@ def load(plaintext: BinaryIO, manifest: dict, server: Server, *, jobs: int = 1, 
          keep_owners: bool = False) -> dict:
     """pg_restore the stream into ``server.database`` (which exists and is empty).
 
-    With jobs == 1 pg_restore reads the pipe in one transaction; with more, the
-    plaintext goes to a private temporary file first (pg_restore -j needs to seek), and
-    ``before_load`` (the digest check) runs before pg_restore starts.
+    With jobs == 1 pg_restore reads the pipe in one transaction; with more, the data
+    loads from the pipe while the plaintext is also written to a private temporary file,
+    and ``before_load`` (the digest check) runs before the post-data section is restored
+    from that file with ``jobs`` (overlapped.py).
     """
     ownership = [] if keep_owners else ["--no-owner", "--no-acl"]  # owners and GRANTs need the source's roles
     argv = [tool("pg_restore"), "--exit-on-error", *ownership, "--no-password", "-d", server.database]
@@ -136,26 +135,24 @@ def load(plaintext: BinaryIO, manifest: dict, server: Server, *, jobs: int = 1, 
     what = f"pg_restore into {server.database} on {server.address}"
     with dsn.pg_env(server) as env:
         if jobs > 1:
-            archive = Path(workdir) / "restore.pgdump"
-            fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    shutil.copyfileobj(plaintext, fh, defaults.CHUNK_SIZE)
-                if before_load:
-                    before_load()
-                done = subprocess.run([*argv, "-j", str(jobs), str(archive)], env=env, capture_output=True, text=True,
-                                      timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
-                outcome = pipes.Outcome(done.returncode, done.stderr)
-            except subprocess.TimeoutExpired:
-                raise pipes.DeadlineExceeded(f"{what} ran past its deadline and was stopped", "raise the time limit") from None
-            finally:
-                archive.unlink(missing_ok=True)
+            outcome = overlapped.load(plaintext, argv, jobs=jobs, env=env, workdir=workdir, what=what, deadline=deadline,
+                                      before_load=before_load)
         else:
             outcome = pipes.feed_into([*argv, "--single-transaction"], plaintext, env=env, what=what, deadline=deadline)
     if outcome.returncode != 0:
-        raise SourceError(f"{what} failed: {pipes.last_lines(outcome.stderr, secret=server.password)}",
+        raise SourceError(f"{what} failed: {pipes.last_lines(_without_statements(outcome.stderr), secret=server.password)}",
                           "see the message; the half-restored database was removed")
-    return {"jobs": jobs, "tables_selected": list(tables), "streamed": jobs == 1, "owners_and_grants": keep_owners}
+    return {"jobs": jobs, "tables_selected": list(tables), "streamed": jobs == 1, "overlapped": jobs > 1,
+            "owners_and_grants": keep_owners}
+
+
+def _without_statements(stderr: str) -> str:
+    """pg_restore's stderr without the "Command was:" statements it quotes after an error.
+
+    A CREATE TABLE runs to many lines, and the message keeps only the last few: without
+    this, it would show the end of a column list instead of the error that names the cause.
+    """
+    return re.sub(r"^Command was:.*?(?=^pg_restore:|\Z)", "", stderr, flags=re.S | re.M)
 
 
 def restore_database(plaintext: BinaryIO | None, manifest: dict, database: str, server: Server, *, force: bool,

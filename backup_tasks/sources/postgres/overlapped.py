@@ -1,0 +1,76 @@
+"""A parallel pg_restore (``jobs > 1``) that loads the data while the plaintext still streams.
+
+``pg_restore -j`` must seek in its archive, so the plaintext has to land in a file; but
+waiting for the whole file before loading anything puts decrypt and decompress in
+series with the load. Instead the stream is teed: into a private file, and into a
+single-job ``pg_restore --section=pre-data --section=data`` reading stdin (a custom
+archive reads sequentially from a pipe), so the tables fill while the stream arrives.
+Once the stream has ended and ``before_load`` (the digest check) passed, ``pg_restore
+--section=post-data -j N`` builds indexes, constraints and triggers from the file, where
+parallel jobs help most. With a single dominant table the data section is one COPY
+anyway, so nothing is lost by loading it with one job.
+
+Everything lands in the caller's staging database, which it only renames after this
+returned; a failure of either side stops the other (see ``load``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from backup_tasks import defaults
+from backup_tasks.errors import DeadlineExceeded
+from backup_tasks.sources.db import pipes
+
+ARCHIVE_NAME = "restore.pgdump"
+
+
+class _CopyingReader:
+    """A read-only stream that writes every byte it returns to ``sink`` as well."""
+
+    def __init__(self, src: BinaryIO, sink: BinaryIO) -> None:
+        self._src, self._sink = src, sink
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._src.read(size)
+        if data:
+            self._sink.write(data)
+        return data
+
+
+def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir: Path, what: str,
+         deadline: float | None = None, before_load: Callable[[], None] | None = None) -> pipes.Outcome:
+    """Restore ``plaintext`` with ``argv`` (pg_restore and its options), data streaming, post-data with ``jobs``.
+
+    A failing streaming pg_restore stops the tee at its next write (the pipe breaks) and
+    its outcome comes back at once, without reading the rest of the stream; a failing
+    stream (decrypt, decompress, disk) kills that pg_restore. The file is 0600 and is
+    removed whatever happens.
+    """
+    archive = Path(workdir) / ARCHIVE_NAME
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            tee = _CopyingReader(plaintext, fh)
+            first = pipes.feed_into([*argv, "--section=pre-data", "--section=data"], tee, env=env, what=what,
+                                    deadline=deadline)
+            if first.returncode != 0:
+                return first
+            # pg_restore stops reading after the last data block it needs; post-data needs the whole archive.
+            while tee.read(defaults.CHUNK_SIZE):
+                pass
+        if before_load:
+            before_load()
+        try:
+            done = subprocess.run([*argv, "--section=post-data", "-j", str(jobs), str(archive)], env=env,
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise DeadlineExceeded(f"{what} ran past its deadline and was stopped", "raise the time limit") from None
+        return pipes.Outcome(done.returncode, first.stderr + done.stderr)
+    finally:
+        archive.unlink(missing_ok=True)
