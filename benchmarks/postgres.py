@@ -4,6 +4,7 @@
 Run by hand (minutes; about 4x --size of transient disk):
 
     python benchmarks/postgres.py [--size 1.0] [--jobs 2] [--mariadb-size 0.25] [--keep] [--workdir DIR]
+                                  [--restore-only] [--repeat N]
 
 In one run it
 
@@ -17,7 +18,8 @@ In one run it
       seconds, and the same through a private Redis and a real ``celery worker -c 4``
       (``--concurrency``), where the stages overlap: each stage's start and end are printed,
    c. ``pg_restore -j N -d`` of the -Z0 file against ``backupctl restore --to-database --jobs N``,
-      and the single-job pair (``pg_restore -d`` of the file vs our streamed restore);
+      and the single-job pair (``pg_restore -d`` of the file vs our streamed restore), ``--repeat`` times
+      alternately (medians), plus pg_restore alone split like ours (data from a pipe, then post-data -j N);
 3. does the same for MariaDB with ``--mariadb-size`` GB: ``mariadb-dump`` to a file,
    our chain, ``mariadb DB < dump.sql`` against our restore;
 4. prints a table, names the dominant stage, and writes JSON to benchmarks/out/postgres-<time>.json.
@@ -32,6 +34,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -224,36 +227,54 @@ def chain_on_worker(target: str, work: Path, config: Path, concurrency: int) -> 
         db.release()
 
 
-def bench_pg(work: Path, config: Path, jobs: int, concurrency: int = 4) -> dict:
+def bench_pg(work: Path, config: Path, jobs: int, concurrency: int = 4, *, restore_only: bool = False, repeat: int = 1) -> dict:
     r: dict = {"database_bytes": pg_size(PG_DB)}
     floor = work / "floor.pgdump"
     r["pg_dump_Z0_seconds"] = sh(["pg_dump", "-Fc", "-Z0", "-f", str(floor), PG_DB], env=PG_ENV)
     r["pg_dump_Z0_bytes"] = floor.stat().st_size
     r["zstd3_ratio_of_dump_sample"] = round(zstd_ratio(floor), 2)
-    default = work / "default.pgdump"
-    r["pg_dump_Fc_seconds"] = sh(["pg_dump", "-Fc", "-f", str(default), PG_DB], env=PG_ENV)
-    r["pg_dump_Fc_bytes"] = default.stat().st_size
-    default.unlink()
+    if not restore_only:
+        default = work / "default.pgdump"
+        r["pg_dump_Fc_seconds"] = sh(["pg_dump", "-Fc", "-f", str(default), PG_DB], env=PG_ENV)
+        r["pg_dump_Fc_bytes"] = default.stat().st_size
+        default.unlink()
 
     wall, info = timed_backupctl("backup", "bench-pg", "--wait", config=config)
     doc = backupctl("show", info["id"], config=config)["manifest"]
     r["chain_seconds"] = wall
     r["chain_stages"] = stage_table(doc, (info.get("verification") or {}).get("duration_seconds"))
     r["chain_stored_bytes"] = info["size_stored"]
-    r["worker_chain"] = chain_on_worker("bench-pg", work, config, concurrency)
+    if not restore_only:
+        r["worker_chain"] = chain_on_worker("bench-pg", work, config, concurrency)
 
+    def ours(db: str, n: int) -> float:  # a parallel restore's phases are kept too
+        wall, out = timed_backupctl("restore", info["id"], "--to-database", db, "--jobs", str(n), config=config)
+        r.setdefault(f"ours_restore_j{n}_phases", []).extend([out["load_seconds"]] if "load_seconds" in out else [])
+        return wall
     for n in sorted({1, jobs}):
-        raw_db, ours_db = f"bench_pg_raw_{n}", f"bench_pg_ours_{n}"
-        drop_pg(raw_db)
-        drop_pg(ours_db)
-        pg_exec(f"CREATE DATABASE {raw_db}")
-        r[f"pg_restore_j{n}_seconds"] = sh(["pg_restore", "--no-owner", "--no-acl", "-j", str(n), "-d", raw_db, str(floor)], env=PG_ENV)
-        wall, _ = timed_backupctl("restore", info["id"], "--to-database", ours_db, "--jobs", str(n), config=config)
-        r[f"ours_restore_j{n}_seconds"] = wall
-        drop_pg(raw_db)
-        drop_pg(ours_db)
+        for _ in range(repeat):  # alternate raw and ours, so that a neighbour's burst hits both alike
+            r.setdefault(f"pg_restore_j{n}_runs", []).append(timed_into(f"bench_pg_raw_{n}", lambda db: sh(
+                ["pg_restore", "--no-owner", "--no-acl", "-j", str(n), "-d", db, str(floor)], env=PG_ENV)))
+            r.setdefault(f"ours_restore_j{n}_runs", []).append(timed_into(f"bench_pg_ours_{n}", lambda db: ours(db, n), create=False))
+            if n > 1:  # what pg_restore alone does with our split: data from a pipe, then post-data with n jobs
+                r.setdefault(f"pg_restore_split_j{n}_runs", []).append(timed_into(f"bench_pg_split_{n}", lambda db: sh(
+                    ["sh", "-c", f'pg_restore --no-owner --no-acl --section=pre-data --section=data -d {db} < "{floor}" && '
+                     f'pg_restore --no-owner --no-acl --section=post-data -j {n} -d {db} "{floor}"'], env=PG_ENV)))
+        for key in [k for k in r if k.endswith(f"_j{n}_runs")]:
+            r[key.replace("_runs", "_seconds")] = statistics.median(r[key])
     floor.unlink()
     return r
+
+
+def timed_into(db: str, run, *, create: bool = True) -> float:
+    """Seconds ``run(db)`` takes, into a fresh database (created first unless ours, which creates its own)."""
+    drop_pg(db)
+    if create:
+        pg_exec(f"CREATE DATABASE {db}")
+    try:
+        return run(db)
+    finally:
+        drop_pg(db)
 
 
 def bench_my(work: Path, config: Path, concurrency: int = 4) -> dict:
@@ -291,20 +312,23 @@ def report(pg: dict, my: dict | None) -> None:
     print(f"\nPostgreSQL: database {mb:.0f} MB, -Z0 dump {pg['pg_dump_Z0_bytes'] / 1e6:.0f} MB (zstd -3 ratio {pg['zstd3_ratio_of_dump_sample']}x)")
     rows = [
         ("pg_dump -Fc -Z0 (floor)", f, pg["pg_dump_Z0_bytes"]),
-        ("pg_dump -Fc (default)", pg["pg_dump_Fc_seconds"], pg["pg_dump_Fc_bytes"]),
+        *([("pg_dump -Fc (default)", pg["pg_dump_Fc_seconds"], pg["pg_dump_Fc_bytes"])] if "pg_dump_Fc_seconds" in pg else []),
         ("our chain (dump..verify)", pg["chain_seconds"], pg["chain_stored_bytes"]),
     ]
     for name, secs, size in rows:
         print(f"  {name:28} {secs:7.1f} s  {secs / f:5.2f}x floor  {size / 1e6:8.0f} MB  {mb / secs:6.0f} MB/s of database")
     stages = pg["chain_stages"]
     print("  chain stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + f"; dominant: {max(stages, key=stages.get)}")
-    _print_worker_chain(pg["worker_chain"], f)
-    for key in sorted(k for k in pg if k.startswith("pg_restore_j")):
+    if "worker_chain" in pg:
+        _print_worker_chain(pg["worker_chain"], f)
+    for key in sorted(k for k in pg if k.startswith("pg_restore_j") and k.endswith("_seconds")):
         n = key.split("_j")[1].split("_")[0]
-        raw, ours = pg[key], pg[f"ours_restore_j{n}_seconds"]
-        print(f"  restore -j {n}: pg_restore {raw:.1f} s, ours {ours:.1f} s ({ours / raw:.2f}x)")
-    print(f"  targets: chain <= 2.0x floor: {pg['chain_seconds'] / f:.2f}x; faster than pg_dump -Fc: {pg['chain_seconds'] < pg['pg_dump_Fc_seconds']}; "
-          f"artifact smaller than -Fc: {pg['chain_stored_bytes'] < pg['pg_dump_Fc_bytes']}")
+        raw, ours, split = pg[key], pg[f"ours_restore_j{n}_seconds"], pg.get(f"pg_restore_split_j{n}_seconds")
+        print(f"  restore -j {n} (median of {len(pg[f'pg_restore_j{n}_runs'])}): pg_restore {raw:.1f} s, ours {ours:.1f} s "
+              f"({ours / raw:.2f}x)" + (f"; pg_restore data from a pipe + post-data -j {n}: {split:.1f} s" if split else ""))
+    if "pg_dump_Fc_seconds" in pg:
+        print(f"  targets: chain <= 2.0x floor: {pg['chain_seconds'] / f:.2f}x; faster than pg_dump -Fc: {pg['chain_seconds'] < pg['pg_dump_Fc_seconds']}; "
+              f"artifact smaller than -Fc: {pg['chain_stored_bytes'] < pg['pg_dump_Fc_bytes']}")
     if my:
         d = my["mariadb_dump_seconds"]
         print(f"\nMariaDB: dump {my['mariadb_dump_bytes'] / 1e6:.0f} MB (zstd -3 ratio {my['zstd3_ratio_of_dump_sample']}x)")
@@ -330,6 +354,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="worker slots for the chain through Redis (1: no overlap)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated source databases for the next run")
+    parser.add_argument("--restore-only", action="store_true",
+                        help="PostgreSQL restores only: skip pg_dump -Fc, the worker chain and MariaDB (one backup is still taken)")
+    parser.add_argument("--repeat", type=int, default=1, help="measure each restore pair this many times; the median is reported")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-db-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -347,9 +374,9 @@ def main() -> None:
             f'[targets.bench-my]\nkind = "mysql"\nhost = "bench"\ndsn = "mysql://root@127.0.0.1:3306/{MY_DB}"\n')
         print(f"generating ~{args.size} GB in PostgreSQL database {PG_DB}", flush=True)
         make_pg(args.size)
-        pg = bench_pg(work, config, args.jobs, args.concurrency)
+        pg = bench_pg(work, config, args.jobs, args.concurrency, restore_only=args.restore_only, repeat=args.repeat)
         my = None
-        if args.mariadb_size > 0:
+        if args.mariadb_size > 0 and not args.restore_only:
             print(f"generating ~{args.mariadb_size} GB in MariaDB database {MY_DB}", flush=True)
             make_my(args.mariadb_size)
             my = bench_my(work, config, args.concurrency)

@@ -21,7 +21,7 @@ from backup_tasks.ops import restore
 from backup_tasks.records import keys
 from backup_tasks.sources.db.dsn import Server
 from backup_tasks.sources.postgres import overlapped, restore as pg_restore
-from databases import make_pg_database, pg, pg_checksums, pg_databases, pg_names, pg_objects  # noqa: F401  (fixtures)
+from databases import make_pg_database, pg, pg_checksums, pg_databases, pg_names, pg_objects, unique  # noqa: F401  (fixtures)
 
 
 def _constraints(database: str) -> list[tuple[str, str]]:
@@ -161,3 +161,47 @@ def test_a_failing_streaming_pg_restore_stops_the_stream_and_names_its_error(tmp
     assert 'relation "orders" already exists' in str(failed.value) and dest in str(failed.value)
     assert called == [] and list(workdir.iterdir()) == []
     assert stream.served < archive.stat().st_size + (4 << 20)  # stopped within a few chunks of the failure
+
+
+def test_a_parallel_restore_of_one_table(backed_up, pg_names):
+    rt, info, source = backed_up
+    dest = pg_names("bt_pgjone")
+    result = restore.restore_to_database(rt, info["id"], dest, jobs=2, tables=("reporting.Mixed Case",))
+    assert result["tables_selected"] == ["reporting.Mixed Case"] and result["overlapped"] is True
+    assert pg_checksums(dest) == {"reporting.Mixed Case": pg_checksums(source)["reporting.Mixed Case"]}
+
+
+def test_a_parallel_restore_keeps_owners_and_grants_when_asked(tmp_path, pg_names):
+    role, source, made = unique("bt_pgjrole"), pg_names("bt_pgjsrc"), []
+    with pg() as cur:
+        cur.execute(f'CREATE ROLE "{role}"')
+    try:
+        make_pg_database(source, 'CREATE TABLE owned (id int PRIMARY KEY); INSERT INTO owned VALUES (1), (2);'
+                                 f'ALTER TABLE owned OWNER TO "{role}"; GRANT SELECT ON owned TO PUBLIC;')
+        archive = tmp_path / "plain.pgdump"
+        subprocess.run(["pg_dump", "-Fc", "-h", "127.0.0.1", "-U", "postgres", "-f", str(archive), source], check=True)
+        for keep in (True, False):
+            dest = pg_names("bt_pgjown")
+            made.append(dest)
+            with pg() as cur:
+                cur.execute(f'CREATE DATABASE "{dest}"')
+            workdir = tmp_path / f"work-{keep}"
+            workdir.mkdir()
+            with open(archive, "rb") as plaintext:
+                result = pg_restore.load(plaintext, {}, Server(engine="postgres", host="127.0.0.1", port=5432,
+                                                               user="postgres", database=dest),
+                                         jobs=2, workdir=workdir, keep_owners=keep)
+            assert result["owners_and_grants"] is keep
+            with pg(dest) as cur:
+                cur.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'owned'")
+                owner = cur.fetchone()[0]
+                cur.execute("SELECT relacl IS NOT NULL FROM pg_class WHERE relname = 'owned'")
+                granted = cur.fetchone()[0]
+                cur.execute("SELECT count(*) FROM owned")
+                assert cur.fetchone()[0] == 2
+            assert (owner == role, granted) == (keep, keep)
+    finally:
+        with pg() as cur:  # the role can go only once no database holds objects it owns
+            for name in [source, *made]:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f'DROP ROLE IF EXISTS "{role}"')

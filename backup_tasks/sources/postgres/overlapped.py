@@ -43,8 +43,11 @@ class _CopyingReader:
 
 
 def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir: Path, what: str,
-         deadline: float | None = None, before_load: Callable[[], None] | None = None) -> pipes.Outcome:
+         deadline: float | None = None, before_load: Callable[[], None] | None = None) -> tuple[pipes.Outcome, dict]:
     """Restore ``plaintext`` with ``argv`` (pg_restore and its options), data streaming, post-data with ``jobs``.
+
+    Returns pg_restore's outcome and the seconds each phase took (the stream with the data
+    load, the digest check, post-data), which say where a slow restore spends its time.
 
     A failing streaming pg_restore stops the tee at its next write (the pipe breaks) and
     its outcome comes back at once, without reading the rest of the stream; a failing
@@ -52,6 +55,8 @@ def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir:
     removed whatever happens.
     """
     archive = Path(workdir) / ARCHIVE_NAME
+    started = time.monotonic()
+    seconds: dict = {}
     fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -59,18 +64,21 @@ def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir:
             first = pipes.feed_into([*argv, "--section=pre-data", "--section=data"], tee, env=env, what=what,
                                     deadline=deadline)
             if first.returncode != 0:
-                return first
+                return first, seconds
             # pg_restore stops reading after the last data block it needs; post-data needs the whole archive.
             while tee.read(defaults.CHUNK_SIZE):
                 pass
+        seconds["stream_and_data"] = round(time.monotonic() - started, 3)
         if before_load:
             before_load()
+        seconds["digest_check"] = round(time.monotonic() - started - seconds["stream_and_data"], 3)
         try:
             done = subprocess.run([*argv, "--section=post-data", "-j", str(jobs), str(archive)], env=env,
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise DeadlineExceeded(f"{what} ran past its deadline and was stopped", "raise the time limit") from None
-        return pipes.Outcome(done.returncode, first.stderr + done.stderr)
+        seconds["post_data"] = round(time.monotonic() - started - seconds["stream_and_data"] - seconds["digest_check"], 3)
+        return pipes.Outcome(done.returncode, first.stderr + done.stderr), seconds
     finally:
         archive.unlink(missing_ok=True)
