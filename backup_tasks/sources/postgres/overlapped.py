@@ -68,17 +68,19 @@ def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir:
             # pg_restore stops reading after the last data block it needs; post-data needs the whole archive.
             while tee.read(defaults.CHUNK_SIZE):
                 pass
-        seconds["stream_and_data"] = round(time.monotonic() - started, 3)
+        streamed = time.monotonic()
+        seconds["stream_and_data"] = round(streamed - started, 3)
         if before_load:
             before_load()
-        seconds["digest_check"] = round(time.monotonic() - started - seconds["stream_and_data"], 3)
+        checked = time.monotonic()
+        seconds["digest_check"] = round(checked - streamed, 3)
         try:
             done = subprocess.run([*argv, "--section=post-data", "-j", str(jobs), str(archive)], env=env,
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise DeadlineExceeded(f"{what} ran past its deadline and was stopped", "raise the time limit") from None
-        seconds["post_data"] = round(time.monotonic() - started - seconds["stream_and_data"] - seconds["digest_check"], 3)
+        seconds["post_data"] = round(time.monotonic() - checked, 3)
         return pipes.Outcome(done.returncode, first.stderr + done.stderr), seconds
     finally:
         archive.unlink(missing_ok=True)
