@@ -179,8 +179,12 @@ def main() -> None:
         cfg_b = write_config(work / "b.toml", work, b.directory / keys.RECIPIENT_FILE, identities, signing, tree, tier)
         modes = ["ours", *(["threads"] if args.threads else []), *(["before"] if args.before else [])]
         env_of = {m: env for m in modes}
+        # ``python -c`` puts its working directory first on sys.path: each mode's child runs in
+        # the checkout it measures, or a benchmark started in this checkout would measure it twice
+        cwd_of = {m: str(HERE.parent) for m in modes}
         if args.before:
             env_of["before"] = {**os.environ, "PYTHONPATH": str(args.before.resolve())}
+            cwd_of["before"] = str(args.before.resolve())
         runs: list[dict] = []
         for rep in range(args.repeat):
             for mode in modes:
@@ -210,7 +214,7 @@ def main() -> None:
                     pipes[how] = json.loads(piped.stdout.strip().splitlines()[-1])["seconds"]
                 cat(obj)
                 done = subprocess.run([sys.executable, "-c", CHILD, str(cfg_b), backup["id"], mode], env=env_of[mode],
-                                      capture_output=True, text=True, check=True)
+                                      cwd=cwd_of[mode], capture_output=True, text=True, check=True)
                 ours = json.loads(done.stdout.strip().splitlines()[-1])
                 size = obj.stat().st_size if obj.exists() else backup["size_stored"]
                 run = {"rep": rep, "mode": mode, "load_1min": round(load, 2), "object_bytes": size,
