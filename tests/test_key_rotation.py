@@ -300,6 +300,43 @@ def test_a_kill_at_any_step_leaves_a_verifiable_copy_and_a_rerun_finishes(tmp_pa
     assert reencrypt.select(rt) == []
 
 
+def test_a_new_object_altered_before_its_proof_is_refused_and_the_old_one_kept(tmp_path, runtime_for):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "random.bin").write_bytes(os.urandom(9 << 20))  # over the size whose proof runs in an age child
+    site = Site(tmp_path, f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["local", "offsite"]\n')
+    rt = runtime_for(site.config)
+    run = client.enqueue_backup("t", rt=rt).wait()
+    site.apply(rotate(tmp_path / "keys-b", signing=False, settings=rt.settings))
+    folder = site.state / "store" / "t" / run["id"]
+    flipped = []
+
+    def flip_before_the_proof(stage, done, total):
+        # The new object is written and copied; the read-back that must prove it decrypts to the
+        # signed plaintext starts now: one bit of the copy it reads changes under it.
+        if stage == "verify" and not flipped:
+            with open(folder / "data.tar.zst.r2.age", "r+b") as fh:
+                fh.seek(total // 2)
+                byte = fh.read(1)[0]
+                fh.seek(total // 2)
+                fh.write(bytes([byte ^ 0x10]))
+            flipped.append(stage)
+
+    rt = runtime_for(site.config)
+    result = reencrypt.reencrypt_backup(rt, run["id"], progress=flip_before_the_proof)
+    assert flipped and result["outcome"] == "failed", result
+    # nothing was committed: the old manifest names the old object, which is still on both tiers and verifies
+    for tier in ("store", "offsite"):
+        doc = json.loads((site.state / tier / "t" / run["id"] / "manifest.json").read_text())
+        assert doc.get("revision", 1) == 1 and doc["encryption"]["recipients"] == [site.old_id]
+        assert "data.tar.zst.age" in site.data_objects(tier, "t", run["id"])
+    assert rt.catalog.get(run["id"]).manifest["encryption"]["recipients"] == [site.old_id]
+    assert verify_backup(runtime_for(site.config, BACKUP_VERIFY_ALL_LOCATIONS="true"), run["id"])["status"] == "verified"
+    # a rerun rewrites the revision and moves the backup
+    assert reencrypt.reencrypt_backup(runtime_for(site.config), run["id"])["outcome"] == "reencrypted"
+    assert site.data_objects("store", "t", run["id"]) == ["data.tar.zst.r2.age"]
+
+
 def test_s3_copies_are_reencrypted_and_an_object_locked_one_is_skipped_with_its_reason(tmp_path, runtime_for, s3_server, s3_env):
     locked, plain = s3_server.make_bucket(object_lock=True), s3_server.make_bucket()
     tree = tmp_path / "tree"

@@ -230,15 +230,23 @@ def _finish_listing(rt: Runtime, row: BackupRow, doc: dict, tiers: list[str]) ->
     info = doc.get("listing") or {}
     if revision(doc) < 2 or not info.get("encrypted"):
         return
-    key = f"{manifest.prefix(row.target, row.id)}/{info['name']}"
-    holders = [t for t in tiers if _has_size(rt, t, key, info["size"])]
+    _spread(rt, tiers, f"{manifest.prefix(row.target, row.id)}/{info['name']}", info["size"], info["sha256"], VerificationFailed(
+        f"backup {row.id}: no tier holds the tree listing of manifest revision {revision(doc)}",
+        "run backupctl reencrypt again: it rewrites the revision from the old one", check="listing"))
+
+
+def _spread(rt: Runtime, tiers: list[str], key: str, size: int, sha256: str, missing: VerificationFailed) -> None:
+    """``key`` on every tier of ``tiers``, copied from one that holds it at ``size``; ``missing`` when none does.
+
+    A kill between the write on the first tier and the copies leaves some tiers without
+    the revision's objects; a rerun completes them from a holder, checked by ``sha256``.
+    """
+    holders = [t for t in tiers if _has_size(rt, t, key, size)]
     if not holders:
-        raise VerificationFailed(f"backup {row.id}: no tier holds the tree listing of manifest revision {revision(doc)}",
-                                 "run backupctl reencrypt again: it rewrites the revision from the old one",
-                                 check="listing")
+        raise missing
     for tier in tiers:
         if tier not in holders:
-            reencrypt_rewrite.copy_object(rt, holders[0], tier, key, info["sha256"])
+            reencrypt_rewrite.copy_object(rt, holders[0], tier, key, sha256)
 
 
 def _has_size(rt: Runtime, tier: str, key: str, size: int) -> bool:
@@ -262,14 +270,10 @@ def _finish(rt: Runtime, row: BackupRow, doc: dict, copies: list[_Copy], progres
     tiers = [loc["tier"] for loc in doc["locations"]]
     new_key = f"{prefix}/{doc['stored']['name']}"
     keys.identities_for(rt.settings.identities_file, key_ids(doc))  # KeyMissing before anything is committed: verify needs it
-    holders = [t for t in tiers if _matches(rt, t, new_key, doc)]
-    if not holders:
-        raise VerificationFailed(f"backup {row.id}: no tier holds the object of manifest revision {revision(doc)}",
-                                 "restore the previous manifest revision from a tier that still has it, or run a new backup",
-                                 check="stored-size")
+    _spread(rt, tiers, new_key, doc["stored"]["size"], doc["stored"]["sha256"], VerificationFailed(
+        f"backup {row.id}: no tier holds the object of manifest revision {revision(doc)}",
+        "restore the previous manifest revision from a tier that still has it, or run a new backup", check="stored-size"))
     for tier in tiers:
-        if tier not in holders:
-            reencrypt_rewrite.copy_object(rt, holders[0], tier, new_key, doc["stored"]["sha256"])
         if plain is not None and tier == tiers[0]:
             reencrypt_verify.read_back_decrypting(rt, tier, new_key, doc, plain, progress)
         else:
@@ -317,10 +321,3 @@ def record_revision(rt: Runtime, backup_id: str, doc: dict, locations: list[Loca
     if "replaces" in summary:
         summary["replaces"] = {**summary["replaces"], "old_object": old_object}
     rt.catalog.record_revision(backup_id, doc, locations, summary=summary)
-
-
-def _matches(rt: Runtime, tier: str, key: str, doc: dict) -> bool:
-    try:
-        return rt.storage(tier).stat(key).size == doc["stored"]["size"]
-    except (ObjectNotFound, StorageError):
-        return False

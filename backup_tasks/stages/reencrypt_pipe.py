@@ -96,9 +96,12 @@ class _Children:
             self._feeder.start()
 
     def _feed(self, sink) -> None:
+        # One buffer refilled in place: a new chunk per read, allocated and freed in this
+        # thread, is what the allocator's per-thread heap keeps (tens of MiB over a long object).
+        view = memoryview(bytearray(defaults.CHUNK_SIZE))
         try:
-            while chunk := self._src.read(defaults.CHUNK_SIZE):
-                sink.write(chunk)
+            while n := self._src.readinto(view):
+                sink.write(view[:n])
         except BrokenPipeError:
             pass  # the decrypting child stopped early: its own error says why
         except BaseException as exc:  # a read error of the source: raised on the reading side

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import io
 import logging
+import mmap
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable, NoReturn
@@ -66,33 +67,22 @@ class MultipartUploads:
             return -(-size_hint // (MAX_PARTS - 100) // MiB) * MiB  # round up to whole MiB, keep headroom
         return self.part_size
 
-    def _read_part(self, source: BinaryIO, key: str, digest, part_size: int) -> tuple[bytearray, bool]:
+    def _read_part(self, source: BinaryIO, key: str, digest, part_size: int) -> tuple[memoryview, bool]:
         """Up to ``part_size`` bytes and whether the source ended.
 
-        Chunks are copied into one preallocated buffer as they arrive, so a part costs
-        its own size and not twice that (no list of chunks joined at the end).
+        The bytes go into one buffer of the part's size (``_part_buffer``), filled in place
+        by the source's ``readinto`` when it has one: no chunk is allocated and freed per
+        read, and a part costs its own size, not twice that.
         """
-        buf, have = bytearray(part_size), 0
-        view = memoryview(buf)
-        try:
-            while have < part_size:
-                chunk = source.read(min(CHUNK_SIZE, part_size - have))  # errors of the source propagate unchanged
-                if not chunk:
-                    break
-                require_bytes(chunk, tier=self.name, key=key)
-                n = len(chunk)
-                if have + n > part_size:  # a source that returns more than asked for
-                    raise InputError(f"tier '{self.name}': source for '{key}' returned more bytes than requested",
-                                     "pass a regular binary stream")
-                view[have:have + n] = chunk
-                digest.update(chunk)
-                have += n
-        finally:
-            view.release()
-        if have < part_size:
-            del buf[have:]
-            return buf, True
-        return buf, False
+        part, have = _part_buffer(part_size), 0
+        fill = _Filler(source, self.name, key)
+        while have < part_size:
+            n = fill(part[have:have + min(CHUNK_SIZE, part_size - have)])  # errors of the source propagate unchanged
+            if not n:
+                break
+            digest.update(part[have:have + n])
+            have += n
+        return part[:have], have < part_size
 
     def _object_args(self) -> dict:
         """Arguments every new object is written with (a locking tier adds its lock)."""
@@ -103,7 +93,7 @@ class MultipartUploads:
             args["StorageClass"] = self.storage_class
         return args
 
-    def _put_single(self, key: str, full: str, data: bytearray) -> str:
+    def _put_single(self, key: str, full: str, data: memoryview) -> str:
         md5 = hashlib.md5(data)
         try:
             response = self.client.put_object(Bucket=self.bucket, Key=full, Body=_PartBody(data),
@@ -163,7 +153,7 @@ class MultipartUploads:
                 raise self._integrity(key, f"the completed object's ETag {etag!r} is not {expected!r}")
         return etag, size
 
-    def _upload_part(self, key: str, full: str, upload_id: str, number: int, data: bytearray) -> dict:
+    def _upload_part(self, key: str, full: str, upload_id: str, number: int, data: memoryview) -> dict:
         md5 = hashlib.md5(data)  # hashlib releases the GIL: parts hash in parallel
         try:
             response = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number,
@@ -207,6 +197,47 @@ class MultipartUploads:
         )
 
 
+def _part_buffer(size: int) -> memoryview:
+    """A part's buffer: an anonymous mapping of its own, unmapped when the last view of it goes.
+
+    Not a bytearray: glibc serves a large malloc with a mapping, but the first time it
+    frees one it raises its mapping threshold to that size, and from then on every
+    smaller buffer (the 1 MiB chunks of the download, of botocore's signing) comes from
+    heaps that keep freed memory; with a heap per thread that held 30-40 MiB above what
+    was live. A mapping made here never moves that threshold.
+    """
+    return memoryview(mmap.mmap(-1, size))
+
+
+class _Filler:
+    """``fill(view)`` puts the source's next bytes into ``view`` and returns their count (0 at its end).
+
+    By ``readinto`` when the source has one; a raw stream that implements only ``read``
+    (NotImplementedError), or any other source, by ``read`` and a copy.
+    """
+
+    def __init__(self, source: BinaryIO, tier: str, key: str) -> None:
+        self._source, self._tier, self._key = source, tier, key
+        self._readinto = getattr(source, "readinto", None)
+
+    def __call__(self, view: memoryview) -> int:
+        if self._readinto is not None:
+            try:
+                return self._readinto(view) or 0
+            except (NotImplementedError, io.UnsupportedOperation):
+                self._readinto = None
+        chunk = self._source.read(len(view))
+        if not chunk:
+            return 0
+        require_bytes(chunk, tier=self._tier, key=self._key)
+        n = len(chunk)
+        if n > len(view):  # a source that returns more than asked for
+            raise InputError(f"tier '{self._tier}': source for '{self._key}' returned more bytes than requested",
+                             "pass a regular binary stream")
+        view[:n] = chunk
+        return n
+
+
 class _PartBody(io.RawIOBase):
     """A seekable read-only view of one part's buffer, handed to botocore as the request body.
 
@@ -214,7 +245,7 @@ class _PartBody(io.RawIOBase):
     without a second copy of the part.
     """
 
-    def __init__(self, buffer: bytearray) -> None:
+    def __init__(self, buffer: memoryview) -> None:
         super().__init__()
         self._view = memoryview(buffer).toreadonly()
         self._pos = 0
@@ -235,6 +266,18 @@ class _PartBody(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
         self._pos = max(0, base + offset)
         return self._pos
+
+    def read(self, size: int = -1) -> memoryview:
+        """The next ``size`` bytes as a view of the part, not a copy.
+
+        botocore hashes the body in 1 MiB reads to sign it (over plain HTTP) and the
+        connection sends it in 16 KiB ones; a copy per read would allocate and free that
+        much per read in each upload thread, which the allocator's per-thread heaps keep.
+        """
+        end = len(self._view) if size is None or size < 0 else self._pos + size
+        chunk = self._view[self._pos:end]
+        self._pos += len(chunk)
+        return chunk
 
     def readinto(self, buffer) -> int:
         chunk = self._view[self._pos:self._pos + len(buffer)]
