@@ -37,6 +37,7 @@ from backup_tasks.errors import SourceError
 from backup_tasks.sources.db import dsn, pipes
 from backup_tasks.sources.postgres import base_layout, tar_picker, walnames
 from backup_tasks.sources.postgres.client import classify, tool, tool_version
+from backup_tasks.sources.postgres.tar_reader import TarError
 
 LABEL = "backup_label"
 CONTROL = "global/pg_control"
@@ -61,7 +62,11 @@ def dump(target, out: BinaryIO, workdir, *, bin_dir: str | None = None) -> dict:
             "--manifest-checksums=SHA256", "--label", f"backup-tasks {target.name}"]
     picker = tar_picker.Picker(WANTED)
     with dsn.pg_env(server) as env:
-        done = pipes.read_from(argv, out, env=env, what=what, on_chunk=picker.feed)
+        try:
+            done = pipes.read_from(argv, out, env=env, what=what, on_chunk=picker.feed)
+        except TarError as exc:  # pg_basebackup was stopped; nothing of this run is sealed
+            raise SourceError(f"{what}: pg_basebackup's output is not the tar expected: {exc}",
+                              "check that options.bin_dir points at PostgreSQL's own pg_basebackup") from None
     if done.returncode != 0:
         if "single tablespace" in done.stderr:
             raise SourceError(f"{what}: the cluster has tablespaces outside its data directory",
