@@ -12,7 +12,6 @@ limits, so memory does not grow with the cluster.
 from __future__ import annotations
 
 import tarfile
-import time
 
 from backup_tasks.sources.postgres.tar_reader import BLOCK, FILE_TYPES, TarError, parse_pax
 
@@ -20,13 +19,12 @@ _PAX = "\0pax"
 
 
 class Picker:
-    """Feed it the tar's bytes in order; ``picked`` holds the wanted members' bytes, ``picked_at`` when each was complete."""
+    """Feed it the tar's bytes in order; ``picked`` holds the wanted members' bytes once each is complete."""
 
     def __init__(self, wanted: dict[str, int]) -> None:
         #: name in the archive -> the most bytes worth keeping (a larger member is a damaged or foreign archive)
         self.wanted = wanted
         self.picked: dict[str, bytes] = {}
-        self.picked_at: dict[str, float] = {}
         self.files = 0
         self.ended = False
         self._header = bytearray()
@@ -92,5 +90,4 @@ class Picker:
             self._pax = parse_pax(bytes(self._keep))
         else:
             self.picked[self._name] = bytes(self._keep)
-            self.picked_at[self._name] = time.monotonic()
         self._keep = None
