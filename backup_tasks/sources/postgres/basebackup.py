@@ -7,8 +7,9 @@ work directory that could only be archived once it had finished: the chain waite
 the whole base backup, then copied it again (5× pg_basebackup alone for a 1.2 GB
 cluster). With ``-X none`` its one tar goes straight into the dump stage's file, and
 PostgreSQL 13+ appends its ``backup_manifest`` to that tar. Following base.tar as it
-grew while keeping ``-X stream`` would have needed a layout whose sizes are not known
-up front and still a second copy of the WAL; measured and chosen in benchmarks/README.md.
+grew while keeping ``-X stream`` would have needed an outer layout without sizes up
+front, a second pass over the cluster on disk and staging space for it, for no gain:
+either way the chain is bound by compression (benchmarks/README.md has the figures).
 
 Why no WAL in the base is safe. A physical target archives every segment through
 ``backupctl wal push``, and with ``-X none`` and ``archive_mode = on`` the server ends
