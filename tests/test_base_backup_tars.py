@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import subprocess
 import tarfile
 
 import pytest
 
 from backup_tasks.errors import VerificationFailed
-from backup_tasks.sources.postgres import datadir, outer_tar, tar_reader
+from backup_tasks.sources.postgres import base_layout, datadir, outer_tar, tar_picker, tar_reader
 
 
 def test_the_outer_tar_reads_back_with_gnu_tar_and_matches_tarfiles_own_bytes(tmp_path):
@@ -97,8 +98,11 @@ def test_the_stream_reader_reads_nested_tars_as_tarfile_does_and_skips_what_is_l
     assert outer_names == ["backup_manifest", "base.tar"] and got == expected
 
 
-def test_restore_extraction_refuses_links_and_paths_out_of_the_tree_and_a_cut_archive(tmp_path):
-    def outer_of(inner: bytes) -> io.BytesIO:
+@pytest.mark.parametrize("layout", [base_layout.SINGLE, base_layout.OUTER])
+def test_restore_extraction_refuses_links_and_paths_out_of_the_tree_and_a_cut_archive(tmp_path, layout):
+    def stored(inner: bytes) -> io.BytesIO:
+        if layout == base_layout.SINGLE:
+            return io.BytesIO(inner)
         (tmp_path / "base.tar").write_bytes(inner)
         (tmp_path / "backup_manifest").write_bytes(b"{}")
         (tmp_path / "pg_wal.tar").write_bytes(_tar([]))
@@ -107,9 +111,10 @@ def test_restore_extraction_refuses_links_and_paths_out_of_the_tree_and_a_cut_ar
         out.seek(0)
         return out
 
+    report = {"format": layout}
     dest = tmp_path / "data"
     dest.mkdir()
-    good = datadir.extract(outer_of(_tar([("global", None), ("global/pg_control", b"c" * 100), ("PG_VERSION", b"15\n")])), dest)
+    good = datadir.extract(stored(_tar([("global", None), ("global/pg_control", b"c" * 100), ("PG_VERSION", b"15\n")])), dest, report)
     assert good["files"] == 3 and (dest / "global" / "pg_control").read_bytes() == b"c" * 100
     assert oct((dest / "PG_VERSION").stat().st_mode & 0o777) == oct(0o600)
 
@@ -119,9 +124,31 @@ def test_restore_extraction_refuses_links_and_paths_out_of_the_tree_and_a_cut_ar
         target = tmp_path / f"refused-{len(what)}"
         target.mkdir()
         with pytest.raises(VerificationFailed, match="not a plain file or directory inside"):
-            datadir.extract(outer_of(inner), target)
+            datadir.extract(stored(inner), target, report)
         assert not (tmp_path / "escape").exists()
 
-    cut = outer_of(_tar([("big", os.urandom(50_000))])).getvalue()[:30_000]
+    cut = stored(_tar([("big", os.urandom(50_000))])).getvalue()[:30_000]
     with pytest.raises(VerificationFailed, match="not a readable tar"):
-        datadir.extract(io.BytesIO(cut), tmp_path / "data")
+        datadir.extract(io.BytesIO(cut), tmp_path / "data", report)
+    with pytest.raises(VerificationFailed, match="does not read"):
+        datadir.extract(io.BytesIO(cut), tmp_path / "data", {"format": "something newer"})
+
+
+def test_the_picker_keeps_wanted_members_from_a_tar_fed_in_any_chunks_and_counts_the_rest():
+    long_name = "base/16384/" + "x" * 120  # past ustar's 100 characters: a pax header carries the name
+    data = _tar([("backup_label", b"START WAL LOCATION: 0/2000028\n"), ("base", None), (long_name, os.urandom(70_000)),
+                 ("empty", b""), ("global/pg_control", os.urandom(8192)), ("backup_manifest", b'{"Files": []}')])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        expected = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    rng = random.Random(7)
+    for _ in range(20):
+        picker = tar_picker.Picker({"backup_label": 100, "global/pg_control": 8192, "backup_manifest": 100, long_name: 1 << 20})
+        pos = 0
+        while pos < len(data):
+            step = rng.choice([1, 511, 512, 513, 4096, 65536])
+            picker.feed(data[pos:pos + step])
+            pos += step
+        assert picker.ended and picker.files == 5
+        assert picker.picked == {k: v for k, v in expected.items() if k in picker.wanted}
+    with pytest.raises(tar_reader.TarError, match="more than"):
+        tar_picker.Picker({"global/pg_control": 100}).feed(data)

@@ -18,10 +18,13 @@ import pytest
 
 from notify_servers import webhook_server  # noqa: F401  (fixture)
 from databases import free_port
-from pitr_cluster import PitrCluster, as_postgres
+from pitr_cluster import PG_BIN, PitrCluster, as_postgres
 
 from backup_tasks.ops import wal_handover
-from backup_tasks.sources.postgres import walnames
+from backup_tasks.errors import VerificationFailed
+from backup_tasks.sources.db import dsn
+from backup_tasks.sources.postgres import base_check, base_layout, datadir, outer_tar, walnames
+from backup_tasks.sources.postgres import server as pg_server
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def test_physical_base_backup_records_its_wal_range_and_verifies(cluster, based)
     assert src["start_lsn"] <= src["stop_lsn"] or len(src["start_lsn"]) != len(src["stop_lsn"])
     assert manifest["plaintext"]["format"] == "tar" and manifest["stored"]["name"].endswith(".tar.zst.age")
     assert based["verification"]["detail"]["files_checked"] > 900  # every file of the cluster against its SHA-256
-    assert set(src["dump_seconds"]) == {"pg_basebackup", "archive"} and src["dump_seconds"]["pg_basebackup"] > 0
+    assert src["format"] == base_layout.SINGLE and set(src["dump_seconds"]) == {"pg_basebackup"} and src["dump_seconds"]["pg_basebackup"] > 0
 
 
 def utc_now(cluster) -> str:
@@ -98,12 +101,55 @@ def test_restore_to_two_moments_between_batches(cluster, based):
                           "--json", check=2)
     assert "not empty" in refused.stdout
     assert restore_and_count(cluster, after_second, cluster.root / "restored-2", based_id=based["id"]) == {"first": 100, "second": 50}
+    # the very end of the base: its WAL (no longer inside the base) comes from the archive; no commit lies before it
+    end, port = cluster.root / "restored-end", free_port()
+    try:
+        done = cluster.json("restore", "--target", cluster.target, "--to-time", window["earliest"], "--to-datadir", str(end),
+                            "--start", "--port", str(port))
+        assert done["base_id"] == based["id"] and done["started"] and done["timeline"] == 2
+        assert cluster.sql("SELECT count(*) FROM orders", port=port)[0][0] == 0
+    finally:
+        cluster.stop_datadir(end)
     assert not [p for p in (cluster.root / "spool" / cluster.target).iterdir() if p.name.startswith("00000002")]
 
     # a moment before the first base backup ended is outside the window: refused, nothing written
     refused = cluster.cli("restore", "--target", cluster.target, "--to-time", "2020-01-01T00:00:00Z",
                           "--to-datadir", str(cluster.root / "never"), "--json", check=2)
     assert "outside the window" in refused.stdout and not (cluster.root / "never").exists()
+
+
+def test_a_base_backup_in_the_old_outer_layout_still_verifies_and_restores(cluster, based, tmp_path):
+    """Stored before the streaming dump: a real ``pg_basebackup -Ft -X stream`` run, its three files in the outer tar."""
+    cluster.sql("CREATE TABLE old_layout AS SELECT g AS id FROM generate_series(1, 42) g")
+    work = cluster.root / "old-layout"
+    as_postgres(str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", "-D", str(work),
+                "-Ft", "-X", "stream", "-c", "fast", "--manifest-checksums=SHA256")
+    stored = tmp_path / "old.tar"
+    with open(stored, "wb") as out:
+        outer_tar.write(out, [(n, work / n) for n in base_layout.OUTER_MEMBERS])
+    wal_range = json.loads((work / base_layout.MANIFEST).read_text())["WAL-Ranges"][0]
+    report = {"mode": "physical", "format": base_layout.OUTER, "timeline": 1, "wal_segment_size": walnames.DEFAULT_SEGMENT_SIZE,
+              "start_lsn": wal_range["Start-LSN"], "stop_lsn": wal_range["End-LSN"]}
+    with open(stored, "rb") as fh:
+        checked = base_check.check(fh, {"source": report})
+    assert checked["files_checked"] > 900 and checked["wal_segments_in_base"] >= 1
+    with open(stored, "rb") as fh, pytest.raises(VerificationFailed):  # the format decides the reader, not a guess
+        base_check.check(fh, {"source": {**report, "format": base_layout.SINGLE}})
+
+    dest, port = cluster.root / "restored-old-layout", free_port()
+    datadir.prepare(dest, force=False, dry_run=False)
+    with open(stored, "rb") as fh:
+        assert datadir.extract(fh, dest, report)["wal_files_in_base"] >= 1
+    # no archive at all: the WAL inside the old layout alone makes the copy consistent
+    datadir.write_recovery(dest, restore_command="false", target_time=None)
+    pg_server.hand_over(dest, "postgres")
+    log = pg_server.start(dest, port, bin_dir=PG_BIN, os_user="postgres")
+    try:
+        conn = dsn.Server(engine="postgres", host="127.0.0.1", port=port, user="postgres", database="postgres", params={}, password=None)
+        pg_server.wait_for_promotion(conn, dest, log, bin_dir=PG_BIN, os_user="postgres", timeout=60)
+        assert cluster.sql("SELECT count(*) FROM old_layout", port=port)[0][0] == 42
+    finally:
+        cluster.stop_datadir(dest)
 
 
 def test_wal_get_reads_ahead_into_a_private_directory_and_hands_over_only_checked_segments(cluster, based):

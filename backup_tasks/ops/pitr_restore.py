@@ -74,7 +74,7 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
     row = rt.catalog.get(base.id)
     found = readback.locate(rt, row)
     with readback.plaintext(rt, found) as (stream, stored, plain):
-        extracted = datadir.extract(stream, dest)
+        extracted = datadir.extract(stream, dest, found.doc["source"])
         plain.drain()
     readback.check_digests(found.doc, stored, plain)
     stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")

@@ -1,7 +1,9 @@
 """A new data directory from a stored base backup, set up to replay WAL to a moment.
 
-Extraction streams the outer tar (basebackup.py): ``base.tar`` into the directory,
-``pg_wal.tar`` into its ``pg_wal`` (tar_reader.py). Only plain files and directories
+Extraction streams the stored tar (tar_reader.py) in the layout its manifest names
+(base_layout.py): the current one is the data directory itself; the old one holds
+``base.tar``, unpacked into the directory, and ``pg_wal.tar``, into its ``pg_wal``.
+Only plain files and directories
 inside the tree are written, with no set-id bits and nothing writable by others (what
 tarfile's ``data`` filter allows), so a crafted archive cannot write outside the
 directory, create devices or link out of the tree.
@@ -21,8 +23,8 @@ from typing import BinaryIO
 
 from backup_tasks import defaults
 from backup_tasks.errors import RestoreRefused, VerificationFailed
-from backup_tasks.sources.postgres import tar_reader
-from backup_tasks.sources.postgres.basebackup import BASE, MANIFEST, WAL
+from backup_tasks.sources.postgres import base_layout, tar_reader
+from backup_tasks.sources.postgres.base_layout import BASE, MANIFEST, WAL
 
 RECOVERY_MARK = "# backup-tasks: recovery to a point in time"
 
@@ -46,10 +48,13 @@ def prepare(dest: Path, *, force: bool, dry_run: bool) -> bool:
     return occupied
 
 
-def extract(plaintext: BinaryIO, dest: Path) -> dict:
-    """Unpack base.tar into ``dest`` and pg_wal.tar into ``dest/pg_wal``; returns what was written."""
-    counts = {BASE: 0, WAL: 0}
+def extract(plaintext: BinaryIO, dest: Path, report: dict) -> dict:
+    """Unpack the base backup whose manifest ``source`` section is ``report`` into ``dest``; returns what was written."""
+    single = base_layout.layout_of(report) == base_layout.SINGLE
     try:
+        if single:
+            return {"files": _unpack(plaintext, dest, "the base backup"), "wal_files_in_base": 0}
+        counts = {BASE: 0, WAL: 0}
         for member, data in tar_reader.members(plaintext):
             if member.name == MANIFEST:
                 (dest / MANIFEST).write_bytes(data.read())
@@ -59,14 +64,20 @@ def extract(plaintext: BinaryIO, dest: Path) -> dict:
                                          "the stored archive is not one backup-tasks wrote; use another backup", check="physical-layout")
             into = dest if member.name == BASE else dest / "pg_wal"
             into.mkdir(mode=0o700, exist_ok=True)
-            for m, content in tar_reader.members(data):
-                _refuse_unsafe(m, member.name)
-                _write(m, content, into)
-                counts[member.name] += 1
+            counts[member.name] = _unpack(data, into, member.name)
     except tar_reader.TarError as exc:
         raise VerificationFailed(f"the stored base backup is not a readable tar: {exc}",
                                  "the stored object is damaged; use another backup", check="physical-layout") from None
     return {"files": counts[BASE], "wal_files_in_base": counts[WAL]}
+
+
+def _unpack(stream: BinaryIO, into: Path, archive: str) -> int:
+    count = 0
+    for m, content in tar_reader.members(stream):
+        _refuse_unsafe(m, archive)
+        _write(m, content, into)
+        count += 1
+    return count
 
 
 def _write(m: tar_reader.Member, content: tar_reader.MemberReader, into: Path) -> None:

@@ -1,4 +1,9 @@
-"""The outer tar of a base backup, written without tarfile's stream writer.
+"""The outer tar of the old base backup layout (base_layout.OUTER), written without tarfile's stream writer.
+
+New base backups stream one tar from pg_basebackup (basebackup.py) and need no outer
+tar; this writer stays because backups in the old layout are still read, and it is
+what produces one, byte for byte, for the tests that prove they still verify and
+restore.
 
 tarfile's ``w|`` mode appends every 16 KiB it copies to a growing bytes buffer and cuts
 a record off its front each time, copying the buffer again and again: for a 1 GB

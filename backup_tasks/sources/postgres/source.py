@@ -15,7 +15,7 @@ from typing import BinaryIO, Callable
 from backup_tasks.sources.base import register, restore_single_file
 from backup_tasks.sources.db.dsn import Server
 from backup_tasks.errors import InputError
-from backup_tasks.sources.postgres import archive, basebackup, cluster_globals, dump, restore
+from backup_tasks.sources.postgres import archive, base_check, base_layout, basebackup, cluster_globals, dump, restore
 from backup_tasks.sources.postgres.client import MAINTENANCE_DB
 
 
@@ -47,7 +47,7 @@ class PostgresSource:
 
     def check(self, plaintext: BinaryIO, manifest: dict, workdir: Path) -> dict:
         if _physical(manifest):
-            return basebackup.check(plaintext, manifest, workdir)
+            return base_check.check(plaintext, manifest)
         return archive.check(plaintext, manifest, workdir)
 
     def list_objects(self, plaintext: BinaryIO, manifest: dict, workdir: Path | None = None) -> list[dict]:
@@ -58,9 +58,11 @@ class PostgresSource:
     def restore(self, plaintext: BinaryIO | None, manifest: dict, dest: Path, *, force: bool, dry_run: bool) -> dict:
         """The archive itself as a file, for pg_restore by hand (``--to PATH``)."""
         if _physical(manifest):
-            summary = {"restored_to": str(dest), "format": basebackup.FORMAT,
-                       "next_step": f"tar -xf {dest}, then tar -xf base.tar -C DATADIR and pg_wal.tar -C DATADIR/pg_wal; "
-                                    "or backupctl restore --target T --to-time TIME --to-datadir DIR"}
+            layout = base_layout.layout_of(manifest["source"])
+            unpack = (f"tar -xf {dest} -C DATADIR (its WAL comes from the archive)" if layout == base_layout.SINGLE else
+                      f"tar -xf {dest}, then tar -xf base.tar -C DATADIR and pg_wal.tar -C DATADIR/pg_wal")
+            summary = {"restored_to": str(dest), "format": layout,
+                       "next_step": f"{unpack}; or backupctl restore --target T --to-time TIME --to-datadir DIR"}
             return restore_single_file(plaintext, dest, summary, force=force, dry_run=dry_run)
         summary = {"restored_to": str(dest), "format": "pg_dump custom archive", "tables": manifest["source"]["tables"],
                    "next_step": f"pg_restore -d DATABASE {dest}"}

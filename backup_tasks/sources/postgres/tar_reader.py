@@ -70,7 +70,7 @@ def members(stream: BinaryIO) -> Iterator[tuple[Member, MemberReader]]:
         except tarfile.HeaderError as exc:
             raise TarError(f"a damaged tar header ({exc})") from None
         if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
-            records = _parse_pax(_read_exactly(stream, info.size))
+            records = parse_pax(_read_exactly(stream, info.size))
             _skip(stream, -info.size % BLOCK)
             if info.type == tarfile.XHDTYPE:
                 pax = records
@@ -84,7 +84,7 @@ def members(stream: BinaryIO) -> Iterator[tuple[Member, MemberReader]]:
         _skip(stream, reader.left + (-member.size % BLOCK))
 
 
-def _parse_pax(data: bytes) -> dict[str, str]:
+def parse_pax(data: bytes) -> dict[str, str]:
     records, pos = {}, 0
     while pos < len(data) and data[pos:pos + 1] != b"\0":
         space = data.index(b" ", pos)
