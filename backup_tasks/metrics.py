@@ -101,8 +101,8 @@ class CatalogCollector:
     def _add_wal_lag(self, f: dict[str, GaugeMetricFamily]) -> None:
         from datetime import datetime, timezone
 
-        from backup_tasks.ops.pitr_watch import pitr_targets
-        from backup_tasks.ops.wal import FAMILY
+        from backup_tasks.ops.postgres_pitr.watch import pitr_targets
+        from backup_tasks.ops.postgres_pitr.wal import FAMILY
 
         now = datetime.now(timezone.utc)
         for target in pitr_targets(self.rt):

@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backup_tasks import client, config  # noqa: E402
 from backup_tasks.ops import runtime  # noqa: E402
-from backup_tasks.ops.binlog_restore import restore_to_time  # noqa: E402
-from backup_tasks.ops.binlog_ship import ship  # noqa: E402
+from backup_tasks.ops.mysql_pitr.restore import restore_to_time  # noqa: E402
+from backup_tasks.ops.mysql_pitr.ship import ship  # noqa: E402
 from backup_tasks.ops import readback  # noqa: E402
 from backup_tasks.records import keys  # noqa: E402
 from backup_tasks.orchestration.celery_app import configure  # noqa: E402
@@ -180,7 +180,7 @@ binlog = true
     found = readback.locate(rt, rt.catalog.get(backup["id"]))
     with readback.plaintext(rt, found) as (stream, _stored, _plain), open(plain / "dump.sql", "wb") as fh:
         shutil.copyfileobj(stream, fh, 1 << 20)
-    from backup_tasks.ops.binlog_restore import fetch
+    from backup_tasks.ops.mysql_pitr.restore import fetch
 
     by_name = {r.name: r for r in rt.catalog.binlogs("shop")}
     files = [fetch(rt, by_name[n], plain) for n in result["binlogs"]]

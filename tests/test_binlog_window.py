@@ -59,7 +59,7 @@ def test_rounding_and_retention_of_logs_before_the_oldest_kept_dump():
 
 
 def test_a_restore_time_needs_a_zone():
-    from backup_tasks.ops.binlog_restore import parse_time
+    from backup_tasks.ops.mysql_pitr.restore import parse_time
 
     assert parse_time("2026-12-05T08:00:00+01:00") == T0 + timedelta(hours=5)
     for text in ("2026-12-05 07:00", "yesterday"):

@@ -20,9 +20,9 @@ import pytest
 
 from backup_tasks import client
 from backup_tasks.errors import KeyMissing, VerificationFailed
-from backup_tasks.ops import reencrypt
-from backup_tasks.ops.key_rotation import rotate
-from backup_tasks.ops.key_status import key_status
+from backup_tasks.ops.keys import reencrypt
+from backup_tasks.ops.keys.rotation import rotate
+from backup_tasks.ops.keys.status import key_status
 from backup_tasks.ops.rebuild import rebuild_catalog
 from backup_tasks.ops.verify import verify_backup
 from backup_tasks.orchestration import run_lock

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 
-from backup_tasks.ops import binlog_ship, wal
-from backup_tasks.ops.key_status import key_status
+from backup_tasks.ops.mysql_pitr import ship as binlog_ship
+
+from backup_tasks.ops.postgres_pitr import wal
+from backup_tasks.ops.keys.status import key_status
 from backup_tasks.records import keys
 from conftest import run_cli
 from databases import binlog_mariadb, unique  # noqa: F401  (fixture)

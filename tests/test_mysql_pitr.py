@@ -25,7 +25,7 @@ import pytest
 import beat_schedule
 from backup_tasks import client, config, metrics
 from backup_tasks.errors import PermanentError
-from backup_tasks.ops.binlog_ship import ship
+from backup_tasks.ops.mysql_pitr.ship import ship
 from backup_tasks.ops.watchdog import run_watchdog
 from backup_tasks.records import events
 from backup_tasks.records.catalog import Status

@@ -20,7 +20,7 @@ from notify_servers import webhook_server  # noqa: F401  (fixture)
 from databases import free_port
 from pitr_cluster import PG_BIN, PitrCluster, as_postgres
 
-from backup_tasks.ops import wal_handover
+from backup_tasks.ops.postgres_pitr import wal_handover
 from backup_tasks.errors import VerificationFailed
 from backup_tasks.sources.db import dsn
 from backup_tasks.sources.postgres import base_check, base_layout, datadir, outer_tar, walnames

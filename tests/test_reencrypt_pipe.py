@@ -16,7 +16,7 @@ import pytest
 from pyrage import x25519
 
 from backup_tasks.errors import VerificationFailed
-from backup_tasks.ops import reencrypt_verify
+from backup_tasks.ops.keys import reencrypt_verify
 from backup_tasks.records import keys
 from backup_tasks.stages.encrypt import encrypt
 from backup_tasks.stages.reencrypt_pipe import ReencryptingReader, decrypted_digest

@@ -14,7 +14,7 @@ from backup_tasks.cli.context import Context, common
 @common
 def targets(ctx: Context):
     """Validated targets and tiers, with credentials shown as references only."""
-    from backup_tasks.ops.binlog_ship import server_checks
+    from backup_tasks.ops.mysql_pitr.ship import server_checks
 
     rt = ctx.rt
     cfg = rt.config

@@ -22,7 +22,7 @@ def drill(ctx: Context, target, timeout, history):
 
     A physical PostgreSQL target: base + WAL replayed to a recent counted point in a temporary data directory.
     """
-    from backup_tasks.ops import binlog_drill
+    from backup_tasks.ops import drills
     from backup_tasks.ops import drill as drill_mod
 
     rt = ctx.rt
@@ -41,7 +41,7 @@ def drill(ctx: Context, target, timeout, history):
         ctx.out.result(rows, table)
         return
     if rt.settings.embedded:
-        result = binlog_drill.run_drill(rt, target, actor=audit.cli_actor())
+        result = drills.run_drill(rt, target, actor=audit.cli_actor())
     else:
         result = _remote(rt, target, timeout)
     ctx.out.result(result, _human)

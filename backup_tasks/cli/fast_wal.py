@@ -4,7 +4,7 @@ PostgreSQL starts restore_command once per segment and waits for it; importing t
 command line (click, the catalog's SQLAlchemy, every command) costs more than replaying a
 segment. This path needs only the standard library: it recognises exactly
 ``[--config C] wal get [--config C] --target T NAME PATH``, renames a ready segment
-from the read-ahead directory (ops/wal_handover.py) into PATH and exits 0, and answers
+from the read-ahead directory (ops/postgres_pitr/wal_handover.py) into PATH and exits 0, and answers
 a timeline history file from the restore's copies (exit 1 for one the archive did not
 hold when the restore began). A segment
 that is not ready, or a history file, is fetched by the command's own code (cli/wal.py
@@ -56,7 +56,7 @@ def serve(argv: list[str]) -> int | None:
         return None
     config, target, name, path = call
     if SEGMENT.fullmatch(name) or HISTORY.fullmatch(name):
-        from backup_tasks.ops import wal_handover
+        from backup_tasks.ops.postgres_pitr import wal_handover
 
         try:
             if SEGMENT.fullmatch(name):

@@ -19,7 +19,7 @@ from backup_tasks.cli.context import Context, common
 def keys_rotate(ctx: Context, out: Path, signing: bool):
     """Write a new age key pair (and signing key) and print the configuration change that makes it current."""
     from backup_tasks.errors import ConfigError
-    from backup_tasks.ops.key_rotation import rotate
+    from backup_tasks.ops.keys.rotation import rotate
 
     try:
         settings = ctx.rt.settings
@@ -55,7 +55,7 @@ def _print_rotation(c, d: dict) -> None:
 @common
 def keys_status(ctx: Context):
     """Per key id: current, old or retired, and how many backups, WAL files, binlogs and stored objects depend on it, per tier."""
-    from backup_tasks.ops.key_status import key_status
+    from backup_tasks.ops.keys.status import key_status
 
     data = key_status(ctx.rt)
 

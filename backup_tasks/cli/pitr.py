@@ -17,7 +17,7 @@ def pitr(ctx: Context, target, ship):
     """Earliest and latest restorable time, and any gap; exit 1 when a gap breaks the window or nothing is restorable."""
     from backup_tasks.cli.pitr_mysql import mysql_window
     from backup_tasks.errors import InputError
-    from backup_tasks.ops import pitr as pitr_ops
+    from backup_tasks.ops.postgres_pitr import window as pitr_ops
 
     if ctx.rt.target(target).kind == "mysql":  # binary logs; PostgreSQL's WAL window is below
         mysql_window(ctx, target, ship=ship)
@@ -49,7 +49,7 @@ COMMANDS = (pitr,)
 def restore_to_time(ctx: Context, target, to_time, to_datadir, *, start: bool, port, force: bool, dry_run: bool) -> None:
     """``restore --target T --to-time TIME --to-datadir DIR``; exit 2 for a time outside the window or in a gap."""
     from backup_tasks.errors import InputError
-    from backup_tasks.ops.pitr_restore import restore_to_time as run
+    from backup_tasks.ops.postgres_pitr.restore import restore_to_time as run
     from backup_tasks.timefmt import parse
 
     if not (target and to_time and to_datadir):

@@ -14,8 +14,8 @@ from backup_tasks.cli.context import Context
 
 def mysql_window(ctx: Context, target: str, *, ship: bool = False) -> None:
     """Print the restorable window; exit 1 when a gap breaks it or nothing is restorable yet."""
-    from backup_tasks.ops import binlog_window
-    from backup_tasks.ops.binlog_ship import ship as ship_now
+    from backup_tasks.ops.mysql_pitr import window as binlog_window
+    from backup_tasks.ops.mysql_pitr.ship import ship as ship_now
 
     rt = ctx.rt
     shipped = ship_now(rt, target) if ship else None
@@ -46,7 +46,7 @@ def mysql_window(ctx: Context, target: str, *, ship: bool = False) -> None:
 
 def mysql_restore_to_time(ctx: Context, target: str, to_time: str, database: str, *, force: bool, dry_run: bool,
                           server: str | None, server_password: str | None) -> None:
-    from backup_tasks.ops.binlog_restore import restore_to_time
+    from backup_tasks.ops.mysql_pitr.restore import restore_to_time
     from backup_tasks.records import audit
 
     detail = {"to_time": to_time, "to_database": database, "server": audit.redact(server), "dry_run": dry_run, "force": force}

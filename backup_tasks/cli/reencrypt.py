@@ -20,7 +20,7 @@ from backup_tasks.cli.context import Context, common
 def reencrypt(ctx: Context, from_key, target, dry_run, wait, timeout):
     """One low-priority backup.reencrypt task per backup on the verify queue; old objects go only once the new ones verify."""
     from backup_tasks import defaults
-    from backup_tasks.ops import reencrypt as ops
+    from backup_tasks.ops.keys import reencrypt as ops
     from backup_tasks.orchestration import routing, tasks
     from backup_tasks.records import audit
 

@@ -27,7 +27,7 @@ def wal():
 @common
 def push(ctx: Context, target, path):
     """archive_command: exit 0 only once PATH is durable in this host's spool (never waits on the network)."""
-    from backup_tasks.ops import wal as wal_ops
+    from backup_tasks.ops.postgres_pitr import wal as wal_ops
 
     result = wal_ops.push(ctx.rt, target, path)
     ctx.out.result(result, lambda c, d: c.print(f"{d['name']}: {d['outcome']}", markup=False))
@@ -47,8 +47,8 @@ def get(ctx: Context, target, name, path):
 
 def run_get(ctx: Context, target: str, name: str, path: Path) -> int:
     """The command's work and exit status, also called without click by cli/fast_wal.py (PostgreSQL waits on each call)."""
-    from backup_tasks.ops import wal as wal_ops
-    from backup_tasks.ops import wal_prefetch
+    from backup_tasks.ops.postgres_pitr import wal as wal_ops
+    from backup_tasks.ops.postgres_pitr import wal_prefetch
 
     try:
         result = wal_ops.get(ctx.local_rt, target, name, path)
@@ -82,7 +82,7 @@ def run_get(ctx: Context, target: str, name: str, path: Path) -> int:
 @common
 def prefetch(ctx: Context, target, after, into, lock_fd):
     """A restore's WAL read-ahead (started by wal get, detached): keeps the next segments ready in INTO."""
-    from backup_tasks.ops import wal_prefetch
+    from backup_tasks.ops.postgres_pitr import wal_prefetch
 
     result = wal_prefetch.run(ctx.local_rt, target, after, into, lock_fd)
     ctx.out.result(result, lambda c, d: c.print(f"fetched {d['fetched']} segment(s); stopped: {d['stopped']}", markup=False))
@@ -93,7 +93,7 @@ def prefetch(ctx: Context, target, after, into, lock_fd):
 @common
 def ship(ctx: Context, target):
     """Ship the target's spool now (what the every-minute task does): compress, encrypt, upload, record."""
-    from backup_tasks.ops import wal as wal_ops
+    from backup_tasks.ops.postgres_pitr import wal as wal_ops
 
     result = wal_ops.ship(ctx.rt, target)
     ctx.out.result(result, lambda c, d: c.print(f"shipped {len(d.get('shipped', []))} file(s); "

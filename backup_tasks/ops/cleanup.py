@@ -22,7 +22,7 @@ uploads that were never completed (on a tier with StaleUploads: S3's multipart),
 the temporary files of writes that died (on a tier with PartialWrites: local, external).
 
 Binlog targets also lose the shipped binary logs that no kept dump can replay
-(``binlog_retention.py``), after the backups' own retention decided which dumps stay.
+(``mysql_pitr/retention.py``), after the backups' own retention decided which dumps stay.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from backup_tasks.records import audit, events, manifest
 from backup_tasks.policy import retention
 from backup_tasks.records.catalog import DrillResult, Status
 from backup_tasks.errors import BackupError, ConfigError, ObjectLocked, ObjectNotFound, ServiceUnavailable, StorageError
-from backup_tasks.ops import binlog_retention
+from backup_tasks.ops.mysql_pitr import retention as binlog_retention
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.files.tree_listing import NAME as LISTING_NAME
 from backup_tasks.stages.encrypt import SUFFIX as ENCRYPTED_SUFFIX
@@ -82,8 +82,8 @@ def run_cleanup(rt: Runtime, target: str | None = None, *, dry_run: bool = False
 
 
 def _prune_wal(rt: Runtime, targets, plan, dry_run: bool) -> list[dict]:
-    """Archived WAL follows the base backups of physical targets: what no kept base needs goes (log_retention.py)."""
-    from backup_tasks.ops import log_retention
+    """Archived WAL follows the base backups of physical targets: what no kept base needs goes (postgres_pitr/log_retention.py)."""
+    from backup_tasks.ops.postgres_pitr import log_retention
 
     out = []
     for t in targets:

@@ -19,7 +19,7 @@ and the same read-back path as verify: stored sha256, decryption, decompression 
 plaintext sha256 are all checked, so a tampered artifact fails the drill.
 
 A physical PostgreSQL target is drilled the way it is restored, by the subclass in
-ops/drill_physical.py; a binlog target to a moment, by the one in ops/binlog_drill.py.
+ops/postgres_pitr/physical_drill.py; a binlog target to a moment, by the one in ops/mysql_pitr/drill.py.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ def run_drill(rt: Runtime, target_name: str, *, now: datetime | None = None, act
 
     A failed drill is a result, not an exception: it is recorded, audited and emitted as
     ``drill.failed`` with its step's remedy. ``drill_class`` replaces the steps of a kind
-    of drill (``binlog_drill.PitrDrill``: to a moment, for binlog targets;
-    ``drill_physical.PhysicalDrill``: base + WAL, for physical targets); without it the
-    drill is a logical one, and ``binlog_drill.run_drill`` is what picks the kind for a
+    of drill (``mysql_pitr.drill.PitrDrill``: to a moment, for binlog targets;
+    ``postgres_pitr.physical_drill.PhysicalDrill``: base + WAL, for physical targets); without it the
+    drill is a logical one, and ``drills.run_drill`` is what picks the kind for a
     target. Whatever stopped the drill, the temporary
     database is dropped and the drill recorded first; a task time limit or a bug (an
     error outside the BackupError tree) is then raised again for the worker to see.

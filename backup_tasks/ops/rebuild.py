@@ -4,7 +4,7 @@ Only manifests whose signature checks are trusted; anything else is reported, no
 indexed. A backup stored on several tiers becomes one entry with several locations; a
 re-encrypted backup is indexed at its newest manifest revision. Shipped log files (WAL)
 are relearnt from the signed record beside each (records/log_markers.py), so the
-restorable window survives a lost catalog; shipped binary logs likewise (binlog_rebuild.py).
+restorable window survives a lost catalog; shipped binary logs likewise (mysql_pitr/rebuild.py).
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from __future__ import annotations
 from backup_tasks.records import log_markers, manifest
 from backup_tasks.records.catalog import Location
 from backup_tasks.errors import BackupError, ObjectNotFound
-from backup_tasks.ops import logship, readback, reencrypt, reencrypt_rewrite
+from backup_tasks.ops import readback
+from backup_tasks.ops.postgres_pitr import logship
+from backup_tasks.ops.keys import reencrypt
+from backup_tasks.ops.keys import reencrypt_rewrite
 from backup_tasks.ops.backup import AFTER_UPLOAD
-from backup_tasks.ops.binlog_rebuild import rebuild_binlogs
+from backup_tasks.ops.mysql_pitr.rebuild import rebuild_binlogs
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.timefmt import parse
 

@@ -22,7 +22,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from backup_tasks import alerting
-from backup_tasks.ops import key_age, readiness
+from backup_tasks.ops import readiness
+from backup_tasks.ops.keys import ages as key_age
 from backup_tasks.policy.readiness import TargetState
 from backup_tasks.timefmt import iso, parse
 from backup_tasks.units import human_size

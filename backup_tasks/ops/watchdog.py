@@ -10,12 +10,12 @@ embedded default, from cron with ``backupctl watchdog``). It looks for:
   ``alert_min_free_bytes``, or the tier's own ``min_free_bytes``);
 - a **missing external mount**;
 - for point-in-time targets, **WAL that stopped arriving** (newest stored segment older
-  than ``pitr_rpo_minutes``) and a **gap** in the WAL archive (pitr_watch.py).
+  than ``pitr_rpo_minutes``) and a **gap** in the WAL archive (postgres_pitr/watch.py).
 - **binlog lag**: a ``binlog = true`` target whose newest shipped binary log is older
   than its ``pitr_rpo_minutes`` (shipping stopped, or the server cannot be reached).
 - a run whose **worker died** mid-stage unseen (abandoned.py): failed, freed and reported;
 - a **key due for rotation**: a current encryption key in use for longer than
-  ``key_max_age_days`` (key_age.py says from when a key counts as current); it resolves
+  ``key_max_age_days`` (keys/ages.py says from when a key counts as current); it resolves
   once the key has been rotated out of the recipients.
 
 Each finding is a *condition* kept in the catalog: it is alerted once when it opens
@@ -39,7 +39,9 @@ from datetime import datetime, timezone
 
 from backup_tasks import defaults
 from backup_tasks.records import events
-from backup_tasks.ops import abandoned, key_age, pitr_watch, readiness
+from backup_tasks.ops import abandoned, readiness
+from backup_tasks.ops.keys import ages as key_age
+from backup_tasks.ops.postgres_pitr import watch as pitr_watch
 from backup_tasks.policy.readiness import TargetState
 from backup_tasks.timefmt import iso
 from backup_tasks.storage.capabilities import DiskSpace, DiskUsage

@@ -24,14 +24,15 @@ from celery.result import allow_join_result
 
 from backup_tasks.orchestration import (config_reload, embedded_pipeline, queued_messages, redelivery, routing,
                                         run_heartbeat, run_lock, task_progress)
-from backup_tasks.ops import abandoned, backup, following, reencrypt_retry, runtime
+from backup_tasks.ops import abandoned, backup, following, runtime
+from backup_tasks.ops.keys import reencrypt_retry
 from backup_tasks.orchestration.celery_app import app
 from backup_tasks.orchestration.task_boundary import RedactingTask
 from backup_tasks.defaults import (REENCRYPT_PRIORITY, STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX,
                                    VERIFY_PENDING_GRACE_SECONDS)
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
 from backup_tasks.ops.cleanup import run_cleanup
-from backup_tasks.ops.binlog_drill import run_drill
+from backup_tasks.ops.drills import run_drill
 from backup_tasks.ops.verify import verify_backup
 from backup_tasks.policy.reverify import pending_verification, plan_reverify
 from backup_tasks.records.catalog import Status
@@ -267,12 +268,12 @@ def verify(self, ref) -> dict:
 
 @app.task(bind=True, name="backup.reencrypt", acks_late=True, reject_on_worker_lost=True)
 def reencrypt(self, backup_id: str, from_key: str | None = None, actor: str = "beat") -> dict:
-    """Move one backup onto the current recipients (reencrypt.py), on the ``verify`` queue where the identities are.
+    """Move one backup onto the current recipients (keys/reencrypt.py), on the ``verify`` queue where the identities are.
 
     Redelivery after a worker died is safe: the use case finishes or redoes what the dead
     one started. Returns the backup's outcome; a failure is an outcome, not an exception.
     """
-    from backup_tasks.ops.reencrypt import reencrypt_backup
+    from backup_tasks.ops.keys.reencrypt import reencrypt_backup
 
     rt = _runtime(self)
     target = rt.catalog.get(backup_id).target
@@ -345,7 +346,7 @@ def reverify(self, every_hours: float = 24.0) -> dict:
 
 @app.task(bind=True, name="backup.reencrypt_unlocked", acks_late=True, reject_on_worker_lost=True)
 def reencrypt_unlocked(self) -> dict:
-    """Daily: send ``backup.reencrypt`` again for each backup an Object Lock held back whose lock has ended (reencrypt_retry.py)."""
+    """Daily: send ``backup.reencrypt`` again for each backup an Object Lock held back whose lock has ended (keys/reencrypt_retry.py)."""
     rt = _runtime(self)
     retries = reencrypt_retry.due(rt, _now())
     for retry in retries:

@@ -16,7 +16,7 @@ Why no WAL in the base is safe. A physical target archives every segment through
 the backup only once the stop segment has been archived (pg_basebackup prints
 "waiting for required WAL segments to be archived"): when this returns, the WAL from
 the start to the stop LSN is durable in the spool, and a base counts as restorable only
-once that range is stored (ops/pitr.py). A restore, even to the very end of the base,
+once that range is stored (ops/postgres_pitr/window.py). A restore, even to the very end of the base,
 fetches it through ``restore_command``. The cost: if archiving is broken the backup
 waits (PostgreSQL warns every minute) until the stage's time limit, but a base
 without its WAL archived could not be restored anyway.

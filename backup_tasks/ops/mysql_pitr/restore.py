@@ -19,9 +19,9 @@ from pathlib import Path
 
 from backup_tasks import defaults
 from backup_tasks.errors import InputError, RestoreRefused, StorageError, TransientError, VerificationFailed
-from backup_tasks.ops import binlog_window as gather
+from backup_tasks.ops.mysql_pitr import window as gather
 from backup_tasks.ops import restore
-from backup_tasks.ops.binlog_ship import binlog_target
+from backup_tasks.ops.mysql_pitr.ship import binlog_target
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import binlog_window
 from backup_tasks.records import keys, manifest

@@ -1,6 +1,6 @@
 """Shipping a target's spool of archived logs: compress → encrypt → upload → record, then drop the spooled copy.
 
-Log-family neutral: PostgreSQL's WAL (ops/wal.py) says what a file is through
+Log-family neutral: PostgreSQL's WAL (ops/postgres_pitr/wal.py) says what a file is through
 ``describe``; another log family brings its own. Each file goes through the same
 stream stages as a backup, to every tier of the target, under
 ``_logs/<target>/<family>/<name>`` (a leading ``_`` never starts a target's name, so a
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from backup_tasks.errors import StorageError, TransientError
-from backup_tasks.ops.logspool import Spool, Spooled
+from backup_tasks.ops.postgres_pitr.logspool import Spool, Spooled
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records import events, log_markers
 from backup_tasks.records.keys import key_id

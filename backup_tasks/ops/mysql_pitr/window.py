@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from backup_tasks.ops.binlog_ship import binlog_target
+from backup_tasks.ops.mysql_pitr.ship import binlog_target
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import binlog_window
 from backup_tasks.records.catalog import Status

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from backup_tasks import timefmt
-from backup_tasks.ops.key_status import key_ids_of, key_status, made_keys
+from backup_tasks.ops.keys.status import key_ids_of, key_status, made_keys
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import key_age
 from backup_tasks.records import events, keys

@@ -2,9 +2,9 @@
 
 Base backup plus WAL replayed into a temporary data directory, started on a free port,
 compared with row counts taken in the live cluster at the very WAL position replay stops
-at (ops/pitr_drill.py), then stopped and removed. It shares the logical drill's record,
+at (ops/postgres_pitr/drill.py), then stopped and removed. It shares the logical drill's record,
 checks and failure handling (ops/drill.py) and replaces the steps that differ; kept apart
-so the drill module holds the common path only. ``binlog_drill.run_drill`` picks it for a
+so the drill module holds the common path only. ``drills.run_drill`` picks it for a
 physical target.
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 from backup_tasks import timefmt
 from backup_tasks.config.drill import drill_spec
 from backup_tasks.errors import DrillFailed
-from backup_tasks.ops import drill, pitr_drill
+from backup_tasks.ops import drill
+from backup_tasks.ops.postgres_pitr import drill as pitr_drill
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records.catalog import Status
 from backup_tasks.sources.base import source_for

@@ -10,7 +10,7 @@ interrupted cleanup is finished by the next.
 from __future__ import annotations
 
 from backup_tasks.errors import BackupError, ObjectNotFound
-from backup_tasks.ops import binlog_window as gather
+from backup_tasks.ops.mysql_pitr import window as gather
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import binlog_window
 from backup_tasks.records.catalog import Status

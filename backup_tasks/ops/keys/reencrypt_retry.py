@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from backup_tasks import timefmt
-from backup_tasks.ops import reencrypt
+from backup_tasks.ops.keys import reencrypt
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records import audit
 

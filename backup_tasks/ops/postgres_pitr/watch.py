@@ -10,7 +10,7 @@ import logging
 from datetime import datetime
 
 from backup_tasks.errors import BackupError
-from backup_tasks.ops import pitr
+from backup_tasks.ops.postgres_pitr import window as pitr
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records import events
 

@@ -14,7 +14,7 @@ order of the steps is what makes a kill at any point harmless:
    key change and names the revision it replaces (the commit point);
 4. the backup is verified: the new manifest reads back and verifies, and for a backup
    verified before, step 2 proved its new object decrypts to that verified plaintext
-   (ops/reencrypt_verify.py); any other (a backup never verified, or a rerun finishing
+   (ops/keys/reencrypt_verify.py); any other (a backup never verified, or a rerun finishing
    an interrupted revision) is verified in full through the restore path (``verify_backup``);
 5. only then are the old objects deleted.
 
@@ -23,7 +23,7 @@ debris that a rerun overwrites. From 3 on, the new manifest and the new object s
 rerun finds the revision whose replaced object still exists and finishes steps 2-5
 (including tiers whose manifest the kill left on the old revision). Never neither.
 
-Steps 1-2, the part that streams the bytes, are in ops/reencrypt_rewrite.py; this module
+Steps 1-2, the part that streams the bytes, are in ops/keys/reencrypt_rewrite.py; this module
 decides what to do with a backup and commits, verifies and cleans up.
 """
 
@@ -35,8 +35,10 @@ from dataclasses import dataclass
 
 from backup_tasks import timefmt
 from backup_tasks.errors import BackupError, InputError, ObjectLocked, ObjectNotFound, StorageError, VerificationFailed
-from backup_tasks.ops import readback, reencrypt_rewrite, reencrypt_verify
-from backup_tasks.ops.reencrypt_rewrite import key_ids, revision
+from backup_tasks.ops import readback
+from backup_tasks.ops.keys import reencrypt_rewrite
+from backup_tasks.ops.keys import reencrypt_verify
+from backup_tasks.ops.keys.reencrypt_rewrite import key_ids, revision
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.ops.verify import verify_backup
 from backup_tasks.records import audit, keys, manifest, markers

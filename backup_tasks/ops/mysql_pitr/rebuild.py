@@ -12,7 +12,7 @@ import json
 
 from backup_tasks import timefmt
 from backup_tasks.errors import BackupError, ObjectNotFound, VerificationFailed
-from backup_tasks.ops.binlog_ship import PREFIX, RECORD_FORMAT
+from backup_tasks.ops.mysql_pitr.ship import PREFIX, RECORD_FORMAT
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records import manifest
 

@@ -13,9 +13,9 @@ import logging
 
 from backup_tasks import timefmt
 from backup_tasks.errors import BackupError
-from backup_tasks.ops.reencrypt import pending
+from backup_tasks.ops.keys.reencrypt import pending
 from backup_tasks.ops.runtime import Runtime
-from backup_tasks.ops.wal import FAMILY as WAL_FAMILY
+from backup_tasks.ops.postgres_pitr.wal import FAMILY as WAL_FAMILY
 from backup_tasks.policy.key_roles import Usage, decide
 from backup_tasks.records import keys
 from backup_tasks.records.catalog import Status

@@ -3,13 +3,13 @@
 pgBackRest (``archive-get`` with ``archive-async``) and WAL-G (``prefetch``) do the same,
 for the same reason: replay asks for one segment at a time and waits for each, so
 fetching, decrypting and checking the next ones in the background turns most
-restore_command calls into a local rename (ops/wal_handover.py).
+restore_command calls into a local rename (ops/postgres_pitr/wal_handover.py).
 
 The read-ahead is a detached ``backupctl wal prefetch`` started by the first ``wal get``
 that had to fetch a segment itself (or by the restore, just before it starts the
 server). It holds the directory's lock (one per restore), keeps at most ``WINDOW``
 segments ready, fetches ``WORKERS`` at a time, each through the same checked fetch as
-``wal get`` (ops/wal.py: both sha256 against the catalog's record before the file gets
+``wal get`` (ops/postgres_pitr/wal.py: both sha256 against the catalog's record before the file gets
 its name), and stops when:
 - the archive holds nothing more on the timeline (or the next segment is missing: ``wal
   get`` then answers "no such file" for it, as recovery expects) and all it fetched has
@@ -36,7 +36,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from backup_tasks import defaults
-from backup_tasks.ops import wal, wal_handover
+from backup_tasks.ops.postgres_pitr import wal
+from backup_tasks.ops.postgres_pitr import wal_handover
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.postgres import walnames
 

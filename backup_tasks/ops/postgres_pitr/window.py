@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from backup_tasks.errors import StorageError, TransientError
-from backup_tasks.ops import logship
+from backup_tasks.ops.postgres_pitr import logship
 from backup_tasks.ops.runtime import Runtime
-from backup_tasks.ops.wal import FAMILY, physical_target
+from backup_tasks.ops.postgres_pitr.wal import FAMILY, physical_target
 from backup_tasks.policy import pitr as policy
 from backup_tasks.records.catalog import Status
 from backup_tasks.sources.postgres import walnames

@@ -1,4 +1,4 @@
-"""The steps of a restore drill of a physical PostgreSQL target (the drill itself is ops/drill_physical.py).
+"""The steps of a restore drill of a physical PostgreSQL target (the drill itself is ops/postgres_pitr/physical_drill.py).
 
 A logical drill compares a restored dump with the counts its manifest signed. A base
 backup carries no counts worth comparing: the copy is replayed past it, to a recent
@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 from backup_tasks.errors import PermanentError
-from backup_tasks.ops import pitr_restore, wal
-from backup_tasks.ops.logship import spool_for
+from backup_tasks.ops.postgres_pitr import restore as pitr_restore
+from backup_tasks.ops.postgres_pitr import wal
+from backup_tasks.ops.postgres_pitr.logship import spool_for
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.db import dsn
 from backup_tasks.sources.postgres import counted_point, server, walnames

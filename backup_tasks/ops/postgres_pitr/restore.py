@@ -1,6 +1,6 @@
 """Restore a physical PostgreSQL target to a moment: base backup + WAL replayed to TIME in a new data directory.
 
-The moment must lie in the restorable window (ops/pitr.py); the base is the newest
+The moment must lie in the restorable window (ops/postgres_pitr/window.py); the base is the newest
 restorable one that ended at or before it. The base is extracted and its digests
 checked against the signed manifest *before* the recovery settings are written, so a
 damaged base never turns into a server that starts. With ``start`` the server is
@@ -18,7 +18,9 @@ from pathlib import Path
 
 from backup_tasks import defaults
 from backup_tasks.errors import InputError
-from backup_tasks.ops import pitr, readback, wal_prefetch
+from backup_tasks.ops import readback
+from backup_tasks.ops.postgres_pitr import window as pitr
+from backup_tasks.ops.postgres_pitr import wal_prefetch
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import pitr as policy
 from backup_tasks.sources.db import dsn

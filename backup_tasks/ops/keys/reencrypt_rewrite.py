@@ -1,6 +1,6 @@
 """Re-encryption's rewrite: the new revision's object and listing, streamed from the old ones, on every tier.
 
-Steps 1-2 of a re-encryption (ops/reencrypt.py tells the whole order and why a kill at
+Steps 1-2 of a re-encryption (ops/keys/reencrypt.py tells the whole order and why a kill at
 any point is harmless): the stored object is decrypted and encrypted to the current
 recipients on its way from the old name to a new one (``<name>.r<revision>.age``), its
 old bytes checked against the signed manifest on the way in, then copied to the other

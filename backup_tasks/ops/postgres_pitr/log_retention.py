@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 
 from backup_tasks.errors import BackupError, ObjectNotFound
-from backup_tasks.ops import pitr
+from backup_tasks.ops.postgres_pitr import window as pitr
 from backup_tasks.ops.runtime import Runtime
-from backup_tasks.ops.wal import FAMILY
+from backup_tasks.ops.postgres_pitr.wal import FAMILY
 from backup_tasks.policy import pitr as policy
 from backup_tasks.records import log_markers
 from backup_tasks.records.catalog import Status

@@ -8,9 +8,6 @@ temporary database and replays the shipped logs up to exactly that position; the
 the counts must be equal, the health checks true, and the temporary database is
 dropped. Everything else (selection, sweeping, timing, recording, alerting, cleanup)
 is the ordinary drill's.
-
-Its ``run_drill`` is where the CLI and the task start every drill: it picks the kind
-the target needs (this one, the physical one, or the ordinary logical one).
 """
 
 from __future__ import annotations
@@ -21,13 +18,11 @@ import time
 from pathlib import Path
 
 from backup_tasks import timefmt
-from backup_tasks.ops import binlog_window as gather
-from backup_tasks.ops import drill, drill_physical
-from backup_tasks.ops.binlog_restore import fetch
-from backup_tasks.ops.binlog_ship import ship
-from backup_tasks.ops.runtime import Runtime
+from backup_tasks.ops.mysql_pitr import window as gather
+from backup_tasks.ops import drill
+from backup_tasks.ops.mysql_pitr.restore import fetch
+from backup_tasks.ops.mysql_pitr.ship import ship
 from backup_tasks.policy import binlog_window
-from backup_tasks.records import audit
 from backup_tasks.sources.db import dsn
 from backup_tasks.sources.mysql import binlog_replay, binlog_server
 
@@ -85,10 +80,3 @@ class PitrDrill(drill._Drill):
     def compare(self) -> None:
         drill._compare(self.details, self.moment["tables"], self.source.table_counts(self.server.on(self.temp)))
 
-
-def run_drill(rt: Runtime, target_name: str, *, actor: str = audit.BEAT) -> dict:
-    """A drill of ``target_name`` of the kind it needs: to a moment for a binlog target, base + WAL for a
-    physical one, else a logical one (``drill.run_drill``'s own)."""
-    target = rt.target(target_name)
-    kind = PitrDrill if target.binlog else drill_physical.PhysicalDrill if target.mode == "physical" else None
-    return drill.run_drill(rt, target_name, actor=actor, drill_class=kind)

@@ -3,7 +3,7 @@
 PostgreSQL runs restore_command once per segment and waits for it. A whole ``backupctl``
 (config, catalog, keys, a tier round trip) per segment made replay several times slower
 than copying from a local directory. So the first ``wal get`` of a segment starts a
-read-ahead process (ops/wal_prefetch.py) that fetches the next segments, checks both of
+read-ahead process (ops/postgres_pitr/wal_prefetch.py) that fetches the next segments, checks both of
 their sha256 against the catalog's record, and renames each into a private directory
 beside PostgreSQL's ``%p``: ``pg_wal/.backup-tasks-prefetch/<target>/``. Every later
 ``wal get`` first looks there, and if its segment is ready it only renames it into

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from backup_tasks.errors import BackupError, InputError, ObjectNotFound, PermanentError
-from backup_tasks.ops import logship
-from backup_tasks.ops.logspool import Spool
+from backup_tasks.ops.postgres_pitr import logship
+from backup_tasks.ops.postgres_pitr.logspool import Spool
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records import keys
 from backup_tasks.sources.postgres import walnames
