@@ -136,3 +136,40 @@ def test_a_worker_with_a_free_slot_rides_out_a_redis_restart_mid_stage(tmp_path,
     run_cli("restore", run.id, "--to", str(restored), config=cfg, env={"BACKUP_BROKER_URL": broker}, check=0)
     assert _sha(restored / tree.relative_to("/") / "big.bin") == _sha(tree / "big.bin")
     assert redis.Redis.from_url(broker).hlen("unacked") == 0
+
+
+def test_a_message_received_but_not_started_when_redis_goes_is_queued_again_once_redis_is_back(private_redis):
+    """What a worker had received but not yet handed to a pool process when Redis went away is delivered again.
+
+    Celery drops such a message on losing the broker, counting on the broker to deliver it
+    again; its channel's restore cannot reach Redis while Redis is down. It used to stay in
+    ``unacked`` until the visibility timeout (hours): a stage sent a moment before a Redis
+    restart (the dump's compress, the compress's encrypt) then never ran, and its run stayed
+    ``running`` with nothing in the log, never reaped since its message looked held. Here
+    ``held`` is the consumer holding the message unacknowledged when Redis goes down, and
+    ``back`` the consumer's new connection once Redis is up.
+    """
+    from kombu import Connection
+
+    from backup_tasks.orchestration import redis_channel
+
+    broker_db = redis.Redis.from_url(private_redis.url)
+    with Connection(private_redis.url) as sender:
+        sender.SimpleQueue("host.hostA").put({"stage": "encrypt"})
+    held = Connection(private_redis.url)
+    assert isinstance(held.transport, redis_channel.Transport)
+    message = held.default_channel.basic_get("host.hostA")
+    assert message is not None and broker_db.hlen("unacked") == 1 and broker_db.llen("host.hostA") == 0
+    with private_redis.down():
+        try:
+            held.release()  # puts the message back: fails, Redis is down
+        except redis.ConnectionError:
+            pass  # Celery's consumer ignores the same error when it closes a lost connection
+    with Connection(private_redis.url) as back:
+        channel = back.default_channel
+        broker_db = redis.Redis.from_url(private_redis.url)
+        assert broker_db.hlen("unacked") == 0 and broker_db.llen("host.hostA") == 1
+        again = channel.basic_get("host.hostA")
+        assert again is not None and again.decode() == {"stage": "encrypt"}
+        again.ack()
+    assert broker_db.hlen("unacked") == 0
