@@ -12,17 +12,35 @@ import logging
 import threading
 
 from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
 
-#: delivery tags, in Redis's ``unacked`` hash, that a closing channel could not put back in their queues
-_unrestored: set[str] = set()
+#: messages a channel of this process could not leave safely in Redis, by delivery tag: each in Redis's
+#: ``unacked`` hash to be put back in its queue, or (its entry given) maybe nowhere in Redis any more
+_unrestored: dict[str, str | None] = {}
 _unrestored_lock = threading.Lock()
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's Redis QoS, but a restore that fails because Redis is away is remembered, to be done later."""
+    """kombu's Redis QoS, but what Redis being away keeps it from recording or restoring is remembered."""
+
+    def append(self, message, delivery_tag):
+        """Record a message just delivered as unacknowledged; if Redis went meanwhile, remember the message.
+
+        Redis popped it from its queue and Celery never sees it: whether the record reached
+        Redis before it went is unknown, so the message itself is kept, to be queued again.
+        """
+        try:
+            return super().append(message, delivery_tag)
+        except self.channel.connection_errors:
+            delivery = message.delivery_info
+            with _unrestored_lock:
+                _unrestored[delivery_tag] = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+            log.warning("Redis went away as a message was delivered; it will be queued again once Redis is back")
+            raise
 
     def restore_unacked(self, client=None):
         try:
@@ -31,10 +49,24 @@ class QoS(kombu_redis.QoS):
             with _unrestored_lock:
                 # Some may have been restored before Redis went: restoring a tag twice finds
                 # nothing the second time, so all are kept.
-                _unrestored.update(self._delivered)
+                _unrestored.update(dict.fromkeys(self._delivered))
             log.warning("could not put %d unacknowledged message(s) back in their queues, Redis is away; "
                         "they will be once it is back", len(self._delivered))
             raise
+
+    def restore_interrupted(self, tag: str, entry: str | None) -> None:
+        """Queue the message of ``tag`` again: as ``unacked`` records it, or else from ``entry`` if given (one transaction)."""
+
+        def transaction(pipe):
+            recorded = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if recorded or entry:
+                payload, exchange, routing_key = loads(bytes_to_str(recorded or entry))
+                self.channel._do_restore_message(payload, exchange, routing_key, pipe)
+
+        with self.channel.conn_or_acquire() as client:
+            client.transaction(transaction, self.unacked_key)
 
 
 class Channel(kombu_redis.Channel):
@@ -47,7 +79,7 @@ class Channel(kombu_redis.Channel):
         self._restore_interrupted()
 
     def _restore_interrupted(self) -> None:
-        """Put back in their queues the messages an earlier channel of this process failed to restore.
+        """Put back in their queues the messages an earlier channel of this process could not leave safely.
 
         Celery drops, on losing the broker, every message it received but had not yet
         handed to a pool process, counting on the broker to deliver it again; Redis does
@@ -59,18 +91,19 @@ class Channel(kombu_redis.Channel):
         with _unrestored_lock:
             if not _unrestored:
                 return
-            tags = sorted(_unrestored - _running_tags())
+            running = _running_tags()
+            pending = sorted((tag, entry) for tag, entry in _unrestored.items() if tag not in running)
         restored = 0
         try:
-            for tag in tags:
-                self.qos.restore_by_tag(tag)
+            for tag, entry in pending:
+                self.qos.restore_interrupted(tag, entry)
                 restored += 1
                 with _unrestored_lock:
-                    _unrestored.discard(tag)
+                    _unrestored.pop(tag, None)
         except self.connection_errors:  # Redis away again: a later channel tries the rest
-            log.warning("could not yet put %d unacknowledged message(s) back in their queues", len(tags) - restored)
+            log.warning("could not yet put %d message(s) back in their queues", len(pending) - restored)
             return
-        if tags:
+        if pending:
             log.info("put %d unacknowledged message(s) back in their queues after Redis came back", restored)
 
     def _connparams(self, asynchronous: bool = False) -> dict:
