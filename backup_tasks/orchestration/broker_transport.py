@@ -31,9 +31,12 @@ went: the dump's compress, the compress's encrypt), counting on the broker to de
 again. Redis does only if the closing channel's restore reaches it; while Redis is down
 it cannot, and the message waited in Redis's ``unacked`` hash for the visibility timeout
 (hours), its run ``running`` meanwhile with nothing in any log, and never reaped, since
-its message looked held. So a restore that fails for want of Redis is remembered, and the
+its message looked held. The same when Redis goes between handing a message out and
+recording it in ``unacked``: the record may or may not be there, the worker never saw the
+message. So a restore, or a record, that fails for want of Redis is remembered, and the
 process's next channel, once Redis answers, puts those messages back in their queues,
 but for the tasks the worker is still running, which acknowledge their own when they end.
+What stays out of reach: a message Redis popped whose reply it never sent before exiting.
 
 ``install()`` (run when celery_app is imported: workers, beat, Flower, clients) makes the
 ``redis://`` and ``rediss://`` schemes resolve to this transport (redis_channel.py), by
