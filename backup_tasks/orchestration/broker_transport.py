@@ -36,7 +36,7 @@ recording it in ``unacked``: the record may or may not be there, the worker neve
 message. So a restore, or a record, that fails for want of Redis is remembered, and the
 process's next channel, once Redis answers, puts those messages back in their queues,
 but for the tasks the worker is still running, which acknowledge their own when they end.
-What stays out of reach: a message Redis popped whose reply it never sent before exiting.
+Not covered, if Redis can do it: a message popped whose reply Redis never sent before exiting.
 
 ``install()`` (run when celery_app is imported: workers, beat, Flower, clients) makes the
 ``redis://`` and ``rediss://`` schemes resolve to this transport (redis_channel.py), by
