@@ -6,6 +6,7 @@ log file, started the way an operator starts it, and stopped (or killed) by the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import redis
@@ -122,9 +124,17 @@ class RedisServer(Process):
 
     def restart(self, down_seconds: float = 2.0) -> None:
         """Shut down (SIGTERM: AOF already on disk), stay down a moment, start again on the same port and data."""
+        with self.down():
+            time.sleep(down_seconds)
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """Shut down for the block (SIGTERM: AOF already on disk), then start again on the same port and data."""
         self.stop()
-        time.sleep(down_seconds)
-        self.__init__(self.directory, self.port)
+        try:
+            yield
+        finally:
+            self.__init__(self.directory, self.port)
 
 
 @pytest.fixture

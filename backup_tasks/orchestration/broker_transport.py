@@ -23,9 +23,20 @@ the restart.
 The work-around: a channel remembers the connection parameters it built its pools from
 while its connection was alive, and builds any later pool from them. Putting a message
 back or acknowledging it after the teardown then reaches Redis as before, or fails with
-a Redis connection error, which kombu and Celery already handle (the message then stays
-in Redis's ``unacked`` set until the stage acknowledges it or the visibility timeout
-hands it out again; a stage redelivered that way is harmless, see redelivery.py).
+a Redis connection error, which kombu and Celery already handle.
+
+A second gap, same moment: Celery drops each message it received but had not yet
+handed to a pool process (a stage another stage sent a few milliseconds before Redis
+went: the dump's compress, the compress's encrypt), counting on the broker to deliver it
+again. Redis does only if the closing channel's restore reaches it; while Redis is down
+it cannot, and the message waited in Redis's ``unacked`` hash for the visibility timeout
+(hours), its run ``running`` meanwhile with nothing in any log, and never reaped, since
+its message looked held. The same when Redis goes between handing a message out and
+recording it in ``unacked``: the record may or may not be there, the worker never saw the
+message. So a restore, or a record, that fails for want of Redis is remembered, and the
+process's next channel, once Redis answers, puts those messages back in their queues,
+but for the tasks the worker is still running, which acknowledge their own when they end.
+Not covered, if Redis can do it: a message popped whose reply Redis never sent before exiting.
 
 ``install()`` (run when celery_app is imported: workers, beat, Flower, clients) makes the
 ``redis://`` and ``rediss://`` schemes resolve to this transport (redis_channel.py), by
