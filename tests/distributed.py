@@ -39,6 +39,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+
+def big_tree(tmp_path: Path, mib: int, *, random: bool = False) -> Path:
+    """A files target's tree of one ``mib`` MiB file: half random, half zstd-friendly (or all random),
+    so its stages run long enough for a test to catch them mid-stream."""
+    tree = tmp_path / "data"
+    tree.mkdir()
+    block = os.urandom(1 << 20)
+    with open(tree / "big.bin", "wb") as fh:
+        for i in range(mib):
+            fh.write(os.urandom(1 << 20) if random else block[: (1 << 19)] + bytes([i % 251]) * (1 << 19))
+    return tree
+
+
 class Process:
     """A program in its own session, output to a log file; stop() is SIGTERM then SIGKILL, kill() is SIGKILL."""
 

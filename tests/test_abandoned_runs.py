@@ -33,7 +33,7 @@ from backup_tasks.records import events
 from backup_tasks.records.catalog import Status
 from conftest import run_cli
 from notify_servers import webhook_server  # noqa: F401 - pytest fixture
-from distributed import wait_for
+from distributed import big_tree, wait_for
 
 TIMEOUT = 2  # run_heartbeat_timeout: seconds of silence after which a working stage's worker is gone
 
@@ -69,12 +69,7 @@ def wait_until_silent(rt, run_id: str) -> None:
 
 def test_a_run_whose_worker_died_is_failed_freed_and_reported(tmp_path, make_config, runtime_for, redis_url, start_worker,
                                                               webhook_server):
-    tree = tmp_path / "data"
-    tree.mkdir()
-    block = os.urandom(1 << 20)
-    with open(tree / "big.bin", "wb") as fh:
-        for i in range(160):
-            fh.write(block[: (1 << 19)] + bytes([i % 251]) * (1 << 19))
+    tree = big_tree(tmp_path, 160)
     state = tmp_path / "state"
     staging = state / "staging"
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',

@@ -20,7 +20,6 @@ down what that moment could lose: a message the worker received but had not star
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 
 import redis
@@ -29,12 +28,12 @@ from backup_tasks import client
 from backup_tasks.records.catalog import Status
 from backup_tasks.ops.verify import verify_backup
 from conftest import run_cli
-from distributed import private_redis, start_beat, wait_for  # noqa: F401,F811 - pytest fixtures
+from distributed import big_tree, private_redis, start_beat, wait_for  # noqa: F401,F811 - pytest fixtures
 from test_sqlite_backup import make_app_db
 
 
 def test_a_redis_restart_mid_run_loses_nothing(tmp_path, make_config, runtime_for, start_worker, start_beat, private_redis):
-    tree = _big_tree(tmp_path, mib=160)
+    tree = big_tree(tmp_path, 160)
     db = tmp_path / "small.db"
     make_app_db(db, rows=200)
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\nschedule = "0 3 1 1 *"\n'
@@ -90,16 +89,6 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path, make_config, runtime_fo
     assert broker_db.hlen("unacked") == 0, broker_db.hkeys("unacked")
 
 
-def _big_tree(tmp_path, mib: int):
-    """A files target's tree: one file of ``mib`` MiB, half random, half zstd-friendly."""
-    tree = tmp_path / "data"
-    tree.mkdir()
-    block = os.urandom(1 << 20)
-    with open(tree / "big.bin", "wb") as fh:
-        for i in range(mib):
-            fh.write(block[: (1 << 19)] + bytes([i % 251]) * (1 << 19))
-    return tree
-
 
 def _sha(path) -> str:
     h = hashlib.sha256()
@@ -111,7 +100,7 @@ def _sha(path) -> str:
 
 def test_a_worker_with_a_free_slot_rides_out_a_redis_restart_mid_stage(tmp_path, make_config, runtime_for, start_worker,
                                                                       private_redis):
-    tree = _big_tree(tmp_path, mib=40)
+    tree = big_tree(tmp_path, 40)
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',
                       tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "state" / "store"}"\nbandwidth_limit = "4MiB"\n')
     broker = private_redis.url
@@ -150,7 +139,7 @@ def test_a_worker_rides_out_a_redis_restart_mid_dump(tmp_path, make_config, runt
     with 800 MiB, lost a stage in about one run of five), so this one checks the whole run
     under the restart as operators meet it.
     """
-    tree = _big_tree(tmp_path, mib=160)
+    tree = big_tree(tmp_path, 160)
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n')
     broker = private_redis.url
     worker = start_worker(cfg, broker, ["host.hostA", "verify"], name="w2@hostA", concurrency=4)

@@ -22,22 +22,13 @@ import redis
 from backup_tasks import client
 from backup_tasks.records.catalog import Status
 from conftest import run_cli
-from distributed import wait_for
+from distributed import big_tree, wait_for
 
-
-def _tree(tmp_path, megabytes: int, *, random: bool = False):
-    tree = tmp_path / "data"
-    tree.mkdir()
-    block = os.urandom(1 << 20)
-    with open(tree / "big.bin", "wb") as fh:
-        for i in range(megabytes):
-            fh.write(os.urandom(1 << 20) if random else block[: (1 << 19)] + bytes([i % 251]) * (1 << 19))
-    return tree
 
 
 def test_an_overlapping_start_is_skipped_with_an_event_and_listed_with_its_reason(tmp_path, make_config, runtime_for,
                                                                                   redis_url, start_worker):
-    tree = _tree(tmp_path, 60)
+    tree = big_tree(tmp_path, 60)
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n')
     start_worker(cfg, redis_url, ["host.hostA", "verify"], name="w1@hostA")
     rt = runtime_for(cfg, BACKUP_BROKER_URL=redis_url)
@@ -60,7 +51,7 @@ def test_an_overlapping_start_is_skipped_with_an_event_and_listed_with_its_reaso
 
 
 def test_the_embedded_default_skips_an_overlapping_backupctl_too(tmp_path, make_config):
-    tree = _tree(tmp_path, 150)
+    tree = big_tree(tmp_path, 150)
     cfg = make_config(f'[targets.bulk]\nkind = "files"\npaths = ["{tree}"]\n', settings="compression_threads = 1\n")
     staging = tmp_path / "state" / "staging"
     env = {k: v for k, v in os.environ.items() if k not in ("BACKUP_BROKER_URL", "BACKUP_CONFIG")}
@@ -85,7 +76,7 @@ def test_the_embedded_default_skips_an_overlapping_backupctl_too(tmp_path, make_
 
 def test_a_stage_past_its_soft_time_limit_fails_the_run_and_says_which_limit(tmp_path, make_config, runtime_for, redis_url,
                                                                             start_worker):
-    tree = _tree(tmp_path, 24, random=True)
+    tree = big_tree(tmp_path, 24, random=True)
     cfg = make_config(f'[targets.slow]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',
                       settings="compression_level = 19\ncompression_threads = 1\n"
                                "stage_soft_time_limits = { compress = 1 }\nstage_hard_time_limits = { compress = 10 }\n")

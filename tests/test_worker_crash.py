@@ -17,6 +17,7 @@ import redis
 
 from backup_tasks import client
 from backup_tasks.records.catalog import Status
+from distributed import big_tree
 
 
 def _compressing(run, staging: Path) -> bool:
@@ -35,13 +36,7 @@ def _uploading(run, staging: Path) -> bool:
                                                                  ("upload", _uploading, 120, "8MiB")])
 def test_sigkill_mid_stage_is_redelivered_and_yields_one_good_backup(tmp_path, make_config, runtime_for, redis_url,
                                                                     start_worker, stage, caught, megabytes, bandwidth):
-    tree = tmp_path / "data"
-    tree.mkdir()
-    # Mildly compressible data: compress runs for seconds, long enough to be caught.
-    block = os.urandom(1 << 20)
-    with open(tree / "big.bin", "wb") as fh:
-        for i in range(megabytes):
-            fh.write(block[: (1 << 19)] + bytes([i % 251]) * (1 << 19))
+    tree = big_tree(tmp_path, megabytes)  # mildly compressible: compress runs for seconds, long enough to be caught
     state = tmp_path / "state"
     cfg = make_config(f'[targets.bulk]\nkind = "files"\nhost = "hostA"\npaths = ["{tree}"]\n',
                       settings="compression_threads = 1\n",
