@@ -81,8 +81,7 @@ CHILD = r'''
 import json, resource, sys, time
 from backup_tasks import config
 from backup_tasks.ops import runtime
-from backup_tasks.ops.keys import reencrypt
-from backup_tasks.ops.keys import reencrypt_rewrite
+from backup_tasks.ops.keys import reencrypt, reencrypt_rewrite
 cfg, backup_id, mode = sys.argv[1:4]
 if mode == "threads":
     reencrypt_rewrite.REENCRYPT_PROCESSES_MIN_BYTES = 1 << 62

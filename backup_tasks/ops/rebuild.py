@@ -14,8 +14,7 @@ from backup_tasks.records.catalog import Location
 from backup_tasks.errors import BackupError, ObjectNotFound
 from backup_tasks.ops import readback
 from backup_tasks.ops.postgres_pitr import logship
-from backup_tasks.ops.keys import reencrypt
-from backup_tasks.ops.keys import reencrypt_rewrite
+from backup_tasks.ops.keys import reencrypt, reencrypt_rewrite
 from backup_tasks.ops.backup import AFTER_UPLOAD
 from backup_tasks.ops.mysql_pitr.rebuild import rebuild_binlogs
 from backup_tasks.ops.runtime import Runtime

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from backup_tasks import timefmt
 from backup_tasks.errors import BackupError, InputError, ObjectLocked, ObjectNotFound, StorageError, VerificationFailed
 from backup_tasks.ops import readback
-from backup_tasks.ops.keys import reencrypt_rewrite
-from backup_tasks.ops.keys import reencrypt_verify
+from backup_tasks.ops.keys import reencrypt_rewrite, reencrypt_verify
 from backup_tasks.ops.keys.reencrypt_rewrite import key_ids, revision
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.ops.verify import verify_backup

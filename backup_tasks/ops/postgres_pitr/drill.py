@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 from backup_tasks.errors import PermanentError
-from backup_tasks.ops.postgres_pitr import restore as pitr_restore
-from backup_tasks.ops.postgres_pitr import wal
+from backup_tasks.ops.postgres_pitr import restore as pitr_restore, wal
 from backup_tasks.ops.postgres_pitr.logship import spool_for
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.db import dsn

@@ -19,8 +19,7 @@ from pathlib import Path
 from backup_tasks import defaults
 from backup_tasks.errors import InputError
 from backup_tasks.ops import readback
-from backup_tasks.ops.postgres_pitr import window as pitr
-from backup_tasks.ops.postgres_pitr import wal_prefetch
+from backup_tasks.ops.postgres_pitr import window as pitr, wal_prefetch
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.policy import pitr as policy
 from backup_tasks.sources.db import dsn

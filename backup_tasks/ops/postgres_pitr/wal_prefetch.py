@@ -36,8 +36,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from backup_tasks import defaults
-from backup_tasks.ops.postgres_pitr import wal
-from backup_tasks.ops.postgres_pitr import wal_handover
+from backup_tasks.ops.postgres_pitr import wal, wal_handover
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.postgres import walnames
 
