@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from celery.worker.state import active_requests
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
@@ -120,8 +121,6 @@ class Channel(kombu_redis.Channel):
 
 def _running_tags() -> set[str]:
     """Delivery tags of the tasks this process's worker has handed to its pool (none outside a worker)."""
-    from celery.worker.state import active_requests
-
     return {r.message.delivery_tag for r in tuple(active_requests) if getattr(r, "message", None) is not None}
 
 

@@ -15,9 +15,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
-from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, RestoreRefused, VerificationFailed
 from backup_tasks.sources.files.tarstream import TarScanner, TarStreamError
+from backup_tasks.sources.tee import TeeReader
 
 #: tarfile's stream mode copies what is left of its buffer on every read, each 512-byte
 #: header included: with a 1 MiB buffer most of a restore went to that copying (52k
@@ -84,21 +84,6 @@ def _clear_way(path: str) -> None:
         os.unlink(path)
 
 
-class _Tee:
-    """A read-only stream that feeds every byte tarfile reads to a TarScanner."""
-
-    def __init__(self, raw: BinaryIO, scanner: TarScanner) -> None:
-        self.raw, self.scanner = raw, scanner
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.scanner.feed(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(CHUNK_SIZE):
-            pass
-
 
 def strip_member(name: str, prefix: str) -> str | None:
     """``name`` relative to ``prefix`` (an archive path without leading '/'); None when not below it.
@@ -141,7 +126,8 @@ def extract(plaintext: BinaryIO, dest: str, *, strip_prefix: str = "",
     # that member passed the safety checks, so a hostile archive is refused as unsafe
     # (what it is) rather than as one that differs from the record.
     scanned: deque[dict] = deque()
-    tee = _Tee(plaintext, TarScanner(scanned.append if on_entry else None))
+    scanner = TarScanner(scanned.append if on_entry else None)
+    tee = TeeReader(plaintext, scanner.feed)
     name = "(archive start)"
     checked = released = 0
 
@@ -171,7 +157,7 @@ def extract(plaintext: BinaryIO, dest: str, *, strip_prefix: str = "",
                     _set_mtime(os.path.join(dest, safe.name), safe)
                 _count(safe, dest, counts, dirs)
         tee.drain()
-        listing = tee.scanner.close()
+        listing = scanner.close()
         release(float("inf"))
     except (tarfile.TarError, TarStreamError) as exc:
         raise VerificationFailed(f"cannot read the archive at member {name!r}: {exc}",

@@ -22,24 +22,12 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from backup_tasks import defaults
 from backup_tasks.errors import DeadlineExceeded
 from backup_tasks.sources.db import pipes
+from backup_tasks.sources.tee import TeeReader
 
 ARCHIVE_NAME = "restore.pgdump"
 
-
-class _CopyingReader:
-    """A read-only stream that writes every byte it returns to ``sink`` as well."""
-
-    def __init__(self, src: BinaryIO, sink: BinaryIO) -> None:
-        self._src, self._sink = src, sink
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._src.read(size)
-        if data:
-            self._sink.write(data)
-        return data
 
 
 def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir: Path, what: str,
@@ -60,14 +48,13 @@ def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir:
     fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
-            tee = _CopyingReader(plaintext, fh)
+            tee = TeeReader(plaintext, fh.write)
             first = pipes.feed_into([*argv, "--section=pre-data", "--section=data"], tee, env=env, what=what,
                                     deadline=deadline)
             if first.returncode != 0:
                 return first, seconds
             # pg_restore stops reading after the last data block it needs; post-data needs the whole archive.
-            while tee.read(defaults.CHUNK_SIZE):
-                pass
+            tee.drain()
         streamed = time.monotonic()
         seconds["stream_and_data"] = round(streamed - started, 3)
         if before_load:
