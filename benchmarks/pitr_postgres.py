@@ -25,6 +25,9 @@ In one run it
    (newest base before it, read back from the tier, + WAL through ``wal get``) against
    ``tar -x`` of the baseline's base.tar and pg_wal.tar plus PostgreSQL's own replay from
    the local WAL directory (``restore_command = 'cp ...'``), both waited for until promoted;
+   and, as a floor for both base backup and restore, the same work by the standard tools
+   alone (``pg_basebackup | zstd | age`` and its read-back; ``age -d | zstd -d | tar -x``
+   and a restore_command of ``age -d | zstd -d``): the least any chain can take here;
 5. prints the figures and ratios, and writes JSON to benchmarks/out/pitr_postgres-<time>.json.
 
 Everything is under one temporary directory, removed at the end unless --keep.
@@ -133,8 +136,7 @@ def tools_floor(c: PitrCluster) -> dict:
     check, _ = timed(subprocess.run, ["sh", "-c", f"age -d -i {identities} {stored} | zstd -q -d | openssl dgst -sha256"],
                      check=True, capture_output=True)
     cpu1 = os.times()
-    as_postgres("rm", "-f", str(stored))
-    return {"floor_store_seconds": store, "floor_readback_seconds": check, "floor_seconds": round(store + check, 2),
+    return {"floor_object": str(stored), "floor_store_seconds": store, "floor_readback_seconds": check, "floor_seconds": round(store + check, 2),
             "floor_cpu_seconds": round(cpu1.children_user + cpu1.children_system - cpu0.children_user - cpu0.children_system, 2)}
 
 
@@ -183,49 +185,66 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 1)
 
 
-def restores(c: PitrCluster, moment: str, baseline_dir: Path, local_wal: Path) -> dict:
+def restores(c: PitrCluster, moment: str, baseline_dir: Path, local_wal: Path, floor_object: Path) -> dict:
     ours_dir, ours_port = c.root / "restored-ours", free_port()
     before = loadavg()
     ours, done = timed(c.json, "restore", "--target", c.target, "--to-time", moment, "--to-datadir", str(ours_dir),
                        "--start", "--port", str(ours_port))
     c.stop_datadir(ours_dir)
-    theirs_dir, theirs_port = c.root / "restored-baseline", free_port()
-
-    split: dict = {}
-
-    def baseline():
-        as_postgres("mkdir", "-m", "700", str(theirs_dir))
-        as_postgres("mkdir", "-m", "700", str(theirs_dir / "pg_wal"))
-        as_postgres("tar", "-xf", str(baseline_dir / "base.tar"), "-C", str(theirs_dir))
-        as_postgres("tar", "-xf", str(baseline_dir / "pg_wal.tar"), "-C", str(theirs_dir / "pg_wal"))
-        split["extract"] = round(time.monotonic() - t0, 2)
-        stamp = moment.replace("T", " ").replace("Z", "+00")  # the form the server's settings parser takes
-        conf = (f"\nrestore_command = 'cp {local_wal}/%f %p'\nrecovery_target_time = '{stamp}'\n"
-                "recovery_target_action = 'promote'\narchive_mode = 'off'\n")
-        as_postgres("sh", "-c", f"cat >> {theirs_dir}/postgresql.auto.conf && touch {theirs_dir}/recovery.signal", input=conf)
-        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(theirs_dir), "-W", "-l", str(c.root / "baseline-restore.log"), "-o",
-                    f"-c port={theirs_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''", "start")
-        while True:  # the same 0.5 s poll as backupctl's wait for the end of recovery
-            if as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(theirs_dir), "status", check=False).returncode != 0:
-                time.sleep(1)  # pg_ctl -W returns before the pid file exists
-                if as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(theirs_dir), "status", check=False).returncode != 0:
-                    raise RuntimeError(f"the baseline restore stopped: {(c.root / 'baseline-restore.log').read_text()[-1500:]}")
-            try:
-                if not c.sql("SELECT pg_is_in_recovery()", port=theirs_port)[0][0]:
-                    return
-            except Exception:  # noqa: BLE001 - not accepting connections yet
-                pass
-            time.sleep(0.5)
-
-    t0 = time.monotonic()
-    theirs, _ = timed(baseline)
-    reached = c.sql("SELECT pg_last_xact_replay_timestamp()", port=theirs_port)[0][0]
-    c.stop_datadir(theirs_dir)
+    theirs_dir = c.root / "restored-baseline"
+    theirs, theirs_split, reached = replay(c, theirs_dir, moment, [
+        ["tar", "-xf", str(baseline_dir / "base.tar"), "-C", str(theirs_dir)],
+        ["tar", "-xf", str(baseline_dir / "pg_wal.tar"), "-C", str(theirs_dir / "pg_wal")]], f"cp {local_wal}/%f %p")
+    # the same restore by the tools alone, from what a chain stores: the base and every segment compressed and encrypted
+    identity, sealed_wal = c.root / "floor-identity.txt", c.root / "floor-wal"
+    as_postgres("sh", "-c", f"umask 077 && cat > {identity}", input=(c.root / "keys" / keys_mod.IDENTITY_FILE).read_text())
+    recipient = next(line for line in (c.root / "keys" / keys_mod.RECIPIENT_FILE).read_text().splitlines() if line.startswith("age1"))
+    as_postgres("sh", "-c", f"mkdir -m 700 {sealed_wal} && for f in {local_wal}/*; do zstd -q -3 < $f | age -r {recipient} "
+                f"> {sealed_wal}/$(basename $f).age; done")
+    floor_dir = c.root / "restored-floor"
+    floor, floor_split, _ = replay(c, floor_dir, moment, [
+        ["sh", "-c", f"age -d -i {identity} {floor_object} | zstd -q -d | tar -x -C {floor_dir}"]],
+        f"test -f {sealed_wal}/%f.age && age -d -i {identity} {sealed_wal}/%f.age | zstd -q -d -f -o %p")
     return {"load_before": before, "ours_seconds": ours, "baseline_seconds": theirs, "ratio": round(ours / theirs, 2),
             "ours_extract_seconds": done.get("extract_seconds"), "ours_recovery_seconds": done.get("recovery_seconds"),
-            "baseline_extract_seconds": split.get("extract"), "baseline_recovery_seconds": round(theirs - split.get("extract", 0), 2),
+            "baseline_extract_seconds": theirs_split["extract"], "baseline_recovery_seconds": theirs_split["recovery"],
+            "floor_seconds": floor, "floor_extract_seconds": floor_split["extract"], "floor_recovery_seconds": floor_split["recovery"],
+            "floor_ratio": round(floor / theirs, 2),
             "moment": moment, "ours_reached": done.get("reached_time"), "baseline_reached": str(reached),
             "base_id": done.get("base_id")}
+
+
+def replay(c: PitrCluster, datadir: Path, moment: str, extract: list[list[str]], restore_command: str) -> tuple[float, dict, str]:
+    """Extract a base as the cluster's user, replay to ``moment`` through ``restore_command``, wait (0.5 s poll) until promoted."""
+    port = free_port()
+    as_postgres("mkdir", "-m", "700", str(datadir))
+    as_postgres("mkdir", "-m", "700", str(datadir / "pg_wal"))
+    started = time.monotonic()
+    for argv in extract:
+        as_postgres(*argv)
+    extracted = round(time.monotonic() - started, 2)
+    stamp = moment.replace("T", " ").replace("Z", "+00")  # the form the server's settings parser takes
+    conf = (f"\nrestore_command = '{restore_command}'\nrecovery_target_time = '{stamp}'\n"
+            "recovery_target_action = 'promote'\narchive_mode = 'off'\n")
+    log = c.root / f"{datadir.name}.log"
+    as_postgres("sh", "-c", f"cat >> {datadir}/postgresql.auto.conf && touch {datadir}/recovery.signal", input=conf)
+    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-W", "-l", str(log), "-o",
+                f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''", "start")
+    while True:  # the same 0.5 s poll as backupctl's wait for the end of recovery
+        if as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(datadir), "status", check=False).returncode != 0:
+            time.sleep(1)  # pg_ctl -W returns before the pid file exists
+            if as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(datadir), "status", check=False).returncode != 0:
+                raise RuntimeError(f"the restore into {datadir} stopped: {log.read_text()[-1500:]}")
+        try:
+            if not c.sql("SELECT pg_is_in_recovery()", port=port)[0][0]:
+                break
+        except Exception:  # noqa: BLE001 - not accepting connections yet
+            pass
+        time.sleep(0.5)
+    seconds = round(time.monotonic() - started, 2)
+    reached = c.sql("SELECT pg_last_xact_replay_timestamp()", port=port)[0][0]
+    c.stop_datadir(datadir)
+    return seconds, {"extract": extracted, "recovery": round(seconds - extracted, 2)}, str(reached)
 
 
 def main() -> None:
@@ -258,7 +277,8 @@ def main() -> None:
             c.cli("wal", "ship", "--target", c.target)
             result["shipping"] = shipping_lag(c, args.load_seconds, args.rate)
             print(f"shipping: {result['shipping']}", flush=True)
-            result["restore"] = restores(c, result["shipping"]["moment"], Path(result["base_backup"]["baseline_dir"]), local_wal)
+            result["restore"] = restores(c, result["shipping"]["moment"], Path(result["base_backup"]["baseline_dir"]), local_wal,
+                                         Path(result["base_backup"]["floor_object"]))
             print(f"restore: {result['restore']}", flush=True)
     finally:
         if args.keep:
@@ -284,8 +304,11 @@ def main() -> None:
     print(f"| WAL shipping lag, {s['segments']} segments | p50 {s['lag_p50']} s, p99 {s['lag_p99']} s, max {s['lag_max']} s | - | - | p99 <= 90 s |")
     print(f"| restore to a moment ({s['load_seconds']} s of pgbench WAL) | {r['ours_seconds']} s | {r['baseline_seconds']} s"
           f" | {r['ratio']}x | <= 1.3x |")
+    print(f"| the same restore by the tools alone (age -d \\| zstd -d \\| tar -x, restore_command age -d \\| zstd -d) | {r['floor_seconds']} s"
+          f" | {r['baseline_seconds']} s | {r['floor_ratio']}x | - |")
     print(f"  restore split, extract + replay: ours {r['ours_extract_seconds']} + {r['ours_recovery_seconds']} s, "
-          f"baseline {r['baseline_extract_seconds']} + {r['baseline_recovery_seconds']} s")
+          f"baseline {r['baseline_extract_seconds']} + {r['baseline_recovery_seconds']} s, "
+          f"tools alone {r['floor_extract_seconds']} + {r['floor_recovery_seconds']} s")
     print(f"load average before each: {b['load_before']}, {s['load_before']}, {r['load_before']}; written {out}")
 
 
