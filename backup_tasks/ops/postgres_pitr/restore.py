@@ -10,7 +10,6 @@ server promoted at the target), then reports the time and LSN it actually reache
 
 from __future__ import annotations
 
-import logging
 import shlex
 import time
 from datetime import datetime, timezone
@@ -81,7 +80,7 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
     stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
     datadir.write_recovery(dest, restore_command=command, target_time=None if target_lsn else stamp, target_lsn=target_lsn)
     # before the hand-over, so that the copies belong to the server's user
-    read_ahead_from = wal_prefetch.prepare(rt, target.name, dest, found.doc["source"]["start_segment"])
+    wal_prefetch.prepare(rt, target.name, dest, found.doc["source"]["start_segment"], read_ahead=start)
     server.hand_over(dest, CLUSTER_OS_USER)
     # where the time of a restore goes: reading the base back and extracting it, then PostgreSQL's replay
     result = {**plan, "dry_run": False, "files": extracted["files"], "extract_seconds": round(time.monotonic() - started, 2),
@@ -91,10 +90,6 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
         return {**result, "next_step": f"pg_ctl -D {dest} -o '-p PORT' start (as the cluster's OS user); once it has promoted, "
                                         f"remove {dest / 'pg_wal' / wal_prefetch.DIR_NAME} (copies of WAL fetched ahead)"}
     bin_dir = server.bin_dir_for(found.doc["source"]["server_version"], target.options.get("bin_dir"))
-    try:  # fetching while the server starts up: replay's first wal get then finds its segment ready
-        wal_prefetch.start_at(rt, target.name, read_ahead_from, dest)
-    except Exception:  # noqa: BLE001 - without it, wal get starts one itself; the restore is only slower
-        logging.getLogger(__name__).warning("no early WAL read-ahead for %s", target.name, exc_info=True)
     log = server.start(dest, port, bin_dir=bin_dir, os_user=CLUSTER_OS_USER)
     conn = dsn.for_target(target)
     conn = dsn.Server(engine=conn.engine, host="127.0.0.1", port=port, user=conn.user, database=conn.database,

@@ -51,25 +51,32 @@ EARLY = 2
 TICK_SECONDS = 0.05
 
 
-def prepare(rt: Runtime, target: str, datadir: Path, first: str) -> str:
+def prepare(rt: Runtime, target: str, datadir: Path, first: str, *, read_ahead: bool = False) -> str:
     """Before a restored server starts: what replay asks for first, checked and ready beside its pg_wal.
 
     The archive's timeline history files (wal_handover.history) and the base's first
     ``EARLY`` segments, fetched by the restore itself: a read-ahead process takes most of
-    a second to start, and replay's first requests would wait on it. Returns the segment
-    the read-ahead goes on after.
+    a second to start, and replay's first requests would wait on it. With ``read_ahead``
+    that process is started first, for the segments after those, so its start-up runs
+    while the restore fetches them instead of while replay waits. Returns the segment the
+    read-ahead goes on after.
     """
     into = wal_handover.prefetch_dir(Path(datadir) / "pg_wal" / "RECOVERYXLOG", target)
     wal_handover.make(into)
+    timeline, seq = walnames.parse_segment(first)
+    early = _next_contiguous(rt, target, timeline, max(seq - 1, 0), EARLY)
+    last = early[-1].name if early else walnames.segment_name(timeline, max(seq - 1, 0))
+    if read_ahead:
+        try:
+            start_at(rt, target, last, datadir)
+        except Exception:  # noqa: BLE001 - without it, the first wal get starts one itself; the restore is only slower
+            log.warning("no early WAL read-ahead for %s", target, exc_info=True)
     histories = [row for row in rt.catalog.logs(target, wal.FAMILY) if row.kind == "history"]
     for row in histories:
         wal.fetch(rt, row, into / row.name)
     wal_handover.write_histories(into, [row.name for row in histories])
-    timeline, seq = walnames.parse_segment(first)
-    last = walnames.segment_name(timeline, max(seq - 1, 0))
-    for row in _next_contiguous(rt, target, timeline, max(seq - 1, 0), EARLY):
+    for row in early:
         wal.fetch(rt, row, into / row.name)
-        last = row.name
     return last
 
 
