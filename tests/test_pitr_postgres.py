@@ -70,6 +70,7 @@ def restore_and_count(cluster, moment: str, datadir, *, based_id: str) -> dict:
         # the promoted copy is on a new timeline, and never archives into the live archive
         assert cluster.sql("SHOW archive_mode", port=port)[0][0] == "off" and done["timeline"] == 2
         assert cluster.sql("SELECT archived_count FROM pg_stat_archiver", port=port)[0][0] == 0
+        assert not (datadir / "pg_wal" / wal_handover.DIR_NAME).exists()  # no copies fetched ahead are left behind
         return dict(cluster.sql("SELECT batch, count(*) FROM orders GROUP BY batch", port=port))
     finally:
         cluster.stop_datadir(datadir)
@@ -208,6 +209,18 @@ def test_wal_get_reads_ahead_into_a_private_directory_and_hands_over_only_checke
     missing = cluster.cli("wal", "get", "--target", cluster.target, beyond, str(asked), check=1)
     assert missing.stderr == "" and missing.stdout == ""
     shutil.rmtree(cluster.root / "ahead")
+
+    # a restore that starts the server reads ahead itself, in a thread, past the segments it fetched before the start
+    window = cluster.json("pitr", cluster.target)
+    datadir, port = cluster.root / "restored-ahead", free_port()
+    try:
+        done = cluster.json("restore", "--target", cluster.target, "--to-time", window["latest"], "--to-datadir", str(datadir),
+                            "--start", "--port", str(port))
+        assert done["read_ahead"]["fetched"] >= 1 and done["read_ahead"]["stopped"]
+        assert cluster.sql("SELECT count(*) FROM orders WHERE batch = 'ahead'", port=port)[0][0] == 40
+        assert not (datadir / "pg_wal" / wal_handover.DIR_NAME).exists()
+    finally:
+        cluster.stop_datadir(datadir)
 
 
 def test_a_different_segment_under_an_archived_name_is_refused_and_the_archive_keeps_the_first(cluster, based, webhook_server):

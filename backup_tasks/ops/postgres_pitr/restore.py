@@ -80,7 +80,19 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
     stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
     datadir.write_recovery(dest, restore_command=command, target_time=None if target_lsn else stamp, target_lsn=target_lsn)
     # before the hand-over, so that the copies belong to the server's user
-    wal_prefetch.prepare(rt, target.name, dest, found.doc["source"]["start_segment"], read_ahead=start)
+    ahead = wal_prefetch.prepare(rt, target.name, dest, found.doc["source"]["start_segment"], read_ahead=start)
+    try:
+        return _replay(rt, target, found, dest, command, plan, extracted, started, start=start, port=port, timeout=timeout,
+                       target_lsn=target_lsn, ahead=ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+def _replay(rt: Runtime, target, found, dest: Path, command: str, plan: dict, extracted: dict, started: float, *,
+            start: bool, port: int | None, timeout: float, target_lsn: str | None,
+            ahead: wal_prefetch.ReadAhead | None) -> dict:
+    """Hand the extracted directory to the cluster's user and, with ``start``, start it and wait for the end of recovery."""
     server.hand_over(dest, CLUSTER_OS_USER)
     # where the time of a restore goes: reading the base back and extracting it, then PostgreSQL's replay
     result = {**plan, "dry_run": False, "files": extracted["files"], "extract_seconds": round(time.monotonic() - started, 2),
@@ -106,6 +118,9 @@ def restore_to_time(rt: Runtime, target_name: str, when: datetime, dest: Path, *
         log = server.start(dest, port, bin_dir=bin_dir, os_user=CLUSTER_OS_USER)
         reached = server.wait_for_promotion(conn, dest, log, bin_dir=bin_dir, os_user=CLUSTER_OS_USER, timeout=timeout)
         result["notes"] = [*result["notes"], "no commit after the target time is stored: all stored WAL was replayed"]
+    if ahead is not None:
+        ahead.close()  # before its directory goes: a fetch cut off by the removal would report an error
+        result["read_ahead"] = ahead.result  # how many segments it fetched, and why it stopped
     wal_prefetch.remove(dest)  # segments read ahead past the target: recovery is over, nothing will take them
     result["recovery_seconds"] = round(time.monotonic() - started - result["extract_seconds"], 2)
     return {**result, "started": True, "port": port, "reached_time": iso(reached["reached_time"]),

@@ -6,8 +6,8 @@ fetching, decrypting and checking the next ones in the background turns most
 restore_command calls into a local rename (ops/postgres_pitr/wal_handover.py).
 
 The read-ahead is a detached ``backupctl wal prefetch`` started by the first ``wal get``
-that had to fetch a segment itself (or by the restore, just before it starts the
-server). It holds the directory's lock (one per restore), keeps at most ``WINDOW``
+that had to fetch a segment itself, or a thread of a restore that starts the server and
+waits for it (``prepare``). It holds the directory's lock (one per restore), keeps at most ``WINDOW``
 segments ready, fetches ``WORKERS`` at a time, each through the same checked fetch as
 ``wal get`` (ops/postgres_pitr/wal.py: both sha256 against the catalog's record before the file gets
 its name), and stops when:
@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -51,24 +52,26 @@ EARLY = 2
 TICK_SECONDS = 0.05
 
 
-def prepare(rt: Runtime, target: str, datadir: Path, first: str, *, read_ahead: bool = False) -> str:
+def prepare(rt: Runtime, target: str, datadir: Path, first: str, *, read_ahead: bool = False) -> ReadAhead | None:
     """Before a restored server starts: what replay asks for first, checked and ready beside its pg_wal.
 
     The archive's timeline history files (wal_handover.history) and the base's first
-    ``EARLY`` segments, fetched by the restore itself: a read-ahead process takes most of
-    a second to start, and replay's first requests would wait on it. With ``read_ahead``
-    that process is started first, for the segments after those, so its start-up runs
-    while the restore fetches them instead of while replay waits. Returns the segment the
-    read-ahead goes on after.
+    ``EARLY`` segments, fetched by the restore itself, so that replay's first requests find
+    them. With ``read_ahead`` (a restore that starts the server and waits for it) the
+    restore also reads ahead itself, in a thread, from the segment after those: a
+    read-ahead process would take most of a second to start, and replay would wait on it.
+    The caller closes what is returned once recovery is over. Without it, the first ``wal
+    get`` that has to fetch starts a read-ahead process.
     """
     into = wal_handover.prefetch_dir(Path(datadir) / "pg_wal" / "RECOVERYXLOG", target)
     wal_handover.make(into)
     timeline, seq = walnames.parse_segment(first)
     early = _next_contiguous(rt, target, timeline, max(seq - 1, 0), EARLY)
     last = early[-1].name if early else walnames.segment_name(timeline, max(seq - 1, 0))
+    ahead = None
     if read_ahead:
         try:
-            start_at(rt, target, last, datadir)
+            ahead = _start_here(rt, target, last, datadir)
         except Exception:  # noqa: BLE001 - without it, the first wal get starts one itself; the restore is only slower
             log.warning("no early WAL read-ahead for %s", target, exc_info=True)
     histories = [row for row in rt.catalog.logs(target, wal.FAMILY) if row.kind == "history"]
@@ -77,41 +80,85 @@ def prepare(rt: Runtime, target: str, datadir: Path, first: str, *, read_ahead: 
     wal_handover.write_histories(into, [row.name for row in histories])
     for row in early:
         wal.fetch(rt, row, into / row.name)
-    return last
+    return ahead
 
 
-def start_at(rt: Runtime, target: str, after: str, datadir: Path) -> bool:
-    """Start the read-ahead of a restored server's WAL after segment ``after`` (what ``prepare`` fetched).
+class ReadAhead:
+    """A read-ahead running in a thread of this process; ``close`` stops it and waits for it."""
+
+    def __init__(self, rt: Runtime, target: str, after: str, into: Path, lock_fd: int) -> None:
+        self.stop = threading.Event()
+        self.result: dict | None = None
+        self._thread = threading.Thread(target=self._run, args=(rt, target, after, into, lock_fd), daemon=True,
+                                        name="wal-read-ahead")
+        self._thread.start()
+
+    def _run(self, rt: Runtime, target: str, after: str, into: Path, lock_fd: int) -> None:
+        try:
+            with wal_handover.locked(into, lock_fd):
+                self.result = _loop(rt, target, after, into, self.stop)
+        except Exception:  # noqa: BLE001 - logged by _loop; each segment it did not deliver, wal get fetches itself
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(timeout=30)
+
+
+def _start_here(rt: Runtime, target: str, after: str, datadir: Path) -> ReadAhead | None:
+    """A read-ahead in this process's thread, for a restored server's WAL after segment ``after``.
 
     Only for a data directory this process's user will run: the copies must belong to the
     server's user, and a restore run by root hands the directory over before the server
-    starts (the first ``wal get`` then starts the read-ahead as that user).
+    starts (the first ``wal get`` then starts a read-ahead process as that user).
     """
     if os.geteuid() == 0:
-        return False
-    return start(rt, target, after, Path(datadir) / "pg_wal" / "RECOVERYXLOG")
+        return None
+    claimed = _claim(rt, target, after, Path(datadir) / "pg_wal" / "RECOVERYXLOG")
+    if claimed is None:
+        return None
+    into, fd = claimed
+    try:
+        return ReadAhead(rt, target, after, into, fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def start(rt: Runtime, target: str, name: str, dest: Path) -> bool:
-    """After ``wal get`` fetched ``name`` itself: start a read-ahead from there unless one runs; whether it started one."""
+def _claim(rt: Runtime, target: str, name: str, dest: Path) -> tuple[Path, int] | None:
+    """The read-ahead directory and its lock, with the first segments after ``name`` planned; None: nothing to do."""
     into = wal_handover.prefetch_dir(dest, target)
     if into is None or WINDOW < 1 or walnames.kind_of(name) != "segment":
-        return False
+        return None
     try:
         wal_handover.make(into)
     except OSError as exc:
         log.warning("no WAL read-ahead for %s: %s", target, exc)
-        return False
+        return None
     fd = wal_handover.try_lock(into)
     if fd is None:
-        return False  # one runs already
+        return None  # one runs already
     try:
         timeline, seq = walnames.parse_segment(name)
         first = _next_contiguous(rt, target, timeline, seq, WINDOW)
         if not first:
-            return False  # the end of the archive: nothing to read ahead
-        # planned before the child is up, so the next wal get waits for it instead of fetching the same segment
+            os.close(fd)
+            return None  # the end of the archive: nothing to read ahead
+        # planned before the reader is up, so the next wal get waits for it instead of fetching the same segment
         wal_handover.write_plan(into, [row.name for row in first])
+    except BaseException:
+        os.close(fd)
+        raise
+    return into, fd
+
+
+def start(rt: Runtime, target: str, name: str, dest: Path) -> bool:
+    """After ``wal get`` fetched ``name`` itself: start a read-ahead process from there unless one runs; whether it started one."""
+    claimed = _claim(rt, target, name, dest)
+    if claimed is None:
+        return False
+    into, fd = claimed
+    try:
         argv = [sys.executable, "-m", "backup_tasks.cli", "--config", str(Path(rt.config.file).resolve()),
                 "wal", "prefetch", "--target", target, "--after", name, "--into", str(into.resolve()), "--lock-fd", str(fd)]
         with open(into / wal_handover.LOG, "ab") as errors:
@@ -139,7 +186,7 @@ def run(rt: Runtime, target_name: str, after: str, into: Path, lock_fd: int | No
         return _loop(rt, target.name, after, into)
 
 
-def _loop(rt: Runtime, target: str, after: str, into: Path) -> dict:
+def _loop(rt: Runtime, target: str, after: str, into: Path, stop: threading.Event | None = None) -> dict:
     timeline, seq = walnames.parse_segment(after)
     queue: deque = deque()
     pending: dict = {}
@@ -151,6 +198,8 @@ def _loop(rt: Runtime, target: str, after: str, into: Path) -> dict:
             while True:
                 if not into.is_dir():
                     return _stopped(target, fetched, "the restore removed the read-ahead directory", pending)
+                if stop is not None and stop.is_set():
+                    return _stopped(target, fetched, "the restore is over", pending)
                 ready = {n for n in delivered if (into / n).exists()}
                 if ready != delivered:
                     last_taken = time.monotonic()
