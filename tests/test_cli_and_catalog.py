@@ -223,7 +223,7 @@ def _imported(*args: str, config=None) -> set[str]:
     return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in done.stderr.splitlines() if line.startswith("import time:")}
 
 
-def test_commands_that_enqueue_nothing_start_without_celery(tmp_path, make_config, runtime_for):
+def test_commands_that_enqueue_nothing_start_without_celery_nor_rich_in_json_mode(tmp_path, make_config, runtime_for):
     # Every command pays its imports before it does anything; a restore's time is compared with
     # pg_restore's, so what a command does not need stays out of its start.
     db = tmp_path / "app.db"
@@ -232,5 +232,6 @@ def test_commands_that_enqueue_nothing_start_without_celery(tmp_path, make_confi
     info = client.enqueue_backup("app-sqlite", rt=runtime_for(cfg)).wait()
     assert "sqlalchemy" not in _imported("--help")
     for command in (["list"], ["verify", info["id"]], ["restore", info["id"], "--to", str(tmp_path / "r.db")]):
-        modules = _imported(*command, config=cfg)
-        assert "sqlalchemy" in modules and not {"celery", "kombu"} & modules, command
+        modules = _imported(*command, "--json", config=cfg)  # and in --json mode, without rich
+        assert "sqlalchemy" in modules and not {"celery", "kombu", "rich"} & modules, command
+    assert "rich" in _imported("list", config=cfg)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from backup_tasks.records import audit
 from backup_tasks.records.run_status import Status
@@ -122,6 +121,8 @@ def list_(ctx: Context, target, status, limit):
                                 "type", "parent", "size_plain", "host", "error", "key_ids")} for r in rows]
 
     def human(c, data):
+        from rich.table import Table  # rich only when printing for people: a --json command starts without it
+
         table = Table("id", "target", "kind", "status", "created", "stored", "tiers", "verified")
         for r in data:
             table.add_row(r["id"], r["target"], r["kind"], r["status"], r["created_at"], human_size(r["size_stored"]),
