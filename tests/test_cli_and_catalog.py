@@ -6,6 +6,8 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -211,3 +213,25 @@ def test_a_rebuilt_backup_without_its_verified_marker_waits_for_verify_which_sig
     signed = manifest.parse(marker.read_bytes(), backup_id=unproven["id"])
     manifest.check_signature(signed, rt.verifier, backup_id=unproven["id"])
     assert signed["checks"]["locations_checked"] == 1 and rebuild_catalog(rt)["verified"] == 2
+
+
+def _imported(*args: str, config=None) -> set[str]:
+    """The top-level packages a backupctl command imports (``-X importtime`` lists every module on stderr)."""
+    argv = [sys.executable, "-X", "importtime", "-m", "backup_tasks.cli", *args] + (["--config", str(config)] if config else [])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in done.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_commands_that_enqueue_nothing_start_without_celery_nor_rich_in_json_mode(tmp_path, make_config, runtime_for):
+    # Every command pays its imports before it does anything; a restore's time is compared with
+    # pg_restore's, so what a command does not need stays out of its start.
+    db = tmp_path / "app.db"
+    make_app_db(db)
+    cfg = make_config(f'[targets.app-sqlite]\nkind = "sqlite"\npath = "{db}"\n')
+    info = client.enqueue_backup("app-sqlite", rt=runtime_for(cfg)).wait()
+    assert "sqlalchemy" not in _imported("--help")
+    for command in (["list"], ["verify", info["id"]], ["restore", info["id"], "--to", str(tmp_path / "r.db")]):
+        modules = _imported(*command, "--json", config=cfg)  # and in --json mode, without rich
+        assert "sqlalchemy" in modules and not {"celery", "kombu", "rich"} & modules, command
+    assert "rich" in _imported("list", config=cfg)

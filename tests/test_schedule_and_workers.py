@@ -6,9 +6,11 @@ import logging
 from datetime import timedelta
 
 import pytest
+from celery.schedules import crontab
 
 import beat_schedule
-from backup_tasks import config
+from backup_tasks import config, defaults
+from backup_tasks.config import schedules
 from backup_tasks.errors import ConfigError, InputError
 from backup_tasks.orchestration import config_reload
 from backup_tasks.orchestration.routing import route
@@ -103,6 +105,13 @@ def test_a_bad_schedule_is_refused_when_the_file_is_loaded(tmp_path, session_key
     with pytest.raises(ConfigError) as err:
         _load(tmp_path, session_keys, targets=f'[targets.t]\nkind = "files"\npaths = ["/srv"]\nschedule = "{expr}"\n')
     assert "target 't'" in str(err.value) and "schedule" in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("expr", [defaults.SCHEDULE, *defaults.SCHEDULE_BY_KIND.values()])
+def test_the_default_schedules_are_valid_cron(expr):
+    # The loader checks only the schedules a targets file writes (checking ours would import Celery
+    # in every command's start-up), so the defaults are checked here, with beat's parser.
+    assert isinstance(schedules.parse(expr), crontab)  # parse raises ValueError on a bad one
 
 
 @pytest.mark.parametrize("settings, field, message", [

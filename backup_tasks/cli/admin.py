@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from backup_tasks.cli.context import Context, common
 
@@ -31,6 +30,8 @@ def targets(ctx: Context):
         data["targets"][name]["binlog_server"] = state
 
     def human(c, d):
+        from rich.table import Table  # rich only when printing for people: a --json command starts without it
+
         c.print(f"config {d['config']} ({d['mode']}); encrypting to key ids: {', '.join(d['encryption']['recipients']) or '[red]none[/]'}")
         table = Table("target", "kind", "host", "schedule", "storage", "what")
         for name, t in d["targets"].items():

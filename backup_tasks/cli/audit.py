@@ -6,7 +6,6 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import click
-from rich.markup import escape
 
 from backup_tasks.records import audit as audit_log
 from backup_tasks.cli.context import Context, common
@@ -42,6 +41,8 @@ def audit(ctx: Context, since, action, target, limit):
     rows = [audit_log.dumps(r) for r in ctx.rt.catalog.audit(since=after, action=action, target=target, limit=limit)]
 
     def human(c, data):
+        from rich.markup import escape  # rich only when printing for people: a --json command starts without it
+
         # One line per entry rather than a table: an audit line is never cut to fit a column.
         for r in data:
             colour = {"ok": "green", "verified": "green", "passed": "green", "failed": "red", "refused": "yellow",

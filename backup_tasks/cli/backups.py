@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from backup_tasks.records import audit
-from backup_tasks.records.catalog import Status, dumps_row
+from backup_tasks.records.run_status import Status
 from backup_tasks.cli.context import Context, common
 from backup_tasks.cli.output import print_table
 from backup_tasks.cli.progress_bar import StageBar
@@ -112,7 +111,9 @@ def _print_backup(c, d: dict) -> None:
 @common
 def list_(ctx: Context, target, status, limit):
     """List catalog entries, newest first."""
-    rt = ctx.rt
+    from backup_tasks.records.catalog import dumps_row  # SQLAlchemy: only for commands that read the catalog
+
+    rt = ctx.local_rt  # reads the catalog only: no Celery to set up
     if target:
         rt.target(target)
     rows = [dumps_row(r) for r in rt.catalog.list(target=target, status=status, limit=limit)]
@@ -120,6 +121,8 @@ def list_(ctx: Context, target, status, limit):
                                 "type", "parent", "size_plain", "host", "error", "key_ids")} for r in rows]
 
     def human(c, data):
+        from rich.table import Table  # rich only when printing for people: a --json command starts without it
+
         table = Table("id", "target", "kind", "status", "created", "stored", "tiers", "verified")
         for r in data:
             table.add_row(r["id"], r["target"], r["kind"], r["status"], r["created_at"], human_size(r["size_stored"]),
@@ -135,7 +138,9 @@ def list_(ctx: Context, target, status, limit):
 @common
 def show(ctx: Context, backup_id, files):
     """One backup with its manifest and verification history."""
-    rt = ctx.rt
+    from backup_tasks.records.catalog import dumps_row  # SQLAlchemy: only for commands that read the catalog
+
+    rt = ctx.local_rt  # reads the catalog and storage only: no Celery to set up
     row = rt.catalog.get(backup_id)
     data = dumps_row(row)
     data["stage"] = row.stage
@@ -159,7 +164,7 @@ def verify(ctx: Context, backup_id):
     from backup_tasks.errors import VerificationFailed
     from backup_tasks.ops.verify import verify_backup
 
-    rt = ctx.rt
+    rt = ctx.local_rt  # verifies in this process: no Celery to set up
     row = rt.catalog.get(backup_id)
     try:
         with ctx.audited("verify", target=row.target, backup_id=backup_id) as entry:
@@ -209,7 +214,7 @@ def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run
     from backup_tasks.ops.restore import extract_globals, restore_backup
 
     if to_time or to_datadir or pitr_target:
-        if pitr_target and ctx.rt.target(pitr_target).kind == "mysql":  # a dump plus binary logs replayed into a database
+        if pitr_target and ctx.local_rt.target(pitr_target).kind == "mysql":  # a dump plus binary logs replayed into a database
             from backup_tasks.cli.pitr_mysql import mysql_restore_to_time
 
             if (backup_id or not (to_time and to_database) or to or to_datadir or globals_to or strip_source_path or paths
@@ -230,7 +235,7 @@ def restore(ctx: Context, backup_id, to, strip_source_path, to_database, dry_run
         raise InputError("which backup? give its id", "backupctl list shows them; or --target T --to-time TIME")
     if sum(map(bool, (to, to_database, globals_to))) != 1:
         raise InputError("give exactly one of --to PATH, --to-database NAME or --globals-to FILE", "backupctl restore ID --to /restore/here")
-    rt = ctx.rt
+    rt = ctx.local_rt  # restores in this process: no Celery to set up
     if paths and not to:
         raise InputError("--path goes with --to", "backupctl restore ID --to /restore/here --path /srv/app/config")
     if not to_database and (server or server_password or tables or jobs != 1 or with_globals):
@@ -292,7 +297,7 @@ def _restore_database(ctx: Context, backup_id, database, **kw) -> None:
     from backup_tasks.ops.restore import restore_to_database
 
     with StageBar(ctx.out, f"restore of {backup_id} into {database}", wanted=not kw.get("dry_run")) as bar:
-        result = restore_to_database(ctx.rt, backup_id, database, progress=bar.callback if bar.enabled else None, **kw)
+        result = restore_to_database(ctx.local_rt, backup_id, database, progress=bar.callback if bar.enabled else None, **kw)
 
     def human(c, d):
         if d["dry_run"]:

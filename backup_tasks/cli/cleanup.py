@@ -6,7 +6,6 @@ import sys
 from datetime import timezone
 
 import click
-from rich.markup import escape
 
 from backup_tasks import timefmt
 from backup_tasks.records import audit
@@ -44,6 +43,8 @@ def cleanup(ctx: Context, target, dry_run, now):
 
 
 def _human(c, d: dict) -> None:
+    from rich.markup import escape  # rich only when printing for people: a --json command starts without it
+
     verb = "would remove" if d["dry_run"] else "removed"
     c.print(f"retention at {d['now']}{' (dry run: nothing deleted)' if d['dry_run'] else ''}")
     for target, policy in d["policies"].items():

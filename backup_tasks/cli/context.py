@@ -21,6 +21,7 @@ class Context:
 
     @cached_property
     def rt(self):
+        """The runtime with Celery set up, for commands that enqueue or run a chain (importing Celery costs start-up time)."""
         from backup_tasks.orchestration.celery_app import configure
 
         rt = self.local_rt
@@ -29,7 +30,8 @@ class Context:
 
     @cached_property
     def local_rt(self):
-        """The runtime without Celery set up, for commands that never enqueue (PostgreSQL waits on ``wal get``)."""
+        """The runtime without Celery set up, for commands that never enqueue: they read the catalog, verify or restore in
+        this process (PostgreSQL waits on ``wal get``, a restore's ratio to pg_restore includes our start-up)."""
         from backup_tasks import config
         from backup_tasks.ops import runtime
 
@@ -39,7 +41,7 @@ class Context:
         """Audit what this command does, as ``cli:<user>`` (see audit.py)."""
         from backup_tasks.records import audit
 
-        return audit.audited(self.rt.catalog, action, actor=audit.cli_actor(), target=target, backup_id=backup_id, detail=detail)
+        return audit.audited(self.local_rt.catalog, action, actor=audit.cli_actor(), target=target, backup_id=backup_id, detail=detail)
 
     def record_if_configured(self, action: str, detail: dict) -> None:
         """Audit a credential operation where a catalog exists: a first ``keys generate`` or
@@ -51,7 +53,7 @@ class Context:
         from backup_tasks.errors import BackupError, ConfigError
 
         try:
-            catalog = self.rt.catalog
+            catalog = self.local_rt.catalog
         except BackupError as exc:  # no config yet is the usual case; an unreachable catalog is worth a warning
             level = logging.INFO if isinstance(exc, ConfigError) else logging.WARNING
             logging.getLogger("backup_tasks.records.audit").log(level, "%s %s not audited in a catalog: %s", action, detail, exc.message)

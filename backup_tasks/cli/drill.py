@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.table import Table
 
 from backup_tasks.records import audit
 from backup_tasks.cli.context import Context, common
@@ -31,6 +30,8 @@ def drill(ctx: Context, target, timeout, history):
         rows = drill_mod.history(rt, target)
 
         def table(c, data):
+            from rich.table import Table  # rich only when printing for people: a --json command starts without it
+
             t = Table("drill", "backup", "result", "started", "restore s", "failed step")
             for d in data:
                 t.add_row(str(d["drill_id"]), d["backup_id"] or "-", d["result"], d["started_at"],

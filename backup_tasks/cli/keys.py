@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from backup_tasks.cli.admin import keys_group
 from backup_tasks.cli.context import Context, common
@@ -60,6 +59,8 @@ def keys_status(ctx: Context):
     data = key_status(ctx.rt)
 
     def human(c, d):
+        from rich.table import Table  # rich only when printing for people: a --json command starts without it
+
         table = Table("key id", "role", "first used", "backups", "WAL files", "binlogs", "objects per tier", "identity here",
                       "deletable")
         for k in d["keys"]:

@@ -8,20 +8,33 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable
 
 from backup_tasks.errors import BackupError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
 
 class Output:
+    """The consoles are made on first use: importing rich costs a command's start-up, and --json never prints through it."""
+
     def __init__(self, json_mode: bool) -> None:
         self.json_mode = json_mode
-        self.console = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    @cached_property
+    def console(self) -> Console:
+        from rich.console import Console
+
+        return Console(highlight=False, soft_wrap=True)
+
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True)
 
     def result(self, data: Any, human: Callable[[Console, Any], None]) -> None:
         if self.json_mode:
@@ -33,6 +46,8 @@ class Output:
         if self.json_mode:
             sys.stdout.write(json.dumps({"error": {**err.as_dict(), "exit_code": err.exit_code}}, indent=2) + "\n")
             return
+        from rich.markup import escape
+
         self.err.print(f"[bold red]error:[/] {escape(err.message)}", markup=True, highlight=False)
         if err.remedy:
             self.err.print(f"[yellow]what to do:[/] {escape(err.remedy)}", markup=True, highlight=False)

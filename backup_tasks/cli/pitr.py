@@ -63,7 +63,7 @@ def restore_to_time(ctx: Context, target, to_time, to_datadir, *, start: bool, p
                                                        "force": force, "start": start}) as entry:
         if dry_run:
             entry.outcome = "dry-run"
-        result = run(ctx.rt, target, when, to_datadir, start=start, port=port, force=force, dry_run=dry_run)
+        result = run(ctx.local_rt, target, when, to_datadir, start=start, port=port, force=force, dry_run=dry_run)
 
     def human(c, d):
         if d["dry_run"]:

@@ -53,7 +53,7 @@ def mysql_restore_to_time(ctx: Context, target: str, to_time: str, database: str
     with ctx.audited("restore.to_time", target=target, detail={k: v for k, v in detail.items() if v}) as entry:
         if dry_run:
             entry.outcome = "dry-run"
-        result = restore_to_time(ctx.rt, target, to_time, database, force=force, dry_run=dry_run, server=server,
+        result = restore_to_time(ctx.local_rt, target, to_time, database, force=force, dry_run=dry_run, server=server,
                                  server_password=server_password)
         if not dry_run:
             entry.detail["base"] = result["base"]["backup_id"]

@@ -9,33 +9,43 @@ embedded, or from the restore's own byte count.
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, TaskID, TextColumn, TimeElapsedColumn
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from backup_tasks.cli.output import Output
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 #: catalog stages that are not work with bytes: shown as the run's state, not as bars
 _NO_BYTES = ("queued", "start", "done")
 
 
-class _Rate(ProgressColumn):
-    """Bytes per second over the stage so far.
+def _progress(console) -> Progress:
+    """rich's live display with our columns, imported only when a bar is drawn: --json and pipes start without rich."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
 
-    Rich's own speed column needs several samples a second; a stage reports about once
-    a second, and a short one only at its start, so the average since the stage began
-    is the honest figure.
-    """
+    class _Rate(ProgressColumn):
+        """Bytes per second over the stage so far.
 
-    def render(self, task) -> Text:
-        elapsed = task.finished_time if task.finished_time is not None else task.elapsed
-        if not elapsed or not task.completed:
-            return Text("", style="progress.data.speed")
-        rate = task.completed / elapsed
-        for unit in ("B", "KiB", "MiB", "GiB"):
-            if rate < 1024 or unit == "GiB":
-                return Text(f"{rate:.1f} {unit}/s", style="progress.data.speed")
-            rate /= 1024
-        return Text("")
+        Rich's own speed column needs several samples a second; a stage reports about once
+        a second, and a short one only at its start, so the average since the stage began
+        is the honest figure.
+        """
+
+        def render(self, task) -> Text:
+            elapsed = task.finished_time if task.finished_time is not None else task.elapsed
+            if not elapsed or not task.completed:
+                return Text("", style="progress.data.speed")
+            rate = task.completed / elapsed
+            for unit in ("B", "KiB", "MiB", "GiB"):
+                if rate < 1024 or unit == "GiB":
+                    return Text(f"{rate:.1f} {unit}/s", style="progress.data.speed")
+                rate /= 1024
+            return Text("")
+
+    return Progress(TextColumn("[bold]{task.description:<9}"), BarColumn(), DownloadColumn(binary_units=True),
+                    _Rate(), TimeElapsedColumn(), console=console, transient=False)
 
 
 class StageBar:
@@ -44,10 +54,7 @@ class StageBar:
         self._title = title
         self._rows: dict[str, TaskID] = {}
         self._current: str | None = None
-        self._progress = Progress(
-            TextColumn("[bold]{task.description:<9}"), BarColumn(), DownloadColumn(binary_units=True),
-            _Rate(), TimeElapsedColumn(), console=out.err, transient=False,
-        ) if self.enabled else None
+        self._progress = _progress(out.err) if self.enabled else None
 
     def __enter__(self) -> "StageBar":
         if self._progress is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.table import Table
 
 from backup_tasks.cli.context import Context, common
 
@@ -52,6 +51,8 @@ def reencrypt(ctx: Context, from_key, target, dry_run, wait, timeout):
             "counts": counts, "backups": outcomes}
 
     def human(c, d):
+        from rich.table import Table  # rich only when printing for people: a --json command starts without it
+
         if not d["backups"]:
             c.print("nothing to re-encrypt: every stored backup is on the current key")
             return

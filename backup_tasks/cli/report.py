@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from backup_tasks.cli.context import Context, common
 from backup_tasks.errors import InputError
@@ -38,6 +37,8 @@ def report(ctx: Context, html_file, days, mail):
 
 
 def _human(c, d: dict) -> None:
+    from rich.table import Table  # rich only when printing for people: a --json command starts without it
+
     s = d["summary"]
     verdict = "[green]all targets ready[/]" if not s["at_risk"] else f"[red]{s['ready']} of {s['targets']} targets ready[/]"
     c.print(f"DR readiness at {d['generated_at']} ({d['window_days']}-day window): {verdict}", markup=True)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from celery.schedules import crontab, schedule
+if TYPE_CHECKING:
+    from celery.schedules import crontab, schedule
 
 EVERY_RE = re.compile(r"^@every\s+(\d+)\s*([smhd])$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -23,6 +25,10 @@ UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse(expr: str, timezone: str = "UTC") -> crontab | schedule:
     """A Celery schedule for ``expr``; raises ValueError saying what is wrong."""
+    # Celery (and kombu under it) costs a CLI command a large part of its start-up; a targets
+    # file without schedules, or a command that never loads one, should not pay for it.
+    from celery.schedules import crontab, schedule
+
     if not isinstance(expr, str):
         raise ValueError("a schedule is a string")
     every = EVERY_RE.match(expr.strip())

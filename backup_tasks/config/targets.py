@@ -44,7 +44,8 @@ def _target(name: str, spec: dict, tiers: dict[str, Tier], settings: Settings, f
     if not isinstance(host, str) or not NAME_RE.match(host):
         raise ConfigError(f"invalid host '{host}'", "use the host's short name: letters, digits, '.', '_' or '-'", file=file, where=where, field="host")
     schedule = spec.get("schedule", defaults.SCHEDULE_BY_KIND.get(kind, defaults.SCHEDULE))
-    _check_cron(schedule, file=file, where=where)
+    if "schedule" in spec:  # a default is ours and known good; checking it would import Celery in every command's start-up
+        _check_cron(schedule, file=file, where=where)
     chain_schedules = _chain_schedules(spec, source, kind, file=file, where=where)
     storage = _storage(spec.get("storage"), tiers, file=file, where=where)
     retention = spec.get("retention", {})

@@ -22,9 +22,9 @@ from backup_tasks.records.catalog.heartbeats import Heartbeats
 from backup_tasks.records.catalog.history import History
 from backup_tasks.records.catalog.logs import Logs
 from backup_tasks.records.catalog.runs import Location, Runs, dumps_row
-from backup_tasks.records.catalog.schema import (DONE, FINAL, QUEUED, UNATTRIBUTED, AlertConditionRow, AlertSentRow, AuditRow,
-                                                 BackupRow, DrillResult, DrillRow, EventRow, LocationRow, LogObjectRow, Status,
-                                                 VerificationRow, create_schema, open_engine)
+from backup_tasks.records.catalog.schema import (AlertConditionRow, AlertSentRow, AuditRow, BackupRow, DrillResult, DrillRow, EventRow,
+                                                 LocationRow, LogObjectRow, VerificationRow, create_schema, open_engine)
+from backup_tasks.records.run_status import DONE, FINAL, QUEUED, UNATTRIBUTED, Status
 
 
 class Catalog(Runs, History, Drills, Alerts, Logs, Binlogs, Heartbeats):

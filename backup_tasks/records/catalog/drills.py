@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from backup_tasks.records.catalog.schema import BackupRow, DrillResult, DrillRow, Status
+from backup_tasks.records.catalog.schema import BackupRow, DrillResult, DrillRow
+from backup_tasks.records.run_status import Status
 from backup_tasks.timefmt import now, parse
 
 

@@ -18,7 +18,8 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import sessionmaker
 
-from backup_tasks.records.catalog.schema import BackupRow, RunHeartbeatRow, Status
+from backup_tasks.records.catalog.schema import BackupRow, RunHeartbeatRow
+from backup_tasks.records.run_status import Status
 from backup_tasks.timefmt import now
 
 

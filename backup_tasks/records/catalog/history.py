@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from backup_tasks.records.catalog.schema import UNATTRIBUTED, AuditRow, EventRow
+from backup_tasks.records.catalog.schema import AuditRow, EventRow
+from backup_tasks.records.run_status import UNATTRIBUTED
 from backup_tasks.timefmt import now
 
 

@@ -16,7 +16,8 @@ from sqlalchemy.orm import sessionmaker
 
 from backup_tasks.errors import InputError
 from backup_tasks.records.catalog.history import audit_row
-from backup_tasks.records.catalog.schema import DONE, QUEUED, UNATTRIBUTED, BackupRow, LocationRow, Status, VerificationRow
+from backup_tasks.records.catalog.schema import BackupRow, LocationRow, VerificationRow
+from backup_tasks.records.run_status import DONE, QUEUED, UNATTRIBUTED, Status
 from backup_tasks.records.manifest import summary as summarize
 from backup_tasks.timefmt import iso, now, parse
 

@@ -20,26 +20,7 @@ from sqlalchemy.types import TypeDecorator
 
 from backup_tasks.errors import ServiceUnavailable
 from backup_tasks.records.catalog.redacted import RedactedJSON, RedactedText
-
-
-class Status(StrEnum):
-    RUNNING = "running"
-    UPLOADED = "uploaded"
-    VERIFIED = "verified"
-    FAILED = "failed"
-    DELETED = "deleted"
-
-
-FINAL = (Status.VERIFIED, Status.FAILED, Status.DELETED)
-
-#: a run's stage before its chain's first stage, and once it is over; in between the
-#: chain's own stage names, which the callers tell the catalog
-QUEUED = "queued"
-DONE = "done"
-
-#: the actor of a run started without one: beat passes "beat", applications and the CLI name themselves,
-#: so this is a task sent by hand (Flower's async-apply, celery call)
-UNATTRIBUTED = "unattributed"
+from backup_tasks.records.run_status import QUEUED
 
 
 class UTCDateTime(TypeDecorator):
