@@ -16,6 +16,7 @@ and holds one entry of each, however many files the tree has.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -38,8 +39,26 @@ def has_listing_inside(manifest: dict) -> bool:
     return "files" in (manifest.get("source") or {})
 
 
-def archive_entries(manifest: dict, listing: Path | None = None) -> Iterator[dict]:
-    """The archive's members in archive order, from the manifest's old field or from the tree listing at ``listing``."""
+@dataclass
+class ListingTally:
+    """What a read of the whole tree listing saw besides the archive's members, so no second read is needed.
+
+    ``holders``: every other backup the listing names as holding a file's bytes, with the
+    first path it names it for; verify proves each is a parent in the chain.
+    ``complete`` once the listing was read to its end.
+    """
+
+    entries: int = 0
+    files_here: int = 0
+    holders: dict[str, str] = field(default_factory=dict)
+    complete: bool = False
+
+
+def archive_entries(manifest: dict, listing: Path | None = None, tally: ListingTally | None = None) -> Iterator[dict]:
+    """The archive's members in archive order, from the manifest's old field or from the tree listing at ``listing``.
+
+    ``tally``: filled as the listing is read (left incomplete for the manifest's old field).
+    """
     if has_listing_inside(manifest):
         yield from manifest["source"]["files"]
         return
@@ -48,10 +67,17 @@ def archive_entries(manifest: dict, listing: Path | None = None) -> Iterator[dic
                                  "the manifest is not from a files or config backup, or the listing was not fetched",
                                  check="tar-listing")
     own, whole = manifest.get("backup_id"), not manifest.get("parent")
+    tally = tally if tally is not None else ListingTally()
+    holders = tally.holders
     for entry in read_listing(listing):
+        tally.entries += 1
         if entry["type"] == "file":
-            if entry.get("in") != own:
+            holder = entry.get("in")
+            if holder != own:
+                if holder not in holders:
+                    holders[holder] = entry["path"]
                 continue  # its bytes live in a parent's archive
+            tally.files_here += 1
             member = entry.get("member")
             if member and member != entry["path"]:  # a hard link: the member names the one holding the bytes
                 yield {"path": entry["path"], "type": "hardlink", "size": 0, "link": member}
@@ -62,6 +88,7 @@ def archive_entries(manifest: dict, listing: Path | None = None) -> Iterator[dic
             if "link" in entry:
                 out["link"] = entry["link"]
             yield out
+    tally.complete = True
 
 
 class ListingMatch:

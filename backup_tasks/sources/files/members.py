@@ -85,8 +85,8 @@ def _keep_picked(members: list[tuple[str, bool, bool]], roots: set[str]) -> list
     return [path for path, _, _ in members if path in needed]
 
 
-def select_members(target) -> tuple[Iterable[str], list[str]]:
-    """The absolute paths to archive for ``target`` and the warnings the walk raised.
+def select_members(target, warnings: list[str] | None = None) -> tuple[Iterable[str], list[str]]:
+    """The absolute paths to archive for ``target`` and the warnings the walk raised (appended to ``warnings``).
 
     A root itself is always archived (naming it in ``paths`` is an explicit choice);
     include/exclude apply below directory roots. The warnings list fills as the paths
@@ -95,7 +95,7 @@ def select_members(target) -> tuple[Iterable[str], list[str]]:
     held in memory; otherwise they are gathered first, to keep the directories leading
     to included paths and to archive each path once.
     """
-    warnings: list[str] = []
+    warnings = [] if warnings is None else warnings
     roots = [_checked_root(p, target.name) for p in target.paths]
     if not target.include and not _overlapping(roots):
         # roots in tree order, so the stream is in the listing's order (a directory's walk already is)
