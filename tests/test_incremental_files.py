@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from backup_tasks import client
 from backup_tasks.errors import VerificationFailed
 from backup_tasks.records.catalog import Status
 from backup_tasks.sources.files.tree_listing import read_listing
