@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from backup_tasks.errors import VerificationFailed
-from backup_tasks.sources.files.tree_listing import read_listing
+from backup_tasks.sources.files.tree_listing import decode, listing_lines
 
 SHOWN = 5  # how many paths an error message names before "and N more"
 
@@ -69,13 +69,26 @@ def archive_entries(manifest: dict, listing: Path | None = None, tally: ListingT
     own, whole = manifest.get("backup_id"), not manifest.get("parent")
     tally = tally if tally is not None else ListingTally()
     holders = tally.holders
-    for entry in read_listing(listing):
+    known: set[bytes] = set()  # parents' ids, as they appear in a line, once a file entry named them
+    for line in listing_lines(listing):
         tally.entries += 1
+        if not whole:
+            # Most of an incremental's lines are files held by a parent already named: a line
+            # that says so, in the compact form the listing is written in, needs no decoding.
+            # Inside a JSON string a quote is always escaped, so '"in":"' can only be the key.
+            at = line.find(_HOLDER)
+            if at >= 0 and line[at + 6:line.find(b'"', at + 6)] in known:
+                continue
+        entry = decode(line)
         if entry["type"] == "file":
             holder = entry.get("in")
             if holder != own:
                 if holder not in holders:
                     holders[holder] = entry["path"]
+                    at = line.find(_HOLDER)
+                    if at >= 0 and isinstance(holder, str) and holder.isascii() and \
+                            line.startswith(holder.encode() + b'"', at + 6):  # written as it is, not escaped
+                        known.add(holder.encode())
                 continue  # its bytes live in a parent's archive
             tally.files_here += 1
             member = entry.get("member")
@@ -89,6 +102,9 @@ def archive_entries(manifest: dict, listing: Path | None = None, tally: ListingT
                 out["link"] = entry["link"]
             yield out
     tally.complete = True
+
+
+_HOLDER = b'"in":"'
 
 
 class ListingMatch:
