@@ -269,7 +269,7 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
     trust_metadata, newline = not rehash, orjson.OPT_APPEND_NEWLINE
     unchanged = offset = 0
     pk, before = next(parent, (None, None))
-    last = None
+    last = ""  # lower than any path's key ("/" itself is ".")
     try:
         with open(workdir / DRAFT, "wb", buffering=BUFFER) as draft, \
              open(workdir / MARKS, "wb", buffering=BUFFER) as marks, \
@@ -278,7 +278,7 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
             for path in paths:
                 name = path.lstrip("/") or "."
                 k = name.replace("/", "\0")  # tree_key, inline: this loop runs once per path of the tree
-                if last is not None and k <= last:
+                if k <= last:
                     raise SourceError(f"the walk gave {path!r} out of tree order (after {last.replace(chr(0), '/')!r})",
                                       "this is a bug in backup-tasks; report it with the target's paths")
                 last = k

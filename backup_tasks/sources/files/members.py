@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
+from operator import itemgetter
 from pathlib import Path
 
 from backup_tasks.errors import SourceError
@@ -112,8 +113,7 @@ def _overlapping(roots: list[str]) -> bool:
 
 
 def _members(roots: list[str], target, warnings: list[str]) -> Iterator[str]:
-    for path, _, _ in _members_with_picks(roots, target, warnings):
-        yield path
+    return map(itemgetter(0), _members_with_picks(roots, target, warnings))  # no Python frame per path
 
 
 def _members_with_picks(roots: list[str], target, warnings: list[str]) -> Iterator[tuple[str, bool, bool]]:
