@@ -60,7 +60,7 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
     them under that name. A new file found to be a rename takes the parent's reference.
     """
     workdir = Path(workdir)
-    renamed = iter(_renamed(workdir / RENAMED))
+    renamed = _renamed(workdir / RENAMED)
     rename = next(renamed, None)  # the next rename the first pass found, in draft order
     members = iter(archive)
     current = next(members, None)
@@ -76,9 +76,9 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
         return found
 
     def settle(tag: bytes, line: bytes) -> None:
+        nonlocal rename
         entry = decode(line)
         if tag == b"N":
-            nonlocal rename
             if rename is not None and rename["path"] == entry["path"]:  # its bytes are in the parent chain, not here
                 entry.update(rename)
                 writer.write(entry)
