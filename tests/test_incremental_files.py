@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_tasks import client
+from backup_tasks.errors import VerificationFailed
 from backup_tasks.records.catalog import Status
 from backup_tasks.sources.files.tree_listing import read_listing
 from conftest import run_cli
@@ -74,6 +74,37 @@ def listing_of(rt, info: dict, tmp_path: Path) -> list[dict]:
     return list(read_listing(listing_store.fetch_listing(rt, found.doc, found.tier, tmp_path / f"{info['id']}.jsonl.zst")))
 
 
+def check_holders(rt, inc: dict, listing: dict[str, dict], tmp_path: Path) -> None:
+    """Verify read the whole listing once, and refuses one that names a holder outside the chain.
+
+    The archive's check reads the listing for the members and notes every other holder;
+    the chain check proves those without a second read, or reads the listing itself when
+    no such note is at hand (re-encryption). Either way a stranger fails it.
+    """
+    from backup_tasks.ops import chain, readback
+    from backup_tasks.sources.base import source_for
+    from backup_tasks.sources.files.listing import ListingTally
+    from backup_tasks.sources.files.tree_listing import ListingWriter
+
+    detail = inc["verification"]["detail"]
+    assert (detail["listing_entries"], detail["listing_files_here"], detail["parents_checked"]) == (
+        len(listing), 2, [inc["parent"]])
+    found = readback.locate(rt, rt.catalog.get(inc["id"]))
+    stranger = tmp_path / "stranger.jsonl.zst"
+    writer = ListingWriter(stranger)
+    for entry in listing.values():
+        writer.write({**entry, "in": "files-stranger"} if entry.get("in") == inc["parent"] else entry)
+    writer.close()
+    tally = ListingTally()
+    with readback.plaintext(rt, found) as (stream, _, _):  # the archive matches: the stranger holds no member
+        source_for("files").check(stream, found.doc, tmp_path, listing=stranger, tally=tally)
+    assert tally.complete and list(tally.holders) == ["files-stranger"]
+    for noted in (tally, None):
+        with pytest.raises(VerificationFailed) as err:
+            chain.check_listing(rt, found, stranger, noted)
+        assert err.value.check == "listing" and "files-stranger" in err.value.message
+
+
 def test_full_incrementals_and_differential_each_restore_exactly_their_tree(tmp_path, make_config, runtime_for):
     tree = tmp_path / "srv" / "app"
     build(tree)
@@ -107,6 +138,7 @@ def test_full_incrementals_and_differential_each_restore_exactly_their_tree(tmp_
     chmodded = listing[f"{prefix}/chmod-me.sh"]
     assert (chmodded["change"], chmodded["in"], chmodded["mode"]) == ("metadata", full["id"], 0o755)
     assert f"{prefix}/to-delete.txt" not in listing
+    check_holders(rt, inc1, listing, tmp_path)
 
     change_2(tree)
     inc2 = backup(cfg, "incremental")

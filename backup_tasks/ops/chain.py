@@ -19,6 +19,7 @@ from backup_tasks.ops.runtime import Runtime
 from backup_tasks.records.catalog import Status
 from backup_tasks.sources.base import source_for
 from backup_tasks.sources.files.changes import Chain
+from backup_tasks.sources.files.listing import ListingTally
 from backup_tasks.sources.files.tree_listing import read_listing
 
 log = logging.getLogger(__name__)
@@ -114,35 +115,49 @@ def parent_chain(rt: Runtime, doc: dict) -> list[tuple[str, readback.Located]]:
     return chain
 
 
-def check_listing(rt: Runtime, found: readback.Located, listing: Path) -> dict:
+def check_listing(rt: Runtime, found: readback.Located, listing: Path, tally: ListingTally | None = None) -> dict:
     """Verify's part for a backup with a tree listing, and for one in a chain its parents.
 
     ``listing``: the backup's listing, already fetched and proven against its signed
     sha256. Every other holder it names must be a parent in the chain, each present in
     the catalog, verified and readable in storage. Every file it says this backup holds
     must be in the archive with the same sha256: for a backup whose archive was checked
-    against this same listing that is proven already; one whose manifest still carries
-    the archive's file list is compared with that list here.
+    against this same listing that is proven already, and ``tally`` (complete) says what
+    else that read saw, so the listing is not read again; one whose manifest still
+    carries the archive's file list is compared with that list here.
     """
     doc = found.doc
     parents = [pid for pid, _ in parent_chain(rt, doc)]
+    if tally is None or not tally.complete:
+        tally = _tally(doc, listing)
+    for holder, path in tally.holders.items():
+        if holder not in parents:
+            raise VerificationFailed(
+                f"backup {doc['backup_id']}: its listing names backup {holder} for {path!r}, which is not in its chain",
+                "do not trust this backup; run a new full backup", check="listing")
+    return {"listing_entries": tally.entries, "listing_files_here": tally.files_here,
+            **({"parents_checked": parents} if parents else {})}
+
+
+def _tally(doc: dict, listing: Path) -> ListingTally:
+    """Read the listing for what ``check_listing`` needs, comparing the files it says this backup holds with the
+    manifest's own file list if it carries one."""
     inside = (doc.get("source") or {}).get("files")
     archived = {e["path"]: e.get("sha256") for e in inside if e["type"] == "file"} if inside is not None else None
-    entries = own = 0
+    tally = ListingTally()
     for entry in read_listing(listing):
-        entries += 1
+        tally.entries += 1
         if entry["type"] != "file":
             continue
         holder = entry.get("in")
         if holder == doc["backup_id"]:
-            own += 1
+            tally.files_here += 1
             member = entry.get("member", entry["path"])
             if archived is not None and archived.get(member) != entry.get("sha256"):
                 raise VerificationFailed(
                     f"backup {doc['backup_id']}: its listing says the archive holds {member!r} with another sha256, or not at all",
                     "do not trust this backup; run a new full backup", check="listing")
-        elif holder not in parents:
-            raise VerificationFailed(
-                f"backup {doc['backup_id']}: its listing names backup {holder} for {entry['path']!r}, which is not in its chain",
-                "do not trust this backup; run a new full backup", check="listing")
-    return {"listing_entries": entries, "listing_files_here": own, **({"parents_checked": parents} if parents else {})}
+        elif holder not in tally.holders:
+            tally.holders[holder] = entry["path"]
+    tally.complete = True
+    return tally

@@ -21,6 +21,7 @@ from backup_tasks.stages import counting as progress_mod
 from backup_tasks.errors import BackupError, ConfigError, VerificationFailed
 from backup_tasks.ops.runtime import Runtime
 from backup_tasks.sources.base import source_for
+from backup_tasks.sources.files.listing import ListingTally
 from backup_tasks.stages.digest import HashingReader
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,12 @@ def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> 
         # files and config: the tree listing, fetched once and proven against the signed
         # manifest, is what the archive is compared with (and, for a chain, its parents)
         listing = listing_store.fetch_listing(rt, doc, found.tier, workdir / "listing.jsonl.zst") if doc.get("listing") else None
+        tally = ListingTally()  # what the archive's check read in the listing besides its members: not read twice
         try:
             with readback.plaintext(rt, found) as (stream, stored, plain):
                 try:
                     summary = source.check(progress_mod.reading(stream, progress, "verify", doc["plaintext"]["size"]), doc,
-                                           workdir, **({"listing": listing} if listing else {}))
+                                           workdir, **({"listing": listing, "tally": tally} if listing else {}))
                     plain.drain()
                 except VerificationFailed as exc:
                     failure = exc
@@ -96,7 +98,7 @@ def _checks(rt: Runtime, row, progress: progress_mod.Callback | None = None) -> 
             raise failure
         readback.check_digests(doc, stored, plain)
         if listing is not None:
-            summary.update(chain.check_listing(rt, found, listing))
+            summary.update(chain.check_listing(rt, found, listing, tally))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     sealed = check_attachments(rt, doc)

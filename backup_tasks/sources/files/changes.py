@@ -27,7 +27,9 @@ Two passes keep memory flat. The first (here) stats every path and writes a draf
 per path to a file in the work directory, while the paths whose content must be
 archived go to tar's member list. The second, after tar (final_listing.py), rewrites
 the draft into the final listing, adding the sha256 the tar scan measured for each
-archived file.
+archived file. In an incremental most draft lines are final already (the parent's,
+carried over); a side file marks the few the second pass must settle, so it copies the
+rest in blocks.
 """
 
 from __future__ import annotations
@@ -37,16 +39,22 @@ import heapq
 import os
 import sqlite3
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import orjson
 
 from backup_tasks.errors import SourceError
-from backup_tasks.sources.files.tree_listing import decode, encode, key, listing_lines, tree_key
+from backup_tasks.sources.files.tree_listing import decode, encode, listing_lines, tree_key
 
 CHANGES = ("new", "modified", "metadata", "renamed", "unchanged")
 
-DRAFT, _PENDING, RENAMES, _NEW_MEMBERS = "draft.jsonl", "pending-new.jsonl", "renames.sqlite", "new-members.nul"
+DRAFT, MARKS, _PENDING, GONE, RENAMED, _NEW_MEMBERS = (
+    "draft.jsonl", "draft-marks.bin", "pending-new.jsonl", "gone.sqlite", "renamed.jsonl", "new-members.nul")
+#: a draft line the second pass settles: its offset in the draft, and why ("?": its sha256 is the tar scan's; "N": maybe a rename)
+MARK = struct.Struct("<Qc")
 BUFFER = 1 << 20
 
 
@@ -140,10 +148,11 @@ class _Unsorted(Exception):
 
 
 def _in_order(listing: Path) -> Iterator[tuple[str, dict]]:
+    """The parent's entries with their tree keys; _Unsorted at the first one out of order (checked as the join reads)."""
     last = None
     for line in listing_lines(listing):
         entry = decode(line)
-        k = tree_key(entry["path"])
+        k = entry["path"].replace("/", "\0")  # tree_key, inline: called once per path of the tree
         if last is not None and k <= last:
             raise _Unsorted
         last = k
@@ -168,12 +177,18 @@ def _sorted(listing: Path, workdir: Path) -> Iterator[tuple[str, dict]]:
 
 
 class _Renames:
-    """Parent files gone from their path (where a new path's bytes may be), then the renames found."""
+    """Parent files gone from their path (where a new path's bytes may be), then the renames found.
+
+    The renames go to a file of their own, in the order they are resolved: the new paths'
+    tree order, which is the draft's, so the second pass reads it in step with the draft.
+    """
 
     def __init__(self, workdir: Path) -> None:
-        self.path = workdir / RENAMES
+        self.path, self.renamed_path = workdir / GONE, workdir / RENAMED
         self.path.unlink(missing_ok=True)
+        self.renamed_path.unlink(missing_ok=True)
         self.db: sqlite3.Connection | None = None
+        self._renamed: BinaryIO | None = None
         self.gone = 0
         self._indexed = False
 
@@ -182,7 +197,6 @@ class _Renames:
             self.db = sqlite3.connect(str(self.path))
             self.db.execute("PRAGMA journal_mode=OFF")
             self.db.execute("CREATE TABLE gone (ino INT, size INT, mtime_ns INT, line BLOB)")
-            self.db.execute("CREATE TABLE renamed (path BLOB PRIMARY KEY, line BLOB)")
         return self.db
 
     def add_gone(self, entry: dict) -> None:
@@ -202,17 +216,20 @@ class _Renames:
                               (pending["ino"], pending["size"], pending["mtime_ns"])).fetchone()
         if row is None:
             return False
-        carried = _carry({"path": pending["path"]}, decode(row[0]), "renamed")
-        self.db.execute("INSERT OR REPLACE INTO renamed VALUES (?, ?)", (key(pending["path"]), encode(carried)))
+        if self._renamed is None:
+            self._renamed = open(self.renamed_path, "wb", buffering=BUFFER)
+        self._renamed.write(encode(_carry({"path": pending["path"]}, decode(row[0]), "renamed")) + b"\n")
         return True
 
     def close(self) -> None:
         if self.db is not None:
-            self.db.commit()
             self.db.close()
+        if self._renamed is not None:
+            self._renamed.close()
 
 
-def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool) -> dict:
+def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool,
+               walk_again: Callable[[], Iterable[str]] | None = None) -> dict:
     """Stat every path; write the draft listing and tar's member list; return counts.
 
     A full archives every path (as it always has, so standard tools restore it alone);
@@ -220,29 +237,27 @@ def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: P
     ``paths`` must come in tree order, the order of the listing: a gathered list (include
     patterns, overlapping roots) is sorted here in place; the walk's stream is in that
     order already (the join checks it), so a million paths are never held in memory.
+    ``walk_again`` gives a stream anew, for the rare parent listing found out of tree
+    order part-way through the join.
     """
     if isinstance(paths, list):
         paths.sort(key=lambda p: tree_key(member_name(p)))
     workdir = Path(workdir)
     if chain.parent_listing is None:
         return _join(paths, iter(()), chain, workdir, member_list, full=full, has_parent=False)
-    if not isinstance(paths, list):  # a stream cannot start again: find out first whether the parent needs sorting
-        parent = _in_order(chain.parent_listing) if _is_in_order(chain.parent_listing) else \
-            _sorted(chain.parent_listing, workdir)
-        return _join(paths, parent, chain, workdir, member_list, full=full, has_parent=True)
     try:
+        # The parent's order is checked as the join reads it, not in a pass of its own beforehand:
+        # every listing written since listings were sorted is in order, and reading one costs as
+        # much as the join's own work on it.
         return _join(paths, _in_order(chain.parent_listing), chain, workdir, member_list, full=full, has_parent=True)
     except _Unsorted:
+        # An older listing (roots not in order): sorted once on disk, and the join starts over.
+        if not isinstance(paths, list):
+            if walk_again is None:
+                raise SourceError("the parent listing is out of tree order and the walk cannot start again",
+                                  "this is a bug in backup-tasks; report it, and run a full backup meanwhile") from None
+            paths = walk_again()
         return _join(paths, _sorted(chain.parent_listing, workdir), chain, workdir, member_list, full=full, has_parent=True)
-
-
-def _is_in_order(listing: Path) -> bool:
-    try:
-        for _ in _in_order(listing):
-            pass
-    except _Unsorted:
-        return False
-    return True
 
 
 def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain, workdir: Path, member_list: Path, *,
@@ -250,17 +265,20 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
     counts = dict.fromkeys(CHANGES, 0)
     renames = _Renames(workdir)
     rehash, backup_id = chain.rehash, chain.backup_id
-    lstat, S_ISREG, S_IMODE = os.lstat, stat.S_ISREG, stat.S_IMODE
+    lstat, S_ISREG, S_IMODE, dumps = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps
+    trust_metadata, newline = not rehash, orjson.OPT_APPEND_NEWLINE
+    unchanged = offset = 0
     pk, before = next(parent, (None, None))
-    last = None
+    last = ""  # lower than any path's key ("/" itself is ".")
     try:
         with open(workdir / DRAFT, "wb", buffering=BUFFER) as draft, \
+             open(workdir / MARKS, "wb", buffering=BUFFER) as marks, \
              open(member_list, "wb", buffering=BUFFER) as members, \
              open(workdir / _PENDING, "wb", buffering=BUFFER) as pending:
             for path in paths:
                 name = path.lstrip("/") or "."
-                k = tree_key(name)
-                if last is not None and k <= last:
+                k = name.replace("/", "\0")  # tree_key, inline: this loop runs once per path of the tree
+                if k <= last:
                     raise SourceError(f"the walk gave {path!r} out of tree order (after {last.replace(chr(0), '/')!r})",
                                       "this is a bug in backup-tasks; report it with the target's paths")
                 last = k
@@ -277,15 +295,20 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
                     if same is not None:
                         renames.add_gone(same)
                     continue
-                if (same is not None and not rehash and S_ISREG(st.st_mode) and same["type"] == "file"
+                if (same is not None and trust_metadata and S_ISREG(st.st_mode) and same["type"] == "file"
                         and same.get("sha256") and same["ino"] == st.st_ino and same["size"] == st.st_size
                         and same["mtime_ns"] == st.st_mtime_ns and same.get("ctime_ns") == st.st_ctime_ns
                         and same.get("mode") == S_IMODE(st.st_mode) and same.get("uid") == st.st_uid
                         and same.get("gid") == st.st_gid):
                     # The common case, kept short: the parent's line is this one, but for two fields.
                     same["dev"], same["change"] = st.st_dev, "unchanged"
-                    counts["unchanged"] += 1
-                    draft.write(b"+" + encode(same) + b"\n")
+                    unchanged += 1
+                    try:
+                        line = dumps(same, option=newline)
+                    except TypeError:  # a name that is not UTF-8
+                        line = encode(same) + b"\n"
+                    draft.write(line)
+                    offset += len(line)
                     if full:
                         members.write(os.fsencode(name) + b"\0")
                     continue
@@ -293,7 +316,10 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
                 if same is None and has_parent and not rehash and entry["type"] == "file":
                     # new here: maybe a rename, known once the join has seen every gone path
                     pending.write(encode({k_: entry[k_] for k_ in ("path", "ino", "size", "mtime_ns")}) + b"\n")
-                    draft.write(b"N" + encode(entry) + b"\n")
+                    marks.write(MARK.pack(offset, b"N"))
+                    line = encode(entry) + b"\n"
+                    draft.write(line)
+                    offset += len(line)
                     continue
                 archive = classify(entry, same, path, rehash)
                 counts[entry["change"]] += 1
@@ -301,8 +327,11 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
                     entry["in"] = backup_id
                 if archive or full:
                     members.write(os.fsencode(name) + b"\0")
-                # "?": waits for the sha256 the tar scan measures; "+": final as it is
-                draft.write((b"?" if archive else b"+") + encode(entry) + b"\n")
+                if archive and not full:  # waits for the sha256 the tar scan measures (in a full, every line does)
+                    marks.write(MARK.pack(offset, b"?"))
+                line = encode(entry) + b"\n"
+                draft.write(line)
+                offset += len(line)
             while pk is not None:
                 renames.add_gone(before)
                 pk, before = next(parent, (None, None))
@@ -318,6 +347,7 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
                         added += 1
                         new_members.write(os.fsencode(new["path"]) + b"\0")
     finally:
+        counts["unchanged"] += unchanged
         renames.close()
         close = getattr(parent, "close", None)
         if close:

@@ -8,12 +8,11 @@ size and sha256 the scan measured without holding either side in memory.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
-from backup_tasks.sources.files.changes import BUFFER, DRAFT, RENAMES, Chain, lines
-from backup_tasks.sources.files.tree_listing import ListingWriter, decode, encode, key
+from backup_tasks.sources.files.changes import BUFFER, DRAFT, MARK, MARKS, RENAMED, Chain, lines
+from backup_tasks.sources.files.tree_listing import ListingWriter, decode, encode
 
 
 class ArchiveSpool:
@@ -61,7 +60,8 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
     them under that name. A new file found to be a rename takes the parent's reference.
     """
     workdir = Path(workdir)
-    renames = sqlite3.connect(str(workdir / RENAMES)) if (workdir / RENAMES).exists() else None
+    renamed = _renamed(workdir / RENAMED)
+    rename = next(renamed, None)  # the next rename the first pass found, in draft order
     members = iter(archive)
     current = next(members, None)
     targets: dict[str, dict] = {}  # hard links' targets seen so far: name -> scan entry
@@ -75,45 +75,75 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
             targets[path] = found
         return found
 
+    def settle(tag: bytes, line: bytes) -> None:
+        nonlocal rename
+        entry = decode(line)
+        if tag == b"N":
+            if rename is not None and rename["path"] == entry["path"]:  # its bytes are in the parent chain, not here
+                entry.update(rename)
+                writer.write(entry)
+                rename = next(renamed, None)
+                return
+            entry["change"], entry["in"] = "new", chain.backup_id
+        scanned = member(entry["path"])
+        if scanned is None:
+            return
+        if entry["type"] != "file":
+            if scanned.get("link") is not None:  # the link tar stored, should it have moved since the walk
+                entry["link"] = scanned["link"]
+            writer.write(entry)
+            return
+        if scanned["type"] == "hardlink":
+            target = targets.get(scanned["link"])
+            if target is None or "sha256" not in target:
+                return
+            entry["member"] = scanned["link"]
+            scanned = target
+        elif scanned["type"] != "file":
+            return
+        entry["size"], entry["sha256"] = scanned["size"], scanned["sha256"]
+        writer.write(entry)
+
     writer = ListingWriter(chain.listing_out)
     try:
         with open(workdir / DRAFT, "rb", buffering=BUFFER) as draft:
-            for line in draft:
-                tag = line[:1]
-                if tag == b"+" and not full:  # not in the archive, nothing to add: copied without decoding
-                    writer.write_line(line[1:])
-                    continue
-                entry = decode(line[1:])
-                if tag == b"N":
-                    row = renames.execute("SELECT line FROM renamed WHERE path = ?", (key(entry["path"]),)).fetchone() \
-                        if renames is not None else None
-                    if row is not None:  # a rename: its bytes are in the parent chain, not in this archive
-                        carried = decode(row[0])
-                        del carried["path"]
-                        entry.update(carried)
-                        writer.write(entry)
-                        continue
-                    entry["change"], entry["in"] = "new", chain.backup_id
-                scanned = member(entry["path"])
-                if scanned is None:
-                    continue
-                if entry["type"] != "file":
-                    if scanned.get("link") is not None:  # the link tar stored, should it have moved since the walk
-                        entry["link"] = scanned["link"]
-                    writer.write(entry)
-                    continue
-                if scanned["type"] == "hardlink":
-                    target = targets.get(scanned["link"])
-                    if target is None or "sha256" not in target:
-                        continue
-                    entry["member"] = scanned["link"]
-                    scanned = target
-                elif scanned["type"] != "file":
-                    continue
-                entry["size"], entry["sha256"] = scanned["size"], scanned["sha256"]
-                writer.write(entry)
+            if full:  # every path is a member: each line is matched with the archive
+                for line in draft:
+                    settle(b"?", line)
+            else:
+                at = 0
+                for offset, tag in _marks(workdir / MARKS):
+                    _copy(draft, offset - at, writer)  # final lines, not in the archive: copied as they are
+                    line = draft.readline()
+                    at = offset + len(line)
+                    settle(tag, line)
+                _copy(draft, None, writer)
     finally:
         count = writer.close()
-        if renames is not None:
-            renames.close()
+        renamed.close()
     return count
+
+
+def _renamed(path: Path) -> Iterator[dict]:
+    if path.exists():
+        for line in lines(path):
+            yield decode(line)
+
+
+def _marks(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The draft lines the first pass marked for settling, in draft order: (offset, tag)."""
+    with open(path, "rb", buffering=BUFFER) as fh:
+        while record := fh.read(MARK.size * 4096):
+            yield from MARK.iter_unpack(record)
+
+
+def _copy(draft: BinaryIO, size: int | None, writer: ListingWriter) -> None:
+    """Hand ``size`` bytes of whole draft lines (None: the rest of the draft) to the listing, a block at a time."""
+    while size is None or size > 0:
+        block = draft.read(BUFFER if size is None else min(size, BUFFER))
+        if not block:
+            break
+        if size is not None:
+            size -= len(block)
+        writer.write_lines(block, block.count(b"\n"))
+

@@ -16,11 +16,12 @@ and holds one entry of each, however many files the tree has.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from backup_tasks.errors import VerificationFailed
-from backup_tasks.sources.files.tree_listing import read_listing
+from backup_tasks.sources.files.tree_listing import decode, listing_lines
 
 SHOWN = 5  # how many paths an error message names before "and N more"
 
@@ -38,8 +39,26 @@ def has_listing_inside(manifest: dict) -> bool:
     return "files" in (manifest.get("source") or {})
 
 
-def archive_entries(manifest: dict, listing: Path | None = None) -> Iterator[dict]:
-    """The archive's members in archive order, from the manifest's old field or from the tree listing at ``listing``."""
+@dataclass
+class ListingTally:
+    """What a read of the whole tree listing saw besides the archive's members, so no second read is needed.
+
+    ``holders``: every other backup the listing names as holding a file's bytes, with the
+    first path it names it for; verify proves each is a parent in the chain.
+    ``complete`` once the listing was read to its end.
+    """
+
+    entries: int = 0
+    files_here: int = 0
+    holders: dict[str, str] = field(default_factory=dict)
+    complete: bool = False
+
+
+def archive_entries(manifest: dict, listing: Path | None = None, tally: ListingTally | None = None) -> Iterator[dict]:
+    """The archive's members in archive order, from the manifest's old field or from the tree listing at ``listing``.
+
+    ``tally``: filled as the listing is read (left incomplete for the manifest's old field).
+    """
     if has_listing_inside(manifest):
         yield from manifest["source"]["files"]
         return
@@ -48,10 +67,30 @@ def archive_entries(manifest: dict, listing: Path | None = None) -> Iterator[dic
                                  "the manifest is not from a files or config backup, or the listing was not fetched",
                                  check="tar-listing")
     own, whole = manifest.get("backup_id"), not manifest.get("parent")
-    for entry in read_listing(listing):
+    tally = tally if tally is not None else ListingTally()
+    holders = tally.holders
+    known: set[bytes] = set()  # parents' ids, as they appear in a line, once a file entry named them
+    for line in listing_lines(listing):
+        tally.entries += 1
+        if not whole:
+            # Most of an incremental's lines are files held by a parent already named: a line
+            # that says so, in the compact form the listing is written in, needs no decoding.
+            # Inside a JSON string a quote is always escaped, so '"in":"' can only be the key.
+            at = line.find(_HOLDER)
+            if at >= 0 and line[at + 6:line.find(b'"', at + 6)] in known:
+                continue
+        entry = decode(line)
         if entry["type"] == "file":
-            if entry.get("in") != own:
+            holder = entry.get("in")
+            if holder != own:
+                if holder not in holders:
+                    holders[holder] = entry["path"]
+                    at = line.find(_HOLDER)
+                    if at >= 0 and isinstance(holder, str) and holder.isascii() and \
+                            line.startswith(holder.encode() + b'"', at + 6):  # written as it is, not escaped
+                        known.add(holder.encode())
                 continue  # its bytes live in a parent's archive
+            tally.files_here += 1
             member = entry.get("member")
             if member and member != entry["path"]:  # a hard link: the member names the one holding the bytes
                 yield {"path": entry["path"], "type": "hardlink", "size": 0, "link": member}
@@ -62,6 +101,10 @@ def archive_entries(manifest: dict, listing: Path | None = None) -> Iterator[dic
             if "link" in entry:
                 out["link"] = entry["link"]
             yield out
+    tally.complete = True
+
+
+_HOLDER = b'"in":"'
 
 
 class ListingMatch:

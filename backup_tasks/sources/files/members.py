@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
+from operator import itemgetter
 from pathlib import Path
 
 from backup_tasks.errors import SourceError
@@ -85,8 +86,8 @@ def _keep_picked(members: list[tuple[str, bool, bool]], roots: set[str]) -> list
     return [path for path, _, _ in members if path in needed]
 
 
-def select_members(target) -> tuple[Iterable[str], list[str]]:
-    """The absolute paths to archive for ``target`` and the warnings the walk raised.
+def select_members(target, warnings: list[str] | None = None) -> tuple[Iterable[str], list[str]]:
+    """The absolute paths to archive for ``target`` and the warnings the walk raised (appended to ``warnings``).
 
     A root itself is always archived (naming it in ``paths`` is an explicit choice);
     include/exclude apply below directory roots. The warnings list fills as the paths
@@ -95,7 +96,7 @@ def select_members(target) -> tuple[Iterable[str], list[str]]:
     held in memory; otherwise they are gathered first, to keep the directories leading
     to included paths and to archive each path once.
     """
-    warnings: list[str] = []
+    warnings = [] if warnings is None else warnings
     roots = [_checked_root(p, target.name) for p in target.paths]
     if not target.include and not _overlapping(roots):
         # roots in tree order, so the stream is in the listing's order (a directory's walk already is)
@@ -112,8 +113,7 @@ def _overlapping(roots: list[str]) -> bool:
 
 
 def _members(roots: list[str], target, warnings: list[str]) -> Iterator[str]:
-    for path, _, _ in _members_with_picks(roots, target, warnings):
-        yield path
+    return map(itemgetter(0), _members_with_picks(roots, target, warnings))  # no Python frame per path
 
 
 def _members_with_picks(roots: list[str], target, warnings: list[str]) -> Iterator[tuple[str, bool, bool]]:

@@ -27,7 +27,7 @@ from backup_tasks.sources.files.extract import (
 from backup_tasks.sources.files.changes import Chain, first_pass
 from backup_tasks.sources.files.final_listing import ArchiveSpool, second_pass
 from backup_tasks.sources.files.gnu_tar import gnu_tar_version, run_tar
-from backup_tasks.sources.files.listing import ListingMatch, archive_entries
+from backup_tasks.sources.files.listing import ListingMatch, ListingTally, archive_entries
 from backup_tasks.sources.files.members import select_members, write_member_list
 from backup_tasks.sources.files.tarstream import TarStreamError, scan_stream
 
@@ -60,7 +60,8 @@ class FilesSource:
                       "files": entries}
         else:
             full = chain.parent_listing is None
-            changes = first_pass(paths, chain, workdir, list_file, full=full)
+            changes = first_pass(paths, chain, workdir, list_file, full=full,
+                                 walk_again=lambda: select_members(target, _cleared(warnings))[0])
             del paths  # a gathered list (include patterns): the draft on disk holds the tree from here on
             spool = ArchiveSpool(workdir / "archive.jsonl")
             try:
@@ -79,13 +80,16 @@ class FilesSource:
             "warnings": warnings + tar_warnings,
         }
 
-    def check(self, plaintext: BinaryIO, manifest: dict, workdir: Path, listing: Path | None = None) -> dict:
+    def check(self, plaintext: BinaryIO, manifest: dict, workdir: Path, listing: Path | None = None,
+              tally: ListingTally | None = None) -> dict:
         """Scan the whole archive; its members and every file's sha256 must match the record, in order.
 
         ``listing``: the backup's tree listing, fetched and checked against the signed
         manifest; not needed for a backup whose manifest carries the file list.
+        ``tally``: filled with what the listing says beyond the archive's members (which
+        backups hold the other files), read in the same pass.
         """
-        match = ListingMatch(archive_entries(manifest, listing))
+        match = ListingMatch(archive_entries(manifest, listing, tally))
         counts = {"files_checked": 0, "entries_checked": 0, "bytes_checked": 0}
 
         def seen(entry: dict) -> None:
@@ -128,6 +132,12 @@ class FilesSource:
         counts, _ = extract(plaintext, real, strip_prefix=prefix, on_entry=match)
         match.close()
         return {"restored_to": str(dest), **counts, **stripped}
+
+
+def _cleared(warnings: list[str]) -> list[str]:
+    """The walk's warnings list, emptied for a walk that starts over (its own warnings replace the first's)."""
+    warnings.clear()
+    return warnings
 
 
 def source_prefix(manifest: dict, listing: Path | None = None) -> str:

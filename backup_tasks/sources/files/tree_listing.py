@@ -91,6 +91,12 @@ class ListingWriter:
         if len(self._lines) >= 1024:
             self._flush()
 
+    def write_lines(self, lines: bytes, count: int) -> None:
+        """``count`` entries already encoded, one JSON line each (every one ending in a newline), in one block."""
+        self._flush()
+        self._zst.write(lines)
+        self.count += count
+
     def _flush(self) -> None:
         self._zst.write(b"".join(self._lines))
         self._lines.clear()
