@@ -73,6 +73,7 @@ def test_the_data_is_loaded_before_the_hash_check_and_the_indexes_after_it(tmp_p
         copy = workdir / overlapped.ARCHIVE_NAME
         seen["mode"] = stat.S_IMODE(os.stat(copy).st_mode)
         seen["size"] = copy.stat().st_size
+        seen["on_disk"] = copy.stat().st_blocks * 512
         with pg(dest) as cur:
             cur.execute("SELECT count(*) FROM orders")
             seen["orders"] = cur.fetchone()[0]
@@ -83,6 +84,8 @@ def test_the_data_is_loaded_before_the_hash_check_and_the_indexes_after_it(tmp_p
         result = pg_restore.load(plaintext, {}, Server(engine="postgres", host="127.0.0.1", port=5432, user="postgres", database=dest),
                                  jobs=2, workdir=workdir, before_load=before_load)
     assert result["overlapped"] is True
+    # the file is as long as the archive, but only its header and TOC were written: the data is a hole
+    assert result["staged_bytes"] < archive.stat().st_size // 4 and seen.pop("on_disk") <= result["staged_bytes"] + 8192
     assert seen == {"mode": 0o600, "size": archive.stat().st_size, "orders": 2002, "order_indexes": 0}
     assert list(workdir.iterdir()) == []  # the private copy is gone
     assert pg_objects(dest) == pg_objects(source) and pg_checksums(dest) == pg_checksums(source)

@@ -10,6 +10,10 @@ Once the stream has ended and ``before_load`` (the digest check) passed, ``pg_re
 parallel jobs help most. With a single dominant table the data section is one COPY
 anyway, so nothing is lost by loading it with one job.
 
+The file holds only the archive's header and TOC, where they belong, and a hole for the
+data (custom_toc.py): post-data reads nothing else, so a restore needs no staging space
+the size of the database. An archive whose TOC cannot be located is written whole.
+
 Everything lands in the caller's staging database, which it only renames after this
 returned; a failure of either side stops the other (see ``load``).
 """
@@ -24,18 +28,19 @@ from typing import BinaryIO, Callable
 
 from backup_tasks.errors import DeadlineExceeded
 from backup_tasks.sources.db import pipes
+from backup_tasks.sources.postgres import custom_toc
 from backup_tasks.sources.tee import TeeReader
 
 ARCHIVE_NAME = "restore.pgdump"
 
 
-
 def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir: Path, what: str,
-         deadline: float | None = None, before_load: Callable[[], None] | None = None) -> tuple[pipes.Outcome, dict]:
+         deadline: float | None = None, before_load: Callable[[], None] | None = None) -> tuple[pipes.Outcome, dict, int]:
     """Restore ``plaintext`` with ``argv`` (pg_restore and its options), data streaming, post-data with ``jobs``.
 
-    Returns pg_restore's outcome and the seconds each phase took (the stream with the data
-    load, the digest check, post-data), which say where a slow restore spends its time.
+    Returns pg_restore's outcome, the seconds each phase took (the stream with the data
+    load, the digest check, post-data), which say where a slow restore spends its time,
+    and how many bytes the archive's file took on disk.
 
     A failing streaming pg_restore stops the tee at its next write (the pipe breaks) and
     its outcome comes back at once, without reading the rest of the stream; a failing
@@ -48,13 +53,17 @@ def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir:
     fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
-            tee = TeeReader(plaintext, fh.write)
+            # post-data reads only the archive's header and TOC: the data blocks, which the
+            # pipe already loaded, stay a hole in the file (no staging space, no copy)
+            kept = custom_toc.TocOnly(fh)
+            tee = TeeReader(plaintext, kept.write)
             first = pipes.feed_into([*argv, "--section=pre-data", "--section=data"], tee, env=env, what=what,
                                     deadline=deadline)
             if first.returncode != 0:
-                return first, seconds
-            # pg_restore stops reading after the last data block it needs; post-data needs the whole archive.
+                return first, seconds, kept.written
+            # pg_restore stops reading after the last data block it needs; the digest check needs the whole stream
             tee.drain()
+            kept.close()
         streamed = time.monotonic()
         seconds["stream_and_data"] = round(streamed - started, 3)
         if before_load:
@@ -68,6 +77,6 @@ def load(plaintext: BinaryIO, argv: list[str], *, jobs: int, env: dict, workdir:
         except subprocess.TimeoutExpired:
             raise DeadlineExceeded(f"{what} ran past its deadline and was stopped", "raise the time limit") from None
         seconds["post_data"] = round(time.monotonic() - checked, 3)
-        return pipes.Outcome(done.returncode, first.stderr + done.stderr), seconds
+        return pipes.Outcome(done.returncode, first.stderr + done.stderr), seconds, kept.written
     finally:
         archive.unlink(missing_ok=True)

@@ -135,8 +135,9 @@ def load(plaintext: BinaryIO, manifest: dict, server: Server, *, jobs: int = 1, 
     what = f"pg_restore into {server.database} on {server.address}"
     with dsn.pg_env(server) as env:
         phases: dict = {}
+        staged = None
         if jobs > 1:
-            outcome, phases = overlapped.load(plaintext, argv, jobs=jobs, env=env, workdir=workdir, what=what, deadline=deadline,
+            outcome, phases, staged = overlapped.load(plaintext, argv, jobs=jobs, env=env, workdir=workdir, what=what, deadline=deadline,
                                       before_load=before_load)
         else:
             outcome = pipes.feed_into([*argv, "--single-transaction"], plaintext, env=env, what=what, deadline=deadline)
@@ -144,7 +145,8 @@ def load(plaintext: BinaryIO, manifest: dict, server: Server, *, jobs: int = 1, 
         raise SourceError(f"{what} failed: {pipes.last_lines(_without_statements(outcome.stderr), secret=server.password)}",
                           "see the message; the half-restored database was removed")
     return {"jobs": jobs, "tables_selected": list(tables), "streamed": jobs == 1, "overlapped": jobs > 1,
-            "owners_and_grants": keep_owners, **({"load_seconds": phases} if phases else {})}
+            "owners_and_grants": keep_owners, **({"load_seconds": phases} if phases else {}),
+            **({"staged_bytes": staged} if staged is not None else {})}
 
 
 def _without_statements(stderr: str) -> str:
