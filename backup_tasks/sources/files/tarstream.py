@@ -205,6 +205,28 @@ class TarScanner:
                 pos = self._consume_header(view, pos, end)
         self.bytes_fed += end  # bytes after the end-of-archive blocks are record padding
 
+    def feed_to_end(self, data: bytes | bytearray | memoryview) -> int:
+        """Consume the last bytes of one archive of several being joined, up to its end-of-archive blocks.
+
+        Returns how many bytes of ``data`` belong to members; what follows (the zero
+        blocks and record padding) is the caller's to drop, and the next archive's
+        members continue this listing. ``data`` must start where a header or member
+        content may start (a multiple of 512 bytes into the archive). TarStreamError
+        when ``data`` ends before the end-of-archive block.
+        """
+        view = memoryview(data).cast("B")
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._left or self._pad:
+                pos = self._consume_content(view, pos, end)
+            elif view[pos : pos + BLOCK] == _ZERO_BLOCK:
+                self.bytes_fed += pos
+                return pos
+            else:
+                pos = self._consume_header(view, pos, end)
+        self.bytes_fed += pos
+        raise TarStreamError(f"a joined tar stream part ends without its end-of-archive block after {self.bytes_fed} bytes")
+
     def _consume_content(self, view: memoryview, pos: int, end: int) -> int:
         if self._left:
             take = min(self._left, end - pos)
