@@ -437,6 +437,6 @@ def test_a_device_the_record_does_not_list_is_refused_by_the_extractor_itself(tm
     """plan_restore refuses devices the record names; one only in the archive meets the per-member check."""
     data = crafted([("ok.txt", tarfile.REGTYPE, b"fine"), ("dev", tarfile.CHRTYPE, None)])
     record = {"source": {"files": scan_stream(io.BytesIO(data))[:1]}}
-    with pytest.raises(VerificationFailed, match="'dev'.*character device members are never restored") as err:
+    with pytest.raises(VerificationFailed, match="'dev'.*special members are never restored") as err:
         source_for("files").restore(io.BytesIO(data), record, tmp_path / "dest", force=False, dry_run=False)
     assert err.value.check == "tar-safety" and not (tmp_path / "dest" / "dev").exists()
