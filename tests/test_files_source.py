@@ -440,3 +440,18 @@ def test_a_device_the_record_does_not_list_is_refused_by_the_extractor_itself(tm
     with pytest.raises(VerificationFailed, match="'dev'.*special members are never restored") as err:
         source_for("files").restore(io.BytesIO(data), record, tmp_path / "dest", force=False, dry_run=False)
     assert err.value.check == "tar-safety" and not (tmp_path / "dest" / "dev").exists()
+
+
+def test_a_stripped_restore_keeps_hard_links_and_refuses_one_to_a_member_left_out(tree, tmp_path):
+    source = source_for("files")
+    data, manifest = dump(source, target(tree), tmp_path)
+    dest = tmp_path / "flat"
+    result = source.restore(io.BytesIO(data), manifest, dest, force=False, dry_run=False, strip_source_path=True)
+    assert (dest / "bin" / "start.sh").samefile(dest / "bin" / "run.sh") and result["links"] == 3
+    assert stat.S_IMODE((dest / "secret.key").stat().st_mode) == 0o400
+
+    outside = crafted([("srv/other", tarfile.REGTYPE, b"left out"), ("srv/app/link", tarfile.LNKTYPE, "srv/other")])
+    record = {"source": {"roots": ["/srv/app"], "files": scan_stream(io.BytesIO(outside))}}
+    with pytest.raises(VerificationFailed, match="a hard link to a member outside the stripped path") as err:
+        source.restore(io.BytesIO(outside), record, tmp_path / "flat2", force=False, dry_run=False, strip_source_path=True)
+    assert err.value.check == "tar-safety" and not (tmp_path / "flat2" / "link").exists()
