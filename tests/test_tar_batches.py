@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import subprocess
 import tarfile
 from pathlib import Path
 
 from backup_tasks.sources.files import tar_batches
-from backup_tasks.sources.files.gnu_tar import run_tar
+from backup_tasks.sources.files.gnu_tar import _TAIL, _HeldTail, run_tar
 from backup_tasks.sources.files.tarstream import scan_stream
 
 
@@ -67,3 +68,17 @@ def test_joined_runs_make_the_archive_one_run_makes(tmp_path):
     assert scan_stream(io.BytesIO(joined.getvalue())) == entries_one  # one end-of-archive, at the end
     listed_by_tar = subprocess.run(["tar", "-t"], input=joined.getvalue(), capture_output=True, check=True).stdout
     assert len(listed_by_tar.splitlines()) == 20
+
+
+def test_the_held_tail_passes_on_blocks_and_keeps_the_last_bytes_whatever_the_reads():
+    data = os.urandom(100 * 512)
+    for seed in range(20):
+        rng, held, passed = random.Random(seed), _HeldTail(), b""
+        pos = 0
+        while pos < len(data):
+            size = rng.choice([1, 511, 512, 4000, _TAIL, 30_000])
+            for piece in held.push(data[pos : pos + size]):
+                passed += bytes(piece)
+            assert len(passed) % 512 == 0  # the tail starts on a block
+            pos += size
+        assert passed + held.tail == data and _TAIL <= len(held.tail) < _TAIL + 512

@@ -28,19 +28,30 @@ _READ = 1 << 20
 
 
 def names(list_file: Path) -> Iterator[bytes]:
-    """The NUL-terminated names of ``list_file``, read in pieces."""
+    """The NUL-terminated names of ``list_file``, read in pieces (one name made at a time, no list of them)."""
     pending = b""
     with open(list_file, "rb") as f:
         while chunk := f.read(_READ):
-            *whole, pending = (pending + chunk).split(b"\0")
-            yield from whole
+            buf, start = pending + chunk, 0
+            while (end := buf.find(b"\0", start)) >= 0:
+                yield buf[start:end]
+                start = end + 1
+            pending = buf[start:]
     if pending:
         yield pending
 
 
+def _count(list_file: Path) -> int:
+    count, last = 0, b"\0"
+    with open(list_file, "rb") as f:
+        while chunk := f.read(_READ):
+            count, last = count + chunk.count(b"\0"), chunk[-1:]
+    return count + (last != b"\0")
+
+
 def batch_sizes(list_file: Path, batch: int = BATCH) -> list[int]:
     """How many names each tar run takes, in order; one run (or none) for a list of at most ``batch`` names."""
-    total = sum(1 for _ in names(list_file))
+    total = _count(list_file)
     if total <= batch:
         return [total] if total else []
     spans = _link_spans(list_file)
