@@ -346,12 +346,15 @@ def crafted(members) -> bytes:
         [("ok.txt", tarfile.REGTYPE, b"fine"), ("{outside}/evil", tarfile.REGTYPE, b"pwned")],
         [("escape", tarfile.SYMTYPE, "{outside}"), ("escape/evil", tarfile.REGTYPE, b"pwned")],
         [("up", tarfile.SYMTYPE, "../outside"), ("up/evil", tarfile.REGTYPE, b"pwned")],
+        [("d/one", tarfile.REGTYPE, b"fine"), ("d/out", tarfile.SYMTYPE, "{outside}"), ("d/two", tarfile.REGTYPE, b"fine"),
+         ("d/out/evil", tarfile.REGTYPE, b"pwned")],
         [("escape", tarfile.SYMTYPE, "{outside}/victim"), ("hard", tarfile.LNKTYPE, "escape")],
         [("hard", tarfile.LNKTYPE, "../outside/victim")],
         [("dev", tarfile.CHRTYPE, None)],
+        [("ok.txt", tarfile.REGTYPE, b"fine"), ("pipe", tarfile.FIFOTYPE, None)],
     ],
-    ids=["dotdot", "absolute", "through-absolute-symlink", "through-relative-symlink",
-         "hardlink-via-symlink", "hardlink-outside", "device"],
+    ids=["dotdot", "absolute", "through-absolute-symlink", "through-relative-symlink", "through-symlink-among-files",
+         "hardlink-via-symlink", "hardlink-outside", "device", "fifo"],
 )
 def test_a_crafted_archive_is_refused_and_nothing_lands_outside_dest(tmp_path, members):
     outside = tmp_path / "outside"
@@ -428,3 +431,27 @@ def test_dry_run_writes_nothing_and_lists_what_would_be_written(tree, tmp_path):
     write(tmp_path / "busy" / "x", b"x")
     with pytest.raises(RestoreRefused):
         source.restore(io.BytesIO(data), manifest, tmp_path / "busy", force=False, dry_run=True)
+
+
+def test_a_device_the_record_does_not_list_is_refused_by_the_extractor_itself(tmp_path):
+    """plan_restore refuses devices the record names; one only in the archive meets the per-member check."""
+    data = crafted([("ok.txt", tarfile.REGTYPE, b"fine"), ("dev", tarfile.CHRTYPE, None)])
+    record = {"source": {"files": scan_stream(io.BytesIO(data))[:1]}}
+    with pytest.raises(VerificationFailed, match="'dev'.*special members are never restored") as err:
+        source_for("files").restore(io.BytesIO(data), record, tmp_path / "dest", force=False, dry_run=False)
+    assert err.value.check == "tar-safety" and not (tmp_path / "dest" / "dev").exists()
+
+
+def test_a_stripped_restore_keeps_hard_links_and_refuses_one_to_a_member_left_out(tree, tmp_path):
+    source = source_for("files")
+    data, manifest = dump(source, target(tree), tmp_path)
+    dest = tmp_path / "flat"
+    result = source.restore(io.BytesIO(data), manifest, dest, force=False, dry_run=False, strip_source_path=True)
+    assert (dest / "bin" / "start.sh").samefile(dest / "bin" / "run.sh") and result["links"] == 3
+    assert stat.S_IMODE((dest / "secret.key").stat().st_mode) == 0o400
+
+    outside = crafted([("srv/other", tarfile.REGTYPE, b"left out"), ("srv/app/link", tarfile.LNKTYPE, "srv/other")])
+    record = {"source": {"roots": ["/srv/app"], "files": scan_stream(io.BytesIO(outside))}}
+    with pytest.raises(VerificationFailed, match="a hard link to a member outside the stripped path") as err:
+        source.restore(io.BytesIO(outside), record, tmp_path / "flat2", force=False, dry_run=False, strip_source_path=True)
+    assert err.value.check == "tar-safety" and not (tmp_path / "flat2" / "link").exists()

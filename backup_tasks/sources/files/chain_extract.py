@@ -28,7 +28,8 @@ from typing import BinaryIO, Callable, ContextManager, Iterable
 
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, VerificationFailed
-from backup_tasks.sources.files.extract import TAR_BUFFER, _inside, _refuse, _unsafe_name
+from backup_tasks.sources.files.extract import TAR_BUFFER
+from backup_tasks.sources.files.member_writer import inside as _inside, refuse as _refuse, unsafe_name as _unsafe_name
 from backup_tasks.sources.files.tree_listing import decode, encode, key, read_listing
 
 _REMEDY = "do not trust this backup; restore from another copy; the destination may hold a partial restore, delete it"

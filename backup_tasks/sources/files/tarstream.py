@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from typing import BinaryIO, Callable, NamedTuple
+from typing import BinaryIO, Callable, NamedTuple, Protocol
 
 from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError
@@ -63,6 +63,19 @@ class TarStreamError(PermanentError):
 
     def __init__(self, message: str, remedy: str = _REMEDY) -> None:
         super().__init__(message, remedy)
+
+
+class MemberSink(Protocol):
+    """What hears a member's content as it passes (the restore writes it); any exception stops the scan."""
+
+    def begin(self, entry: dict, pax: dict[str, str]) -> None:
+        """A member starts; ``entry`` lacks its sha256 yet, ``pax`` holds its extended header records."""
+
+    def data(self, chunk: memoryview) -> None:
+        """Content of the regular file begun last (a view valid only during the call)."""
+
+    def end(self, entry: dict) -> None:
+        """The member's content has passed; ``entry`` is complete, before ``on_entry`` hears it."""
 
 
 class _Header(NamedTuple):
@@ -173,12 +186,14 @@ class TarScanner:
 
     With ``on_entry``, each member's entry (its sha256 included) goes to that callback as
     soon as its content has passed, and none is kept: a caller that compares as it reads
-    then holds one entry, whatever the number of members.
+    then holds one entry, whatever the number of members. With ``sink``, each member's
+    start, content and end go there too, so one parse of the stream also restores it.
     """
 
-    def __init__(self, on_entry: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, on_entry: Callable[[dict], None] | None = None, sink: MemberSink | None = None) -> None:
         self.entries: list[dict] = []
         self._on_entry = on_entry
+        self._sink = sink
         self.bytes_fed = 0
         self._header = bytearray()  # a header block split across chunks
         self._left = 0  # content bytes of the current member still to come
@@ -205,11 +220,35 @@ class TarScanner:
                 pos = self._consume_header(view, pos, end)
         self.bytes_fed += end  # bytes after the end-of-archive blocks are record padding
 
+    def feed_to_end(self, data: bytes | bytearray | memoryview) -> int:
+        """Consume the last bytes of one archive of several being joined, up to its end-of-archive blocks.
+
+        Returns how many bytes of ``data`` belong to members; what follows (the zero
+        blocks and record padding) is the caller's to drop, and the next archive's
+        members continue this listing. ``data`` must start where a header or member
+        content may start (a multiple of 512 bytes into the archive). TarStreamError
+        when ``data`` ends before the end-of-archive block.
+        """
+        view = memoryview(data).cast("B")
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._left or self._pad:
+                pos = self._consume_content(view, pos, end)
+            elif view[pos : pos + BLOCK] == _ZERO_BLOCK:
+                self.bytes_fed += pos
+                return pos
+            else:
+                pos = self._consume_header(view, pos, end)
+        self.bytes_fed += pos
+        raise TarStreamError(f"a joined tar stream part ends without its end-of-archive block after {self.bytes_fed} bytes")
+
     def _consume_content(self, view: memoryview, pos: int, end: int) -> int:
         if self._left:
             take = min(self._left, end - pos)
             if self._hash is not None:
                 self._hash.update(view[pos : pos + take])
+                if self._sink is not None:
+                    self._sink.data(view[pos : pos + take])
             elif self._meta is not None:
                 self._meta += view[pos : pos + take]
             self._left -= take
@@ -284,6 +323,8 @@ class TarScanner:
             self.entries.append(entry)
         self._member = entry
         self._hash = hashlib.sha256() if kind == "file" else None
+        if self._sink is not None:
+            self._sink.begin(entry, pending)
         self._expect(entry["size"])
 
     def _expect(self, size: int) -> None:
@@ -302,6 +343,8 @@ class TarScanner:
             if self._hash is not None:
                 self._member["sha256"] = self._hash.hexdigest()
                 self._hash = None
+            if self._sink is not None:
+                self._sink.end(self._member)
             if self._on_entry is not None:
                 self._on_entry(self._member)
         self._member = None
