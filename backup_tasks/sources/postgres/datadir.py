@@ -73,28 +73,34 @@ def extract(plaintext: BinaryIO, dest: Path, report: dict) -> dict:
 
 def _unpack(stream: BinaryIO, into: Path, archive: str) -> int:
     count = 0
+    made: set[Path] = {into}  # directories known to exist: a data directory's thousand files need no mkdir each
     for m, content in tar_reader.members(stream):
         _refuse_unsafe(m, archive)
-        _write(m, content, into)
+        _write(m, content, into, made)
         count += 1
     return count
 
 
-def _write(m: tar_reader.Member, content: tar_reader.MemberReader, into: Path) -> None:
+def _write(m: tar_reader.Member, content: tar_reader.MemberReader, into: Path, made: set[Path]) -> None:
     """One checked member: what tarfile's "data" filter allows (no set-id bits, nothing writable by others)."""
     path = into / m.name
     if m.isdir():
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path, (m.mode & 0o755) | 0o700)
+        made.add(path)
         return
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent not in made:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        made.add(path.parent)
     # O_NOFOLLOW: nothing in the archive makes a link, and nothing outside the tree is ever written through one
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
+    with os.fdopen(fd, "wb", buffering=0) as out:  # unbuffered: the chunks are large, a buffer would only copy them
         while chunk := content.read(defaults.CHUNK_SIZE):
-            out.write(chunk)
-        os.fchmod(out.fileno(), (m.mode & 0o755) | 0o600)
-    os.utime(path, (m.mtime, m.mtime))
+            view = memoryview(chunk)
+            while view:
+                view = view[out.write(view):]
+        os.fchmod(fd, (m.mode & 0o755) | 0o600)
+        os.utime(fd, (m.mtime, m.mtime))  # after the last write, which would set it again
 
 
 def _refuse_unsafe(m: tar_reader.Member, archive: str) -> None:
