@@ -58,7 +58,12 @@ class Following:
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             return b"".join(iter(lambda: self.read(1 << 20), b""))
-        out = bytearray()
+        data = self._fh.read(n)
+        if len(data) == n:  # the usual case, behind the producer: no copy into a buffer and out again
+            self._hash.update(data)
+            self.size += n
+            return data
+        out = bytearray(data)
         wait = FIRST_WAIT
         while len(out) < n:
             data = self._fh.read(n - len(out))
