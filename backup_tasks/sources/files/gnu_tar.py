@@ -17,6 +17,7 @@ what is *in the archive*, not what the walk saw, so ``check`` compares like with
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import subprocess
 from pathlib import Path
@@ -58,6 +59,14 @@ def _tar_argv(list_file: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _widen(fd: int) -> None:
+    """A 1 MiB pipe from tar instead of 64 KiB: tar and this reader then take turns sixteen times less often."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK_SIZE)
+    except (OSError, AttributeError):  # another OS, or a lower limit: the default pipe only costs more wake-ups
+        pass
+
+
 def _classify_stderr(stderr: str) -> tuple[list[str], list[str]]:
     """Split tar's messages into (warnings, errors); vanished files are warnings."""
     warnings, errors = [], []
@@ -90,8 +99,14 @@ def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str,
             stderr=stderr,
             env=tool_env(LC_ALL="C.UTF-8"),  # English messages we can classify
         )
+        _widen(proc.stdout.fileno())
+        # One buffer, filled again and again: a fresh 1 MiB object per read costs page faults
+        # (a new mapping each time) in the one loop every byte of the tree passes through.
+        buffer = bytearray(CHUNK_SIZE)
+        view = memoryview(buffer)
         try:
-            while chunk := proc.stdout.read(CHUNK_SIZE):
+            while n := proc.stdout.readinto(buffer):
+                chunk = view[:n]
                 out.write(chunk)
                 scanner.feed(chunk)
         except BaseException:
