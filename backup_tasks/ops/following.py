@@ -73,7 +73,10 @@ class Following:
                 continue
             if self.seal is not None:
                 break  # sealed, and nothing more after it: the end
-            if self._at_end():
+            # The seal and the producer's claim are looked at only once a first nap brought
+            # nothing: a producer still writing is caught up with in one nap, and the look
+            # (two files opened, a lock tried) cost more than the nap on every catch-up.
+            if wait > FIRST_WAIT and self._at_end():
                 continue  # just sealed: once more for what was written before the seal
             time.sleep(wait)
             wait = min(wait * 2, MOST_WAIT)

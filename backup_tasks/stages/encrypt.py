@@ -26,9 +26,9 @@ def encrypt(src: BinaryIO, dst: BinaryIO, recipients: list[x25519.Recipient]) ->
     would hide a typed error of the reader (a staged file that fails its seal, or whose
     producer is gone) or the writer's ENOSPC behind "unexpected".
     """
-    reader, writer = _Remembering(buffered(src)), _Remembering(dst)
+    reader, writer = _Remembering(src), _Remembering(dst)
     try:
-        pyrage.encrypt_io(reader, writer, recipients)
+        pyrage.encrypt_io(buffered(reader), writer, recipients)  # the reader remembers below the buffer: once per MiB
     except Exception:
         for side in (reader, writer):  # a full disk under the output must still read as ENOSPC
             if side.error is not None:
