@@ -58,7 +58,12 @@ class Following:
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             return b"".join(iter(lambda: self.read(1 << 20), b""))
-        out = bytearray()
+        data = self._fh.read(n)
+        if len(data) == n:  # the usual case, behind the producer: no copy into a buffer and out again
+            self._hash.update(data)
+            self.size += n
+            return data
+        out = bytearray(data)
         wait = FIRST_WAIT
         while len(out) < n:
             data = self._fh.read(n - len(out))
@@ -68,7 +73,10 @@ class Following:
                 continue
             if self.seal is not None:
                 break  # sealed, and nothing more after it: the end
-            if self._at_end():
+            # The seal and the producer's claim are looked at only once a first nap brought
+            # nothing: a producer still writing is caught up with in one nap, and the look
+            # (two files opened, a lock tried) cost more than the nap on every catch-up.
+            if wait > FIRST_WAIT and self._at_end():
                 continue  # just sealed: once more for what was written before the seal
             time.sleep(wait)
             wait = min(wait * 2, MOST_WAIT)

@@ -6,6 +6,7 @@ age was chosen so that ``age -d -i KEY FILE | zstd -d`` restores without our cod
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import threading
 from typing import BinaryIO
@@ -27,7 +28,7 @@ def encrypt(src: BinaryIO, dst: BinaryIO, recipients: list[x25519.Recipient]) ->
     """
     reader, writer = _Remembering(src), _Remembering(dst)
     try:
-        pyrage.encrypt_io(reader, writer, recipients)
+        pyrage.encrypt_io(buffered(reader), writer, recipients)  # the reader remembers below the buffer: once per MiB
     except Exception:
         for side in (reader, writer):  # a full disk under the output must still read as ENOSPC
             if side.error is not None:
@@ -67,21 +68,29 @@ class _Remembering:
         return True
 
 
-class _PipeWriter:
-    """Write end handed to pyrage; os.write on a pipe releases the GIL while the reader catches up."""
+#: pyrage reads and writes 8 KiB at a time; a buffer of this size between it and a Python stream
+#: turns 128 calls through Python wrappers (follower, progress, hashing) into one
+BUFFER_BYTES = 1 << 20
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
 
-    def write(self, data) -> int:
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+class _Raw(io.RawIOBase):
+    """Any object with ``read(n)`` as the raw stream under an ``io.BufferedReader``; closing it leaves the inner one open."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self._inner.read(len(buf))
+        buf[:len(data)] = data
         return len(data)
 
-    def flush(self) -> None:
-        pass
+
+def buffered(src: BinaryIO) -> BinaryIO:
+    """``src`` read in 1 MiB pieces whatever size pyrage asks for; an error of ``src`` comes out unchanged."""
+    return io.BufferedReader(_Raw(src), BUFFER_BYTES)
 
 
 #: a pipe of 1 MiB (Linux's default limit for unprivileged processes) instead of 64 KiB: each
@@ -113,14 +122,17 @@ class _PumpedReader:
         self._thread.start()
 
     def _pump(self, push, src: BinaryIO, keys, write_fd: int) -> None:
+        # FileIO's write releases the GIL while the reader catches up, and the buffer makes
+        # pyrage's 8 KiB writes one system call per MiB
+        out = os.fdopen(write_fd, "wb", buffering=BUFFER_BYTES)
         try:
-            push(src, _PipeWriter(write_fd), keys)
+            push(buffered(src), out, keys)
         except BaseException as exc:  # reported to the reading side in read()
             self._error = exc
         finally:
             try:
-                os.close(write_fd)
-            except OSError:
+                out.close()
+            except OSError:  # the reader closed its end first (it gave up): nothing is waiting for the rest
                 pass
 
     def read(self, n: int = -1) -> bytes:

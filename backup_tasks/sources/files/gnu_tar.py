@@ -17,6 +17,7 @@ what is *in the archive*, not what the walk saw, so ``check`` compares like with
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import subprocess
 from pathlib import Path
@@ -61,6 +62,14 @@ def _tar_argv(list_file: Path) -> list[str]:
         "--pax-option=delete=atime,delete=ctime",
         "-C", "/", "--no-recursion", "--null", "--verbatim-files-from", "-T", str(list_file),
     ]  # fmt: skip
+
+
+def _widen(fd: int) -> None:
+    """A 1 MiB pipe from tar instead of 64 KiB: tar and this reader then take turns sixteen times less often."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK_SIZE)
+    except (OSError, AttributeError):  # another OS, or a lower limit: the default pipe only costs more wake-ups
+        pass
 
 
 def _classify_stderr(stderr: str) -> tuple[list[str], list[str]]:
@@ -127,13 +136,23 @@ def _run_one(list_file: Path, out: BinaryIO, scanner: TarScanner, stderr: Binary
         stderr=stderr,
         env=tool_env(LC_ALL="C.UTF-8"),  # English messages we can classify
     )
+    _widen(proc.stdout.fileno())
     held = _HeldTail()
     try:
-        while chunk := proc.stdout.read(CHUNK_SIZE):
-            for piece in ((chunk,) if last else held.push(chunk)):
-                out.write(piece)
-                scanner.feed(piece)
-        if not last:
+        if last:
+            # One buffer, filled again and again: a fresh 1 MiB object per read costs page faults
+            # (a new mapping each time) in the one loop every byte of the tree passes through.
+            buffer = bytearray(CHUNK_SIZE)
+            view = memoryview(buffer)
+            while n := proc.stdout.readinto(buffer):
+                chunk = view[:n]
+                out.write(chunk)
+                scanner.feed(chunk)
+        else:  # the held tail keeps the bytes it holds back, so each read is an object of its own
+            while chunk := proc.stdout.read(CHUNK_SIZE):
+                for piece in held.push(chunk):
+                    out.write(piece)
+                    scanner.feed(piece)
             out.write(held.tail[: scanner.feed_to_end(held.tail)])
     except BaseException:
         proc.kill()  # e.g. the staging disk is full: do not leave tar blocked on its pipe
