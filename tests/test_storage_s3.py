@@ -316,7 +316,10 @@ def test_s3_outage_mid_upload_fails_clearly_keeps_the_local_copy_and_a_rerun_suc
         tree = tmp_path / "tree"
         tree.mkdir()
         (tree / "blob").write_bytes(os.urandom(24 * MiB))  # incompressible: ~24 MiB to upload
+        # One task-level retry shows the upload stage is retried as a whole; the default five
+        # would only repeat the same failure, each after its backoff, for half a minute more.
         cfg = make_config(f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["local", "offsite"]\n',
+                          settings="task_max_retries = 1\n",
                           tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "store"}"\n'
                                 + s3_tier_toml(server, bucket, bandwidth_limit="6MiB"))
         rt = runtime_for(cfg)
