@@ -356,6 +356,8 @@ def test_s3_outage_mid_upload_fails_clearly_keeps_the_local_copy_and_a_rerun_suc
         assert verify_backup(rt, run.id)["status"] == "verified"
 
         server.start()  # the endpoint is back: the next run succeeds and leaves no parts behind
+        # Still a multipart upload (two 8 MiB parts), without four seconds at the bandwidth limit.
+        (tree / "blob").write_bytes(os.urandom(9 * MiB))
         again = client.enqueue_backup("t", rt=rt).wait()
         assert again["status"] == "verified" and [l["tier"] for l in again["locations"]] == ["local", "offsite"]
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
