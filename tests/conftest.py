@@ -27,6 +27,17 @@ REDIS_HOST = "127.0.0.1"
 REDIS_DBS = 16
 
 
+def pytest_sessionstart(session):
+    """Compile backup_tasks once, up front: with PYTHONDONTWRITEBYTECODE set (as in CI), every backupctl,
+    worker, beat and archive_command process the suite starts (hundreds) would otherwise compile the
+    modules it imports again, about a quarter of a second of CPU each."""
+    import compileall
+
+    import backup_tasks
+
+    compileall.compile_dir(Path(backup_tasks.__file__).parent, quiet=1)
+
+
 @pytest.fixture(scope="session")
 def session_keys(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("keys") / "k"
