@@ -362,4 +362,4 @@ def test_s3_outage_mid_upload_fails_clearly_keeps_the_local_copy_and_a_rerun_suc
         assert again["status"] == "verified" and [l["tier"] for l in again["locations"]] == ["local", "offsite"]
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     finally:
-        server.stop()
+        server.kill()
