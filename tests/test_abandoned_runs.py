@@ -152,7 +152,8 @@ def test_a_run_whose_next_stage_message_is_lost_is_failed_and_freed_but_not_whil
     assert json.loads(queued)["headers"]["task"] == "backup.compress"
     os.killpg(worker.proc.pid, signal.SIGKILL)
     worker.proc.wait()
-    time.sleep(TIMEOUT + 1)  # the run's last beat is older than run_heartbeat_timeout
+    wait_for(lambda: any(b.run_id == run.id and (datetime.now(timezone.utc) - b.beat_at).total_seconds() > TIMEOUT + 0.5
+                         for b in rt.catalog.heartbeats()), 30, "the run's last beat to be older than run_heartbeat_timeout")
 
     # Its message is still queued: a long wait on a busy host, not a lost run.
     report = json.loads(run_cli("watchdog", "--json", config=cfg, env={"BACKUP_BROKER_URL": redis_url}, check=0).stdout)

@@ -461,11 +461,13 @@ def test_a_reencryption_held_back_by_an_object_lock_is_retried_by_the_daily_job_
     # The stored copy is put under a COMPLIANCE lock that ends in a few seconds (a tier's own locks last whole days),
     # and the tier is then configured as the locking tier it is.
     key = rt.catalog.get(run["id"]).locations[-1].key
-    # long enough for the two CLI calls below to run inside it on a loaded machine
-    lock_ends = datetime.now(timezone.utc) + timedelta(seconds=12)
-    s3_server.client().put_object_retention(Bucket=bucket, Key=key, Retention={"Mode": "COMPLIANCE", "RetainUntilDate": lock_ends})
     site.tiers = local + s3_tier_toml(s3_server, bucket, max_age_days=1, object_lock="compliance")
+    started = time.monotonic()
     site.apply(cli_json("keys", "rotate", "--out", str(tmp_path / "keys-b"), config=site.config))
+    # Long enough for the reencrypt call below (a CLI call like the one just timed) and the daily
+    # job to run inside it however loaded the machine is, and no longer: the test waits it out.
+    lock_ends = datetime.now(timezone.utc) + timedelta(seconds=max(4.0, 4 * (time.monotonic() - started)))
+    s3_server.client().put_object_retention(Bucket=bucket, Key=key, Retention={"Mode": "COMPLIANCE", "RetainUntilDate": lock_ends})
 
     [skipped] = cli_json("reencrypt", config=site.config)["backups"]
     assert skipped["outcome"] == "skipped" and "Object-Locked until" in skipped["reason"]

@@ -316,7 +316,10 @@ def test_s3_outage_mid_upload_fails_clearly_keeps_the_local_copy_and_a_rerun_suc
         tree = tmp_path / "tree"
         tree.mkdir()
         (tree / "blob").write_bytes(os.urandom(24 * MiB))  # incompressible: ~24 MiB to upload
+        # One task-level retry shows the upload stage is retried as a whole; the default five
+        # would only repeat the same failure, each after its backoff, for half a minute more.
         cfg = make_config(f'[targets.t]\nkind = "files"\npaths = ["{tree}"]\nstorage = ["local", "offsite"]\n',
+                          settings="task_max_retries = 1\n",
                           tiers=f'[tiers.local]\nkind = "local"\npath = "{tmp_path / "store"}"\n'
                                 + s3_tier_toml(server, bucket, bandwidth_limit="6MiB"))
         rt = runtime_for(cfg)
@@ -353,8 +356,10 @@ def test_s3_outage_mid_upload_fails_clearly_keeps_the_local_copy_and_a_rerun_suc
         assert verify_backup(rt, run.id)["status"] == "verified"
 
         server.start()  # the endpoint is back: the next run succeeds and leaves no parts behind
+        # Still a multipart upload (two 8 MiB parts), without four seconds at the bandwidth limit.
+        (tree / "blob").write_bytes(os.urandom(9 * MiB))
         again = client.enqueue_backup("t", rt=rt).wait()
         assert again["status"] == "verified" and [l["tier"] for l in again["locations"]] == ["local", "offsite"]
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     finally:
-        server.stop()
+        server.kill()
