@@ -88,7 +88,7 @@ def test_the_read_back_refuses_a_copy_that_differs_or_decrypts_to_other_bytes(tm
     assert seen and seen[-1] == ("verify", len(stored), len(stored))
 
     with pytest.raises(VerificationFailed) as other_plain:  # decrypts, but not to what was encrypted
-        reencrypt_verify.read_back_decrypting(rt, "local", "t/b1/data.r2.age", doc, digest(plain[:-1] + b"?"), None)
+        reencrypt_verify.read_back_decrypting(rt, "local", "t/b1/data.r2.age", doc, digest(plain[:-1] + bytes([plain[-1] ^ 1])), None)
     assert other_plain.value.check == "plaintext-sha256"
 
     damaged = bytearray(stored)
