@@ -152,20 +152,23 @@ class TocOnly:
             self._put(chunk)
         elif self._held is not None:
             self._held += chunk
-            if len(self._held) < self._retry_at:
-                return
-            try:
-                end = toc_end(bytes(self._held))
-            except Incomplete:
-                if len(self._held) > self._limit:
-                    self._keep_whole()
-                self._retry_at = 2 * len(self._held)
-                return
-            if end is None:
+            if len(self._held) >= self._retry_at:
+                self._settle()
+
+    def _settle(self) -> None:
+        """Look for the TOC's end in what is held: write up to it, or the whole stream when it cannot be found."""
+        try:
+            end = toc_end(bytes(self._held))
+        except Incomplete:
+            if len(self._held) > self._limit:
                 self._keep_whole()
-            else:
-                self._put(self._held[:end])
-                self._held = None
+            self._retry_at = 2 * len(self._held)
+            return
+        if end is None:
+            self._keep_whole()
+        else:
+            self._put(self._held[:end])
+            self._held = None
 
     def _keep_whole(self) -> None:
         self._whole = True
@@ -179,8 +182,7 @@ class TocOnly:
     def close(self) -> None:
         """Settle what is still held (a TOC not found by the stream's end: keep it whole), then set the full length."""
         if self._held is not None:
-            self._retry_at = 0
-            self.write(b"")  # one last look for the TOC's end in what the stream left
+            self._settle()  # one last look for the TOC's end in what the stream left
         if self._held is not None:
             self._keep_whole()
         self._fh.flush()
