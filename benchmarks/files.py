@@ -65,6 +65,8 @@ import zstandard
 
 from backup_tasks.records import keys as keys_mod
 
+import floors  # the chain's passes by the standard tools alone (this directory is on sys.path when run or imported)
+
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "benchmarks" / "out"
 PY = sys.executable
@@ -583,7 +585,11 @@ def baseline(tree: Path, keys_dir: Path, scratch: Path) -> dict:
     readback_s, readback_cpu = timed_sh(f"age -d -i {q(identity)} {q(out)} | zstd -d -q | tar -tvf - > /dev/null")
     out.unlink()
     sh("sync")
-    return {"backup_seconds": backup_s, "readback_seconds": readback_s, "total_seconds": round(backup_s + readback_s, 3),
+    warm(tree)
+    # every file's sha256 (in the dump and in verify) is a pass over the same bytes: one more tee each
+    floor = floors.chain_floor(f"tar -cf - -C / {q(str(tree).lstrip('/'))}", "tar -tvf - > /dev/null", recipient, identity,
+                               scratch / "floor.tar.zst.age", dump_hashes=3, verify_hashes=2)
+    return {"tools_floor": floor, "backup_seconds": backup_s, "readback_seconds": readback_s, "total_seconds": round(backup_s + readback_s, 3),
             "stored_bytes": stored, "sync_after_backup_seconds": sync_s, "loadavg_1m_before": load,
             "cpu_seconds": round(backup_cpu + readback_cpu, 2), "backup_cpu_seconds": backup_cpu, "readback_cpu_seconds": readback_cpu}
 
@@ -788,6 +794,10 @@ def summary_rows(results: dict) -> list[list[str]]:
         if base:
             rows.append([case, "baseline tar|zstd|age + read-back", f"{base['backup_seconds']:.1f} + {base['readback_seconds']:.1f} = {bt:.1f}",
                          "1.00", f"{base.get('cpu_seconds', 0):.1f}", "-", "-"])
+            if base.get("tools_floor"):
+                fl = base["tools_floor"]
+                rows.append([case, "the chain's passes by the tools alone (floors.py)", f"{fl['seconds']:.1f}",
+                             f"{fl['seconds'] / bt:.2f}", f"{fl['cpu_seconds']:.1f}", "-", "-"])
         for mode in ("embedded", "redis"):
             c = r.get(mode)
             if not c:
@@ -888,6 +898,7 @@ def main() -> int:
             log(f"  tar|zstd -3 -T2|age: {b['backup_seconds']:.2f} s; read-back age -d|zstd -d|tar -tv: {b['readback_seconds']:.2f} s; "
                 f"total {b['total_seconds']:.2f} s; CPU {b['cpu_seconds']:.1f} s; load {b['loadavg_1m_before']:.1f} before; stored {human(b['stored_bytes'])} "
                 f"(sync afterwards {b['sync_after_backup_seconds']:.2f} s)")
+            log(f"  the chain's passes by the tools alone: {b['tools_floor']['seconds']:.2f} s, {b['tools_floor']['cpu_seconds']:.1f} CPU-s")
             log(f"== files tree: chain, embedded{tag}")
             runs["embedded"].append(r := chain_embedded("bench-files", config, tree))
             print_stages("embedded", r)

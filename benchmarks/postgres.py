@@ -13,6 +13,8 @@ In one run it
    timestamps, JSON; not pgbench's filler, which compresses 108x);
 2. measures, one after the other on a warm cache:
    a. ``pg_dump -Fc -Z0 -f`` (the dump floor) and ``pg_dump -Fc -f`` (default compression),
+      and the chain's passes done by the standard tools alone (floors.py: every hash the
+      chain owes, zstd, age, sync, the read-back and ``pg_restore --list``),
    b. our chain ``backupctl backup bench-pg --wait --json`` (embedded: dump -> compress ->
       encrypt -> upload to a local tier -> verify, one stage after another), with per-stage
       seconds, and the same through a private Redis and a real ``celery worker -c 4``
@@ -49,6 +51,7 @@ from backup_tasks.records import keys as keys_mod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from files import RedisDB, Worker, print_spans, stage_spans  # noqa: E402 - the files benchmark's worker harness
+import floors  # noqa: E402 - the chain's passes by the standard tools alone
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "benchmarks" / "out"
@@ -238,6 +241,8 @@ def bench_pg(work: Path, config: Path, jobs: int, concurrency: int = 4, *, resto
         r["pg_dump_Fc_seconds"] = sh(["pg_dump", "-Fc", "-f", str(default), PG_DB], env=PG_ENV)
         r["pg_dump_Fc_bytes"] = default.stat().st_size
         default.unlink()
+        r["tools_floor"] = floors.chain_floor(f"pg_dump -Fc -Z0 {PG_DB}", "pg_restore --list > /dev/null", *_keys(work),
+                                              work / "floor.obj", env=PG_ENV)
 
     wall, info = timed_backupctl("backup", "bench-pg", "--wait", config=config)
     doc = backupctl("show", info["id"], config=config)["manifest"]
@@ -266,6 +271,11 @@ def bench_pg(work: Path, config: Path, jobs: int, concurrency: int = 4, *, resto
     return r
 
 
+def _keys(work: Path) -> tuple[str, Path]:
+    """The benchmark's age recipient and identity, for the tools-alone floor."""
+    return (work / "keys" / keys_mod.RECIPIENT_FILE).read_text().strip(), work / "keys" / keys_mod.IDENTITY_FILE
+
+
 def timed_into(db: str, run, *, create: bool = True) -> float:
     """Seconds ``run(db)`` takes, into a fresh database (created first unless ours, which creates its own)."""
     drop_pg(db)
@@ -285,6 +295,8 @@ def bench_my(work: Path, config: Path, concurrency: int = 4) -> dict:
                                         "--hex-blob", MY_DB], stdout=fh)
     r["mariadb_dump_bytes"] = dump.stat().st_size
     r["zstd3_ratio_of_dump_sample"] = round(zstd_ratio(dump), 2)
+    dump_argv = " ".join(["mariadb-dump", *MY_ARGS, "--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", MY_DB])
+    r["tools_floor"] = floors.chain_floor(dump_argv, "grep -a -c '^CREATE TABLE' > /dev/null", *_keys(work), work / "floor.obj")
     wall, info = timed_backupctl("backup", "bench-my", "--wait", config=config)
     doc = backupctl("show", info["id"], config=config)["manifest"]
     r["chain_seconds"] = wall
@@ -317,6 +329,8 @@ def report(pg: dict, my: dict | None) -> None:
     ]
     for name, secs, size in rows:
         print(f"  {name:28} {secs:7.1f} s  {secs / f:5.2f}x floor  {size / 1e6:8.0f} MB  {mb / secs:6.0f} MB/s of database")
+    if "tools_floor" in pg:
+        _print_floor(pg["tools_floor"], f, pg["chain_seconds"])
     stages = pg["chain_stages"]
     print("  chain stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + f"; dominant: {max(stages, key=stages.get)}")
     if "worker_chain" in pg:
@@ -334,11 +348,18 @@ def report(pg: dict, my: dict | None) -> None:
         print(f"\nMariaDB: dump {my['mariadb_dump_bytes'] / 1e6:.0f} MB (zstd -3 ratio {my['zstd3_ratio_of_dump_sample']}x)")
         print(f"  mariadb-dump > file        {d:7.1f} s")
         print(f"  our chain (dump..verify)   {my['chain_seconds']:7.1f} s  {my['chain_seconds'] / d:5.2f}x  stored {my['chain_stored_bytes'] / 1e6:.0f} MB")
+        _print_floor(my["tools_floor"], d, my["chain_seconds"])
         st = my["chain_stages"]
         print("  chain stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in st.items()) + f"; dominant: {max(st, key=st.get)}")
         _print_worker_chain(my["worker_chain"], d)
         print(f"  restore: mariadb < dump.sql {my['mariadb_restore_seconds']:.1f} s, ours {my['ours_restore_seconds']:.1f} s "
               f"({my['ours_restore_seconds'] / my['mariadb_restore_seconds']:.2f}x)")
+
+
+def _print_floor(floor: dict, dump_seconds: float, chain_seconds: float) -> None:
+    print(f"  the chain's passes by the tools alone (hashes, zstd, age, sync, read-back, check; benchmarks/floors.py): "
+          f"{floor['seconds']:.1f} s, {floor['cpu_seconds']:.1f} CPU-s = {floor['seconds'] / dump_seconds:.2f}x the dump; "
+          f"ours {chain_seconds / floor['seconds']:.2f}x that")
 
 
 def _print_worker_chain(w: dict, floor: float) -> None:
