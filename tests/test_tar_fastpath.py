@@ -100,9 +100,9 @@ def test_fast_path_lists_what_the_full_parser_and_tarfile_list(archive, chunk):
 
 def test_common_shapes_take_the_fast_path_and_the_rest_give_way(archive):
     taken, given_way = set(), set()
+    view = memoryview(archive)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tf:
         for member in tf:  # offset: where the member's first header (its pax header, if any) starts
-            view = memoryview(archive)
             fast = common_member(view, member.offset)
             (taken if fast else given_way).add(member.name.rsplit("/", 1)[-1])
             if fast:
@@ -116,14 +116,14 @@ def test_common_shapes_take_the_fast_path_and_the_rest_give_way(archive):
             os.fsdecode(b"latin-\xe9t\xe9.bin"), "empty-dir", "0500-dir", "l" * 90, "r" * 200} <= taken
 
 
-def test_a_member_cut_by_the_chunk_end_gives_way_then_the_next_ones_are_fast(archive):
+def test_a_member_whose_headers_the_chunk_cuts_gives_way(archive):
     view = memoryview(archive)
     assert common_member(view[:1023], 0) is None  # the pax header's member header is not in view yet
     assert common_member(view[:100], 0) is None
     assert common_member(view[:1536], 0) is not None
 
 
-def test_restore_through_the_fast_path_keeps_content_modes_and_nanosecond_mtimes(tmp_path, archive):
+def test_restore_through_the_fast_path_keeps_content_modes_and_nanosecond_mtimes(tmp_path):
     src = tmp_path / "src"
     top = make_tree(src, fifo=False)
     data = gnu_tar(src)
@@ -160,6 +160,12 @@ def _header_offsets(data: bytes) -> list[int]:
     return offsets
 
 
+def _refit_checksum(data: bytearray, at: int) -> None:
+    block = data[at : at + 512]
+    block[148:156] = b" " * 8
+    data[at + 148 : at + 156] = b"%06o\0 " % sum(block)
+
+
 @pytest.mark.parametrize("which", ["pax", "ustar"])
 def test_a_bad_checksum_on_a_common_member_is_the_full_parsers_error(archive, which):
     offsets = _header_offsets(archive)
@@ -182,29 +188,36 @@ def test_a_header_summed_as_signed_chars_is_read_by_the_full_parser(archive):
     block = broken[at : at + 512]
     block[148:156] = b" " * 8
     signed = sum(b - 256 if b & 0x80 else b for b in block)
+    assert signed != sum(block)
     broken[at + 148 : at + 156] = b"%06o\0 " % signed
     assert common_member(memoryview(broken), at) is None
     assert scan(bytes(broken), 65536) == tarfile_listing(archive)
 
 
 def test_unusual_field_forms_give_way_and_read_the_same(archive):
-    # Another writer's forms: a space-terminated mode, a base-256 size, a pax header that
-    # also carries a uid. The full parser reads them; the fast path must give way.
+    # Another writer's forms, which the full parser reads: a space-terminated mode, a base-256 size.
     offsets = _header_offsets(archive)
     at = next(o for o in offsets if archive[o + 156 : o + 157] == b"0" and archive[o + 124 : o + 135] == b"%011o" % 1)
-    variants = []
     spaced = bytearray(archive)
     spaced[at + 100 : at + 108] = b"000644 \0"
-    variants.append(spaced)
     binary = bytearray(archive)
     binary[at + 124 : at + 136] = b"\x80" + (1).to_bytes(11, "big")
-    variants.append(binary)
-    for data in variants:
-        block = data[at : at + 512]
-        block[148:156] = b" " * 8
-        data[at + 148 : at + 156] = b"%06o\0 " % sum(block)
+    for data in (spaced, binary):
+        _refit_checksum(data, at)
         assert common_member(memoryview(data), at) is None
         assert scan(bytes(data), 65536) == scan(bytes(data), 65536, FullParserOnly) == tarfile_listing(bytes(data))
+
+
+def test_a_pax_header_with_other_records_gives_way():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("commented.txt")
+        info.size, info.mtime, info.pax_headers = 3, 1_700_000_000.5, {"comment": "kept aside"}
+        tf.addfile(info, io.BytesIO(b"abc"))
+    data = buf.getvalue()
+    assert data[156:157] == b"x" and b"comment=kept aside" in data[512:1024]
+    assert common_member(memoryview(data), 0) is None
+    assert scan(data, 65536) == scan(data, 65536, FullParserOnly) == tarfile_listing(data)
 
 
 def test_random_corruption_gets_the_full_parsers_verdict(archive):
@@ -221,12 +234,6 @@ def test_random_corruption_gets_the_full_parsers_verdict(archive):
         assert fast == full
         verdicts.add("refused" if isinstance(full, str) else "listed")
     assert verdicts == {"listed", "refused"}
-
-
-def _refit_checksum(data: bytearray, at: int) -> None:
-    block = data[at : at + 512]
-    block[148:156] = b" " * 8
-    data[at + 148 : at + 156] = b"%06o\0 " % sum(block)
 
 
 def test_junk_after_the_name_is_ignored_as_the_full_parser_ignores_it(archive):

@@ -56,6 +56,7 @@ from backup_tasks.sources.files.tar_headers import (
     text,
 )
 
+
 class MemberSink(Protocol):
     """What hears a member's content as it passes (the restore writes it); any exception stops the scan."""
 
