@@ -257,3 +257,15 @@ def test_a_pax_record_whose_length_is_wrong_is_the_full_parsers_error(archive, r
         with pytest.raises(TarStreamError, match=f"malformed pax extended header at byte {at}"):
             scan(bytes(data), chunk)
         assert outcome(bytes(data), chunk, FullParserOnly) == outcome(bytes(data), chunk, TarScanner)
+
+
+def test_an_oversized_pax_header_is_refused_even_when_the_whole_of_it_is_in_one_chunk():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("a" * (9 << 20))  # a path record longer than the full parser's bound
+        info.mtime = 1_700_000_000.5
+        tf.addfile(info, io.BytesIO(b""))
+    data = buf.getvalue()
+    assert common_member(memoryview(data), 0) is None
+    with pytest.raises(TarStreamError, match="exceeds"):
+        scan(data, len(data))

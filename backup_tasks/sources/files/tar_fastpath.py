@@ -38,6 +38,9 @@ _PAX = re.compile(
 #: NUL (empty)
 _USTAR = re.compile(rb"(.{100})([0-7]{7})\0.{16}([0-7]{11})\0([0-7]{11})\0([0-7]{6})\0 ([05]).{188}\0", re.S)
 _DIR = 0x35  # b"5"
+#: the longest pax header read here (a path is at most 4096 bytes); longer ones, up to the full
+#: parser's own bound, are the full parser's to read or refuse
+_LONGEST_PAX = 16 * BLOCK
 
 #: ``common_member``'s answer, the member as the full parser would list it: path, kind ("file" or
 #: "dir"), size (0 for a directory), permission bits, mtime, its pax records (what a sink hears),
@@ -74,7 +77,7 @@ def common_member(view: memoryview, pos: int) -> Member | None:
             return None
         at = BLOCK + ((size + BLOCK - 1) & -BLOCK)
         if at + BLOCK > len(raw):  # a long path, or the chunk ends: exactly what is needed, if in view
-            if pos + at + BLOCK > len(view):
+            if size > _LONGEST_PAX or pos + at + BLOCK > len(view):
                 return None
             raw = view[pos : pos + at + BLOCK].tobytes()
         m = _PAX.fullmatch(raw, 0, BLOCK + size)
