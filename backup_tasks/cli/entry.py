@@ -37,6 +37,9 @@ def run() -> None:
 
     Only the script's outermost layer may call this: it never returns.
     """
+    from backup_tasks.cli import startup_gc
+
+    startup_gc.defer()
     try:
         code = main()
     except SystemExit as exc:  # main turns click's exits into codes; this catches anything before click
