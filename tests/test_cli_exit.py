@@ -8,6 +8,7 @@ log, and a reader that went away before the command wrote.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -102,3 +103,19 @@ def test_a_reader_that_went_away_gets_an_exit_code_and_no_traceback(script, setu
                            text=True, timeout=120, env=dict(os.environ))
     assert piped.returncode == 0 and piped.stdout.strip() == "{", piped.stderr
     assert "Traceback" not in piped.stderr and "Exception ignored" not in piped.stderr
+
+
+def test_start_up_collects_rarely_until_the_command_has_its_runtime():
+    from backup_tasks.cli import startup_gc
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    startup_gc.settle()  # a caller of main() in its own process never deferred: nothing changes
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+    startup_gc.defer()
+    try:
+        assert gc.get_threshold() == (startup_gc.STARTUP_THRESHOLD, *before[1:])
+        startup_gc.settle()
+        assert gc.get_threshold() == before and gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()  # this is pytest's process: leave its objects collectable
+        gc.set_threshold(*before)
