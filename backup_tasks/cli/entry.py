@@ -73,13 +73,17 @@ def _finish() -> None:
 
 
 def _flush(code: int) -> int:
-    """Flush stdout and stderr; exit code 1 when stdout's reader has gone and the output was not delivered."""
-    for stream in (sys.stdout, sys.stderr):
+    """Flush stdout and stderr; exit code 1 when stdout's reader has gone and the output was not delivered.
+
+    The originals are flushed too: something may have replaced ``sys.stdout`` (click does after a
+    broken pipe), and the teardown skipped here is what would have flushed them.
+    """
+    streams = [sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__]
+    for stream in [s for i, s in enumerate(streams) if s is not None and s not in streams[:i]]:
         try:
-            if stream is not None:
-                stream.flush()
+            stream.flush()
         except BrokenPipeError:
-            if stream is sys.stdout and code == 0:
+            if stream in (sys.stdout, sys.__stdout__) and code == 0:
                 code = 1
         except (OSError, ValueError):  # a closed stream: nothing left to deliver to it
             pass
