@@ -2,7 +2,7 @@
 
 Importing the CLI, SQLAlchemy, Celery and kombu makes 100,000-130,000 objects that live as
 long as the process. With the default thresholds the collector runs about 150 times while
-they are made, scanning objects that are never garbage: 0.07-0.1 s of CPU in every command
+they are made, scanning objects that are never garbage: 40-50 ms of CPU in every command
 that opens the catalog. ``defer`` (the script's first step) raises the youngest
 generation's threshold above what start-up makes, so start-up runs no collection;
 ``settle`` (the command has its runtime: its imports are done) moves what start-up made
