@@ -7,6 +7,7 @@ from functools import cached_property, wraps
 
 import click
 
+from backup_tasks.cli import startup_gc
 from backup_tasks.cli.output import Output
 
 
@@ -35,7 +36,9 @@ class Context:
         from backup_tasks import config
         from backup_tasks.ops import runtime
 
-        return runtime.install(runtime.Runtime(config.load(self.config_path)))
+        rt = runtime.install(runtime.Runtime(config.load(self.config_path)))
+        startup_gc.settle()  # the command's imports are done
+        return rt
 
     def audited(self, action: str, *, target: str | None = None, backup_id: str | None = None, detail: dict | None = None):
         """Audit what this command does, as ``cli:<user>`` (see audit.py)."""

@@ -52,23 +52,29 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.ClickException as exc:
         # Usage errors: exit 2, and still one JSON document in --json mode.
-        out.error(InputError(exc.format_message(), "see backupctl --help"))
-        return 2
+        return _report(out, InputError(exc.format_message(), "see backupctl --help"), 2)
     except click.exceptions.Abort:
         return 130
     except SystemExit as exc:  # a command decided its own exit code (e.g. 1 for a failed backup)
         return int(exc.code or 0)
     except BackupError as exc:
-        out.error(exc)
-        return exc.exit_code
+        return _report(out, exc, exc.exit_code)
     except Exception as exc:  # noqa: BLE001
         mapped = _service_error(exc)
         if mapped is not None:
-            out.error(mapped)
-            return mapped.exit_code
+            return _report(out, mapped, mapped.exit_code)
         sys.stderr.write(redaction.redact(traceback.format_exc()))  # a foreign exception's text is not masked yet
-        out.error(BackupError(f"internal error: {type(exc).__name__}: {exc}", "this is a bug; please report it with the traceback above"))
-        return 1
+        return _report(out, BackupError(f"internal error: {type(exc).__name__}: {exc}",
+                                        "this is a bug; please report it with the traceback above"), 1)
+
+
+def _report(out: Output, err: BackupError, code: int) -> int:
+    """Print the error and return its exit code, which still tells what happened if the reader of stdout has gone."""
+    try:
+        out.error(err)
+    except BrokenPipeError:
+        pass
+    return code
 
 
 def _service_error(exc: Exception) -> ServiceUnavailable | None:

@@ -12,14 +12,16 @@ import logging
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backup_tasks import alerting
 from backup_tasks import config as config_mod
 from backup_tasks.records import events, manifest
 from backup_tasks.records.catalog import Catalog
 from backup_tasks.config import Config, Target, Tier
-from backup_tasks.records.keys import Signer, Verifier, recipients
 from backup_tasks.storage import Storage, open_tier
+
+if TYPE_CHECKING:
+    from backup_tasks.records.keys import Signer, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,23 @@ class Runtime:
     def catalog(self) -> Catalog:
         return Catalog(self.settings.catalog_url)
 
+    # The keys (cryptography, pyrage) are imported on first use: a command that only reads the catalog never signs.
     @cached_property
     def signer(self) -> Signer:
+        from backup_tasks.records.keys import Signer
+
         return Signer.from_file(self.settings.signing_key_file)
 
     @cached_property
     def verifier(self) -> Verifier:
+        from backup_tasks.records.keys import Verifier
+
         return Verifier.from_settings(self.settings.signing_key_file, self.settings.signing_public_key_file)
 
     @cached_property
     def recipients(self):
+        from backup_tasks.records.keys import recipients
+
         return recipients(self.settings.recipients)
 
     def storage(self, tier: Tier | str) -> Storage:
@@ -120,9 +129,22 @@ def _alert(catalog, **event):
     The runtime is looked up at each event rather than bound when installed, so an event
     can never be alerted with settings the process has since replaced.
     """
+    from backup_tasks import alerting  # only a process that emits an event needs the channels
+
     try:
         rt = current()
     except Exception:  # noqa: BLE001 - e.g. a library user without BACKUP_CONFIG: nowhere to send
         log.debug("no configuration loaded: alerts are not sent")
         return None
     return alerting.on_event(catalog, settings=rt.settings, config=rt.config, **event)
+
+
+def close() -> None:
+    """Close what the process-wide runtime opened, for a process about to end without the interpreter's teardown.
+
+    The catalog's pooled connections are closed here rather than left to the garbage collector:
+    SQLite checkpoints its write-ahead log and removes the -wal file when the last connection to
+    the database closes. Nothing is opened that was not already.
+    """
+    if _current is not None and "catalog" in _current.__dict__:
+        _current.catalog.engine.dispose()

@@ -25,16 +25,12 @@ from celery.result import allow_join_result
 from backup_tasks.orchestration import (config_reload, embedded_pipeline, queued_messages, redelivery, routing,
                                         run_heartbeat, run_lock, task_progress)
 from backup_tasks.ops import abandoned, backup, following, runtime
-from backup_tasks.ops.keys import reencrypt_retry
 from backup_tasks.orchestration.celery_app import app
 from backup_tasks.orchestration.task_boundary import RedactingTask
 from backup_tasks.defaults import (REENCRYPT_PRIORITY, STAGES, TASK_MAX_RETRIES, TASK_RETRY_BACKOFF_MAX,
                                    VERIFY_PENDING_GRACE_SECONDS)
 from backup_tasks.errors import PermanentError, TransientError, VerificationFailed
-from backup_tasks.ops.cleanup import run_cleanup
-from backup_tasks.ops.drills import run_drill
 from backup_tasks.ops.verify import verify_backup
-from backup_tasks.policy.reverify import pending_verification, plan_reverify
 from backup_tasks.records.catalog import Status
 
 log = logging.getLogger(__name__)
@@ -299,6 +295,8 @@ def drill(self, target: str, actor: str = "beat") -> dict:
     an exception. Redelivery after a worker died starts a new drill, whose sweep drops
     the dead one's temporary database.
     """
+    from backup_tasks.ops.drills import run_drill  # imported where it runs: a backup's start-up does without it
+
     return run_drill(_runtime(self), target, actor=actor)
 
 
@@ -309,6 +307,8 @@ def cleanup(self, target: str | None = None, dry_run: bool = False, actor: str =
     Idempotent: a redelivered cleanup re-plans from the catalog and finishes what an
     interrupted one started. Returns counts and ids only (the full plan is in the CLI).
     """
+    from backup_tasks.ops.cleanup import run_cleanup  # imported where it runs: a backup's start-up does without it
+
     report = run_cleanup(_runtime(self), target, dry_run=dry_run, actor=actor)
     return {"target": target, "dry_run": dry_run, "now": report["now"], "kept": report["keep"],
             "removed": [{"backup_id": r["backup_id"], "tier": r["tier"]} for r in report["removed"]],
@@ -324,6 +324,8 @@ def cleanup(self, target: str | None = None, dry_run: bool = False, actor: str =
 @app.task(bind=True, name="backup.verify_pending", acks_late=True, reject_on_worker_lost=True)
 def verify_pending(self, grace_seconds: float = VERIFY_PENDING_GRACE_SECONDS) -> dict:
     """Enqueue a verify for every backup still ``uploaded`` well after its upload (reverify.py)."""
+    from backup_tasks.policy.reverify import pending_verification
+
     rt = _runtime(self)
     rows = rt.catalog.list(status=Status.UPLOADED)
     ids = pending_verification([(r.id, r.finished_at) for r in rows], _now(), grace=timedelta(seconds=grace_seconds))
@@ -335,6 +337,8 @@ def verify_pending(self, grace_seconds: float = VERIFY_PENDING_GRACE_SECONDS) ->
 @app.task(bind=True, name="backup.reverify", acks_late=True, reject_on_worker_lost=True)
 def reverify(self, every_hours: float = 24.0) -> dict:
     """Enqueue full re-reads of the backups verified longest ago, so none waits more than reverify_days."""
+    from backup_tasks.policy.reverify import plan_reverify
+
     rt = _runtime(self)
     rows = rt.catalog.list(status=Status.VERIFIED)
     ids = plan_reverify([(r.id, r.verified_at or r.created_at) for r in rows], _now(), days=rt.settings.reverify_days,
@@ -347,6 +351,8 @@ def reverify(self, every_hours: float = 24.0) -> dict:
 @app.task(bind=True, name="backup.reencrypt_unlocked", acks_late=True, reject_on_worker_lost=True)
 def reencrypt_unlocked(self) -> dict:
     """Daily: send ``backup.reencrypt`` again for each backup an Object Lock held back whose lock has ended (keys/reencrypt_retry.py)."""
+    from backup_tasks.ops.keys import reencrypt_retry
+
     rt = _runtime(self)
     retries = reencrypt_retry.due(rt, _now())
     for retry in retries:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import platform
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backup_tasks import __version__
 from backup_tasks.errors import VerificationFailed
-from backup_tasks.records.attachments import summary as attachment_summary
-from backup_tasks.records.keys import Signer, Verifier
+
+if TYPE_CHECKING:  # the catalog imports this module for summary(); a command that only reads it needs no cryptography
+    from backup_tasks.records.keys import Signer, Verifier
 
 FORMAT = "backup-tasks/manifest/1"
 MANIFEST_NAME = "manifest.json"
@@ -110,6 +111,8 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         source["files"] = f"{len(source['files'])} entries (in the stored manifest)"
     out["source"] = source
     if "attachments" in out:
+        from backup_tasks.records.attachments import summary as attachment_summary  # pyrage: only for a manifest with attachments
+
         out["attachments"] = attachment_summary(out["attachments"])
     return out
 
