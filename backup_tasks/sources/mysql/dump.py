@@ -122,10 +122,11 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
 
                 def on_chunk(chunk: bytes) -> None:
                     watch(chunk)
-                    coordinates(chunk)
+                    if pitr:  # the coordinates are only read back for point-in-time recovery
+                        coordinates(chunk)
 
                 outcome = pipes.read_from(argv, out, env=dsn.child_env(server), what=f"{Path(tool_path).name} of target '{target.name}'",
-                                          on_chunk=on_chunk)
+                                          on_chunk=on_chunk, gather=True)
         finally:
             watch.done()
         if outcome.returncode != 0:
