@@ -3,7 +3,7 @@
 
 Run by hand (minutes; about 4x --size of transient disk):
 
-    python benchmarks/postgres.py [--size 1.0] [--jobs 2] [--mariadb-size 0.25] [--keep] [--workdir DIR]
+    python benchmarks/postgres.py [--size 1.0 (0: MariaDB only)] [--jobs 2] [--mariadb-size 0.25] [--keep] [--workdir DIR]
                                   [--restore-only] [--repeat N]
 
 In one run it
