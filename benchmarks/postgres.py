@@ -3,7 +3,7 @@
 
 Run by hand (minutes; about 4x --size of transient disk):
 
-    python benchmarks/postgres.py [--size 1.0] [--jobs 2] [--mariadb-size 0.25] [--keep] [--workdir DIR]
+    python benchmarks/postgres.py [--size 1.0 (0: MariaDB only)] [--jobs 2] [--mariadb-size 0.25] [--keep] [--workdir DIR]
                                   [--restore-only] [--repeat N]
 
 In one run it
@@ -318,7 +318,14 @@ def bench_my(work: Path, config: Path, concurrency: int = 4) -> dict:
     return r
 
 
-def report(pg: dict, my: dict | None) -> None:
+def report(pg: dict | None, my: dict | None) -> None:
+    if pg:
+        _report_pg(pg)
+    if my:
+        _report_my(my)
+
+
+def _report_pg(pg: dict) -> None:
     f = pg["pg_dump_Z0_seconds"]
     mb = pg["database_bytes"] / 1e6
     print(f"\nPostgreSQL: database {mb:.0f} MB, -Z0 dump {pg['pg_dump_Z0_bytes'] / 1e6:.0f} MB (zstd -3 ratio {pg['zstd3_ratio_of_dump_sample']}x)")
@@ -343,17 +350,19 @@ def report(pg: dict, my: dict | None) -> None:
     if "pg_dump_Fc_seconds" in pg:
         print(f"  targets: chain <= 2.0x floor: {pg['chain_seconds'] / f:.2f}x; faster than pg_dump -Fc: {pg['chain_seconds'] < pg['pg_dump_Fc_seconds']}; "
               f"artifact smaller than -Fc: {pg['chain_stored_bytes'] < pg['pg_dump_Fc_bytes']}")
-    if my:
-        d = my["mariadb_dump_seconds"]
-        print(f"\nMariaDB: dump {my['mariadb_dump_bytes'] / 1e6:.0f} MB (zstd -3 ratio {my['zstd3_ratio_of_dump_sample']}x)")
-        print(f"  mariadb-dump > file        {d:7.1f} s")
-        print(f"  our chain (dump..verify)   {my['chain_seconds']:7.1f} s  {my['chain_seconds'] / d:5.2f}x  stored {my['chain_stored_bytes'] / 1e6:.0f} MB")
-        _print_floor(my["tools_floor"], d, my["chain_seconds"])
-        st = my["chain_stages"]
-        print("  chain stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in st.items()) + f"; dominant: {max(st, key=st.get)}")
-        _print_worker_chain(my["worker_chain"], d)
-        print(f"  restore: mariadb < dump.sql {my['mariadb_restore_seconds']:.1f} s, ours {my['ours_restore_seconds']:.1f} s "
-              f"({my['ours_restore_seconds'] / my['mariadb_restore_seconds']:.2f}x)")
+
+
+def _report_my(my: dict) -> None:
+    d = my["mariadb_dump_seconds"]
+    print(f"\nMariaDB: dump {my['mariadb_dump_bytes'] / 1e6:.0f} MB (zstd -3 ratio {my['zstd3_ratio_of_dump_sample']}x)")
+    print(f"  mariadb-dump > file        {d:7.1f} s")
+    print(f"  our chain (dump..verify)   {my['chain_seconds']:7.1f} s  {my['chain_seconds'] / d:5.2f}x  stored {my['chain_stored_bytes'] / 1e6:.0f} MB")
+    _print_floor(my["tools_floor"], d, my["chain_seconds"])
+    st = my["chain_stages"]
+    print("  chain stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in st.items()) + f"; dominant: {max(st, key=st.get)}")
+    _print_worker_chain(my["worker_chain"], d)
+    print(f"  restore: mariadb < dump.sql {my['mariadb_restore_seconds']:.1f} s, ours {my['ours_restore_seconds']:.1f} s "
+          f"({my['ours_restore_seconds'] / my['mariadb_restore_seconds']:.2f}x)")
 
 
 def _print_floor(floor: dict, dump_seconds: float, chain_seconds: float) -> None:
@@ -369,7 +378,7 @@ def _print_worker_chain(w: dict, floor: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=float, default=1.0, help="PostgreSQL database size in GB")
+    parser.add_argument("--size", type=float, default=1.0, help="PostgreSQL database size in GB (0 to skip PostgreSQL)")
     parser.add_argument("--mariadb-size", type=float, default=0.25, help="MariaDB table size in GB (0 to skip)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=4, help="worker slots for the chain through Redis (1: no overlap)")
@@ -393,9 +402,11 @@ def main() -> None:
             f'[tiers.local]\nkind = "local"\npath = "{state / "store"}"\n'
             f'[targets.bench-pg]\nkind = "postgres"\nhost = "bench"\ndsn = "postgresql://postgres@127.0.0.1:5432/{PG_DB}"\n'
             f'[targets.bench-my]\nkind = "mysql"\nhost = "bench"\ndsn = "mysql://root@127.0.0.1:3306/{MY_DB}"\n')
-        print(f"generating ~{args.size} GB in PostgreSQL database {PG_DB}", flush=True)
-        make_pg(args.size)
-        pg = bench_pg(work, config, args.jobs, args.concurrency, restore_only=args.restore_only, repeat=args.repeat)
+        pg = None
+        if args.size > 0:
+            print(f"generating ~{args.size} GB in PostgreSQL database {PG_DB}", flush=True)
+            make_pg(args.size)
+            pg = bench_pg(work, config, args.jobs, args.concurrency, restore_only=args.restore_only, repeat=args.repeat)
         my = None
         if args.mariadb_size > 0 and not args.restore_only:
             print(f"generating ~{args.mariadb_size} GB in MariaDB database {MY_DB}", flush=True)
@@ -410,7 +421,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work / "state", ignore_errors=True)
         if not args.keep:
-            drop_pg(PG_DB)
+            if args.size > 0:
+                drop_pg(PG_DB)
             drop_my(MY_DB)
             if not args.workdir:
                 shutil.rmtree(work, ignore_errors=True)

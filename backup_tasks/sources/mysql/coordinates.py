@@ -28,20 +28,20 @@ class CoordinateWatch:
         block = self._carry + chunk
         cut = block.rfind(b"\n") + 1
         if cut:
-            self._scan(block[:cut])
+            self._scan(block, cut)  # with an end, not a slice: no copy of every chunk
         # a line longer than this is a row of data, never one of the comments looked for
         self._carry = block[cut:][-4096:]
 
-    def _scan(self, lines: bytes) -> None:
-        if self.file is None and b"-- CHANGE MASTER TO MASTER_LOG_FILE=" in lines:
-            m = _FILE_POS.search(lines)
+    def _scan(self, lines: bytes, end: int) -> None:
+        if self.file is None and lines.find(b"-- CHANGE MASTER TO MASTER_LOG_FILE=", 0, end) >= 0:
+            m = _FILE_POS.search(lines, 0, end)
             if m:
                 self.file, self.position = m.group(1).decode(), int(m.group(2))
-        if b"gtid_slave_pos" in lines:
-            m = _GTID.search(lines)
+        if lines.find(b"gtid_slave_pos", 0, end) >= 0:
+            m = _GTID.search(lines, 0, end)
             if m:
                 self.gtid = m.group(1).decode()
 
     def result(self) -> dict:
-        self._scan(self._carry)
+        self._scan(self._carry, len(self._carry))
         return {"file": self.file, "position": self.position, "gtid": self.gtid}

@@ -14,13 +14,18 @@ from typing import BinaryIO
 from backup_tasks import defaults
 
 TRAILER = b"-- Dump completed"
-_CREATE_TABLE = re.compile(rb"^CREATE TABLE `((?:[^`]|``)+)`", re.M)
+#: with its line's newline in front, found by bytes.find (a fast substring search) before the
+#: regex looks; ``^`` with re.M has the regex try every byte (2 CPU-seconds for a 220 MB dump)
+_CREATE_PREFIX = b"\nCREATE TABLE `"
+_CREATE_TABLE = re.compile(rb"\nCREATE TABLE `((?:[^`]|``)+)`")
+#: longer than any match of _CREATE_TABLE (a name is at most 64 characters of 4 bytes, each maybe doubled)
+_LONGEST_MATCH = 1024
 
 
 def scan(stream: BinaryIO) -> tuple[set[str], bytes, int]:
     """Tables the SQL stream creates, its last 4 KiB, and its size; one pass in 1 MiB chunks."""
     found: set[str] = set()
-    carry = b""
+    carry = b"\n"  # the first line starts a line too, as if a newline came before it
     tail = b""
     size = 0
     while True:
@@ -29,14 +34,27 @@ def scan(stream: BinaryIO) -> tuple[set[str], bytes, int]:
             break
         size += len(chunk)
         block = carry + chunk
-        cut = block.rfind(b"\n") + 1
-        for m in _CREATE_TABLE.finditer(block, 0, cut):
-            found.add(m.group(1).replace(b"``", b"`").decode("utf-8", "replace"))
+        # The last line may go on in the next chunk: it is looked at there, with its newline
+        # in front. A last line longer than any match (a long row) cannot hide a match cut by
+        # the chunk's end, so it is looked at now and not carried: a huge row never grows the carry.
+        cut = block.rfind(b"\n")
+        if cut < 0 or len(block) - cut > _LONGEST_MATCH:
+            cut = len(block)
+        _tables_in(block, cut, found)
         carry = block[cut:]
-        tail = (tail + chunk)[-4096:]
-    for m in _CREATE_TABLE.finditer(carry):
-        found.add(m.group(1).replace(b"``", b"`").decode("utf-8", "replace"))
+        tail = (tail + chunk[-4096:])[-4096:]
+    _tables_in(carry, len(carry), found)
     return found, tail, size
+
+
+def _tables_in(block: bytes, end: int, found: set[str]) -> None:
+    """Add the tables created in ``block[:end]`` to ``found``."""
+    at = block.find(_CREATE_PREFIX, 0, end)
+    while at >= 0:
+        m = _CREATE_TABLE.match(block, at, end)
+        if m:
+            found.add(m.group(1).replace(b"``", b"`").decode("utf-8", "replace"))
+        at = block.find(_CREATE_PREFIX, at + 1, end)
 
 
 _NAME = rb"(?:`((?:[^`]|``)+)`|([^\s`(]+))"  # a name as the server wrote it: quoted or not
