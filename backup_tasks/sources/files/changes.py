@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import operator
 import os
 import sqlite3
 import stat
@@ -47,7 +48,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import orjson
 
 from backup_tasks.errors import SourceError
-from backup_tasks.sources.files.tree_listing import decode, encode, listing_lines, tree_key
+from backup_tasks.sources.files.parent_listing import Unsorted, in_order, sorted_on_disk
+from backup_tasks.sources.files.tree_listing import decode, encode, tree_key
 
 CHANGES = ("new", "modified", "metadata", "renamed", "unchanged")
 
@@ -143,39 +145,6 @@ def _meta_moved(before: dict, entry: dict) -> bool:
     return any(before.get(k) != entry[k] for k in ("mode", "uid", "gid"))
 
 
-class _Unsorted(Exception):
-    """The parent listing is not in tree order; the join starts again from a sorted copy."""
-
-
-def _in_order(listing: Path) -> Iterator[tuple[str, dict]]:
-    """The parent's entries with their tree keys; _Unsorted at the first one out of order (checked as the join reads)."""
-    last = None
-    for line in listing_lines(listing):
-        entry = decode(line)
-        k = entry["path"].replace("/", "\0")  # tree_key, inline: called once per path of the tree
-        if last is not None and k <= last:
-            raise _Unsorted
-        last = k
-        yield k, entry
-
-
-def _sorted(listing: Path, workdir: Path) -> Iterator[tuple[str, dict]]:
-    """The parent's entries sorted on disk: UTF-32 big-endian bytes sort as Python compares the strings."""
-    db = sqlite3.connect(str(workdir / "parent-sorted.sqlite"))
-    try:
-        db.execute("PRAGMA journal_mode=OFF")
-        db.execute("DROP TABLE IF EXISTS p")
-        db.execute("CREATE TABLE p (k BLOB, line BLOB)")
-        db.executemany("INSERT INTO p VALUES (?, ?)",
-                       ((tree_key(decode(line)["path"]).encode("utf-32-be", "surrogatepass"), line)
-                        for line in listing_lines(listing)))
-        for (line,) in db.execute("SELECT line FROM p ORDER BY k"):
-            entry = decode(line)
-            yield tree_key(entry["path"]), entry
-    finally:
-        db.close()
-
-
 class _Renames:
     """Parent files gone from their path (where a new path's bytes may be), then the renames found.
 
@@ -228,6 +197,10 @@ class _Renames:
             self._renamed.close()
 
 
+#: the fields of a parent entry that decide "unchanged", in one C call
+_DECISIVE = operator.itemgetter("type", "ino", "size", "mtime_ns", "ctime_ns", "mode", "uid", "gid")
+
+
 def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool,
                walk_again: Callable[[], Iterable[str]] | None = None) -> dict:
     """Stat every path; write the draft listing and tar's member list; return counts.
@@ -246,18 +219,15 @@ def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: P
     if chain.parent_listing is None:
         return _join(paths, iter(()), chain, workdir, member_list, full=full, has_parent=False)
     try:
-        # The parent's order is checked as the join reads it, not in a pass of its own beforehand:
-        # every listing written since listings were sorted is in order, and reading one costs as
-        # much as the join's own work on it.
-        return _join(paths, _in_order(chain.parent_listing), chain, workdir, member_list, full=full, has_parent=True)
-    except _Unsorted:
+        return _join(paths, in_order(chain.parent_listing), chain, workdir, member_list, full=full, has_parent=True)
+    except Unsorted:
         # An older listing (roots not in order): sorted once on disk, and the join starts over.
         if not isinstance(paths, list):
             if walk_again is None:
                 raise SourceError("the parent listing is out of tree order and the walk cannot start again",
                                   "this is a bug in backup-tasks; report it, and run a full backup meanwhile") from None
             paths = walk_again()
-        return _join(paths, _sorted(chain.parent_listing, workdir), chain, workdir, member_list, full=full, has_parent=True)
+        return _join(paths, sorted_on_disk(chain.parent_listing, workdir), chain, workdir, member_list, full=full, has_parent=True)
 
 
 def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain, workdir: Path, member_list: Path, *,
@@ -265,7 +235,7 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
     counts = dict.fromkeys(CHANGES, 0)
     renames = _Renames(workdir)
     rehash, backup_id = chain.rehash, chain.backup_id
-    lstat, S_ISREG, S_IMODE, dumps = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps
+    lstat, S_ISREG, S_IMODE, dumps, decisive = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps, _DECISIVE
     trust_metadata, newline = not rehash, orjson.OPT_APPEND_NEWLINE
     unchanged = offset = 0
     pk, before = next(parent, (None, None))
@@ -295,23 +265,25 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
                     if same is not None:
                         renames.add_gone(same)
                     continue
-                if (same is not None and trust_metadata and S_ISREG(st.st_mode) and same["type"] == "file"
-                        and same.get("sha256") and same["ino"] == st.st_ino and same["size"] == st.st_size
-                        and same["mtime_ns"] == st.st_mtime_ns and same.get("ctime_ns") == st.st_ctime_ns
-                        and same.get("mode") == S_IMODE(st.st_mode) and same.get("uid") == st.st_uid
-                        and same.get("gid") == st.st_gid):
-                    # The common case, kept short: the parent's line is this one, but for two fields.
-                    same["dev"], same["change"] = st.st_dev, "unchanged"
-                    unchanged += 1
+                if same is not None and trust_metadata:
                     try:
-                        line = dumps(same, option=newline)
-                    except TypeError:  # a name that is not UTF-8
-                        line = encode(same) + b"\n"
-                    draft.write(line)
-                    offset += len(line)
-                    if full:
-                        members.write(os.fsencode(name) + b"\0")
-                    continue
+                        fields = decisive(same)
+                    except KeyError:  # a field missing: the long way decides
+                        fields = None
+                    if (fields == ("file", st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, S_IMODE(st.st_mode),
+                                   st.st_uid, st.st_gid) and S_ISREG(st.st_mode) and same.get("sha256")):
+                        # The common case, kept short: the parent's line is this one, but for two fields.
+                        same["dev"], same["change"] = st.st_dev, "unchanged"
+                        unchanged += 1
+                        try:
+                            line = dumps(same, option=newline)
+                        except TypeError:  # a name that is not UTF-8
+                            line = encode(same) + b"\n"
+                        draft.write(line)
+                        offset += len(line)
+                        if full:
+                            members.write(os.fsencode(name) + b"\0")
+                        continue
                 entry = _metadata(name, path, st)
                 if same is None and has_parent and not rehash and entry["type"] == "file":
                     # new here: maybe a rename, known once the join has seen every gone path
