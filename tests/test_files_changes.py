@@ -89,6 +89,7 @@ def test_each_change_of_metadata_is_told_apart_and_an_unchanged_line_is_the_pare
     twin = write(tree / "data" / "stamp.new", b"PRECISE\n")
     os.utime(twin, ns=(SUBSECOND_NS, SUBSECOND_NS))
     os.replace(twin, stamp)
+    os.mkfifo(tree / "data" / "pipe")  # the walk skips it, with a warning
     # a parent line without some of the fields that decide: the long way decides
     untouched, latin = f"{prefix}/data/{LONG}/deep.bin", prefix + "/" + os.fsdecode(b"latin1-\xe9t\xe9.txt")
     partial = tmp_path / "partial.jsonl.zst"
@@ -100,6 +101,7 @@ def test_each_change_of_metadata_is_told_apart_and_an_unchanged_line_is_the_pare
     entries, parents = by_path(l1), by_path(l0)
     assert [e["path"] for e in scan_stream(io.BytesIO(archive))] == [f"{prefix}/data/stamp"]
     assert entries[f"{prefix}/data/stamp"]["change"] == "modified"
+    assert f"{prefix}/data/pipe" not in entries and any("pipe: skipped" in w for w in inc["warnings"])
     assert entries[f"{prefix}/secret.key"]["change"] == entries[untouched]["change"] == "metadata"
     assert entries[untouched]["uid"] == os.getuid()  # recorded again from lstat
     if os.geteuid() == 0:
