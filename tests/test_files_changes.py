@@ -24,8 +24,8 @@ from backup_tasks.sources.files import chain_extract
 from backup_tasks.sources.files.changes import Chain
 from backup_tasks.sources.files.tarstream import scan_stream
 from backup_tasks.sources.files.tree_listing import ListingWriter, read_listing
-from test_files_source import (LONG, SUBSECOND_NS, assert_same_tree, restored_root, snapshot, target, tree,  # noqa: F401 - tree is a fixture
-                               write)
+from test_files_source import (  # noqa: F401 - tree is a fixture
+    LONG, SUBSECOND_NS, assert_same_tree, restored_root, snapshot, target, tree, write)
 
 
 def dump(tmp_path: Path, tree: Path, name: str, parent: Path | None = None, rehash: bool = False) -> tuple[bytes, dict, Path]:

@@ -227,7 +227,8 @@ def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: P
                 raise SourceError("the parent listing is out of tree order and the walk cannot start again",
                                   "this is a bug in backup-tasks; report it, and run a full backup meanwhile") from None
             paths = walk_again()
-        return _join(paths, sorted_on_disk(chain.parent_listing, workdir), chain, workdir, member_list, full=full, has_parent=True)
+        return _join(paths, sorted_on_disk(chain.parent_listing, workdir), chain, workdir, member_list, full=full,
+                     has_parent=True)
 
 
 def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain, workdir: Path, member_list: Path, *,
