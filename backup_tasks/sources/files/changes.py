@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import operator
 import os
 import sqlite3
 import stat
@@ -197,10 +196,6 @@ class _Renames:
             self._renamed.close()
 
 
-#: the fields of a parent entry that decide "unchanged", in one C call
-_DECISIVE = operator.itemgetter("type", "ino", "size", "mtime_ns", "ctime_ns", "mode", "uid", "gid")
-
-
 def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool,
                walk_again: Callable[[], Iterable[str]] | None = None) -> dict:
     """Stat every path; write the draft listing and tar's member list; return counts.
@@ -236,7 +231,7 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
     counts = dict.fromkeys(CHANGES, 0)
     renames = _Renames(workdir)
     rehash, backup_id = chain.rehash, chain.backup_id
-    lstat, S_ISREG, S_IMODE, dumps, decisive = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps, _DECISIVE
+    lstat, S_ISREG, S_IMODE, dumps = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps
     trust_metadata, newline = not rehash, orjson.OPT_APPEND_NEWLINE
     unchanged = offset = 0
     pk, before = next(parent, (None, None))
@@ -266,25 +261,23 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
                     if same is not None:
                         renames.add_gone(same)
                     continue
-                if same is not None and trust_metadata:
+                if (same is not None and trust_metadata and S_ISREG(st.st_mode) and same["type"] == "file"
+                        and same.get("sha256") and same["ino"] == st.st_ino and same["size"] == st.st_size
+                        and same["mtime_ns"] == st.st_mtime_ns and same.get("ctime_ns") == st.st_ctime_ns
+                        and same.get("mode") == S_IMODE(st.st_mode) and same.get("uid") == st.st_uid
+                        and same.get("gid") == st.st_gid):
+                    # The common case, kept short: the parent's line is this one, but for two fields.
+                    same["dev"], same["change"] = st.st_dev, "unchanged"
+                    unchanged += 1
                     try:
-                        fields = decisive(same)
-                    except KeyError:  # a field missing: the long way decides
-                        fields = None
-                    if (fields == ("file", st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, S_IMODE(st.st_mode),
-                                   st.st_uid, st.st_gid) and S_ISREG(st.st_mode) and same.get("sha256")):
-                        # The common case, kept short: the parent's line is this one, but for two fields.
-                        same["dev"], same["change"] = st.st_dev, "unchanged"
-                        unchanged += 1
-                        try:
-                            line = dumps(same, option=newline)
-                        except TypeError:  # a name that is not UTF-8
-                            line = encode(same) + b"\n"
-                        draft.write(line)
-                        offset += len(line)
-                        if full:
-                            members.write(os.fsencode(name) + b"\0")
-                        continue
+                        line = dumps(same, option=newline)
+                    except TypeError:  # a name that is not UTF-8
+                        line = encode(same) + b"\n"
+                    draft.write(line)
+                    offset += len(line)
+                    if full:
+                        members.write(os.fsencode(name) + b"\0")
+                    continue
                 entry = _metadata(name, path, st)
                 if same is None and has_parent and not rehash and entry["type"] == "file":
                     # new here: maybe a rename, known once the join has seen every gone path
