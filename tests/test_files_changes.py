@@ -24,7 +24,8 @@ from backup_tasks.sources.files import chain_extract
 from backup_tasks.sources.files.changes import Chain
 from backup_tasks.sources.files.tarstream import scan_stream
 from backup_tasks.sources.files.tree_listing import ListingWriter, read_listing
-from test_files_source import assert_same_tree, restored_root, snapshot, target, tree, write  # noqa: F401 - tree is a fixture
+from test_files_source import (  # noqa: F401 - tree is a fixture
+    LONG, SUBSECOND_NS, assert_same_tree, restored_root, snapshot, target, tree, write)
 
 
 def dump(tmp_path: Path, tree: Path, name: str, parent: Path | None = None, rehash: bool = False) -> tuple[bytes, dict, Path]:
@@ -74,6 +75,43 @@ def test_a_chmod_is_metadata_a_hidden_edit_needs_rehash_and_a_new_device_number_
     archive, rehashed, l2 = dump(tmp_path, tree, "rehash", parent=l0, rehash=True)
     assert [e["path"] for e in scan_stream(io.BytesIO(archive))] == [f"{prefix}/secret.key"]
     assert by_path(l2)[f"{prefix}/secret.key"]["change"] == "modified"
+
+
+def test_each_change_of_metadata_is_told_apart_and_an_unchanged_line_is_the_parents(tree, tmp_path):
+    """The short way through the join (an unchanged file) against each change that must leave it."""
+    prefix = str(tree).lstrip("/")
+    _, _, l0 = dump(tmp_path, tree, "full")
+    stamp = tree / "data" / "stamp"
+    os.chmod(tree / "secret.key", 0o440)
+    if os.geteuid() == 0:
+        os.chown(tree / "config" / "ünïcødé 設定.conf", 4242, 4242)
+    # another inode with the same size and mtime: new content as far as metadata can tell
+    twin = write(tree / "data" / "stamp.new", b"PRECISE\n")
+    os.utime(twin, ns=(SUBSECOND_NS, SUBSECOND_NS))
+    os.replace(twin, stamp)
+    os.mkfifo(tree / "data" / "pipe")  # the walk skips it, with a warning
+    # a parent line without some of the fields that decide: the long way decides
+    untouched, latin = f"{prefix}/data/{LONG}/deep.bin", prefix + "/" + os.fsdecode(b"latin1-\xe9t\xe9.txt")
+    partial = tmp_path / "partial.jsonl.zst"
+    writer = ListingWriter(partial)
+    for entry in read_listing(l0):
+        writer.write({k: v for k, v in entry.items() if k != "uid"} if entry["path"] == untouched else entry)
+    writer.close()
+    archive, inc, l1 = dump(tmp_path, tree, "inc", parent=partial)
+    entries, parents = by_path(l1), by_path(l0)
+    assert [e["path"] for e in scan_stream(io.BytesIO(archive))] == [f"{prefix}/data/stamp"]
+    assert entries[f"{prefix}/data/stamp"]["change"] == "modified"
+    assert f"{prefix}/data/pipe" not in entries and any("pipe: skipped" in w for w in inc["warnings"])
+    assert entries[f"{prefix}/secret.key"]["change"] == entries[untouched]["change"] == "metadata"
+    assert entries[untouched]["uid"] == os.getuid()  # recorded again from lstat
+    if os.geteuid() == 0:
+        assert (entries[f"{prefix}/config/ünïcødé 設定.conf"]["change"], entries[f"{prefix}/config/ünïcødé 設定.conf"]["uid"]) == (
+            "metadata", 4242)
+    assert entries[latin]["change"] == "unchanged"  # a name that is not UTF-8 takes the short way too
+    unchanged = [p for p, e in entries.items() if e["change"] == "unchanged"]
+    assert len(unchanged) >= 5 and inc["changes"]["unchanged"] == len(unchanged)
+    for path in unchanged:  # the parent's entry, keys in their places, but for change
+        assert list(entries[path].items()) == list({**parents[path], "change": "unchanged"}.items())
 
 
 def test_restore_from_a_full_listing_reproduces_hard_links_long_and_non_utf8_names(tree, tmp_path):

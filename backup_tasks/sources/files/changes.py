@@ -47,7 +47,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import orjson
 
 from backup_tasks.errors import SourceError
-from backup_tasks.sources.files.tree_listing import decode, encode, listing_lines, tree_key
+from backup_tasks.sources.files.parent_listing import Unsorted, in_order, sorted_on_disk
+from backup_tasks.sources.files.tree_listing import decode, encode, tree_key
 
 CHANGES = ("new", "modified", "metadata", "renamed", "unchanged")
 
@@ -143,39 +144,6 @@ def _meta_moved(before: dict, entry: dict) -> bool:
     return any(before.get(k) != entry[k] for k in ("mode", "uid", "gid"))
 
 
-class _Unsorted(Exception):
-    """The parent listing is not in tree order; the join starts again from a sorted copy."""
-
-
-def _in_order(listing: Path) -> Iterator[tuple[str, dict]]:
-    """The parent's entries with their tree keys; _Unsorted at the first one out of order (checked as the join reads)."""
-    last = None
-    for line in listing_lines(listing):
-        entry = decode(line)
-        k = entry["path"].replace("/", "\0")  # tree_key, inline: called once per path of the tree
-        if last is not None and k <= last:
-            raise _Unsorted
-        last = k
-        yield k, entry
-
-
-def _sorted(listing: Path, workdir: Path) -> Iterator[tuple[str, dict]]:
-    """The parent's entries sorted on disk: UTF-32 big-endian bytes sort as Python compares the strings."""
-    db = sqlite3.connect(str(workdir / "parent-sorted.sqlite"))
-    try:
-        db.execute("PRAGMA journal_mode=OFF")
-        db.execute("DROP TABLE IF EXISTS p")
-        db.execute("CREATE TABLE p (k BLOB, line BLOB)")
-        db.executemany("INSERT INTO p VALUES (?, ?)",
-                       ((tree_key(decode(line)["path"]).encode("utf-32-be", "surrogatepass"), line)
-                        for line in listing_lines(listing)))
-        for (line,) in db.execute("SELECT line FROM p ORDER BY k"):
-            entry = decode(line)
-            yield tree_key(entry["path"]), entry
-    finally:
-        db.close()
-
-
 class _Renames:
     """Parent files gone from their path (where a new path's bytes may be), then the renames found.
 
@@ -246,18 +214,16 @@ def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: P
     if chain.parent_listing is None:
         return _join(paths, iter(()), chain, workdir, member_list, full=full, has_parent=False)
     try:
-        # The parent's order is checked as the join reads it, not in a pass of its own beforehand:
-        # every listing written since listings were sorted is in order, and reading one costs as
-        # much as the join's own work on it.
-        return _join(paths, _in_order(chain.parent_listing), chain, workdir, member_list, full=full, has_parent=True)
-    except _Unsorted:
+        return _join(paths, in_order(chain.parent_listing), chain, workdir, member_list, full=full, has_parent=True)
+    except Unsorted:
         # An older listing (roots not in order): sorted once on disk, and the join starts over.
         if not isinstance(paths, list):
             if walk_again is None:
                 raise SourceError("the parent listing is out of tree order and the walk cannot start again",
                                   "this is a bug in backup-tasks; report it, and run a full backup meanwhile") from None
             paths = walk_again()
-        return _join(paths, _sorted(chain.parent_listing, workdir), chain, workdir, member_list, full=full, has_parent=True)
+        return _join(paths, sorted_on_disk(chain.parent_listing, workdir), chain, workdir, member_list, full=full,
+                     has_parent=True)
 
 
 def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain, workdir: Path, member_list: Path, *,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
-from operator import itemgetter
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 
 from backup_tasks.errors import SourceError
@@ -34,10 +35,13 @@ def _matches(patterns: tuple[str, ...], rel: str, is_dir: bool) -> bool:
     return False
 
 
+_NAME = attrgetter("name")
+
+
 def _children(directory: str, warnings: list[str]) -> list[os.DirEntry]:
     try:
         with os.scandir(directory) as it:
-            return sorted(it, key=lambda e: e.name)  # sorted: same tree, same archive
+            return sorted(it, key=_NAME)  # sorted: same tree, same archive
     except FileNotFoundError:
         warnings.append(f"{directory}: directory vanished during the walk")
         return []
@@ -72,6 +76,38 @@ def _walk(root: str, include: tuple[str, ...], exclude: tuple[str, ...], warning
         yield entry.path, is_dir, picked
         if is_dir:
             stack.append((iter(_children(entry.path, warnings)), picked))
+
+
+def _runs(root: str, exclude: tuple[str, ...], warnings: list[str]) -> Iterator[list[str]]:
+    """What _walk yields without include patterns, as lists of paths: each list ends at a directory.
+
+    The walk without include patterns is the usual one, and a generator step per path
+    was a fifth of an incremental's first pass: here Python runs a short loop per entry
+    and a generator step per directory, and the consumer reads the lists through
+    ``chain.from_iterable`` (C).
+    """
+    cut = len(root.rstrip("/")) + 1
+    stack = [iter(_children(root, warnings))]
+    run: list[str] = []
+    while stack:
+        for entry in stack[-1]:
+            if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                if not (exclude and _matches(exclude, entry.path[cut:], False)):
+                    run.append(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                if exclude and _matches(exclude, entry.path[cut:], True):
+                    continue
+                run.append(entry.path)
+                yield run
+                run = []
+                stack.append(iter(_children(entry.path, warnings)))
+                break
+            else:
+                warnings.append(f"{entry.path}: skipped, not a regular file, directory or symlink")
+        else:
+            stack.pop()
+    if run:
+        yield run
 
 
 def _keep_picked(members: list[tuple[str, bool, bool]], roots: set[str]) -> list[str]:
@@ -113,7 +149,20 @@ def _overlapping(roots: list[str]) -> bool:
 
 
 def _members(roots: list[str], target, warnings: list[str]) -> Iterator[str]:
-    return map(itemgetter(0), _members_with_picks(roots, target, warnings))  # no Python frame per path
+    return chain.from_iterable(_roots_runs(roots, tuple(target.exclude), warnings))
+
+
+def _roots_runs(roots: list[str], exclude: tuple[str, ...], warnings: list[str]) -> Iterator[list[str]]:
+    """_members_with_picks without include patterns, in lists of paths (_runs)."""
+    for root in roots:
+        if not (os.path.islink(root) or os.path.isdir(root) or os.path.isfile(root)):
+            warnings.append(f"{root}: skipped, not a regular file, directory or symlink")
+            continue
+        yield [root]
+        if os.path.islink(root):
+            warnings.append(f"{root}: is a symlink; the link is archived, not what it points to")
+        elif os.path.isdir(root):
+            yield from _runs(root, exclude, warnings)
 
 
 def _members_with_picks(roots: list[str], target, warnings: list[str]) -> Iterator[tuple[str, bool, bool]]:
