@@ -78,8 +78,8 @@ def read_from(argv: list[str], out: BinaryIO, *, env: dict, what: str, deadline:
               on_chunk: Callable[[bytes], None] | None = None, pass_fds: tuple = (), gather: bool = False) -> Outcome:
     """Run ``argv`` and copy its stdout to ``out`` in chunks.
 
-    ``gather``: for a tool that writes its output a few KiB at a time (mariadb-dump goes
-    through stdio), a reader that keeps up gets each few KiB as one chunk: 40,000 chunks for
+    ``gather``: for a tool that writes its output a few KiB at a time (mariadb-dump through
+    stdio, pg_dump a data block at a time), a reader that keeps up gets each few KiB as one chunk: 40,000 chunks for
     220 MB, each paying syscalls, hashing and Python calls downstream. With ``gather`` the
     pipe holds 1 MiB and a short read is followed by a nap of 2 ms, so chunks average
     ~200 KiB; the tool never waits for room meanwhile (it would need to write 500 MB/s).

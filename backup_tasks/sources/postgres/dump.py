@@ -187,7 +187,9 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
         with dsn.pg_env(server) as env:
             counter.start()
             try:
-                outcome = pipes.read_from(argv, out, env=env, what=f"pg_dump of target '{target.name}'")
+                # gather: pg_dump writes 4 KiB at a time (200k writes for 0.8 GB); bigger chunks cut the
+                # per-chunk hashing and Python calls by a sixth of the dump thread's CPU (measured)
+                outcome = pipes.read_from(argv, out, env=env, what=f"pg_dump of target '{target.name}'", gather=True)
             finally:
                 counter.join()
             if outcome.returncode == 0 and opts["globals"]:
