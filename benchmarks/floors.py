@@ -1,4 +1,4 @@
-"""The chain's passes done by the standard tools alone: the least any implementation of that work takes here.
+"""The chain's passes done by the standard tools alone: what that work costs here, beside the goal's bare baseline.
 
 A goal's baseline is a bare pipeline (``pg_dump -f``, ``tar | zstd | age``) that proves
 nothing. The chain owes more passes over the same bytes, and each is there for a reason:
@@ -16,6 +16,13 @@ Here those passes run as Go's ``age``, ``zstd``, OpenSSL's SHA-256 (SHA-NI) and 
 source's own tools, in parallel wherever a shell pipeline allows: each extra hash is a
 ``tee`` into ``openssl dgst``. Wall and CPU seconds (the shell's children, the dump tool
 included; a database server's own CPU is not counted, as in the baseline).
+
+It is not a lower bound: every ``tee`` copies the stream into one more pipe, which a single
+process hashing its own buffers does not pay, and the shell cannot overlap verify with the
+next backup's work any more than the chain can. Where the chain comes out faster than this,
+the figure says the goal is not out of reach for that reason alone; where it comes out
+slower, the difference is ours. The CPU seconds, divided by the cores, bound the wall time
+of the same passes from below only if nothing else were paid.
 """
 
 from __future__ import annotations

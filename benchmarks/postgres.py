@@ -366,7 +366,7 @@ def _report_my(my: dict) -> None:
 
 
 def _print_floor(floor: dict, dump_seconds: float, chain_seconds: float) -> None:
-    print(f"  the chain's passes by the tools alone (hashes, zstd, age, sync, read-back, check; benchmarks/floors.py): "
+    print(f"  the chain's passes by the tools (hashes, zstd, age, sync, read-back, check; benchmarks/floors.py): "
           f"{floor['seconds']:.1f} s, {floor['cpu_seconds']:.1f} CPU-s = {floor['seconds'] / dump_seconds:.2f}x the dump; "
           f"ours {chain_seconds / floor['seconds']:.2f}x that")
 
