@@ -23,7 +23,7 @@ from backup_tasks.sources.base import source_for
 from backup_tasks.sources.files import chain_extract
 from backup_tasks.sources.files.changes import Chain
 from backup_tasks.sources.files.tarstream import scan_stream
-from backup_tasks.sources.files.tree_listing import ListingWriter, read_listing
+from backup_tasks.sources.files.tree_listing import ListingWriter, decode, encode, listing_lines, read_listing
 from test_files_source import (  # noqa: F401 - tree is a fixture
     LONG, SUBSECOND_NS, assert_same_tree, restored_root, snapshot, target, tree, write)
 
@@ -268,3 +268,22 @@ def test_check_and_restore_compare_the_archive_with_the_listing_and_catch_a_list
     with pytest.raises(VerificationFailed) as err:  # the full's archive is not this backup's
         source.check(io.BytesIO(data), inc, tmp_path, listing=inc_listing)
     assert err.value.check == "tar-listing"
+
+
+def test_every_listing_line_is_what_the_encoder_writes_for_its_entry(tree, tmp_path):
+    # The second pass settles most lines by appending the scan's fields to the draft's bytes
+    # instead of encoding the entry again; the listing must not tell the two apart, in a full
+    # and in an incremental (new files, a rename, hard links, names that are not UTF-8).
+    _, _, l0 = dump(tmp_path, tree, "full")
+    write(tree / "new.txt", b"new\n")
+    os.rename(tree / "data" / "stamp", tree / "data" / "stamp-moved")
+    os.link(tree / "new.txt", tree / "new-link.txt")
+    write(tree / os.fsdecode(b"new-\xff"), b"not utf-8\n")
+    _, _, l1 = dump(tmp_path, tree, "inc", parent=l0)
+    for listing in (l0, l1):
+        lines = list(listing_lines(listing))
+        assert lines and all(line == encode(decode(line)) + b"\n" for line in lines)
+        assert sum(b'"sha256":' in line for line in lines) > 1
+    entries = by_path(l1)
+    prefix = str(tree).lstrip("/")
+    assert entries[f"{prefix}/new.txt"]["change"] == "new" and entries[f"{prefix}/data/stamp-moved"]["change"] == "renamed"

@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 from backup_tasks.sources.files import tar_batches
+from backup_tasks.sources.files.changes import LINKED, Chain, first_pass
 from backup_tasks.sources.files.gnu_tar import _TAIL, _HeldTail, run_tar
 from backup_tasks.sources.files.tarstream import scan_stream
 
@@ -52,6 +53,30 @@ def test_a_cut_never_separates_two_names_of_one_file(tmp_path):
     assert tar_batches.batch_sizes(listed, 5) == [13, 5, 2]
     assert tar_batches.batch_sizes(listed, 20) == [20]
     assert tar_batches.batch_sizes(write_list(tmp_path / "empty", []), 5) == []
+
+
+def test_the_walks_record_of_hard_linked_names_cuts_the_list_as_stating_each_name_does(tmp_path):
+    names = make_tree(tmp_path / "tree")
+    listed = write_list(tmp_path / "list", names)
+    record = tmp_path / "linked.bin"
+    with open(record, "wb") as out:
+        linked = tar_batches.Linked(out)
+        linked.add(b"a/dir", os.lstat(tmp_path))  # a directory is never a hard link
+        for name in names + [str(tmp_path / "tree").lstrip("/")]:
+            linked.add(name.encode(), os.lstat("/" + name))
+    assert tar_batches.batch_sizes(listed, 5, record) == tar_batches.batch_sizes(listed, 5) == [13, 5, 2]
+    (tmp_path / "none.bin").write_bytes(b"")  # a walk that met no hard link: the list is cut every 5 names
+    assert tar_batches.batch_sizes(listed, 5, tmp_path / "none.bin") == [5, 5, 5, 5]
+
+
+def test_a_files_dumps_first_pass_records_the_hard_links_the_cuts_need(tmp_path):
+    names = make_tree(tmp_path / "tree")
+    work = tmp_path / "work"
+    work.mkdir()
+    listed = work / "members.nul"
+    first_pass(["/" + n for n in names], Chain("b", work / "listing.jsonl.zst"), work, listed, full=True)
+    assert listed.read_bytes() == b"".join(n.encode() + b"\0" for n in names)
+    assert tar_batches.batch_sizes(listed, 5, work / LINKED) == tar_batches.batch_sizes(listed, 5) == [13, 5, 2]
 
 
 def test_joined_runs_make_the_archive_one_run_makes(tmp_path):

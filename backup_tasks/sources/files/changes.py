@@ -48,12 +48,15 @@ import orjson
 
 from backup_tasks.errors import SourceError
 from backup_tasks.sources.files.parent_listing import Unsorted, in_order, sorted_on_disk
+from backup_tasks.sources.files.tar_batches import Linked
 from backup_tasks.sources.files.tree_listing import decode, encode, tree_key
 
 CHANGES = ("new", "modified", "metadata", "renamed", "unchanged")
 
 DRAFT, MARKS, _PENDING, GONE, RENAMED, _NEW_MEMBERS = (
     "draft.jsonl", "draft-marks.bin", "pending-new.jsonl", "gone.sqlite", "renamed.jsonl", "new-members.nul")
+#: the hard-linked names the walk stated (tar_batches.Linked), so cutting the member list needs no second lstat
+LINKED = "linked.bin"
 #: a draft line the second pass settles: its offset in the draft, and why ("?": its sha256 is the tar scan's; "N": maybe a rename)
 MARK = struct.Struct("<Qc")
 BUFFER = 1 << 20
@@ -240,7 +243,9 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
         with open(workdir / DRAFT, "wb", buffering=BUFFER) as draft, \
              open(workdir / MARKS, "wb", buffering=BUFFER) as marks, \
              open(member_list, "wb", buffering=BUFFER) as members, \
-             open(workdir / _PENDING, "wb", buffering=BUFFER) as pending:
+             open(workdir / _PENDING, "wb", buffering=BUFFER) as pending, \
+             open(workdir / LINKED, "wb", buffering=BUFFER) as linked_out:
+            linked = Linked(linked_out)
             for path in paths:
                 name = path.lstrip("/") or "."
                 k = name.replace("/", "\0")  # tree_key, inline: this loop runs once per path of the tree
@@ -261,6 +266,8 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
                     if same is not None:
                         renames.add_gone(same)
                     continue
+                if st.st_nlink > 1:
+                    linked.add(os.fsencode(name), st)
                 if (same is not None and trust_metadata and S_ISREG(st.st_mode) and same["type"] == "file"
                         and same.get("sha256") and same["ino"] == st.st_ino and same["size"] == st.st_size
                         and same["mtime_ns"] == st.st_mtime_ns and same.get("ctime_ns") == st.st_ctime_ns

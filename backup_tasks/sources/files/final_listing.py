@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+import orjson
+
 from backup_tasks.sources.files.changes import BUFFER, DRAFT, MARK, MARKS, RENAMED, Chain, lines
 from backup_tasks.sources.files.tree_listing import ListingWriter, decode, encode
 
@@ -22,6 +24,9 @@ class ArchiveSpool:
     pass holds the archive's listing in memory. Hard links are the exception that needs
     a lookup (their bytes are under an earlier member's name), so the names they link to
     are kept: as many as there are hard-linked files, not files.
+
+    A line is the list ``[path, type, size, sha256, link]``, the only fields the second
+    pass reads: half the decoding of the scanner's whole entry (mode, mtime as a float).
     """
 
     def __init__(self, path: Path) -> None:
@@ -31,20 +36,17 @@ class ArchiveSpool:
         self.link_targets: set[str] = set()
 
     def add(self, entry: dict) -> None:
-        self._out.write(encode(entry) + b"\n")
+        kind = entry["type"]
+        self._out.write(encode([entry["path"], kind, entry["size"], entry.get("sha256"), entry.get("link")]) + b"\n")
         self.entries += 1
-        if entry["type"] == "file":
+        if kind == "file":
             self.files += 1
             self.bytes += entry["size"]
-        elif entry["type"] == "hardlink":
+        elif kind == "hardlink":
             self.link_targets.add(entry["link"])
 
     def close(self) -> None:
         self._out.close()
-
-    def __iter__(self) -> Iterator[dict]:
-        for line in lines(self.path):
-            yield decode(line)
 
 
 def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: bool = False) -> int:
@@ -62,51 +64,61 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
     workdir = Path(workdir)
     renamed = _renamed(workdir / RENAMED)
     rename = next(renamed, None)  # the next rename the first pass found, in draft order
-    members = iter(archive)
-    current = next(members, None)
-    targets: dict[str, dict] = {}  # hard links' targets seen so far: name -> scan entry
-
-    def member(path: str) -> dict | None:
-        nonlocal current
-        if current is None or current["path"] != path:
-            return None
-        found, current = current, next(members, None)
-        if path in archive.link_targets:
-            targets[path] = found
-        return found
+    targets: dict[str, list] = {}  # hard links' targets seen so far: name -> spool record
+    new_here = b',"change":"new","in":' + orjson.dumps(chain.backup_id) if chain.backup_id.isascii() else None
 
     def settle(tag: bytes, line: bytes) -> None:
-        nonlocal rename
+        nonlocal rename, current
         entry = decode(line)
+        path = entry["path"]
+        added = b""  # the keys this line gains at its end, when the entry is settled by appending them
         if tag == b"N":
-            if rename is not None and rename["path"] == entry["path"]:  # its bytes are in the parent chain, not here
+            if rename is not None and rename["path"] == path:  # its bytes are in the parent chain, not here
                 entry.update(rename)
                 writer.write(entry)
                 rename = next(renamed, None)
                 return
+            added = new_here if "change" not in entry and "in" not in entry else None
             entry["change"], entry["in"] = "new", chain.backup_id
-        scanned = member(entry["path"])
-        if scanned is None:
+        if current is None or current[0] != path:  # not where the archive has it: gone before tar read it
             return
+        _, kind, size, sha256, link = scanned = current
+        current = next(members, None)
+        if path in link_targets:
+            targets[path] = scanned
         if entry["type"] != "file":
-            if scanned.get("link") is not None:  # the link tar stored, should it have moved since the walk
-                entry["link"] = scanned["link"]
+            if link is not None and link != entry.get("link"):  # the link tar stored, should it have moved since the walk
+                entry["link"] = link
+            elif added == b"":
+                writer.write_line(line)  # nothing changed: the line as the first pass encoded it
+                return
             writer.write(entry)
             return
-        if scanned["type"] == "hardlink":
-            target = targets.get(scanned["link"])
-            if target is None or "sha256" not in target:
+        if kind == "hardlink":
+            target = targets.get(link)
+            if target is None or target[3] is None:
                 return
-            entry["member"] = scanned["link"]
-            scanned = target
-        elif scanned["type"] != "file":
+            entry["member"] = link
+            added = None
+            size, sha256 = target[2], target[3]
+        elif kind != "file":
             return
-        entry["size"], entry["sha256"] = scanned["size"], scanned["sha256"]
+        if added is not None and size == entry["size"] and "sha256" not in entry and sha256.isascii():
+            # The entry gains keys at its end, its size stays: the line the encoder would write, without
+            # encoding the whole entry again (a key added to a dict is encoded last; an ASCII value is
+            # written the same by both encoders).
+            writer.write_line(line[:-2] + added + b',"sha256":' + orjson.dumps(sha256) + b"}\n")
+            return
+        entry["size"], entry["sha256"] = size, sha256
         writer.write(entry)
 
+    link_targets = archive.link_targets
     writer = ListingWriter(chain.listing_out)
     try:
-        with open(workdir / DRAFT, "rb", buffering=BUFFER) as draft:
+        with open(workdir / DRAFT, "rb", buffering=BUFFER) as draft, \
+             open(archive.path, "rb", buffering=BUFFER) as spool:
+            members = map(decode, spool)
+            current = next(members, None)
             if full:  # every path is a member: each line is matched with the archive
                 for line in draft:
                     settle(b"?", line)

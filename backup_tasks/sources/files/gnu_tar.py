@@ -83,13 +83,15 @@ def _classify_stderr(stderr: str) -> tuple[list[str], list[str]]:
 
 
 def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str,
-             on_entry: Callable[[dict], None] | None = None, batch: int = tar_batches.BATCH) -> tuple[list[dict], list[str]]:
+             on_entry: Callable[[dict], None] | None = None, batch: int = tar_batches.BATCH,
+             linked: Path | None = None) -> tuple[list[dict], list[str]]:
     """Run GNU tar on the member list; copy its output to ``out`` while scanning it.
 
     ``on_entry``: hear each member as it passes instead of getting the listing back
     (then empty), so memory does not grow with the number of members. A long list is
     archived by runs of at most about ``batch`` names whose archives are joined into
-    one (tar_batches.py: tar's own memory grows with the names of one run).
+    one (tar_batches.py: tar's own memory grows with the names of one run). ``linked``:
+    the walk's record of hard-linked names (``tar_batches.Linked``), if it kept one.
 
     Returns (archive listing, warnings). Exit 1 ("file changed as we read it") and
     files that vanished before tar reached them are warnings; anything else tar
@@ -97,7 +99,7 @@ def run_tar(list_file: Path, out: BinaryIO, workdir: Path, target_name: str,
     """
     stderr_path = workdir / "tar.stderr"
     scanner = TarScanner(on_entry)
-    batches = tar_batches.write_batches(list_file, tar_batches.batch_sizes(list_file, batch), workdir)
+    batches = tar_batches.write_batches(list_file, tar_batches.batch_sizes(list_file, batch, linked), workdir)
     code, broken = 0, None
     with open(stderr_path, "w+b") as stderr:
         for n, batch in enumerate(batches):

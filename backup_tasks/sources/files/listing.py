@@ -94,6 +94,10 @@ def archive_entries(manifest: dict, listing: Path | None = None, tally: ListingT
             member = entry.get("member")
             if member and member != entry["path"]:  # a hard link: the member names the one holding the bytes
                 yield {"path": entry["path"], "type": "hardlink", "size": 0, "link": member}
+            elif "link" not in entry:
+                # The line's own entry: its path, type, size and sha256 are the member's, and a copy
+                # of those four fields for each of the tree's files costs more than the comparison.
+                yield entry
             else:
                 yield {"path": entry["path"], "type": "file", "size": entry["size"], "sha256": entry.get("sha256")}
         elif whole:  # an incremental archives file contents only

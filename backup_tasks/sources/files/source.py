@@ -25,7 +25,7 @@ from backup_tasks.sources.files.extract import (
     plan_restore,
     refuse_unless_empty,
 )
-from backup_tasks.sources.files.changes import Chain, first_pass
+from backup_tasks.sources.files.changes import LINKED, Chain, first_pass
 from backup_tasks.sources.files.final_listing import ArchiveSpool, second_pass
 from backup_tasks.sources.files.gnu_tar import gnu_tar_version, run_tar
 from backup_tasks.sources.files.listing import ListingMatch, ListingTally, archive_entries
@@ -68,7 +68,8 @@ class FilesSource:
             try:
                 # Hard links stay tar hard links, in an incremental too: tar links only to a member it
                 # archived in this run, so a name whose first one is in a parent carries its own bytes.
-                _, tar_warnings = run_tar(list_file, out, workdir, target.name, on_entry=spool.add)
+                _, tar_warnings = run_tar(list_file, out, workdir, target.name, on_entry=spool.add,
+                                          linked=workdir / LINKED)
             finally:
                 spool.close()
             counts = {"file_count": spool.files, "entry_count": spool.entries, "bytes": spool.bytes,
