@@ -21,6 +21,7 @@ from backup_tasks.ops.runtime import Runtime
 from backup_tasks.stages.compress import decompressing_reader
 from backup_tasks.stages.digest import HashingReader
 from backup_tasks.stages.encrypt import DecryptingReader
+from backup_tasks.stages.readahead import ReadaheadHashingReader
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,13 @@ def object_key(doc: dict) -> str:
 
 
 @contextlib.contextmanager
-def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingReader, HashingReader]]:
+def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingReader, ReadaheadHashingReader]]:
     """Yield (plaintext stream, stored-bytes hasher, plaintext hasher) for one location.
 
-    On exit the stored object has been read to its end, so the stored hasher covers all
-    of it even when the consumer stopped early (e.g. a check failed half-way).
+    Decompression and the plaintext sha256 run in threads of their own, beside the
+    consumer. On exit those threads have ended and the stored object has been read to
+    its end, so the stored hasher covers all of it even when the consumer stopped early
+    (e.g. a check failed half-way).
     """
     doc = found.doc
     identities = None
@@ -88,8 +91,9 @@ def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingRe
     with rt.storage(found.tier).get(found.key) as raw:
         stored = HashingReader(raw)
         decrypted = DecryptingReader(stored, identities, what=f"backup {doc['backup_id']}") if identities else None
+        plain = None
         try:
-            plain = HashingReader(decompressing_reader(decrypted or stored, doc["compression"]["method"]))
+            plain = ReadaheadHashingReader(decompressing_reader(decrypted or stored, doc["compression"]["method"]))
             yield plain, stored, plain
         except zstandard.ZstdError as exc:
             raise VerificationFailed(
@@ -98,12 +102,14 @@ def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingRe
                 check="decompress",
             ) from None
         finally:
+            if plain is not None:
+                plain.close()  # before the drain below: its thread reads the same stream
             if decrypted is not None:
                 decrypted.close()
             stored.drain()
 
 
-def check_digests(doc: dict, stored: HashingReader, plain: HashingReader | None) -> None:
+def check_digests(doc: dict, stored: HashingReader, plain: HashingReader | ReadaheadHashingReader | None) -> None:
     """Compare what streamed with the signed manifest; the stored object's hash is checked first."""
     if stored.sha256 != doc["stored"]["sha256"] or stored.size != doc["stored"]["size"]:
         raise VerificationFailed(

@@ -1,0 +1,107 @@
+"""Runbook: a backup read back decompresses and hashes beside its consumer, and stops cleanly.
+
+Decompression and the plaintext sha256 run in threads of their own. Whatever happens to
+the consumer (it stops half-way, the object is damaged), the threads end with the read,
+the stored object is still hashed to its end, and the errors are the ones a reader
+without threads would give.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import threading
+
+import pyrage
+import pytest
+import zstandard
+
+from backup_tasks import client
+from backup_tasks.errors import VerificationFailed
+from backup_tasks.ops import readback
+from backup_tasks.stages.readahead import ReadaheadHashingReader
+
+
+def _readahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("readahead")]
+
+
+@pytest.fixture
+def site_backup(tmp_path, make_config, runtime_for):
+    """A files backup of a few MiB: several 1 MiB chunks pass through the queues."""
+    rng = random.Random(5)
+    tree = tmp_path / "site"
+    tree.mkdir()
+    for i in range(6):
+        (tree / f"part{i}.bin").write_bytes(rng.randbytes(700_000))
+        (tree / f"part{i}.log").write_text("GET /index.html 200\n" * 20_000)
+    cfg = make_config(f'[targets.site]\nkind = "files"\npaths = ["{tree}"]\n')
+    rt = runtime_for(cfg)
+    info = client.enqueue_backup("site", rt=rt).wait()
+    assert info["status"] == "verified"
+    return rt, readback.locate(rt, rt.catalog.get(info["id"]))
+
+
+def test_a_consumer_that_fails_half_way_leaves_no_thread_and_the_stored_object_hashed_in_full(site_backup):
+    rt, found = site_backup
+    doc = found.doc
+    with pytest.raises(RuntimeError, match="check gave up"):
+        with readback.plaintext(rt, found) as (stream, stored, plain):
+            assert stream.read(1000)
+            raise RuntimeError("check gave up")
+    assert _readahead_threads() == []
+    assert (stored.size, stored.sha256) == (doc["stored"]["size"], doc["stored"]["sha256"])
+    assert plain.size == 1000
+
+
+def test_the_plaintext_hash_covers_exactly_what_was_read_whatever_the_read_sizes(site_backup):
+    rt, found = site_backup
+    doc = found.doc
+    seen = hashlib.sha256()
+    with readback.plaintext(rt, found) as (stream, stored, plain):
+        first = stream.read(12345)
+        buf = bytearray(3 << 20)
+        n = stream.readinto(buf)
+        seen.update(first + bytes(buf[:n]))
+        assert plain.size == len(first) + n and plain.sha256 == seen.hexdigest()  # a chunk read in part
+        rest = stream.read()
+        seen.update(rest)
+        assert stream.read(10) == b""
+    readback.check_digests(doc, stored, plain)
+    assert plain.sha256 == seen.hexdigest() == doc["plaintext"]["sha256"]
+    assert _readahead_threads() == []
+
+
+def test_a_damaged_zstd_frame_fails_as_decompress_and_stops_the_threads(site_backup, session_keys):
+    rt, found = site_backup
+    path = rt.storage(found.tier).inner.root / found.key
+    identity = pyrage.x25519.Identity.from_str((session_keys / "age-identity.txt").read_text().split()[-1])
+    compressed = bytearray(pyrage.decrypt(path.read_bytes(), [identity]))
+    compressed[len(compressed) // 2:len(compressed) // 2 + 64] = b"\xff" * 64
+    # written as a damaged backup would have been: the stored hashes are the manifest's
+    recipient = identity.to_public()
+    path.write_bytes(pyrage.encrypt(bytes(compressed), [recipient]))
+    stored_size = path.stat().st_size
+    with pytest.raises(VerificationFailed) as caught:
+        with readback.plaintext(rt, found) as (stream, stored, plain):
+            while stream.read(1 << 16):
+                pass
+    assert caught.value.check == "decompress" and "decompression failed" in caught.value.message
+    assert _readahead_threads() == []
+    assert stored.size == stored_size
+
+
+def test_an_error_is_raised_again_on_every_later_read():
+    data = zstandard.ZstdCompressor(write_checksum=True).compress(b"".join(b"row %d\n" % i for i in range(400_000)))
+    damaged = data[: len(data) // 2] + b"\x00" * 32 + data[len(data) // 2 + 32:]
+    reader = ReadaheadHashingReader(zstandard.ZstdDecompressor().stream_reader(io.BytesIO(damaged)))
+    try:
+        with pytest.raises(zstandard.ZstdError):
+            while reader.read(1 << 20):
+                pass
+        with pytest.raises(zstandard.ZstdError):  # a consumer that swallowed it does not see a clean end
+            reader.drain()
+    finally:
+        reader.close()
+    assert _readahead_threads() == []
