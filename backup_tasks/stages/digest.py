@@ -37,7 +37,22 @@ class HashingWriter:
         return self._hash.hexdigest()
 
 
-class HashingReader:
+class Drainable:
+    """A read-only stream that can be read to its end, whatever its consumer left unread."""
+
+    def read(self, n: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self, chunk: int = 1 << 20) -> None:
+        """Read to the end, so size and sha256 cover the whole stream even after a consumer gave up."""
+        while self.read(chunk):
+            pass
+
+
+class HashingReader(Drainable):
     """A read-only file object that counts and hashes everything read through it."""
 
     def __init__(self, inner: BinaryIO) -> None:
@@ -57,14 +72,6 @@ class HashingReader:
             self._hash.update(memoryview(buf)[:n])
             self.size += n
         return n
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self, chunk: int = 1 << 20) -> None:
-        """Read to the end, so size and sha256 cover the whole object even after a consumer gave up."""
-        while self.read(chunk):
-            pass
 
     @property
     def sha256(self) -> str:

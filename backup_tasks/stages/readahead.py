@@ -18,11 +18,13 @@ import queue
 import threading
 from typing import BinaryIO
 
+from backup_tasks.stages.digest import Drainable
+
 _EOF = object()
 _STOP = object()
 
 
-class ReadaheadHashingReader:
+class ReadaheadHashingReader(Drainable):
     """Read ``src`` in ``chunk``-sized pieces in a thread; read()/readinto() hand them out in order.
 
     Any error of ``src`` (decompression, decryption, storage) is raised by the consumer's
@@ -130,14 +132,6 @@ class ReadaheadHashingReader:
         self._pos += n
         self.size += n
         return n
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self, chunk: int = 1 << 20) -> None:
-        """Read to the end, so size and sha256 cover the whole stream even after a consumer gave up."""
-        while self.read(chunk):
-            pass
 
     @property
     def sha256(self) -> str:
