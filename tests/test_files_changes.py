@@ -287,3 +287,48 @@ def test_every_listing_line_is_what_the_encoder_writes_for_its_entry(tree, tmp_p
     entries = by_path(l1)
     prefix = str(tree).lstrip("/")
     assert entries[f"{prefix}/new.txt"]["change"] == "new" and entries[f"{prefix}/data/stamp-moved"]["change"] == "renamed"
+
+
+def test_a_chain_restore_reads_each_archive_to_its_end_and_refuses_a_truncated_or_altered_one(tree, tmp_path):
+    full_data, _, l0 = dump(tmp_path, tree, "full")
+    (tree / "bin" / "run.sh").write_text("#!/bin/sh\necho changed\n")
+    inc_data, _, l1 = dump(tmp_path, tree, "inc", parent=l0)
+    read_to: dict[str, tuple[int, int]] = {}
+
+    def restore_with(archives: dict[str, bytes], name: str) -> Path:
+        @contextlib.contextmanager
+        def open_archive(backup_id):
+            stream = io.BytesIO(archives[backup_id])
+            yield stream
+            read_to[backup_id] = (stream.tell(), len(archives[backup_id]))
+
+        work = tmp_path / f"plan-{name}"
+        work.mkdir()
+        plan = chain_extract.ChainPlan(l1, work)
+        dest = tmp_path / f"restore-{name}"
+        dest.mkdir(mode=0o700)
+        try:
+            chain_extract.restore(plan, dest, open_archive)
+        finally:
+            plan.close()
+        return dest
+
+    dest = restore_with({"full": full_data, "inc": inc_data}, "good")
+    root = restored_root(dest, tree)
+    assert (root / "bin" / "run.sh").read_text() == "#!/bin/sh\necho changed\n"
+    assert (root / "secret.key").read_bytes() == (tree / "secret.key").read_bytes()
+    # Every archive was read to its last byte: the caller checks its digests as it closes.
+    assert read_to["full"][0] == read_to["full"][1] and read_to["inc"][0] == read_to["inc"][1]
+
+    # The incremental's archive cut short inside run.sh's bytes: refused as a broken archive, naming that backup.
+    cut = inc_data[: inc_data.index(b"echo changed") + 4]
+    with pytest.raises(VerificationFailed) as err:
+        restore_with({"full": full_data, "inc": cut}, "truncated")
+    assert err.value.check == "tar-structure" and "backup inc" in str(err.value)
+
+    # One byte of a file's content changed in the full's archive: that file is refused against the listing.
+    at = full_data.index((tree / "secret.key").read_bytes())
+    altered = full_data[:at] + b"+" + full_data[at + 1:]
+    with pytest.raises(VerificationFailed) as err:
+        restore_with({"full": altered, "inc": inc_data}, "altered")
+    assert err.value.check == "file-sha256" and "secret.key" in str(err.value) and "backup full" in str(err.value)
