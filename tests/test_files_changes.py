@@ -148,10 +148,15 @@ def test_restore_from_a_full_listing_reproduces_hard_links_long_and_non_utf8_nam
     assert sorted(snapshot(restored_root(dest2, tree))) == ["config", "config/ünïcødé 設定.conf"]
 
 
-def restore_point(tmp_path: Path, listing: Path, archives: dict[str, bytes], name: str) -> Path:
+def restore_point(tmp_path: Path, listing: Path, archives: dict[str, bytes], name: str,
+                  read_to: dict[str, tuple[int, int]] | None = None) -> Path:
+    """Restore the point ``listing`` names; ``read_to`` hears how far each archive was read, and its length."""
     @contextlib.contextmanager
     def open_archive(backup_id):
-        yield io.BytesIO(archives[backup_id])
+        stream = io.BytesIO(archives[backup_id])
+        yield stream
+        if read_to is not None:
+            read_to[backup_id] = (stream.tell(), len(archives[backup_id]))
 
     work = tmp_path / f"plan-{name}"
     work.mkdir()
@@ -296,22 +301,7 @@ def test_a_chain_restore_reads_each_archive_to_its_end_and_refuses_a_truncated_o
     read_to: dict[str, tuple[int, int]] = {}
 
     def restore_with(archives: dict[str, bytes], name: str) -> Path:
-        @contextlib.contextmanager
-        def open_archive(backup_id):
-            stream = io.BytesIO(archives[backup_id])
-            yield stream
-            read_to[backup_id] = (stream.tell(), len(archives[backup_id]))
-
-        work = tmp_path / f"plan-{name}"
-        work.mkdir()
-        plan = chain_extract.ChainPlan(l1, work)
-        dest = tmp_path / f"restore-{name}"
-        dest.mkdir(mode=0o700)
-        try:
-            chain_extract.restore(plan, dest, open_archive)
-        finally:
-            plan.close()
-        return dest
+        return restore_point(tmp_path, l1, archives, name, read_to)
 
     dest = restore_with({"full": full_data, "inc": inc_data}, "good")
     root = restored_root(dest, tree)
