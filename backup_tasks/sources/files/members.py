@@ -152,28 +152,30 @@ def _members(roots: list[str], target, warnings: list[str]) -> Iterator[str]:
     return chain.from_iterable(_roots_runs(roots, tuple(target.exclude), warnings))
 
 
-def _roots_runs(roots: list[str], exclude: tuple[str, ...], warnings: list[str]) -> Iterator[list[str]]:
-    """_members_with_picks without include patterns, in lists of paths (_runs)."""
+def _archived_roots(roots: list[str], warnings: list[str]) -> Iterator[tuple[str, bool]]:
+    """Each root that is archived, and whether the walk goes below it (a directory, not a symlink to one)."""
     for root in roots:
-        if not (os.path.islink(root) or os.path.isdir(root) or os.path.isfile(root)):
-            warnings.append(f"{root}: skipped, not a regular file, directory or symlink")
-            continue
-        yield [root]
         if os.path.islink(root):
             warnings.append(f"{root}: is a symlink; the link is archived, not what it points to")
-        elif os.path.isdir(root):
+            yield root, False
+        elif os.path.isdir(root) or os.path.isfile(root):
+            yield root, os.path.isdir(root)
+        else:
+            warnings.append(f"{root}: skipped, not a regular file, directory or symlink")
+
+
+def _roots_runs(roots: list[str], exclude: tuple[str, ...], warnings: list[str]) -> Iterator[list[str]]:
+    """_members_with_picks without include patterns, in lists of paths (_runs)."""
+    for root, below in _archived_roots(roots, warnings):
+        yield [root]
+        if below:
             yield from _runs(root, exclude, warnings)
 
 
 def _members_with_picks(roots: list[str], target, warnings: list[str]) -> Iterator[tuple[str, bool, bool]]:
-    for root in roots:
-        if not (os.path.islink(root) or os.path.isdir(root) or os.path.isfile(root)):
-            warnings.append(f"{root}: skipped, not a regular file, directory or symlink")
-            continue
+    for root, below in _archived_roots(roots, warnings):
         yield root, os.path.isdir(root), True
-        if os.path.islink(root):
-            warnings.append(f"{root}: is a symlink; the link is archived, not what it points to")
-        elif os.path.isdir(root):
+        if below:
             yield from _walk(root, tuple(target.include), tuple(target.exclude), warnings)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import threading
 from collections.abc import Callable
 from datetime import timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import BinaryIO
 from backup_tasks.redaction import redact
 from backup_tasks.errors import SourceError
 from backup_tasks.sources.db import dsn, pipes
+from backup_tasks.sources.db.beside import Beside
 from backup_tasks.sources.mysql import binlog_server
 from backup_tasks.sources.mysql.coordinates import CoordinateWatch
 from backup_tasks.sources.mysql.client import (
@@ -75,39 +75,6 @@ class _SnapshotWatch:
             self.release()
 
 
-class _CountsBeside:
-    """The row counts in our snapshot, taken in a thread while the dump tool writes."""
-
-    def __init__(self, cur, tables: list[str]) -> None:
-        self._cur, self._tables = cur, tables
-        self._thread: threading.Thread | None = None
-        self._counts: dict[str, int] = {}
-        self._error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="mysql-row-counts", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._counts = count_rows(self._cur, self._tables)
-        except BaseException as exc:  # noqa: BLE001 - handed to the dump's thread by result()
-            self._error = exc
-
-    def wait(self) -> None:
-        """Wait for the counts however the dump ended: the connection is not closed under a query."""
-        if self._thread is not None:
-            self._thread.join()
-
-    def result(self) -> dict[str, int]:
-        if self._thread is None:  # the tool's output never showed its snapshot open: count now
-            return count_rows(self._cur, self._tables)
-        self.wait()
-        if self._error is not None:
-            raise self._error
-        return self._counts
-
-
 def dump(target, out: BinaryIO, workdir: Path) -> dict:
     """Dump ``target``'s database to ``out``; the manifest's ``source`` section."""
     import pymysql
@@ -140,7 +107,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
             ) from None
         watch = _SnapshotWatch(lambda: cur.execute("UNLOCK TABLES"))
         coordinates = CoordinateWatch()
-        counting: _CountsBeside | None = None
+        counting: Beside[dict[str, int]] | None = None
         try:
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
@@ -149,7 +116,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
                 cur.execute("SELECT UTC_TIMESTAMP(6)")
                 position["at"] = cur.fetchone()[0].replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
             tables = base_tables(cur, server.database)
-            counting = _CountsBeside(cur, tables)
+            counting = Beside(lambda: count_rows(cur, tables), name="mysql-row-counts")
             cur.execute("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s ORDER BY 1", (server.database,))
             views = [r[0] for r in cur.fetchall()]
             with dsn.mysql_defaults_file(server) as cnf:

@@ -14,13 +14,13 @@ pipe after ``age -d | zstd -d`` in a disaster without our code.
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 from typing import BinaryIO
 
 from backup_tasks.redaction import redact
 from backup_tasks.errors import ConfigError, SourceError
 from backup_tasks.sources.db import dsn, pipes
+from backup_tasks.sources.db.beside import Beside
 from backup_tasks.sources.postgres import cluster_globals
 from backup_tasks.sources.postgres.client import (
     classify,
@@ -174,16 +174,8 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
         check_client_version(client_text, version_num, target=target.name, address=server.address)
         tables = list_tables(cur, opts)
         argv = [pg_dump, "-Fc", "-Z0", "--no-password", f"--snapshot={snapshot}", "-d", server.database, *_filter_args(opts)]
-        counted: dict = {}
-
-        def count() -> None:
-            # Same transaction, same snapshot as pg_dump: the counts are exact for the dump.
-            try:
-                counted["tables"] = count_rows(cur, tables)
-            except Exception as exc:  # noqa: BLE001 - reported after pg_dump finished
-                counted["error"] = exc
-
-        counter = threading.Thread(target=count, name=f"count-{target.name}")
+        # Same transaction, same snapshot as pg_dump: the counts are exact for the dump.
+        counter = Beside(lambda: count_rows(cur, tables), name=f"count-{target.name}")
         with dsn.pg_env(server) as env:
             counter.start()
             try:
@@ -191,14 +183,16 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
                 # per-chunk hashing and Python calls by a sixth of the dump thread's CPU (measured)
                 outcome = pipes.read_from(argv, out, env=env, what=f"pg_dump of target '{target.name}'", gather=True)
             finally:
-                counter.join()
+                counter.wait()
             if outcome.returncode == 0 and opts["globals"]:
                 cluster = cluster_globals.dump_globals(tool("pg_dumpall", opts["bin_dir"]), server, env, workdir, opts["globals"],
                                                        what=f"pg_dumpall --globals-only of target '{target.name}'", ref=target.password)
         if outcome.returncode != 0:
             raise classify(outcome.stderr, server, what=what, ref=target.password)
-        if "error" in counted:
-            raise SourceError(f"{what}: counting rows in the snapshot failed: {counted['error']}", "see the PostgreSQL server log")
+        try:
+            counted = counter.result()
+        except Exception as exc:  # noqa: BLE001 - reported after pg_dump finished
+            raise SourceError(f"{what}: counting rows in the snapshot failed: {exc}", "see the PostgreSQL server log") from None
         conn.rollback()
     finally:
         conn.close()
@@ -209,7 +203,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
         "encoding": encoding,
         "snapshot": snapshot,
         "format": "pg_dump custom archive, uncompressed (-Fc -Z0)",
-        "tables": counted["tables"],
+        "tables": counted,
         "partitioned_tables": [qualified(s, t) for s, t, k in tables if k == "p"],
         "options": {k: v for k, v in opts.items() if v},
         **({"globals": cluster} if opts["globals"] else {}),
