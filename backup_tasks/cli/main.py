@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 import click
@@ -12,7 +13,39 @@ from backup_tasks.cli.output import Output
 from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: the module (under backup_tasks.cli) whose COMMANDS hold each command: a command imports its own module only
+#: (the others cost a few ms of every command's start-up); help and an unknown name import them all
+_COMMAND_MODULES = {
+    "backup": "backups", "list": "backups", "show": "backups", "verify": "backups", "restore": "backups",
+    "targets": "admin", "keys": "keys", "catalog": "admin", "api": "api", "audit": "audit", "cleanup": "cleanup",
+    "delete": "delete", "drill": "drill", "metrics": "metrics", "pitr": "pitr", "report": "report", "watchdog": "report",
+    "reencrypt": "reencrypt", "wal": "wal",
+}
+
+
+class _Commands(click.Group):
+    """The top-level group: each command is added when it is first asked for, from its module's COMMANDS."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str):
+        if cmd_name not in self.commands:
+            # An unknown name loads every command, so that click's "did you mean" sees them all.
+            for module in [_COMMAND_MODULES[cmd_name]] if cmd_name in _COMMAND_MODULES else set(_COMMAND_MODULES.values()):
+                _add(module)
+        return self.commands.get(cmd_name)
+
+
+def _add(module: str) -> None:
+    if module in ("admin", "keys"):  # keys adds rotate and status to admin's keys group: never one without the other
+        importlib.import_module("backup_tasks.cli.keys")
+        module = "admin"
+    for command in importlib.import_module(f"backup_tasks.cli.{module}").COMMANDS:
+        cli.add_command(command)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="targets file")
 @click.option("--json", "json_mode", is_flag=True, default=False, help="print one JSON document on stdout")
 @click.option("-v", "--verbose", count=True, help="log more (-vv for debug)")
@@ -22,19 +55,6 @@ def cli(click_ctx: click.Context, config_path, json_mode, verbose):
     """Backups that end in a proven restore."""
     configure_logging(verbose)
     click_ctx.obj = Context(config_path, json_mode)
-
-
-def _register() -> None:
-    from backup_tasks.cli import admin, api, audit, backups, cleanup, delete, drill, metrics, pitr, report, wal
-    from backup_tasks.cli import keys  # noqa: F401 - adds rotate and status to admin's keys group
-    from backup_tasks.cli import reencrypt
-
-    for command in (*backups.COMMANDS, *admin.COMMANDS, *drill.COMMANDS, *cleanup.COMMANDS, *audit.COMMANDS, *report.COMMANDS,
-                    *metrics.COMMANDS, *api.COMMANDS, *delete.COMMANDS, *reencrypt.COMMANDS, *wal.COMMANDS, *pitr.COMMANDS):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,6 @@ where the operator wrote it, whatever table it is in.
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any, Iterator
 
@@ -20,6 +19,8 @@ def unknown_keys(table: dict, allowed: set[str], *, file: str, where: str) -> No
     """Refuse a key outside ``allowed``, suggesting the closest allowed one."""
     for key in table:
         if key not in allowed:
+            import difflib  # only for a typo: every command loads this file, few have one
+
             close = difflib.get_close_matches(key, allowed, n=1)
             raise ConfigError(
                 f"unknown field '{key}'",

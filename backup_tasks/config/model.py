@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +162,8 @@ class Config:
         try:
             return self.targets[name]
         except KeyError:
+            import difflib  # only for a misspelt name: every command loads the model
+
             close = difflib.get_close_matches(name, self.targets, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise InputError(

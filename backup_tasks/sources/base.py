@@ -8,6 +8,7 @@ pipeline hands it plain byte streams.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from backup_tasks import defaults
 from backup_tasks.errors import ConfigError, RestoreRefused
+from backup_tasks.sources import MODULES as _MODULES
 
 if TYPE_CHECKING:
     from backup_tasks.config import Target
@@ -100,17 +102,18 @@ def register(source: Source) -> Source:
 
 
 def source_for(kind: str) -> Source:
-    """The registered source of ``kind``; ConfigError listing the registered kinds otherwise.
-
-    Importing this module imports the package first, whose ``__init__`` imports (and so
-    registers) every kind: by the time anyone can call this, the registry is full.
-    """
+    """The source of ``kind``, its module imported (and so registered) the first time; ConfigError listing the kinds otherwise."""
     try:
         return _REGISTRY[kind]
     except (KeyError, TypeError):  # TypeError: an unhashable kind, e.g. kind = [..] in the file
-        raise ConfigError(f"unknown source kind '{kind}'", f"use one of: {', '.join(known_kinds())}") from None
+        pass
+    module = _MODULES.get(kind) if isinstance(kind, str) else None
+    if module is not None:
+        importlib.import_module(module)
+        return _REGISTRY[kind]
+    raise ConfigError(f"unknown source kind '{kind}'", f"use one of: {', '.join(known_kinds())}")
 
 
 def known_kinds() -> list[str]:
-    """Every registered kind, sorted."""
-    return sorted(_REGISTRY)
+    """Every kind, sorted (registered, or to be when first asked for)."""
+    return sorted(set(_REGISTRY) | set(_MODULES))

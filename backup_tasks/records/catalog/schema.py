@@ -3,9 +3,12 @@
 Every table is created on first use; a column added after a table's first release is
 added to an existing catalog by ``ALTER TABLE`` (``_ADDED_COLUMNS``), because
 ``create_all`` creates missing tables but never alters one.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: with it every ``Mapped[...]`` annotation is a
+string that SQLAlchemy evaluates one by one while it maps the classes (~100 columns, several ms
+of every command's start-up); without it Python builds them as the classes are defined, and
+the mapping is the same.
+"""
 
 import os
 from datetime import datetime, timezone
