@@ -55,7 +55,32 @@ def tool(name: str, bin_dir: str | None = None) -> str:
 
 
 def tool_version(path: str, env: dict | None = None) -> str:
-    return subprocess.run([path, "--version"], capture_output=True, text=True, check=True, env=env).stdout.strip()
+    return VersionAsked(path, env).answer()
+
+
+class VersionAsked:
+    """``path --version``, started now and answered later.
+
+    Debian's /usr/bin/pg_* are a Perl wrapper that takes tens of milliseconds to start: asked
+    before connecting, the answer is ready by the time the server has said its own version,
+    instead of adding to the time before the dump starts.
+    """
+
+    def __init__(self, path: str, env: dict | None = None) -> None:
+        self.argv = [path, "--version"]
+        self.child = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def answer(self) -> str:
+        out, err = self.child.communicate()
+        if self.child.returncode != 0:
+            raise subprocess.CalledProcessError(self.child.returncode, self.argv, out, err)
+        return out.strip()
+
+    def discard(self) -> None:
+        """Reap the child if nobody asked for the answer (the caller failed first); a no-op after ``answer``."""
+        if self.child.returncode is None:
+            self.child.kill()
+            self.child.communicate()
 
 
 def connect(server: Server, *, what: str, ref: str | None = None):

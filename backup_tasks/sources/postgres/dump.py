@@ -29,7 +29,7 @@ from backup_tasks.sources.postgres.client import (
     quote_ident,
     split_name,
     tool,
-    tool_version,
+    VersionAsked,
 )
 
 OPTION_KEYS = {"schemas", "exclude_schemas", "tables", "exclude_tables", "globals", "bin_dir"}
@@ -163,14 +163,19 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
     server = dsn.for_target(target)
     what = f"dump of target '{target.name}'"
     pg_dump = tool("pg_dump", opts["bin_dir"])
-    client_text = tool_version(pg_dump, dsn.child_env(server))
-    conn = connect(server, what=what, ref=target.password)
+    client_version = VersionAsked(pg_dump, dsn.child_env(server))
+    try:
+        conn = connect(server, what=what, ref=target.password)
+    except BaseException:
+        client_version.discard()
+        raise
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         cur = conn.cursor()
         cur.execute("SELECT current_setting('server_version_num')::int, current_setting('server_version'), "
                     "pg_encoding_to_char(encoding), pg_export_snapshot() FROM pg_database WHERE datname = current_database()")
         version_num, version, encoding, snapshot = cur.fetchone()
+        client_text = client_version.answer()
         check_client_version(client_text, version_num, target=target.name, address=server.address)
         tables = list_tables(cur, opts)
         argv = [pg_dump, "-Fc", "-Z0", "--no-password", f"--snapshot={snapshot}", "-d", server.database, *_filter_args(opts)]
@@ -195,6 +200,7 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
             raise SourceError(f"{what}: counting rows in the snapshot failed: {exc}", "see the PostgreSQL server log") from None
         conn.rollback()
     finally:
+        client_version.discard()
         conn.close()
     return {
         "database": server.database,
