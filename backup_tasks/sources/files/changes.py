@@ -83,18 +83,25 @@ def member_name(path: str) -> str:
 
 
 def _metadata(name: str, path: str, st: os.stat_result) -> dict:
-    entry = {"path": name, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
-             "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev,
-             # the same mtime as text: jq reads numbers as doubles, which lose the nanoseconds
-             "mtime": f"{st.st_mtime_ns // 10**9}.{st.st_mtime_ns % 10**9:09d}"}
-    if stat.S_ISDIR(st.st_mode):
-        entry.update(type="dir", size=0)
-    elif stat.S_ISLNK(st.st_mode):
-        entry.update(type="symlink", size=0, link=os.readlink(path))
+    # Once per path of the tree: each field read once, the dict built in one go, the keys in the
+    # listing's order (path .. mtime, then type and size, then link or nlink).
+    mode, mtime_ns = st.st_mode, st.st_mtime_ns
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    kind = mode & 0o170000  # stat.S_IFMT
+    if kind == stat.S_IFDIR:
+        kind, size = "dir", 0
+    elif kind == stat.S_IFLNK:
+        kind, size = "symlink", 0
     else:
-        entry.update(type="file", size=st.st_size)
-        if st.st_nlink > 1:  # one file under several names: restored as hard links
-            entry["nlink"] = st.st_nlink
+        kind, size = "file", st.st_size
+    entry = {"path": name, "mode": mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
+             "mtime_ns": mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev,
+             # the same mtime as text: jq reads numbers as doubles, which lose the nanoseconds
+             "mtime": f"{seconds}.{nanos:09d}", "type": kind, "size": size}
+    if kind == "symlink":
+        entry["link"] = os.readlink(path)
+    elif kind == "file" and st.st_nlink > 1:  # one file under several names: restored as hard links
+        entry["nlink"] = st.st_nlink
     return entry
 
 

@@ -116,7 +116,8 @@ class ListingMatch:
 
     def __init__(self, expected: Iterable[dict]) -> None:
         self._expected = iter(expected)
-        self.count = 0
+        self.count = 0  # members compared, all kinds
+        self.files = self.bytes = 0  # regular files among them, and their content bytes
 
     def __call__(self, entry: dict) -> None:
         want = next(self._expected, None)
@@ -124,6 +125,9 @@ class ListingMatch:
         if want is None:
             raise VerificationFailed(f"archive listing differs from the manifest: unexpected {_some([entry['path']])}",
                                      _REMEDY, check="tar-listing")
+        if entry["type"] == "file":  # counted here, in the call every member makes anyway
+            self.files += 1
+            self.bytes += entry["size"]
         if want["path"] != entry["path"]:
             raise VerificationFailed(
                 f"archive listing differs from the manifest at member {self.count}: the archive holds "

@@ -92,21 +92,12 @@ class FilesSource:
         backups hold the other files), read in the same pass.
         """
         match = ListingMatch(archive_entries(manifest, listing, tally))
-        counts = {"files_checked": 0, "entries_checked": 0, "bytes_checked": 0}
-
-        def seen(entry: dict) -> None:
-            match(entry)
-            counts["entries_checked"] += 1
-            if entry["type"] == "file":
-                counts["files_checked"] += 1
-                counts["bytes_checked"] += entry["size"]
-
         try:
-            _scan_into(plaintext, TarScanner(seen))
+            _scan_into(plaintext, TarScanner(match))
         except TarStreamError as exc:
             raise VerificationFailed(exc.message, exc.remedy, check="tar-structure") from None
         match.close()
-        return counts
+        return {"files_checked": match.files, "entries_checked": match.count, "bytes_checked": match.bytes}
 
     def restore(self, plaintext: BinaryIO, manifest: dict, dest: Path, *, force: bool, dry_run: bool,
                 strip_source_path: bool = False, listing: Path | None = None) -> dict:
