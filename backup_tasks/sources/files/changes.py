@@ -40,6 +40,7 @@ import os
 import sqlite3
 import stat
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -243,6 +244,8 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
     rehash, backup_id = chain.rehash, chain.backup_id
     lstat, S_ISREG, S_IMODE, dumps = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps
     trust_metadata, newline = not rehash, orjson.OPT_APPEND_NEWLINE
+    # os.fsencode's own steps, without its Python-level checks on every path of the tree
+    fs_encoding, fs_errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     unchanged = offset = 0
     pk, before = next(parent, (None, None))
     last = ""  # lower than any path's key ("/" itself is ".")
@@ -306,10 +309,13 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
                 if archive:
                     entry["in"] = backup_id
                 if archive or full:
-                    members.write(os.fsencode(name) + b"\0")
+                    members.write(name.encode(fs_encoding, fs_errors) + b"\0")
                 if archive and not full:  # waits for the sha256 the tar scan measures (in a full, every line does)
                     marks.write(MARK.pack(offset, b"?"))
-                line = encode(entry) + b"\n"
+                try:
+                    line = dumps(entry, option=newline)
+                except TypeError:  # a name that is not UTF-8
+                    line = encode(entry) + b"\n"
                 draft.write(line)
                 offset += len(line)
             while pk is not None:
