@@ -128,15 +128,15 @@ class FilesSource:
 
 
 def _scan_into(stream: BinaryIO, scanner: TarScanner) -> None:
-    """Feed the whole of ``stream`` to ``scanner`` through one reused buffer.
+    """Feed the whole of ``stream`` to ``scanner``, a chunk at a time as the stream hands them out.
 
-    A fresh 1 MiB object per read costs page faults (a new mapping each time) on every
-    MiB of the plaintext; ``readinto`` fills the same memory again instead.
+    The read-back (stages/readahead.py) gives each decompressed chunk itself, without a
+    copy, when asked for at least a chunk; ``readinto`` a reused buffer would copy every
+    byte of the plaintext once more.
     """
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    while n := stream.readinto(buffer):
-        scanner.feed(view[:n])
+    read = stream.read
+    while chunk := read(CHUNK_SIZE):
+        scanner.feed(chunk)
     scanner.close()
 
 
