@@ -19,6 +19,12 @@ sparse files, GNU long names, global headers, other pax keywords, a header split
 chunks, a checksum that does not add up) gives None, and the caller hands the same bytes
 to the full parser, which reads or refuses them exactly as before. Every shape accepted
 here decodes to what the full parser would give for the same bytes (the tests compare both).
+
+The commonest of them (a file or directory with a sub-second mtime: the pax header holds
+the one ``mtime`` record) is tried first by two short matches at fixed places, its two
+checksums each taken by one Adler-32 call when the block is ASCII (its byte sum is then
+below Adler's modulus, so exact): 4.7 µs a member instead of 5.7 (best of 15, loaded machine). Whatever that way does
+not settle takes the general way below, unchanged.
 """
 
 from __future__ import annotations
