@@ -23,8 +23,8 @@ here decodes to what the full parser would give for the same bytes (the tests co
 The commonest of them (a file or directory with a sub-second mtime: the pax header holds
 the one ``mtime`` record) is tried first by two short matches at fixed places, its two
 checksums each taken by one Adler-32 call when the block is ASCII (its byte sum is then
-below Adler's modulus, so exact): 4.7 µs a member instead of 5.7 (best of 15, loaded machine). Whatever that way does
-not settle takes the general way below, unchanged.
+below Adler's modulus, so exact): 4.7 µs a member instead of 5.7 (best of 15, loaded
+machine). Whatever that way does not settle takes the general way below, unchanged.
 """
 
 from __future__ import annotations
