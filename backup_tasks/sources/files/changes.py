@@ -40,6 +40,7 @@ import os
 import sqlite3
 import stat
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -83,18 +84,25 @@ def member_name(path: str) -> str:
 
 
 def _metadata(name: str, path: str, st: os.stat_result) -> dict:
-    entry = {"path": name, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
-             "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev,
-             # the same mtime as text: jq reads numbers as doubles, which lose the nanoseconds
-             "mtime": f"{st.st_mtime_ns // 10**9}.{st.st_mtime_ns % 10**9:09d}"}
-    if stat.S_ISDIR(st.st_mode):
-        entry.update(type="dir", size=0)
-    elif stat.S_ISLNK(st.st_mode):
-        entry.update(type="symlink", size=0, link=os.readlink(path))
+    # Once per path of the tree: each field read once, the dict built in one go, the keys in the
+    # listing's order (path .. mtime, then type and size, then link or nlink).
+    mode, mtime_ns = st.st_mode, st.st_mtime_ns
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    kind = mode & 0o170000  # stat.S_IFMT
+    if kind == stat.S_IFDIR:
+        kind, size = "dir", 0
+    elif kind == stat.S_IFLNK:
+        kind, size = "symlink", 0
     else:
-        entry.update(type="file", size=st.st_size)
-        if st.st_nlink > 1:  # one file under several names: restored as hard links
-            entry["nlink"] = st.st_nlink
+        kind, size = "file", st.st_size
+    entry = {"path": name, "mode": mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
+             "mtime_ns": mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino, "dev": st.st_dev,
+             # the same mtime as text: jq reads numbers as doubles, which lose the nanoseconds
+             "mtime": f"{seconds}.{nanos:09d}", "type": kind, "size": size}
+    if kind == "symlink":
+        entry["link"] = os.readlink(path)
+    elif kind == "file" and st.st_nlink > 1:  # one file under several names: restored as hard links
+        entry["nlink"] = st.st_nlink
     return entry
 
 
@@ -236,6 +244,8 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
     rehash, backup_id = chain.rehash, chain.backup_id
     lstat, S_ISREG, S_IMODE, dumps = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps
     trust_metadata, newline = not rehash, orjson.OPT_APPEND_NEWLINE
+    # os.fsencode's own steps, without its Python-level checks on every path of the tree
+    fs_encoding, fs_errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     unchanged = offset = 0
     pk, before = next(parent, (None, None))
     last = ""  # lower than any path's key ("/" itself is ".")
@@ -299,10 +309,13 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
                 if archive:
                     entry["in"] = backup_id
                 if archive or full:
-                    members.write(os.fsencode(name) + b"\0")
+                    members.write(name.encode(fs_encoding, fs_errors) + b"\0")
                 if archive and not full:  # waits for the sha256 the tar scan measures (in a full, every line does)
                     marks.write(MARK.pack(offset, b"?"))
-                line = encode(entry) + b"\n"
+                try:
+                    line = dumps(entry, option=newline)
+                except TypeError:  # a name that is not UTF-8
+                    line = encode(entry) + b"\n"
                 draft.write(line)
                 offset += len(line)
             while pk is not None:

@@ -37,7 +37,11 @@ class ArchiveSpool:
 
     def add(self, entry: dict) -> None:
         kind = entry["type"]
-        self._out.write(encode([entry["path"], kind, entry["size"], entry.get("sha256"), entry.get("link")]) + b"\n")
+        record = [entry["path"], kind, entry["size"], entry.get("sha256"), entry.get("link")]
+        try:
+            self._out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        except TypeError:  # a name that is not UTF-8
+            self._out.write(encode(record) + b"\n")
         self.entries += 1
         if kind == "file":
             self.files += 1

@@ -92,21 +92,12 @@ class FilesSource:
         backups hold the other files), read in the same pass.
         """
         match = ListingMatch(archive_entries(manifest, listing, tally))
-        counts = {"files_checked": 0, "entries_checked": 0, "bytes_checked": 0}
-
-        def seen(entry: dict) -> None:
-            match(entry)
-            counts["entries_checked"] += 1
-            if entry["type"] == "file":
-                counts["files_checked"] += 1
-                counts["bytes_checked"] += entry["size"]
-
         try:
-            _scan_into(plaintext, TarScanner(seen))
+            _scan_into(plaintext, TarScanner(match))
         except TarStreamError as exc:
             raise VerificationFailed(exc.message, exc.remedy, check="tar-structure") from None
         match.close()
-        return counts
+        return {"files_checked": match.files, "entries_checked": match.count, "bytes_checked": match.bytes}
 
     def restore(self, plaintext: BinaryIO, manifest: dict, dest: Path, *, force: bool, dry_run: bool,
                 strip_source_path: bool = False, listing: Path | None = None) -> dict:
@@ -137,15 +128,15 @@ class FilesSource:
 
 
 def _scan_into(stream: BinaryIO, scanner: TarScanner) -> None:
-    """Feed the whole of ``stream`` to ``scanner`` through one reused buffer.
+    """Feed the whole of ``stream`` to ``scanner``, a chunk at a time as the stream hands them out.
 
-    A fresh 1 MiB object per read costs page faults (a new mapping each time) on every
-    MiB of the plaintext; ``readinto`` fills the same memory again instead.
+    The read-back (stages/readahead.py) gives each decompressed chunk itself, without a
+    copy, when asked for at least a chunk; ``readinto`` a reused buffer would copy every
+    byte of the plaintext once more.
     """
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    while n := stream.readinto(buffer):
-        scanner.feed(view[:n])
+    read = stream.read
+    while chunk := read(CHUNK_SIZE):
+        scanner.feed(chunk)
     scanner.close()
 
 
