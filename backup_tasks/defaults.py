@@ -40,6 +40,11 @@ ZSTD_THREADS = 2
 #: than one multi-threaded frame (4 MiB: 0.05% larger, 8 MiB: 0.1% larger) and decompressed as
 #: fast; a reader or a writer holds about three frames, so smaller frames also mean less memory
 ZSTD_FRAME_SIZE = 2 << 20
+#: threads that decompress a framed object on read-back (verify, restore). 1 on 2 cores:
+#: there verify is bound by its total CPU (pyrage decryption ~0.5 CPU-s per 280 MB, zstd ~0.8,
+#: two sha256 ~0.65), so a second decompressing thread measured no faster and cost 0.1-0.2
+#: CPU-s and ~5 MiB more; it pays where cores are free beside the read
+ZSTD_READ_THREADS = 1
 GZIP_LEVEL = 6
 
 #: read/write size for every streaming stage: large enough for syscalls to vanish, small

@@ -2,8 +2,9 @@
 
 zstd level 3 with 2 threads ran at ~130 MiB/s here against ~20 MiB/s for gzip -6 at a
 similar ratio (measured on this project's 2-core machines); compression is the slowest stage, so its speed is the chain's.
-zstd is written as a sequence of frames (stages/zstd_frames.py) so that reading back can
-decompress on both cores too; every zstd tool reads it as one stream.
+zstd is written as a sequence of independent frames (stages/zstd_frames.py): a pool of
+single-threaded contexts compresses them, and a reader can decompress several at once;
+every zstd tool reads the result as one stream.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ def compress(src: BinaryIO, dst: BinaryIO, method: str, *, level: int | None = N
         raise ConfigError(f"unknown compression '{method}'", f"use one of: {', '.join(SUFFIX)}", field="compression")
 
 
-def decompressing_reader(src: BinaryIO, method: str, *, threads: int = defaults.ZSTD_THREADS) -> BinaryIO:
+def decompressing_reader(src: BinaryIO, method: str, *, threads: int | None = None) -> BinaryIO:
     """A readable stream of the plaintext behind ``src``.
 
     For zstd it holds threads once reading starts: they stop at the end or at an error,
     and a consumer that stops early must close() it (that leaves ``src`` open).
     """
     if method == "zstd":
-        return ZstdReader(src, threads)
+        return ZstdReader(src, defaults.ZSTD_READ_THREADS if threads is None else threads)
     if method == "gzip":
         return gzip.GzipFile(fileobj=src, mode="rb")
     if method == "none":

@@ -1,8 +1,7 @@
 """zstd as a sequence of independent frames, so that two threads can decompress at once.
 
-One zstd frame can only be decompressed by one thread, front to back: for a large
-backup that single thread was the whole read-back's critical path (verify and restore
-waited on it while the other core idled). Here the plaintext is cut into frames of
+One zstd frame can only be decompressed by one thread, front to back, so a large
+backup's read-back can never use more than one core for zstd. Here the plaintext is cut into frames of
 ``defaults.ZSTD_FRAME_SIZE`` bytes, each compressed on its own, and each preceded by
 the 12-byte skippable frame pzstd (zstd's parallel tool) writes for the same reason:
 magic 0x184D2A50, length 4, then the compressed size of the frame that follows. A
@@ -164,7 +163,7 @@ class ZstdReader:
     or at close(); close() is needed only by a consumer that stops early.
     """
 
-    def __init__(self, src: BinaryIO, threads: int = defaults.ZSTD_THREADS) -> None:
+    def __init__(self, src: BinaryIO, threads: int = defaults.ZSTD_READ_THREADS) -> None:
         self._src = src
         self._threads = max(1, threads)
         self._stream = None  # the sequential decompressor, for objects (or a rest) without frame headers
