@@ -35,10 +35,16 @@ COMPRESSIONS = ("zstd", "gzip", "none")
 #: zstd level 3 with 2 threads measured ~130 MiB/s here at a ratio close to gzip -6, against ~20 MiB/s for gzip -6
 ZSTD_LEVEL = 3
 ZSTD_THREADS = 2
-#: zstd's default job size grows with the level and fills whole buffers on incompressible
-#: stretches (+108 MiB measured on 1 GiB of random data); 2 MiB jobs kept the stage at
-#: 41 MiB resident, ran faster, and cost 0.3% of ratio on text (measured here)
-ZSTD_JOB_SIZE = 2 << 20
+#: plaintext per zstd frame: each frame is compressed and decompressed on its own, so two
+#: threads work at once both ways. On an 827 MB pg_dump, 2 MiB frames came out 0.1% smaller
+#: than one multi-threaded frame (4 MiB: 0.05% larger, 8 MiB: 0.1% larger) and decompressed as
+#: fast; a reader or a writer holds about three frames, so smaller frames also mean less memory
+ZSTD_FRAME_SIZE = 2 << 20
+#: threads that decompress a framed object on read-back (verify, restore). 1 on 2 cores:
+#: there verify is bound by its total CPU (pyrage decryption ~0.5 CPU-s per 280 MB, zstd ~0.8,
+#: two sha256 ~0.65), so a second decompressing thread measured no faster and cost 0.1-0.2
+#: CPU-s and ~5 MiB more; it pays where cores are free beside the read
+ZSTD_READ_THREADS = 1
 GZIP_LEVEL = 6
 
 #: read/write size for every streaming stage: large enough for syscalls to vanish, small

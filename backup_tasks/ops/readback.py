@@ -91,9 +91,10 @@ def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingRe
     with rt.storage(found.tier).get(found.key) as raw:
         stored = HashingReader(raw)
         decrypted = DecryptingReader(stored, identities, what=f"backup {doc['backup_id']}") if identities else None
-        plain = None
+        plain = decompressed = None
         try:
-            plain = ReadaheadHashingReader(decompressing_reader(decrypted or stored, doc["compression"]["method"]))
+            decompressed = decompressing_reader(decrypted or stored, doc["compression"]["method"])
+            plain = ReadaheadHashingReader(decompressed)
             yield plain, stored, plain
         except zstandard.ZstdError as exc:
             raise VerificationFailed(
@@ -104,6 +105,8 @@ def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingRe
         finally:
             if plain is not None:
                 plain.close()  # before the drain below: its thread reads the same stream
+            if decompressed is not None and decompressed is not (decrypted or stored):
+                decompressed.close()  # its decompressing threads, when the consumer stopped early
             if decrypted is not None:
                 decrypted.close()
             stored.drain()
