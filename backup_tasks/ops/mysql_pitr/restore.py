@@ -112,6 +112,7 @@ def _fetch_from(rt: Runtime, row, tier: str, workdir: Path) -> Path:
     with storage.get(row.key) as raw:
         stored = HashingReader(raw)
         decrypted = DecryptingReader(stored, identities, what=label) if identities else None
+        reader = None
         try:
             reader = decompressing_reader(decrypted or stored, record["compression"])
             with open(dest, "xb") as out:
@@ -120,6 +121,8 @@ def _fetch_from(rt: Runtime, row, tier: str, workdir: Path) -> Path:
                     plain_hash.update(chunk)
                     out.write(chunk)
         finally:
+            if reader is not None and reader is not (decrypted or stored):
+                reader.close()  # its decompressing thread, when a write failed half-way
             if decrypted is not None:
                 decrypted.close()
             stored.drain()

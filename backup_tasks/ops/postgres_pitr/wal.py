@@ -96,8 +96,10 @@ def fetch(rt: Runtime, row, dest: Path) -> dict:
             with rt.storage(tier).get(row.key) as raw:
                 stored = HashingReader(raw)
                 decrypted = DecryptingReader(stored, identities, what=f"WAL {name}") if identities else None
+                decompressed = None
                 try:
-                    plain = HashingReader(decompressing_reader(decrypted or stored, row.compression))
+                    decompressed = decompressing_reader(decrypted or stored, row.compression)
+                    plain = HashingReader(decompressed)
                     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                     with os.fdopen(fd, "wb") as out:
                         while chunk := plain.read(1 << 20):
@@ -105,6 +107,8 @@ def fetch(rt: Runtime, row, dest: Path) -> dict:
                         out.flush()
                         os.fsync(out.fileno())
                 finally:
+                    if decompressed is not None and decompressed is not (decrypted or stored):
+                        decompressed.close()  # its decompressing thread, when a write failed half-way
                     if decrypted is not None:
                         decrypted.close()
                 stored.drain()
