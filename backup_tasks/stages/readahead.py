@@ -18,13 +18,14 @@ import queue
 import threading
 from typing import BinaryIO
 
+from backup_tasks.stages.chunks import ChunkCursor
 from backup_tasks.stages.digest import Drainable
 
 _EOF = object()
 _STOP = object()
 
 
-class ReadaheadHashingReader(Drainable):
+class ReadaheadHashingReader(ChunkCursor, Drainable):
     """Read ``src`` in ``chunk``-sized pieces in a thread; read()/readinto() hand them out in order.
 
     Any error of ``src`` (decompression, decryption, storage) is raised by the consumer's
@@ -123,15 +124,8 @@ class ReadaheadHashingReader(Drainable):
         self.size += len(data)
         return data
 
-    def readinto(self, buf) -> int:
-        if self._pos >= len(self._cur) and not self._next():
-            return 0
-        view = memoryview(buf).cast("B")
-        n = min(len(view), len(self._cur) - self._pos)
-        view[:n] = memoryview(self._cur)[self._pos:self._pos + n]
-        self._pos += n
+    def _handed_out(self, n: int) -> None:  # readinto's bytes count as read
         self.size += n
-        return n
 
     @property
     def sha256(self) -> str:

@@ -31,6 +31,7 @@ from typing import BinaryIO
 import zstandard
 
 from backup_tasks import defaults
+from backup_tasks.stages.chunks import ChunkCursor
 
 #: pzstd's skippable frame: magic, the frame's own length (4), the next zstd frame's compressed size
 HEADER = struct.Struct("<III")
@@ -153,7 +154,7 @@ def _read_exact(src: BinaryIO, n: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-class ZstdReader:
+class ZstdReader(ChunkCursor):
     """The plaintext behind ``src``: frames decompressed by ``threads`` threads, handed out in order.
 
     The first read decides: an object that starts with the frame-size header is read
@@ -317,15 +318,6 @@ class ZstdReader:
         data = bytes(self._cur[self._pos:self._pos + n])
         self._pos += len(data)
         return data
-
-    def readinto(self, buf) -> int:
-        if self._pos >= len(self._cur) and not self._next():
-            return 0
-        view = memoryview(buf).cast("B")
-        n = min(len(view), len(self._cur) - self._pos)
-        view[:n] = memoryview(self._cur)[self._pos:self._pos + n]
-        self._pos += n
-        return n
 
     def readable(self) -> bool:
         return True
