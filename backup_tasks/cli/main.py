@@ -17,7 +17,7 @@ from backup_tasks.errors import BackupError, InputError, ServiceUnavailable
 #: (the others cost a few ms of every command's start-up); help and an unknown name import them all
 _COMMAND_MODULES = {
     "backup": "backups", "list": "backups", "show": "backups", "verify": "backups", "restore": "backups",
-    "targets": "admin", "keys": "keys", "catalog": "admin", "api": "api", "audit": "audit", "cleanup": "cleanup",
+    "targets": "admin", "keys": "admin", "catalog": "admin", "api": "api", "audit": "audit", "cleanup": "cleanup",
     "delete": "delete", "drill": "drill", "metrics": "metrics", "pitr": "pitr", "report": "report", "watchdog": "report",
     "reencrypt": "reencrypt", "wal": "wal",
 }
@@ -38,9 +38,8 @@ class _Commands(click.Group):
 
 
 def _add(module: str) -> None:
-    if module in ("admin", "keys"):  # keys adds rotate and status to admin's keys group: never one without the other
+    if module == "admin":  # cli/keys.py adds rotate and status to admin's keys group: never one without the other
         importlib.import_module("backup_tasks.cli.keys")
-        module = "admin"
     for command in importlib.import_module(f"backup_tasks.cli.{module}").COMMANDS:
         cli.add_command(command)
 
