@@ -68,7 +68,7 @@ def compress_frames(src: BinaryIO, dst: BinaryIO, *, level: int, threads: int, f
         first = True
         while True:
             buf = free.pop() if free else bytearray(size)
-            n = _fill(src, buf)
+            n = _fill(src, memoryview(buf))
             if n == 0 and not first:
                 break
             first = False  # an empty ``src`` still gives one empty frame: an empty file is not valid zstd
@@ -96,16 +96,21 @@ def _submit(pool: ThreadPoolExecutor | None, fn, arg) -> Future:
     return fut
 
 
-def _fill(src: BinaryIO, buf: bytearray) -> int:
-    """Fill ``buf`` from ``src``, read CHUNK_SIZE at a time as the other stages read; short only at the end."""
-    view = memoryview(buf)
+def _fill(src: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``src``, at most CHUNK_SIZE a call as the other stages read; fewer bytes only at the end."""
     have = 0
-    while have < len(buf):
-        data = src.read(min(defaults.CHUNK_SIZE, len(buf) - have))
-        if not data:
+    readinto = getattr(src, "readinto", None)
+    while have < len(view):
+        piece = view[have:have + defaults.CHUNK_SIZE]
+        if readinto is not None:
+            n = readinto(piece)
+        else:
+            data = src.read(len(piece))
+            n = len(data)
+            piece[:n] = data
+        if not n:
             break
-        view[have:have + len(data)] = data
-        have += len(data)
+        have += n
     return have
 
 
@@ -124,23 +129,6 @@ class _Prefixed:
             data, self._head = self._head[:n], self._head[n:]
             return data
         return self._src.read(n)
-
-
-def _read_into(src: BinaryIO, view: memoryview) -> int:
-    """Fill ``view`` from ``src``; fewer bytes only at the end."""
-    have = 0
-    readinto = getattr(src, "readinto", None)
-    while have < len(view):
-        if readinto is not None:
-            n = readinto(view[have:])
-        else:
-            data = src.read(len(view) - have)
-            n = len(data)
-            view[have:have + n] = data
-        if not n:
-            break
-        have += n
-    return have
 
 
 def _read_exact(src: BinaryIO, n: int) -> bytes:
@@ -206,7 +194,7 @@ class ZstdReader(ChunkCursor):
         if size > MAX_FRAME:
             raise zstandard.ZstdError(f"a frame header gives {size} compressed bytes, more than any frame written")
         cbuf = self._buffer(self._cfree, size, spare=size // 4)  # compressed sizes vary a little
-        got = _read_into(self._src, memoryview(cbuf)[:size])
+        got = _fill(self._src, memoryview(cbuf)[:size])
         if got != size:
             with self._lock:
                 self._cfree.append(cbuf)

@@ -24,7 +24,6 @@ import sqlite3
 from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterable
 
-from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, VerificationFailed
 from backup_tasks.sources.files.member_writer import inside as _inside, refuse as _refuse, unsafe_name as _unsafe_name
 from backup_tasks.sources.files.tarstream import TarScanner, TarStreamError
@@ -202,9 +201,7 @@ def _extract_from(plan: ChainPlan, holder: str, stream: BinaryIO, real: str) -> 
     scanner = TarScanner(lambda entry: None, sink=sink)  # an on_entry callback: no listing kept in memory
     try:
         try:
-            while chunk := stream.read(CHUNK_SIZE):
-                scanner.feed(chunk)
-            scanner.close()
+            scanner.read_all(stream)
             plan.mark_done(sink.done)
         finally:
             sink.close()

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
-from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import PermanentError, RestoreRefused, VerificationFailed
 from backup_tasks.sources.files.member_writer import MemberWriter, refuse, strip_member, unsafe_name
 from backup_tasks.sources.files.tarstream import TarScanner, TarStreamError
@@ -35,9 +34,7 @@ def extract(plaintext: BinaryIO, dest: str, *, strip_prefix: str = "",
     scanner = TarScanner(on_entry, sink=writer)
     try:
         try:
-            while chunk := plaintext.read(CHUNK_SIZE):
-                scanner.feed(chunk)
-            listing = scanner.close()
+            listing = scanner.read_all(plaintext)
         finally:
             writer.close()
     except TarStreamError as exc:

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from backup_tasks.defaults import CHUNK_SIZE
 from backup_tasks.errors import VerificationFailed
 from backup_tasks.sources.base import register
 from backup_tasks.sources.files.extract import (
@@ -93,7 +92,7 @@ class FilesSource:
         """
         match = ListingMatch(archive_entries(manifest, listing, tally))
         try:
-            _scan_into(plaintext, TarScanner(match))
+            TarScanner(match).read_all(plaintext)
         except TarStreamError as exc:
             raise VerificationFailed(exc.message, exc.remedy, check="tar-structure") from None
         match.close()
@@ -125,19 +124,6 @@ class FilesSource:
         counts, _ = extract(plaintext, real, strip_prefix=prefix, on_entry=match)
         match.close()
         return {"restored_to": str(dest), **counts, **stripped}
-
-
-def _scan_into(stream: BinaryIO, scanner: TarScanner) -> None:
-    """Feed the whole of ``stream`` to ``scanner``, a chunk at a time as the stream hands them out.
-
-    The read-back (stages/readahead.py) gives each decompressed chunk itself, without a
-    copy, when asked for at least a chunk; ``readinto`` a reused buffer would copy every
-    byte of the plaintext once more.
-    """
-    read = stream.read
-    while chunk := read(CHUNK_SIZE):
-        scanner.feed(chunk)
-    scanner.close()
 
 
 def _cleared(warnings: list[str]) -> list[str]:

@@ -302,6 +302,18 @@ class TarScanner:
 
     # -- end -----------------------------------------------------------------------------
 
+    def read_all(self, stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> list[dict]:
+        """Feed ``stream`` to its end and ``close``.
+
+        Chunks are fed as the stream hands them out: the read-back (stages/readahead.py) gives
+        each decompressed chunk itself, without a copy, when asked for at least a chunk, where
+        ``readinto`` a reused buffer would copy every byte of the plaintext once more.
+        """
+        read = stream.read
+        while chunk := read(chunk_size):
+            self.feed(chunk)
+        return self.close()
+
     def close(self) -> list[dict]:
         """Return the listing; raise TarStreamError if the archive did not end properly."""
         if self._done:
@@ -321,7 +333,4 @@ class TarScanner:
 
 def scan_stream(stream: BinaryIO, chunk_size: int = CHUNK_SIZE, on_entry: Callable[[dict], None] | None = None) -> list[dict]:
     """Read ``stream`` to its end in ``chunk_size`` pieces and return its tar listing (empty with ``on_entry``)."""
-    scanner = TarScanner(on_entry)
-    while chunk := stream.read(chunk_size):
-        scanner.feed(chunk)
-    return scanner.close()
+    return TarScanner(on_entry).read_all(stream, chunk_size)
