@@ -570,6 +570,64 @@ class Worker:
 LIVE_WORKERS: list[Worker] = []
 
 
+class WarmWorker:
+    """Backups as scheduled ones run: on a worker that is up and has run one before, enqueued from Python.
+
+    A Redis of the benchmark's own, one ``Worker`` (``-c CONCURRENCY``) kept for every run, and
+    one Python process that imported the client once and times, per run, from
+    ``client.enqueue_backup`` to ``wait`` returning verified (polled every 20 ms). That is
+    what beat or an application sees; a ``backupctl`` process pays its interpreter's start-up
+    and imports (~0.4 s) on top before it can enqueue, and a worker's first run pays its pool
+    children's first use of the catalog and the stages. Call ``run`` once untimed first.
+    The worker holds the catalog open: nothing may reset the config's state under it.
+    """
+
+    def __init__(self, config: Path, logfile: Path) -> None:
+        self.db = RedisDB()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")},
+               "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": self.db.url}
+        try:
+            self.worker = Worker(config, self.db.url, logfile)
+        except BaseException:
+            self.db.release()
+            raise
+        self.driver = subprocess.Popen([PY, "-c", _ENQUEUE_AND_WAIT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True, env=env)
+
+    def run(self, target: str, type: str = "full") -> dict:
+        """One backup, timed; {"wall_seconds", "status", "id"}."""
+        self.driver.stdin.write(f"{target} {type}\n")
+        self.driver.stdin.flush()
+        line = self.driver.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the enqueueing process ended ({self.driver.wait()}); see {self.worker.log}")
+        return json.loads(line)
+
+    def stop(self) -> None:
+        try:
+            self.driver.stdin.close()
+            self.driver.wait(timeout=30)
+        finally:
+            try:
+                self.worker.stop()
+            finally:
+                self.db.release()
+
+
+#: reads "TARGET TYPE" lines; for each, one backup timed from enqueue to verified, printed as one JSON line
+_ENQUEUE_AND_WAIT = """
+import json, sys, time
+from backup_tasks import client
+for line in sys.stdin:
+    target, type = line.split()
+    started = time.monotonic()
+    run = client.enqueue_backup(target, type, actor="benchmark")
+    result = run.wait(timeout=7200, poll=0.02)
+    print(json.dumps({"wall_seconds": round(time.monotonic() - started, 3), "status": result.get("status"),
+                      "id": run.id}), flush=True)
+"""
+
+
 # -- the measurements -------------------------------------------------------------------------
 
 
