@@ -28,7 +28,8 @@ from backup_tasks.sources.files.changes import LINKED, Chain, first_pass
 from backup_tasks.sources.files.final_listing import ArchiveSpool, second_pass
 from backup_tasks.sources.files.gnu_tar import gnu_tar_version, run_tar
 from backup_tasks.sources.files.listing import ListingMatch, ListingTally, archive_entries
-from backup_tasks.sources.files.members import select_members, write_member_list
+from backup_tasks.sources.files.members import select_members, split_members, write_member_list
+from backup_tasks.sources.files.split_join import OtherHalf, worth_splitting
 from backup_tasks.sources.files.tarstream import TarScanner, TarStreamError
 
 
@@ -60,8 +61,12 @@ class FilesSource:
                       "files": entries}
         else:
             full = chain.parent_listing is None
+            rest = None
+            if not full and worth_splitting(chain) and (split := split_members(target, warnings)) is not None:
+                paths, half = split
+                rest = OtherHalf(half, chain, workdir, warnings, full=full)
             changes = first_pass(paths, chain, workdir, list_file, full=full,
-                                 walk_again=lambda: select_members(target, _cleared(warnings))[0])
+                                 walk_again=lambda: select_members(target, _cleared(warnings))[0], rest=rest)
             del paths  # a gathered list (include patterns): the draft on disk holds the tree from here on
             spool = ArchiveSpool(workdir / "archive.jsonl")
             try:
