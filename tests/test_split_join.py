@@ -90,6 +90,7 @@ def test_a_dump_split_in_two_gives_the_same_archive_and_listing(tree, tmp_path, 
 
     assert not split_join.worth_splitting(Chain("inc", tmp_path / "x", parent))  # a small tree: one process
     one = dump("one", parent)
+    assert one[1]["listing_entries"] == len(list(read_listing(tmp_path / "one.jsonl.zst"))) > one[1]["changes"]["unchanged"] > 0
     monkeypatch.setattr(split_join, "SPLIT_FROM_BYTES", 0)
     assert split_join.worth_splitting(Chain("inc", tmp_path / "x", parent))
     assert dump("two", parent) == one

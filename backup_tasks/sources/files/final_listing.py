@@ -53,7 +53,7 @@ class ArchiveSpool:
         self._out.close()
 
 
-def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: bool = False) -> int:
+def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: bool = False, draft_lines: int) -> int:
     """Write the final listing: archived files get the size and sha256 the tar scan measured.
 
     ``archive``: the members tar wrote, in the member list's order, which is the draft's
@@ -64,6 +64,8 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
     exactly the archive's members, which is what verify and restore compare the archive
     with. A hard link points at the member that carries the bytes, so a restore can find
     them under that name. A new file found to be a rename takes the parent's reference.
+    ``draft_lines``: how many lines the first pass wrote (its counts), so the lines copied
+    in blocks are counted without counting the newlines of the whole draft again.
     """
     workdir = Path(workdir)
     renamed = _renamed(workdir / RENAMED)
@@ -127,13 +129,15 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
                 for line in draft:
                     settle(b"?", line)
             else:
-                at = 0
+                at = settled = 0
                 for offset, tag in _marks(workdir / MARKS):
                     _copy(draft, offset - at, writer)  # final lines, not in the archive: copied as they are
                     line = draft.readline()
                     at = offset + len(line)
                     settle(tag, line)
+                    settled += 1
                 _copy(draft, None, writer)
+                writer.counted(draft_lines - settled)
     finally:
         count = writer.close()
         renamed.close()
@@ -154,12 +158,15 @@ def _marks(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _copy(draft: BinaryIO, size: int | None, writer: ListingWriter) -> None:
-    """Hand ``size`` bytes of whole draft lines (None: the rest of the draft) to the listing, a block at a time."""
+    """Hand ``size`` bytes of whole draft lines (None: the rest of the draft) to the listing, a block at a time.
+
+    Not counted here: counting the newlines of every block cost as much as compressing it.
+    """
     while size is None or size > 0:
         block = draft.read(BUFFER if size is None else min(size, BUFFER))
         if not block:
             break
         if size is not None:
             size -= len(block)
-        writer.write_lines(block, block.count(b"\n"))
+        writer.write_lines(block, 0)
 

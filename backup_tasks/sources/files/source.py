@@ -24,7 +24,7 @@ from backup_tasks.sources.files.extract import (
     plan_restore,
     refuse_unless_empty,
 )
-from backup_tasks.sources.files.changes import LINKED, Chain, first_pass
+from backup_tasks.sources.files.changes import CHANGES, LINKED, Chain, first_pass
 from backup_tasks.sources.files.final_listing import ArchiveSpool, second_pass
 from backup_tasks.sources.files.gnu_tar import gnu_tar_version, run_tar
 from backup_tasks.sources.files.listing import ListingMatch, ListingTally, archive_entries
@@ -77,7 +77,8 @@ class FilesSource:
             finally:
                 spool.close()
             counts = {"file_count": spool.files, "entry_count": spool.entries, "bytes": spool.bytes,
-                      "listing_entries": second_pass(workdir, spool, chain, full=full), "changes": changes}
+                      "listing_entries": second_pass(workdir, spool, chain, full=full, draft_lines=sum(changes[c] for c in CHANGES)),
+                      "changes": changes}
         return {
             "format": "pax",
             "tool": tool,
