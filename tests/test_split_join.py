@@ -4,13 +4,15 @@ The tree of test_files_source.py is cut at its root's entries ("empty" and after
 to the child). The changes cross the cut both ways: a file renamed from the first half
 into the second and one from the second into the first must still be renames, which
 only a global view of the gone files gives. A parent listing out of tree order makes
-the split join give up and start over in one process, with the same answer.
+the split join give up and start over in one process, with the same answer, and so does
+a child that cannot start.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,8 @@ def test_a_dump_split_in_two_gives_the_same_archive_and_listing(tree, tmp_path, 
     assert dump("two", parent) == one
     again = dump("again", shuffled)
     assert again[1]["changes"] == one[1]["changes"] and again[0] == one[0]
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-interpreter-here"))  # the child cannot start
+    assert dump("alone", parent) == one and not (tmp_path / "work-alone" / "second-half").exists()
 
 
 @pytest.mark.parametrize("paths", [("one",), ("a", "b")])

@@ -63,8 +63,11 @@ class FilesSource:
             full = chain.parent_listing is None
             rest = None
             if not full and worth_splitting(chain) and (split := split_members(target, warnings)) is not None:
-                paths, half = split
-                rest = OtherHalf(half, chain, workdir, warnings, full=full)
+                try:
+                    rest = OtherHalf(split[1], chain, workdir, warnings, full=full)
+                    paths = split[0]
+                except OSError:  # no interpreter to start (an embedding without one): one process does it all
+                    rest = None
             changes = first_pass(paths, chain, workdir, list_file, full=full,
                                  walk_again=lambda: select_members(target, _cleared(warnings))[0], rest=rest)
             del paths  # a gathered list (include patterns): the draft on disk holds the tree from here on

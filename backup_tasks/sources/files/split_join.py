@@ -47,7 +47,8 @@ _DIR, _SPEC, _RESULT, _MEMBERS, _PENDING, _GONE = (
 
 def worth_splitting(chain: Chain) -> bool:
     """Whether an incremental's join is big enough to be cut in two (its parent's listing tells the tree's size)."""
-    return chain.parent_listing is not None and chain.parent_listing.stat().st_size >= SPLIT_FROM_BYTES
+    return (chain.parent_listing is not None and bool(sys.executable)
+            and chain.parent_listing.stat().st_size >= SPLIT_FROM_BYTES)
 
 
 class OtherHalf:
@@ -65,9 +66,13 @@ class OtherHalf:
         # The package's own directory first, so the child runs the code this process runs.
         root = str(Path(__file__).resolve().parents[3])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
-        with open(self.dir / "stderr", "wb") as stderr:
-            self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(self.dir)], stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        try:
+            with open(self.dir / "stderr", "wb") as stderr:
+                self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(self.dir)], stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        except OSError:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def finish(self, out: Outputs, gone: Callable[[dict], None]) -> dict:
         """Wait for the child; append its draft (marks moved), members, new files and hard links; hand over its gone entries."""
