@@ -90,11 +90,15 @@ def test_a_dump_split_in_two_gives_the_same_archive_and_listing(tree, tmp_path, 
         report = source_for("files").dump(target(tree), out, work, chain=Chain("inc", listing, parent))
         return out.getvalue(), report, listing.read_bytes()
 
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet host, whatever runs beside the tests
     assert not split_join.worth_splitting(Chain("inc", tmp_path / "x", parent))  # a small tree: one process
     one = dump("one", parent)
     assert one[1]["listing_entries"] == len(list(read_listing(tmp_path / "one.jsonl.zst"))) > one[1]["changes"]["unchanged"] > 0
     monkeypatch.setattr(split_join, "SPLIT_FROM_BYTES", 0)
     assert split_join.worth_splitting(Chain("inc", tmp_path / "x", parent))
+    with monkeypatch.context() as busy:  # no core to spare: one process
+        busy.setattr(os, "getloadavg", lambda: (float(os.cpu_count()), 0.0, 0.0))
+        assert not split_join.worth_splitting(Chain("inc", tmp_path / "x", parent))
     assert dump("two", parent) == one
     again = dump("again", shuffled)
     assert again[1]["changes"] == one[1]["changes"] and again[0] == one[0]

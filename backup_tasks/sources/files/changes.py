@@ -30,6 +30,10 @@ the draft into the final listing, adding the sha256 the tar scan measured for ea
 archived file. In an incremental most draft lines are final already (the parent's,
 carried over); a side file marks the few the second pass must settle, so it copies the
 rest in blocks.
+
+A large incremental's first pass is cut in two at a directory's entries: the second half
+is walked and joined by a child process (split_join.py) while this one does the first,
+and its outputs are put after these, so the files are those one join writes.
 """
 
 from __future__ import annotations
