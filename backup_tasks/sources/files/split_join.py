@@ -102,9 +102,9 @@ class OtherHalf:
         for name, into in ((DRAFT, out.draft), (_MEMBERS, out.members), (_PENDING, out.pending), (LINKED, out.linked)):
             with open(self.dir / name, "rb") as part:
                 shutil.copyfileobj(part, into, BUFFER)
-        marks = (self.dir / MARKS).read_bytes()
-        for at, why in MARK.iter_unpack(marks):
-            out.marks.write(MARK.pack(at + offset, why))
+        with open(self.dir / MARKS, "rb") as marks:  # as many as the second half's changes: read a block at a time
+            while block := marks.read(MARK.size * 4096):
+                out.marks.write(b"".join(MARK.pack(at + offset, why) for at, why in MARK.iter_unpack(block)))
         for line in lines(self.dir / _GONE):
             gone(decode(line))
         self._warnings.extend(result["warnings"])
