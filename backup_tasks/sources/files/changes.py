@@ -30,6 +30,10 @@ the draft into the final listing, adding the sha256 the tar scan measured for ea
 archived file. In an incremental most draft lines are final already (the parent's,
 carried over); a side file marks the few the second pass must settle, so it copies the
 rest in blocks.
+
+A large incremental's first pass is cut in two at a directory's entries: the second half
+is walked and joined by a child process (split_join.py) while this one does the first,
+and its outputs are put after these, so the files are those one join writes.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
 
 import orjson
 
@@ -207,8 +211,18 @@ class _Renames:
             self._renamed.close()
 
 
+class Rest(Protocol):
+    """The rest of the tree (from tree key ``key`` on), joined elsewhere: split_join.OtherHalf."""
+
+    key: str
+
+    def finish(self, out: Outputs, gone: Callable[[dict], None]) -> dict: ...
+
+    def stop(self) -> None: ...
+
+
 def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: Path, *, full: bool,
-               walk_again: Callable[[], Iterable[str]] | None = None) -> dict:
+               walk_again: Callable[[], Iterable[str]] | None = None, rest: Rest | None = None) -> dict:
     """Stat every path; write the draft listing and tar's member list; return counts.
 
     A full archives every path (as it always has, so standard tools restore it alone);
@@ -218,6 +232,8 @@ def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: P
     order already (the join checks it), so a million paths are never held in memory.
     ``walk_again`` gives a stream anew, for the rare parent listing found out of tree
     order part-way through the join.
+    ``rest``: the paths from ``rest.key`` on are joined by another process, whose outputs
+    follow these; ``paths`` then ends before that key. It is stopped whatever happens.
     """
     if isinstance(paths, list):
         paths.sort(key=lambda p: tree_key(member_name(p)))
@@ -225,9 +241,15 @@ def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: P
     if chain.parent_listing is None:
         return _join(paths, iter(()), chain, workdir, member_list, full=full, has_parent=False)
     try:
+        if rest is not None:
+            try:
+                return _join(paths, in_order(chain.parent_listing, stop=rest.key), chain, workdir, member_list,
+                             full=full, has_parent=True, second=rest.finish)
+            finally:
+                rest.stop()
         return _join(paths, in_order(chain.parent_listing), chain, workdir, member_list, full=full, has_parent=True)
     except Unsorted:
-        # An older listing (roots not in order): sorted once on disk, and the join starts over.
+        # An older listing (roots not in order): sorted once on disk, and the join starts over, in one process.
         if not isinstance(paths, list):
             if walk_again is None:
                 raise SourceError("the parent listing is out of tree order and the walk cannot start again",
@@ -238,110 +260,146 @@ def first_pass(paths: Iterable[str], chain: Chain, workdir: Path, member_list: P
 
 
 def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain, workdir: Path, member_list: Path, *,
-          full: bool, has_parent: bool) -> dict:
-    counts = dict.fromkeys(CHANGES, 0)
+          full: bool, has_parent: bool, second: Callable[[Outputs, Callable[[dict], None]], dict] | None = None) -> dict:
+    """The join of the walk and the parent's listing, then the renames found and the new files put in the member list.
+
+    ``second``: waits for the other half of a split join (split_join.py), puts its
+    outputs after this half's and its gone entries with this half's (a directory renamed
+    from one half into the other is still a rename), and returns its counts; None when
+    this join is the whole tree.
+    """
     renames = _Renames(workdir)
-    rehash, backup_id = chain.rehash, chain.backup_id
-    lstat, S_ISREG, S_IMODE, dumps = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps
-    trust_metadata, newline = not rehash, orjson.OPT_APPEND_NEWLINE
-    # os.fsencode's own steps, without its Python-level checks on every path of the tree
-    fs_encoding, fs_errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-    unchanged = offset = 0
-    pk, before = next(parent, (None, None))
-    last = ""  # lower than any path's key ("/" itself is ".")
     try:
         with open(workdir / DRAFT, "wb", buffering=BUFFER) as draft, \
              open(workdir / MARKS, "wb", buffering=BUFFER) as marks, \
              open(member_list, "wb", buffering=BUFFER) as members, \
              open(workdir / _PENDING, "wb", buffering=BUFFER) as pending, \
              open(workdir / LINKED, "wb", buffering=BUFFER) as linked_out:
-            linked = Linked(linked_out)
-            for path in paths:
-                name = path.lstrip("/") or "."
-                k = name.replace("/", "\0")  # tree_key, inline: this loop runs once per path of the tree
-                if k <= last:
-                    raise SourceError(f"the walk gave {path!r} out of tree order (after {last.replace(chr(0), '/')!r})",
-                                      "this is a bug in backup-tasks; report it with the target's paths")
-                last = k
-                while pk is not None and pk < k:
-                    renames.add_gone(before)
-                    pk, before = next(parent, (None, None))
-                same = None
-                if pk == k:
-                    same = before
-                    pk, before = next(parent, (None, None))
-                try:
-                    st = lstat(path)
-                except FileNotFoundError:  # vanished since the walk: it is not part of this backup
-                    if same is not None:
-                        renames.add_gone(same)
-                    continue
-                if st.st_nlink > 1:
-                    linked.add(os.fsencode(name), st)
-                if (same is not None and trust_metadata and S_ISREG(st.st_mode) and same["type"] == "file"
-                        and same.get("sha256") and same["ino"] == st.st_ino and same["size"] == st.st_size
-                        and same["mtime_ns"] == st.st_mtime_ns and same.get("ctime_ns") == st.st_ctime_ns
-                        and same.get("mode") == S_IMODE(st.st_mode) and same.get("uid") == st.st_uid
-                        and same.get("gid") == st.st_gid):
-                    # The common case, kept short: the parent's line is this one, but for two fields.
-                    same["dev"], same["change"] = st.st_dev, "unchanged"
-                    unchanged += 1
-                    try:
-                        line = dumps(same, option=newline)
-                    except TypeError:  # a name that is not UTF-8
-                        line = encode(same) + b"\n"
-                    draft.write(line)
-                    offset += len(line)
-                    if full:
-                        members.write(os.fsencode(name) + b"\0")
-                    continue
-                entry = _metadata(name, path, st)
-                if same is None and has_parent and not rehash and entry["type"] == "file":
-                    # new here: maybe a rename, known once the join has seen every gone path
-                    pending.write(encode({k_: entry[k_] for k_ in ("path", "ino", "size", "mtime_ns")}) + b"\n")
-                    marks.write(MARK.pack(offset, b"N"))
-                    line = encode(entry) + b"\n"
-                    draft.write(line)
-                    offset += len(line)
-                    continue
-                archive = classify(entry, same, path, rehash)
-                counts[entry["change"]] += 1
-                if archive:
-                    entry["in"] = backup_id
-                if archive or full:
-                    members.write(name.encode(fs_encoding, fs_errors) + b"\0")
-                if archive and not full:  # waits for the sha256 the tar scan measures (in a full, every line does)
-                    marks.write(MARK.pack(offset, b"?"))
-                try:
-                    line = dumps(entry, option=newline)
-                except TypeError:  # a name that is not UTF-8
-                    line = encode(entry) + b"\n"
-                draft.write(line)
-                offset += len(line)
-            while pk is not None:
-                renames.add_gone(before)
-                pk, before = next(parent, (None, None))
-            pending.close()
-            added = 0
-            with open(workdir / _NEW_MEMBERS, "wb", buffering=BUFFER) as new_members:
-                for line in lines(workdir / _PENDING):
-                    new = decode(line)
-                    if renames.resolve(new):
-                        counts["renamed"] += 1
-                    else:
-                        counts["new"] += 1
-                        added += 1
-                        new_members.write(os.fsencode(new["path"]) + b"\0")
+            out = Outputs(draft, marks, members, pending, linked_out)
+            counts = scan(paths, parent, chain, out, renames.add_gone, full=full, has_parent=has_parent)
+            if second is not None:
+                for name, value in second(out, renames.add_gone).items():
+                    counts[name] += value
+        added = 0
+        with open(workdir / _NEW_MEMBERS, "wb", buffering=BUFFER) as new_members:
+            for line in lines(workdir / _PENDING):
+                new = decode(line)
+                if renames.resolve(new):
+                    counts["renamed"] += 1
+                else:
+                    counts["new"] += 1
+                    added += 1
+                    new_members.write(os.fsencode(new["path"]) + b"\0")
     finally:
-        counts["unchanged"] += unchanged
         renames.close()
-        close = getattr(parent, "close", None)
-        if close:
-            close()
     if has_parent:
         counts["deleted"] = renames.gone  # a renamed file's old path too: it no longer exists
         if added:
             _merge_members(member_list, workdir / _NEW_MEMBERS)
+    return counts
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a scan writes: the draft, its marks, tar's member list, the new files and the hard-linked names."""
+
+    draft: BinaryIO
+    marks: BinaryIO
+    members: BinaryIO
+    pending: BinaryIO
+    linked: BinaryIO
+
+
+def scan(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain, out: Outputs,
+         gone: Callable[[dict], None], *, full: bool, has_parent: bool) -> dict:
+    """Stat each path, meet it with its parent entry, and write its draft line; counts (new files not yet counted).
+
+    ``gone``: takes each parent entry the walk did not meet (deleted, or renamed away).
+    The marks' offsets count from the first byte this scan writes to the draft: the second
+    half of a split join writes a draft of its own, put after the first's.
+    """
+    counts = dict.fromkeys(CHANGES, 0)
+    rehash, backup_id = chain.rehash, chain.backup_id
+    lstat, S_ISREG, S_IMODE, dumps = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps
+    trust_metadata, newline = not rehash, orjson.OPT_APPEND_NEWLINE
+    # os.fsencode's own steps, without its Python-level checks on every path of the tree
+    fs_encoding, fs_errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    unchanged = offset = 0
+    draft, marks, members, pending = out.draft, out.marks, out.members, out.pending
+    linked = Linked(out.linked)
+    pk, before = next(parent, (None, None))
+    last = ""  # lower than any path's key ("/" itself is ".")
+    try:
+        for path in paths:
+            name = path.lstrip("/") or "."
+            k = name.replace("/", "\0")  # tree_key, inline: this loop runs once per path of the tree
+            if k <= last:
+                raise SourceError(f"the walk gave {path!r} out of tree order (after {last.replace(chr(0), '/')!r})",
+                                  "this is a bug in backup-tasks; report it with the target's paths")
+            last = k
+            while pk is not None and pk < k:
+                gone(before)
+                pk, before = next(parent, (None, None))
+            same = None
+            if pk == k:
+                same = before
+                pk, before = next(parent, (None, None))
+            try:
+                st = lstat(path)
+            except FileNotFoundError:  # vanished since the walk: it is not part of this backup
+                if same is not None:
+                    gone(same)
+                continue
+            if st.st_nlink > 1:
+                linked.add(os.fsencode(name), st)
+            if (same is not None and trust_metadata and S_ISREG(st.st_mode) and same["type"] == "file"
+                    and same.get("sha256") and same["ino"] == st.st_ino and same["size"] == st.st_size
+                    and same["mtime_ns"] == st.st_mtime_ns and same.get("ctime_ns") == st.st_ctime_ns
+                    and same.get("mode") == S_IMODE(st.st_mode) and same.get("uid") == st.st_uid
+                    and same.get("gid") == st.st_gid):
+                # The common case, kept short: the parent's line is this one, but for two fields.
+                same["dev"], same["change"] = st.st_dev, "unchanged"
+                unchanged += 1
+                try:
+                    line = dumps(same, option=newline)
+                except TypeError:  # a name that is not UTF-8
+                    line = encode(same) + b"\n"
+                draft.write(line)
+                offset += len(line)
+                if full:
+                    members.write(os.fsencode(name) + b"\0")
+                continue
+            entry = _metadata(name, path, st)
+            if same is None and has_parent and not rehash and entry["type"] == "file":
+                # new here: maybe a rename, known once the join has seen every gone path
+                pending.write(encode({k_: entry[k_] for k_ in ("path", "ino", "size", "mtime_ns")}) + b"\n")
+                marks.write(MARK.pack(offset, b"N"))
+                line = encode(entry) + b"\n"
+                draft.write(line)
+                offset += len(line)
+                continue
+            archive = classify(entry, same, path, rehash)
+            counts[entry["change"]] += 1
+            if archive:
+                entry["in"] = backup_id
+            if archive or full:
+                members.write(name.encode(fs_encoding, fs_errors) + b"\0")
+            if archive and not full:  # waits for the sha256 the tar scan measures (in a full, every line does)
+                marks.write(MARK.pack(offset, b"?"))
+            try:
+                line = dumps(entry, option=newline)
+            except TypeError:  # a name that is not UTF-8
+                line = encode(entry) + b"\n"
+            draft.write(line)
+            offset += len(line)
+        while pk is not None:
+            gone(before)
+            pk, before = next(parent, (None, None))
+    finally:
+        counts["unchanged"] += unchanged
+        close = getattr(parent, "close", None)
+        if close:
+            close()
     return counts
 
 

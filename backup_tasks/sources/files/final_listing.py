@@ -4,10 +4,18 @@ The first pass (changes.py) wrote a draft line per path in tree order and the me
 list tar archived in that same order; tar's output was scanned as it passed, each member
 spooled to a file. Reading the draft and the spool in step gives each archived file the
 size and sha256 the scan measured without holding either side in memory.
+
+An incremental's second pass runs beside tar (``BesideTar``), taking each member as the
+scan hears it: while the dump's thread waits for tar, the draft's unchanged lines are
+copied and compressed. A full's waits for tar: every line is a member, and the pass
+would only follow the scan.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -29,11 +37,15 @@ class ArchiveSpool:
     pass reads: half the decoding of the scanner's whole entry (mode, mtime as a float).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, follow: bool = False) -> None:
         self.path = path
         self._out = open(path, "wb", buffering=BUFFER)
         self.entries = self.files = self.bytes = 0
         self.link_targets: set[str] = set()
+        #: with ``follow``, each record also goes to the second pass running beside tar (bounded: tar's
+        #: scan waits for a pass that falls far behind, rather than the records piling up in memory)
+        self._follow: queue.Queue | None = queue.Queue(4096) if follow else None
+        self._ended = False  # a followed spool's end was taken
 
     def add(self, entry: dict) -> None:
         kind = entry["type"]
@@ -42,6 +54,8 @@ class ArchiveSpool:
             self._out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         except TypeError:  # a name that is not UTF-8
             self._out.write(encode(record) + b"\n")
+        if self._follow is not None:
+            self._follow.put(record)
         self.entries += 1
         if kind == "file":
             self.files += 1
@@ -51,9 +65,36 @@ class ArchiveSpool:
 
     def close(self) -> None:
         self._out.close()
+        if self._follow is not None:
+            self._follow.put(None)
+
+    @contextmanager
+    def records(self, live: bool) -> Iterator[Iterator[list]]:
+        """The records in order: as they are added (``live``, for a spool that follows), or read back from the file."""
+        if live:
+            yield self._followed()
+            return
+        with open(self.path, "rb", buffering=BUFFER) as spool:
+            yield map(decode, spool)
+
+    def _followed(self) -> Iterator[list]:
+        while (record := self._follow.get()) is not None:
+            yield record
+        self._ended = True
+
+    def drain(self) -> None:
+        """Take the rest of the records of a followed spool, so that tar's scan never waits on a pass that stopped."""
+        if not self._ended:
+            for _ in self._followed():
+                pass
 
 
-def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: bool = False) -> int:
+class _LinkTargetMissed(Exception):
+    """A pass beside tar met a hard link to a member it did not keep (linked only after the walk); the pass is done again after tar."""
+
+
+def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: bool = False, draft_lines: int,
+                live: bool = False) -> int:
     """Write the final listing: archived files get the size and sha256 the tar scan measured.
 
     ``archive``: the members tar wrote, in the member list's order, which is the draft's
@@ -64,6 +105,12 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
     exactly the archive's members, which is what verify and restore compare the archive
     with. A hard link points at the member that carries the bytes, so a restore can find
     them under that name. A new file found to be a rename takes the parent's reference.
+    ``draft_lines``: how many lines the first pass wrote (its counts), so the lines copied
+    in blocks are counted without counting the newlines of the whole draft again.
+    ``live``: the members are taken as tar's scan adds them (``BesideTar``); the hard
+    links' targets are then not all known in advance, so a file's record is kept when
+    its draft line says it has several names, and a link to one that did not say so
+    raises _LinkTargetMissed.
     """
     workdir = Path(workdir)
     renamed = _renamed(workdir / RENAMED)
@@ -88,7 +135,7 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
             return
         _, kind, size, sha256, link = scanned = current
         current = next(members, None)
-        if path in link_targets:
+        if entry.get("nlink") if live else path in link_targets:  # live: the scan may not have reached the link yet
             targets[path] = scanned
         if entry["type"] != "file":
             if link is not None and link != entry.get("link"):  # the link tar stored, should it have moved since the walk
@@ -100,6 +147,8 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
             return
         if kind == "hardlink":
             target = targets.get(link)
+            if target is None and live:
+                raise _LinkTargetMissed
             if target is None or target[3] is None:
                 return
             entry["member"] = link
@@ -119,25 +168,63 @@ def second_pass(workdir: Path, archive: ArchiveSpool, chain: Chain, *, full: boo
     link_targets = archive.link_targets
     writer = ListingWriter(chain.listing_out)
     try:
-        with open(workdir / DRAFT, "rb", buffering=BUFFER) as draft, \
-             open(archive.path, "rb", buffering=BUFFER) as spool:
-            members = map(decode, spool)
+        with open(workdir / DRAFT, "rb", buffering=BUFFER) as draft, archive.records(live) as members:
             current = next(members, None)
             if full:  # every path is a member: each line is matched with the archive
                 for line in draft:
                     settle(b"?", line)
             else:
-                at = 0
+                at = settled = 0
                 for offset, tag in _marks(workdir / MARKS):
                     _copy(draft, offset - at, writer)  # final lines, not in the archive: copied as they are
                     line = draft.readline()
                     at = offset + len(line)
                     settle(tag, line)
+                    settled += 1
                 _copy(draft, None, writer)
+                writer.counted(draft_lines - settled)
     finally:
         count = writer.close()
         renamed.close()
     return count
+
+
+class BesideTar:
+    """An incremental's second pass, started beside tar on a spool that follows (``ArchiveSpool(follow=True)``).
+
+    ``join`` once the spool is closed (tar done or failed): the pass ends with the spool
+    whatever happened. ``result`` then gives the listing's entry count or raises what the
+    pass raised. A pass that met a hard link it could not resolve live (a second name
+    made after the walk) is done again from the spool's file, as it was before it ran
+    beside tar.
+    """
+
+    def __init__(self, workdir: Path, archive: ArchiveSpool, chain: Chain, *, draft_lines: int) -> None:
+        self._again = lambda: second_pass(workdir, archive, chain, draft_lines=draft_lines)
+        self._outcome: dict = {}
+
+        def run() -> None:
+            try:
+                self._outcome["count"] = second_pass(workdir, archive, chain, draft_lines=draft_lines, live=True)
+            except BaseException as exc:  # handed to the dump's thread by result()
+                self._outcome["error"] = exc
+            finally:
+                archive.drain()  # what the pass did not take: tar's scan must never wait on it
+
+        self._thread = threading.Thread(target=run, name="second-pass", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> int:
+        self.join()
+        error = self._outcome.get("error")
+        if isinstance(error, _LinkTargetMissed):
+            return self._again()
+        if error is not None:
+            raise error
+        return self._outcome["count"]
 
 
 def _renamed(path: Path) -> Iterator[dict]:
@@ -154,12 +241,15 @@ def _marks(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _copy(draft: BinaryIO, size: int | None, writer: ListingWriter) -> None:
-    """Hand ``size`` bytes of whole draft lines (None: the rest of the draft) to the listing, a block at a time."""
+    """Hand ``size`` bytes of whole draft lines (None: the rest of the draft) to the listing, a block at a time.
+
+    Not counted here: counting the newlines of every block cost as much as compressing it.
+    """
     while size is None or size > 0:
         block = draft.read(BUFFER if size is None else min(size, BUFFER))
         if not block:
             break
         if size is not None:
             size -= len(block)
-        writer.write_lines(block, block.count(b"\n"))
+        writer.write_lines(block, 0)
 

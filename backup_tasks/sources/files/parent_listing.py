@@ -9,6 +9,7 @@ part-way; the join then starts again from a copy sorted on disk.
 from __future__ import annotations
 
 import io
+from itertools import chain
 import sqlite3
 from pathlib import Path
 from typing import Iterator
@@ -24,17 +25,24 @@ class Unsorted(Exception):
     """The parent listing is not in tree order; the join starts again from a sorted copy."""
 
 
-def in_order(listing: Path) -> Iterator[tuple[str, dict]]:
+def in_order(listing: Path, start: str | None = None, stop: str | None = None) -> Iterator[tuple[str, dict]]:
     """The parent's entries with their tree keys; Unsorted at the first one out of order.
 
     What listing_lines and decode do, in one loop: this runs once per path of the tree,
     and each generator or call between the file and the join cost a tenth of a µs a line.
+    ``start`` and ``stop`` keep the entries with ``start <= key < stop``: the part of the
+    listing one half of a split join reads (changes.py). The lines before ``start`` are
+    passed over with their path read from the bytes, not decoded: the other half reads
+    and checks those.
     """
     loads, error = orjson.loads, orjson.JSONDecodeError
     last = None
     with open(listing, "rb") as raw:
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK_SIZE)
-        for line in io.BufferedReader(reader, CHUNK_SIZE):
+        lines = io.BufferedReader(reader, CHUNK_SIZE)
+        if start is not None:
+            lines = _from(lines, start)
+        for line in lines:
             try:
                 entry = loads(line)
             except error:  # a blank line (skipped), or a name that is not UTF-8 (a \udcxx escape)
@@ -44,8 +52,34 @@ def in_order(listing: Path) -> Iterator[tuple[str, dict]]:
             k = entry["path"].replace("/", "\0")  # tree_key, inline
             if last is not None and k <= last:
                 raise Unsorted
+            if stop is not None and k >= stop:
+                return
             last = k
             yield k, entry
+
+
+_HEAD = b'{"path":"'
+
+
+def _from(lines: Iterator[bytes], start: str) -> Iterator[bytes]:
+    """``lines`` from the first whose path's key is ``start`` or after, read past in a loop of its own.
+
+    The rest is returned as a chain (C), not yielded from here: a generator step per
+    line would cost more than the skipping saved.
+    """
+    head, cut = _HEAD, len(_HEAD)
+    for line in lines:
+        end = line.find(b'"', cut)
+        name = line[cut:end]
+        if not line.startswith(head) or end < 0 or b"\\" in name:  # not our writer's plain form: decoded
+            if not line.strip():
+                continue
+            path = decode(line)["path"]
+        else:
+            path = name.decode("utf-8")
+        if tree_key(path) >= start:
+            return chain((line,), lines)
+    return iter(())
 
 
 def sorted_on_disk(listing: Path, workdir: Path) -> Iterator[tuple[str, dict]]:

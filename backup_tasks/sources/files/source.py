@@ -24,11 +24,12 @@ from backup_tasks.sources.files.extract import (
     plan_restore,
     refuse_unless_empty,
 )
-from backup_tasks.sources.files.changes import LINKED, Chain, first_pass
-from backup_tasks.sources.files.final_listing import ArchiveSpool, second_pass
+from backup_tasks.sources.files.changes import CHANGES, LINKED, Chain, first_pass
+from backup_tasks.sources.files.final_listing import ArchiveSpool, BesideTar, second_pass
 from backup_tasks.sources.files.gnu_tar import gnu_tar_version, run_tar
 from backup_tasks.sources.files.listing import ListingMatch, ListingTally, archive_entries
-from backup_tasks.sources.files.members import select_members, write_member_list
+from backup_tasks.sources.files.members import select_members, split_members, write_member_list
+from backup_tasks.sources.files.split_join import OtherHalf, worth_splitting
 from backup_tasks.sources.files.tarstream import TarScanner, TarStreamError
 
 
@@ -60,10 +61,19 @@ class FilesSource:
                       "files": entries}
         else:
             full = chain.parent_listing is None
+            rest = None
+            if not full and worth_splitting(chain) and (split := split_members(target, warnings)) is not None:
+                try:
+                    rest = OtherHalf(split[1], chain, workdir, warnings, full=full)
+                    paths = split[0]
+                except OSError:  # no interpreter to start (an embedding without one): one process does it all
+                    rest = None
             changes = first_pass(paths, chain, workdir, list_file, full=full,
-                                 walk_again=lambda: select_members(target, _cleared(warnings))[0])
+                                 walk_again=lambda: select_members(target, _cleared(warnings))[0], rest=rest)
             del paths  # a gathered list (include patterns): the draft on disk holds the tree from here on
-            spool = ArchiveSpool(workdir / "archive.jsonl")
+            draft_lines = sum(changes[c] for c in CHANGES)
+            spool = ArchiveSpool(workdir / "archive.jsonl", follow=not full)
+            beside = None if full else BesideTar(workdir, spool, chain, draft_lines=draft_lines)
             try:
                 # Hard links stay tar hard links, in an incremental too: tar links only to a member it
                 # archived in this run, so a name whose first one is in a parent carries its own bytes.
@@ -71,8 +81,11 @@ class FilesSource:
                                           linked=workdir / LINKED)
             finally:
                 spool.close()
+                if beside is not None:
+                    beside.join()  # ends with the spool, tar done or failed
+            entries = beside.result() if beside else second_pass(workdir, spool, chain, full=full, draft_lines=draft_lines)
             counts = {"file_count": spool.files, "entry_count": spool.entries, "bytes": spool.bytes,
-                      "listing_entries": second_pass(workdir, spool, chain, full=full), "changes": changes}
+                      "listing_entries": entries, "changes": changes}
         return {
             "format": "pax",
             "tool": tool,

@@ -97,6 +97,10 @@ class ListingWriter:
         self._zst.write(lines)
         self.count += count
 
+    def counted(self, count: int) -> None:
+        """``count`` entries handed over earlier in blocks given as none (write_lines with 0): their lines were not counted."""
+        self.count += count
+
     def _flush(self) -> None:
         self._zst.write(b"".join(self._lines))
         self._lines.clear()
