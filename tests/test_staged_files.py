@@ -86,6 +86,29 @@ def test_the_stored_object_is_linked_from_staging_unless_a_bandwidth_limit_must_
 
 
 @pytest.mark.parametrize("damage", ["altered", "truncated"])
+def test_a_dump_changed_before_compress_reads_it_fails_the_run_naming_the_stage(tmp_path, make_config, runtime_for, damage):
+    # compress reads its frames straight into its buffers (readinto): that path checks the seal too
+    tree = _tree(tmp_path)
+    rt = runtime_for(_config(tmp_path, make_config, tree))
+    backup_id = f"docs-{damage}-dump"
+    dumped = backup.dump(rt, backup.start(rt, backup_id, "docs", "full"))
+    if damage == "altered":
+        with open(dumped["path"], "r+b") as fh:
+            fh.seek(dumped["size"] // 2)
+            fh.write(b"\0" * 4096)
+    else:
+        os.truncate(dumped["path"], dumped["size"] - 100)
+
+    result = tasks.compress.apply(args=(dumped,))
+    assert result.state == states.FAILURE
+    row = rt.catalog.get(backup_id)
+    assert row.status == Status.FAILED
+    assert row.error.startswith("compress failed: compress: the staged file data.tar")
+    assert f"the dump stage sealed it at {dumped['size']} bytes with sha256 {dumped['sha256'][:16]}" in row.error
+    assert not (tmp_path / "state" / "staging" / backup_id).exists()
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated"])
 def test_a_compressed_file_changed_before_encrypt_reads_it_fails_the_run_naming_the_stage(tmp_path, make_config,
                                                                                           runtime_for, damage):
     tree = _tree(tmp_path)
