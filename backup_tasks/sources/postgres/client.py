@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from backup_tasks.errors import (
@@ -20,6 +19,7 @@ from backup_tasks.errors import (
     ServiceUnavailable,
 )
 from backup_tasks.sources.db import connection, dsn
+from backup_tasks.sources.db.version import VersionAsked
 from backup_tasks.sources.db.connection import Rule
 from backup_tasks.sources.db.dsn import Server
 
@@ -83,31 +83,6 @@ def unwrapped(found: str, name: str, binroot: Path = DEBIAN_BINROOT) -> str:
 
 def tool_version(path: str, env: dict | None = None) -> str:
     return VersionAsked(path, env).answer()
-
-
-class VersionAsked:
-    """``path --version``, started now and answered later.
-
-    Debian's /usr/bin/pg_* are a Perl wrapper that takes tens of milliseconds to start: asked
-    before connecting, the answer is ready by the time the server has said its own version,
-    instead of adding to the time before the dump starts.
-    """
-
-    def __init__(self, path: str, env: dict | None = None) -> None:
-        self.argv = [path, "--version"]
-        self.child = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-    def answer(self) -> str:
-        out, err = self.child.communicate()
-        if self.child.returncode != 0:
-            raise subprocess.CalledProcessError(self.child.returncode, self.argv, out, err)
-        return out.strip()
-
-    def discard(self) -> None:
-        """Reap the child if nobody asked for the answer (the caller failed first); a no-op after ``answer``."""
-        if self.child.returncode is None:
-            self.child.kill()
-            self.child.communicate()
 
 
 def connect(server: Server, *, what: str, ref: str | None = None):
