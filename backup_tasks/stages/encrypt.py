@@ -30,7 +30,7 @@ def encrypt(src: BinaryIO, dst: BinaryIO, recipients: list[x25519.Recipient]) ->
     try:
         # both remember below a buffer: pyrage's 8 KiB reads and 64 KiB writes reach the Python
         # streams (follower, progress, hashing, the file) once per MiB
-        out = io.BufferedWriter(_RawOut(writer), BUFFER_BYTES)
+        out = io.BufferedWriter(_Raw(writer), BUFFER_BYTES)
         pyrage.encrypt_io(buffered(reader), out, recipients)
         out.flush()
     except Exception:
@@ -78,7 +78,8 @@ BUFFER_BYTES = 1 << 20
 
 
 class _Raw(io.RawIOBase):
-    """Any object with ``read(n)`` as the raw stream under an ``io.BufferedReader``; closing it leaves the inner one open."""
+    """Any object with ``read(n)`` or ``write(data)`` as the raw stream under an ``io.BufferedReader`` or
+    ``io.BufferedWriter``; closing it leaves the inner one open."""
 
     def __init__(self, inner: BinaryIO) -> None:
         self._inner = inner
@@ -86,20 +87,13 @@ class _Raw(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def writable(self) -> bool:
+        return True
+
     def readinto(self, buf) -> int:
         data = self._inner.read(len(buf))
         buf[:len(data)] = data
         return len(data)
-
-
-class _RawOut(io.RawIOBase):
-    """Any object with ``write(data)`` as the raw stream under an ``io.BufferedWriter``; closing it leaves the inner one open."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        self._inner = inner
-
-    def writable(self) -> bool:
-        return True
 
     def write(self, data) -> int:
         self._inner.write(data)
