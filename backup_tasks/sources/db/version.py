@@ -1,9 +1,10 @@
 """A client tool's ``--version``, asked when the dump begins and read once it is needed.
 
 Both database dumps record the tool's version in the manifest, and PostgreSQL's also
-refuses a pg_dump older than the server. Asked first and waited for, the question sat in
-front of the connection and the dump (a process start, and on Debian a Perl wrapper for
-pg_*); started first and answered after the connection is made, it costs nothing there.
+refuses a pg_dump older than the server. Asked first and waited for, the question (a
+process started and run to its end, 35-40 ms for mariadb-dump here) sat in front of the
+connection and the dump; started first and answered after the connection is made, it
+costs nothing there.
 """
 
 from __future__ import annotations
