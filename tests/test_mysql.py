@@ -73,6 +73,8 @@ def test_backup_records_counts_views_and_verifies_the_dump(my_backup):
     assert "binlog" in src  # None here: the loopback server runs without a binary log
     assert src["format"].startswith("SQL (mariadb-dump --single-transaction --routines --triggers --events --hex-blob")
     assert my_backup.manifest["plaintext"]["format"] == "sql"
+    # the tool's own words (asked while connecting) and the server's version, as the manifest records them
+    assert "mariadb-dump" in my_backup.manifest["tool_versions"]["mariadb-dump"] and my_backup.manifest["tool_versions"]["mysql_server"]
 
 
 def test_restore_to_database_round_trip_preserves_every_table_and_object(my_backup, my_names):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -295,6 +296,31 @@ def test_pg_dump_older_than_the_server_is_refused_with_a_clear_error():
     with pg() as cur:
         cur.execute("SELECT current_setting('server_version_num')::int")
         pg_dump.check_client_version(pg_client.tool_version(pg_client.tool("pg_dump")), cur.fetchone()[0])
+
+
+def test_debian_pg_wrapper_is_skipped_for_the_newest_installed_binary_it_would_run(tmp_path):
+    # Debian's /usr/bin/pg_* link to a Perl script that, given a server host, execs the newest version's binary
+    wrapper = tmp_path / "share" / pg_client.DEBIAN_WRAPPER
+    wrapper.parent.mkdir()
+    wrapper.write_text("#!/usr/bin/perl\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "pg_dump").symlink_to(wrapper)
+    binroot = tmp_path / "lib"
+    for version, tools in (("9.6", ["pg_dump"]), ("15", ["pg_dump", "psql"]), ("16", ["psql"]), ("16.x", ["pg_dump"])):
+        (binroot / version / "bin").mkdir(parents=True)
+        for name in tools:
+            (binroot / version / "bin" / name).write_text("")
+            (binroot / version / "bin" / name).chmod(0o755)
+    linked = str(tmp_path / "bin" / "pg_dump")
+    assert pg_client.unwrapped(linked, "pg_dump", binroot) == str(binroot / "15" / "bin" / "pg_dump")  # 16 has no pg_dump
+    assert pg_client.unwrapped(linked, "psql", binroot) == str(binroot / "16" / "bin" / "psql")
+    assert pg_client.unwrapped(linked, "pg_restore", binroot) == linked  # none installed: the wrapper decides
+    plain = tmp_path / "bin" / "pg_restore"
+    plain.write_text("")
+    assert pg_client.unwrapped(str(plain), "pg_restore", binroot) == str(plain)  # not the wrapper: as found
+    # on this host: whatever PATH finds, what runs is a real pg_dump binary, not the wrapper
+    assert pg_client.unwrapped(pg_client.tool("pg_dump"), "pg_dump").endswith("/pg_dump")
+    assert os.path.basename(os.path.realpath(pg_client.tool("pg_dump"))) == "pg_dump"
 
 
 @pytest.mark.parametrize("extra, field, words", [

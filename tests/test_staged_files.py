@@ -86,27 +86,31 @@ def test_the_stored_object_is_linked_from_staging_unless_a_bandwidth_limit_must_
 
 
 @pytest.mark.parametrize("damage", ["altered", "truncated"])
-def test_a_compressed_file_changed_before_encrypt_reads_it_fails_the_run_naming_the_stage(tmp_path, make_config,
-                                                                                          runtime_for, damage):
+@pytest.mark.parametrize("reader", ["compress", "encrypt"])
+def test_a_staged_file_changed_before_the_next_stage_reads_it_fails_the_run_naming_the_stage(tmp_path, make_config,
+                                                                                           runtime_for, reader, damage):
+    # compress reads its frames straight into its buffers (readinto), encrypt through read(): both check the seal
     tree = _tree(tmp_path)
     rt = runtime_for(_config(tmp_path, make_config, tree))
-    backup_id = f"docs-{damage}-zst"
-    _, compressed = _up_to_encrypt(rt, backup_id)
+    backup_id = f"docs-{damage}-{reader}"
+    dumped, compressed = _up_to_encrypt(rt, backup_id) if reader == "encrypt" else (
+        backup.dump(rt, backup.start(rt, backup_id, "docs", "full")), None)
+    staged, producer = (compressed, "compress") if reader == "encrypt" else (dumped, "dump")
     if damage == "altered":  # same length, other bytes (what a host crash can leave on some filesystems)
-        with open(compressed["path"], "r+b") as fh:
-            fh.seek(compressed["size"] // 2)
+        with open(staged["path"], "r+b") as fh:
+            fh.seek(staged["size"] // 2)
             fh.write(b"\0" * 4096)
     else:
-        os.truncate(compressed["path"], compressed["size"] - 100)
+        os.truncate(staged["path"], staged["size"] - 100)
 
-    result = tasks.encrypt.apply(args=(compressed,))
+    result = getattr(tasks, reader).apply(args=(staged,))
     assert result.state == states.FAILURE
     row = rt.catalog.get(backup_id)
     assert row.status == Status.FAILED
-    assert row.error.startswith("encrypt failed: encrypt: the staged file data.tar.zst")
-    assert f"the compress stage sealed it at {compressed['size']} bytes with sha256 {compressed['sha256'][:16]}" in row.error
+    assert row.error.startswith(f"{reader} failed: {reader}: the staged file {staged['name']}")
+    assert f"the {producer} stage sealed it at {staged['size']} bytes with sha256 {staged['sha256'][:16]}" in row.error
     assert not list(rt.storage("local").list(f"docs/{backup_id}/"))  # nothing stored
-    assert not (tmp_path / "state" / "staging" / backup_id).exists()  # no sealed encrypt output either
+    assert not (tmp_path / "state" / "staging" / backup_id).exists()  # no sealed output of the reader either
 
 
 def test_an_encrypted_file_altered_before_upload_is_refused_by_the_copy_and_by_verify_after_a_link(

@@ -63,12 +63,28 @@ class Following:
             self._hash.update(data)
             self.size += n
             return data
-        out = bytearray(data)
+        buf = bytearray(n)
+        buf[:len(data)] = data
+        got = self._rest(memoryview(buf), len(data))
+        return bytes(buf[:got])
+
+    def readinto(self, buf) -> int:
+        """Straight into the caller's buffer (the compress stage's frames): no bytes object copied in."""
+        view = memoryview(buf).cast("B")
+        got = self._fh.readinto(view)
+        if got == len(view):
+            self._hash.update(view)
+            self.size += got
+            return got
+        return self._rest(view, got)
+
+    def _rest(self, view: memoryview, got: int) -> int:
+        """Fill ``view`` on from ``got`` bytes, waiting at the end of what is written; fewer bytes only at the sealed end."""
         wait = FIRST_WAIT
-        while len(out) < n:
-            data = self._fh.read(n - len(out))
-            if data:
-                out += data
+        while got < len(view):
+            n = self._fh.readinto(view[got:])
+            if n:
+                got += n
                 wait = FIRST_WAIT
                 continue
             if self.seal is not None:
@@ -80,16 +96,11 @@ class Following:
                 continue  # just sealed: once more for what was written before the seal
             time.sleep(wait)
             wait = min(wait * 2, MOST_WAIT)
-        self._hash.update(out)
-        self.size += len(out)
-        if self.seal is not None and len(out) < n:
+        self._hash.update(view[:got])
+        self.size += got
+        if self.seal is not None and got < len(view):
             self._check_seal()
-        return bytes(out)
-
-    def readinto(self, buf) -> int:
-        data = self.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
+        return got
 
     def readable(self) -> bool:
         return True

@@ -28,7 +28,11 @@ def encrypt(src: BinaryIO, dst: BinaryIO, recipients: list[x25519.Recipient]) ->
     """
     reader, writer = _Remembering(src), _Remembering(dst)
     try:
-        pyrage.encrypt_io(buffered(reader), writer, recipients)  # the reader remembers below the buffer: once per MiB
+        # both remember below a buffer: pyrage's 8 KiB reads and 64 KiB writes reach the Python
+        # streams (follower, progress, hashing, the file) once per MiB
+        out = io.BufferedWriter(_Raw(writer), BUFFER_BYTES)
+        pyrage.encrypt_io(buffered(reader), out, recipients)
+        out.flush()
     except Exception:
         for side in (reader, writer):  # a full disk under the output must still read as ENOSPC
             if side.error is not None:
@@ -74,7 +78,8 @@ BUFFER_BYTES = 1 << 20
 
 
 class _Raw(io.RawIOBase):
-    """Any object with ``read(n)`` as the raw stream under an ``io.BufferedReader``; closing it leaves the inner one open."""
+    """Any object with ``read(n)`` or ``write(data)`` as the raw stream under an ``io.BufferedReader`` or
+    ``io.BufferedWriter``; closing it leaves the inner one open."""
 
     def __init__(self, inner: BinaryIO) -> None:
         self._inner = inner
@@ -82,9 +87,16 @@ class _Raw(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def writable(self) -> bool:
+        return True
+
     def readinto(self, buf) -> int:
         data = self._inner.read(len(buf))
         buf[:len(data)] = data
+        return len(data)
+
+    def write(self, data) -> int:
+        self._inner.write(data)
         return len(data)
 
 

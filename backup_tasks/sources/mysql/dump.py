@@ -22,7 +22,6 @@ dump (``--master-data=2 --gtid``, as comments); they are read from the stream
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Callable
 from datetime import timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ from backup_tasks.redaction import redact
 from backup_tasks.errors import SourceError
 from backup_tasks.sources.db import dsn, pipes
 from backup_tasks.sources.db.beside import Beside
+from backup_tasks.sources.db.version import VersionAsked
 from backup_tasks.sources.mysql import binlog_server
 from backup_tasks.sources.mysql.coordinates import CoordinateWatch
 from backup_tasks.sources.mysql.client import (
@@ -84,9 +84,14 @@ def dump(target, out: BinaryIO, workdir: Path) -> dict:
     what = f"dump of target '{target.name}'"
     pitr = bool(getattr(target, "binlog", False))  # point-in-time recovery from this dump and the shipped binlogs
     tool_path = dump_tool(bin_dir)
-    tool_text = subprocess.run([tool_path, "--version"], capture_output=True, text=True, env=dsn.child_env(server)).stdout.strip()
-    conn = connect(server, what=what, ref=target.password)
+    tool_version = VersionAsked(tool_path, dsn.child_env(server))  # answered while we connect, not before
     try:
+        conn = connect(server, what=what, ref=target.password)
+    except BaseException:
+        tool_version.discard()
+        raise
+    try:
+        tool_text = tool_version.answer(check=False)
         cur = conn.cursor()
         cur.execute("SELECT VERSION(), @@log_bin, @@character_set_database, @@collation_database")
         version, log_bin, charset, collation = cur.fetchone()

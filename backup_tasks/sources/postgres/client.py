@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from backup_tasks.errors import (
@@ -20,6 +19,7 @@ from backup_tasks.errors import (
     ServiceUnavailable,
 )
 from backup_tasks.sources.db import connection, dsn
+from backup_tasks.sources.db.version import VersionAsked
 from backup_tasks.sources.db.connection import Rule
 from backup_tasks.sources.db.dsn import Server
 
@@ -42,6 +42,12 @@ _RULES = (
 )
 
 
+#: Debian's /usr/bin/pg_* are links to this Perl script, which picks a version's binary under
+#: ``DEBIAN_BINROOT`` and execs it; starting Perl costs 50-80 ms before the tool itself starts
+DEBIAN_WRAPPER = "pg_wrapper"
+DEBIAN_BINROOT = Path("/usr/lib/postgresql")
+
+
 def tool(name: str, bin_dir: str | None = None) -> str:
     if bin_dir:
         path = Path(bin_dir) / name
@@ -51,36 +57,32 @@ def tool(name: str, bin_dir: str | None = None) -> str:
     found = shutil.which(name)
     if not found:
         raise PermanentError(f"{name} is not installed on this worker", "install the PostgreSQL client tools (Debian: postgresql-client)")
-    return found
+    return unwrapped(found, name)
+
+
+def unwrapped(found: str, name: str, binroot: Path = DEBIAN_BINROOT) -> str:
+    """The binary Debian's pg_wrapper would exec for ``name``, else ``found`` itself.
+
+    Given a server host (PGHOST, which every dump and restore sets), pg_wrapper runs the
+    newest installed version's binary: the same one is run here without the wrapper's
+    Perl start-up, which sat in front of every pg_dump and of verify's pg_restore. It also
+    means ``--version`` is asked of the very binary that dumps, whatever the environment.
+    """
+    if Path(os.path.realpath(found)).name != DEBIAN_WRAPPER:
+        return found
+    versions = []
+    for path in binroot.glob(f"*/bin/{name}"):
+        try:
+            version = tuple(int(part) for part in path.parent.parent.name.split("."))
+        except ValueError:
+            continue
+        if os.access(path, os.X_OK):
+            versions.append((version, str(path)))
+    return max(versions)[1] if versions else found
 
 
 def tool_version(path: str, env: dict | None = None) -> str:
     return VersionAsked(path, env).answer()
-
-
-class VersionAsked:
-    """``path --version``, started now and answered later.
-
-    Debian's /usr/bin/pg_* are a Perl wrapper that takes tens of milliseconds to start: asked
-    before connecting, the answer is ready by the time the server has said its own version,
-    instead of adding to the time before the dump starts.
-    """
-
-    def __init__(self, path: str, env: dict | None = None) -> None:
-        self.argv = [path, "--version"]
-        self.child = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-    def answer(self) -> str:
-        out, err = self.child.communicate()
-        if self.child.returncode != 0:
-            raise subprocess.CalledProcessError(self.child.returncode, self.argv, out, err)
-        return out.strip()
-
-    def discard(self) -> None:
-        """Reap the child if nobody asked for the answer (the caller failed first); a no-op after ``answer``."""
-        if self.child.returncode is None:
-            self.child.kill()
-            self.child.communicate()
 
 
 def connect(server: Server, *, what: str, ref: str | None = None):
