@@ -17,7 +17,8 @@ In one run it
    tree), 200 added, 200 deleted, 50 directories renamed, 500 files chmodded;
 4. runs our incremental and restic's second backup ``--pairs`` times each, order
    alternated, each from the same saved state (medians and their ratio: the figure
-   for the restic goal on a shared machine);
+   for the restic goal on a shared machine); ``--pairs-only`` stops here (after the
+   ``--worker`` rounds, if asked for);
 5. measures after that change, each from a warm page cache: our incremental
    (``backupctl backup --type incremental --wait``, verify included), our full, GNU tar
    level 1 (``tar --listed-incremental | zstd -3 -T2 | age``) and restic's second backup;
@@ -26,7 +27,10 @@ In one run it
 7. builds a 7-link chain on the full of step 5 (six more changes, each followed by an
    incremental), takes a full of the final tree, and restores the chain's last point
    and that full, timing both;
-8. prints the results and the goals (incremental <= 0.15x our full, >= 3x faster than
+8. with ``--worker ROUNDS``: ROUNDS of our incremental on a warm Celery worker (enqueued
+   from Python, no CLI start-up: how a scheduled incremental runs) against restic's next
+   backup, each after a fresh change of the same mix (``on_worker``);
+9. prints the results and the goals (incremental <= 0.15x our full, >= 3x faster than
    restic's second backup, worker RSS <= 200 MiB, restore of a 7-link chain's last
    point <= 1.3x the restore of a full) and writes them as JSON to
    benchmarks/out/incremental-<timestamp>.json.
