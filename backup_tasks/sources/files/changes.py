@@ -299,6 +299,14 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
     return counts
 
 
+def _draft_line(entry: dict, dumps=orjson.dumps, newline=orjson.OPT_APPEND_NEWLINE) -> bytes:
+    """One draft line: orjson's (the common case), or the listing's own encoding for a name that is not UTF-8."""
+    try:
+        return dumps(entry, option=newline)
+    except TypeError:
+        return encode(entry) + b"\n"
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Where a scan writes: the draft, its marks, tar's member list, the new files and the hard-linked names."""
@@ -320,8 +328,8 @@ def scan(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain,
     """
     counts = dict.fromkeys(CHANGES, 0)
     rehash, backup_id = chain.rehash, chain.backup_id
-    lstat, S_ISREG, S_IMODE, dumps = os.lstat, stat.S_ISREG, stat.S_IMODE, orjson.dumps
-    trust_metadata, newline = not rehash, orjson.OPT_APPEND_NEWLINE
+    lstat, S_ISREG, S_IMODE = os.lstat, stat.S_ISREG, stat.S_IMODE
+    trust_metadata = not rehash
     # os.fsencode's own steps, without its Python-level checks on every path of the tree
     fs_encoding, fs_errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     unchanged = offset = 0
@@ -360,10 +368,7 @@ def scan(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain,
                 # The common case, kept short: the parent's line is this one, but for two fields.
                 same["dev"], same["change"] = st.st_dev, "unchanged"
                 unchanged += 1
-                try:
-                    line = dumps(same, option=newline)
-                except TypeError:  # a name that is not UTF-8
-                    line = encode(same) + b"\n"
+                line = _draft_line(same)
                 draft.write(line)
                 offset += len(line)
                 if full:
@@ -386,10 +391,7 @@ def scan(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain,
                 members.write(name.encode(fs_encoding, fs_errors) + b"\0")
             if archive and not full:  # waits for the sha256 the tar scan measures (in a full, every line does)
                 marks.write(MARK.pack(offset, b"?"))
-            try:
-                line = dumps(entry, option=newline)
-            except TypeError:  # a name that is not UTF-8
-                line = encode(entry) + b"\n"
+            line = _draft_line(entry)
             draft.write(line)
             offset += len(line)
         while pk is not None:
