@@ -40,11 +40,14 @@ ZSTD_THREADS = 2
 #: than one multi-threaded frame (4 MiB: 0.05% larger, 8 MiB: 0.1% larger) and decompressed as
 #: fast; a reader or a writer holds about three frames, so smaller frames also mean less memory
 ZSTD_FRAME_SIZE = 2 << 20
-#: threads that decompress a framed object on read-back (verify, restore). 1 on 2 cores:
-#: there verify is bound by its total CPU (pyrage decryption ~0.5 CPU-s per 280 MB, zstd ~0.8,
-#: two sha256 ~0.65), so a second decompressing thread measured no faster and cost 0.1-0.2
-#: CPU-s and ~5 MiB more; it pays where cores are free beside the read
-ZSTD_READ_THREADS = 1
+#: threads that decompress a framed object on read-back (verify, restore). Two, even on 2 cores:
+#: a verify on its own is bound by its total CPU (pyrage decryption ~0.5 CPU-s per 280 MB, zstd
+#: ~0.7, two sha256 ~0.65): there a second decoder took the same wall (1.14-1.27 s on 827 MB)
+#: for 0.05-0.1 CPU-s and ~5 MiB more. But in the verify a chain runs right after its backup,
+#: decoding ran twice as slow (1.2-1.6 CPU-s for the same bytes; the hashes and decryption
+#: did not), and one decoder became the critical path: with two, that verify took 1.19-1.36 s
+#: against 1.20-1.57 s. Restores (pg_restore -j1/-j2) stayed within 3% of pg_restore either way
+ZSTD_READ_THREADS = 2
 GZIP_LEVEL = 6
 
 #: read/write size for every streaming stage: large enough for syscalls to vanish, small
