@@ -1,9 +1,10 @@
 """Runbook: a backup read back decompresses and hashes beside its consumer, and stops cleanly.
 
-Decompression and the plaintext sha256 run in threads of their own. Whatever happens to
-the consumer (it stops half-way, the object is damaged), the threads end with the read,
-the stored object is still hashed to its end, and the errors are the ones a reader
-without threads would give.
+Decompression and the plaintext sha256 run in threads of their own, and a large object is
+decrypted in a child process. Whatever happens to the consumer (it stops half-way, the
+object is damaged), the threads and the child end with the read, the stored object is
+still hashed to its end, and the errors are the ones a reader without threads would give.
+Each runbook runs both ways: decryption in a thread (small objects) and in a child.
 """
 
 from __future__ import annotations
@@ -13,23 +14,30 @@ import io
 import random
 import threading
 
+import psutil
 import pyrage
 import pytest
 import zstandard
 
-from backup_tasks import client
+from backup_tasks import client, defaults
 from backup_tasks.errors import VerificationFailed
 from backup_tasks.ops import readback
+from backup_tasks.ops.verify import verify_backup
 from backup_tasks.stages.readahead import ReadaheadHashingReader
 
 
 def _readahead_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("readahead")]
+    """What must be gone after a read-back: its threads, and its decrypting child with the thread feeding it."""
+    children = [p for p in psutil.Process().children(recursive=True) if "age_child" in " ".join(p.cmdline())]
+    return [t for t in threading.enumerate() if t.name.startswith(("readahead", "age-"))] + children
 
 
-@pytest.fixture
-def site_backup(tmp_path, make_config, runtime_for):
-    """A files backup of a few MiB: several 1 MiB chunks pass through the queues."""
+@pytest.fixture(params=["thread", "child"])
+def site_backup(request, tmp_path, make_config, runtime_for, monkeypatch):
+    """A files backup of a few MiB: several 1 MiB chunks pass through the queues. Read back
+    with decryption in a thread, then in a child process (as an object of 64 MiB or more is)."""
+    if request.param == "child":
+        monkeypatch.setattr(defaults, "DECRYPT_IN_CHILD_FROM_BYTES", 0)
     rng = random.Random(5)
     tree = tmp_path / "site"
     tree.mkdir()
@@ -60,6 +68,8 @@ def test_the_plaintext_hash_covers_exactly_what_was_read_whatever_the_read_sizes
     doc = found.doc
     seen = hashlib.sha256()
     with readback.plaintext(rt, found) as (stream, stored, plain):
+        in_child = [p for p in psutil.Process().children() if "age_child" in " ".join(p.cmdline())]
+        assert len(in_child) == (1 if defaults.DECRYPT_IN_CHILD_FROM_BYTES == 0 else 0)
         first = stream.read(12345)
         buf = bytearray(3 << 20)
         n = stream.readinto(buf)
@@ -90,6 +100,25 @@ def test_a_damaged_zstd_frame_fails_as_decompress_and_stops_the_threads(site_bac
     assert caught.value.check == "decompress" and "decompression failed" in caught.value.message
     assert _readahead_threads() == []
     assert stored.size == stored_size
+
+
+def test_an_altered_object_fails_on_its_stored_hash_and_is_still_read_to_its_end(site_backup):
+    rt, found = site_backup
+    path = rt.storage(found.tier).inner.root / found.key
+    stored_bytes = bytearray(path.read_bytes())
+    stored_bytes[len(stored_bytes) // 2] ^= 0x01  # one bit, behind our back: age's tag on that chunk fails
+    path.write_bytes(bytes(stored_bytes))
+    with pytest.raises(VerificationFailed) as caught:
+        with readback.plaintext(rt, found) as (stream, stored, plain):
+            while stream.read(1 << 16):
+                pass
+    assert caught.value.check == "decrypt" and "age decryption failed" in caught.value.message
+    assert _readahead_threads() == []
+    assert stored.size == len(stored_bytes)
+    with pytest.raises(VerificationFailed) as caught:  # verify names the decisive evidence first
+        verify_backup(rt, found.doc["backup_id"])
+    assert caught.value.check == "stored-sha256"
+    assert _readahead_threads() == []
 
 
 def test_an_error_is_raised_again_on_every_later_read():

@@ -14,6 +14,7 @@ from typing import BinaryIO, Iterator
 
 import zstandard
 
+from backup_tasks import defaults
 from backup_tasks.records import keys, manifest
 from backup_tasks.records.catalog import BackupRow, Status
 from backup_tasks.errors import InputError, ObjectNotFound, StorageError, TransientError, VerificationFailed
@@ -22,6 +23,7 @@ from backup_tasks.stages.compress import decompressing_reader
 from backup_tasks.stages.digest import HashingReader
 from backup_tasks.stages.encrypt import DecryptingReader
 from backup_tasks.stages.readahead import ReadaheadHashingReader
+from backup_tasks.stages.reencrypt_pipe import DecryptingChild
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,13 @@ def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingRe
         identities = keys.identities_for(rt.settings.identities_file, doc["encryption"]["recipients"])
     with rt.storage(found.tier).get(found.key) as raw:
         stored = HashingReader(raw)
-        decrypted = DecryptingReader(stored, identities, what=f"backup {doc['backup_id']}") if identities else None
+        decrypted = None
+        if identities:
+            what = f"backup {doc['backup_id']}"
+            # A large object decrypts in a process of its own (pyrage holds the GIL while it
+            # works); a small one in a thread, where a child's start-up would cost more.
+            big = doc["stored"]["size"] >= defaults.DECRYPT_IN_CHILD_FROM_BYTES
+            decrypted = DecryptingChild(stored, identities, what=what) if big else DecryptingReader(stored, identities, what=what)
         plain = decompressed = None
         try:
             decompressed = decompressing_reader(decrypted or stored, doc["compression"]["method"])

@@ -7,6 +7,8 @@ pipe), whose stdout is the stdin of an encrypting one, whose stdout this reader 
 The plaintext only ever passes through the pipe between the children, never a disk or
 this process. ``decrypted_digest`` reads an age object through one decrypting child
 and keeps nothing but hashes: the read-back that proves a new object decrypts.
+``DecryptingChild`` is one decrypting child as a readable stream: how verify and restore
+read a large backup back, so that their own threads keep the GIL while it decrypts.
 
 The children hash what passes when asked (age_child.py), each on its own core: hashing
 in this process would be one more pass in threads that share one GIL with the tier's
@@ -92,7 +94,7 @@ class _Children:
         first = self.children[0]
         if self._fd is None:
             widen_pipe(first.stdin.fileno())
-            self._feeder = threading.Thread(target=self._feed, args=(first.stdin,), daemon=True, name="age-reencrypt-feed")
+            self._feeder = threading.Thread(target=self._feed, args=(first.stdin,), daemon=True, name="age-child-feed")
             self._feeder.start()
 
     def _feed(self, sink) -> None:
@@ -225,3 +227,53 @@ def decrypted_digest(src: BinaryIO, identities, *, what: str) -> tuple[Digest, D
         raise PermanentError(f"{what}: the decrypting process reported no digest",
                              "check that the worker runs this version of backup-tasks throughout")
     return (stored.size, stored.sha256), found["out"]
+
+
+class DecryptingChild:
+    """The plaintext of the age object ``src`` (to ``identities``), decrypted in a child process.
+
+    pyrage holds the GIL for as long as it decrypts, so in a thread of the reading process
+    it stops the threads beside it (the tar scan, the read-ahead, the decoders' hand-offs)
+    whenever it works. ``src`` is fed to the child by a thread of this process (``src``
+    is usually a hashing reader, which must see every byte here). A damaged object or a
+    wrong identity raises VerificationFailed (check "decrypt") from the read that meets
+    the end of the child's output; ``close`` stops the child whatever state it is in.
+    """
+
+    def __init__(self, src: BinaryIO, identities, *, what: str) -> None:
+        self._chain = _Children(src, what=what, direct=False)
+        child = _spawn("decrypt", [str(i) for i in identities], self._chain.first_stdin, subprocess.PIPE)
+        self._chain.children.append(child)
+        widen_pipe(child.stdout.fileno())
+        self._out = child.stdout
+        self._ended = False
+        self._chain.start()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._out.read(n) if n is not None and n >= 0 else self._out.read()
+        if not data:
+            self._end()
+        return data
+
+    def readinto(self, buf) -> int:
+        n = self._out.readinto(buf)
+        if not n:
+            self._end()
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._chain.finish()
+
+    def close(self) -> None:
+        self._chain.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
