@@ -32,6 +32,15 @@ def _readahead_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(("readahead", "age-"))] + children
 
 
+def _read_back_failing(rt, found):
+    """Read a damaged backup back to its end as verify does: (the VerificationFailed raised, the stored-bytes hasher)."""
+    with pytest.raises(VerificationFailed) as caught:
+        with readback.plaintext(rt, found) as (stream, stored, plain):
+            while stream.read(1 << 16):
+                pass
+    return caught.value, stored
+
+
 @pytest.fixture(params=["thread", "child"])
 def site_backup(request, tmp_path, make_config, runtime_for, monkeypatch):
     """A files backup of a few MiB: several 1 MiB chunks pass through the queues. Read back
@@ -93,11 +102,8 @@ def test_a_damaged_zstd_frame_fails_as_decompress_and_stops_the_threads(site_bac
     recipient = identity.to_public()
     path.write_bytes(pyrage.encrypt(bytes(compressed), [recipient]))
     stored_size = path.stat().st_size
-    with pytest.raises(VerificationFailed) as caught:
-        with readback.plaintext(rt, found) as (stream, stored, plain):
-            while stream.read(1 << 16):
-                pass
-    assert caught.value.check == "decompress" and "decompression failed" in caught.value.message
+    failure, stored = _read_back_failing(rt, found)
+    assert failure.check == "decompress" and "decompression failed" in failure.message
     assert _readahead_threads() == []
     assert stored.size == stored_size
 
@@ -108,11 +114,8 @@ def test_an_altered_object_fails_on_its_stored_hash_and_is_still_read_to_its_end
     stored_bytes = bytearray(path.read_bytes())
     stored_bytes[len(stored_bytes) // 2] ^= 0x01  # one bit, behind our back: age's tag on that chunk fails
     path.write_bytes(bytes(stored_bytes))
-    with pytest.raises(VerificationFailed) as caught:
-        with readback.plaintext(rt, found) as (stream, stored, plain):
-            while stream.read(1 << 16):
-                pass
-    assert caught.value.check == "decrypt" and "age decryption failed" in caught.value.message
+    failure, stored = _read_back_failing(rt, found)
+    assert failure.check == "decrypt" and "age decryption failed" in failure.message
     assert _readahead_threads() == []
     assert stored.size == len(stored_bytes)
     with pytest.raises(VerificationFailed) as caught:  # verify names the decisive evidence first

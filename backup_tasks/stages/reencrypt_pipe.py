@@ -148,7 +148,51 @@ class _Children:
             self._feeder.join(timeout=10)
 
 
-class ReencryptingReader:
+class _ChildOutput:
+    """A readable stream of the last child's stdout; at its end, the children are waited for once
+    (``_Children.finish``: what went wrong is raised) and ``_finished`` gets their digests."""
+
+    _chain: _Children
+    _out: BinaryIO
+
+    def _start(self, out: BinaryIO) -> None:
+        self._out, self._ended = out, False
+        self._chain.start()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._out.read(n) if n is not None and n >= 0 else self._out.read()
+        if not data:
+            self._end()
+        return data
+
+    def readinto(self, buf) -> int:
+        n = self._out.readinto(buf)
+        if not n:
+            self._end()
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._finished(self._chain.finish())
+
+    def _finished(self, digests: list[dict[str, Digest]]) -> None:
+        pass
+
+    def close(self) -> None:
+        self._chain.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ReencryptingReader(_ChildOutput):
     """A readable stream of ``src`` (age, to ``identities``) re-encrypted to ``recipients``.
 
     With ``digests``, once read to its end ``source_digest`` is the (size, sha256) of
@@ -175,36 +219,11 @@ class ReencryptingReader:
             widen_pipe(fh.fileno())
         decrypt.stdout.close()  # the encrypting child holds it now
         decrypt.stdout = None
-        self._out = encrypt.stdout
-        self._chain.start()
+        self._start(encrypt.stdout)
 
-    def read(self, n: int = -1) -> bytes:
-        data = self._out.read(n) if n is not None and n >= 0 else self._out.read()
-        if not data:
-            self._finish()
-        return data
-
-    def readinto(self, buf) -> int:
-        n = self._out.readinto(buf)
-        if not n:
-            self._finish()
-        return n
-
-    def readable(self) -> bool:
-        return True
-
-    def _finish(self) -> None:
-        decrypted, encrypted = self._chain.finish()
+    def _finished(self, digests: list[dict[str, Digest]]) -> None:
+        decrypted, encrypted = digests
         self.source_digest, self.plain_digest = decrypted.get("in"), encrypted.get("in")
-
-    def close(self) -> None:
-        self._chain.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def decrypted_digest(src: BinaryIO, identities, *, what: str) -> tuple[Digest, Digest]:
@@ -229,7 +248,7 @@ def decrypted_digest(src: BinaryIO, identities, *, what: str) -> tuple[Digest, D
     return (stored.size, stored.sha256), found["out"]
 
 
-class DecryptingChild:
+class DecryptingChild(_ChildOutput):
     """The plaintext of the age object ``src`` (to ``identities``), decrypted in a child process.
 
     pyrage holds the GIL for as long as it decrypts, so in a thread of the reading process
@@ -245,35 +264,4 @@ class DecryptingChild:
         child = _spawn("decrypt", [str(i) for i in identities], self._chain.first_stdin, subprocess.PIPE)
         self._chain.children.append(child)
         widen_pipe(child.stdout.fileno())
-        self._out = child.stdout
-        self._ended = False
-        self._chain.start()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._out.read(n) if n is not None and n >= 0 else self._out.read()
-        if not data:
-            self._end()
-        return data
-
-    def readinto(self, buf) -> int:
-        n = self._out.readinto(buf)
-        if not n:
-            self._end()
-        return n
-
-    def readable(self) -> bool:
-        return True
-
-    def _end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            self._chain.finish()
-
-    def close(self) -> None:
-        self._chain.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._start(child.stdout)
