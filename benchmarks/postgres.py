@@ -391,7 +391,8 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-db-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        keys_mod.generate(work / "keys")
+        if not (work / "keys" / keys_mod.RECIPIENT_FILE).exists():  # a rerun in the same --workdir uses its keys
+            keys_mod.generate(work / "keys")
         state = work / "state"
         config = work / "targets.toml"
         config.write_text(
