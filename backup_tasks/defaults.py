@@ -46,11 +46,12 @@ ZSTD_FRAME_SIZE = 2 << 20
 #: for 0.05-0.1 CPU-s and ~5 MiB more. But in the verify a chain runs right after its backup,
 #: decoding ran twice as slow (1.2-1.6 CPU-s for the same bytes; the hashes and decryption
 #: did not), and one decoder became the critical path: with two, that verify took 1.19-1.36 s
-#: against 1.20-1.57 s. Restores (pg_restore -j1/-j2) stayed within 3% of pg_restore either way
+#: against 1.20-1.57 s. Restores of the same dump took 1.02x (-j1) and 1.01x (-j2) pg_restore's time
+#: with two decoders, 0.99x and 1.09x with one
 ZSTD_READ_THREADS = 2
 #: stored size from which read-back (verify, restore) decrypts in a child process rather than a
 #: thread: pyrage holds the GIL while it decrypts, which stalled the tar scan beside it (a 100k-file
-#: verify: 3.5-4.2 s in a child against 4.0-4.5 s in a thread); a child costs ~50 ms to start and
+#: verify: 3.5-4.2 s in a child against 4.0-4.5 s in a thread); a child costs ~26 ms to start and
 #: copies the bytes through two pipes, which only pays for objects of some size
 DECRYPT_IN_CHILD_FROM_BYTES = 64 << 20
 GZIP_LEVEL = 6

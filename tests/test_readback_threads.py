@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import sys
 import threading
 
 import psutil
@@ -26,7 +27,7 @@ from backup_tasks.ops.verify import verify_backup
 from backup_tasks.stages.readahead import ReadaheadHashingReader
 
 
-def _readahead_threads() -> list[threading.Thread]:
+def _left_running() -> list[threading.Thread]:
     """What must be gone after a read-back: its threads, and its decrypting child with the thread feeding it."""
     children = [p for p in psutil.Process().children(recursive=True) if "age_child" in " ".join(p.cmdline())]
     return [t for t in threading.enumerate() if t.name.startswith(("readahead", "age-"))] + children
@@ -67,7 +68,7 @@ def test_a_consumer_that_fails_half_way_leaves_no_thread_and_the_stored_object_h
         with readback.plaintext(rt, found) as (stream, stored, plain):
             assert stream.read(1000)
             raise RuntimeError("check gave up")
-    assert _readahead_threads() == []
+    assert _left_running() == []
     assert (stored.size, stored.sha256) == (doc["stored"]["size"], doc["stored"]["sha256"])
     assert plain.size == 1000
 
@@ -89,7 +90,7 @@ def test_the_plaintext_hash_covers_exactly_what_was_read_whatever_the_read_sizes
         assert stream.read(10) == b""
     readback.check_digests(doc, stored, plain)
     assert plain.sha256 == seen.hexdigest() == doc["plaintext"]["sha256"]
-    assert _readahead_threads() == []
+    assert _left_running() == []
 
 
 def test_a_damaged_zstd_frame_fails_as_decompress_and_stops_the_threads(site_backup, session_keys):
@@ -104,7 +105,7 @@ def test_a_damaged_zstd_frame_fails_as_decompress_and_stops_the_threads(site_bac
     stored_size = path.stat().st_size
     failure, stored = _read_back_failing(rt, found)
     assert failure.check == "decompress" and "decompression failed" in failure.message
-    assert _readahead_threads() == []
+    assert _left_running() == []
     assert stored.size == stored_size
 
 
@@ -116,12 +117,24 @@ def test_an_altered_object_fails_on_its_stored_hash_and_is_still_read_to_its_end
     path.write_bytes(bytes(stored_bytes))
     failure, stored = _read_back_failing(rt, found)
     assert failure.check == "decrypt" and "age decryption failed" in failure.message
-    assert _readahead_threads() == []
+    assert _left_running() == []
     assert stored.size == len(stored_bytes)
     with pytest.raises(VerificationFailed) as caught:  # verify names the decisive evidence first
         verify_backup(rt, found.doc["backup_id"])
     assert caught.value.check == "stored-sha256"
-    assert _readahead_threads() == []
+    assert _left_running() == []
+
+
+def test_a_child_that_cannot_start_leaves_decryption_to_a_thread(site_backup, monkeypatch, caplog):
+    rt, found = site_backup
+    monkeypatch.setattr(defaults, "DECRYPT_IN_CHILD_FROM_BYTES", 0)
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")  # a host where no interpreter can be started
+    with readback.plaintext(rt, found) as (stream, stored, plain):
+        while stream.read(1 << 20):
+            pass
+    readback.check_digests(found.doc, stored, plain)
+    assert "decrypting in a thread, a child process could not start" in caplog.text
+    assert _left_running() == []
 
 
 def test_an_error_is_raised_again_on_every_later_read():
@@ -136,4 +149,4 @@ def test_an_error_is_raised_again_on_every_later_read():
             reader.drain()
     finally:
         reader.close()
-    assert _readahead_threads() == []
+    assert _left_running() == []

@@ -97,8 +97,13 @@ def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingRe
             what = f"backup {doc['backup_id']}"
             # A large object decrypts in a process of its own (pyrage holds the GIL while it
             # works); a small one in a thread, where a child's start-up would cost more.
-            big = doc["stored"]["size"] >= defaults.DECRYPT_IN_CHILD_FROM_BYTES
-            decrypted = DecryptingChild(stored, identities, what=what) if big else DecryptingReader(stored, identities, what=what)
+            if doc["stored"]["size"] >= defaults.DECRYPT_IN_CHILD_FROM_BYTES:
+                try:
+                    decrypted = DecryptingChild(stored, identities, what=what)
+                except OSError as exc:  # no process to be had: the thread is slower, not wrong
+                    log.warning("%s: decrypting in a thread, a child process could not start (%s)", what, exc)
+            if decrypted is None:
+                decrypted = DecryptingReader(stored, identities, what=what)
         plain = decompressed = None
         try:
             decompressed = decompressing_reader(decrypted or stored, doc["compression"]["method"])
