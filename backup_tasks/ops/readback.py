@@ -92,18 +92,7 @@ def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingRe
         identities = keys.identities_for(rt.settings.identities_file, doc["encryption"]["recipients"])
     with rt.storage(found.tier).get(found.key) as raw:
         stored = HashingReader(raw)
-        decrypted = None
-        if identities:
-            what = f"backup {doc['backup_id']}"
-            # A large object decrypts in a process of its own (pyrage holds the GIL while it
-            # works); a small one in a thread, where a child's start-up would cost more.
-            if doc["stored"]["size"] >= defaults.DECRYPT_IN_CHILD_FROM_BYTES:
-                try:
-                    decrypted = DecryptingChild(stored, identities, what=what)
-                except OSError as exc:  # no process to be had: the thread is slower, not wrong
-                    log.warning("%s: decrypting in a thread, a child process could not start (%s)", what, exc)
-            if decrypted is None:
-                decrypted = DecryptingReader(stored, identities, what=what)
+        decrypted = _decrypting(stored, identities, doc) if identities else None
         plain = decompressed = None
         try:
             decompressed = decompressing_reader(decrypted or stored, doc["compression"]["method"])
@@ -123,6 +112,18 @@ def plaintext(rt: Runtime, found: Located) -> Iterator[tuple[BinaryIO, HashingRe
             if decrypted is not None:
                 decrypted.close()
             stored.drain()
+
+
+def _decrypting(stored: HashingReader, identities, doc: dict) -> BinaryIO:
+    """The stored object decrypted: a large one in a process of its own (pyrage holds the GIL
+    while it works), a small one in a thread, where a child's start-up would cost more."""
+    what = f"backup {doc['backup_id']}"
+    if doc["stored"]["size"] >= defaults.DECRYPT_IN_CHILD_FROM_BYTES:
+        try:
+            return DecryptingChild(stored, identities, what=what)
+        except OSError as exc:  # no process to be had: the thread is slower, not wrong
+            log.warning("%s: decrypting in a thread, a child process could not start (%s)", what, exc)
+    return DecryptingReader(stored, identities, what=what)
 
 
 def check_digests(doc: dict, stored: HashingReader, plain: HashingReader | ReadaheadHashingReader | None) -> None:

@@ -45,6 +45,7 @@ import sqlite3
 import stat
 import struct
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
@@ -270,12 +271,7 @@ def _join(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain
     """
     renames = _Renames(workdir)
     try:
-        with open(workdir / DRAFT, "wb", buffering=BUFFER) as draft, \
-             open(workdir / MARKS, "wb", buffering=BUFFER) as marks, \
-             open(member_list, "wb", buffering=BUFFER) as members, \
-             open(workdir / _PENDING, "wb", buffering=BUFFER) as pending, \
-             open(workdir / LINKED, "wb", buffering=BUFFER) as linked_out:
-            out = Outputs(draft, marks, members, pending, linked_out)
+        with Outputs.created(workdir, member_list, workdir / _PENDING) as out:
             counts = scan(paths, parent, chain, out, renames.add_gone, full=full, has_parent=has_parent)
             if second is not None:
                 for name, value in second(out, renames.add_gone).items():
@@ -316,6 +312,17 @@ class Outputs:
     members: BinaryIO
     pending: BinaryIO
     linked: BinaryIO
+
+    @classmethod
+    @contextmanager
+    def created(cls, workdir: Path, members: Path, pending: Path) -> Iterator["Outputs"]:
+        """The draft, its marks and the hard-linked names in ``workdir``, tar's member list at ``members``, the new files at ``pending``."""
+        with open(workdir / DRAFT, "wb", buffering=BUFFER) as draft, \
+             open(workdir / MARKS, "wb", buffering=BUFFER) as marks, \
+             open(members, "wb", buffering=BUFFER) as members_out, \
+             open(pending, "wb", buffering=BUFFER) as pending_out, \
+             open(workdir / LINKED, "wb", buffering=BUFFER) as linked:
+            yield cls(draft, marks, members_out, pending_out, linked)
 
 
 def scan(paths: Iterable[str], parent: Iterator[tuple[str, dict]], chain: Chain, out: Outputs,

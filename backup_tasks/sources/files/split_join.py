@@ -124,16 +124,11 @@ def _run(workdir: Path) -> dict:
     half = SecondHalf(root, directory, start, tuple(exclude))
     chain = Chain(spec["backup_id"], workdir, Path(spec["parent_listing"]), spec["rehash"])
     warnings: list[str] = []
-    with open(workdir / DRAFT, "wb", buffering=BUFFER) as draft, \
-         open(workdir / MARKS, "wb", buffering=BUFFER) as marks, \
-         open(workdir / _MEMBERS, "wb", buffering=BUFFER) as members, \
-         open(workdir / _PENDING, "wb", buffering=BUFFER) as pending, \
-         open(workdir / LINKED, "wb", buffering=BUFFER) as linked, \
+    with Outputs.created(workdir, workdir / _MEMBERS, workdir / _PENDING) as out, \
          open(workdir / _GONE, "wb", buffering=BUFFER) as gone:
         try:
-            counts = scan(half.paths(warnings), in_order(chain.parent_listing, start=half.key()), chain,
-                          Outputs(draft, marks, members, pending, linked), lambda entry: gone.write(encode(entry) + b"\n"),
-                          full=spec["full"], has_parent=True)
+            counts = scan(half.paths(warnings), in_order(chain.parent_listing, start=half.key()), chain, out,
+                          lambda entry: gone.write(encode(entry) + b"\n"), full=spec["full"], has_parent=True)
         except Unsorted:
             return {"unsorted": True}
         except SourceError as exc:
