@@ -384,7 +384,8 @@ class RssPoller(threading.Thread):
         self.info: dict[int, dict] = {}
         self.max_tree = 0
         self.samples = 0
-        self.timeline: list[tuple[float, int, int]] = []  # (time.time(), RSS of root's direct children, tree RSS)
+        #: (time.time(), RSS of the largest of root's direct children, of all of them together, of the tree)
+        self.timeline: list[tuple[float, int, int, int]] = []
         self.cpu_first: dict[int, float] = {}  # CPU seconds (own + reaped children) of root and its direct children
         self.cpu_last: dict[int, float] = {}
         self.own_cpu_seconds = 0.0  # what this polling thread itself cost
@@ -400,7 +401,7 @@ class RssPoller(threading.Thread):
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            total = children = 0
+            total = children = largest = 0
             for p in procs:
                 try:
                     rss = p.memory_info().rss
@@ -411,6 +412,7 @@ class RssPoller(threading.Thread):
                 total += rss
                 if self.info[p.pid]["ppid"] == self.root_pid:
                     children += rss
+                    largest = max(largest, rss)
                 if p.pid == self.root_pid or self.info[p.pid]["ppid"] == self.root_pid:
                     try:
                         ct = p.cpu_times()
@@ -421,7 +423,7 @@ class RssPoller(threading.Thread):
                     self.cpu_last[p.pid] = cpu
                 self.max_by_pid[p.pid] = max(self.max_by_pid.get(p.pid, 0), rss)
             self.max_tree = max(self.max_tree, total)
-            self.timeline.append((time.time(), children, total))
+            self.timeline.append((time.time(), largest, children, total))
             self.samples += 1
             self.own_cpu_seconds = time.thread_time()
             self._halt.wait(self.interval)
@@ -446,8 +448,9 @@ _LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\]
                        r"(received|succeeded|failed|raised|retry)")
 
 
-def peaks_by_stage(logfile: Path, timeline: list[tuple[float, int, int]]) -> dict[str, dict]:
-    """Peak RSS of the pool child and of the worker tree while each task ran, from the worker log's timestamps."""
+def peaks_by_stage(logfile: Path, timeline: list[tuple[float, int, int, int]]) -> dict[str, dict]:
+    """Peak RSS while each task ran (from the worker log's timestamps): of the largest pool child, of all the
+    pool children together (with ``-c 4`` the overlapping stages run in four of them), and of the worker tree."""
     spans: dict[str, list[float]] = {}
     for line in logfile.read_text(errors="replace").splitlines():
         m = _LOG_LINE.match(line)
@@ -461,9 +464,10 @@ def peaks_by_stage(logfile: Path, timeline: list[tuple[float, int, int]]) -> dic
             spans.setdefault(stage, [at, at])[1] = at
     out = {}
     for stage, (start, end) in spans.items():
-        inside = [(c, t) for at, c, t in timeline if start - 0.05 <= at <= end + 0.05]
+        inside = [sample[1:] for sample in timeline if start - 0.05 <= sample[0] <= end + 0.05]
         if inside:
-            out[stage] = {"pool_child": max(c for c, _ in inside), "tree": max(t for _, t in inside)}
+            out[stage] = {"pool_child": max(one for one, _, _ in inside), "pool_children": max(all_ for _, all_, _ in inside),
+                          "tree": max(tree for _, _, tree in inside)}
     return out
 
 
@@ -830,7 +834,8 @@ def print_stages(label: str, r: dict) -> None:
     for stage, s in r["stages"].items():
         peak = (r.get("peak_rss_by_stage") or {}).get(stage)
         log(f"      {stage:<9} {s['seconds']:7.2f} s  {s['MB_per_s'] or 0:7.1f} MB/s of plaintext"
-            + (f"   pool child peak {human(peak['pool_child'])}" if peak else ""))
+            + (f"   largest pool child {human(peak['pool_child'])}, pool children together {human(peak['pool_children'])}"
+               if peak else ""))
     if r.get("stored_manifest_bytes"):
         log(f"      stored manifest {human(r['stored_manifest_bytes'])}")
     if r.get("stage_spans"):
