@@ -29,8 +29,8 @@ goal just above it leaves that much room for everything else.
         --check 'pg_restore --list' --goal 1.6 --repeat 3
     python benchmarks/bound.py --baseline 'mariadb-dump -h 127.0.0.1 -u root --single-transaction --routines \\
         --triggers --events --hex-blob bench_my_source > {out}' --check 'grep -c "^INSERT"' --goal 2.0
-    python benchmarks/bound.py --dump 'tar -cf {out} -C / tmp/bfiles/tree-files' --per-file-hash \
-        --baseline 'tar -cf - -C / tmp/bfiles/tree-files | zstd -3 -T2 -q | age -r RECIPIENT > {out} && \
+    python benchmarks/bound.py --dump 'tar -cf {out} -C / tmp/bfiles/tree-files' --per-file-hash \\
+        --baseline 'tar -cf - -C / tmp/bfiles/tree-files | zstd -3 -T2 -q | age -r RECIPIENT > {out} && \\
         age -d -i IDENTITY {out} | zstd -d -q | tar -tvf - > /dev/null' --check 'tar -tvf - > /dev/null' --goal 1.3
 
 needs: zstd, age and openssl on PATH; ``{out}`` in the dump is where it writes the plaintext
