@@ -148,7 +148,11 @@ class Worker:
     def __init__(self, config: Path, broker: str, queues: list[str], name: str, log: Path, pool: str = "prefork",
                  extra_env: dict | None = None, concurrency: int = 1) -> None:
         self.log = log
-        env = {**os.environ, "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker, **(extra_env or {})}
+        # The pool's temporary directories (multiprocessing's pymp-*) go under the test's own
+        # directory: a worker killed at the end of its test never removes them itself.
+        tmp = log.with_suffix(".tmp")
+        tmp.mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp), "BACKUP_CONFIG": str(config), "BACKUP_BROKER_URL": broker, **(extra_env or {})}
         argv = [sys.executable, "-m", "celery", "-A", "backup_tasks", "worker", "-P", pool, "-c", str(concurrency),
                 "-Q", ",".join(queues), "-n", name, "-l", "INFO", "--without-gossip", "--without-mingle", "-E"]
         self.proc = subprocess.Popen(argv, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
