@@ -84,9 +84,7 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path, make_config, runtime_fo
     run_cli("restore", run.id, "--to", str(restored), config=cfg, env={"BACKUP_BROKER_URL": broker}, check=0)
     assert _sha(restored / tree.relative_to("/") / "big.bin") == _sha(tree / "big.bin")
     assert "Connection to broker lost" in worker.log.read_text()  # the restart really hit the worker
-    # No message is left unacknowledged, to be handed out again when the visibility timeout ends.
-    broker_db = redis.Redis.from_url(broker)
-    assert broker_db.hlen("unacked") == 0, broker_db.hkeys("unacked")
+    nothing_held(broker)
 
 
 
@@ -128,7 +126,7 @@ def test_a_worker_with_a_free_slot_rides_out_a_redis_restart_mid_stage(tmp_path,
     restored = tmp_path / "restored"
     run_cli("restore", run.id, "--to", str(restored), config=cfg, env={"BACKUP_BROKER_URL": broker}, check=0)
     assert _sha(restored / tree.relative_to("/") / "big.bin") == _sha(tree / "big.bin")
-    assert redis.Redis.from_url(broker).hlen("unacked") == 0
+    nothing_held(broker)
 
 
 def test_a_worker_rides_out_a_redis_restart_mid_dump(tmp_path, make_config, runtime_for, start_worker, private_redis):
@@ -155,7 +153,21 @@ def test_a_worker_rides_out_a_redis_restart_mid_dump(tmp_path, make_config, runt
     log = worker.log.read_text()
     assert info["status"] == Status.VERIFIED, log[-3000:]
     assert "Connection to broker lost" in log
-    assert redis.Redis.from_url(broker).hlen("unacked") == 0
+    nothing_held(broker)
+
+
+def nothing_held(broker: str) -> None:
+    """No message is left unacknowledged, to be handed out again when the visibility timeout ends.
+
+    The run turns verified inside its last task, and a task is acknowledged only once it has
+    returned (late acknowledgement), so that last acknowledgement may follow the status by a
+    moment. A message really left behind stays until the visibility timeout, hours.
+    """
+    broker_db = redis.Redis.from_url(broker)
+    try:
+        wait_for(lambda: broker_db.hlen("unacked") == 0, 10, "every message to be acknowledged")
+    except AssertionError:
+        raise AssertionError(f"left unacknowledged: {broker_db.hkeys('unacked')}") from None
 
 def test_a_message_received_but_not_started_when_redis_goes_is_queued_again_once_redis_is_back(private_redis):
     """What a worker had received but not yet handed to a pool process when Redis went away is delivered again.
