@@ -169,6 +169,7 @@ def nothing_held(broker: str) -> None:
     except AssertionError:
         raise AssertionError(f"left unacknowledged: {broker_db.hkeys('unacked')}") from None
 
+
 def test_a_message_received_but_not_started_when_redis_goes_is_queued_again_once_redis_is_back(private_redis):
     """What a worker had received but not yet handed to a pool process when Redis went away is delivered again.
 
