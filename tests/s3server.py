@@ -78,7 +78,11 @@ class SeaweedServer:
             # session's tests make more than that. Volumes are sparse files, so this costs nothing.
             "-volume.max=2000",
         ]
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        # weed writes its own log files to the temporary directory and leaves them there: this
+        # one is the server's, under the test's directory (its sockets: see _sockets).
+        tmp = self.data_dir.parent / "tmp"
+        tmp.mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp), "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         self.proc = subprocess.Popen(argv, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -96,13 +100,34 @@ class SeaweedServer:
     def stop(self) -> None:
         """SIGTERM and wait (weed takes 5-9 s to stop); SIGKILL only if it hangs."""
         if self.proc is not None:
+            sockets = self._sockets()
             stop_group(self.proc, timeout=30)
+            _remove(sockets)
 
     def kill(self) -> None:
         """SIGKILL the group and wait: for a server whose data is thrown away, a clean stop only costs time."""
         if self.proc is not None and self.proc.poll() is None:
+            sockets = self._sockets()
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            _remove(sockets)
+
+    def _sockets(self) -> list[Path]:
+        """The unix sockets weed listens on: it makes them in /tmp whatever TMPDIR says, and leaves them there."""
+        inodes = set()
+        try:
+            for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
+                except OSError:  # closed meanwhile
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+        except OSError:  # the process is gone already
+            return []
+        with open("/proc/net/unix") as table:  # Num RefCount Protocol Flags Type St Inode Path
+            rows = [line.split() for line in table.readlines()[1:]]
+        return [Path(row[7]) for row in rows if len(row) > 7 and row[6] in inodes and Path(row[7]).name.startswith("seaweedfs-")]
 
     def client(self):
         """A boto3 client as an operator would configure one (path style, real signatures)."""
@@ -125,6 +150,11 @@ class SeaweedServer:
     def env(self, prefix: str = "BACKUP_S3") -> dict[str, str]:
         """The environment a worker needs for ``credentials = "env:<prefix>"``."""
         return {f"{prefix}_ACCESS_KEY_ID": ACCESS_KEY, f"{prefix}_SECRET_ACCESS_KEY": SECRET_KEY}
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
