@@ -20,7 +20,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -80,7 +82,7 @@ class SeaweedServer:
         ]
         # weed writes its own log files to the temporary directory and leaves them there: this
         # one is the server's, under the test's directory (its sockets: see _sockets).
-        tmp = self.data_dir.parent / "tmp"
+        tmp = self.data_dir.with_name(self.data_dir.name + "-tmp")
         tmp.mkdir(exist_ok=True)
         env = {**os.environ, "TMPDIR": str(tmp), "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         self.proc = subprocess.Popen(argv, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
@@ -100,20 +102,29 @@ class SeaweedServer:
     def stop(self) -> None:
         """SIGTERM and wait (weed takes 5-9 s to stop); SIGKILL only if it hangs."""
         if self.proc is not None:
-            sockets = self._sockets()
-            stop_group(self.proc, timeout=30)
-            _remove(sockets)
+            with self._leaving_no_sockets():
+                stop_group(self.proc, timeout=30)
 
     def kill(self) -> None:
         """SIGKILL the group and wait: for a server whose data is thrown away, a clean stop only costs time."""
         if self.proc is not None and self.proc.poll() is None:
-            sockets = self._sockets()
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            _remove(sockets)
+            with self._leaving_no_sockets():
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    @contextmanager
+    def _leaving_no_sockets(self) -> Iterator[None]:
+        """Around stopping weed: the unix sockets it listened on are removed once it has stopped.
+
+        weed makes them in /tmp whatever TMPDIR says, and leaves them there.
+        """
+        sockets = self._sockets()
+        yield
+        for path in sockets:
+            path.unlink(missing_ok=True)
 
     def _sockets(self) -> list[Path]:
-        """The unix sockets weed listens on: it makes them in /tmp whatever TMPDIR says, and leaves them there."""
+        """The unix sockets the running weed holds, found through its file descriptors."""
         inodes = set()
         try:
             for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
@@ -150,11 +161,6 @@ class SeaweedServer:
     def env(self, prefix: str = "BACKUP_S3") -> dict[str, str]:
         """The environment a worker needs for ``credentials = "env:<prefix>"``."""
         return {f"{prefix}_ACCESS_KEY_ID": ACCESS_KEY, f"{prefix}_SECRET_ACCESS_KEY": SECRET_KEY}
-
-
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
